@@ -1,0 +1,111 @@
+//! Layered loading (defaults → TOML file → `KV_ROTATOR_*` environment) and validation.
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+
+use crate::model::{Config, CredentialConfig};
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key has the wrong type, is unknown, or is missing.
+    #[error("configuration error: {0}")]
+    Parse(String),
+    /// Values parse but cannot work together.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Loads the configuration from `file` (if given) and the environment, then validates it.
+///
+/// Environment variables are `KV_ROTATOR_` + the key path with `__` between levels,
+/// e.g. `KV_ROTATOR_VAULT__URL`, `KV_ROTATOR_WEBHOOK__LISTEN`.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    load_onto(Figment::new(), file)
+}
+
+/// Like [`load`], over a base layer of defaults (e.g. the embedded dev vault's URL).
+pub fn load_onto(base: Figment, file: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut figment = base;
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::Parse(format!("config file {} does not exist", path.display())));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(Env::prefixed("KV_ROTATOR_").split("__"));
+    from_figment(figment)
+}
+
+/// Extracts and validates a configuration from any figment (tests, embedded defaults).
+pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+    let config: Config = figment.extract().map_err(|e| {
+        // figment's errors name the key path and the source (file or env variable).
+        let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        ConfigError::Parse(all.join("; "))
+    })?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Checks what types alone cannot: URLs, cross-field rules, names.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    match url::Url::parse(&config.vault.url) {
+        Ok(url) => {
+            if url.scheme() != "https" {
+                problems.push(format!("vault.url {:?}: Key Vault is only reachable over https", config.vault.url));
+            }
+            if url.host_str().is_none() {
+                problems.push(format!("vault.url {:?}: no host", config.vault.url));
+            }
+        }
+        Err(e) => problems.push(format!("vault.url {:?}: {e}", config.vault.url)),
+    }
+    if config.vault.credential == CredentialConfig::DevVault && config.vault.connect_to.is_none() {
+        problems.push(
+            "vault.credential.kind = \"dev-vault\" only works against the dev vault: set vault.connect_to to its address"
+                .to_owned(),
+        );
+    }
+    if config.engine.queue_capacity == 0 {
+        problems.push("engine.queue_capacity must be at least 1".to_owned());
+    }
+    if config.engine.concurrency == 0 {
+        problems.push("engine.concurrency must be at least 1".to_owned());
+    }
+    if config.engine.max_attempts == 0 {
+        problems.push("engine.max_attempts must be at least 1".to_owned());
+    }
+    if config.engine.default_validity_days == 0 {
+        problems.push("engine.default_validity_days must be at least 1".to_owned());
+    }
+    for (name, profile) in &config.targets {
+        if let Err(e) = profile.password.validate() {
+            problems.push(format!("targets.{name}.password: {e}"));
+        }
+        if let Some(admin) = &profile.admin {
+            if !is_secret_name(&admin.secret) {
+                problems.push(format!(
+                    "targets.{name}.admin.secret {:?}: not a Key Vault secret name (1-127 of 0-9 a-z A-Z -)",
+                    admin.secret
+                ));
+            }
+            if admin.username.is_empty() {
+                problems.push(format!("targets.{name}.admin.username is empty"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+/// Whether `name` is a valid Key Vault secret name.
+pub fn is_secret_name(name: &str) -> bool {
+    (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}

@@ -1,0 +1,222 @@
+//! The configuration model. Every struct denies unknown keys so a typo is an error that
+//! names the key instead of a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use kv_rotator_rotators::htpasswd::HtpasswdConfig;
+use kv_rotator_rotators::postgres::PostgresConfig;
+use kv_rotator_rotators::PasswordPolicy;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Key Vault holding the managed secrets.
+    pub vault: VaultConfig,
+    /// The Event Grid webhook.
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+    /// The rotation engine.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Target profiles by name; a secret's `rotator` tag names one.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetProfile>,
+}
+
+/// Where the vault is and how to authenticate to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// e.g. `https://myvault.vault.azure.net/`.
+    pub url: String,
+    /// How the worker gets Entra ID tokens.
+    #[serde(default)]
+    pub credential: CredentialConfig,
+    /// Extra root certificate (PEM) to trust — for the dev vault's generated CA.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Connect to this address instead of resolving the vault host (dev vault).
+    #[serde(default)]
+    pub connect_to: Option<SocketAddr>,
+}
+
+/// The credential the worker authenticates to Key Vault with.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CredentialConfig {
+    /// Managed identity: system-assigned, or user-assigned by one of the ids.
+    ManagedIdentity {
+        /// User-assigned identity's client id.
+        #[serde(default)]
+        client_id: Option<String>,
+        /// User-assigned identity's object id.
+        #[serde(default)]
+        object_id: Option<String>,
+        /// User-assigned identity's ARM resource id.
+        #[serde(default)]
+        resource_id: Option<String>,
+    },
+    /// AKS workload identity; unset fields come from `AZURE_CLIENT_ID`,
+    /// `AZURE_TENANT_ID` and `AZURE_FEDERATED_TOKEN_FILE`.
+    WorkloadIdentity {
+        #[serde(default)]
+        client_id: Option<String>,
+        #[serde(default)]
+        tenant_id: Option<String>,
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+    },
+    /// Service principal with a client secret, read from an environment variable so
+    /// the configuration file holds no secret.
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        /// Name of the environment variable holding the secret.
+        #[serde(default = "default_client_secret_env")]
+        secret_env: String,
+    },
+    /// The Azure CLI's login (`az login`), for local use.
+    AzureCli {
+        #[serde(default)]
+        tenant_id: Option<String>,
+    },
+    /// Azure CLI, then Azure Developer CLI, for local use.
+    DeveloperTools,
+    /// A fixed token accepted by the dev vault only; requires `connect_to`.
+    DevVault,
+}
+
+impl Default for CredentialConfig {
+    /// System-assigned managed identity: what a container on Azure normally has.
+    fn default() -> Self {
+        CredentialConfig::ManagedIdentity { client_id: None, object_id: None, resource_id: None }
+    }
+}
+
+fn default_client_secret_env() -> String {
+    "AZURE_CLIENT_SECRET".to_owned()
+}
+
+/// The Event Grid webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest accepted body; Event Grid batches are at most 1 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self { listen: default_listen(), max_body_bytes: default_max_body() }
+    }
+}
+
+/// The rotation engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Capacity of the in-memory rotation queue; the webhook answers 503 when full.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Rotations running at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Attempts per rotation before it is marked failed.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds (doubles, with jitter).
+    #[serde(default = "default_backoff")]
+    pub initial_backoff_ms: u64,
+    /// Retry delay cap in milliseconds.
+    #[serde(default = "default_backoff_cap")]
+    pub max_backoff_ms: u64,
+    /// `ValidityPeriodDays` when a secret has no such tag.
+    #[serde(default = "default_validity")]
+    pub default_validity_days: u32,
+}
+
+fn default_queue() -> usize {
+    1024
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_backoff() -> u64 {
+    500
+}
+fn default_backoff_cap() -> u64 {
+    60_000
+}
+fn default_validity() -> u32 {
+    60
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: default_queue(),
+            concurrency: default_concurrency(),
+            max_attempts: default_attempts(),
+            initial_backoff_ms: default_backoff(),
+            max_backoff_ms: default_backoff_cap(),
+            default_validity_days: default_validity(),
+        }
+    }
+}
+
+/// A target profile: what kind of system, how to reach it, its admin login and the
+/// policy for new passwords.
+// No `deny_unknown_fields` here: serde does not support it next to `flatten`. Unknown
+// keys are still refused, by the kind's own config struct, which sees every key this
+// struct does not consume.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TargetProfile {
+    /// The kind-specific settings (`kind = "postgres"` and its keys).
+    #[serde(flatten)]
+    pub target: TargetKind,
+    /// Admin login used when the user's own passwords no longer work.
+    #[serde(default)]
+    pub admin: Option<AdminRef>,
+    /// Policy for generated passwords.
+    #[serde(default)]
+    pub password: PasswordPolicy,
+}
+
+/// The admin login of a target: a user name, and the Key Vault secret holding its password.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminRef {
+    /// Admin user name on the target.
+    pub username: String,
+    /// Name of the secret, in the same vault, holding the admin password.
+    pub secret: String,
+}
+
+/// Kind-specific target settings; each rotator module owns its config type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// PostgreSQL, single-user strategy.
+    Postgres(PostgresConfig),
+    /// An Apache htpasswd file (bcrypt).
+    Htpasswd(HtpasswdConfig),
+}

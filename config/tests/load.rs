@@ -1,0 +1,130 @@
+//! Loading: a full file parses into the model; typos and bad values are errors that
+//! name the key; environment variables override the file.
+
+use std::io::Write;
+
+use kv_rotator_config::{load, ConfigError, CredentialConfig, TargetKind};
+
+/// Runs `f` holding figment's process-wide lock on the environment, so the test that
+/// sets `KV_ROTATOR_*` variables cannot leak them into the others.
+fn jailed<T>(f: impl FnOnce() -> T) -> T {
+    let mut out = None;
+    figment::Jail::expect_with(|_| {
+        out = Some(f());
+        Ok(())
+    });
+    out.unwrap()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+const FULL: &str = r#"
+[vault]
+url = "https://my-vault.vault.azure.net/"
+credential = { kind = "workload-identity", client_id = "11111111-1111-1111-1111-111111111111" }
+
+[webhook]
+listen = "127.0.0.1:9000"
+
+[engine]
+max_attempts = 3
+
+[targets.orders-db]
+kind = "postgres"
+host = "db.example.internal"
+port = 6432
+sslmode = "disable"
+admin = { username = "rotation_admin", secret = "orders-db-admin" }
+password = { length = 24, min_symbols = 1 }
+
+[targets.intranet]
+kind = "htpasswd"
+path = "/srv/www/.htpasswd"
+"#;
+
+#[test]
+fn full_file_parses() {
+    let f = file(FULL);
+    let config = jailed(|| load(Some(f.path()))).expect("valid config");
+    assert_eq!(config.webhook.listen.port(), 9000);
+    assert_eq!(config.engine.max_attempts, 3);
+    assert_eq!(config.engine.concurrency, 8, "default kept");
+    assert!(matches!(config.vault.credential, CredentialConfig::WorkloadIdentity { client_id: Some(_), .. }));
+    let db = &config.targets["orders-db"];
+    match &db.target {
+        TargetKind::Postgres(pg) => {
+            assert_eq!(pg.host, "db.example.internal");
+            assert_eq!(pg.port, 6432);
+        }
+        other => panic!("wrong kind {other:?}"),
+    }
+    assert_eq!(db.admin.as_ref().unwrap().secret, "orders-db-admin");
+    assert_eq!(db.password.length, 24);
+    assert!(matches!(config.targets["intranet"].target, TargetKind::Htpasswd(_)));
+}
+
+fn error_of(text: &str) -> String {
+    let f = file(text);
+    jailed(|| load(Some(f.path()))).expect_err("should be rejected").to_string()
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\nulr = 1\n");
+    assert!(e.contains("ulr"), "{e}");
+    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[webhook]\nlisten_addr = \"0.0.0.0:1\"\n");
+    assert!(e.contains("listen_addr"), "{e}");
+    // Inside a target profile, next to the flattened kind-specific keys.
+    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"postgres\"\nhots = \"x\"\nhost = \"y\"\nsslmode = \"disable\"\n");
+    assert!(e.contains("hots"), "{e}");
+    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"postgres\"\nhost = \"y\"\nsslmode = \"disable\"\npassword = { lenght = 20 }\n");
+    assert!(e.contains("lenght"), "{e}");
+}
+
+#[test]
+fn unknown_target_kind_and_credential_kind_are_named() {
+    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"oracle\"\n");
+    assert!(e.contains("oracle"), "{e}");
+    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\ncredential = { kind = \"magic\" }\n");
+    assert!(e.contains("magic"), "{e}");
+}
+
+#[test]
+fn invalid_values_are_explained() {
+    let e = error_of("[vault]\nurl = \"http://v.vault.azure.net/\"\n");
+    assert!(e.contains("vault.url") && e.contains("https"), "{e}");
+    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\ncredential = { kind = \"dev-vault\" }\n");
+    assert!(e.contains("connect_to"), "{e}");
+    let e = error_of(
+        "[vault]\nurl = \"https://v.vault.azure.net/\"\n[engine]\nconcurrency = 0\n[targets.db]\nkind = \"htpasswd\"\npath = \"/x\"\nadmin = { username = \"a\", secret = \"bad_name!\" }\npassword = { length = 4 }\n",
+    );
+    assert!(e.contains("engine.concurrency"), "{e}");
+    assert!(e.contains("targets.db.admin.secret"), "{e}");
+    assert!(e.contains("targets.db.password"), "{e}");
+}
+
+#[test]
+fn missing_file_and_missing_vault_are_errors() {
+    let e = jailed(|| load(Some(std::path::Path::new("/nonexistent/kv-rotator.toml")))).unwrap_err();
+    assert!(matches!(e, ConfigError::Parse(_)));
+    assert!(e.to_string().contains("/nonexistent/kv-rotator.toml"));
+    let e = error_of("[webhook]\nlisten = \"0.0.0.0:1\"\n");
+    assert!(e.contains("vault"), "{e}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let f = file(FULL);
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("KV_ROTATOR_WEBHOOK__LISTEN", "127.0.0.1:7777");
+        jail.set_env("KV_ROTATOR_ENGINE__CONCURRENCY", "2");
+        let config = load(Some(f.path())).map_err(|e| e.to_string())?;
+        assert_eq!(config.webhook.listen.port(), 7777);
+        assert_eq!(config.engine.concurrency, 2);
+        Ok(())
+    });
+}

@@ -1,0 +1,295 @@
+//! The production [`SecretStore`]: the official `SecretClient` of
+//! `azure_security_keyvault_secrets` 1.x, with error classification.
+//!
+//! - [`AzureSecretStore::connect`] builds the client. [`TransportOverrides`] lets it
+//!   reach the dev vault over real TLS: an extra trusted root and a fixed address for
+//!   the vault host, so the SDK's whole path (challenge, bearer policy, retries) runs.
+//! - [`DevVaultCredential`]: a fixed-token credential the dev vault accepts.
+//! - Errors from the SDK become [`StoreError`]s that say whether a retry can help.
+//!
+//! Retries of 429 (honouring `Retry-After`), 5xx and connection errors are the SDK's
+//! retry policy; what outlasts it surfaces as [`StoreError::Unavailable`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use azure_core::credentials::{AccessToken, Secret as AzSecret, TokenCredential, TokenRequestOptions};
+use azure_core::error::ErrorKind;
+use azure_core::http::{ClientOptions, Transport};
+use azure_security_keyvault_secrets::models::{
+    Secret, SecretAttributes, SecretClientGetSecretOptions, SecretProperties as AzSecretProperties, SetSecretParameters,
+};
+use azure_security_keyvault_secrets::{ResourceExt, SecretClient, SecretClientOptions};
+use futures::TryStreamExt;
+use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
+use url::Url;
+
+use crate::store::{NewSecretVersion, SecretProperties, SecretRecord, SecretStore, StoreError, StoreResult};
+
+/// How to reach a vault other than through public DNS and the system roots.
+#[derive(Debug, Clone, Default)]
+pub struct TransportOverrides {
+    /// Extra root certificate (PEM) to trust, e.g. the dev vault's generated CA.
+    pub extra_root_pem: Option<String>,
+    /// Connect to this address for the vault host (like curl's `--connect-to`).
+    pub connect_to: Option<SocketAddr>,
+}
+
+/// [`SecretStore`] over the official Azure SDK.
+#[derive(Clone)]
+pub struct AzureSecretStore {
+    client: Arc<SecretClient>,
+    url: Url,
+    vault_name: String,
+}
+
+impl std::fmt::Debug for AzureSecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureSecretStore").field("url", &self.url.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl AzureSecretStore {
+    /// Builds a client for `vault_url` with `credential`.
+    pub fn connect(
+        vault_url: &str,
+        credential: Arc<dyn TokenCredential>,
+        overrides: TransportOverrides,
+    ) -> StoreResult<Self> {
+        let invalid = |detail: String| StoreError::Invalid { name: String::new(), operation: "connect", detail };
+        let url = Url::parse(vault_url).map_err(|e| invalid(format!("vault URL {vault_url:?}: {e}")))?;
+        let host = url.host_str().ok_or_else(|| invalid(format!("vault URL {vault_url:?} has no host")))?.to_owned();
+        let vault_name = host.split('.').next().unwrap_or_default().to_owned();
+
+        let mut options = SecretClientOptions::default();
+        if overrides.extra_root_pem.is_some() || overrides.connect_to.is_some() {
+            let mut builder = reqwest::Client::builder()
+                // Key Vault never redirects; following one would re-send the token elsewhere.
+                .redirect(reqwest::redirect::Policy::none());
+            if let Some(pem) = &overrides.extra_root_pem {
+                let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+                    .map_err(|e| invalid(format!("extra root certificate: {e}")))?;
+                builder = builder.add_root_certificate(cert);
+            }
+            if let Some(addr) = overrides.connect_to {
+                builder = builder.resolve(&host, addr);
+            }
+            let http = builder.build().map_err(|e| invalid(format!("HTTP client: {e}")))?;
+            options.client_options =
+                ClientOptions { transport: Some(Transport::new(Arc::new(http))), ..Default::default() };
+        }
+        let client = SecretClient::new(url.as_str(), credential, Some(options))
+            .map_err(|e| invalid(format!("secret client: {e}")))?;
+        Ok(Self { client: Arc::new(client), url, vault_name })
+    }
+
+    fn error(&self, name: &str, operation: &'static str, err: azure_core::Error) -> StoreError {
+        classify(&self.vault_name, name, operation, err)
+    }
+
+    fn record(&self, name: &str, operation: &'static str, secret: Secret) -> StoreResult<SecretRecord> {
+        let version = secret.resource_id().ok().and_then(|id| id.version).ok_or_else(|| StoreError::Invalid {
+            name: name.to_owned(),
+            operation,
+            detail: "response has no version id".into(),
+        })?;
+        let value = SecretString::from(secret.value.unwrap_or_default());
+        let properties =
+            properties_from(name, Some(version.clone()), secret.tags, secret.content_type, secret.attributes);
+        Ok(SecretRecord { name: name.to_owned(), version, value, properties })
+    }
+}
+
+fn properties_from(
+    name: &str,
+    version: Option<String>,
+    tags: Option<HashMap<String, String>>,
+    content_type: Option<String>,
+    attributes: Option<SecretAttributes>,
+) -> SecretProperties {
+    let attributes = attributes.unwrap_or_default();
+    SecretProperties {
+        name: name.to_owned(),
+        version,
+        tags: tags.unwrap_or_default().into_iter().collect(),
+        content_type,
+        enabled: attributes.enabled.unwrap_or(true),
+        expires: attributes.expires,
+        not_before: attributes.not_before,
+        created: attributes.created,
+        updated: attributes.updated,
+    }
+}
+
+fn list_item(item: AzSecretProperties) -> Option<SecretProperties> {
+    let id = item.resource_id().ok()?;
+    Some(properties_from(&id.name, id.version, item.tags, item.content_type, item.attributes))
+}
+
+/// Maps an SDK error to a [`StoreError`], keeping the service's error code.
+fn classify(vault: &str, name: &str, operation: &'static str, err: azure_core::Error) -> StoreError {
+    let (vault, name) = (vault.to_owned(), name.to_owned());
+    match err.kind() {
+        ErrorKind::HttpResponse { status, error_code, raw_response } => {
+            let status = u16::from(*status);
+            let body: Option<serde_json::Value> = raw_response.as_ref().and_then(|r| r.body().json().ok());
+            let inner_code = body
+                .as_ref()
+                .and_then(|b| b.pointer("/error/innererror/code"))
+                .and_then(|c| c.as_str())
+                .map(str::to_owned);
+            let message = body
+                .as_ref()
+                .and_then(|b| b.pointer("/error/message"))
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let code = error_code.clone().unwrap_or_else(|| status.to_string());
+            match status {
+                404 => StoreError::NotFound { vault, name },
+                403 if inner_code.as_deref() == Some("SecretDisabled") => StoreError::Disabled { vault, name },
+                409 => StoreError::SoftDeleted { vault, name },
+                401 | 403 => StoreError::AccessDenied { vault, name, operation, code },
+                408 | 429 | 500..=599 => {
+                    StoreError::Unavailable { vault, name, operation, detail: format!("{status} {code}") }
+                }
+                _ => StoreError::Rejected { vault, name, operation, status, code, message },
+            }
+        }
+        ErrorKind::Connection | ErrorKind::Io => {
+            StoreError::Unavailable { vault, name, operation, detail: err.to_string() }
+        }
+        ErrorKind::Credential => {
+            StoreError::AccessDenied { vault, name, operation, code: format!("credential: {err}") }
+        }
+        _ => StoreError::Invalid { name, operation, detail: err.to_string() },
+    }
+}
+
+#[async_trait]
+impl SecretStore for AzureSecretStore {
+    fn vault_url(&self) -> &Url {
+        &self.url
+    }
+
+    fn vault_name(&self) -> &str {
+        &self.vault_name
+    }
+
+    async fn get_latest(&self, name: &str) -> StoreResult<SecretRecord> {
+        let secret = self
+            .client
+            .get_secret(name, None)
+            .await
+            .and_then(|r| r.into_model())
+            .map_err(|e| self.error(name, "get", e))?;
+        self.record(name, "get", secret)
+    }
+
+    async fn get_version(&self, name: &str, version: &str) -> StoreResult<SecretRecord> {
+        let options = SecretClientGetSecretOptions { secret_version: Some(version.to_owned()), ..Default::default() };
+        let secret = self
+            .client
+            .get_secret(name, Some(options))
+            .await
+            .and_then(|r| r.into_model())
+            .map_err(|e| self.error(name, "get version", e))?;
+        self.record(name, "get version", secret)
+    }
+
+    async fn set_secret(&self, name: &str, new: NewSecretVersion) -> StoreResult<SecretRecord> {
+        let parameters = SetSecretParameters {
+            // The SDK model takes a plain String; it lives only for this request.
+            value: Some(new.value.expose_secret().to_owned()),
+            tags: Some(new.tags.into_iter().collect()),
+            content_type: new.content_type,
+            secret_attributes: Some(SecretAttributes {
+                enabled: Some(true),
+                expires: new.expires,
+                not_before: new.not_before,
+                ..Default::default()
+            }),
+        };
+        let content = parameters.try_into().map_err(|e| self.error(name, "set", e))?;
+        let secret = self
+            .client
+            .set_secret(name, content, None)
+            .await
+            .and_then(|r| r.into_model())
+            .map_err(|e| self.error(name, "set", e))?;
+        self.record(name, "set", secret)
+    }
+
+    async fn delete_secret(&self, name: &str) -> StoreResult<()> {
+        match self.client.delete_secret(name, None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match self.error(name, "delete", e) {
+                StoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn purge_deleted_secret(&self, name: &str) -> StoreResult<()> {
+        match self.client.purge_deleted_secret(name, None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match self.error(name, "purge", e) {
+                StoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn list_versions(&self, name: &str) -> StoreResult<Vec<SecretProperties>> {
+        let pager = self
+            .client
+            .list_secret_properties_versions(name, None)
+            .map_err(|e| self.error(name, "list versions", e))?;
+        let mut versions: Vec<SecretProperties> = pager
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| self.error(name, "list versions", e))?
+            .into_iter()
+            .filter_map(list_item)
+            .collect();
+        // The service lists versions in id order, which is not creation order.
+        versions.sort_by_key(|v| v.created);
+        Ok(versions)
+    }
+
+    async fn list_secrets(&self) -> StoreResult<Vec<SecretProperties>> {
+        let pager = self.client.list_secret_properties(None).map_err(|e| self.error("", "list", e))?;
+        let items = pager.try_collect::<Vec<_>>().await.map_err(|e| self.error("", "list", e))?;
+        Ok(items.into_iter().filter_map(list_item).collect())
+    }
+}
+
+/// A credential returning one fixed token, accepted by the dev vault only.
+#[derive(Debug, Clone)]
+pub struct DevVaultCredential {
+    token: String,
+}
+
+impl DevVaultCredential {
+    /// The token the dev vault's clients send.
+    pub const TOKEN: &'static str = "kv-rotator-dev-vault-token";
+
+    /// A credential yielding [`Self::TOKEN`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { token: Self::TOKEN.to_owned() })
+    }
+}
+
+#[async_trait]
+impl TokenCredential for DevVaultCredential {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        Ok(AccessToken::new(AzSecret::new(self.token.clone()), OffsetDateTime::now_utc() + time::Duration::hours(1)))
+    }
+}

@@ -1,0 +1,14 @@
+//! Key Vault access for kv-rotator.
+//!
+//! - [`store`]: the [`SecretStore`] trait — everything the rotation engine needs from
+//!   Key Vault — with its value types and the error classification (transient or not).
+//! - [`azure`]: the production store over the official `SecretClient`
+//!   (`azure_security_keyvault_secrets` 1.x), and credential selection.
+//! - [`devvault`]: the dev vault, a local TLS-serving implementation of the Key Vault
+//!   secrets REST API used by `kv-rotator dev`, the demo and every test.
+
+pub mod azure;
+pub mod devvault;
+pub mod store;
+
+pub use store::{NewSecretVersion, SecretProperties, SecretRecord, SecretStore, StoreError, StoreResult};

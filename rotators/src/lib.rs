@@ -1,0 +1,143 @@
+//! Rotators: the parts of kv-rotator that talk to target systems.
+//!
+//! - [`Rotator`]: the trait every target implements — make the target accept a pending
+//!   password ([`Rotator::set_password`]) and check a password ([`Rotator::verify`]).
+//!   Requests and responses are structs so fields can be added without breaking plugins.
+//! - [`password`]: password policy and generation.
+//! - built-in rotators, one module per target, each behind a feature flag:
+//!   [`postgres`] (single-user strategy), [`htpasswd`] (bcrypt file, used by the demo).
+//! - [`testkit`]: conformance checks every rotator must pass.
+//!
+//! Rotators know nothing of Key Vault or HTTP ingress: the engine hands them the
+//! passwords it read, and keeps the protocol (journal, fencing, finish) to itself.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+pub mod password;
+#[cfg(feature = "htpasswd")]
+pub mod htpasswd;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod testkit;
+
+pub use password::PasswordPolicy;
+
+/// Result alias for rotator operations.
+pub type RotatorResult<T> = Result<T, RotatorError>;
+
+/// A rotator error. Messages are sanitized: they never contain a password.
+#[derive(Debug, thiserror::Error)]
+pub enum RotatorError {
+    /// The target could not be reached or answered with a temporary failure; retry later.
+    #[error("target unavailable: {0}")]
+    Transient(String),
+    /// No retry will help without an operator (bad configuration, missing privilege,
+    /// no known password accepted…).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl RotatorError {
+    /// Whether retrying later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RotatorError::Transient(_))
+    }
+}
+
+/// A login on the target: user name and password.
+#[derive(Clone)]
+pub struct Credential {
+    /// User (role, account) name on the target.
+    pub username: String,
+    /// Its password; never printed.
+    pub password: SecretString,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential").field("username", &self.username).field("password", &"[REDACTED]").finish()
+    }
+}
+
+/// Ask the target to accept `pending` as the password of `username`.
+///
+/// Idempotency contract: if `pending` already authenticates, succeed without changing
+/// anything ([`SetPasswordOutcome::AlreadySet`]). Otherwise log in with `current`, then
+/// each of `previous`, then `admin`, and change the password with the first that works.
+/// If none works, return [`RotatorError::Permanent`] naming which logins were tried
+/// (never their values).
+#[derive(Debug, Clone)]
+pub struct SetPasswordRequest {
+    /// The account whose password changes (the secret's `CredentialId` tag).
+    pub username: String,
+    /// The password to set.
+    pub pending: SecretString,
+    /// The password in the secret's latest version.
+    pub current: SecretString,
+    /// Older passwords worth trying, newest first.
+    pub previous: Vec<SecretString>,
+    /// The profile's admin login, when it has one.
+    pub admin: Option<Credential>,
+}
+
+/// How [`Rotator::set_password`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetPasswordOutcome {
+    /// `pending` already authenticated; nothing changed.
+    AlreadySet,
+    /// Changed while logged in as the user with its current password.
+    ChangedWithCurrent,
+    /// Changed while logged in as the user with one of the previous passwords.
+    ChangedWithPrevious,
+    /// Changed while logged in with the admin credential.
+    ChangedWithAdmin,
+}
+
+/// Response of [`Rotator::set_password`].
+#[derive(Debug, Clone)]
+pub struct SetPasswordResponse {
+    /// What happened.
+    pub outcome: SetPasswordOutcome,
+}
+
+/// Check whether `password` logs in as `username` and has what consumers need.
+#[derive(Debug, Clone)]
+pub struct VerifyRequest {
+    /// The account.
+    pub username: String,
+    /// The password to try.
+    pub password: SecretString,
+}
+
+/// Response of [`Rotator::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyResponse {
+    /// The login works.
+    Accepted,
+    /// The target answered and refused this password (authentication failure).
+    Rejected,
+}
+
+/// A target system whose passwords kv-rotator rotates.
+///
+/// Implementations hold their connection settings (from a target profile) and must be
+/// safe to share between concurrent rotations of different users. They must not log or
+/// return passwords; tracing and metrics wrap them in the engine.
+#[async_trait]
+pub trait Rotator: Send + Sync + fmt::Debug {
+    /// Short name of the target kind, e.g. `postgres`.
+    fn kind(&self) -> &'static str;
+
+    /// The password policy new passwords for this target must follow.
+    fn password_policy(&self) -> &PasswordPolicy;
+
+    /// Makes the target accept `pending`; see [`SetPasswordRequest`] for the contract.
+    async fn set_password(&self, req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse>;
+
+    /// Logs in with the given password. An authentication failure is
+    /// `Ok(VerifyResponse::Rejected)`; an unreachable target is `Err(Transient)`.
+    async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse>;
+}

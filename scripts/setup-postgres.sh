@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Prepares the local PostgreSQL for kv-rotator's integration tests. Idempotent; run as root.
+#
+# The test machines' pg_hba.conf trusts every connection, so any password logs in and
+# "the old password is rejected" could never be tested. This script makes password
+# checks real for test roles only:
+#   1. starts the cluster if it is down;
+#   2. creates the NOLOGIN group role kvr_scram (tests put their roles in it);
+#   3. puts, once, at the top of pg_hba.conf (first match wins; a block found lower down
+#      is moved up):
+#        host all +kvr_scram 127.0.0.1/32 scram-sha-256
+#        host all +kvr_scram ::1/128      scram-sha-256
+#      so members of kvr_scram must present their password; everyone else (postgres
+#      included) keeps the existing rules;
+#   4. sets password_encryption = 'scram-sha-256' (ALTER SYSTEM) if it is not already;
+#   5. reloads the configuration and proves it worked: a probe member role logs in
+#      with its password and is refused with a wrong one.
+#
+# Environment: PGHOST_TEST (default 127.0.0.1) and PGPORT (default 5432) for the probe.
+set -euo pipefail
+
+MARK_BEGIN="# >>> kv-rotator test roles: password auth for members of kvr_scram (scripts/setup-postgres.sh) >>>"
+MARK_END="# <<< kv-rotator test roles <<<"
+HOST="${PGHOST_TEST:-127.0.0.1}"
+PORT="${PGPORT:-5432}"
+
+log() { printf 'setup-postgres: %s\n' "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# Superuser psql over the Unix socket: as the postgres OS user when we are root (works
+# with peer or trust), else as the postgres role (trust).
+psql_admin() {
+    if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1; then
+        (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres -tA "$@")
+    else
+        psql -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres -tA "$@"
+    fi
+}
+
+# 1. Running?
+if ! pg_isready -q -h "$HOST" -p "$PORT"; then
+    version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+    [ -n "$version" ] || die "no cluster under /etc/postgresql"
+    log "PostgreSQL is down; starting cluster $version/main"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    for _ in $(seq 1 30); do
+        pg_isready -q -h "$HOST" -p "$PORT" && break
+        sleep 1
+    done
+    pg_isready -q -h "$HOST" -p "$PORT" || die "PostgreSQL did not come up on $HOST:$PORT"
+fi
+
+# 2. Group role.
+psql_admin <<'SQL'
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'kvr_scram') THEN
+        CREATE ROLE kvr_scram NOLOGIN;
+    END IF;
+END
+$$;
+SQL
+
+# 3. pg_hba.conf block, at the top, once.
+hba="$(psql_admin -c 'SHOW hba_file')"
+[ -f "$hba" ] || die "hba_file '$hba' is not a file"
+if [ "$(head -n 1 "$hba")" = "$MARK_BEGIN" ]; then
+    log "pg_hba.conf already starts with the kvr_scram block ($hba)"
+else
+    tmp="$(mktemp "$hba.kvr.XXXXXX")"
+    {
+        printf '%s\n' "$MARK_BEGIN"
+        printf '%s\n' "host    all    +kvr_scram    127.0.0.1/32    scram-sha-256"
+        printf '%s\n' "host    all    +kvr_scram    ::1/128         scram-sha-256"
+        printf '%s\n' "$MARK_END"
+        # An earlier block moved further down by hand is taken out, not duplicated.
+        awk -v b="$MARK_BEGIN" -v e="$MARK_END" '$0 == b { skip = 1 } !skip { print } $0 == e { skip = 0 }' "$hba"
+    } >"$tmp"
+    # Copy over rather than rename: keeps the file's owner, mode and inode.
+    cat "$tmp" >"$hba"
+    rm -f "$tmp"
+    log "put the kvr_scram block at the top of $hba"
+fi
+
+# 4. Verifiers stored as SCRAM (an md5 verifier cannot answer a scram-sha-256 line).
+if [ "$(psql_admin -c 'SHOW password_encryption')" != "scram-sha-256" ]; then
+    psql_admin -c "ALTER SYSTEM SET password_encryption = 'scram-sha-256'"
+    log "set password_encryption = 'scram-sha-256'"
+fi
+
+# 5. Reload and check.
+psql_admin -c 'SELECT pg_reload_conf()' >/dev/null
+bad_rules="$(psql_admin -c 'SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL')"
+[ "$bad_rules" = 0 ] || die "pg_hba.conf has $bad_rules invalid line(s): SELECT * FROM pg_hba_file_rules WHERE error IS NOT NULL"
+
+probe="kvr_setup_probe"
+probe_password="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+psql_admin <<SQL
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS $probe;
+CREATE ROLE $probe LOGIN IN ROLE kvr_scram PASSWORD '$probe_password';
+SQL
+cleanup() { psql_admin -c "DROP ROLE IF EXISTS $probe" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+try_login() { PGPASSWORD="$1" psql -X -w -q -h "$HOST" -p "$PORT" -U "$probe" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; }
+
+# The reload is a signal: give the postmaster a moment to re-read the files.
+ok=""
+for _ in $(seq 1 50); do
+    if ! try_login "wrong-$probe_password" && try_login "$probe_password"; then
+        ok=1
+        break
+    fi
+    sleep 0.1
+done
+[ -n "$ok" ] || die "a kvr_scram member still logs in with a wrong password (or not with the right one) on $HOST:$PORT; check $hba"
+log "ok: members of kvr_scram need their password on $HOST:$PORT"

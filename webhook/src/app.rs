@@ -1,0 +1,421 @@
+//! The HTTP app: an axum [`Router`] that receives Event Grid deliveries.
+//!
+//! - [`router`]: `POST /api/eventgrid` (and `POST /` as an alias, for subscriptions
+//!   that name the bare host), `GET /healthz`.
+//! - [`WebhookState`]: the queue the rotations go to, and the options.
+//! - The delivery handler: checks the content type and size, answers the
+//!   subscription validation handshake, turns `SecretNearExpiry`/`SecretExpired`
+//!   into [`RotationRequest`]s for the queue and acknowledges the rest. Decisions
+//!   per event are made in [`eventgrid`](crate::eventgrid); this module only maps
+//!   them to HTTP and the queue.
+//!
+//! # Status codes
+//!
+//! Event Grid never retries 400, 401, 403, 404 or 413, and retries everything else
+//! that is not a success. So:
+//!
+//! - 200 whenever the delivery was understood, even if some events in it were
+//!   malformed: those are logged and dropped, since they can never become valid
+//!   and a failure would make Event Grid redeliver the good ones too.
+//! - 503 with `Retry-After` when the queue is full or closed: transient, retried.
+//! - 400 only for a body that is not an Event Grid delivery at all (not JSON, not
+//!   an array, wrong content type, CloudEvents for now); 413 for an oversize body.
+//!
+//! The handler never waits for a rotation: it only `try_send`s into the queue.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::eventgrid::{
+    plan_event, AegEventType, Disposition, EventKind, PlannedEvent, SubscriptionValidationData, ValidationResponse,
+    AEG_EVENT_TYPE_HEADER,
+};
+use crate::request::{RotationRequest, Trigger};
+
+/// The main delivery path.
+pub const EVENTGRID_PATH: &str = "/api/eventgrid";
+/// The liveness path.
+pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// What the webhook needs: the rotation queue and its options.
+///
+/// Cheap to clone (the queue sender is reference counted).
+#[derive(Debug, Clone)]
+pub struct WebhookState {
+    queue: mpsc::Sender<RotationRequest>,
+    max_body_bytes: usize,
+    retry_after: Duration,
+}
+
+impl WebhookState {
+    /// Event Grid's largest batch, 1 MiB.
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+    /// `Retry-After` sent with 503.
+    pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+    /// A state sending rotations into `queue`, with default options.
+    pub fn new(queue: mpsc::Sender<RotationRequest>) -> Self {
+        Self { queue, max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES, retry_after: Self::DEFAULT_RETRY_AFTER }
+    }
+
+    /// Largest accepted body; larger ones get 413.
+    pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> Self {
+        self.max_body_bytes = max_body_bytes;
+        self
+    }
+
+    /// The `Retry-After` sent with 503, rounded up to whole seconds (at least 1).
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// Largest accepted body.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// The `Retry-After` sent with 503.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+/// The webhook's routes; see the [module docs](self).
+pub fn router(state: WebhookState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route(EVENTGRID_PATH, post(receive))
+        .route("/", post(receive))
+        .route(HEALTHZ_PATH, get(healthz))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// A short JSON error; never echoes the body.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn unavailable(state: &WebhookState, message: &str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    let seconds = state.retry_after.as_secs() + u64::from(state.retry_after.subsec_nanos() > 0);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+}
+
+fn too_large(state: &WebhookState) -> Response {
+    error(StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds {} bytes", state.max_body_bytes))
+}
+
+const CLOUDEVENTS_UNSUPPORTED: &str = "CloudEvents schema not supported yet";
+
+/// Why the content type is refused, if it is: only `application/json` (any
+/// parameters) is accepted, and CloudEvents is named explicitly so a subscription
+/// set to the wrong schema is obvious from the answer.
+fn content_type_problem(headers: &HeaderMap) -> Option<&'static str> {
+    if headers.contains_key("ce-specversion") {
+        // CloudEvents binary mode: a JSON body, the envelope in headers.
+        return Some(CLOUDEVENTS_UNSUPPORTED);
+    }
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Some("missing Content-Type, expected application/json");
+    };
+    let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => None,
+        "application/cloudevents+json" | "application/cloudevents-batch+json" => Some(CLOUDEVENTS_UNSUPPORTED),
+        _ => Some("unsupported Content-Type, expected application/json"),
+    }
+}
+
+/// Handles one delivery (see the [module docs](self) for the status codes).
+#[tracing::instrument(name = "eventgrid_delivery", skip_all, fields(aeg_event_type, events))]
+async fn receive(State(state): State<WebhookState>, request: Request) -> Response {
+    // Cheap checks first, before reading the body.
+    if let Some(problem) = content_type_problem(request.headers()) {
+        return error(StatusCode::BAD_REQUEST, problem);
+    }
+    let declared_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared_length.is_some_and(|n| n > state.max_body_bytes as u64) {
+        return too_large(&state);
+    }
+    let aeg_header = request.headers().get(AEG_EVENT_TYPE_HEADER).map(|v| v.to_str().unwrap_or("").to_owned());
+    let aeg = aeg_header.as_deref().and_then(AegEventType::parse);
+    let span = tracing::Span::current();
+    span.record("aeg_event_type", aeg_header.as_deref().unwrap_or(""));
+    if aeg_header.is_some() && aeg.is_none() {
+        // Decisions rest on each event's eventType; an unknown header value is no reason to refuse.
+        tracing::debug!(header = ?aeg_header, "unknown aeg-event-type header value");
+    }
+
+    // The DefaultBodyLimit layer caps the read even without a Content-Length.
+    let body = match Bytes::from_request(request, &state).await {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(&state),
+        Err(rejection) => {
+            tracing::debug!(error = %rejection.body_text(), "could not read request body");
+            return error(StatusCode::BAD_REQUEST, "could not read request body");
+        }
+    };
+    let events = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(events)) => events,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "body must be a JSON array of Event Grid events"),
+        // serde_json's syntax errors name a line and column, never body content.
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not valid JSON: {e}")),
+    };
+    span.record("events", events.len());
+    if events.iter().any(is_cloud_event) {
+        return error(StatusCode::BAD_REQUEST, CLOUDEVENTS_UNSUPPORTED);
+    }
+
+    let planned: Vec<PlannedEvent> = events.iter().enumerate().map(|(i, e)| plan_event(i, e)).collect();
+    if let Some(response) = handshake(aeg, &planned) {
+        return response;
+    }
+    notify(&state, planned)
+}
+
+/// A CloudEvents 1.0 event sent as `application/json`: it has `specversion` and no
+/// `eventType`. Answering 400 beats acknowledging events we cannot read.
+fn is_cloud_event(event: &Value) -> bool {
+    event.get("specversion").is_some() && event.get("eventType").is_none()
+}
+
+/// Answers the validation handshake, if this delivery is one.
+fn handshake(aeg: Option<AegEventType>, planned: &[PlannedEvent]) -> Option<Response> {
+    let validation = planned.iter().find_map(|p| match &p.disposition {
+        Disposition::Validate(data) => Some((p, data)),
+        _ => None,
+    });
+    let Some((event, SubscriptionValidationData { validation_code, validation_url })) = validation else {
+        if aeg != Some(AegEventType::SubscriptionValidation) {
+            return None;
+        }
+        // A handshake we cannot answer: say why; Event Grid reports the failure to whoever subscribes.
+        let reason = planned
+            .iter()
+            .find_map(|p| match &p.disposition {
+                Disposition::Reject(e) => Some(e.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "no SubscriptionValidationEvent in a SubscriptionValidation delivery".to_owned());
+        tracing::warn!(%reason, "subscription validation failed");
+        return Some(error(StatusCode::BAD_REQUEST, reason));
+    };
+    if planned.len() > 1 {
+        // Event Grid sends the handshake alone; anything else here is not a notification.
+        tracing::warn!(others = planned.len() - 1, "ignoring other events in a validation delivery");
+    }
+    tracing::info!(
+        event_id = ?event.event_id.as_deref().unwrap_or(""),
+        validation_url = validation_url.as_deref().unwrap_or(""),
+        "answering Event Grid subscription validation"
+    );
+    // 200, not 202: Event Grid rejects 202 for the handshake.
+    Some((StatusCode::OK, Json(ValidationResponse { validation_response: validation_code.clone() })).into_response())
+}
+
+/// Logs every event's fate, enqueues the rotations, and answers.
+fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
+    let (mut ignored, mut rejected) = (0usize, 0usize);
+    let mut seen = HashSet::new();
+    let mut rotations = Vec::new();
+    for PlannedEvent { index, event_id, disposition } in planned {
+        // Event ids are not validated, so they are logged escaped (`?`).
+        let id = event_id.as_deref().unwrap_or("");
+        match disposition {
+            Disposition::Rotate(request) => {
+                // One batch may name a version twice (NearExpiry and Expired); one rotation is enough.
+                let key = (
+                    request.vault_name.to_ascii_lowercase(),
+                    request.secret_name.to_ascii_lowercase(),
+                    request.version.as_ref().map(|v| v.to_ascii_lowercase()),
+                );
+                if seen.insert(key) {
+                    rotations.push(request);
+                } else {
+                    ignored += 1;
+                    tracing::debug!(index, event_id = ?id, "duplicate rotation in the same delivery");
+                }
+            }
+            Disposition::Ignore { kind: EventKind::SubscriptionDeleted, event_type } => {
+                ignored += 1;
+                tracing::warn!(index, event_id = ?id, ?event_type, "Event Grid subscription deleted");
+            }
+            Disposition::Ignore { kind, event_type } => {
+                ignored += 1;
+                // Includes SecretNewVersionCreated: the worker's own writes must not loop back.
+                tracing::debug!(index, event_id = ?id, ?event_type, ?kind, "event ignored");
+            }
+            // Not reached: a delivery holding a validation event is answered by `handshake`.
+            Disposition::Validate(_) => ignored += 1,
+            Disposition::Reject(reason) => {
+                rejected += 1;
+                tracing::warn!(index, event_id = ?id, %reason, "event dropped");
+            }
+        }
+    }
+
+    let (sent, outcome) = enqueue(&state.queue, &rotations);
+    for request in &rotations[..sent] {
+        if let Trigger::EventGrid { event_id, event_type } = &request.trigger {
+            // Names are validated and the event type is a known one, so `%` is safe for them.
+            tracing::info!(
+                vault = %request.vault_name,
+                secret = %request.secret_name,
+                version = %request.version.as_deref().unwrap_or("latest"),
+                ?event_id,
+                %event_type,
+                "rotation request queued"
+            );
+        }
+    }
+    if let Err(e) = outcome {
+        let (message, closed) = match e {
+            TrySendError::Full(()) => ("rotation queue is full, retry later", false),
+            TrySendError::Closed(()) => ("worker is shutting down, retry later", true),
+        };
+        tracing::warn!(rotations = rotations.len(), sent, closed, "delivery refused with 503");
+        return unavailable(state, message);
+    }
+    let summary = json!({ "queued": rotations.len(), "ignored": ignored, "rejected": rejected });
+    (StatusCode::OK, Json(summary)).into_response()
+}
+
+/// Sends `rotations`, returning how many went in. When the queue could hold them
+/// all, it is all or none, so a 503 makes Event Grid redeliver a batch that adds
+/// no duplicate. A batch larger than the whole queue goes one by one; duplicates
+/// from its redelivery are harmless, since the engine keys a rotation on (vault,
+/// secret, version).
+fn enqueue(
+    queue: &mpsc::Sender<RotationRequest>,
+    rotations: &[RotationRequest],
+) -> (usize, Result<(), TrySendError<()>>) {
+    if rotations.is_empty() {
+        return (0, Ok(()));
+    }
+    if rotations.len() <= queue.max_capacity() {
+        return match queue.try_reserve_many(rotations.len()) {
+            Ok(permits) => {
+                for (permit, request) in permits.zip(rotations) {
+                    permit.send(request.clone());
+                }
+                (rotations.len(), Ok(()))
+            }
+            Err(e) => (0, Err(e)),
+        };
+    }
+    for (sent, request) in rotations.iter().enumerate() {
+        if let Err(e) = queue.try_send(request.clone()) {
+            let e = match e {
+                TrySendError::Full(_) => TrySendError::Full(()),
+                TrySendError::Closed(_) => TrySendError::Closed(()),
+            };
+            return (sent, Err(e));
+        }
+    }
+    (rotations.len(), Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn post(path: &str, content_type: &str, body: &str) -> Request {
+        Request::post(path).header(header::CONTENT_TYPE, content_type).body(Body::from(body.to_owned())).unwrap()
+    }
+
+    async fn call(state: WebhookState, request: Request) -> (StatusCode, HeaderMap, Value) {
+        let response = router(state).oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (parts.status, parts.headers, value)
+    }
+
+    #[tokio::test]
+    async fn healthz_says_ok() {
+        let (tx, _rx) = mpsc::channel(1);
+        let response = router(WebhookState::new(tx))
+            .oneshot(Request::get(HEALTHZ_PATH).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(axum::body::to_bytes(response.into_body(), 16).await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn content_type_parameters_and_case_are_accepted() {
+        let (tx, _rx) = mpsc::channel(1);
+        let (status, _, body) = call(WebhookState::new(tx), post("/", "Application/JSON; charset=utf-8", "[]")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"queued": 0, "ignored": 0, "rejected": 0}));
+    }
+
+    #[tokio::test]
+    async fn wrong_or_missing_content_type_is_400() {
+        let (tx, _rx) = mpsc::channel(1);
+        let state = WebhookState::new(tx);
+        let (status, _, body) = call(state.clone(), post(EVENTGRID_PATH, "text/plain", "[]")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("Content-Type"));
+        let request = Request::post(EVENTGRID_PATH).body(Body::from("[]")).unwrap();
+        assert_eq!(call(state, request).await.0, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn non_array_json_is_400() {
+        let (tx, _rx) = mpsc::channel(1);
+        let (status, _, body) = call(WebhookState::new(tx), post(EVENTGRID_PATH, "application/json", "{}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body, json!({"error": "body must be a JSON array of Event Grid events"}));
+    }
+
+    #[tokio::test]
+    async fn declared_oversize_is_413_before_reading() {
+        let (tx, _rx) = mpsc::channel(1);
+        let request = Request::post(EVENTGRID_PATH)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, "11")
+            .body(Body::from("[         ]"))
+            .unwrap();
+        let (status, _, _) = call(WebhookState::new(tx).with_max_body_bytes(10), request).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn retry_after_rounds_up() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let state = WebhookState::new(tx).with_retry_after(Duration::from_millis(1500));
+        let event = json!([{
+            "id": "e", "eventType": crate::eventgrid::SECRET_EXPIRED,
+            "data": {"VaultName": "sample-kv", "ObjectName": "s"}
+        }]);
+        let (status, headers, _) = call(state, post("/", "application/json", &event.to_string())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+    }
+}

@@ -1,0 +1,790 @@
+//! The Event Grid schema, and what each event of a delivery means to kv-rotator.
+//!
+//! Event Grid POSTs a JSON array of events to the webhook. This module turns that
+//! array into decisions, with no I/O, so [`app`](crate::app) only answers HTTP and
+//! feeds the queue. Its parts:
+//!
+//! - [`EventGridEvent`]: one event of the Event Grid schema (the envelope).
+//! - [`AegEventType`]: the `aeg-event-type` header, what kind of delivery it is.
+//! - [`EventKind`]: what an `eventType` is to us (handshake, rotate, ignore).
+//! - [`SubscriptionValidationData`] and [`ValidationResponse`]: the handshake.
+//! - [`KeyVaultEventData`]: the `data` of a Key Vault event, read tolerantly, and
+//!   [`SecretRef`]: the secret it names, after cross-checking its fields.
+//! - [`plan_event`] / [`Disposition`]: the decision for one event.
+//! - [`EventError`]: why an event is dropped. Always permanent: a malformed event
+//!   never becomes valid on redelivery.
+//!
+//! # Quirks of the real payloads
+//!
+//! Microsoft's documented Key Vault example (see `shared/fixtures/eventgrid`) has
+//! PascalCase `data` keys although other docs and SDKs use camelCase, the key
+//! `"ObjectName "` with a trailing space, a `Version` value with a leading space, and
+//! `NBF`/`EXP` as strings although the schema table says numbers. So keys are
+//! matched after trimming and ignoring ASCII case, string values are trimmed, and
+//! `NBF`/`EXP` may be integers, strings or null. No payload is published for
+//! `SecretNearExpiry`/`SecretExpired`; the docs say they share the `data` shape of
+//! `SecretNewVersionCreated`.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::request::{RotationRequest, Trigger};
+
+/// Header naming the kind of delivery; its value is matched ignoring ASCII case.
+pub const AEG_EVENT_TYPE_HEADER: &str = "aeg-event-type";
+
+/// `eventType` of the subscription validation handshake.
+pub const SUBSCRIPTION_VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
+/// `eventType` sent when the event subscription is deleted.
+pub const SUBSCRIPTION_DELETED_EVENT: &str = "Microsoft.EventGrid.SubscriptionDeletedEvent";
+/// A secret's `exp` is 30 days away (Key Vault's fixed threshold).
+pub const SECRET_NEAR_EXPIRY: &str = "Microsoft.KeyVault.SecretNearExpiry";
+/// A secret's `exp` has passed.
+pub const SECRET_EXPIRED: &str = "Microsoft.KeyVault.SecretExpired";
+/// A secret got a new version, including the ones the worker writes itself.
+pub const SECRET_NEW_VERSION_CREATED: &str = "Microsoft.KeyVault.SecretNewVersionCreated";
+
+/// Prefix of every Key Vault event type.
+const KEY_VAULT_PREFIX: &str = "Microsoft.KeyVault.";
+
+/// Longest piece of a received value quoted in an error; values are untrusted input.
+const MAX_QUOTED: usize = 80;
+
+/// The `aeg-event-type` header: what kind of delivery a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AegEventType {
+    /// The handshake: answer with the validation code.
+    SubscriptionValidation,
+    /// Ordinary events.
+    Notification,
+    /// The subscription was deleted.
+    SubscriptionDeletion,
+}
+
+impl AegEventType {
+    /// Reads the header value, ignoring ASCII case and surrounding spaces; `None` for
+    /// a value we do not know.
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        [Self::SubscriptionValidation, Self::Notification, Self::SubscriptionDeletion]
+            .into_iter()
+            .find(|kind| kind.as_str().eq_ignore_ascii_case(value))
+    }
+
+    /// The header value as Event Grid spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SubscriptionValidation => "SubscriptionValidation",
+            Self::Notification => "Notification",
+            Self::SubscriptionDeletion => "SubscriptionDeletion",
+        }
+    }
+}
+
+impl fmt::Display for AegEventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an `eventType` is to kv-rotator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`SUBSCRIPTION_VALIDATION_EVENT`]: answer the handshake.
+    SubscriptionValidation,
+    /// [`SUBSCRIPTION_DELETED_EVENT`]: acknowledge.
+    SubscriptionDeleted,
+    /// [`SECRET_NEAR_EXPIRY`]: rotate.
+    SecretNearExpiry,
+    /// [`SECRET_EXPIRED`]: rotate.
+    SecretExpired,
+    /// [`SECRET_NEW_VERSION_CREATED`]: ignore, or our own writes would loop.
+    SecretNewVersionCreated,
+    /// Any other `Microsoft.KeyVault.*` event (keys, certificates, access policy).
+    OtherKeyVault,
+    /// Anything else.
+    Unknown,
+}
+
+impl EventKind {
+    /// Classifies an `eventType`, ignoring ASCII case and surrounding spaces.
+    pub fn classify(event_type: &str) -> Self {
+        let t = event_type.trim();
+        let is = |name: &str| t.eq_ignore_ascii_case(name);
+        if is(SUBSCRIPTION_VALIDATION_EVENT) {
+            Self::SubscriptionValidation
+        } else if is(SUBSCRIPTION_DELETED_EVENT) {
+            Self::SubscriptionDeleted
+        } else if is(SECRET_NEAR_EXPIRY) {
+            Self::SecretNearExpiry
+        } else if is(SECRET_EXPIRED) {
+            Self::SecretExpired
+        } else if is(SECRET_NEW_VERSION_CREATED) {
+            Self::SecretNewVersionCreated
+        } else if t.get(..KEY_VAULT_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(KEY_VAULT_PREFIX)) {
+            Self::OtherKeyVault
+        } else {
+            Self::Unknown
+        }
+    }
+
+    /// Whether events of this kind ask for a rotation.
+    pub fn triggers_rotation(self) -> bool {
+        matches!(self, Self::SecretNearExpiry | Self::SecretExpired)
+    }
+}
+
+/// One event of the Event Grid schema.
+///
+/// Unknown envelope fields are ignored (the schema grows); `id` and `eventType` are
+/// required because nothing can be done without them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventGridEvent {
+    /// Unique per event; Event Grid keeps it across redeliveries.
+    pub id: String,
+    /// The source's resource id; for Key Vault the vault's ARM id.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// For Key Vault, the bare object name.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// E.g. [`SECRET_NEAR_EXPIRY`].
+    pub event_type: String,
+    /// When the source emitted the event (RFC 3339, kept as sent).
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// The event's payload; its shape depends on `eventType`.
+    #[serde(default)]
+    pub data: Value,
+    /// Schema version of `data`.
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub data_version: Option<String>,
+    /// Schema version of the envelope.
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub metadata_version: Option<String>,
+}
+
+/// Version fields are strings in the schema; tolerate a publisher that sends numbers.
+fn string_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(de)? {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+/// `data` of [`SUBSCRIPTION_VALIDATION_EVENT`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionValidationData {
+    /// Echoed back in [`ValidationResponse`].
+    #[serde(alias = "ValidationCode")]
+    pub validation_code: String,
+    /// For manual validation (a GET within 5 minutes); logged, never called.
+    #[serde(default, alias = "ValidationUrl")]
+    pub validation_url: Option<String>,
+}
+
+/// The body answering the handshake, sent with 200 (Event Grid rejects 202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationResponse {
+    /// The event's `validationCode`.
+    pub validation_response: String,
+}
+
+/// The `data` of a Key Vault object event, read tolerantly.
+///
+/// Keys match after trimming and ignoring ASCII case (`Id`/`id`, `"ObjectName "`);
+/// string values are trimmed, and empty or null values count as absent. `NBF`/`EXP`
+/// may be integers, integer strings or null; an unreadable one counts as absent,
+/// because they are informational (the engine reads `exp` from Key Vault itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyVaultEventData {
+    /// `Id`: the object's URL, `https://{vault}.vault.azure.net/secrets/{name}/{version}`.
+    pub id: Option<String>,
+    /// `VaultName`.
+    pub vault_name: Option<String>,
+    /// `ObjectType`: `Secret`, `Key` or `Certificate`.
+    pub object_type: Option<String>,
+    /// `ObjectName`.
+    pub object_name: Option<String>,
+    /// `Version`.
+    pub version: Option<String>,
+    /// `NBF`, Unix seconds.
+    pub nbf: Option<i64>,
+    /// `EXP`, Unix seconds.
+    pub exp: Option<i64>,
+}
+
+/// The `data` keys we read, in canonical spelling, matched by [`normalize_key`].
+const KV_FIELDS: [&str; 7] = ["Id", "VaultName", "ObjectType", "ObjectName", "Version", "NBF", "EXP"];
+
+fn normalize_key(key: &str) -> String {
+    key.trim().to_ascii_lowercase()
+}
+
+impl KeyVaultEventData {
+    /// Reads an event's `data`. Fails only when `data` is not an object, a field has
+    /// a type no variant of the payload uses, or a key is given twice (e.g. `Id` and
+    /// `id`) with different values.
+    pub fn from_value(data: &Value) -> Result<Self, EventError> {
+        let Value::Object(map) = data else {
+            return Err(EventError::DataNotObject);
+        };
+        let mut out = Self::default();
+        for field in KV_FIELDS {
+            let value = lookup(map, field)?;
+            match field {
+                "NBF" => out.nbf = value.and_then(unix_seconds),
+                "EXP" => out.exp = value.and_then(unix_seconds),
+                _ => {
+                    let text = value.map(|v| trimmed_string(field, v)).transpose()?.flatten();
+                    match field {
+                        "Id" => out.id = text,
+                        "VaultName" => out.vault_name = text,
+                        "ObjectType" => out.object_type = text,
+                        "ObjectName" => out.object_name = text,
+                        _ => out.version = text,
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The secret this event names.
+    ///
+    /// Names come from `Id` when it is present, and every other field given must
+    /// agree with it (ignoring ASCII case, as Key Vault names do); a disagreement
+    /// rejects the event, since we cannot tell which field lies. Without `Id`, the
+    /// names come from `VaultName`, `ObjectName` and `Version`.
+    pub fn secret_ref(&self) -> Result<SecretRef, EventError> {
+        if let Some(object_type) = &self.object_type {
+            if !object_type.eq_ignore_ascii_case("Secret") {
+                return Err(EventError::WrongObjectType(quote(object_type)));
+            }
+        }
+        let from_id = self.id.as_deref().map(parse_secret_id).transpose()?;
+        let (id_vault, id_name, id_version) = match from_id {
+            Some(parts) => (parts.vault_name, Some(parts.secret_name), parts.version),
+            None => (None, None, None),
+        };
+        let vault_name =
+            agree("VaultName", id_vault, self.vault_name.clone())?.ok_or(EventError::MissingField("VaultName"))?;
+        let secret_name =
+            agree("ObjectName", id_name, self.object_name.clone())?.ok_or(EventError::MissingField("ObjectName"))?;
+        let version = agree("Version", id_version, self.version.clone())?;
+
+        if !is_vault_name(&vault_name) {
+            return Err(EventError::InvalidVaultName(quote(&vault_name)));
+        }
+        if !is_secret_name(&secret_name) {
+            return Err(EventError::InvalidSecretName(quote(&secret_name)));
+        }
+        if let Some(version) = &version {
+            if !is_version(version) {
+                return Err(EventError::InvalidVersion(quote(version)));
+            }
+        }
+        Ok(SecretRef { vault_name, secret_name, version })
+    }
+}
+
+/// Finds `field` among `map`'s keys by [`normalize_key`]; two spellings with different
+/// values are a conflict, not a choice.
+fn lookup<'a>(map: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a Value>, EventError> {
+    let wanted = normalize_key(field);
+    let mut found: Option<&Value> = None;
+    for (key, value) in map {
+        if normalize_key(key) != wanted || value.is_null() {
+            continue;
+        }
+        match found {
+            Some(previous) if !same_value(previous, value) => return Err(EventError::ConflictingField(field)),
+            Some(_) => {}
+            None => found = Some(value),
+        }
+    }
+    Ok(found)
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(a), Value::String(b)) => a.trim() == b.trim(),
+        _ => a == b,
+    }
+}
+
+/// A trimmed string, `None` when empty; a non-string is an error.
+fn trimmed_string(field: &'static str, value: &Value) -> Result<Option<String>, EventError> {
+    match value {
+        Value::String(s) => {
+            let s = s.trim();
+            Ok((!s.is_empty()).then(|| s.to_owned()))
+        }
+        other => {
+            Err(EventError::InvalidField { field, reason: format!("expected a string, got {}", json_type(other)) })
+        }
+    }
+}
+
+/// `NBF`/`EXP`: an integer, an integral float or a string holding one.
+fn unix_seconds(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => {
+            n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64))
+        }
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Cross-checks a name from `Id` with the same name given as its own field.
+fn agree(
+    field: &'static str,
+    from_id: Option<String>,
+    from_data: Option<String>,
+) -> Result<Option<String>, EventError> {
+    match (from_id, from_data) {
+        (Some(id), Some(data)) if !id.eq_ignore_ascii_case(&data) => {
+            Err(EventError::Mismatch { field, from_id: quote(&id), from_data: quote(&data) })
+        }
+        (Some(id), _) => Ok(Some(id)),
+        (None, data) => Ok(data),
+    }
+}
+
+/// The secret an event names, checked: a valid vault name, secret name and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// The vault's name.
+    pub vault_name: String,
+    /// The secret's name.
+    pub secret_name: String,
+    /// The version the event names, if any.
+    pub version: Option<String>,
+}
+
+/// The parts of a secret id URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretIdParts {
+    /// The first label of the host; `None` when the host is an IP address or a
+    /// single label such as `localhost` (a dev vault), which names no vault.
+    pub vault_name: Option<String>,
+    /// The secret's name.
+    pub secret_name: String,
+    /// The version, when the id has one.
+    pub version: Option<String>,
+}
+
+/// Splits `https://{vault}.vault.azure.net/secrets/{name}[/{version}]`.
+///
+/// Any host is accepted so sovereign clouds (`vault.azure.cn`,
+/// `vault.usgovcloudapi.net`) work; the host's first label is the vault name.
+pub fn parse_secret_id(id: &str) -> Result<SecretIdParts, EventError> {
+    let invalid = |reason: &str| EventError::InvalidId { id: quote(id), reason: reason.to_owned() };
+    let url = url::Url::parse(id).map_err(|e| invalid(&e.to_string()))?;
+    if url.scheme() != "https" {
+        return Err(invalid("scheme is not https"));
+    }
+    let vault_name = match url.host() {
+        Some(url::Host::Domain(host)) => host.split_once('.').map(|(label, _)| label.to_owned()),
+        Some(_) => None,
+        None => return Err(invalid("no host")),
+    };
+    let mut segments: Vec<&str> = url.path_segments().map(|s| s.collect()).unwrap_or_default();
+    // Tolerate a trailing slash.
+    if segments.last() == Some(&"") {
+        segments.pop();
+    }
+    match segments.as_slice() {
+        [collection, name] if collection.eq_ignore_ascii_case("secrets") => {
+            Ok(SecretIdParts { vault_name, secret_name: (*name).to_owned(), version: None })
+        }
+        [collection, name, version] if collection.eq_ignore_ascii_case("secrets") => {
+            Ok(SecretIdParts { vault_name, secret_name: (*name).to_owned(), version: Some((*version).to_owned()) })
+        }
+        _ => Err(invalid("path is not /secrets/{name}[/{version}]")),
+    }
+}
+
+/// Key Vault names: 3–24 characters, letters, digits and hyphens, starting with a letter.
+pub fn is_vault_name(name: &str) -> bool {
+    (3..=24).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Key Vault secret names: `^[0-9a-zA-Z-]{1,127}$`.
+pub fn is_secret_name(name: &str) -> bool {
+    (1..=127).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Secret versions are 32 hex digits; other letters and digits (up to 64) are
+/// tolerated, e.g. for a dev vault.
+pub fn is_version(version: &str) -> bool {
+    (1..=64).contains(&version.len()) && version.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// Why an event is dropped. Every variant is permanent: redelivery cannot fix it.
+///
+/// Quoted values come from the request; they are clipped and shown with `{:?}`
+/// escaping so a log line cannot be forged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// The array element is not an Event Grid event.
+    #[error("not an Event Grid event: {0}")]
+    Envelope(String),
+    /// `data` is not a JSON object.
+    #[error("data is not a JSON object")]
+    DataNotObject,
+    /// A `data` field has a type no variant of the payload uses.
+    #[error("data.{field}: {reason}")]
+    InvalidField {
+        /// Canonical field name.
+        field: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A `data` key given twice (e.g. `Id` and `id`) with different values.
+    #[error("data.{0} is given twice with different values")]
+    ConflictingField(&'static str),
+    /// A field needed to name the secret is absent.
+    #[error("data.{0} is missing")]
+    MissingField(&'static str),
+    /// `data.Id` is not a secret URL.
+    #[error("data.Id {id} is not a Key Vault secret id: {reason}")]
+    InvalidId {
+        /// The id, quoted and clipped.
+        id: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// `data.Id` and another field name different objects.
+    #[error("data.Id names {field} {from_id} but data.{field} is {from_data}")]
+    Mismatch {
+        /// Canonical name of the disagreeing field.
+        field: &'static str,
+        /// The value from `Id`, quoted and clipped.
+        from_id: String,
+        /// The value from the field, quoted and clipped.
+        from_data: String,
+    },
+    /// A secret event whose `ObjectType` is not `Secret`.
+    #[error("data.ObjectType is {0}, expected Secret")]
+    WrongObjectType(String),
+    /// Not a valid Key Vault name.
+    #[error("invalid vault name {0}")]
+    InvalidVaultName(String),
+    /// Not a valid secret name.
+    #[error("invalid secret name {0}")]
+    InvalidSecretName(String),
+    /// Not a valid secret version.
+    #[error("invalid secret version {0}")]
+    InvalidVersion(String),
+}
+
+/// `{:?}`-quotes an untrusted value, clipped to [`MAX_QUOTED`] characters.
+fn quote(value: &str) -> String {
+    if value.chars().count() <= MAX_QUOTED {
+        format!("{value:?}")
+    } else {
+        let clipped: String = value.chars().take(MAX_QUOTED).collect();
+        format!("{clipped:?}…")
+    }
+}
+
+/// What to do with one event of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// The handshake: answer with this code.
+    Validate(SubscriptionValidationData),
+    /// Enqueue this rotation.
+    Rotate(RotationRequest),
+    /// Acknowledge and do nothing.
+    Ignore {
+        /// The event's kind.
+        kind: EventKind,
+        /// The event's `eventType` as sent.
+        event_type: String,
+    },
+    /// Drop it, logging why.
+    Reject(EventError),
+}
+
+/// One event of a delivery with its decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Position in the delivered array, for logs.
+    pub index: usize,
+    /// The event's `id`, when it could be read.
+    pub event_id: Option<String>,
+    /// What to do.
+    pub disposition: Disposition,
+}
+
+/// Decides what to do with one element of a delivered array.
+pub fn plan_event(index: usize, value: &Value) -> PlannedEvent {
+    let event_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+    let disposition = match EventGridEvent::deserialize(value) {
+        Ok(event) => decide(event),
+        Err(e) => Disposition::Reject(EventError::Envelope(e.to_string())),
+    };
+    PlannedEvent { index, event_id, disposition }
+}
+
+fn decide(event: EventGridEvent) -> Disposition {
+    let kind = EventKind::classify(&event.event_type);
+    match kind {
+        EventKind::SubscriptionValidation => match SubscriptionValidationData::deserialize(&event.data) {
+            Ok(data) => Disposition::Validate(data),
+            Err(e) => Disposition::Reject(EventError::InvalidField { field: "validationCode", reason: e.to_string() }),
+        },
+        EventKind::SecretNearExpiry | EventKind::SecretExpired => {
+            match KeyVaultEventData::from_value(&event.data).and_then(|data| data.secret_ref()) {
+                Ok(secret) => Disposition::Rotate(RotationRequest {
+                    vault_name: secret.vault_name,
+                    secret_name: secret.secret_name,
+                    version: secret.version,
+                    trigger: Trigger::EventGrid { event_id: event.id, event_type: event.event_type.trim().to_owned() },
+                }),
+                Err(e) => Disposition::Reject(e),
+            }
+        }
+        EventKind::SubscriptionDeleted
+        | EventKind::SecretNewVersionCreated
+        | EventKind::OtherKeyVault
+        | EventKind::Unknown => Disposition::Ignore { kind, event_type: event.event_type },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const VERSION: &str = "ee059b2bb5bc48398a53b168c6cdcb10";
+
+    fn documented_data() -> Value {
+        // The `data` of Microsoft's documented example, quirks included.
+        json!({
+            "Id": "https://sample-kv.vault.azure.net/secrets/newsecret/ee059b2bb5bc48398a53b168c6cdcb10",
+            "VaultName": "sample-kv",
+            "ObjectType": "Secret",
+            "ObjectName ": "newsecret",
+            "Version": " ee059b2bb5bc48398a53b168c6cdcb10",
+            "NBF": "1559081980",
+            "EXP": "1559082102"
+        })
+    }
+
+    fn expected_ref() -> SecretRef {
+        SecretRef { vault_name: "sample-kv".into(), secret_name: "newsecret".into(), version: Some(VERSION.into()) }
+    }
+
+    #[test]
+    fn documented_data_parses_with_its_quirks() {
+        let data = KeyVaultEventData::from_value(&documented_data()).unwrap();
+        assert_eq!(data.object_name.as_deref(), Some("newsecret"));
+        assert_eq!(data.version.as_deref(), Some(VERSION));
+        assert_eq!(data.nbf, Some(1_559_081_980));
+        assert_eq!(data.exp, Some(1_559_082_102));
+        assert_eq!(data.secret_ref().unwrap(), expected_ref());
+    }
+
+    #[test]
+    fn camel_case_keys_and_integer_or_null_times() {
+        let data = json!({
+            "id": "https://sample-kv.vault.azure.net/secrets/newsecret/ee059b2bb5bc48398a53b168c6cdcb10",
+            "vaultName": "sample-kv",
+            "objectType": "Secret",
+            "objectName": "newsecret",
+            "version": VERSION,
+            "nbf": 1559081980,
+            "exp": null
+        });
+        let data = KeyVaultEventData::from_value(&data).unwrap();
+        assert_eq!((data.nbf, data.exp), (Some(1_559_081_980), None));
+        assert_eq!(data.secret_ref().unwrap(), expected_ref());
+    }
+
+    #[test]
+    fn unreadable_times_are_absent_not_fatal() {
+        let mut data = documented_data();
+        data["NBF"] = json!("soon");
+        data["EXP"] = json!(1559082102.0);
+        let data = KeyVaultEventData::from_value(&data).unwrap();
+        assert_eq!((data.nbf, data.exp), (None, Some(1_559_082_102)));
+    }
+
+    #[test]
+    fn names_without_id_come_from_fields() {
+        let data = json!({"VaultName": "sample-kv", "ObjectName": "newsecret", "Version": VERSION});
+        let data = KeyVaultEventData::from_value(&data).unwrap();
+        assert_eq!(data.secret_ref().unwrap(), expected_ref());
+    }
+
+    #[test]
+    fn id_alone_is_enough() {
+        let data = json!({"Id": "https://sample-kv.vault.azure.net/secrets/newsecret/"});
+        let secret = KeyVaultEventData::from_value(&data).unwrap().secret_ref().unwrap();
+        assert_eq!(secret.vault_name, "sample-kv");
+        assert_eq!(secret.secret_name, "newsecret");
+        assert_eq!(secret.version, None);
+    }
+
+    #[test]
+    fn names_compare_ignoring_case_and_id_spelling_wins() {
+        let mut data = documented_data();
+        data["ObjectName "] = json!("NewSecret");
+        data["VaultName"] = json!("SAMPLE-KV");
+        let secret = KeyVaultEventData::from_value(&data).unwrap().secret_ref().unwrap();
+        assert_eq!(secret, expected_ref());
+    }
+
+    #[test]
+    fn disagreements_with_id_are_rejected() {
+        for (key, value, field) in [
+            ("ObjectName ", "othersecret", "ObjectName"),
+            ("VaultName", "other-kv", "VaultName"),
+            ("Version", "0123456789abcdef0123456789abcdef", "Version"),
+        ] {
+            let mut data = documented_data();
+            data[key] = json!(value);
+            let err = KeyVaultEventData::from_value(&data).unwrap().secret_ref().unwrap_err();
+            assert!(matches!(err, EventError::Mismatch { field: f, .. } if f == field), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn conflicting_spellings_are_rejected_and_equal_ones_accepted() {
+        let mut data = documented_data();
+        data["ObjectName"] = json!("other");
+        assert_eq!(KeyVaultEventData::from_value(&data), Err(EventError::ConflictingField("ObjectName")));
+        data["ObjectName"] = json!("newsecret ");
+        assert!(KeyVaultEventData::from_value(&data).is_ok());
+    }
+
+    #[test]
+    fn bad_shapes_are_rejected() {
+        assert_eq!(KeyVaultEventData::from_value(&json!("x")), Err(EventError::DataNotObject));
+        let err = KeyVaultEventData::from_value(&json!({"VaultName": 5})).unwrap_err();
+        assert!(matches!(err, EventError::InvalidField { field: "VaultName", .. }));
+        let missing = KeyVaultEventData::from_value(&json!({"VaultName": "sample-kv"})).unwrap();
+        assert_eq!(missing.secret_ref(), Err(EventError::MissingField("ObjectName")));
+    }
+
+    #[test]
+    fn wrong_object_type_is_rejected() {
+        let mut data = documented_data();
+        data["ObjectType"] = json!("Key");
+        let err = KeyVaultEventData::from_value(&data).unwrap().secret_ref().unwrap_err();
+        assert!(matches!(err, EventError::WrongObjectType(_)));
+    }
+
+    #[test]
+    fn secret_ids() {
+        let parts = parse_secret_id("https://my-kv.vault.azure.cn/secrets/db-password/abc").unwrap();
+        assert_eq!(parts.vault_name.as_deref(), Some("my-kv"));
+        assert_eq!(parts.version.as_deref(), Some("abc"));
+        // A dev vault on an IP or `localhost` names no vault; VaultName must.
+        assert_eq!(parse_secret_id("https://127.0.0.1:8443/secrets/s").unwrap().vault_name, None);
+        assert_eq!(parse_secret_id("https://localhost:8443/secrets/s/v").unwrap().vault_name, None);
+        for bad in [
+            "not a url",
+            "http://sample-kv.vault.azure.net/secrets/s",
+            "https://sample-kv.vault.azure.net/keys/k/v",
+            "https://sample-kv.vault.azure.net/secrets",
+            "https://sample-kv.vault.azure.net/secrets/s/v/extra",
+        ] {
+            assert!(matches!(parse_secret_id(bad), Err(EventError::InvalidId { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(is_secret_name("a") && is_secret_name(&"a".repeat(127)) && is_secret_name("Db-Pass-1"));
+        assert!(!is_secret_name("") && !is_secret_name(&"a".repeat(128)));
+        assert!(!is_secret_name("a_b") && !is_secret_name("a.b") && !is_secret_name("a b") && !is_secret_name("é"));
+        assert!(is_vault_name("sample-kv") && !is_vault_name("kv") && !is_vault_name("1kv") && !is_vault_name("a_b-c"));
+        assert!(is_version(VERSION) && is_version("v2") && !is_version("") && !is_version("ee05-9b"));
+    }
+
+    #[test]
+    fn invalid_names_are_rejected_with_clipped_quotes() {
+        let long = "x".repeat(500);
+        let data = json!({"VaultName": "sample-kv", "ObjectName": format!("{long}\n"), "Version": VERSION});
+        let err = KeyVaultEventData::from_value(&data).unwrap().secret_ref().unwrap_err();
+        let EventError::InvalidSecretName(quoted) = &err else { panic!("{err}") };
+        assert!(quoted.len() < 100, "{quoted}");
+        let data = json!({"VaultName": "sample-kv", "ObjectName": "a\nb"});
+        let err = KeyVaultEventData::from_value(&data).unwrap().secret_ref().unwrap_err();
+        assert_eq!(err.to_string(), r#"invalid secret name "a\nb""#);
+    }
+
+    #[test]
+    fn classify_event_types() {
+        assert_eq!(EventKind::classify("microsoft.keyvault.secretnearexpiry"), EventKind::SecretNearExpiry);
+        assert_eq!(EventKind::classify(SECRET_EXPIRED), EventKind::SecretExpired);
+        assert_eq!(EventKind::classify(SECRET_NEW_VERSION_CREATED), EventKind::SecretNewVersionCreated);
+        assert_eq!(EventKind::classify("Microsoft.KeyVault.KeyNearExpiry"), EventKind::OtherKeyVault);
+        assert_eq!(EventKind::classify("Microsoft.Storage.BlobCreated"), EventKind::Unknown);
+        assert_eq!(EventKind::classify(SUBSCRIPTION_VALIDATION_EVENT), EventKind::SubscriptionValidation);
+        assert_eq!(EventKind::classify(SUBSCRIPTION_DELETED_EVENT), EventKind::SubscriptionDeleted);
+        assert_eq!(AegEventType::parse(" subscriptionvalidation"), Some(AegEventType::SubscriptionValidation));
+        assert_eq!(AegEventType::parse("NOTIFICATION"), Some(AegEventType::Notification));
+        assert_eq!(AegEventType::parse("other"), None);
+    }
+
+    #[test]
+    fn plan_rotates_near_expiry_and_ignores_new_versions() {
+        let mut event = json!({
+            "id": "e1", "topic": "t", "subject": "newsecret", "eventType": SECRET_NEAR_EXPIRY,
+            "eventTime": "2019-07-25T01:08:33.1036736Z", "data": documented_data(),
+            "dataVersion": 1, "metadataVersion": "1"
+        });
+        let planned = plan_event(3, &event);
+        assert_eq!(planned.index, 3);
+        assert_eq!(planned.event_id.as_deref(), Some("e1"));
+        let Disposition::Rotate(request) = planned.disposition else { panic!("{planned:?}") };
+        assert_eq!(request.version.as_deref(), Some(VERSION));
+        assert_eq!(
+            request.trigger,
+            Trigger::EventGrid { event_id: "e1".into(), event_type: SECRET_NEAR_EXPIRY.into() }
+        );
+
+        event["eventType"] = json!(SECRET_NEW_VERSION_CREATED);
+        assert!(matches!(
+            plan_event(0, &event).disposition,
+            Disposition::Ignore { kind: EventKind::SecretNewVersionCreated, .. }
+        ));
+    }
+
+    #[test]
+    fn plan_rejects_broken_envelopes() {
+        assert!(matches!(plan_event(0, &json!(42)).disposition, Disposition::Reject(EventError::Envelope(_))));
+        let no_type = json!({"id": "e1", "data": {}});
+        let planned = plan_event(0, &no_type);
+        assert_eq!(planned.event_id.as_deref(), Some("e1"));
+        assert!(matches!(planned.disposition, Disposition::Reject(EventError::Envelope(m)) if m.contains("eventType")));
+        let no_code = json!({"id": "v", "eventType": SUBSCRIPTION_VALIDATION_EVENT, "data": {}});
+        assert!(matches!(plan_event(0, &no_code).disposition, Disposition::Reject(EventError::InvalidField { .. })));
+    }
+}

@@ -1,0 +1,16 @@
+//! Event Grid receiver for kv-rotator.
+//!
+//! - [`request`]: [`RotationRequest`], what the webhook (and every other trigger) hands
+//!   to the engine's queue. It is a hint: the engine re-reads Key Vault before acting.
+//! - [`eventgrid`]: the Event Grid schema and tolerant parsing of Key Vault event data.
+//! - [`app`]: the axum [`Router`](axum::Router): validation handshake, routing of
+//!   `SecretNearExpiry`/`SecretExpired` into the queue, acknowledgement of the rest.
+//!
+//! The webhook knows no rotator and no credential.
+
+pub mod app;
+pub mod eventgrid;
+pub mod request;
+
+pub use app::{router, WebhookState};
+pub use request::{RotationRequest, Trigger};

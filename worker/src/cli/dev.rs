@@ -1,0 +1,100 @@
+//! `kv-rotator dev`: the service with the dev vault embedded, for local experiments.
+//!
+//! Writes the dev vault's CA certificate, a `serve` configuration pointing at it, the
+//! demo htpasswd target and a sample delivery into the state directory, so the dev
+//! vault can also be used by a separately started `kv-rotator serve` or by curl.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use kv_rotator_config::figment::providers::Serialized;
+use kv_rotator_config::figment::Figment;
+use kv_rotator_keyvault::azure::{AzureSecretStore, DevVaultCredential, TransportOverrides};
+use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
+use kv_rotator_keyvault::SecretStore;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use super::seed::{self, DEMO_SECRET};
+use crate::service;
+use crate::targets::Targets;
+
+/// Options of `kv-rotator dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address the dev vault serves TLS on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub vault_addr: SocketAddr,
+    /// Address the webhook listens on (overrides webhook.listen).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Optional configuration file for target profiles and engine settings; its
+    /// `[vault]` section, if any, is replaced by the embedded dev vault.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Directory for the CA certificate, the sample config and the demo target.
+    #[arg(long, default_value = ".kv-rotator-dev")]
+    pub state_dir: PathBuf,
+}
+
+/// Runs the dev service until Ctrl-C or SIGTERM.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    warn!("dev mode: embedded dev vault (in memory, not Azure), webhook without authentication");
+    let vault = DevVault::start(DevVaultOptions { bind: args.vault_addr, ..Default::default() })
+        .await
+        .with_context(|| format!("cannot start the dev vault on {}", args.vault_addr))?;
+    let base = Figment::from(Serialized::default("vault.url", vault.endpoint().as_str()));
+    let config = kv_rotator_config::load_onto(base, args.config.as_deref())?;
+
+    std::fs::create_dir_all(&args.state_dir).with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    let state_dir = args.state_dir.canonicalize()?;
+    let ca_path = state_dir.join("dev-vault-ca.pem");
+    std::fs::write(&ca_path, vault.ca_certificate_pem())
+        .with_context(|| format!("cannot write {}", ca_path.display()))?;
+
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::connect(
+        vault.endpoint().as_str(),
+        DevVaultCredential::new(),
+        TransportOverrides {
+            extra_root_pem: Some(vault.ca_certificate_pem().to_owned()),
+            connect_to: Some(vault.local_addr()),
+        },
+    )?);
+    let mut targets = Targets::from_profiles(&config.targets);
+    let demo = seed::seed_demo_target(store.as_ref(), &state_dir, &mut targets).await?;
+
+    let serve_config = format!(
+        "# kv-rotator serve --config {0}/serve.toml   (against this dev vault)\n[vault]\nurl = \"{1}\"\ntls_ca_file = \"{2}\"\nconnect_to = \"{3}\"\ncredential = {{ kind = \"dev-vault\" }}\n",
+        state_dir.display(),
+        vault.endpoint(),
+        ca_path.display(),
+        vault.local_addr()
+    );
+    std::fs::write(state_dir.join("serve.toml"), serve_config)?;
+    let latest = store.get_latest(DEMO_SECRET).await?;
+    let delivery = seed::near_expiry_delivery(
+        store.vault_name(),
+        &vault.host(),
+        DEMO_SECRET,
+        &demo.initial_version,
+        latest.properties.expires.unwrap_or_else(time::OffsetDateTime::now_utc),
+    );
+    let event_path = state_dir.join("near-expiry-event.json");
+    std::fs::write(&event_path, serde_json::to_string_pretty(&delivery)?)?;
+
+    let listener =
+        TcpListener::bind(args.listen).await.with_context(|| format!("cannot bind the webhook on {}", args.listen))?;
+    let running = service::start(store, targets, config.engine.clone(), &config.webhook, listener).await?;
+    info!(vault = %vault.endpoint(), vault_addr = %vault.local_addr(), ca = %ca_path.display(), "dev vault ready");
+    info!(
+        "rotate the demo secret: curl -sS -H 'aeg-event-type: Notification' -H 'content-type: application/json' --data @{} http://{}/api/eventgrid",
+        event_path.display(),
+        running.webhook_addr
+    );
+    running.run_until(service::shutdown_signal()).await?;
+    vault.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The command line: `demo`, `dev` and `serve`.
+//!
+//! - [`demo`]: one rotation end to end on embedded defaults, with a report.
+//! - [`dev`]: the service with the dev vault embedded, for local experiments.
+//! - [`serve`]: the service against a configured vault.
+//! - [`seed`]: the demo target (an htpasswd file) and a real-shaped Event Grid delivery.
+
+pub mod demo;
+pub mod dev;
+pub mod seed;
+pub mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Event-driven password rotation worker for Azure Key Vault.
+#[derive(Debug, Parser)]
+#[command(name = "kv-rotator", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KV_ROTATOR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Rotate one demo secret end to end on embedded defaults (dev vault, htpasswd target) and report.
+    Demo,
+    /// Run the service with the dev vault embedded.
+    Dev(dev::DevArgs),
+    /// Run the service against the vault in the configuration.
+    Serve {
+        /// Configuration file (TOML); `KV_ROTATOR_*` environment variables override it.
+        #[arg(long, short, env = "KV_ROTATOR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs the CLI; the exit code says whether the command succeeded.
+pub fn run(cli: Cli) -> ExitCode {
+    let default_filter = match cli.command {
+        // The demo's output is its report; logs only when something is wrong.
+        Command::Demo => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_format, default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo => demo::run().await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Serve { config } => serve::run(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,63 @@
+//! Rotation ids and the pending journal record's name and tags.
+//!
+//! The rotation id is derived from (vault, secret, source version), so every trigger
+//! of the same state — duplicate deliveries, the sweeper, a manual request — converges
+//! on one rotation and one journal record.
+//!
+//! Each rotation gets its own journal secret, named from the rotation id. Key Vault
+//! soft-deletes on delete, and a soft-deleted name refuses new writes (409) until
+//! purged — which purge protection may forbid for up to 90 days. A name used once never
+//! needs to be written again, so finishing never depends on purge rights.
+
+use sha2::{Digest, Sha256};
+
+/// Tag on new versions and journal records: the rotation that wrote them.
+pub const TAG_ROTATION_ID: &str = "rotation-id";
+/// Tag on new versions: when the rotation finished (RFC 3339).
+pub const TAG_ROTATED_AT: &str = "rotated-at";
+/// Tag on new versions: the version this one replaced.
+pub const TAG_ROTATED_FROM: &str = "rotated-from";
+/// Tag on journal records: the secret the pending password belongs to.
+pub const TAG_JOURNAL_FOR: &str = "kv-rotator-journal-for";
+/// Tag on journal records: the protocol step reached.
+pub const TAG_STEP: &str = "kv-rotator-step";
+/// Content type of journal records, so no one mistakes one for a managed secret.
+pub const JOURNAL_CONTENT_TYPE: &str = "application/vnd.kv-rotator.pending-password";
+
+/// The rotation id of `secret` at `source_version` in the vault named `vault`:
+/// 32 hex characters, case-insensitive in vault and secret names as Key Vault is.
+pub fn rotation_id(vault: &str, secret: &str, source_version: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [vault.to_ascii_lowercase(), secret.to_ascii_lowercase(), source_version.to_ascii_lowercase()] {
+        hasher.update(part.as_bytes());
+        // A separator that cannot occur in any of the parts keeps the encoding unambiguous.
+        hasher.update(b"/");
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// The journal secret's name for a rotation id (a valid Key Vault secret name).
+pub fn journal_name(rotation_id: &str) -> String {
+    format!("kv-rotator-pending-{rotation_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_id_converges_on_case_and_differs_per_version() {
+        let a = rotation_id("MyVault", "Db-Password", "ABC");
+        assert_eq!(a, rotation_id("myvault", "db-password", "abc"));
+        assert_ne!(a, rotation_id("myvault", "db-password", "abd"));
+        assert_ne!(a, rotation_id("myvault", "db-passwor", "dabc"));
+        assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn journal_name_is_a_valid_secret_name() {
+        let name = journal_name(&rotation_id("v", "s", "1"));
+        assert!(name.len() <= 127);
+        assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    }
+}

@@ -1,0 +1,253 @@
+//! One attempt of the rotation protocol. Every step is safe to repeat, so an attempt
+//! that fails anywhere can simply be run again:
+//!
+//! 1. **fence** — read the latest version; stop if the request names an older one or if
+//!    the latest already carries this rotation's id.
+//! 2. **create** — reuse this rotation's journal record, or generate a password and
+//!    write the record to Key Vault *before* touching the target.
+//! 3. **set** — the rotator makes the target accept the pending password (idempotent).
+//! 4. **test** — log in with the pending password.
+//! 5. **finish** — write the new version (tags carried over plus rotation metadata,
+//!    `exp = now + ValidityPeriodDays`), then delete the journal record.
+//!
+//! The invariant: a password the target accepts is always in Key Vault — in the latest
+//! version or in the journal record.
+
+use std::collections::BTreeMap;
+
+use kv_rotator_keyvault::{NewSecretVersion, SecretRecord, StoreError};
+use kv_rotator_rotators::{Credential, SetPasswordRequest, VerifyRequest, VerifyResponse};
+use kv_rotator_webhook::RotationRequest;
+use secrecy::SecretString;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tracing::{debug, info, warn};
+
+use super::journal::{
+    self, JOURNAL_CONTENT_TYPE, TAG_JOURNAL_FOR, TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP,
+};
+use super::{Engine, Outcome, RotationError};
+
+/// Tag naming the target profile (kv-rotator's own).
+pub const TAG_ROTATOR: &str = "rotator";
+/// Tag naming the user on the target (Microsoft's rotation samples).
+pub const TAG_CREDENTIAL_ID: &str = "CredentialId";
+/// Tag with the validity of a new version in days (Microsoft's rotation samples).
+pub const TAG_VALIDITY_DAYS: &str = "ValidityPeriodDays";
+/// Most tags Key Vault accepts on one version.
+const MAX_TAGS: usize = 15;
+/// Older versions whose passwords `set` may try after the current one.
+const PREVIOUS_PASSWORDS: usize = 2;
+
+/// What a successful attempt decided.
+#[derive(Debug)]
+pub struct Done {
+    /// The rotation id, when the secret is managed.
+    pub rotation_id: Option<String>,
+    /// How the request ended.
+    pub outcome: Outcome,
+}
+
+/// The plan derived from the latest version before anything is written.
+struct Plan {
+    profile: String,
+    username: String,
+    validity_days: u32,
+    rotation_id: String,
+    new_tags: BTreeMap<String, String>,
+}
+
+/// Runs the protocol once for `request`.
+pub async fn attempt(engine: &Engine, request: &RotationRequest) -> Result<Done, RotationError> {
+    let store = engine.store.as_ref();
+    let secret = request.secret_name.as_str();
+    if !request.vault_name.eq_ignore_ascii_case(store.vault_name()) {
+        warn!(managed_vault = store.vault_name(), "request names another vault; ignored");
+        return Ok(Done { rotation_id: None, outcome: Outcome::OtherVault });
+    }
+
+    // 1. fence
+    let latest = store.get_latest(secret).await?;
+    if !latest.properties.tags.contains_key(TAG_ROTATOR) {
+        info!("secret has no {TAG_ROTATOR:?} tag; not managed");
+        return Ok(Done { rotation_id: None, outcome: Outcome::NotManaged });
+    }
+    let source_version = request.version.clone().unwrap_or_else(|| latest.version.clone());
+    let rotation_id = journal::rotation_id(store.vault_name(), secret, &source_version);
+    if latest.version != source_version {
+        let journal = journal::journal_name(&rotation_id);
+        if latest.properties.tags.get(TAG_ROTATION_ID) == Some(&rotation_id) {
+            // Finished before; the journal may survive a crash between finish and delete.
+            store.delete_secret(&journal).await?;
+            return Ok(Done {
+                rotation_id: Some(rotation_id),
+                outcome: Outcome::AlreadyRotated { version: latest.version },
+            });
+        }
+        info!(requested = %source_version, latest = %latest.version, "request names an older version; nothing to do");
+        return Ok(Done {
+            rotation_id: None,
+            outcome: Outcome::Stale { requested: source_version, latest: latest.version },
+        });
+    }
+    let plan = plan(engine, &latest, rotation_id)?;
+    let rotator = engine.targets.rotator(&plan.profile).ok_or_else(|| {
+        RotationError::Misconfigured(format!(
+            "secret {secret:?} names target profile {:?} in its {TAG_ROTATOR:?} tag, but the configuration has no such profile",
+            plan.profile
+        ))
+    })?;
+
+    // 2. create: the pending password is durable in Key Vault before the target sees it.
+    let journal_name = journal::journal_name(&plan.rotation_id);
+    let pending = match store.get_latest(&journal_name).await {
+        Ok(record) => {
+            debug!(journal = %journal_name, "resuming with the journal's pending password");
+            record.value
+        }
+        Err(StoreError::NotFound { .. }) => {
+            let pending = rotator.password_policy().generate();
+            let tags = BTreeMap::from([
+                (TAG_JOURNAL_FOR.to_owned(), secret.to_owned()),
+                (TAG_ROTATION_ID.to_owned(), plan.rotation_id.clone()),
+                (TAG_STEP.to_owned(), "pending".to_owned()),
+                (TAG_ROTATED_FROM.to_owned(), latest.version.clone()),
+            ]);
+            store
+                .set_secret(
+                    &journal_name,
+                    NewSecretVersion {
+                        value: pending.clone(),
+                        tags,
+                        content_type: Some(JOURNAL_CONTENT_TYPE.to_owned()),
+                        expires: None,
+                        not_before: None,
+                    },
+                )
+                .await?;
+            info!(journal = %journal_name, "journal record written");
+            pending
+        }
+        Err(other) => return Err(other.into()),
+    };
+
+    // 3. set
+    let admin = match engine.targets.admin(&plan.profile) {
+        Some(admin) => {
+            let record = store.get_latest(&admin.secret).await?;
+            Some(Credential { username: admin.username.clone(), password: record.value })
+        }
+        None => None,
+    };
+    let previous = previous_passwords(engine, &latest).await;
+    let set = rotator
+        .set_password(SetPasswordRequest {
+            username: plan.username.clone(),
+            pending: pending.clone(),
+            current: latest.value.clone(),
+            previous,
+            admin,
+        })
+        .await
+        .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
+    info!(outcome = ?set.outcome, "target accepts the pending password");
+
+    // 4. test
+    let verdict = rotator
+        .verify(VerifyRequest { username: plan.username.clone(), password: pending.clone() })
+        .await
+        .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
+    if verdict != VerifyResponse::Accepted {
+        return Err(RotationError::TestFailed { profile: plan.profile });
+    }
+
+    // 5. finish
+    let now = OffsetDateTime::now_utc();
+    let expires = now + time::Duration::days(i64::from(plan.validity_days));
+    let mut tags = plan.new_tags;
+    tags.insert(TAG_ROTATED_AT.to_owned(), now.format(&Rfc3339).unwrap_or_default());
+    let written = store
+        .set_secret(
+            secret,
+            NewSecretVersion {
+                value: pending,
+                tags,
+                content_type: latest.properties.content_type.clone(),
+                expires: Some(expires),
+                not_before: None,
+            },
+        )
+        .await?;
+    info!(old_version = %latest.version, new_version = %written.version, "new version written");
+    if let Err(err) = store.delete_secret(&journal_name).await {
+        // The new version is safe; a leftover journal is cleaned up by the next fence.
+        warn!(journal = %journal_name, error = %err, "could not delete the journal record");
+    }
+    Ok(Done {
+        rotation_id: Some(plan.rotation_id),
+        outcome: Outcome::Rotated { old_version: latest.version, new_version: written.version, expires },
+    })
+}
+
+/// Checks the secret's tags and derives everything `finish` will write, so that a
+/// secret that cannot be finished fails before the target is touched.
+fn plan(engine: &Engine, latest: &SecretRecord, rotation_id: String) -> Result<Plan, RotationError> {
+    let tags = &latest.properties.tags;
+    let name = &latest.name;
+    let profile = tags.get(TAG_ROTATOR).cloned().unwrap_or_default();
+    let username =
+        tags.get(TAG_CREDENTIAL_ID).map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).ok_or_else(|| {
+            RotationError::Misconfigured(format!(
+                "secret {name:?} has no {TAG_CREDENTIAL_ID:?} tag naming the user on the target"
+            ))
+        })?;
+    let validity_days = match tags.get(TAG_VALIDITY_DAYS) {
+        None => engine.settings.default_validity_days,
+        Some(raw) => match raw.trim().parse::<u32>() {
+            Ok(days) if (1..=3650).contains(&days) => days,
+            _ => return Err(RotationError::Misconfigured(format!(
+                "secret {name:?}: tag {TAG_VALIDITY_DAYS:?} = {raw:?} is not a whole number of days between 1 and 3650"
+            ))),
+        },
+    };
+    let mut new_tags = tags.clone();
+    new_tags.insert(TAG_ROTATION_ID.to_owned(), rotation_id.clone());
+    new_tags.insert(TAG_ROTATED_FROM.to_owned(), latest.version.clone());
+    // rotated-at is added at finish; count it now.
+    let count = new_tags.len() + usize::from(!new_tags.contains_key(TAG_ROTATED_AT));
+    if count > MAX_TAGS {
+        return Err(RotationError::Misconfigured(format!(
+            "secret {name:?} has {} tags; kv-rotator adds {TAG_ROTATION_ID:?}, {TAG_ROTATED_AT:?} and {TAG_ROTATED_FROM:?} and Key Vault allows {MAX_TAGS}: remove some tags",
+            tags.len()
+        )));
+    }
+    Ok(Plan { profile, username, validity_days, rotation_id, new_tags })
+}
+
+/// Passwords of the versions before the latest, newest first. Best effort: they only
+/// widen the logins `set` can try.
+async fn previous_passwords(engine: &Engine, latest: &SecretRecord) -> Vec<SecretString> {
+    let store = engine.store.as_ref();
+    let versions = match store.list_versions(&latest.name).await {
+        Ok(versions) => versions,
+        Err(err) => {
+            debug!(error = %err, "cannot list versions; trying only the current password");
+            return Vec::new();
+        }
+    };
+    let mut passwords = Vec::new();
+    for version in versions.iter().rev().filter_map(|v| v.version.as_deref()) {
+        if passwords.len() == PREVIOUS_PASSWORDS {
+            break;
+        }
+        if version == latest.version {
+            continue;
+        }
+        if let Ok(record) = store.get_version(&latest.name, version).await {
+            if record.properties.enabled {
+                passwords.push(record.value);
+            }
+        }
+    }
+    passwords
+}

@@ -1,0 +1,109 @@
+//! Runs the webhook and the engine together: [`connect_store`] opens the vault,
+//! [`start`] binds the webhook to a listener and starts the engine behind a bounded
+//! queue, and [`RunningService::shutdown`] stops both gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use kv_rotator_config::{EngineConfig, VaultConfig, WebhookConfig};
+use kv_rotator_keyvault::azure::{AzureSecretStore, TransportOverrides};
+use kv_rotator_keyvault::SecretStore;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::engine::Engine;
+use crate::targets::Targets;
+
+/// Opens the configured vault through the official SDK.
+pub fn connect_store(vault: &VaultConfig) -> anyhow::Result<Arc<dyn SecretStore>> {
+    let credential = crate::credentials::credential(&vault.credential)?;
+    let extra_root_pem = match &vault.tls_ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("vault.tls_ca_file {}: cannot read", path.display()))?,
+        ),
+        None => None,
+    };
+    let overrides = TransportOverrides { extra_root_pem, connect_to: vault.connect_to };
+    let store = AzureSecretStore::connect(&vault.url, credential, overrides).context("vault")?;
+    Ok(Arc::new(store))
+}
+
+/// The webhook and engine, running.
+#[derive(Debug)]
+pub struct RunningService {
+    /// The engine (subscribe to its reports).
+    pub engine: Engine,
+    /// Where the webhook listens.
+    pub webhook_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+    engine_task: JoinHandle<()>,
+}
+
+/// Starts the engine and serves the webhook on `listener`.
+pub async fn start(
+    store: Arc<dyn SecretStore>,
+    targets: Targets,
+    engine_config: EngineConfig,
+    webhook_config: &WebhookConfig,
+    listener: TcpListener,
+) -> anyhow::Result<RunningService> {
+    let (queue_tx, queue_rx) = mpsc::channel(engine_config.queue_capacity);
+    let engine = Engine::new(store, targets, engine_config);
+    let engine_task = tokio::spawn(engine.clone().run(queue_rx));
+    let state = kv_rotator_webhook::WebhookState::new(queue_tx).with_max_body_bytes(webhook_config.max_body_bytes);
+    let app = kv_rotator_webhook::router(state);
+    let webhook_addr = listener.local_addr().context("webhook listener")?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    info!(%webhook_addr, "webhook listening");
+    Ok(RunningService { engine, webhook_addr, stop, server, engine_task })
+}
+
+impl RunningService {
+    /// Runs until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        signal.await;
+        self.shutdown().await
+    }
+
+    /// Stops accepting deliveries, lets queued rotations finish, and returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await.context("webhook task")?.context("webhook server")?;
+        // The router, and with it the queue's sender, is gone: the engine drains and ends.
+        self.engine_task.await.context("engine task")?;
+        Ok(())
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM (what container runtimes send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    info!("shutdown requested");
+}
