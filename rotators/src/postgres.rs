@@ -316,11 +316,9 @@ impl Rotator for PostgresRotator {
                 ))),
             };
         }
-        if req.admin.is_none() {
-            tried.push("no admin credential configured".to_owned());
-        }
+        let admin_note = if req.admin.is_none() { "; no admin credential configured" } else { "" };
         Err(RotatorError::Permanent(format!(
-            "no known login could change the password of role {role} on {}: refused: {}",
+            "no known login could change the password of role {role} on {}: refused: {}{admin_note}",
             self.server(),
             tried.join(", ")
         )))

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kv_rotator_rotators::postgres::{quote_ident, PostgresConfig, PostgresRotator};
+use kv_rotator_rotators::postgres::{PostgresConfig, PostgresRotator};
 use kv_rotator_rotators::testkit::{contains_secret, run_conformance, ConformanceFixture};
 use kv_rotator_rotators::{
     Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, VerifyRequest,
@@ -22,6 +22,20 @@ use tokio_postgres::{Client, NoTls};
 const HOST: &str = "127.0.0.1";
 const PORT: u16 = 5432;
 const SETUP_HINT: &str = "run `sudo scripts/setup-postgres.sh` (it puts members of kvr_scram under scram-sha-256 in pg_hba.conf)";
+
+/// Quoted identifier, written here rather than taken from the crate so that a broken
+/// `quote_ident` fails the rotator, not the fixture.
+fn ident(name: &str) -> String {
+    let mut quoted = String::from('"');
+    for c in name.chars() {
+        if c == '"' {
+            quoted.push('"');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
 
 async fn superuser() -> Client {
     let (client, connection) = tokio_postgres::Config::new()
@@ -64,7 +78,7 @@ impl Drop for RoleGuard {
             rt.block_on(async {
                 let su = superuser().await;
                 for role in roles.iter().rev() {
-                    if let Err(e) = su.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role))).await {
+                    if let Err(e) = su.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(role))).await {
                         eprintln!("cleanup: could not drop role {role:?}: {e}");
                     }
                 }
@@ -98,7 +112,7 @@ async fn create_role(su: &Client, guard: &RoleGuard, name: &str, password: &Secr
     let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
     su.batch_execute(&format!(
         "CREATE ROLE {} {options} IN ROLE kvr_scram PASSWORD '{verifier}'",
-        quote_ident(name)
+        ident(name)
     ))
     .await
     .unwrap_or_else(|e| panic!("creating test role {name:?}: {e}"));
@@ -150,7 +164,7 @@ impl ConformanceFixture for PgFixture {
         create_role(&self.su, &self.guard, &name, password, "LOGIN").await;
         // PostgreSQL 16+ lets a CREATEROLE admin alter only roles it has ADMIN OPTION on.
         self.su
-            .batch_execute(&format!("GRANT {} TO {} WITH ADMIN OPTION", quote_ident(&name), quote_ident(&self.admin.username)))
+            .batch_execute(&format!("GRANT {} TO {} WITH ADMIN OPTION", ident(&name), ident(&self.admin.username)))
             .await
             .map_err(|e| e.to_string())?;
         Ok(name)

@@ -2,7 +2,8 @@
 //!
 //! Writes the dev vault's CA certificate, a `serve` configuration pointing at it, the
 //! demo htpasswd target and a sample delivery into the state directory, so the dev
-//! vault can also be used by a separately started `kv-rotator serve` or by curl.
+//! vault can also be used by a separately started `kv-rotator serve` or by curl, and
+//! `endpoints.json` with the addresses in use (written last: its presence means ready).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&args.state_dir).with_context(|| format!("cannot create {}", args.state_dir.display()))?;
     let state_dir = args.state_dir.canonicalize()?;
+    // The dev vault is in memory: files of an earlier run describe nothing that exists now.
+    for stale in ["endpoints.json", "demo.htpasswd"] {
+        let _ = std::fs::remove_file(state_dir.join(stale));
+    }
     let ca_path = state_dir.join("dev-vault-ca.pem");
     std::fs::write(&ca_path, vault.ca_certificate_pem())
         .with_context(|| format!("cannot write {}", ca_path.display()))?;
@@ -88,6 +93,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(args.listen).await.with_context(|| format!("cannot bind the webhook on {}", args.listen))?;
     let running = service::start(store, targets, config.engine.clone(), &config.webhook, listener).await?;
+    // Where everything is, for scripts and tests (ports may have been chosen by the OS).
+    let endpoints = serde_json::json!({
+        "vault_url": vault.endpoint().as_str(),
+        "vault_addr": vault.local_addr().to_string(),
+        "ca_file": ca_path,
+        "serve_config": state_dir.join("serve.toml"),
+        "webhook_url": format!("http://{}/api/eventgrid", running.webhook_addr),
+        "demo_secret": DEMO_SECRET,
+        "sample_event": event_path,
+    });
+    std::fs::write(state_dir.join("endpoints.json"), serde_json::to_string_pretty(&endpoints)?)?;
     info!(vault = %vault.endpoint(), vault_addr = %vault.local_addr(), ca = %ca_path.display(), "dev vault ready");
     info!(
         "rotate the demo secret: curl -sS -H 'aeg-event-type: Notification' -H 'content-type: application/json' --data @{} http://{}/api/eventgrid",

@@ -1,0 +1,260 @@
+//! `kv-rotator serve` and `kv-rotator dev` run as separate processes, as an operator
+//! runs them: configuration from a file, a delivery over HTTP, the rotation observed in
+//! Key Vault and on the target, SIGTERM ends the process cleanly, and no password
+//! appears in its output.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_rotator_keyvault::azure::{AzureSecretStore, DevVaultCredential, TransportOverrides};
+use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
+use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
+use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
+use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
+use secrecy::{ExposeSecret, SecretString};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
+
+/// A child process killed on drop, whose stderr can be collected.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kv-rotator");
+        Proc(child)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns everything it printed.
+    fn terminate(mut self) -> String {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let output = self.output();
+        assert!(status.success(), "exit {status} after SIGTERM:\n{output}");
+        output
+    }
+
+    fn output(&mut self) -> String {
+        let mut out = String::new();
+        if let Some(mut s) = self.0.stdout.take() {
+            s.read_to_string(&mut out).unwrap();
+        }
+        if let Some(mut s) = self.0.stderr.take() {
+            s.read_to_string(&mut out).unwrap();
+        }
+        out
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.0.try_wait().unwrap() {
+            panic!("kv-rotator exited early with {status}:\n{}", self.output());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn dev_store(url: &str, ca_pem: String, addr: std::net::SocketAddr) -> Arc<dyn SecretStore> {
+    Arc::new(
+        AzureSecretStore::connect(
+            url,
+            DevVaultCredential::new(),
+            TransportOverrides { extra_root_pem: Some(ca_pem), connect_to: Some(addr) },
+        )
+        .unwrap(),
+    )
+}
+
+async fn wait_healthy(proc: &mut Proc, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        proc.assert_running();
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "webhook not healthy within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until the latest version of `secret` differs from `old`.
+async fn wait_new_version(store: &dyn SecretStore, secret: &str, old: &str, proc: &mut Proc) -> kv_rotator_keyvault::SecretRecord {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        proc.assert_running();
+        let latest = store.get_latest(secret).await.unwrap();
+        if latest.version != old {
+            return latest;
+        }
+        assert!(Instant::now() < deadline, "no new version of {secret} within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn verify(rotator: &HtpasswdRotator, user: &str, password: &SecretString) -> VerifyResponse {
+    rotator.verify(VerifyRequest { username: user.into(), password: password.clone() }).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = DevVault::start(DevVaultOptions { vault_name: "opsvault".into(), ..Default::default() }).await.unwrap();
+    let store = dev_store(vault.endpoint().as_str(), vault.ca_certificate_pem().to_owned(), vault.local_addr());
+
+    let htpasswd_path = dir.path().join("site.htpasswd");
+    let policy = PasswordPolicy::default();
+    let initial = policy.generate();
+    htpasswd::add_user(&htpasswd_path, "svc-web", &initial, 4).unwrap();
+    let v1 = store
+        .set_secret(
+            "web-password",
+            NewSecretVersion {
+                value: initial.clone(),
+                tags: BTreeMap::from([
+                    ("rotator".to_owned(), "intranet".to_owned()),
+                    ("CredentialId".to_owned(), "svc-web".to_owned()),
+                    ("ValidityPeriodDays".to_owned(), "14".to_owned()),
+                ]),
+                content_type: None,
+                expires: None,
+                not_before: None,
+            },
+        )
+        .await
+        .unwrap()
+        .version;
+
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, vault.ca_certificate_pem()).unwrap();
+    let port = free_port();
+    let config = format!(
+        "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\n\
+         [webhook]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [targets.intranet]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\n",
+        vault.endpoint(),
+        ca_file.display(),
+        vault.local_addr(),
+        htpasswd_path.display()
+    );
+    let config_path = dir.path().join("kv-rotator.toml");
+    std::fs::write(&config_path, config).unwrap();
+
+    let mut proc = Proc::spawn(&["serve", "--config", config_path.to_str().unwrap()]);
+    wait_healthy(&mut proc, port).await;
+    let body = kv_rotator::cli::seed::near_expiry_delivery("opsvault", &vault.host(), "web-password", &v1, time::OffsetDateTime::now_utc());
+    let status = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/eventgrid"))
+        .header("aeg-event-type", "Notification")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    let latest = wait_new_version(store.as_ref(), "web-password", &v1, &mut proc).await;
+    let rotator = HtpasswdRotator::new(HtpasswdConfig::new(&htpasswd_path), policy);
+    assert_eq!(verify(&rotator, "svc-web", &latest.value).await, VerifyResponse::Accepted);
+    assert_eq!(verify(&rotator, "svc-web", &initial).await, VerifyResponse::Rejected);
+    assert_eq!(latest.properties.tags.get("rotated-from"), Some(&v1));
+
+    let output = proc.terminate();
+    assert!(output.contains("rotation request finished"), "the rotation is logged:\n{output}");
+    for password in [&initial, &latest.value] {
+        assert!(!output.contains(password.expose_secret()), "a password leaked into the output:\n{output}");
+    }
+    vault.shutdown().await;
+}
+
+#[test]
+fn serve_with_a_bad_config_names_the_key_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[vault]\nurl = \"https://v.vault.azure.net/\"\n[webhook]\nlisten_on = \"0.0.0.0:1\"\n").unwrap();
+    let out = Command::new(BIN).args(["serve", "--config", path.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listen_on"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_rotates_its_demo_secret_on_the_sample_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut proc = Proc::spawn(&[
+        "dev",
+        "--vault-addr",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let endpoints_path = state.join("endpoints.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !endpoints_path.exists() {
+        proc.assert_running();
+        assert!(Instant::now() < deadline, "dev mode not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let endpoints: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&endpoints_path).unwrap()).unwrap();
+    let field = |k: &str| endpoints[k].as_str().unwrap_or_else(|| panic!("{k} in endpoints.json")).to_owned();
+
+    let store = dev_store(
+        &field("vault_url"),
+        std::fs::read_to_string(field("ca_file")).unwrap(),
+        field("vault_addr").parse().unwrap(),
+    );
+    let secret = field("demo_secret");
+    let before = store.get_latest(&secret).await.unwrap();
+    let event = std::fs::read(field("sample_event")).unwrap();
+    let status = reqwest::Client::new()
+        .post(field("webhook_url"))
+        .header("aeg-event-type", "Notification")
+        .header("content-type", "application/json")
+        .body(event)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    let latest = wait_new_version(store.as_ref(), &secret, &before.version, &mut proc).await;
+    let rotator = HtpasswdRotator::new(HtpasswdConfig::new(state.join("demo.htpasswd")), PasswordPolicy::default());
+    assert_eq!(verify(&rotator, "demo-bot", &latest.value).await, VerifyResponse::Accepted);
+    assert_eq!(verify(&rotator, "demo-bot", &before.value).await, VerifyResponse::Rejected);
+    assert!(Path::new(&field("serve_config")).exists());
+
+    let output = proc.terminate();
+    for password in [&before.value, &latest.value] {
+        assert!(!output.contains(password.expose_secret()), "a password leaked into the output");
+    }
+}
