@@ -1,5 +1,7 @@
 //! Loading: a full file parses into the model; typos and bad values are errors that
 //! name the key; environment variables override the file.
+// figment::Jail's closure signature returns figment::Error.
+#![allow(clippy::result_large_err)]
 
 use std::io::Write;
 

@@ -86,6 +86,16 @@ impl AzureSecretStore {
         Ok(Self { client: Arc::new(client), url, vault_name })
     }
 
+    /// A store for the dev vault: its CA trusted, its host resolved to its address, and
+    /// the fixed-token [`DevVaultCredential`].
+    pub fn for_dev_vault(vault: &crate::devvault::DevVault) -> StoreResult<Self> {
+        let overrides = TransportOverrides {
+            extra_root_pem: Some(vault.ca_certificate_pem().to_owned()),
+            connect_to: Some(vault.local_addr()),
+        };
+        Self::connect(vault.endpoint().as_str(), DevVaultCredential::new(), overrides)
+    }
+
     fn error(&self, name: &str, operation: &'static str, err: azure_core::Error) -> StoreError {
         classify(&self.vault_name, name, operation, err)
     }
@@ -274,12 +284,9 @@ pub struct DevVaultCredential {
 }
 
 impl DevVaultCredential {
-    /// The token the dev vault's clients send.
-    pub const TOKEN: &'static str = "kv-rotator-dev-vault-token";
-
-    /// A credential yielding [`Self::TOKEN`].
+    /// A credential yielding [`crate::devvault::DEV_TOKEN`].
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { token: Self::TOKEN.to_owned() })
+        Arc::new(Self { token: crate::devvault::DEV_TOKEN.to_owned() })
     }
 }
 

@@ -9,6 +9,7 @@
 //!   resets it (write access to the file is the admin power here; the admin password
 //!   itself is not checked against anything). Then it rewrites the file atomically.
 //! - [`add_user`]: adds or replaces an entry; the demo seeds its file with it.
+//! - [`check_policy`]: whether a password policy fits bcrypt's 71-byte limit.
 //!
 //! Rewrites keep every other byte of the file (other users, comments, blank lines, CRLF
 //! line ends) and the file's mode and owner: a temporary file in the same directory is
@@ -224,6 +225,20 @@ impl Inner {
     }
 }
 
+/// Checks that `policy` only makes passwords bcrypt uses whole (at most
+/// [`MAX_PASSWORD_BYTES`]); configuration loading can call it so an unusable profile is
+/// refused at startup rather than at its first rotation.
+pub fn check_policy(policy: &PasswordPolicy) -> Result<(), String> {
+    // Generated passwords are ASCII: characters are bytes.
+    if policy.length > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "password.length = {} is too long for bcrypt, which uses at most {MAX_PASSWORD_BYTES} bytes",
+            policy.length
+        ));
+    }
+    Ok(())
+}
+
 /// Adds `user` with `password` to the htpasswd file at `path`, or replaces its hash if
 /// it is there; creates the file (mode 0600) if missing. Other lines are kept.
 pub fn add_user(path: impl AsRef<Path>, user: &str, password: &SecretString, cost: u32) -> RotatorResult<()> {
@@ -422,7 +437,8 @@ mod tests {
             let e = serde_json::from_str::<HtpasswdConfig>(json).unwrap_err().to_string();
             assert!(e.contains(text), "{e}");
         }
-        let cfg: HtpasswdConfig = serde_json::from_str(r#"{"path": "p", "bcrypt_cost": 4, "allow_admin_reset": true}"#).unwrap();
+        let cfg: HtpasswdConfig =
+            serde_json::from_str(r#"{"path": "p", "bcrypt_cost": 4, "allow_admin_reset": true}"#).unwrap();
         assert_eq!((cfg.bcrypt_cost, cfg.allow_admin_reset), (4, true));
     }
 
@@ -444,6 +460,14 @@ mod tests {
             assert!(check_user_name(name).is_err(), "{name:?}");
         }
         check_user_name("alice@example.com").unwrap();
+    }
+
+    #[test]
+    fn policies_longer_than_bcrypt_takes_are_refused() {
+        check_policy(&PasswordPolicy::default()).unwrap();
+        check_policy(&PasswordPolicy { length: 71, ..PasswordPolicy::default() }).unwrap();
+        let err = check_policy(&PasswordPolicy { length: 72, ..PasswordPolicy::default() }).unwrap_err();
+        assert!(err.contains("password.length = 72"), "{err}");
     }
 
     #[test]

@@ -16,9 +16,9 @@ use std::fmt;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-pub mod password;
 #[cfg(feature = "htpasswd")]
 pub mod htpasswd;
+pub mod password;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod testkit;

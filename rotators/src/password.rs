@@ -103,7 +103,9 @@ pub enum PolicyError {
     #[error("length = {0} is out of range: it must be between {MIN_LENGTH} and {MAX_LENGTH}")]
     Length(usize),
     /// `symbols` holds something that is not printable ASCII punctuation.
-    #[error("symbols contains {0:?}: only printable ASCII punctuation is allowed (no letters, digits, spaces or non-ASCII)")]
+    #[error(
+        "symbols contains {0:?}: only printable ASCII punctuation is allowed (no letters, digits, spaces or non-ASCII)"
+    )]
     InvalidSymbol(char),
     /// A class has a minimum but no character of it may appear.
     #[error("min_{class} = {min} but no {class} character is allowed ({reason})")]
@@ -283,12 +285,8 @@ mod tests {
 
     #[test]
     fn disabled_classes_never_appear() {
-        let policy = PasswordPolicy {
-            uppercase: false,
-            min_uppercase: 0,
-            symbols: String::new(),
-            ..PasswordPolicy::default()
-        };
+        let policy =
+            PasswordPolicy { uppercase: false, min_uppercase: 0, symbols: String::new(), ..PasswordPolicy::default() };
         policy.validate().unwrap();
         for _ in 0..500 {
             let p = policy.generate();

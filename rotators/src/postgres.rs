@@ -164,7 +164,13 @@ impl PostgresRotator {
     }
 
     /// Logs in; `Ok(None)` when the server refused these credentials.
-    async fn login(&self, user: &str, password: &SecretString, who: &str, scrub: &Scrubber) -> RotatorResult<Option<Client>> {
+    async fn login(
+        &self,
+        user: &str,
+        password: &SecretString,
+        who: &str,
+        scrub: &Scrubber,
+    ) -> RotatorResult<Option<Client>> {
         if self.cfg.host.is_empty() {
             return Err(RotatorError::Permanent("postgres target has an empty host".to_owned()));
         }
@@ -229,7 +235,13 @@ impl PostgresRotator {
     }
 
     /// Whether `password` logs `user` in and gets a working session.
-    async fn check(&self, user: &str, password: &SecretString, who: &str, scrub: &Scrubber) -> RotatorResult<VerifyResponse> {
+    async fn check(
+        &self,
+        user: &str,
+        password: &SecretString,
+        who: &str,
+        scrub: &Scrubber,
+    ) -> RotatorResult<VerifyResponse> {
         match self.login(user, password, who, scrub).await? {
             None => Ok(VerifyResponse::Rejected),
             Some(client) => {
@@ -267,8 +279,12 @@ impl Rotator for PostgresRotator {
             return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
         }
 
-        let mut logins: Vec<(&str, &SecretString, String, SetPasswordOutcome)> =
-            vec![(user, &req.current, format!("{role} with its current password"), SetPasswordOutcome::ChangedWithCurrent)];
+        let mut logins: Vec<(&str, &SecretString, String, SetPasswordOutcome)> = vec![(
+            user,
+            &req.current,
+            format!("{role} with its current password"),
+            SetPasswordOutcome::ChangedWithCurrent,
+        )];
         for (i, previous) in req.previous.iter().enumerate() {
             logins.push((
                 user,
@@ -441,11 +457,8 @@ impl Scrubber {
     }
 
     fn for_request(req: &SetPasswordRequest, verifier: &str) -> Self {
-        let mut secrets = vec![
-            req.pending.expose_secret().to_owned(),
-            req.current.expose_secret().to_owned(),
-            verifier.to_owned(),
-        ];
+        let mut secrets =
+            vec![req.pending.expose_secret().to_owned(), req.current.expose_secret().to_owned(), verifier.to_owned()];
         secrets.extend(req.previous.iter().map(|p| p.expose_secret().to_owned()));
         if let Some(admin) = &req.admin {
             secrets.push(admin.password.expose_secret().to_owned());

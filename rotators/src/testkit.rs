@@ -119,7 +119,13 @@ impl Run<'_> {
         result.map_err(|e| format!("verify({user:?}) failed: {e}"))
     }
 
-    async fn expect_verify(&mut self, user: &str, password: &SecretString, want: VerifyResponse, which: &str) -> Result<(), String> {
+    async fn expect_verify(
+        &mut self,
+        user: &str,
+        password: &SecretString,
+        want: VerifyResponse,
+        which: &str,
+    ) -> Result<(), String> {
         let got = self.verify(user, password).await?;
         if got != want {
             return Err(format!("verify({user:?}, {which}): expected {want:?}, got {got:?}"));
@@ -137,7 +143,12 @@ impl Run<'_> {
         result
     }
 
-    async fn expect_set(&mut self, req: SetPasswordRequest, want: SetPasswordOutcome, check: &str) -> Result<(), String> {
+    async fn expect_set(
+        &mut self,
+        req: SetPasswordRequest,
+        want: SetPasswordOutcome,
+        check: &str,
+    ) -> Result<(), String> {
         let user = req.username.clone();
         match self.set(req).await {
             Ok(resp) if resp.outcome == want => Ok(()),
@@ -151,7 +162,9 @@ impl Run<'_> {
         match self.set(req).await {
             Err(RotatorError::Permanent(_)) => Ok(()),
             Err(e) => Err(format!("{check}: set_password({user:?}) expected a permanent error, got: {e}")),
-            Ok(resp) => Err(format!("{check}: set_password({user:?}) expected a permanent error, got {:?}", resp.outcome)),
+            Ok(resp) => {
+                Err(format!("{check}: set_password({user:?}) expected a permanent error, got {:?}", resp.outcome))
+            }
         }
     }
 
@@ -258,8 +271,20 @@ impl Run<'_> {
         let (user_a, a0) = self.user(fixture).await?;
         let (user_b, b0) = self.user(fixture).await?;
         let (a1, b1) = (self.password(), self.password());
-        let req_a = SetPasswordRequest { username: user_a.clone(), pending: a1.clone(), current: a0, previous: vec![], admin: None };
-        let req_b = SetPasswordRequest { username: user_b.clone(), pending: b1.clone(), current: b0, previous: vec![], admin: None };
+        let req_a = SetPasswordRequest {
+            username: user_a.clone(),
+            pending: a1.clone(),
+            current: a0,
+            previous: vec![],
+            admin: None,
+        };
+        let req_b = SetPasswordRequest {
+            username: user_b.clone(),
+            pending: b1.clone(),
+            current: b0,
+            previous: vec![],
+            admin: None,
+        };
         self.texts.push(format!("{req_a:?} {req_b:?}"));
         let (ra, rb) = tokio::join!(self.rotator.set_password(req_a), self.rotator.set_password(req_b));
         for (who, result) in [(&user_a, ra), (&user_b, rb)] {
@@ -270,8 +295,10 @@ impl Run<'_> {
                 Err(e) => return Err(format!("concurrent set_password({who:?}) failed: {e}")),
             }
         }
-        self.expect_verify(&user_a, &a1, VerifyResponse::Accepted, "its new password after a concurrent rotation").await?;
-        self.expect_verify(&user_b, &b1, VerifyResponse::Accepted, "its new password after a concurrent rotation").await?;
+        self.expect_verify(&user_a, &a1, VerifyResponse::Accepted, "its new password after a concurrent rotation")
+            .await?;
+        self.expect_verify(&user_b, &b1, VerifyResponse::Accepted, "its new password after a concurrent rotation")
+            .await?;
         self.pass("concurrent rotations of two users both take effect");
         Ok(())
     }

@@ -65,7 +65,8 @@ async fn htpasswd_passes_conformance_with_admin_reset() {
     let path = seeded_file(&dir);
     let admin = Credential { username: "file-admin".to_owned(), password: policy().generate() };
     let mut fixture = FileFixture { path: path.clone(), admin: Some(admin), next: 0 };
-    let report = run_conformance(&rotator(&path, true), &mut fixture).await.unwrap_or_else(|e| panic!("conformance: {e}"));
+    let report =
+        run_conformance(&rotator(&path, true), &mut fixture).await.unwrap_or_else(|e| panic!("conformance: {e}"));
     println!("{report}");
     assert_eq!(report.skipped.len(), 1, "only the wrong-admin check is skipped: {report}");
     assert!(fs::read_to_string(&path).unwrap().starts_with("# managed by kv-rotator tests\n\nother:$apr1$"));
@@ -76,7 +77,8 @@ async fn htpasswd_passes_conformance_without_admin() {
     let dir = TempDir::new().unwrap();
     let path = seeded_file(&dir);
     let mut fixture = FileFixture { path: path.clone(), admin: None, next: 0 };
-    let report = run_conformance(&rotator(&path, false), &mut fixture).await.unwrap_or_else(|e| panic!("conformance: {e}"));
+    let report =
+        run_conformance(&rotator(&path, false), &mut fixture).await.unwrap_or_else(|e| panic!("conformance: {e}"));
     println!("{report}");
 }
 
@@ -120,7 +122,13 @@ async fn rewrite_keeps_other_bytes_and_mode_and_leaves_no_temp_file() {
 
     let p1 = policy().generate();
     let resp = rotator(&path, false)
-        .set_password(SetPasswordRequest { username: "alice".into(), pending: p1.clone(), current: p0, previous: vec![], admin: None })
+        .set_password(SetPasswordRequest {
+            username: "alice".into(),
+            pending: p1.clone(),
+            current: p0,
+            previous: vec![],
+            admin: None,
+        })
         .await
         .unwrap();
     assert_eq!(resp.outcome, SetPasswordOutcome::ChangedWithCurrent);
@@ -147,7 +155,13 @@ async fn symlinked_path_replaces_the_target_and_keeps_the_link() {
     add_user(&link, "alice", &p0, COST).unwrap();
     let p1 = policy().generate();
     rotator(&link, false)
-        .set_password(SetPasswordRequest { username: "alice".into(), pending: p1.clone(), current: p0, previous: vec![], admin: None })
+        .set_password(SetPasswordRequest {
+            username: "alice".into(),
+            pending: p1.clone(),
+            current: p0,
+            previous: vec![],
+            admin: None,
+        })
         .await
         .unwrap();
     assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
@@ -192,7 +206,13 @@ async fn pending_longer_than_bcrypt_takes_is_permanent() {
     add_user(&path, "alice", &p0, COST).unwrap();
     let long = PasswordPolicy { length: 80, ..policy() }.generate();
     let err = rotator(&path, false)
-        .set_password(SetPasswordRequest { username: "alice".into(), pending: long.clone(), current: p0, previous: vec![], admin: None })
+        .set_password(SetPasswordRequest {
+            username: "alice".into(),
+            pending: long.clone(),
+            current: p0,
+            previous: vec![],
+            admin: None,
+        })
         .await
         .unwrap_err();
     assert!(matches!(&err, RotatorError::Permanent(m) if m.contains("at most 71")), "{err:?}");

@@ -21,7 +21,8 @@ use tokio_postgres::{Client, NoTls};
 
 const HOST: &str = "127.0.0.1";
 const PORT: u16 = 5432;
-const SETUP_HINT: &str = "run `sudo scripts/setup-postgres.sh` (it puts members of kvr_scram under scram-sha-256 in pg_hba.conf)";
+const SETUP_HINT: &str =
+    "run `sudo scripts/setup-postgres.sh` (it puts members of kvr_scram under scram-sha-256 in pg_hba.conf)";
 
 /// Quoted identifier, written here rather than taken from the crate so that a broken
 /// `quote_ident` fails the rotator, not the fixture.
@@ -45,7 +46,9 @@ async fn superuser() -> Client {
         .dbname("postgres")
         .connect(NoTls)
         .await
-        .unwrap_or_else(|e| panic!("cannot connect as postgres to {HOST}:{PORT} over trust: {e}; is PostgreSQL running?"));
+        .unwrap_or_else(|e| {
+            panic!("cannot connect as postgres to {HOST}:{PORT} over trust: {e}; is PostgreSQL running?")
+        });
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -110,12 +113,9 @@ fn rotator() -> PostgresRotator {
 async fn create_role(su: &Client, guard: &RoleGuard, name: &str, password: &SecretString, options: &str) {
     guard.register(name);
     let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
-    su.batch_execute(&format!(
-        "CREATE ROLE {} {options} IN ROLE kvr_scram PASSWORD '{verifier}'",
-        ident(name)
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("creating test role {name:?}: {e}"));
+    su.batch_execute(&format!("CREATE ROLE {} {options} IN ROLE kvr_scram PASSWORD '{verifier}'", ident(name)))
+        .await
+        .unwrap_or_else(|e| panic!("creating test role {name:?}: {e}"));
 }
 
 /// Fails (does not skip) when a wrong password would log in: the setup script has not run.
@@ -241,7 +241,13 @@ async fn stored_password_is_a_scram_verifier() {
     let (p0, p1) = (policy().generate(), policy().generate());
     create_role(&su, &guard, &user, &p0, "LOGIN").await;
     rotator()
-        .set_password(SetPasswordRequest { username: user.clone(), pending: p1.clone(), current: p0, previous: vec![], admin: None })
+        .set_password(SetPasswordRequest {
+            username: user.clone(),
+            pending: p1.clone(),
+            current: p0,
+            previous: vec![],
+            admin: None,
+        })
         .await
         .unwrap();
     let stored = stored_verifier(&su, &user).await;
@@ -313,10 +319,8 @@ async fn missing_database_is_permanent() {
     create_role(&su, &guard, &user, &p0, "LOGIN").await;
     let mut cfg = PostgresConfig::new(HOST);
     cfg.database = format!("{prefix}_no_such_db");
-    let err = PostgresRotator::new(cfg, policy())
-        .verify(VerifyRequest { username: user, password: p0 })
-        .await
-        .unwrap_err();
+    let err =
+        PostgresRotator::new(cfg, policy()).verify(VerifyRequest { username: user, password: p0 }).await.unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
     assert!(err.to_string().contains("3D000"), "{err}");
 }
@@ -343,7 +347,8 @@ async fn refused_connection_is_transient() {
     // A port nobody listens on: bind, note it, close.
     let port = std::net::TcpListener::bind((HOST, 0)).unwrap().local_addr().unwrap().port();
     let rotator = rotator_on(port);
-    let err = rotator.verify(VerifyRequest { username: "nobody".into(), password: policy().generate() }).await.unwrap_err();
+    let err =
+        rotator.verify(VerifyRequest { username: "nobody".into(), password: policy().generate() }).await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert!(err.to_string().contains(&format!("{HOST}:{port}")), "{err}");
     let err = rotator.set_password(any_set_request()).await.unwrap_err();

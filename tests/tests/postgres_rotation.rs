@@ -14,7 +14,7 @@ use kv_rotator::engine::{Outcome, RotationReport};
 use kv_rotator::service::{self, RunningService};
 use kv_rotator::targets::Targets;
 use kv_rotator_config::{AdminRef, EngineConfig, TargetKind, TargetProfile, WebhookConfig};
-use kv_rotator_keyvault::azure::{AzureSecretStore, DevVaultCredential, TransportOverrides};
+use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore, StoreError};
 use kv_rotator_rotators::postgres::PostgresConfig;
@@ -90,17 +90,7 @@ struct Harness {
 impl Harness {
     async fn start(admin: Option<AdminRef>) -> Harness {
         let vault = DevVault::start(DevVaultOptions::default()).await.expect("dev vault");
-        let store: Arc<dyn SecretStore> = Arc::new(
-            AzureSecretStore::connect(
-                vault.endpoint().as_str(),
-                DevVaultCredential::new(),
-                TransportOverrides {
-                    extra_root_pem: Some(vault.ca_certificate_pem().to_owned()),
-                    connect_to: Some(vault.local_addr()),
-                },
-            )
-            .expect("store"),
-        );
+        let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).expect("store"));
         let pg: PostgresConfig =
             serde_json::from_value(serde_json::json!({"host": "127.0.0.1", "port": 5432, "sslmode": "disable"}))
                 .unwrap();
@@ -158,6 +148,11 @@ impl Harness {
             .await
             .expect("POST to webhook")
             .status()
+    }
+
+    async fn stop(self) {
+        self.service.shutdown().await.unwrap();
+        self.vault.shutdown().await;
     }
 
     async fn next_report(&mut self) -> RotationReport {
@@ -235,8 +230,7 @@ async fn near_expiry_event_rotates_a_postgres_role_end_to_end() {
     assert_eq!(versions.len(), 2, "exactly one new version");
     assert!(logs_in(&role.name, latest.value.expose_secret()).await);
 
-    h.service.shutdown().await.unwrap();
-    h.vault.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,8 +250,7 @@ async fn stale_event_for_an_older_version_rotates_nothing() {
     assert_eq!(h.store.get_latest(&secret).await.unwrap().version, v2);
     assert!(logs_in(&role.name, "stale-Pw-1-e2e").await, "password unchanged");
 
-    h.service.shutdown().await.unwrap();
-    h.vault.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,8 +273,7 @@ async fn admin_credential_from_key_vault_rotates_when_the_current_password_is_lo
     let want = OffsetDateTime::now_utc() + time::Duration::days(60);
     assert!((latest.properties.expires.unwrap() - want).abs() < time::Duration::minutes(5));
 
-    h.service.shutdown().await.unwrap();
-    h.vault.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,6 +303,5 @@ async fn secret_without_credential_id_fails_before_touching_the_target() {
     assert!(pending.is_empty());
     assert!(matches!(h.store.get_latest("kv-rotator-pending-x").await, Err(StoreError::NotFound { .. })));
 
-    h.service.shutdown().await.unwrap();
-    h.vault.shutdown().await;
+    h.stop().await;
 }

@@ -1,13 +1,13 @@
 //! `kv-rotator serve` and `kv-rotator dev` run as separate processes, as an operator
 //! runs them: configuration from a file, a delivery over HTTP, the rotation observed in
 //! Key Vault and on the target, SIGTERM ends the process cleanly, and no password
-//! appears in its output.
+//! appears in its output, even at the `trace` log level.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kv_rotator_keyvault::azure::{AzureSecretStore, DevVaultCredential, TransportOverrides};
@@ -19,51 +19,68 @@ use secrecy::{ExposeSecret, SecretString};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 
-/// A child process killed on drop, whose stderr can be collected.
-struct Proc(Child);
+/// A child process killed on drop. Its output is drained by threads as it comes, so a
+/// chatty log level can never block it on a full pipe.
+struct Proc {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
 
 impl Proc {
     fn spawn(args: &[&str]) -> Proc {
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "trace")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kv-rotator");
-        Proc(child)
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let streams: [Box<dyn Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        for mut stream in streams {
+            let output = output.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    output.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }));
+        }
+        Proc { child, output, readers }
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns everything it printed.
     fn terminate(mut self) -> String {
-        let pid = self.0.id().to_string();
+        let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
+            if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
             assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
         let output = self.output();
         assert!(status.success(), "exit {status} after SIGTERM:\n{output}");
         output
     }
 
-    fn output(&mut self) -> String {
-        let mut out = String::new();
-        if let Some(mut s) = self.0.stdout.take() {
-            s.read_to_string(&mut out).unwrap();
-        }
-        if let Some(mut s) = self.0.stderr.take() {
-            s.read_to_string(&mut out).unwrap();
-        }
-        out
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
     }
 
     fn assert_running(&mut self) {
-        if let Some(status) = self.0.try_wait().unwrap() {
+        if let Some(status) = self.child.try_wait().unwrap() {
             panic!("kv-rotator exited early with {status}:\n{}", self.output());
         }
     }
@@ -71,8 +88,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -106,7 +123,12 @@ async fn wait_healthy(proc: &mut Proc, port: u16) {
 }
 
 /// Polls until the latest version of `secret` differs from `old`.
-async fn wait_new_version(store: &dyn SecretStore, secret: &str, old: &str, proc: &mut Proc) -> kv_rotator_keyvault::SecretRecord {
+async fn wait_new_version(
+    store: &dyn SecretStore,
+    secret: &str,
+    old: &str,
+    proc: &mut Proc,
+) -> kv_rotator_keyvault::SecretRecord {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         proc.assert_running();
@@ -169,7 +191,13 @@ async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
 
     let mut proc = Proc::spawn(&["serve", "--config", config_path.to_str().unwrap()]);
     wait_healthy(&mut proc, port).await;
-    let body = kv_rotator::cli::seed::near_expiry_delivery("opsvault", &vault.host(), "web-password", &v1, time::OffsetDateTime::now_utc());
+    let body = kv_rotator::cli::seed::near_expiry_delivery(
+        "opsvault",
+        &vault.host(),
+        "web-password",
+        &v1,
+        time::OffsetDateTime::now_utc(),
+    );
     let status = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/api/eventgrid"))
         .header("aeg-event-type", "Notification")
@@ -198,7 +226,8 @@ async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
 fn serve_with_a_bad_config_names_the_key_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[vault]\nurl = \"https://v.vault.azure.net/\"\n[webhook]\nlisten_on = \"0.0.0.0:1\"\n").unwrap();
+    std::fs::write(&path, "[vault]\nurl = \"https://v.vault.azure.net/\"\n[webhook]\nlisten_on = \"0.0.0.0:1\"\n")
+        .unwrap();
     let out = Command::new(BIN).args(["serve", "--config", path.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -225,7 +254,8 @@ async fn dev_mode_rotates_its_demo_secret_on_the_sample_event() {
         assert!(Instant::now() < deadline, "dev mode not ready within 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let endpoints: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&endpoints_path).unwrap()).unwrap();
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&endpoints_path).unwrap()).unwrap();
     let field = |k: &str| endpoints[k].as_str().unwrap_or_else(|| panic!("{k} in endpoints.json")).to_owned();
 
     let store = dev_store(

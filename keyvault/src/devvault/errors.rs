@@ -67,8 +67,7 @@ struct Inner<'a> {
 }
 
 /// The 401 message, verbatim from every recording's first entry.
-pub(crate) const UNAUTHORIZED_MESSAGE: &str =
-    "AKV10000: Request is missing a Bearer, PoP, or MTLS_POP token.";
+pub(crate) const UNAUTHORIZED_MESSAGE: &str = "AKV10000: Request is missing a Bearer, PoP, or MTLS_POP token.";
 
 /// The help link the service appends to not-found messages (recordings).
 const NOT_FOUND_HELP: &str = "If you recently deleted this secret you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182";
@@ -152,11 +151,7 @@ impl ApiError {
 
     /// 400 for a name outside `^[0-9a-zA-Z-]{1,127}$` (public captures of the service).
     pub fn invalid_name(name: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "BadParameter",
-            format!("The request URI contains an invalid name: {name}"),
-        )
+        Self::new(StatusCode::BAD_REQUEST, "BadParameter", format!("The request URI contains an invalid name: {name}"))
     }
 
     /// 400 for an unknown api-version (public captures of the service, e.g.
@@ -198,6 +193,10 @@ impl ApiError {
 
     /// 405 for a known path with a method it does not take. Best guess.
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "The method is not allowed for the requested URI.")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "The method is not allowed for the requested URI.",
+        )
     }
 }

@@ -270,7 +270,9 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
     let lister = Lister { shared, query: &query, api_version: &api_version };
     match op {
         Op::List => lister.list("/secrets", "secrets", |vault, after, max| vault.list(after, max)),
-        Op::ListDeleted => lister.list("/deletedsecrets", "deleted", |vault, after, max| vault.list_deleted(after, max)),
+        Op::ListDeleted => {
+            lister.list("/deletedsecrets", "deleted", |vault, after, max| vault.list_deleted(after, max))
+        }
         Op::Versions(name) => {
             let kind = format!("versions:{}", name.to_ascii_lowercase());
             let path = format!("/secrets/{name}/versions");

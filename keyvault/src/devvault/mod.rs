@@ -89,10 +89,7 @@ impl DevVault {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !label_ok {
-            return Err(DevVaultError::InvalidOptions(format!(
-                "vault name {:?} is not a DNS label",
-                opts.vault_name
-            )));
+            return Err(DevVaultError::InvalidOptions(format!("vault name {:?} is not a DNS label", opts.vault_name)));
         }
         if opts.tenant_id.is_empty() || !opts.tenant_id.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
             return Err(DevVaultError::InvalidOptions(format!("tenant id {:?}", opts.tenant_id)));

@@ -185,10 +185,7 @@ pub(crate) struct UpdateParams {
     pub attributes: Option<AttributesParams>,
 }
 
-fn check_properties(
-    content_type: Option<&String>,
-    tags: Option<&BTreeMap<String, String>>,
-) -> Result<(), ApiError> {
+fn check_properties(content_type: Option<&String>, tags: Option<&BTreeMap<String, String>>) -> Result<(), ApiError> {
     if content_type.is_some_and(|c| c.chars().count() > MAX_CONTENT_TYPE_CHARS) {
         return Err(ApiError::invalid_property());
     }
@@ -383,10 +380,9 @@ impl Vault {
         let secret = self.live(name)?;
         let found = match version {
             None => secret.latest(),
-            Some(v) => secret
-                .versions
-                .get(&v.to_ascii_lowercase())
-                .ok_or_else(|| ApiError::secret_not_found(name, Some(v)))?,
+            Some(v) => {
+                secret.versions.get(&v.to_ascii_lowercase()).ok_or_else(|| ApiError::secret_not_found(name, Some(v)))?
+            }
         };
         if !found.enabled {
             return Err(ApiError::secret_disabled());
@@ -403,10 +399,7 @@ impl Vault {
             None => secret.latest.clone(),
             Some(v) => v.to_ascii_lowercase(),
         };
-        let found = secret
-            .versions
-            .get_mut(&version_id)
-            .ok_or_else(|| ApiError::secret_not_found(name, version))?;
+        let found = secret.versions.get_mut(&version_id).ok_or_else(|| ApiError::secret_not_found(name, version))?;
         if let Some(content_type) = params.content_type {
             found.content_type = Some(content_type);
         }
@@ -434,7 +427,8 @@ impl Vault {
     }
 
     /// GET /secrets/{name}/versions: every version, in version-id order. An unknown name
-    /// lists nothing (recordings: 200 with an empty page).
+    /// lists nothing (recordings: 200 with an empty page); so does a soft-deleted one
+    /// (best guess: the recordings never list those).
     pub fn list_versions(&self, name: &str, after: Option<&str>, max: usize) -> Page {
         match self.secrets.get(&name.to_ascii_lowercase()) {
             Some(secret) => page(secret.versions.iter(), after, max, |v| self.render(secret, v, View::Properties)),
@@ -454,10 +448,8 @@ impl Vault {
 
     /// GET /deletedsecrets/{name}.
     pub fn get_deleted(&self, name: &str) -> Result<Bundle, ApiError> {
-        let deleted = self
-            .deleted
-            .get(&name.to_ascii_lowercase())
-            .ok_or_else(|| ApiError::deleted_secret_not_found(name))?;
+        let deleted =
+            self.deleted.get(&name.to_ascii_lowercase()).ok_or_else(|| ApiError::deleted_secret_not_found(name))?;
         Ok(self.render_deleted(deleted, View::Properties))
     }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use kv_rotator_webhook::{router, RotationRequest, Trigger, WebhookState};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
@@ -105,4 +105,26 @@ pub fn new_state(capacity: usize) -> (WebhookState, mpsc::Receiver<RotationReque
 /// Everything queued so far, without waiting.
 pub fn drain(rx: &mut mpsc::Receiver<RotationRequest>) -> Vec<RotationRequest> {
     std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+/// A Key Vault secret event; `data` in the documented PascalCase shape.
+pub fn secret_event(id: &str, event_type: &str, vault: &str, name: &str, version: &str) -> Value {
+    json!({
+        "id": id,
+        "topic": format!("/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/{vault}"),
+        "subject": name,
+        "eventType": event_type,
+        "eventTime": "2024-01-01T00:00:00Z",
+        "data": {
+            "Id": format!("https://{vault}.vault.azure.net/secrets/{name}/{version}"),
+            "VaultName": vault,
+            "ObjectType": "Secret",
+            "ObjectName": name,
+            "Version": version,
+            "NBF": null,
+            "EXP": 1704067200
+        },
+        "dataVersion": "1",
+        "metadataVersion": "1"
+    })
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use kv_rotator_config::{EngineConfig, WebhookConfig};
-use kv_rotator_keyvault::azure::{AzureSecretStore, DevVaultCredential, TransportOverrides};
+use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::SecretStore;
 use kv_rotator_rotators::{Rotator, VerifyRequest, VerifyResponse};
@@ -25,14 +25,7 @@ use crate::targets::Targets;
 /// Runs the demo; an error if any step or proof fails.
 pub async fn run() -> anyhow::Result<()> {
     let vault = DevVault::start(DevVaultOptions::default()).await.context("cannot start the dev vault")?;
-    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::connect(
-        vault.endpoint().as_str(),
-        DevVaultCredential::new(),
-        TransportOverrides {
-            extra_root_pem: Some(vault.ca_certificate_pem().to_owned()),
-            connect_to: Some(vault.local_addr()),
-        },
-    )?);
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault)?);
     let workdir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let mut targets = Targets::default();
     let demo = seed::seed_demo_target(store.as_ref(), workdir.path(), &mut targets).await?;

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Args;
 use kv_rotator_config::figment::providers::Serialized;
 use kv_rotator_config::figment::Figment;
-use kv_rotator_keyvault::azure::{AzureSecretStore, DevVaultCredential, TransportOverrides};
+use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::SecretStore;
 use tokio::net::TcpListener;
@@ -60,14 +60,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::write(&ca_path, vault.ca_certificate_pem())
         .with_context(|| format!("cannot write {}", ca_path.display()))?;
 
-    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::connect(
-        vault.endpoint().as_str(),
-        DevVaultCredential::new(),
-        TransportOverrides {
-            extra_root_pem: Some(vault.ca_certificate_pem().to_owned()),
-            connect_to: Some(vault.local_addr()),
-        },
-    )?);
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault)?);
     let mut targets = Targets::from_profiles(&config.targets);
     let demo = seed::seed_demo_target(store.as_ref(), &state_dir, &mut targets).await?;
 

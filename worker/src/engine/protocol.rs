@@ -205,9 +205,11 @@ fn plan(engine: &Engine, latest: &SecretRecord, rotation_id: String) -> Result<P
         None => engine.settings.default_validity_days,
         Some(raw) => match raw.trim().parse::<u32>() {
             Ok(days) if (1..=3650).contains(&days) => days,
-            _ => return Err(RotationError::Misconfigured(format!(
+            _ => {
+                return Err(RotationError::Misconfigured(format!(
                 "secret {name:?}: tag {TAG_VALIDITY_DAYS:?} = {raw:?} is not a whole number of days between 1 and 3650"
-            ))),
+            )))
+            }
         },
     };
     let mut new_tags = tags.clone();
