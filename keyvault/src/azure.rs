@@ -19,7 +19,8 @@ use azure_core::credentials::{AccessToken, Secret as AzSecret, TokenCredential, 
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, Transport};
 use azure_security_keyvault_secrets::models::{
-    Secret, SecretAttributes, SecretClientGetSecretOptions, SecretProperties as AzSecretProperties, SetSecretParameters,
+    Secret, SecretAttributes, SecretClientGetSecretOptions, SecretClientUpdateSecretPropertiesOptions,
+    SecretProperties as AzSecretProperties, SetSecretParameters, UpdateSecretPropertiesParameters,
 };
 use azure_security_keyvault_secrets::{ResourceExt, SecretClient, SecretClientOptions};
 use futures::TryStreamExt;
@@ -27,7 +28,9 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::store::{NewSecretVersion, SecretProperties, SecretRecord, SecretStore, StoreError, StoreResult};
+use crate::store::{
+    NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, SecretStore, StoreError, StoreResult,
+};
 
 /// How to reach a vault other than through public DNS and the system roots.
 #[derive(Debug, Clone, Default)]
@@ -231,6 +234,36 @@ impl SecretStore for AzureSecretStore {
             .and_then(|r| r.into_model())
             .map_err(|e| self.error(name, "set", e))?;
         self.record(name, "set", secret)
+    }
+
+    async fn update_properties(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        update: PropertiesUpdate,
+    ) -> StoreResult<SecretProperties> {
+        let parameters = UpdateSecretPropertiesParameters {
+            content_type: update.content_type,
+            tags: update.tags.map(|t| t.into_iter().collect()),
+            secret_attributes: Some(SecretAttributes {
+                enabled: update.enabled,
+                expires: update.expires,
+                ..Default::default()
+            }),
+        };
+        let content = parameters.try_into().map_err(|e| self.error(name, "update", e))?;
+        let options = SecretClientUpdateSecretPropertiesOptions {
+            secret_version: version.map(str::to_owned),
+            ..Default::default()
+        };
+        let secret = self
+            .client
+            .update_secret_properties(name, content, Some(options))
+            .await
+            .and_then(|r| r.into_model())
+            .map_err(|e| self.error(name, "update", e))?;
+        let version = secret.resource_id().ok().and_then(|id| id.version);
+        Ok(properties_from(name, version, secret.tags, secret.content_type, secret.attributes))
     }
 
     async fn delete_secret(&self, name: &str) -> StoreResult<()> {

@@ -11,4 +11,6 @@ pub mod azure;
 pub mod devvault;
 pub mod store;
 
-pub use store::{NewSecretVersion, SecretProperties, SecretRecord, SecretStore, StoreError, StoreResult};
+pub use store::{
+    NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, SecretStore, StoreError, StoreResult,
+};

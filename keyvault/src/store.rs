@@ -63,6 +63,19 @@ pub struct NewSecretVersion {
     pub not_before: Option<OffsetDateTime>,
 }
 
+/// A change to one version's properties; `None` fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PropertiesUpdate {
+    /// Replaces the whole tag set when `Some` (the service has no per-tag patch).
+    pub tags: Option<BTreeMap<String, String>>,
+    /// `attributes.enabled`.
+    pub enabled: Option<bool>,
+    /// `attributes.exp`.
+    pub expires: Option<OffsetDateTime>,
+    /// `contentType`.
+    pub content_type: Option<String>,
+}
+
 /// Errors of the store, classified for the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -115,6 +128,14 @@ pub trait SecretStore: Send + Sync + std::fmt::Debug {
 
     /// Writes a new version and returns it as stored.
     async fn set_secret(&self, name: &str, new: NewSecretVersion) -> StoreResult<SecretRecord>;
+
+    /// Updates the properties of one version (`None`: the latest) and returns them.
+    async fn update_properties(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        update: PropertiesUpdate,
+    ) -> StoreResult<SecretProperties>;
 
     /// Soft-deletes a secret (all versions). Deleting a missing secret is not an error.
     async fn delete_secret(&self, name: &str) -> StoreResult<()>;
