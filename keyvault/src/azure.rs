@@ -29,7 +29,8 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::store::{
-    NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, SecretStore, StoreError, StoreResult,
+    check_limits, NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, SecretStore, StoreError,
+    StoreResult, MAX_CONTENT_TYPE_CHARS, MAX_TAG_CHARS,
 };
 
 /// How to reach a vault other than through public DNS and the system roots.
@@ -159,15 +160,34 @@ fn classify(vault: &str, name: &str, operation: &'static str, err: azure_core::E
                 .and_then(|b| b.pointer("/error/message"))
                 .and_then(|c| c.as_str())
                 .unwrap_or_default()
+                .trim_end()
                 .to_owned();
-            let code = error_code.clone().unwrap_or_else(|| status.to_string());
+            let body_code = body.as_ref().and_then(|b| b.pointer("/error/code")).and_then(|c| c.as_str());
+            // The SDK falls back to the bare status when it cannot parse the body (it reads
+            // the message borrowed, so an escaped "\r\n", as in the service's 400s, fails).
+            let code = error_code
+                .clone()
+                .filter(|c| *c != status.to_string())
+                .or(body_code.map(str::to_owned))
+                .unwrap_or_else(|| status.to_string());
             match status {
                 404 => StoreError::NotFound { vault, name },
                 403 if inner_code.as_deref() == Some("SecretDisabled") => StoreError::Disabled { vault, name },
-                409 => StoreError::SoftDeleted { vault, name },
+                409 if inner_code.as_deref() == Some("ObjectIsDeletedButRecoverable")
+                    || message.contains("deleted but recoverable") =>
+                {
+                    StoreError::SoftDeleted { vault, name }
+                }
                 401 | 403 => StoreError::AccessDenied { vault, name, operation, code },
                 408 | 429 | 500..=599 => {
                     StoreError::Unavailable { vault, name, operation, detail: format!("{status} {code}") }
+                }
+                400 if message.starts_with("Property has invalid value") => {
+                    // The service does not say which property; name the limits left to it.
+                    let message = format!(
+                        "{message} (tag names and values are limited to {MAX_TAG_CHARS} characters, contentType to {MAX_CONTENT_TYPE_CHARS})"
+                    );
+                    StoreError::Rejected { vault, name, operation, status, code, message }
                 }
                 _ => StoreError::Rejected { vault, name, operation, status, code, message },
             }
@@ -214,6 +234,7 @@ impl SecretStore for AzureSecretStore {
     }
 
     async fn set_secret(&self, name: &str, new: NewSecretVersion) -> StoreResult<SecretRecord> {
+        check_limits(name, "set", Some(&new.value), Some(&new.tags))?;
         let parameters = SetSecretParameters {
             // The SDK model takes a plain String; it lives only for this request.
             value: Some(new.value.expose_secret().to_owned()),
@@ -242,6 +263,7 @@ impl SecretStore for AzureSecretStore {
         version: Option<&str>,
         update: PropertiesUpdate,
     ) -> StoreResult<SecretProperties> {
+        check_limits(name, "update", None, update.tags.as_ref())?;
         let parameters = UpdateSecretPropertiesParameters {
             content_type: update.content_type,
             tags: update.tags.map(|t| t.into_iter().collect()),

@@ -9,6 +9,15 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
+/// Largest secret value, in bytes ("25k bytes" in the service documentation).
+pub const MAX_VALUE_BYTES: usize = 25 * 1024;
+/// At most this many tags per version.
+pub const MAX_TAGS: usize = 15;
+/// Longest tag name and tag value, in characters.
+pub const MAX_TAG_CHARS: usize = 256;
+/// Longest `contentType`, in characters.
+pub const MAX_CONTENT_TYPE_CHARS: usize = 255;
+
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -107,6 +116,31 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
     }
+}
+
+/// Checks the limits a write most plausibly breaks (value size, tag count) before it is
+/// sent, so the error names the limit instead of the service's vague "Property has
+/// invalid value". The rarer length limits are left to the service (see
+/// [`StoreError::Rejected`]).
+pub fn check_limits(
+    name: &str,
+    operation: &'static str,
+    value: Option<&SecretString>,
+    tags: Option<&BTreeMap<String, String>>,
+) -> StoreResult<()> {
+    use secrecy::ExposeSecret;
+    let invalid = |detail: String| StoreError::Invalid { name: name.to_owned(), operation, detail };
+    if let Some(len) = value.map(|v| v.expose_secret().len()).filter(|len| *len > MAX_VALUE_BYTES) {
+        return Err(invalid(format!(
+            "the value is {len} bytes, over Key Vault's limit of 25 KiB ({MAX_VALUE_BYTES} bytes) per secret value; not sent"
+        )));
+    }
+    if let Some(count) = tags.map(BTreeMap::len).filter(|count| *count > MAX_TAGS) {
+        return Err(invalid(format!(
+            "{count} tags, over Key Vault's limit of {MAX_TAGS} tags per secret version; not sent"
+        )));
+    }
+    Ok(())
 }
 
 /// Everything the rotation engine needs from Key Vault.

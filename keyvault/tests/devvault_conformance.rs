@@ -562,6 +562,7 @@ fn seeds(entries: &[Entry]) -> Vec<SeedSecret> {
                 updated: attributes["updated"].as_i64(),
                 managed: item["managed"].as_bool().unwrap_or(false),
                 deleted_date: if deleted { item["deletedDate"].as_i64() } else { None },
+                ..Default::default()
             });
         }
     }

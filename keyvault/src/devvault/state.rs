@@ -24,14 +24,8 @@ use super::errors::ApiError;
 pub(crate) const RECOVERY_LEVEL: &str = "Recoverable+Purgeable";
 /// `attributes.recoverableDays`: the default (and maximum) retention.
 pub(crate) const RECOVERABLE_DAYS: i64 = 90;
-/// Largest value, in bytes ("25k bytes" in the service documentation).
-pub(crate) const MAX_VALUE_BYTES: usize = 25 * 1024;
-/// At most this many tags per version.
-pub(crate) const MAX_TAGS: usize = 15;
-/// Longest tag name and tag value, in characters.
-pub(crate) const MAX_TAG_CHARS: usize = 256;
-/// Longest `contentType`, in characters.
-pub(crate) const MAX_CONTENT_TYPE_CHARS: usize = 255;
+// The service's size limits, shared with the production store's client-side checks.
+pub(crate) use crate::store::{MAX_CONTENT_TYPE_CHARS, MAX_TAGS, MAX_TAG_CHARS, MAX_VALUE_BYTES};
 
 /// Magic prefix of our backup blobs; restore refuses anything else.
 const BACKUP_MAGIC: &[u8] = b"kv-rotator-devvault-backup-v1\n";
@@ -248,6 +242,12 @@ pub struct SeedSecret {
     pub managed: bool,
     /// Puts the secret in the soft-deleted state, deleted at this time (unix seconds).
     pub deleted_date: Option<i64>,
+    /// The version id (32 lowercase hex characters on the service); `None` draws one.
+    /// With [`created`](Self::created) this makes id order differ from creation order.
+    pub version: Option<String>,
+    /// Adds the version to the live secret of that name (it becomes the latest) instead
+    /// of refusing a taken name.
+    pub add_version: bool,
 }
 
 impl Default for SeedSecret {
@@ -264,6 +264,8 @@ impl Default for SeedSecret {
             updated: None,
             managed: false,
             deleted_date: None,
+            version: None,
+            add_version: false,
         }
     }
 }
@@ -275,6 +277,7 @@ impl fmt::Debug for SeedSecret {
             .field("value", &"<redacted>")
             .field("managed", &self.managed)
             .field("deleted_date", &self.deleted_date)
+            .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
@@ -504,18 +507,28 @@ impl Vault {
         Ok(bundle)
     }
 
-    /// Inserts a secret of one version, live or soft-deleted; returns its version id.
+    /// Inserts a secret of one version, live or soft-deleted, or (with `add_version`) one
+    /// more version of a live secret; returns the version id.
     pub fn seed(&mut self, seed: SeedSecret) -> Result<String, String> {
         if !valid_name(&seed.name) {
             return Err(format!("invalid secret name {:?}", seed.name));
         }
+        let id = match seed.version {
+            Some(v) if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) => v.to_ascii_lowercase(),
+            Some(v) => return Err(format!("version id {v:?} is not 32 hex characters")),
+            None => new_version_id(),
+        };
         let key = seed.name.to_ascii_lowercase();
-        if self.secrets.contains_key(&key) || self.deleted.contains_key(&key) {
+        let existing = self.secrets.contains_key(&key);
+        if self.deleted.contains_key(&key) || (existing && !seed.add_version) {
             return Err(format!("a secret named {:?} exists already", seed.name));
+        }
+        if seed.add_version && (!existing || seed.deleted_date.is_some()) {
+            return Err(format!("add_version needs a live secret named {:?}", seed.name));
         }
         let created = seed.created.unwrap_or_else(now);
         let version = SecretVersion {
-            id: new_version_id(),
+            id: id.clone(),
             value: seed.value,
             content_type: seed.content_type,
             tags: seed.tags,
@@ -526,7 +539,14 @@ impl Vault {
             updated: seed.updated.unwrap_or(created),
             managed: seed.managed,
         };
-        let id = version.id.clone();
+        if let Some(secret) = self.secrets.get_mut(&key) {
+            if secret.versions.contains_key(&id) {
+                return Err(format!("secret {:?} has a version {id} already", seed.name));
+            }
+            secret.versions.insert(id.clone(), version);
+            secret.latest = id.clone();
+            return Ok(id);
+        }
         let secret = Secret { name: seed.name, versions: BTreeMap::from([(id.clone(), version)]), latest: id.clone() };
         match seed.deleted_date {
             Some(deleted_date) => self.deleted.insert(key, Deleted { secret, deleted_date }).map(|_| ()),
