@@ -5,7 +5,7 @@ use std::path::Path;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 
-use crate::model::{Config, CredentialConfig};
+use crate::model::{Config, CredentialConfig, SecretSource, WebhookAuthConfig, WebhookConfig};
 
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +98,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             }
         }
     }
+    validate_webhook(&config.webhook, &mut problems);
     if problems.is_empty() {
         Ok(())
     } else {
@@ -108,4 +109,39 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 /// Whether `name` is a valid Key Vault secret name.
 pub fn is_secret_name(name: &str) -> bool {
     (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// `[webhook]`: allowed vault names, and where secrets come from. The values of the
+/// auth settings themselves are checked by the webhook crate when the state is built.
+fn validate_webhook(webhook: &WebhookConfig, problems: &mut Vec<String>) {
+    for name in &webhook.allowed_vaults {
+        let valid = (3..=24).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            problems.push(format!("webhook.allowed_vaults: {name:?} is not a Key Vault name (3-24 of a-z 0-9 -)"));
+        }
+    }
+    let mut source = |key: &str, source: &SecretSource| match (&source.env, &source.file) {
+        (Some(_), Some(_)) | (None, None) => {
+            problems.push(format!("webhook.auth.{key}: set exactly one of env or file"));
+        }
+        // figment would read such a variable as a configuration key and refuse it.
+        (Some(env), None) if env.is_empty() || env.starts_with("KV_ROTATOR_") => {
+            problems.push(format!("webhook.auth.{key}.env {env:?}: must be non-empty and not start with KV_ROTATOR_"));
+        }
+        _ => {}
+    };
+    match &webhook.auth {
+        Some(WebhookAuthConfig::SharedKey { key, previous_key, .. }) => {
+            source("key", key);
+            if let Some(previous) = previous_key {
+                source("previous_key", previous);
+            }
+        }
+        Some(WebhookAuthConfig::EntraId { openid_configuration_url: Some(_), jwks_url: Some(_), .. }) => {
+            problems.push("webhook.auth: set openid_configuration_url or jwks_url, not both".to_owned());
+        }
+        _ => {}
+    }
 }

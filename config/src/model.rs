@@ -112,6 +112,67 @@ pub struct WebhookConfig {
     /// Largest accepted body; Event Grid batches are at most 1 MiB.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// How deliveries are authenticated (`[webhook.auth]`); `serve` refuses to start
+    /// without it, `mode = "none"` must be said explicitly.
+    #[serde(default)]
+    pub auth: Option<WebhookAuthConfig>,
+    /// Vault names whose events are accepted; empty means the vault of `vault.url`.
+    #[serde(default)]
+    pub allowed_vaults: Vec<String>,
+}
+
+/// `[webhook.auth]`: how Event Grid proves who it is. Unset optional fields take the
+/// webhook crate's defaults (Event Grid's application id, its role, the key's header).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum WebhookAuthConfig {
+    /// No authentication: only behind an ingress that authenticates Event Grid. (A
+    /// struct variant so that stray keys such as `key` are refused, not ignored.)
+    None {},
+    /// A shared key in a query parameter or header; `previous_key` is also accepted
+    /// while the key is being rotated.
+    SharedKey {
+        /// Where the key is read from.
+        key: SecretSource,
+        #[serde(default)]
+        previous_key: Option<SecretSource>,
+        #[serde(default)]
+        query_parameter: Option<String>,
+        #[serde(default)]
+        header: Option<String>,
+    },
+    /// Microsoft Entra ID bearer tokens.
+    EntraId {
+        /// Directory (tenant) id.
+        tenant_id: String,
+        /// Accepted audiences: the webhook application's id and/or App ID URI.
+        audience: Vec<String>,
+        #[serde(default)]
+        app_id: Option<String>,
+        #[serde(default)]
+        role: Option<String>,
+        /// OpenID discovery document (default: the tenant's on login.microsoftonline.com).
+        #[serde(default)]
+        openid_configuration_url: Option<String>,
+        /// The key set itself, instead of discovery.
+        #[serde(default)]
+        jwks_url: Option<String>,
+        #[serde(default)]
+        clock_skew_secs: Option<u64>,
+    },
+}
+
+/// Where a secret is read from at startup: an environment variable or a file (never
+/// the configuration file or the command line). Exactly one must be set.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// Name of an environment variable.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Path of a file (trailing newline ignored), e.g. a mounted Kubernetes secret.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -123,7 +184,7 @@ fn default_max_body() -> usize {
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body_bytes: default_max_body() }
+        Self { listen: default_listen(), max_body_bytes: default_max_body(), auth: None, allowed_vaults: Vec::new() }
     }
 }
 

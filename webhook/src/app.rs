@@ -36,6 +36,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use crate::auth::{AuthError, Authenticator};
 use crate::eventgrid::{
     plan_event, AegEventType, Disposition, EventKind, PlannedEvent, SubscriptionValidationData, ValidationResponse,
     AEG_EVENT_TYPE_HEADER,
@@ -55,6 +56,7 @@ pub struct WebhookState {
     queue: mpsc::Sender<RotationRequest>,
     max_body_bytes: usize,
     retry_after: Duration,
+    auth: Authenticator,
 }
 
 impl WebhookState {
@@ -65,7 +67,23 @@ impl WebhookState {
 
     /// A state sending rotations into `queue`, with default options.
     pub fn new(queue: mpsc::Sender<RotationRequest>) -> Self {
-        Self { queue, max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES, retry_after: Self::DEFAULT_RETRY_AFTER }
+        Self {
+            queue,
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            retry_after: Self::DEFAULT_RETRY_AFTER,
+            auth: Authenticator::None,
+        }
+    }
+
+    /// How deliveries are authenticated (default: not at all).
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// How deliveries are authenticated.
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
     }
 
     /// Largest accepted body; larger ones get 413.
@@ -118,6 +136,20 @@ fn unavailable(state: &WebhookState, message: &str) -> Response {
     response
 }
 
+/// 401/403 for a bad credential, 503 when it cannot be checked now. Logged at
+/// `warn`: a stream of these is an attack or a misconfigured subscription.
+fn unauthenticated(state: &WebhookState, e: &AuthError) -> Response {
+    tracing::warn!(mode = state.auth.mode(), error = %e, "delivery refused: not authenticated");
+    if e.is_transient() {
+        return unavailable(state, &e.to_string());
+    }
+    let mut response = error(e.status(), e.to_string());
+    if e.status() == StatusCode::UNAUTHORIZED && matches!(state.auth, Authenticator::EntraId(_)) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
 fn too_large(state: &WebhookState) -> Response {
     error(StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds {} bytes", state.max_body_bytes))
 }
@@ -146,7 +178,13 @@ fn content_type_problem(headers: &HeaderMap) -> Option<&'static str> {
 /// Handles one delivery (see the [module docs](self) for the status codes).
 #[tracing::instrument(name = "eventgrid_delivery", skip_all, fields(aeg_event_type, events))]
 async fn receive(State(state): State<WebhookState>, request: Request) -> Response {
-    // Cheap checks first, before reading the body.
+    // Authentication first: an unauthenticated caller learns nothing about the body rules.
+    let (parts, body) = request.into_parts();
+    if let Err(e) = state.auth.check(&parts).await {
+        return unauthenticated(&state, &e);
+    }
+    let request = Request::from_parts(parts, body);
+    // Cheap checks next, before reading the body.
     if let Some(problem) = content_type_problem(request.headers()) {
         return error(StatusCode::BAD_REQUEST, problem);
     }

@@ -1,5 +1,6 @@
 //! Event Grid receiver for kv-rotator.
 //!
+//! - [`auth`]: who may deliver — a shared key or a Microsoft Entra ID token.
 //! - [`request`]: [`RotationRequest`], what the webhook (and every other trigger) hands
 //!   to the engine's queue. It is a hint: the engine re-reads Key Vault before acting.
 //! - [`eventgrid`]: the Event Grid schema and tolerant parsing of Key Vault event data.
@@ -9,8 +10,10 @@
 //! The webhook knows no rotator and no credential.
 
 pub mod app;
+pub mod auth;
 pub mod eventgrid;
 pub mod request;
 
 pub use app::{router, WebhookState};
+pub use auth::{AuthError, Authenticator, EntraId, EntraIdConfig, JwksLocation, SharedKey};
 pub use request::{RotationRequest, Trigger};

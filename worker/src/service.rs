@@ -5,14 +5,17 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use kv_rotator_config::{SecretSource, WebhookAuthConfig};
 use kv_rotator_config::{EngineConfig, VaultConfig, WebhookConfig};
 use kv_rotator_keyvault::azure::{AzureSecretStore, TransportOverrides};
 use kv_rotator_keyvault::SecretStore;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use secrecy::SecretString;
 use tracing::info;
 
 use crate::engine::Engine;
@@ -56,7 +59,7 @@ pub async fn start(
     let (queue_tx, queue_rx) = mpsc::channel(engine_config.queue_capacity);
     let engine = Engine::new(store, targets, engine_config);
     let engine_task = tokio::spawn(engine.clone().run(queue_rx));
-    let state = kv_rotator_webhook::WebhookState::new(queue_tx).with_max_body_bytes(webhook_config.max_body_bytes);
+    let state = webhook_state(queue_tx, webhook_config)?;
     let app = kv_rotator_webhook::router(state);
     let webhook_addr = listener.local_addr().context("webhook listener")?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -106,4 +109,83 @@ pub async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     info!("shutdown requested");
+}
+
+/// The webhook's state from `[webhook]`: body limit and authentication, with keys read
+/// from their environment variables or files now. Entra ID signing keys are fetched in
+/// the background so the first delivery does not wait for them.
+pub fn webhook_state(
+    queue: mpsc::Sender<kv_rotator_webhook::RotationRequest>,
+    config: &WebhookConfig,
+) -> anyhow::Result<kv_rotator_webhook::WebhookState> {
+    let auth = webhook_auth(config.auth.as_ref()).context("webhook.auth")?;
+    if let kv_rotator_webhook::Authenticator::EntraId(entra) = &auth {
+        let entra = entra.clone();
+        tokio::spawn(async move {
+            if let Err(e) = entra.refresh_keys().await {
+                tracing::warn!(error = %e, "Entra ID signing keys not fetched yet; retried on the first delivery");
+            }
+        });
+    }
+    Ok(kv_rotator_webhook::WebhookState::new(queue).with_max_body_bytes(config.max_body_bytes).with_auth(auth))
+}
+
+fn webhook_auth(config: Option<&WebhookAuthConfig>) -> anyhow::Result<kv_rotator_webhook::Authenticator> {
+    use kv_rotator_webhook::{Authenticator, EntraId, EntraIdConfig, JwksLocation, SharedKey};
+    Ok(match config {
+        None | Some(WebhookAuthConfig::None {}) => Authenticator::None,
+        Some(WebhookAuthConfig::SharedKey { key, previous_key, query_parameter, header }) => {
+            let current = read_secret("key", key)?;
+            let previous = previous_key.as_ref().map(|p| read_secret("previous_key", p)).transpose()?;
+            let mut shared = SharedKey::new(&current, previous.as_ref())?;
+            if let Some(name) = query_parameter {
+                shared = shared.with_query_parameter(name)?;
+            }
+            if let Some(name) = header {
+                shared = shared.with_header(name)?;
+            }
+            Authenticator::SharedKey(Arc::new(shared))
+        }
+        Some(WebhookAuthConfig::EntraId {
+            tenant_id,
+            audience,
+            app_id,
+            role,
+            openid_configuration_url,
+            jwks_url,
+            clock_skew_secs,
+        }) => {
+            let mut entra = EntraIdConfig::new(tenant_id, audience.clone())?;
+            if let Some(app_id) = app_id {
+                entra.app_id = app_id.clone();
+            }
+            if let Some(role) = role {
+                entra.role = role.clone();
+            }
+            if let Some(url) = openid_configuration_url {
+                entra.jwks = JwksLocation::OpenIdConfiguration(url.parse().context("openid_configuration_url")?);
+            }
+            if let Some(url) = jwks_url {
+                entra.jwks = JwksLocation::Jwks(url.parse().context("jwks_url")?);
+            }
+            if let Some(secs) = clock_skew_secs {
+                entra.clock_skew = Duration::from_secs(*secs);
+            }
+            Authenticator::EntraId(Arc::new(EntraId::new(entra)?))
+        }
+    })
+}
+
+/// Reads a key from its environment variable or file; errors name the source, never the value.
+fn read_secret(setting: &str, source: &SecretSource) -> anyhow::Result<SecretString> {
+    let value = match (&source.env, &source.file) {
+        (Some(env), None) => std::env::var(env)
+            .map_err(|_| anyhow::anyhow!("{setting}: environment variable {env} is not set or not UTF-8"))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("{setting}: cannot read {}", path.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        _ => anyhow::bail!("{setting}: set exactly one of env or file"),
+    };
+    Ok(SecretString::from(value))
 }

@@ -176,14 +176,18 @@ async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
 
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, vault.ca_certificate_pem()).unwrap();
+    let key_file = dir.path().join("webhook.key");
+    std::fs::write(&key_file, "webhook-key-0123456789abcdef\n").unwrap();
     let port = free_port();
     let config = format!(
         "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\n\
-         [webhook]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [webhook]\nlisten = \"127.0.0.1:{port}\"\n\
+         auth = {{ mode = \"shared-key\", key = {{ file = \"{}\" }} }}\n\n\
          [targets.intranet]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\n",
         vault.endpoint(),
         ca_file.display(),
         vault.local_addr(),
+        key_file.display(),
         htpasswd_path.display()
     );
     let config_path = dir.path().join("kv-rotator.toml");
@@ -198,14 +202,11 @@ async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
         &v1,
         time::OffsetDateTime::now_utc(),
     );
-    let status = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/api/eventgrid"))
-        .header("aeg-event-type", "Notification")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let post = |url: String| reqwest::Client::new().post(url).header("aeg-event-type", "Notification").json(&body);
+    let status = post(format!("http://127.0.0.1:{port}/api/eventgrid")).send().await.unwrap().status();
+    assert_eq!(status, 401, "no key, no delivery");
+    let url = format!("http://127.0.0.1:{port}/api/eventgrid?key=webhook-key-0123456789abcdef");
+    let status = post(url).send().await.unwrap().status();
     assert_eq!(status, 200);
 
     let latest = wait_new_version(store.as_ref(), "web-password", &v1, &mut proc).await;
@@ -232,6 +233,17 @@ fn serve_with_a_bad_config_names_the_key_and_fails() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listen_on"), "{stderr}");
+}
+
+#[test]
+fn serve_without_webhook_auth_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open.toml");
+    std::fs::write(&path, "[vault]\nurl = \"https://v.vault.azure.net/\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let out = Command::new(BIN).args(["serve", "--config", path.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("webhook.auth is not set"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

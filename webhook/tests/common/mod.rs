@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod entra;
+
 use std::path::PathBuf;
 
 use axum::body::Body;
@@ -127,4 +129,10 @@ pub fn secret_event(id: &str, event_type: &str, vault: &str, name: &str, version
         "dataVersion": "1",
         "metadataVersion": "1"
     })
+}
+
+/// `request` with `Authorization: Bearer {token}`.
+pub fn with_bearer(mut request: Request<Body>, token: &str) -> Request<Body> {
+    request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    request
 }

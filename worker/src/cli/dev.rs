@@ -43,12 +43,15 @@ pub struct DevArgs {
 
 /// Runs the dev service until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    warn!("dev mode: embedded dev vault (in memory, not Azure), webhook without authentication");
+    warn!("dev mode: embedded dev vault (in memory, not Azure)");
     let vault = DevVault::start(DevVaultOptions { bind: args.vault_addr, ..Default::default() })
         .await
         .with_context(|| format!("cannot start the dev vault on {}", args.vault_addr))?;
     let base = Figment::from(Serialized::default("vault.url", vault.endpoint().as_str()));
     let config = kv_rotator_config::load_onto(base, args.config.as_deref())?;
+    if matches!(config.webhook.auth, None | Some(kv_rotator_config::WebhookAuthConfig::None {})) {
+        warn!("dev mode: the webhook accepts UNAUTHENTICATED deliveries; set [webhook.auth] to try authentication");
+    }
 
     std::fs::create_dir_all(&args.state_dir).with_context(|| format!("cannot create {}", args.state_dir.display()))?;
     let state_dir = args.state_dir.canonicalize()?;
@@ -65,7 +68,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let demo = seed::seed_demo_target(store.as_ref(), &state_dir, &mut targets).await?;
 
     let serve_config = format!(
-        "# kv-rotator serve --config {0}/serve.toml   (against this dev vault)\n[vault]\nurl = \"{1}\"\ntls_ca_file = \"{2}\"\nconnect_to = \"{3}\"\ncredential = {{ kind = \"dev-vault\" }}\n",
+        "# kv-rotator serve --config {0}/serve.toml   (against this dev vault)\n[vault]\nurl = \"{1}\"\ntls_ca_file = \"{2}\"\nconnect_to = \"{3}\"\ncredential = {{ kind = \"dev-vault\" }}\n\n[webhook]\nlisten = \"127.0.0.1:8080\"\n# local use only: real deployments set mode = \"entra-id\" or \"shared-key\"\nauth = {{ mode = \"none\" }}\n",
         state_dir.display(),
         vault.endpoint(),
         ca_path.display(),

@@ -20,7 +20,17 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.webhook.listen)
         .await
         .with_context(|| format!("webhook.listen {}: cannot bind", config.webhook.listen))?;
-    warn!("the webhook accepts unauthenticated deliveries: put it behind an authenticating ingress until Entra ID / shared-key auth lands");
+    match &config.webhook.auth {
+        None => anyhow::bail!(
+            "webhook.auth is not set: `serve` needs [webhook.auth] mode = \"entra-id\" or \"shared-key\" \
+             (or mode = \"none\" behind an ingress that authenticates Event Grid); see README \"Securing the webhook\""
+        ),
+        Some(kv_rotator_config::WebhookAuthConfig::None {}) => warn!(
+            "webhook.auth.mode = \"none\": the webhook accepts UNAUTHENTICATED deliveries; \
+             only run it so behind an ingress that authenticates Event Grid"
+        ),
+        Some(_) => {}
+    }
     let running = service::start(store, targets, config.engine.clone(), &config.webhook, listener).await?;
     running.run_until(service::shutdown_signal()).await
 }

@@ -1,0 +1,605 @@
+//! Authentication of Event Grid deliveries, checked before the body is read.
+//!
+//! - [`Authenticator`]: the mode a [`WebhookState`](crate::WebhookState) uses —
+//!   [`SharedKey`], [`EntraId`], or none (tests, `dev`, or behind an authenticating
+//!   ingress).
+//! - [`SharedKey`]: a key in a query parameter or a header (Event Grid delivery
+//!   properties can set either), compared in constant time against up to two accepted
+//!   keys so the key itself can be rotated without a lost delivery.
+//! - [`EntraId`]: a Microsoft Entra ID bearer token, which Event Grid sends when the
+//!   subscription has "Use Microsoft Entra authentication" on. RS256 only, verified
+//!   against the tenant's JWKS ([`JwksLocation`]), cached and refreshed on an unknown
+//!   `kid` at most once per [`EntraIdConfig::min_refresh_interval`]; `iss` (v1 and v2
+//!   issuers), `aud`, `exp`/`nbf` with bounded skew, `appid`/`azp` (Event Grid's
+//!   first-party application) and `roles`.
+//! - [`AuthError`]: 401 for a missing or invalid credential, 403 for a valid token of
+//!   the wrong application or without the role, 503 when the JWKS cannot be fetched —
+//!   a transient condition must never get a status Event Grid does not retry.
+//!
+//! Keys never appear in logs or errors; [`SharedKey`] keeps only their SHA-256 digests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::http::request::Parts;
+use axum::http::{header, HeaderName, StatusCode};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+
+/// Event Grid's first-party application id: `appid`/`azp` of the tokens it sends.
+pub const EVENT_GRID_APP_ID: &str = "4962773b-9cdb-44cf-a8bf-237846a00ab7";
+/// The app role Event Grid's service principal is given on the webhook's application.
+pub const DEFAULT_ROLE: &str = "AzureEventGridSecureWebhookSubscriber";
+/// Default query parameter carrying the shared key.
+pub const DEFAULT_KEY_QUERY_PARAMETER: &str = "key";
+/// Default header carrying the shared key.
+pub const DEFAULT_KEY_HEADER: &str = "x-kv-rotator-key";
+/// Shortest shared key accepted.
+pub const MIN_KEY_LEN: usize = 16;
+/// Largest clock skew [`EntraIdConfig::clock_skew`] may be set to.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+/// Longest `Authorization` header looked at; Entra tokens are a few KB.
+const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Why a request is not authenticated, and which status says so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No credential at all: 401.
+    #[error("missing credential: {0}")]
+    Missing(&'static str),
+    /// A credential that does not verify (bad key, bad signature, expired, wrong
+    /// issuer or audience, unknown signing key): 401. Permanent.
+    #[error("invalid credential: {0}")]
+    Invalid(String),
+    /// A genuine token for someone else (wrong application, missing role): 403.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The signing keys cannot be fetched now: 503, Event Grid retries.
+    #[error("cannot verify tokens now: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// The HTTP status for this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Missing(_) | Self::Invalid(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Whether retrying the same request later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// A setting that cannot work, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct AuthConfigError {
+    /// Which setting.
+    pub setting: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+fn config_error(setting: &'static str, reason: impl Into<String>) -> AuthConfigError {
+    AuthConfigError { setting, reason: reason.into() }
+}
+
+/// How deliveries are authenticated.
+#[derive(Debug, Clone, Default)]
+pub enum Authenticator {
+    /// Every request is accepted. Only for tests, `dev`, or behind an ingress that
+    /// authenticates Event Grid.
+    #[default]
+    None,
+    /// A shared key in a query parameter or header.
+    SharedKey(Arc<SharedKey>),
+    /// A Microsoft Entra ID bearer token.
+    EntraId(Arc<EntraId>),
+}
+
+impl Authenticator {
+    /// Checks one request's credential (headers and URI only; the body is not read).
+    pub async fn check(&self, parts: &Parts) -> Result<(), AuthError> {
+        match self {
+            Self::None => Ok(()),
+            Self::SharedKey(key) => key.check(parts),
+            Self::EntraId(entra) => entra.check(parts).await,
+        }
+    }
+
+    /// A short name for logs: `none`, `shared-key`, `entra-id`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::SharedKey(_) => "shared-key",
+            Self::EntraId(_) => "entra-id",
+        }
+    }
+}
+
+/// Shared-key authentication. Holds the SHA-256 digests of the accepted keys, never
+/// the keys; comparing digests in constant time also hides the key's length.
+pub struct SharedKey {
+    digests: Vec<[u8; 32]>,
+    query_parameter: String,
+    header: HeaderName,
+}
+
+impl fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedKey")
+            .field("keys", &self.digests.len())
+            .field("query_parameter", &self.query_parameter)
+            .field("header", &self.header)
+            .finish()
+    }
+}
+
+impl SharedKey {
+    /// Accepts `current`, and `previous` too while a key rotation is under way.
+    /// Keys shorter than [`MIN_KEY_LEN`] are refused.
+    pub fn new(current: &SecretString, previous: Option<&SecretString>) -> Result<Self, AuthConfigError> {
+        let mut digests = Vec::with_capacity(2);
+        for (setting, key) in [("shared key", Some(current)), ("previous shared key", previous)] {
+            let Some(key) = key else { continue };
+            let key = key.expose_secret();
+            if key.chars().count() < MIN_KEY_LEN {
+                return Err(config_error(setting, format!("shorter than {MIN_KEY_LEN} characters")));
+            }
+            if key.trim() != key {
+                return Err(config_error(setting, "has leading or trailing whitespace"));
+            }
+            digests.push(Sha256::digest(key.as_bytes()).into());
+        }
+        Ok(Self {
+            digests,
+            query_parameter: DEFAULT_KEY_QUERY_PARAMETER.to_owned(),
+            header: HeaderName::from_static(DEFAULT_KEY_HEADER),
+        })
+    }
+
+    /// The query parameter carrying the key (default [`DEFAULT_KEY_QUERY_PARAMETER`]).
+    pub fn with_query_parameter(mut self, name: &str) -> Result<Self, AuthConfigError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(config_error("query_parameter", format!("{name:?} is not a plain parameter name")));
+        }
+        self.query_parameter = name.to_owned();
+        Ok(self)
+    }
+
+    /// The header carrying the key (default [`DEFAULT_KEY_HEADER`]); any case.
+    pub fn with_header(mut self, name: &str) -> Result<Self, AuthConfigError> {
+        let header = HeaderName::try_from(name.to_ascii_lowercase())
+            .map_err(|_| config_error("header", format!("{name:?} is not a header name")))?;
+        if header == header::AUTHORIZATION {
+            return Err(config_error("header", "Authorization is reserved for Entra ID tokens"));
+        }
+        self.header = header;
+        Ok(self)
+    }
+
+    fn check(&self, parts: &Parts) -> Result<(), AuthError> {
+        let from_header = parts.headers.get(&self.header).map(|v| v.as_bytes().to_vec());
+        let from_query = parts.uri.query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(name, _)| name == self.query_parameter.as_str())
+                .map(|(_, value)| value.into_owned().into_bytes())
+        });
+        if from_header.is_none() && from_query.is_none() {
+            return Err(AuthError::Missing("no shared key in the query or the header"));
+        }
+        let mut accepted = Choice::from(0);
+        for candidate in from_header.iter().chain(from_query.iter()) {
+            let digest: [u8; 32] = Sha256::digest(candidate).into();
+            // Every accepted key is compared, so timing says nothing about which matched.
+            for known in &self.digests {
+                accepted |= known.ct_eq(&digest);
+            }
+        }
+        if bool::from(accepted) {
+            Ok(())
+        } else {
+            Err(AuthError::Invalid("shared key does not match".to_owned()))
+        }
+    }
+}
+
+/// Where the tenant's signing keys are published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksLocation {
+    /// An OpenID Connect discovery document whose `jwks_uri` names the key set.
+    OpenIdConfiguration(url::Url),
+    /// The key set itself.
+    Jwks(url::Url),
+}
+
+/// What an [`EntraId`] authenticator accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraIdConfig {
+    /// The tenant (directory) id; the accepted issuers are
+    /// `https://sts.windows.net/{tenant}/` and `https://login.microsoftonline.com/{tenant}/v2.0`.
+    pub tenant_id: String,
+    /// Accepted `aud` values: the webhook application's id and/or App ID URI.
+    pub audiences: Vec<String>,
+    /// Accepted `appid` (v1 tokens) / `azp` (v2 tokens); default [`EVENT_GRID_APP_ID`].
+    pub app_id: String,
+    /// A role `roles` must contain; default [`DEFAULT_ROLE`].
+    pub role: String,
+    /// Where the signing keys are.
+    pub jwks: JwksLocation,
+    /// Skew allowed on `exp`/`nbf`, at most [`MAX_CLOCK_SKEW`].
+    pub clock_skew: Duration,
+    /// Least time between two fetches of the key set, so unknown `kid`s cannot make
+    /// the webhook hammer the identity provider.
+    pub min_refresh_interval: Duration,
+    /// Keys older than this are refetched before use (kept if the fetch fails).
+    pub max_key_age: Duration,
+    /// Timeout of one key-set fetch.
+    pub fetch_timeout: Duration,
+}
+
+impl EntraIdConfig {
+    /// Defaults for the public cloud: discovery at
+    /// `https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration`.
+    pub fn new(tenant_id: &str, audiences: Vec<String>) -> Result<Self, AuthConfigError> {
+        let discovery = format!("https://login.microsoftonline.com/{tenant_id}/v2.0/.well-known/openid-configuration");
+        let discovery = url::Url::parse(&discovery).map_err(|e| config_error("tenant_id", e.to_string()))?;
+        Ok(Self {
+            tenant_id: tenant_id.to_owned(),
+            audiences,
+            app_id: EVENT_GRID_APP_ID.to_owned(),
+            role: DEFAULT_ROLE.to_owned(),
+            jwks: JwksLocation::OpenIdConfiguration(discovery),
+            clock_skew: Duration::from_secs(60),
+            min_refresh_interval: Duration::from_secs(30),
+            max_key_age: Duration::from_secs(24 * 3600),
+            fetch_timeout: Duration::from_secs(10),
+        })
+    }
+
+    fn validate(&self) -> Result<(), AuthConfigError> {
+        let tenant_ok = !self.tenant_id.is_empty()
+            && self.tenant_id.len() <= 64
+            && self.tenant_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !tenant_ok {
+            return Err(config_error("tenant_id", format!("{:?} is not a tenant id or domain", self.tenant_id)));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(|a| a.trim().is_empty()) {
+            return Err(config_error("audience", "name the webhook application's id or App ID URI"));
+        }
+        if self.clock_skew > MAX_CLOCK_SKEW {
+            return Err(config_error("clock_skew", format!("at most {} s", MAX_CLOCK_SKEW.as_secs())));
+        }
+        if self.role.trim().is_empty() {
+            return Err(config_error("role", "is empty"));
+        }
+        let url = match &self.jwks {
+            JwksLocation::OpenIdConfiguration(u) | JwksLocation::Jwks(u) => u,
+        };
+        if !is_https_or_loopback(url) {
+            return Err(config_error("jwks", format!("{url} must be https (plain http only on loopback)")));
+        }
+        Ok(())
+    }
+}
+
+/// Signing keys must come over https; plain http is allowed on loopback for tests.
+fn is_https_or_loopback(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// Entra ID bearer-token authentication; see the [module docs](self).
+pub struct EntraId {
+    config: EntraIdConfig,
+    validation: Validation,
+    http: reqwest::Client,
+    keys: RwLock<KeyCache>,
+    refresh: tokio::sync::Mutex<RefreshState>,
+}
+
+impl fmt::Debug for EntraId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntraId").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, Arc<DecodingKey>>,
+    fetched_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct RefreshState {
+    last_attempt: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// The claims checked beyond what [`Validation`] covers.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    appid: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+impl EntraId {
+    /// Checks `config`; keys are fetched on first use or by [`EntraId::refresh_keys`].
+    pub fn new(config: EntraIdConfig) -> Result<Self, AuthConfigError> {
+        config.validate()?;
+        let tenant = &config.tenant_id;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.algorithms = vec![Algorithm::RS256];
+        validation.leeway = config.clock_skew.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_audience(&config.audiences);
+        validation.set_issuer(&[
+            format!("https://sts.windows.net/{tenant}/"),
+            format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+        ]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let http = reqwest::Client::builder()
+            .timeout(config.fetch_timeout)
+            .build()
+            .map_err(|e| config_error("jwks", format!("cannot build an HTTP client: {e}")))?;
+        Ok(Self {
+            config,
+            validation,
+            http,
+            keys: RwLock::new(KeyCache::default()),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EntraIdConfig {
+        &self.config
+    }
+
+    /// Fetches the key set now (e.g. at startup), returning how many keys it holds.
+    pub async fn refresh_keys(&self) -> Result<usize, AuthError> {
+        let mut state = self.refresh.lock().await;
+        state.last_attempt = Some(Instant::now());
+        match self.fetch().await {
+            Ok(n) => {
+                state.last_error = None;
+                Ok(n)
+            }
+            Err(e) => {
+                state.last_error = Some(e.clone());
+                Err(AuthError::Unavailable(e))
+            }
+        }
+    }
+
+    async fn check(&self, parts: &Parts) -> Result<(), AuthError> {
+        let token = bearer_token(parts)?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("malformed token header: {}", describe(e.kind()))))?;
+        // Checked before any key lookup, so `alg: none` or HS* cannot even trigger a fetch.
+        if header.alg != Algorithm::RS256 {
+            return Err(AuthError::Invalid(format!("token algorithm {:?} is not RS256", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("token has no kid".to_owned()))?;
+        let key = self.key(&kid).await?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+            .map_err(|e| AuthError::Invalid(describe(e.kind())))?;
+        let claims = data.claims;
+        let apps: Vec<&String> = claims.appid.iter().chain(claims.azp.iter()).collect();
+        if apps.is_empty() || apps.iter().any(|app| !app.eq_ignore_ascii_case(&self.config.app_id)) {
+            return Err(AuthError::Forbidden("token is not issued to Event Grid (appid/azp)".to_owned()));
+        }
+        if !claims.roles.iter().any(|r| r == &self.config.role) {
+            return Err(AuthError::Forbidden(format!("token lacks the role {}", self.config.role)));
+        }
+        Ok(())
+    }
+
+    fn cached(&self, kid: &str) -> (Option<Arc<DecodingKey>>, bool) {
+        let cache = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let fresh = cache.fetched_at.is_some_and(|t| t.elapsed() < self.config.max_key_age);
+        (cache.keys.get(kid).cloned(), fresh)
+    }
+
+    /// The key for `kid`: from the cache, or after one rate-limited refetch.
+    async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+        if let (Some(key), true) = self.cached(kid) {
+            return Ok(key);
+        }
+        let mut state = self.refresh.lock().await;
+        // Another request may have refreshed while this one waited.
+        let (cached, fresh) = self.cached(kid);
+        if let (Some(key), true) = (&cached, fresh) {
+            return Ok(key.clone());
+        }
+        let recently = state.last_attempt.is_some_and(|t| t.elapsed() < self.config.min_refresh_interval);
+        if recently {
+            return match (cached, &state.last_error) {
+                (Some(key), _) => Ok(key),
+                (None, Some(e)) => Err(AuthError::Unavailable(e.clone())),
+                (None, None) => Err(AuthError::Invalid("token signed with an unknown key".to_owned())),
+            };
+        }
+        state.last_attempt = Some(Instant::now());
+        match self.fetch().await {
+            Ok(_) => {
+                state.last_error = None;
+                self.cached(kid).0.ok_or_else(|| AuthError::Invalid("token signed with an unknown key".to_owned()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch the Entra ID signing keys");
+                state.last_error = Some(e.clone());
+                // A stale key is better than refusing Event Grid over a transient outage.
+                cached.ok_or(AuthError::Unavailable(e))
+            }
+        }
+    }
+
+    /// Fetches the key set into the cache; the error names what failed, for logs.
+    async fn fetch(&self) -> Result<usize, String> {
+        let jwks_url = match &self.config.jwks {
+            JwksLocation::Jwks(url) => url.clone(),
+            JwksLocation::OpenIdConfiguration(url) => {
+                let doc: Value = self.get_json(url).await?;
+                let uri = doc.get("jwks_uri").and_then(Value::as_str).ok_or(format!("{url}: no jwks_uri"))?;
+                let uri = url::Url::parse(uri).map_err(|e| format!("{url}: jwks_uri: {e}"))?;
+                if !is_https_or_loopback(&uri) {
+                    return Err(format!("{url}: jwks_uri {uri} is not https"));
+                }
+                uri
+            }
+        };
+        let set: Value = self.get_json(&jwks_url).await?;
+        let entries = set.get("keys").and_then(Value::as_array).ok_or(format!("{jwks_url}: no keys array"))?;
+        let mut keys = HashMap::new();
+        for entry in entries {
+            // Keys of other types or malformed entries are skipped, not fatal.
+            let Ok(jwk) = serde_json::from_value::<Jwk>(entry.clone()) else { continue };
+            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            if let Ok(key) = DecodingKey::from_jwk(&jwk) {
+                if matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::RSA(_)) {
+                    keys.insert(kid, Arc::new(key));
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Err(format!("{jwks_url}: no usable RSA signing key"));
+        }
+        let n = keys.len();
+        let mut cache = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        *cache = KeyCache { keys, fetched_at: Some(Instant::now()) };
+        tracing::info!(keys = n, url = %jwks_url, "Entra ID signing keys fetched");
+        Ok(n)
+    }
+
+    async fn get_json(&self, url: &url::Url) -> Result<Value, String> {
+        let response = self.http.get(url.clone()).send().await.map_err(|e| format!("{url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("{url}: HTTP {}", response.status()));
+        }
+        response.json().await.map_err(|e| format!("{url}: {e}"))
+    }
+}
+
+fn bearer_token(parts: &Parts) -> Result<&str, AuthError> {
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing("no Authorization header"))?;
+    if value.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::Invalid("Authorization header too long".to_owned()));
+    }
+    let value = value.to_str().map_err(|_| AuthError::Invalid("Authorization header is not ASCII".to_owned()))?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Invalid("not a Bearer token".to_owned()))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Invalid("not a Bearer token".to_owned()));
+    }
+    Ok(token.trim())
+}
+
+/// A short reason for a token failure, never the token.
+fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "token expired".to_owned(),
+        K::ImmatureSignature => "token not yet valid (nbf)".to_owned(),
+        K::InvalidAudience => "wrong audience".to_owned(),
+        K::InvalidIssuer => "wrong issuer".to_owned(),
+        K::InvalidSignature => "bad signature".to_owned(),
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => "algorithm not allowed".to_owned(),
+        K::MissingRequiredClaim(claim) => format!("token lacks {claim}"),
+        K::InvalidClaimFormat(claim) => format!("malformed claim {claim}"),
+        _ => "malformed token".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = Request::post(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn key(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    #[test]
+    fn shared_key_from_query_or_header_and_two_keys_for_rotation() {
+        let auth = SharedKey::new(&key("current-key-0123456789"), Some(&key("previous-key-0123456789"))).unwrap();
+        assert_eq!(auth.check(&parts("/api/eventgrid?key=current-key-0123456789", &[])), Ok(()));
+        assert_eq!(auth.check(&parts("/?a=b&key=previous-key-0123456789", &[])), Ok(()));
+        assert_eq!(auth.check(&parts("/", &[("X-KV-Rotator-Key", "current-key-0123456789")])), Ok(()));
+        assert!(matches!(auth.check(&parts("/?key=current-key-012345678", &[])), Err(AuthError::Invalid(_))));
+        assert!(matches!(auth.check(&parts("/?code=current-key-0123456789", &[])), Err(AuthError::Missing(_))));
+        // Percent-encoding in the query is decoded.
+        let auth = SharedKey::new(&key("a+b/c=d&e 0123456789"), None).unwrap().with_query_parameter("code").unwrap();
+        assert_eq!(auth.check(&parts("/?code=a%2Bb%2Fc%3Dd%26e%200123456789", &[])), Ok(()));
+    }
+
+    #[test]
+    fn shared_key_settings_are_checked() {
+        assert_eq!(SharedKey::new(&key("short"), None).unwrap_err().setting, "shared key");
+        assert_eq!(SharedKey::new(&key(" padded-key-0123456789"), None).unwrap_err().setting, "shared key");
+        let ok = || SharedKey::new(&key("0123456789abcdef"), None).unwrap();
+        assert!(ok().with_header("Authorization").is_err());
+        assert!(ok().with_header("bad header").is_err());
+        assert!(ok().with_query_parameter("a&b").is_err());
+        let debug = format!("{:?}", ok());
+        assert!(!debug.contains("0123456789abcdef"), "{debug}");
+    }
+
+    #[test]
+    fn entra_settings_are_checked() {
+        let mut config = EntraIdConfig::new("contoso.onmicrosoft.com", vec!["api://kv-rotator".into()]).unwrap();
+        assert!(EntraId::new(config.clone()).is_ok());
+        config.clock_skew = Duration::from_secs(301);
+        assert_eq!(EntraId::new(config.clone()).unwrap_err().setting, "clock_skew");
+        config.clock_skew = Duration::from_secs(60);
+        config.jwks = JwksLocation::Jwks(url::Url::parse("http://keys.example/jwks").unwrap());
+        assert_eq!(EntraId::new(config.clone()).unwrap_err().setting, "jwks");
+        config.jwks = JwksLocation::Jwks(url::Url::parse("http://127.0.0.1:9/jwks").unwrap());
+        assert!(EntraId::new(config.clone()).is_ok());
+        config.audiences.clear();
+        assert_eq!(EntraId::new(config).unwrap_err().setting, "audience");
+        assert!(EntraIdConfig::new("a/b", vec!["x".into()]).map(EntraId::new).is_ok_and(|r| r.is_err()));
+    }
+
+    #[test]
+    fn bearer_scheme_is_required() {
+        assert_eq!(bearer_token(&parts("/", &[("authorization", "Bearer abc")])), Ok("abc"));
+        assert_eq!(bearer_token(&parts("/", &[("authorization", "bearer  abc ")])), Ok("abc"));
+        assert!(matches!(bearer_token(&parts("/", &[("authorization", "Basic abc")])), Err(AuthError::Invalid(_))));
+        assert!(matches!(bearer_token(&parts("/", &[])), Err(AuthError::Missing(_))));
+    }
+}
