@@ -82,6 +82,27 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.engine.default_validity_days == 0 {
         problems.push("engine.default_validity_days must be at least 1".to_owned());
     }
+    for (name, limit) in &config.engine.target_concurrency {
+        if *limit == 0 {
+            problems.push(format!("engine.target_concurrency.{name} must be at least 1"));
+        }
+        if !config.targets.contains_key(name) {
+            problems.push(format!("engine.target_concurrency.{name}: no [targets.{name}] profile"));
+        }
+    }
+    if config.sweeper.interval_secs == 0 {
+        problems.push("sweeper.interval_secs must be at least 1".to_owned());
+    }
+    if let Some(raw) = &config.alerts.webhook_url {
+        match url::Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(_) => problems.push(format!("alerts.webhook_url {raw:?}: must be http or https")),
+            Err(e) => problems.push(format!("alerts.webhook_url {raw:?}: {e}")),
+        }
+    }
+    if config.alerts.timeout_ms == 0 {
+        problems.push("alerts.timeout_ms must be at least 1".to_owned());
+    }
     for (name, profile) in &config.targets {
         if let Err(e) = profile.password.validate() {
             problems.push(format!("targets.{name}.password: {e}"));

@@ -23,6 +23,12 @@ pub struct Config {
     /// The rotation engine.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// The periodic scan: unfinished journals and secrets near expiry.
+    #[serde(default)]
+    pub sweeper: SweeperConfig,
+    /// Where failures past the retry cap are sent.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// Target profiles by name; a secret's `rotator` tag names one.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetProfile>,
@@ -210,6 +216,10 @@ pub struct EngineConfig {
     /// `ValidityPeriodDays` when a secret has no such tag.
     #[serde(default = "default_validity")]
     pub default_validity_days: u32,
+    /// Rotations running at once against one target profile, by profile name
+    /// (e.g. `{ orders-db = 2 }`); profiles not named are bounded by `concurrency` only.
+    #[serde(default)]
+    pub target_concurrency: BTreeMap<String, usize>,
 }
 
 fn default_queue() -> usize {
@@ -240,7 +250,65 @@ impl Default for EngineConfig {
             initial_backoff_ms: default_backoff(),
             max_backoff_ms: default_backoff_cap(),
             default_validity_days: default_validity(),
+            target_concurrency: BTreeMap::new(),
         }
+    }
+}
+
+/// The periodic scan of the vault, at startup and every `interval_secs`. Each run lists
+/// the secrets once and enqueues (1) every unfinished journal record's rotation — always,
+/// so a replacement process finishes what a dead one started — and (2) when `enabled`,
+/// every managed secret whose latest version expires within `window_days`, has expired,
+/// or has no expiry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweeperConfig {
+    /// Whether the scan enqueues secrets near expiry (journals are resumed regardless).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Seconds between scans.
+    #[serde(default = "default_sweep_interval")]
+    pub interval_secs: u64,
+    /// Rotate secrets expiring within this many days (Event Grid's SecretNearExpiry uses 30).
+    #[serde(default = "default_window")]
+    pub window_days: u32,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_sweep_interval() -> u64 {
+    3600
+}
+fn default_window() -> u32 {
+    30
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval_secs: default_sweep_interval(), window_days: default_window() }
+    }
+}
+
+/// Alert sinks for rotations that failed past the retry cap (or could not start).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Generic HTTP webhook: a JSON document (no secret values) is POSTed here per failure.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Timeout of one alert POST, milliseconds.
+    #[serde(default = "default_alert_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_alert_timeout() -> u64 {
+    5000
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self { webhook_url: None, timeout_ms: default_alert_timeout() }
     }
 }
 

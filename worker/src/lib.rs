@@ -7,13 +7,19 @@
 //!   set, test, finish, delete the journal — with retries and per-secret locking.
 //! - [`targets`]: builds one [`Rotator`](kv_rotator_rotators::Rotator) per target profile.
 //! - [`credentials`]: picks the Entra ID credential the configuration names.
-//! - [`service`]: runs the webhook and the engine together until shutdown.
+//! - [`sweeper`]: resumes unfinished journals and enqueues secrets near expiry.
+//! - [`metrics`]: Prometheus counters and histograms, `GET /metrics`.
+//! - [`alerts`]: the HTTP webhook alert sink for failed rotations.
+//! - [`service`]: runs the webhook, engine and sweeper together until shutdown.
 //! - [`cli`]: the `demo`, `dev` and `serve` commands.
 //!
 //! See `docs/architecture.md` for the data flow and the invariant.
 
+pub mod alerts;
 pub mod cli;
 pub mod credentials;
 pub mod engine;
+pub mod metrics;
 pub mod service;
+pub mod sweeper;
 pub mod targets;

@@ -1,6 +1,7 @@
 //! Runs the webhook and the engine together: [`connect_store`] opens the vault,
 //! [`start`] binds the webhook to a listener and starts the engine behind a bounded
-//! queue, and [`RunningService::shutdown`] stops both gracefully.
+//! queue, [`start_with`] adds the sweeper (journal resume, near-expiry scan), the alert
+//! sink and `GET /metrics`, and [`RunningService::shutdown`] stops them gracefully.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kv_rotator_config::{SecretSource, WebhookAuthConfig};
-use kv_rotator_config::{EngineConfig, VaultConfig, WebhookConfig};
+use kv_rotator_config::{AlertsConfig, EngineConfig, SweeperConfig, VaultConfig, WebhookConfig};
 use kv_rotator_keyvault::azure::{AzureSecretStore, TransportOverrides};
 use kv_rotator_keyvault::SecretStore;
 use tokio::net::TcpListener;
@@ -18,7 +19,10 @@ use tokio::task::JoinHandle;
 use secrecy::SecretString;
 use tracing::info;
 
+use crate::alerts::WebhookSink;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::sweeper::Sweeper;
 use crate::targets::Targets;
 
 /// Opens the configured vault through the official SDK.
@@ -46,9 +50,19 @@ pub struct RunningService {
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
     engine_task: JoinHandle<()>,
+    sweeper_task: Option<JoinHandle<()>>,
 }
 
-/// Starts the engine and serves the webhook on `listener`.
+/// What runs beside the webhook and the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Background {
+    /// The startup and periodic scan (journals to resume, secrets near expiry); `None`: off.
+    pub sweeper: Option<SweeperConfig>,
+    /// Where failures past the retry cap are sent.
+    pub alerts: AlertsConfig,
+}
+
+/// Starts the engine and serves the webhook on `listener`, with no sweeper.
 pub async fn start(
     store: Arc<dyn SecretStore>,
     targets: Targets,
@@ -56,11 +70,31 @@ pub async fn start(
     webhook_config: &WebhookConfig,
     listener: TcpListener,
 ) -> anyhow::Result<RunningService> {
+    start_with(store, targets, engine_config, webhook_config, Background::default(), listener).await
+}
+
+/// Starts the engine, the sweeper and alert sink of `background`, and serves the
+/// webhook and `GET /metrics` on `listener`.
+pub async fn start_with(
+    store: Arc<dyn SecretStore>,
+    targets: Targets,
+    engine_config: EngineConfig,
+    webhook_config: &WebhookConfig,
+    background: Background,
+    listener: TcpListener,
+) -> anyhow::Result<RunningService> {
     let (queue_tx, queue_rx) = mpsc::channel(engine_config.queue_capacity);
-    let engine = Engine::new(store, targets, engine_config);
+    let metrics = Arc::new(Metrics::default());
+    let mut engine = Engine::new(store.clone(), targets, engine_config).with_metrics(metrics.clone());
+    if let Some(url) = &background.alerts.webhook_url {
+        engine = engine.with_alert_sink(WebhookSink::new(url, Duration::from_millis(background.alerts.timeout_ms)));
+    }
     let engine_task = tokio::spawn(engine.clone().run(queue_rx));
+    let sweeper_task = background
+        .sweeper
+        .map(|config| tokio::spawn(Sweeper::new(store, queue_tx.clone(), config, metrics.clone()).run()));
     let state = webhook_state(queue_tx, webhook_config)?;
-    let app = kv_rotator_webhook::router(state);
+    let app = kv_rotator_webhook::router(state).merge(crate::metrics::router(metrics));
     let webhook_addr = listener.local_addr().context("webhook listener")?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -71,7 +105,7 @@ pub async fn start(
             .await
     });
     info!(%webhook_addr, "webhook listening");
-    Ok(RunningService { engine, webhook_addr, stop, server, engine_task })
+    Ok(RunningService { engine, webhook_addr, stop, server, engine_task, sweeper_task })
 }
 
 impl RunningService {
@@ -84,6 +118,11 @@ impl RunningService {
     /// Stops accepting deliveries, lets queued rotations finish, and returns.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
+        if let Some(sweeper) = self.sweeper_task {
+            // It holds a sender of the queue: the engine drains only once it is gone.
+            sweeper.abort();
+            let _ = sweeper.await;
+        }
         self.server.await.context("webhook task")?.context("webhook server")?;
         // The router, and with it the queue's sender, is gone: the engine drains and ends.
         self.engine_task.await.context("engine task")?;

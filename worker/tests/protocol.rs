@@ -306,3 +306,124 @@ async fn concurrent_triggers_of_the_same_state_converge_on_one_rotation() {
     assert!(w.logs_in(&w.store.get_latest(SECRET).await.unwrap().value).await);
     w.vault.shutdown().await;
 }
+
+/// A journal record as a dead process leaves it: named, tagged and typed as the engine writes it.
+async fn write_tagged_journal(w: &World, password: &SecretString) {
+    let id = rotation_id(w.store.vault_name(), SECRET, &w.v1);
+    let tags = BTreeMap::from([
+        ("kv-rotator-journal-for".to_owned(), SECRET.to_owned()),
+        ("rotation-id".to_owned(), id),
+        ("kv-rotator-step".to_owned(), "target-set".to_owned()),
+        ("rotated-from".to_owned(), w.v1.clone()),
+    ]);
+    let new = NewSecretVersion {
+        value: password.clone(),
+        tags,
+        content_type: Some("application/vnd.kv-rotator.pending-password".into()),
+        expires: None,
+        not_before: None,
+    };
+    w.store.set_secret(&w.journal(), new).await.unwrap();
+}
+
+#[tokio::test]
+async fn resume_finds_a_dead_process_journal_and_finishes_it() {
+    let w = World::new(0, 1, &[]).await;
+    let pending = PasswordPolicy::default().generate();
+    write_tagged_journal(&w, &pending).await;
+    htpasswd::add_user(&w.rotator.inner.config().path, USER, &pending, 4).unwrap();
+    // The target now only accepts the journaled password: Key Vault's latest is stale.
+    assert!(!w.logs_in(&w.initial).await);
+
+    let scan = kv_rotator::sweeper::scan(w.store.as_ref(), None).await.unwrap();
+    assert_eq!(scan.requests.len(), 1, "{scan:?}");
+    let (request, reason) = scan.requests.into_iter().next().unwrap();
+    assert_eq!(reason, kv_rotator::sweeper::Reason::Journal);
+    assert_eq!((request.secret_name.as_str(), request.version.as_deref()), (SECRET, Some(w.v1.as_str())));
+
+    let report = w.engine.rotate(request).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let latest = w.store.get_latest(SECRET).await.unwrap();
+    assert_eq!(latest.value.expose_secret(), pending.expose_secret());
+    assert!(w.logs_in(&latest.value).await);
+    assert!(w.journal_gone().await);
+    assert!(kv_rotator::sweeper::scan(w.store.as_ref(), None).await.unwrap().requests.is_empty());
+    w.vault.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_journal_outliving_its_finished_rotation_is_deleted_even_after_newer_rotations() {
+    let w = World::new(0, 1, &[]).await;
+    let pending = PasswordPolicy::default().generate();
+    write_tagged_journal(&w, &pending).await;
+    // Rotation of v1 finished (v2 carries its id) but its journal survived a crash; then
+    // v2 itself was rotated to v3. The journal's source is now two versions back.
+    let first = w.engine.rotate(w.request(Some(&w.v1))).await;
+    let Outcome::Rotated { new_version: v2, .. } = first.outcome else { panic!("{first:?}") };
+    // Recreate the record as the crash would have left it (its name is soft-deleted now).
+    w.store.purge_deleted_secret(&w.journal()).await.unwrap();
+    write_tagged_journal(&w, &pending).await;
+    let second = w.engine.rotate(w.request(Some(&v2))).await;
+    assert!(matches!(second.outcome, Outcome::Rotated { .. }), "{second:?}");
+    assert!(!w.journal_gone().await, "precondition: the leftover journal exists");
+
+    let resumed = w.engine.rotate(w.request(Some(&w.v1))).await;
+    assert!(matches!(resumed.outcome, Outcome::Stale { .. }), "{resumed:?}");
+    assert!(w.journal_gone().await, "obsolete journal deleted");
+    assert!(w.logs_in(&w.store.get_latest(SECRET).await.unwrap().value).await);
+    w.vault.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_journal_whose_password_is_the_only_working_one_is_kept_and_reported() {
+    let w = World::new(0, 1, &[]).await;
+    let pending = PasswordPolicy::default().generate();
+    write_tagged_journal(&w, &pending).await;
+    htpasswd::add_user(&w.rotator.inner.config().path, USER, &pending, 4).unwrap();
+    // Someone wrote a new version (with a password the target does not know) meanwhile.
+    let mut tags = w.store.get_latest(SECRET).await.unwrap().properties.tags;
+    tags.insert("note".into(), "hand-written".into());
+    let wrong = PasswordPolicy::default().generate();
+    let new = NewSecretVersion { value: wrong, tags, content_type: None, expires: None, not_before: None };
+    w.store.set_secret(SECRET, new).await.unwrap();
+
+    let report = w.engine.rotate(w.request(Some(&w.v1))).await;
+    match &report.outcome {
+        Outcome::Failed { error, .. } => assert!(error.contains("operator"), "{error}"),
+        other => panic!("expected a failure for an operator, got {other:?}"),
+    }
+    assert!(!w.journal_gone().await, "the only copy of the working password is kept");
+    assert!(w.logs_in(&pending).await);
+    w.vault.shutdown().await;
+}
+
+#[tokio::test]
+async fn failure_past_the_cap_tags_the_secret_keeping_its_tags_and_success_clears_it() {
+    let w = World::new(2, 2, &[("owner", "team-a")]).await;
+    let failed = w.engine.rotate(w.request(None)).await;
+    assert!(matches!(failed.outcome, Outcome::Failed { attempts: 2, .. }), "{failed:?}");
+    let tags = w.store.get_latest(SECRET).await.unwrap().properties.tags;
+    let mark = tags.get("kv-rotator-failed").expect("failure tag written");
+    assert!(mark.contains("attempts=2"), "{mark}");
+    for (k, v) in [("owner", "team-a"), ("rotator", PROFILE), ("CredentialId", USER)] {
+        assert_eq!(tags.get(k).map(String::as_str), Some(v), "tag {k} kept");
+    }
+    let metrics = w.engine.metrics();
+    assert_eq!(metrics.counter("kv_rotator_rotations_total", &[("outcome", "failed"), ("trigger", "manual")]), 1);
+    assert_eq!(metrics.counter("kv_rotator_failure_tags_total", &[("result", "written")]), 1);
+    assert_eq!(metrics.counter("kv_rotator_rotation_attempts_total", &[]), 2);
+
+    // The injected failures are used up: the next request succeeds, the mark is gone.
+    let ok = w.engine.rotate(w.request(None)).await;
+    assert!(matches!(ok.outcome, Outcome::Rotated { .. }), "{ok:?}");
+    let latest = w.store.get_latest(SECRET).await.unwrap();
+    assert!(!latest.properties.tags.contains_key("kv-rotator-failed"), "{:?}", latest.properties.tags);
+    assert_eq!(latest.properties.tags.get("owner").map(String::as_str), Some("team-a"));
+    let audit = ok.audit_json();
+    assert_eq!(audit["outcome"], "rotated");
+    let steps: Vec<&str> = audit["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    // The failed attempts left the journal record: this attempt reads it and writes none.
+    assert_eq!(steps, ["fence", "journal-read", "set", "test", "finish"], "{audit}");
+    assert!(!audit.to_string().contains(latest.value.expose_secret()), "no password in the audit record");
+    w.vault.shutdown().await;
+}

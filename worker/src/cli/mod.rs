@@ -3,10 +3,12 @@
 //! - [`demo`]: one rotation end to end on embedded defaults, with a report.
 //! - [`dev`]: the service with the dev vault embedded, for local experiments.
 //! - [`serve`]: the service against a configured vault.
+//! - [`rotate`]: manual rotations (named secrets, `--all`, `--resume`), in-process.
 //! - [`seed`]: the demo target (an htpasswd file) and a real-shaped Event Grid delivery.
 
 pub mod demo;
 pub mod dev;
+pub mod rotate;
 pub mod seed;
 pub mod serve;
 
@@ -50,6 +52,8 @@ pub enum Command {
         #[arg(long, short, env = "KV_ROTATOR_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Rotate secrets now, in this process: named ones, --all managed ones, or --resume unfinished ones.
+    Rotate(rotate::RotateArgs),
 }
 
 /// Runs the CLI; the exit code says whether the command succeeded.
@@ -72,6 +76,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Demo => demo::run().await,
             Command::Dev(args) => dev::run(args).await,
             Command::Serve { config } => serve::run(config).await,
+            Command::Rotate(args) => rotate::run(args).await,
         }
     });
     match result {

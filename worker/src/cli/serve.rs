@@ -31,6 +31,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ),
         Some(_) => {}
     }
-    let running = service::start(store, targets, config.engine.clone(), &config.webhook, listener).await?;
+    let background = service::Background { sweeper: Some(config.sweeper.clone()), alerts: config.alerts.clone() };
+    let running =
+        service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await?;
     running.run_until(service::shutdown_signal()).await
 }

@@ -21,6 +21,13 @@ pub const TAG_ROTATED_FROM: &str = "rotated-from";
 pub const TAG_JOURNAL_FOR: &str = "kv-rotator-journal-for";
 /// Tag on journal records: the protocol step reached.
 pub const TAG_STEP: &str = "kv-rotator-step";
+/// Tag on a managed secret's latest version: a rotation failed past the retry cap
+/// (value: when, attempts, rotation id). Removed by the next successful rotation.
+pub const TAG_FAILED: &str = "kv-rotator-failed";
+/// Journal step: the record is written, the target may not have the password yet.
+pub const STEP_PENDING: &str = "pending";
+/// Journal step: the target accepts the pending password; Key Vault not finished.
+pub const STEP_TARGET_SET: &str = "target-set";
 /// Content type of journal records, so no one mistakes one for a managed secret.
 pub const JOURNAL_CONTENT_TYPE: &str = "application/vnd.kv-rotator.pending-password";
 

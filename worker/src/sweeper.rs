@@ -1,0 +1,230 @@
+//! The sweeper: one listing of the vault turned into rotation requests.
+//!
+//! - [`scan`]: lists the secrets once and finds (1) unfinished journal records — each
+//!   names its secret (`kv-rotator-journal-for`) and source version (`rotated-from`),
+//!   so resuming is just requesting that rotation again — and (2) managed secrets (tag
+//!   `rotator`) whose latest version expires within the window, has expired, or has no
+//!   `exp`, each naming the version the sweeper saw.
+//! - [`Sweeper`]: runs [`scan`] at startup and every `sweeper.interval_secs`, and
+//!   enqueues what it finds. Event Grid drops undeliverable events after 24 h and fires
+//!   NearExpiry once per version: this is what makes a missed event harmless.
+//!
+//! Requests name the version they saw, so they converge with deliveries and manual
+//! triggers of the same state on one rotation id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_rotator_config::SweeperConfig;
+use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
+use kv_rotator_webhook::{RotationRequest, Trigger};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::engine::journal::{TAG_JOURNAL_FOR, TAG_ROTATED_FROM};
+use crate::engine::protocol::TAG_ROTATOR;
+use crate::metrics::Metrics;
+
+/// Who resumed requests name as their requester (the audit record shows it).
+pub const RESUME_REQUESTER: &str = "kv-rotator resume";
+
+/// Why the sweeper enqueued a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// An unfinished journal record.
+    Journal,
+    /// The latest version expires within the window.
+    NearExpiry,
+    /// The latest version has expired.
+    Expired,
+    /// The latest version has no `exp`.
+    NoExpiry,
+}
+
+impl Reason {
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Journal => "journal",
+            Reason::NearExpiry => "near_expiry",
+            Reason::Expired => "expired",
+            Reason::NoExpiry => "no_expiry",
+        }
+    }
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Rotations to request, with why.
+    pub requests: Vec<(RotationRequest, Reason)>,
+    /// Managed secrets seen (due or not).
+    pub managed: usize,
+    /// Secrets that could not be examined (their names and why).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Whether a managed secret's latest version is due, given its `exp` and `enabled`.
+pub fn due(properties: &SecretProperties, now: OffsetDateTime, window_days: u32) -> Option<Reason> {
+    if !properties.enabled {
+        // A disabled latest version cannot be read (403): an operator disabled it on purpose.
+        return None;
+    }
+    match properties.expires {
+        None => Some(Reason::NoExpiry),
+        Some(exp) if exp <= now => Some(Reason::Expired),
+        Some(exp) if exp <= now + time::Duration::days(i64::from(window_days)) => Some(Reason::NearExpiry),
+        Some(_) => None,
+    }
+}
+
+/// The resume request a journal record stands for, if it is one.
+pub fn journal_request(vault_name: &str, properties: &SecretProperties) -> Option<RotationRequest> {
+    let secret = properties.tags.get(TAG_JOURNAL_FOR)?;
+    let version = properties.tags.get(TAG_ROTATED_FROM)?;
+    Some(RotationRequest {
+        vault_name: vault_name.to_owned(),
+        secret_name: secret.clone(),
+        version: Some(version.clone()),
+        trigger: Trigger::Manual { requested_by: format!("{RESUME_REQUESTER} ({})", properties.name) },
+    })
+}
+
+/// Lists the vault once: journals to resume always; secrets near expiry when
+/// `window_days` is `Some`.
+pub async fn scan(store: &dyn SecretStore, window_days: Option<u32>) -> Result<Scan, StoreError> {
+    let now = OffsetDateTime::now_utc();
+    let mut scan = Scan::default();
+    for properties in store.list_secrets().await? {
+        if let Some(request) = journal_request(store.vault_name(), &properties) {
+            scan.requests.push((request, Reason::Journal));
+            continue;
+        }
+        if !properties.tags.contains_key(TAG_ROTATOR) {
+            continue;
+        }
+        scan.managed += 1;
+        let Some(window) = window_days else { continue };
+        let Some(reason) = due(&properties, now, window) else { continue };
+        // The listing names no version: read the latest to name the one seen.
+        match store.get_latest(&properties.name).await {
+            Ok(latest) => scan.requests.push((
+                RotationRequest {
+                    vault_name: store.vault_name().to_owned(),
+                    secret_name: properties.name.clone(),
+                    version: Some(latest.version),
+                    trigger: Trigger::Sweeper,
+                },
+                reason,
+            )),
+            Err(err) => scan.skipped.push((properties.name.clone(), err.to_string())),
+        }
+    }
+    Ok(scan)
+}
+
+/// Every managed secret's name (tag `rotator`), for `rotate --all`.
+pub async fn managed_secrets(store: &dyn SecretStore) -> Result<Vec<String>, StoreError> {
+    Ok(store
+        .list_secrets()
+        .await?
+        .into_iter()
+        .filter(|p| p.tags.contains_key(TAG_ROTATOR) && !p.tags.contains_key(TAG_JOURNAL_FOR))
+        .map(|p| p.name)
+        .collect())
+}
+
+/// Runs [`scan`] at startup and on a schedule, feeding the engine's queue.
+#[derive(Debug)]
+pub struct Sweeper {
+    store: Arc<dyn SecretStore>,
+    queue: mpsc::Sender<RotationRequest>,
+    config: SweeperConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Sweeper {
+    /// A sweeper over `store` feeding `queue`.
+    pub fn new(
+        store: Arc<dyn SecretStore>,
+        queue: mpsc::Sender<RotationRequest>,
+        config: SweeperConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { store, queue, config, metrics }
+    }
+
+    /// One scan, enqueued; returns the number of requests enqueued.
+    pub async fn sweep_once(&self) -> Result<usize, StoreError> {
+        let window = self.config.enabled.then_some(self.config.window_days);
+        let scan = match scan(self.store.as_ref(), window).await {
+            Ok(scan) => scan,
+            Err(err) => {
+                self.metrics.inc("kv_rotator_sweeps_total", &[("result", "error")]);
+                return Err(err);
+            }
+        };
+        self.metrics.inc("kv_rotator_sweeps_total", &[("result", "ok")]);
+        for (name, why) in &scan.skipped {
+            warn!(secret = %name, error = %why, "sweeper could not read a secret near expiry");
+        }
+        let mut enqueued = 0;
+        for (request, reason) in scan.requests {
+            self.metrics.inc("kv_rotator_sweep_enqueued_total", &[("reason", reason.as_str())]);
+            if self.queue.send(request).await.is_err() {
+                break; // the engine stopped: shutting down
+            }
+            enqueued += 1;
+        }
+        info!(managed = scan.managed, enqueued, "sweep done");
+        Ok(enqueued)
+    }
+
+    /// Sweeps now, then every `interval_secs`, until the queue closes.
+    pub async fn run(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(self.config.interval_secs));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.queue.is_closed() {
+                return;
+            }
+            if let Err(err) = self.sweep_once().await {
+                warn!(error = %err, "sweep failed; retrying at the next interval");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(expires: Option<OffsetDateTime>, enabled: bool) -> SecretProperties {
+        SecretProperties { name: "s".into(), enabled, expires, ..Default::default() }
+    }
+
+    #[test]
+    fn due_covers_no_expiry_expired_and_the_window_only() {
+        let now = OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        assert_eq!(due(&props(None, true), now, 30), Some(Reason::NoExpiry));
+        assert_eq!(due(&props(Some(now - day), true), now, 30), Some(Reason::Expired));
+        assert_eq!(due(&props(Some(now + 29 * day), true), now, 30), Some(Reason::NearExpiry));
+        assert_eq!(due(&props(Some(now + 31 * day), true), now, 30), None);
+        assert_eq!(due(&props(None, false), now, 30), None, "disabled latest version left alone");
+    }
+
+    #[test]
+    fn a_journal_record_names_its_secret_and_source_version() {
+        let mut p = props(None, true);
+        p.name = "kv-rotator-pending-abc".into();
+        p.tags.insert(TAG_JOURNAL_FOR.into(), "db-password".into());
+        p.tags.insert(TAG_ROTATED_FROM.into(), "v1".into());
+        let r = journal_request("vault", &p).unwrap();
+        assert_eq!((r.secret_name.as_str(), r.version.as_deref()), ("db-password", Some("v1")));
+        p.tags.remove(TAG_ROTATED_FROM);
+        assert!(journal_request("vault", &p).is_none());
+    }
+}

@@ -1,0 +1,164 @@
+//! `kv-rotator rotate` run as an operator runs it: a config file, named secrets, `--all`
+//! and `--resume`; one line per secret on stdout, a non-zero exit when any failed, and
+//! no password in the output.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+
+use kv_rotator_keyvault::azure::AzureSecretStore;
+use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
+use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
+use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
+use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
+use secrecy::{ExposeSecret, SecretString};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
+
+struct Site {
+    _dir: tempfile::TempDir,
+    vault: DevVault,
+    store: Arc<dyn SecretStore>,
+    config: std::path::PathBuf,
+    htpasswd: std::path::PathBuf,
+}
+
+impl Site {
+    async fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+        let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, vault.ca_certificate_pem()).unwrap();
+        let htpasswd = dir.path().join("site.htpasswd");
+        let config = dir.path().join("kv-rotator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\
+                 [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\n\
+                 [targets.site]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\n",
+                vault.endpoint(),
+                ca.display(),
+                vault.local_addr(),
+                htpasswd.display()
+            ),
+        )
+        .unwrap();
+        Site { _dir: dir, vault, store, config, htpasswd }
+    }
+
+    /// A user on the target and its managed secret; returns the first version.
+    async fn user(&self, secret: &str, user: &str) -> (String, SecretString) {
+        let password = PasswordPolicy::default().generate();
+        htpasswd::add_user(&self.htpasswd, user, &password, 4).unwrap();
+        let tags =
+            BTreeMap::from([("rotator".to_owned(), "site".to_owned()), ("CredentialId".to_owned(), user.to_owned())]);
+        let new =
+            NewSecretVersion { value: password.clone(), tags, content_type: None, expires: None, not_before: None };
+        (self.store.set_secret(secret, new).await.unwrap().version, password)
+    }
+
+    async fn logs_in(&self, user: &str, password: &SecretString) -> bool {
+        let rotator = HtpasswdRotator::new(HtpasswdConfig::new(&self.htpasswd), PasswordPolicy::default());
+        let req = VerifyRequest { username: user.into(), password: password.clone() };
+        rotator.verify(req).await.unwrap() == VerifyResponse::Accepted
+    }
+
+    fn rotate(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN).arg("rotate").arg("--config").arg(&self.config).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+}
+
+fn line_for<'a>(stdout: &'a str, secret: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{secret}: ")))
+        .unwrap_or_else(|| panic!("no line for {secret}:\n{stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_secrets_rotate_and_a_missing_one_fails_the_exit_code() {
+    let site = Site::new().await;
+    let (a1, a_pw) = site.user("alpha-password", "alpha").await;
+    let (b1, _) = site.user("beta-password", "beta").await;
+
+    let (ok, stdout, stderr) = site.rotate(&["alpha-password", "beta-password", "no-such-secret"]);
+    assert!(!ok, "a missing secret must fail the run:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert!(line_for(&stdout, "alpha-password").contains(&format!("rotated {a1} -> ")), "{stdout}");
+    assert!(line_for(&stdout, "beta-password").contains(&format!("rotated {b1} -> ")), "{stdout}");
+    assert!(line_for(&stdout, "no-such-secret").contains("failed"), "{stdout}");
+    let latest = site.store.get_latest("alpha-password").await.unwrap();
+    assert!(site.logs_in("alpha", &latest.value).await);
+    assert!(!site.logs_in("alpha", &a_pw).await);
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(latest.value.expose_secret()) && !text.contains(a_pw.expose_secret()));
+    }
+    site.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_rotates_every_managed_secret_and_nothing_else() {
+    let site = Site::new().await;
+    site.user("alpha-password", "alpha").await;
+    site.user("beta-password", "beta").await;
+    let plain = NewSecretVersion {
+        value: SecretString::from("not managed".to_owned()),
+        tags: BTreeMap::new(),
+        content_type: None,
+        expires: None,
+        not_before: None,
+    };
+    site.store.set_secret("plain", plain).await.unwrap();
+
+    let (ok, stdout, stderr) = site.rotate(&["--all"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    for (secret, user) in [("alpha-password", "alpha"), ("beta-password", "beta")] {
+        assert!(line_for(&stdout, secret).contains("rotated"), "{stdout}");
+        assert_eq!(site.store.list_versions(secret).await.unwrap().len(), 2);
+        assert!(site.logs_in(user, &site.store.get_latest(secret).await.unwrap().value).await);
+    }
+    assert_eq!(site.store.list_versions("plain").await.unwrap().len(), 1);
+    site.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_finishes_what_a_dead_process_left_and_then_has_nothing_to_do() {
+    let site = Site::new().await;
+    let (v1, _) = site.user("alpha-password", "alpha").await;
+    // A dead worker's state after `set`: the journal holds the password the target uses.
+    let pending = PasswordPolicy::default().generate();
+    htpasswd::add_user(&site.htpasswd, "alpha", &pending, 4).unwrap();
+    let id = kv_rotator::engine::journal::rotation_id(site.store.vault_name(), "alpha-password", &v1);
+    let tags = BTreeMap::from([
+        ("kv-rotator-journal-for".to_owned(), "alpha-password".to_owned()),
+        ("rotation-id".to_owned(), id.clone()),
+        ("kv-rotator-step".to_owned(), "target-set".to_owned()),
+        ("rotated-from".to_owned(), v1.clone()),
+    ]);
+    let journal =
+        NewSecretVersion { value: pending.clone(), tags, content_type: None, expires: None, not_before: None };
+    site.store.set_secret(&kv_rotator::engine::journal::journal_name(&id), journal).await.unwrap();
+
+    let (ok, stdout, stderr) = site.rotate(&["--resume"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(line_for(&stdout, "alpha-password").contains(&format!("rotated {v1} -> ")), "{stdout}");
+    let latest = site.store.get_latest("alpha-password").await.unwrap();
+    assert_eq!(latest.value.expose_secret(), pending.expose_secret());
+    assert!(site.logs_in("alpha", &latest.value).await);
+
+    let (ok, stdout, _) = site.rotate(&["--resume"]);
+    assert!(ok);
+    assert_eq!(stdout.trim(), "nothing to do");
+    site.vault.shutdown().await;
+}
+
+#[test]
+fn no_secret_and_no_flag_is_a_usage_error() {
+    let out = Command::new(BIN).args(["rotate", "--config", "/nonexistent.toml"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"), "{}", String::from_utf8_lossy(&out.stderr));
+}
