@@ -37,6 +37,14 @@ pub enum DevVaultError {
     /// [`DevVault::seed`](super::DevVault::seed) refused its input.
     #[error("seed rejected: {0}")]
     Seed(String),
+    /// The state file of a persistent dev vault cannot be read or written.
+    #[error("dev vault state file {path}: {detail}")]
+    Persistence {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 /// An error answer of the REST API.
@@ -78,7 +86,7 @@ const NOT_FOUND_HELP: &str = "If you recently deleted this secret you may be abl
 const INVALID_PROPERTY: &str = "Property has invalid value\r\n";
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into(), inner_code: None }
     }
 

@@ -25,6 +25,8 @@ use azure_core::base64;
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
+use super::faults::{Gate, Operation, Verdict};
+use super::persist::StateFile;
 use super::state::{valid_name, Bundle, Page, SetParams, UpdateParams, Vault};
 
 /// The api-version the dev vault implements, and the one `nextLink`s fall back to.
@@ -50,12 +52,29 @@ pub(crate) struct Shared {
     /// The port we listen on, for `nextLink`s.
     pub port: u16,
     pub tenant_id: String,
+    /// Throttle and injected faults.
+    pub gate: Gate,
+    /// Where the state is saved after each change, in persistent mode.
+    pub state_file: Option<StateFile>,
 }
 
 impl Shared {
-    fn vault(&self) -> MutexGuard<'_, Vault> {
+    pub(crate) fn vault(&self) -> MutexGuard<'_, Vault> {
         // A panic while holding the lock leaves the map whole; keep serving.
         self.vault.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs a change on the vault and, in persistent mode, saves the result before the
+    /// lock is released (so the file never lags behind an answer already sent).
+    fn change<T>(&self, f: impl FnOnce(&mut Vault) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let mut vault = self.vault();
+        let result = f(&mut vault)?;
+        if let Some(file) = &self.state_file {
+            if let Err(error) = file.save(&vault) {
+                tracing::error!(%error, "dev vault: the change is kept in memory but was not saved");
+            }
+        }
+        Ok(result)
     }
 }
 
@@ -218,6 +237,19 @@ impl<'a> Op<'a> {
         Ok(op)
     }
 
+    /// The operation family faults are aimed at.
+    fn operation(self) -> Operation {
+        match self {
+            Op::List | Op::ListDeleted | Op::Versions(_) => Operation::List,
+            Op::Get(..) => Operation::Get,
+            Op::Set(_) => Operation::Set,
+            Op::Update(..) => Operation::Update,
+            Op::Delete(_) => Operation::Delete,
+            Op::GetDeleted(_) | Op::Purge(_) | Op::Recover(_) => Operation::Deleted,
+            Op::Backup(_) | Op::Restore => Operation::Backup,
+        }
+    }
+
     fn name(self) -> Option<&'a str> {
         match self {
             Op::List | Op::Restore | Op::ListDeleted => None,
@@ -267,6 +299,21 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
             return Err(ApiError::invalid_name(name));
         }
     }
+    let (verdict, latency) = shared.gate.admit(op.operation());
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match verdict {
+        Verdict::Serve => {}
+        Verdict::Drop => return Ok(dropped_connection()),
+        Verdict::Fail(error, retry_after) => {
+            let mut response = error_response(shared, &error);
+            if let Some(seconds) = retry_after {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            return Ok(response);
+        }
+    }
     let lister = Lister { shared, query: &query, api_version: &api_version };
     match op {
         Op::List => lister.list("/secrets", "secrets", |vault, after, max| vault.list(after, max)),
@@ -280,23 +327,23 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
         }
         Op::Set(name) => {
             let params: SetParams = json_body(body).await?;
-            shared.vault().set(name, params).map(|b| ok_json(&b))
+            shared.change(|vault| vault.set(name, params)).map(|b| ok_json(&b))
         }
         Op::Get(name, version) => shared.vault().get(name, version).map(|b| ok_json(&b)),
         Op::Update(name, version) => {
             let params: UpdateParams = json_body(body).await?;
-            shared.vault().update(name, version, params).map(|b| ok_json(&b))
+            shared.change(|vault| vault.update(name, version, params)).map(|b| ok_json(&b))
         }
-        Op::Delete(name) => shared.vault().delete(name).map(|b| ok_json(&b)),
+        Op::Delete(name) => shared.change(|vault| vault.delete(name)).map(|b| ok_json(&b)),
         Op::GetDeleted(name) => shared.vault().get_deleted(name).map(|b| ok_json(&b)),
         Op::Purge(name) => {
-            shared.vault().purge(name)?;
+            shared.change(|vault| vault.purge(name))?;
             // 204 without a body or Content-Type, as recorded.
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::NO_CONTENT;
             Ok(response)
         }
-        Op::Recover(name) => shared.vault().recover(name).map(|b| ok_json(&b)),
+        Op::Recover(name) => shared.change(|vault| vault.recover(name)).map(|b| ok_json(&b)),
         Op::Backup(name) => {
             let blob = shared.vault().backup(name)?;
             Ok(ok_json(&BlobBody { value: Some(base64::encode_url_safe(blob)) }))
@@ -307,9 +354,18 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
             let encoded = value.ok_or_else(|| ApiError::bad_parameter("Property 'value' is required."))?;
             let blob = base64::decode_url_safe(encoded)
                 .map_err(|_| ApiError::bad_parameter("The backup blob is invalid or corrupt."))?;
-            shared.vault().restore(&blob).map(|b| ok_json(&b))
+            shared.change(|vault| vault.restore(&blob)).map(|b| ok_json(&b))
         }
     }
+}
+
+/// An answer whose body fails at once: hyper closes the connection without a complete
+/// response, which the client sees as a dropped connection (an I/O error).
+fn dropped_connection() -> Response {
+    let failing = futures::stream::once(async {
+        Err::<Bytes, _>(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection dropped by the dev vault"))
+    });
+    Response::new(Body::from_stream(failing))
 }
 
 /// Pages one listing: decodes the skiptoken, asks the vault, writes the nextLink.

@@ -10,6 +10,12 @@
 //! - `http`: authentication, api-version, routing, paging and the service's headers.
 //! - `state`: secrets, versions, soft delete, backup blobs, validation limits.
 //! - `errors`: [`DevVaultError`], and the REST API's error answers with their sources.
+//! - `faults`: the service's rate limit ([`RateLimit`], on by default) and injected
+//!   faults ([`Faults`]: latency, 429/500/503 per operation, dropped connections,
+//!   fail-the-Nth-call), changeable while running with [`DevVault::set_faults`];
+//!   [`DevVault::stats`] counts what was injected.
+//! - `persist`: optional state file ([`DevVaultOptions::state_file`]), mode 0600,
+//!   values unencrypted.
 //!
 //! Clients connect to `https://{vault}.vault.azure.net:{port}/`, trusting
 //! [`DevVault::ca_certificate_pem`] and resolving the host to [`DevVault::local_addr`]
@@ -17,22 +23,26 @@
 //! [`DEV_TOKEN`] is the one kv-rotator's dev credential presents.
 //!
 //! Unlike the service, every operation completes at once (no seconds-long window in
-//! which a deleted secret is not yet listed as deleted); state is in memory only;
-//! backup blobs are our own unencrypted format.
+//! which a deleted secret is not yet listed as deleted); state is in memory unless a
+//! state file is given; backup blobs are our own unencrypted format.
 
 mod errors;
+mod faults;
 mod http;
+mod persist;
 mod state;
 mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
 pub use errors::DevVaultError;
+pub use faults::{parse_fail_nth, DevVaultStats, ErrorRule, Faults, Injected, Operation, RateLimit};
 pub use state::SeedSecret;
 
 /// The bearer token kv-rotator's dev credential presents. The dev vault accepts any
@@ -51,6 +61,14 @@ pub struct DevVaultOptions {
     pub bind: SocketAddr,
     /// Tenant named in the 401 challenge. Default the all-zero GUID.
     pub tenant_id: String,
+    /// The service's throttle; `None` turns it off (benchmarks). Default 2,000
+    /// transactions per 10 seconds.
+    pub rate_limit: Option<RateLimit>,
+    /// Faults injected from the start; [`DevVault::set_faults`] changes them later.
+    pub faults: Faults,
+    /// Keep the state in this file (created 0600; values UNENCRYPTED) and load it at
+    /// start. `None`: in memory only.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for DevVaultOptions {
@@ -59,6 +77,9 @@ impl Default for DevVaultOptions {
             vault_name: "devvault".to_string(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             tenant_id: "00000000-0000-0000-0000-000000000000".to_string(),
+            rate_limit: Some(RateLimit::default()),
+            faults: Faults::default(),
+            state_file: None,
         }
     }
 }
@@ -94,8 +115,21 @@ impl DevVault {
         if opts.tenant_id.is_empty() || !opts.tenant_id.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
             return Err(DevVaultError::InvalidOptions(format!("tenant id {:?}", opts.tenant_id)));
         }
+        if let Some(limit) = opts.rate_limit {
+            if limit.transactions == 0 || limit.per.is_zero() {
+                return Err(DevVaultError::InvalidOptions(format!("rate limit {limit:?} admits nothing")));
+            }
+        }
+        opts.faults.validate().map_err(DevVaultError::InvalidOptions)?;
         let host = format!("{label}.vault.azure.net");
         let tls = tls::generate(&host)?;
+        let (state_file, vault) = match &opts.state_file {
+            Some(path) => {
+                let (file, vault) = persist::StateFile::open(path, host.clone())?;
+                (Some(file), vault)
+            }
+            None => (None, state::Vault::new(host.clone())),
+        };
 
         let bind_error = |source| DevVaultError::Bind { addr: opts.bind, source };
         let listener = std::net::TcpListener::bind(opts.bind).map_err(bind_error)?;
@@ -103,10 +137,12 @@ impl DevVault {
         let local_addr = listener.local_addr().map_err(bind_error)?;
 
         let shared = Arc::new(http::Shared {
-            vault: Mutex::new(state::Vault::new(host.clone())),
+            vault: Mutex::new(vault),
             host: host.clone(),
             port: local_addr.port(),
             tenant_id: opts.tenant_id,
+            gate: faults::Gate::new(opts.rate_limit, opts.faults),
+            state_file,
         });
         let app = http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let handle = axum_server::Handle::new();
@@ -158,8 +194,24 @@ impl DevVault {
     /// certificate-backed (`managed`) secrets, fixed times, soft-deleted ones with a given
     /// deletion date. Returns the version id. Refuses invalid or taken names.
     pub fn seed(&self, secret: SeedSecret) -> Result<String, DevVaultError> {
-        let mut vault = self.shared.vault.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        vault.seed(secret).map_err(DevVaultError::Seed)
+        let mut vault = self.shared.vault();
+        let id = vault.seed(secret).map_err(DevVaultError::Seed)?;
+        if let Some(file) = &self.shared.state_file {
+            file.save(&vault)?;
+        }
+        Ok(id)
+    }
+
+    /// Replaces the injected faults; the fail-the-Nth-call count restarts at 0.
+    pub fn set_faults(&self, faults: Faults) -> Result<(), DevVaultError> {
+        faults.validate().map_err(DevVaultError::InvalidOptions)?;
+        self.shared.gate.set_faults(faults);
+        Ok(())
+    }
+
+    /// Requests served, throttled, failed and dropped on purpose since the start.
+    pub fn stats(&self) -> DevVaultStats {
+        self.shared.gate.stats()
     }
 
     /// Stops accepting connections, lets open requests finish (up to a second) and waits

@@ -87,7 +87,7 @@ impl Secret {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Deleted {
     secret: Secret,
     deleted_date: i64,
@@ -297,9 +297,41 @@ pub(crate) struct Vault {
     deleted: BTreeMap<String, Deleted>,
 }
 
+/// The persisted form of a vault's content (not its host, which ids are rendered with).
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    format: String,
+    secrets: BTreeMap<String, Secret>,
+    deleted: BTreeMap<String, Deleted>,
+}
+
+/// Tag of the state file format; a file without it is refused rather than guessed at.
+const STATE_FORMAT: &str = "kv-rotator-devvault-state-v1";
+
 impl Vault {
     pub fn new(host: String) -> Self {
         Self { host, secrets: BTreeMap::new(), deleted: BTreeMap::new() }
+    }
+
+    /// The content as JSON, values included in clear (for the dev vault's state file).
+    pub fn to_state_json(&self) -> Vec<u8> {
+        let persisted =
+            Persisted { format: STATE_FORMAT.into(), secrets: self.secrets.clone(), deleted: self.deleted.clone() };
+        serde_json::to_vec_pretty(&persisted).unwrap_or_default()
+    }
+
+    /// A vault with the content of a state file written by [`Vault::to_state_json`].
+    pub fn from_state_json(host: String, json: &[u8]) -> Result<Self, String> {
+        let persisted: Persisted =
+            serde_json::from_slice(json).map_err(|e| format!("not a dev vault state file: {e}"))?;
+        if persisted.format != STATE_FORMAT {
+            return Err(format!("format {:?}, expected {STATE_FORMAT:?}", persisted.format));
+        }
+        let whole = |s: &Secret| valid_name(&s.name) && s.versions.contains_key(&s.latest);
+        if !persisted.secrets.values().all(whole) || !persisted.deleted.values().all(|d| whole(&d.secret)) {
+            return Err("a secret in the file has an invalid name or no latest version".into());
+        }
+        Ok(Self { host, secrets: persisted.secrets, deleted: persisted.deleted })
     }
 
     fn render(&self, secret: &Secret, version: &SecretVersion, view: View) -> Bundle {
