@@ -24,7 +24,8 @@
 //! The handler never waits for a rotation: it only `try_send`s into the queue.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
@@ -37,11 +38,13 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::auth::{AuthError, Authenticator};
+use crate::dedup::RecentSet;
 use crate::eventgrid::{
     plan_event, AegEventType, Disposition, EventKind, PlannedEvent, SubscriptionValidationData, ValidationResponse,
     AEG_EVENT_TYPE_HEADER,
 };
 use crate::request::{RotationRequest, Trigger};
+use crate::source::SourceFilter;
 
 /// The main delivery path.
 pub const EVENTGRID_PATH: &str = "/api/eventgrid";
@@ -57,22 +60,87 @@ pub struct WebhookState {
     max_body_bytes: usize,
     retry_after: Duration,
     auth: Authenticator,
+    source: SourceFilter,
+    recent: Arc<Mutex<Recent>>,
+    dedup: (Duration, usize),
+    coalesce: (Duration, usize),
 }
+
+/// What was enqueued lately: event ids and (vault, secret, version) keys.
+#[derive(Debug)]
+struct Recent {
+    events: RecentSet<String>,
+    rotations: RecentSet<RotationKey>,
+}
+
+/// (vault, secret, version), lower-cased: Key Vault names ignore case.
+type RotationKey = (String, String, Option<String>);
+
+fn rotation_key(request: &RotationRequest) -> RotationKey {
+    (
+        request.vault_name.to_ascii_lowercase(),
+        request.secret_name.to_ascii_lowercase(),
+        request.version.as_ref().map(|v| v.to_ascii_lowercase()),
+    )
+}
+
+/// Event ids longer than this are not remembered (Event Grid's are GUIDs); coalescing
+/// still catches their duplicates.
+const MAX_REMEMBERED_ID: usize = 128;
 
 impl WebhookState {
     /// Event Grid's largest batch, 1 MiB.
     pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
     /// `Retry-After` sent with 503.
     pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
+    /// How long an enqueued event id is remembered.
+    pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(3600);
+    /// How many event ids (and rotation keys) are remembered at most.
+    pub const DEFAULT_DEDUP_CAPACITY: usize = 50_000;
+    /// How long an enqueued (vault, secret, version) absorbs further requests.
+    pub const DEFAULT_COALESCE_WINDOW: Duration = Duration::from_secs(60);
 
     /// A state sending rotations into `queue`, with default options.
     pub fn new(queue: mpsc::Sender<RotationRequest>) -> Self {
+        let dedup = (Self::DEFAULT_DEDUP_TTL, Self::DEFAULT_DEDUP_CAPACITY);
+        let coalesce = (Self::DEFAULT_COALESCE_WINDOW, Self::DEFAULT_DEDUP_CAPACITY);
         Self {
             queue,
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             retry_after: Self::DEFAULT_RETRY_AFTER,
             auth: Authenticator::None,
+            source: SourceFilter::any(),
+            recent: Self::recent(dedup, coalesce),
+            dedup,
+            coalesce,
         }
+    }
+
+    fn recent(dedup: (Duration, usize), coalesce: (Duration, usize)) -> Arc<Mutex<Recent>> {
+        Arc::new(Mutex::new(Recent {
+            events: RecentSet::new(dedup.0, dedup.1),
+            rotations: RecentSet::new(coalesce.0, coalesce.1),
+        }))
+    }
+
+    /// Which vaults' events are accepted (default: any, as long as the names agree).
+    pub fn with_source_filter(mut self, source: SourceFilter) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// Event ids already enqueued are ignored for `ttl`; at most `capacity` remembered.
+    pub fn with_dedup(mut self, ttl: Duration, capacity: usize) -> Self {
+        self.dedup = (ttl, capacity);
+        self.recent = Self::recent(self.dedup, self.coalesce);
+        self
+    }
+
+    /// A (vault, secret, version) already enqueued is not enqueued again for `window`.
+    pub fn with_coalesce_window(mut self, window: Duration) -> Self {
+        self.coalesce.0 = window;
+        self.recent = Self::recent(self.dedup, self.coalesce);
+        self
     }
 
     /// How deliveries are authenticated (default: not at all).
@@ -225,7 +293,7 @@ async fn receive(State(state): State<WebhookState>, request: Request) -> Respons
         return error(StatusCode::BAD_REQUEST, CLOUDEVENTS_UNSUPPORTED);
     }
 
-    let planned: Vec<PlannedEvent> = events.iter().enumerate().map(|(i, e)| plan_event(i, e)).collect();
+    let planned: Vec<PlannedEvent> = events.iter().enumerate().map(|(i, e)| plan_event(i, e, &state.source)).collect();
     if let Some(response) = handshake(aeg, &planned) {
         return response;
     }
@@ -275,26 +343,12 @@ fn handshake(aeg: Option<AegEventType>, planned: &[PlannedEvent]) -> Option<Resp
 /// Logs every event's fate, enqueues the rotations, and answers.
 fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
     let (mut ignored, mut rejected) = (0usize, 0usize);
-    let mut seen = HashSet::new();
     let mut rotations = Vec::new();
     for PlannedEvent { index, event_id, disposition } in planned {
         // Event ids are not validated, so they are logged escaped (`?`).
         let id = event_id.as_deref().unwrap_or("");
         match disposition {
-            Disposition::Rotate(request) => {
-                // One batch may name a version twice (NearExpiry and Expired); one rotation is enough.
-                let key = (
-                    request.vault_name.to_ascii_lowercase(),
-                    request.secret_name.to_ascii_lowercase(),
-                    request.version.as_ref().map(|v| v.to_ascii_lowercase()),
-                );
-                if seen.insert(key) {
-                    rotations.push(request);
-                } else {
-                    ignored += 1;
-                    tracing::debug!(index, event_id = ?id, "duplicate rotation in the same delivery");
-                }
-            }
+            Disposition::Rotate(request) => rotations.push((index, request)),
             Disposition::Ignore { kind: EventKind::SubscriptionDeleted, event_type } => {
                 ignored += 1;
                 tracing::warn!(index, event_id = ?id, ?event_type, "Event Grid subscription deleted");
@@ -306,6 +360,11 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
             }
             // Not reached: a delivery holding a validation event is answered by `handshake`.
             Disposition::Validate(_) => ignored += 1,
+            Disposition::Reject(reason) if reason.is_source() => {
+                rejected += 1;
+                // Acknowledged all the same: Event Grid must not redeliver a spoofed event.
+                tracing::warn!(index, event_id = ?id, %reason, "event from an unexpected source dropped");
+            }
             Disposition::Reject(reason) => {
                 rejected += 1;
                 tracing::warn!(index, event_id = ?id, %reason, "event dropped");
@@ -313,9 +372,33 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
         }
     }
 
-    let (sent, outcome) = enqueue(&state.queue, &rotations);
-    for request in &rotations[..sent] {
+    // Check, enqueue and remember under one lock, so two concurrent deliveries of the
+    // same event cannot both pass the check. `try_send` never waits.
+    let now = Instant::now();
+    let mut recent = state.recent.lock().unwrap_or_else(|p| p.into_inner());
+    let mut in_batch = HashSet::new();
+    let mut fresh = Vec::new();
+    for (index, request) in rotations {
+        let Trigger::EventGrid { event_id, .. } = &request.trigger else { continue };
+        let key = rotation_key(&request);
+        if recent.events.contains(event_id, now) {
+            ignored += 1;
+            tracing::debug!(index, event_id = ?event_id, "event already enqueued (redelivery)");
+        } else if recent.rotations.contains(&key, now) || !in_batch.insert(key) {
+            // One version asked twice (NearExpiry and Expired, two subscriptions): one rotation is enough.
+            ignored += 1;
+            tracing::debug!(index, event_id = ?event_id, "rotation of this version already requested");
+        } else {
+            fresh.push(request);
+        }
+    }
+    let (sent, outcome) = enqueue(&state.queue, &fresh);
+    for request in &fresh[..sent] {
         if let Trigger::EventGrid { event_id, event_type } = &request.trigger {
+            if event_id.len() <= MAX_REMEMBERED_ID {
+                recent.events.insert(event_id.clone(), now);
+            }
+            recent.rotations.insert(rotation_key(request), now);
             // Names are validated and the event type is a known one, so `%` is safe for them.
             tracing::info!(
                 vault = %request.vault_name,
@@ -327,15 +410,16 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
             );
         }
     }
+    drop(recent);
     if let Err(e) = outcome {
         let (message, closed) = match e {
             TrySendError::Full(()) => ("rotation queue is full, retry later", false),
             TrySendError::Closed(()) => ("worker is shutting down, retry later", true),
         };
-        tracing::warn!(rotations = rotations.len(), sent, closed, "delivery refused with 503");
+        tracing::warn!(rotations = fresh.len(), sent, closed, "delivery refused with 503");
         return unavailable(state, message);
     }
-    let summary = json!({ "queued": rotations.len(), "ignored": ignored, "rejected": rejected });
+    let summary = json!({ "queued": fresh.len(), "ignored": ignored, "rejected": rejected });
     (StatusCode::OK, Json(summary)).into_response()
 }
 
@@ -450,7 +534,8 @@ mod tests {
         let state = WebhookState::new(tx).with_retry_after(Duration::from_millis(1500));
         let event = json!([{
             "id": "e", "eventType": crate::eventgrid::SECRET_EXPIRED,
-            "data": {"VaultName": "sample-kv", "ObjectName": "s"}
+            "topic": "/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/sample-kv",
+            "data": {"Id": "https://sample-kv.vault.azure.net/secrets/s", "VaultName": "sample-kv"}
         }]);
         let (status, headers, _) = call(state, post("/", "application/json", &event.to_string())).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

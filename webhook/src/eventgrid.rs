@@ -31,6 +31,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::request::{RotationRequest, Trigger};
+use crate::source::SourceFilter;
 
 /// Header naming the kind of delivery; its value is matched ignoring ASCII case.
 pub const AEG_EVENT_TYPE_HEADER: &str = "aeg-event-type";
@@ -498,10 +499,30 @@ pub enum EventError {
     /// Not a valid secret version.
     #[error("invalid secret version {0}")]
     InvalidVersion(String),
+    /// A field naming the event's source is absent (`topic`, `data.VaultName`, `data.Id`).
+    #[error("{0} is missing: the event's source cannot be checked")]
+    MissingSource(&'static str),
+    /// `topic`/`source`, `data.VaultName` and `data.Id` do not name the same vault.
+    #[error("event source does not agree: {reason}")]
+    SourceMismatch {
+        /// Which names disagree, quoted and clipped.
+        reason: String,
+    },
+    /// The vault is not on the allowlist.
+    #[error("vault {0} is not on the allowlist")]
+    VaultNotAllowed(String),
+}
+
+impl EventError {
+    /// Whether the event was dropped for its source (spoofed, foreign, or unprovable),
+    /// rather than for its shape.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Self::MissingSource(_) | Self::SourceMismatch { .. } | Self::VaultNotAllowed(_))
+    }
 }
 
 /// `{:?}`-quotes an untrusted value, clipped to [`MAX_QUOTED`] characters.
-fn quote(value: &str) -> String {
+pub(crate) fn quote(value: &str) -> String {
     if value.chars().count() <= MAX_QUOTED {
         format!("{value:?}")
     } else {
@@ -539,17 +560,18 @@ pub struct PlannedEvent {
     pub disposition: Disposition,
 }
 
-/// Decides what to do with one element of a delivered array.
-pub fn plan_event(index: usize, value: &Value) -> PlannedEvent {
+/// Decides what to do with one element of a delivered array; rotation events must
+/// pass `source` (see [`SourceFilter::check`]).
+pub fn plan_event(index: usize, value: &Value, source: &SourceFilter) -> PlannedEvent {
     let event_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
     let disposition = match EventGridEvent::deserialize(value) {
-        Ok(event) => decide(event),
+        Ok(event) => decide(event, source),
         Err(e) => Disposition::Reject(EventError::Envelope(e.to_string())),
     };
     PlannedEvent { index, event_id, disposition }
 }
 
-fn decide(event: EventGridEvent) -> Disposition {
+fn decide(event: EventGridEvent, source: &SourceFilter) -> Disposition {
     let kind = EventKind::classify(&event.event_type);
     match kind {
         EventKind::SubscriptionValidation => match SubscriptionValidationData::deserialize(&event.data) {
@@ -557,7 +579,12 @@ fn decide(event: EventGridEvent) -> Disposition {
             Err(e) => Disposition::Reject(EventError::InvalidField { field: "validationCode", reason: e.to_string() }),
         },
         EventKind::SecretNearExpiry | EventKind::SecretExpired => {
-            match KeyVaultEventData::from_value(&event.data).and_then(|data| data.secret_ref()) {
+            let checked = KeyVaultEventData::from_value(&event.data).and_then(|data| {
+                let secret = data.secret_ref()?;
+                source.check(event.topic.as_deref(), &data)?;
+                Ok(secret)
+            });
+            match checked {
                 Ok(secret) => Disposition::Rotate(RotationRequest {
                     vault_name: secret.vault_name,
                     secret_name: secret.secret_name,
@@ -756,11 +783,12 @@ mod tests {
     #[test]
     fn plan_rotates_near_expiry_and_ignores_new_versions() {
         let mut event = json!({
-            "id": "e1", "topic": "t", "subject": "newsecret", "eventType": SECRET_NEAR_EXPIRY,
+            "id": "e1", "topic": "/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/sample-kv",
+            "subject": "newsecret", "eventType": SECRET_NEAR_EXPIRY,
             "eventTime": "2019-07-25T01:08:33.1036736Z", "data": documented_data(),
             "dataVersion": 1, "metadataVersion": "1"
         });
-        let planned = plan_event(3, &event);
+        let planned = plan_event(3, &event, &SourceFilter::any());
         assert_eq!(planned.index, 3);
         assert_eq!(planned.event_id.as_deref(), Some("e1"));
         let Disposition::Rotate(request) = planned.disposition else { panic!("{planned:?}") };
@@ -772,19 +800,25 @@ mod tests {
 
         event["eventType"] = json!(SECRET_NEW_VERSION_CREATED);
         assert!(matches!(
-            plan_event(0, &event).disposition,
+            plan_event(0, &event, &SourceFilter::any()).disposition,
             Disposition::Ignore { kind: EventKind::SecretNewVersionCreated, .. }
         ));
     }
 
     #[test]
     fn plan_rejects_broken_envelopes() {
-        assert!(matches!(plan_event(0, &json!(42)).disposition, Disposition::Reject(EventError::Envelope(_))));
+        assert!(matches!(
+            plan_event(0, &json!(42), &SourceFilter::any()).disposition,
+            Disposition::Reject(EventError::Envelope(_))
+        ));
         let no_type = json!({"id": "e1", "data": {}});
-        let planned = plan_event(0, &no_type);
+        let planned = plan_event(0, &no_type, &SourceFilter::any());
         assert_eq!(planned.event_id.as_deref(), Some("e1"));
         assert!(matches!(planned.disposition, Disposition::Reject(EventError::Envelope(m)) if m.contains("eventType")));
         let no_code = json!({"id": "v", "eventType": SUBSCRIPTION_VALIDATION_EVENT, "data": {}});
-        assert!(matches!(plan_event(0, &no_code).disposition, Disposition::Reject(EventError::InvalidField { .. })));
+        assert!(matches!(
+            plan_event(0, &no_code, &SourceFilter::any()).disposition,
+            Disposition::Reject(EventError::InvalidField { .. })
+        ));
     }
 }

@@ -4,6 +4,8 @@
 //! - [`request`]: [`RotationRequest`], what the webhook (and every other trigger) hands
 //!   to the engine's queue. It is a hint: the engine re-reads Key Vault before acting.
 //! - [`eventgrid`]: the Event Grid schema and tolerant parsing of Key Vault event data.
+//! - [`source`]: which vaults' events are accepted; topic, `VaultName` and `Id` must agree.
+//! - [`dedup`]: bounded, time-limited memory of event ids and requested rotations.
 //! - [`app`]: the axum [`Router`](axum::Router): validation handshake, routing of
 //!   `SecretNearExpiry`/`SecretExpired` into the queue, acknowledgement of the rest.
 //!
@@ -11,9 +13,12 @@
 
 pub mod app;
 pub mod auth;
+pub mod dedup;
 pub mod eventgrid;
 pub mod request;
+pub mod source;
 
 pub use app::{router, WebhookState};
 pub use auth::{AuthError, Authenticator, EntraId, EntraIdConfig, JwksLocation, SharedKey};
 pub use request::{RotationRequest, Trigger};
+pub use source::SourceFilter;

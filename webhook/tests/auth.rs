@@ -70,18 +70,16 @@ async fn signing_key_rotation_is_picked_up_on_an_unknown_kid() {
     config.min_refresh_interval = std::time::Duration::ZERO;
     let (state, mut rx) = new_state(8);
     let state = state.with_auth(Authenticator::EntraId(Arc::new(EntraId::new(config).unwrap())));
-    let reply =
-        send(state.clone(), with_bearer(notification(&keyvault_batch(EXPIRED)), &old.token(&v1_claims()))).await;
+    let reply = send(state.clone(), with_bearer(notification(&distinct(1)), &old.token(&v1_claims()))).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(idp.fetches(), 1);
 
     // Entra rolls its keys: the next token names a kid the cache has not seen.
     idp.set_keys(vec![old.jwk(), new.jwk()]);
-    let reply =
-        send(state.clone(), with_bearer(notification(&keyvault_batch(EXPIRED)), &new.token(&v2_claims()))).await;
+    let reply = send(state.clone(), with_bearer(notification(&distinct(2)), &new.token(&v2_claims()))).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(idp.fetches(), 2, "one refetch for the new kid");
-    let reply = send(state, with_bearer(notification(&keyvault_batch(EXPIRED)), &old.token(&v1_claims()))).await;
+    let reply = send(state, with_bearer(notification(&distinct(3)), &old.token(&v1_claims()))).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(idp.fetches(), 2, "known kids come from the cache");
     assert_eq!(drain(&mut rx).len(), 3);
@@ -150,6 +148,11 @@ async fn cached_keys_survive_an_outage() {
     let reply = send(state, with_bearer(notification(&keyvault_batch(EXPIRED)), &signer.token(&v1_claims()))).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(drain(&mut rx).len(), 1);
+}
+
+/// A delivery of one SecretNearExpiry for secret `s{n}`: distinct events are not deduplicated.
+fn distinct(n: u32) -> serde_json::Value {
+    json!([secret_event(&format!("event-{n}"), NEAR_EXPIRY, "sample-kv", &format!("s{n}"), "v1")])
 }
 
 fn shared_key() -> Authenticator {

@@ -84,6 +84,7 @@ pub async fn start_with(
     listener: TcpListener,
 ) -> anyhow::Result<RunningService> {
     let (queue_tx, queue_rx) = mpsc::channel(engine_config.queue_capacity);
+    let vault_name = store.vault_name().to_owned();
     let metrics = Arc::new(Metrics::default());
     let mut engine = Engine::new(store.clone(), targets, engine_config).with_metrics(metrics.clone());
     if let Some(url) = &background.alerts.webhook_url {
@@ -93,7 +94,7 @@ pub async fn start_with(
     let sweeper_task = background
         .sweeper
         .map(|config| tokio::spawn(Sweeper::new(store, queue_tx.clone(), config, metrics.clone()).run()));
-    let state = webhook_state(queue_tx, webhook_config)?;
+    let state = webhook_state(queue_tx, webhook_config, &vault_name)?;
     let app = kv_rotator_webhook::router(state).merge(crate::metrics::router(metrics));
     let webhook_addr = listener.local_addr().context("webhook listener")?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -150,12 +151,14 @@ pub async fn shutdown_signal() {
     info!("shutdown requested");
 }
 
-/// The webhook's state from `[webhook]`: body limit and authentication, with keys read
-/// from their environment variables or files now. Entra ID signing keys are fetched in
-/// the background so the first delivery does not wait for them.
+/// The webhook's state from `[webhook]`: body limit, authentication (keys read from
+/// their environment variables or files now) and the vault allowlist (`allowed_vaults`,
+/// else `vault_name`, the configured vault). Entra ID signing keys are fetched in the
+/// background so the first delivery does not wait for them.
 pub fn webhook_state(
     queue: mpsc::Sender<kv_rotator_webhook::RotationRequest>,
     config: &WebhookConfig,
+    vault_name: &str,
 ) -> anyhow::Result<kv_rotator_webhook::WebhookState> {
     let auth = webhook_auth(config.auth.as_ref()).context("webhook.auth")?;
     if let kv_rotator_webhook::Authenticator::EntraId(entra) = &auth {
@@ -166,7 +169,15 @@ pub fn webhook_state(
             }
         });
     }
-    Ok(kv_rotator_webhook::WebhookState::new(queue).with_max_body_bytes(config.max_body_bytes).with_auth(auth))
+    let source = if config.allowed_vaults.is_empty() {
+        kv_rotator_webhook::SourceFilter::only([vault_name])
+    } else {
+        kv_rotator_webhook::SourceFilter::only(&config.allowed_vaults)
+    };
+    Ok(kv_rotator_webhook::WebhookState::new(queue)
+        .with_max_body_bytes(config.max_body_bytes)
+        .with_auth(auth)
+        .with_source_filter(source))
 }
 
 fn webhook_auth(config: Option<&WebhookAuthConfig>) -> anyhow::Result<kv_rotator_webhook::Authenticator> {

@@ -1,0 +1,142 @@
+//! Where an event comes from, and whether it is one we listen to.
+//!
+//! A rotation event names its vault three times: the `topic` (Event Grid schema) or
+//! `source` (CloudEvents) ARM resource id, `data.VaultName`, and the host of `data.Id`.
+//! [`SourceFilter::check`] requires all three, requires them to agree (ignoring ASCII
+//! case, as Key Vault names do), and, when an allowlist is set, the vault to be on it.
+//! An event failing the check is dropped and acknowledged: it can never become valid,
+//! and a failure status would only make Event Grid redeliver it.
+//!
+//! The event stays a hint either way: the engine re-reads Key Vault before acting.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::eventgrid::{parse_secret_id, EventError, KeyVaultEventData};
+
+/// Which vaults' events are accepted.
+#[derive(Debug, Clone, Default)]
+pub struct SourceFilter {
+    /// Lower-cased vault names; `None`: any vault (the three names must still agree).
+    allowed: Option<Arc<HashSet<String>>>,
+}
+
+impl SourceFilter {
+    /// Any vault, as long as topic, `VaultName` and `Id` agree.
+    pub fn any() -> Self {
+        Self { allowed: None }
+    }
+
+    /// Only these vaults (names, any case).
+    pub fn only<I, S>(names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names = names.into_iter().map(|n| n.as_ref().trim().to_ascii_lowercase()).collect();
+        Self { allowed: Some(Arc::new(names)) }
+    }
+
+    /// Whether `vault` may send events.
+    pub fn allows(&self, vault: &str) -> bool {
+        self.allowed.as_ref().is_none_or(|set| set.contains(&vault.to_ascii_lowercase()))
+    }
+
+    /// Checks one rotation event's source; `topic` is the `topic`/`source` attribute.
+    pub fn check(&self, topic: Option<&str>, data: &KeyVaultEventData) -> Result<(), EventError> {
+        let topic = topic.map(str::trim).filter(|t| !t.is_empty()).ok_or(EventError::MissingSource("topic"))?;
+        let from_topic = vault_from_resource_id(topic).ok_or_else(|| EventError::SourceMismatch {
+            reason: format!("topic {} is not a Key Vault resource id", quote(topic)),
+        })?;
+        let from_data = data.vault_name.as_deref().ok_or(EventError::MissingSource("data.VaultName"))?;
+        let id = data.id.as_deref().ok_or(EventError::MissingSource("data.Id"))?;
+        let from_id = parse_secret_id(id)?
+            .vault_name
+            .ok_or_else(|| EventError::SourceMismatch { reason: "data.Id's host names no vault".to_owned() })?;
+        if !from_topic.eq_ignore_ascii_case(from_data) || !from_id.eq_ignore_ascii_case(from_data) {
+            return Err(EventError::SourceMismatch {
+                reason: format!(
+                    "topic names vault {}, data.VaultName {}, data.Id {}",
+                    quote(from_topic),
+                    quote(from_data),
+                    quote(&from_id)
+                ),
+            });
+        }
+        if !self.allows(from_data) {
+            return Err(EventError::VaultNotAllowed(quote(from_data)));
+        }
+        Ok(())
+    }
+}
+
+/// The vault name in `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}`.
+pub fn vault_from_resource_id(id: &str) -> Option<&str> {
+    let segments: Vec<&str> = id.trim().trim_matches('/').split('/').collect();
+    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    match segments.as_slice() {
+        [s, sub, rg, group, p, ns, v, name]
+            if eq(s, "subscriptions")
+                && !sub.is_empty()
+                && eq(rg, "resourceGroups")
+                && !group.is_empty()
+                && eq(p, "providers")
+                && eq(ns, "Microsoft.KeyVault")
+                && eq(v, "vaults")
+                && !name.is_empty() =>
+        {
+            Some(name)
+        }
+        _ => None,
+    }
+}
+
+fn quote(value: &str) -> String {
+    crate::eventgrid::quote(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPIC: &str = "/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/sample-kv";
+
+    fn data(vault: &str, id_vault: &str) -> KeyVaultEventData {
+        KeyVaultEventData {
+            id: Some(format!("https://{id_vault}.vault.azure.net/secrets/s/v1")),
+            vault_name: Some(vault.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resource_ids() {
+        assert_eq!(vault_from_resource_id(TOPIC), Some("sample-kv"));
+        assert_eq!(vault_from_resource_id(&TOPIC.to_ascii_lowercase()), Some("sample-kv"));
+        assert_eq!(vault_from_resource_id("/subscriptions/x"), None);
+        assert_eq!(vault_from_resource_id(&TOPIC.replace("KeyVault", "Storage")), None);
+        assert_eq!(vault_from_resource_id(&format!("{TOPIC}/secrets/s")), None);
+    }
+
+    #[test]
+    fn all_three_must_agree_and_be_allowed() {
+        let any = SourceFilter::any();
+        assert_eq!(any.check(Some(TOPIC), &data("SAMPLE-KV", "sample-kv")), Ok(()));
+        assert!(matches!(any.check(None, &data("sample-kv", "sample-kv")), Err(EventError::MissingSource("topic"))));
+        let other_topic = TOPIC.replace("sample-kv", "evil-kv");
+        assert!(matches!(
+            any.check(Some(&other_topic), &data("sample-kv", "sample-kv")),
+            Err(EventError::SourceMismatch { .. })
+        ));
+        assert!(matches!(
+            any.check(Some(TOPIC), &data("sample-kv", "evil-kv")),
+            Err(EventError::SourceMismatch { .. })
+        ));
+        let only = SourceFilter::only(["Sample-KV"]);
+        assert_eq!(only.check(Some(TOPIC), &data("sample-kv", "sample-kv")), Ok(()));
+        let evil = TOPIC.replace("sample-kv", "evil-kv");
+        assert!(matches!(only.check(Some(&evil), &data("evil-kv", "evil-kv")), Err(EventError::VaultNotAllowed(_))));
+        let no_id = KeyVaultEventData { vault_name: Some("sample-kv".into()), ..Default::default() };
+        assert_eq!(only.check(Some(TOPIC), &no_id), Err(EventError::MissingSource("data.Id")));
+    }
+}
