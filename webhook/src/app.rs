@@ -1,13 +1,18 @@
 //! The HTTP app: an axum [`Router`] that receives Event Grid deliveries.
 //!
 //! - [`router`]: `POST /api/eventgrid` (and `POST /` as an alias, for subscriptions
-//!   that name the bare host), `GET /healthz`.
-//! - [`WebhookState`]: the queue the rotations go to, and the options.
-//! - The delivery handler: checks the content type and size, answers the
-//!   subscription validation handshake, turns `SecretNearExpiry`/`SecretExpired`
-//!   into [`RotationRequest`]s for the queue and acknowledges the rest. Decisions
-//!   per event are made in [`eventgrid`](crate::eventgrid); this module only maps
-//!   them to HTTP and the queue.
+//!   that name the bare host), `OPTIONS` on both for the CloudEvents handshake,
+//!   `GET /healthz` (unauthenticated).
+//! - [`WebhookState`]: the queue the rotations go to, authentication, the source
+//!   filter, the memory of recent events, and the limits.
+//! - The delivery handler: authenticates, checks the content type (Event Grid schema
+//!   `application/json`, CloudEvents `application/cloudevents+json` and
+//!   `application/cloudevents-batch+json`) and size, answers the subscription
+//!   validation handshake, turns `SecretNearExpiry`/`SecretExpired` into
+//!   [`RotationRequest`]s for the queue (once per event id and per secret version
+//!   within a window) and acknowledges the rest. Decisions per event are made in
+//!   [`eventgrid`](crate::eventgrid) and [`source`](crate::source); this module only
+//!   maps them to HTTP and the queue.
 //!
 //! # Status codes
 //!
@@ -18,8 +23,10 @@
 //!   malformed: those are logged and dropped, since they can never become valid
 //!   and a failure would make Event Grid redeliver the good ones too.
 //! - 503 with `Retry-After` when the queue is full or closed: transient, retried.
-//! - 400 only for a body that is not an Event Grid delivery at all (not JSON, not
-//!   an array, wrong content type, CloudEvents for now); 413 for an oversize body.
+//! - 400 only for a body that is not a delivery at all (not JSON, not an array,
+//!   wrong content type, a validation event inside a batch); 413 for an oversize body.
+//! - 401/403 only for authentication failures; 503 when the signing keys cannot be
+//!   fetched (transient).
 //!
 //! The handler never waits for a rotation: it only `try_send`s into the queue.
 
@@ -40,8 +47,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::auth::{AuthError, Authenticator};
 use crate::dedup::RecentSet;
 use crate::eventgrid::{
-    plan_event, AegEventType, Disposition, EventKind, PlannedEvent, SubscriptionValidationData, ValidationResponse,
-    AEG_EVENT_TYPE_HEADER,
+    plan_cloud_event, plan_event, AegEventType, Disposition, EventKind, PlannedEvent, SubscriptionValidationData,
+    ValidationResponse, AEG_EVENT_TYPE_HEADER,
 };
 use crate::request::{RotationRequest, Trigger};
 use crate::source::SourceFilter;
@@ -181,8 +188,8 @@ impl WebhookState {
 pub fn router(state: WebhookState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
-        .route(EVENTGRID_PATH, post(receive))
-        .route("/", post(receive))
+        .route(EVENTGRID_PATH, post(receive).options(abuse_protection))
+        .route("/", post(receive).options(abuse_protection))
         .route(HEALTHZ_PATH, get(healthz))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -222,29 +229,47 @@ fn too_large(state: &WebhookState) -> Response {
     error(StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds {} bytes", state.max_body_bytes))
 }
 
-const CLOUDEVENTS_UNSUPPORTED: &str = "CloudEvents schema not supported yet";
+/// The schema a delivery is in, from its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    /// `application/json`: an array of Event Grid events (or, tolerated, CloudEvents).
+    EventGrid,
+    /// `application/cloudevents+json`: one CloudEvent (an array is tolerated).
+    CloudEvent,
+    /// `application/cloudevents-batch+json`: an array of CloudEvents.
+    CloudEventBatch,
+}
 
-/// Why the content type is refused, if it is: only `application/json` (any
-/// parameters) is accepted, and CloudEvents is named explicitly so a subscription
-/// set to the wrong schema is obvious from the answer.
-fn content_type_problem(headers: &HeaderMap) -> Option<&'static str> {
+/// The schema of a delivery, or why its content type is refused (any case, any
+/// parameters).
+fn schema(headers: &HeaderMap) -> Result<Schema, &'static str> {
     if headers.contains_key("ce-specversion") {
-        // CloudEvents binary mode: a JSON body, the envelope in headers.
-        return Some(CLOUDEVENTS_UNSUPPORTED);
+        // Binary mode puts the envelope in headers; Event Grid delivers structured mode.
+        return Err("CloudEvents binary mode is not supported: use structured mode (application/cloudevents+json)");
     }
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Some("missing Content-Type, expected application/json");
+        return Err("missing Content-Type, expected application/json or application/cloudevents(-batch)+json");
     };
     let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
-        "application/json" => None,
-        "application/cloudevents+json" | "application/cloudevents-batch+json" => Some(CLOUDEVENTS_UNSUPPORTED),
-        _ => Some("unsupported Content-Type, expected application/json"),
+        "application/json" => Ok(Schema::EventGrid),
+        "application/cloudevents+json" => Ok(Schema::CloudEvent),
+        "application/cloudevents-batch+json" => Ok(Schema::CloudEventBatch),
+        _ => Err("unsupported Content-Type, expected application/json or application/cloudevents(-batch)+json"),
     }
 }
 
+/// Reads the header as text for logs; `""` when absent or not visible ASCII.
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
 /// Handles one delivery (see the [module docs](self) for the status codes).
-#[tracing::instrument(name = "eventgrid_delivery", skip_all, fields(aeg_event_type, events))]
+#[tracing::instrument(
+    name = "eventgrid_delivery",
+    skip_all,
+    fields(aeg_event_type, aeg_subscription_name, aeg_delivery_count, events)
+)]
 async fn receive(State(state): State<WebhookState>, request: Request) -> Response {
     // Authentication first: an unauthenticated caller learns nothing about the body rules.
     let (parts, body) = request.into_parts();
@@ -253,9 +278,10 @@ async fn receive(State(state): State<WebhookState>, request: Request) -> Respons
     }
     let request = Request::from_parts(parts, body);
     // Cheap checks next, before reading the body.
-    if let Some(problem) = content_type_problem(request.headers()) {
-        return error(StatusCode::BAD_REQUEST, problem);
-    }
+    let schema = match schema(request.headers()) {
+        Ok(schema) => schema,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
+    };
     let declared_length = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -264,10 +290,15 @@ async fn receive(State(state): State<WebhookState>, request: Request) -> Respons
     if declared_length.is_some_and(|n| n > state.max_body_bytes as u64) {
         return too_large(&state);
     }
-    let aeg_header = request.headers().get(AEG_EVENT_TYPE_HEADER).map(|v| v.to_str().unwrap_or("").to_owned());
+    // Header names are case-insensitive (`AEG-SUBSCRIPTION-NAME` arrives upper-case); values
+    // are logged escaped, they are not validated.
+    let headers = request.headers();
+    let aeg_header = headers.get(AEG_EVENT_TYPE_HEADER).map(|v| v.to_str().unwrap_or("").to_owned());
     let aeg = aeg_header.as_deref().and_then(AegEventType::parse);
     let span = tracing::Span::current();
-    span.record("aeg_event_type", aeg_header.as_deref().unwrap_or(""));
+    span.record("aeg_event_type", tracing::field::debug(aeg_header.as_deref().unwrap_or("")));
+    span.record("aeg_subscription_name", tracing::field::debug(header_text(headers, "aeg-subscription-name")));
+    span.record("aeg_delivery_count", tracing::field::debug(header_text(headers, "aeg-delivery-count")));
     if aeg_header.is_some() && aeg.is_none() {
         // Decisions rest on each event's eventType; an unknown header value is no reason to refuse.
         tracing::debug!(header = ?aeg_header, "unknown aeg-event-type header value");
@@ -282,28 +313,67 @@ async fn receive(State(state): State<WebhookState>, request: Request) -> Respons
             return error(StatusCode::BAD_REQUEST, "could not read request body");
         }
     };
-    let events = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Array(events)) => events,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "body must be a JSON array of Event Grid events"),
-        // serde_json's syntax errors name a line and column, never body content.
+    // serde_json's syntax errors name a line and column, never body content; its
+    // recursion limit (128) turns deeply nested bodies into an error, not a stack overflow.
+    let value = match serde_json::from_slice::<Value>(&body) {
+        Ok(value) => value,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not valid JSON: {e}")),
     };
+    let events = match (schema, value) {
+        (Schema::CloudEvent, event @ Value::Object(_)) => vec![event],
+        (_, Value::Array(events)) => events,
+        (Schema::EventGrid, _) => {
+            return error(StatusCode::BAD_REQUEST, "body must be a JSON array of Event Grid events")
+        }
+        (_, _) => return error(StatusCode::BAD_REQUEST, "body must be a CloudEvent object or an array of them"),
+    };
     span.record("events", events.len());
-    if events.iter().any(is_cloud_event) {
-        return error(StatusCode::BAD_REQUEST, CLOUDEVENTS_UNSUPPORTED);
-    }
-
-    let planned: Vec<PlannedEvent> = events.iter().enumerate().map(|(i, e)| plan_event(i, e, &state.source)).collect();
+    // CloudEvents labelled application/json are read as what they are.
+    let cloud = schema != Schema::EventGrid || events.iter().any(is_cloud_event);
+    let planned: Vec<PlannedEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| if cloud { plan_cloud_event(i, e, &state.source) } else { plan_event(i, e, &state.source) })
+        .collect();
     if let Some(response) = handshake(aeg, &planned) {
         return response;
     }
     notify(&state, planned)
 }
 
-/// A CloudEvents 1.0 event sent as `application/json`: it has `specversion` and no
-/// `eventType`. Answering 400 beats acknowledging events we cannot read.
+/// A CloudEvents 1.0 event: it has `specversion` and no `eventType`.
 fn is_cloud_event(event: &Value) -> bool {
     event.get("specversion").is_some() && event.get("eventType").is_none()
+}
+
+/// The CloudEvents abuse-protection handshake: an `OPTIONS` with
+/// `WebHook-Request-Origin`, answered 200 with `WebHook-Allowed-Origin` (and
+/// `WebHook-Allowed-Rate` when a rate was asked for). Authenticated like a delivery.
+async fn abuse_protection(State(state): State<WebhookState>, request: Request) -> Response {
+    let (parts, _body) = request.into_parts();
+    if let Err(e) = state.auth.check(&parts).await {
+        return unauthenticated(&state, &e);
+    }
+    let allow = HeaderValue::from_static("POST, OPTIONS");
+    let Some(origin) = parts.headers.get("webhook-request-origin") else {
+        // A plain OPTIONS (no handshake): say what the endpoint takes.
+        return (StatusCode::OK, [(header::ALLOW, allow)]).into_response();
+    };
+    let valid = origin.to_str().ok().filter(|o| {
+        !o.is_empty() && o.len() <= 253 && o.bytes().all(|b| b.is_ascii_alphanumeric() || b".-*:".contains(&b))
+    });
+    let Some(origin) = valid else {
+        return error(StatusCode::BAD_REQUEST, "WebHook-Request-Origin is not a host name");
+    };
+    tracing::info!(origin, "answering CloudEvents abuse-protection handshake");
+    let mut response = (StatusCode::OK, [(header::ALLOW, allow)]).into_response();
+    let headers = response.headers_mut();
+    headers.insert("webhook-allowed-origin", HeaderValue::from_str(origin).expect("checked above"));
+    if parts.headers.contains_key("webhook-request-rate") {
+        // No rate limit of our own: the queue's 503 is the backpressure.
+        headers.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
+    }
+    response
 }
 
 /// Answers the validation handshake, if this delivery is one.
@@ -328,8 +398,9 @@ fn handshake(aeg: Option<AegEventType>, planned: &[PlannedEvent]) -> Option<Resp
         return Some(error(StatusCode::BAD_REQUEST, reason));
     };
     if planned.len() > 1 {
-        // Event Grid sends the handshake alone; anything else here is not a notification.
-        tracing::warn!(others = planned.len() - 1, "ignoring other events in a validation delivery");
+        // Event Grid sends the handshake alone: a batch around one is not a real delivery.
+        tracing::warn!(events = planned.len(), "validation event inside a batch refused");
+        return Some(error(StatusCode::BAD_REQUEST, "a SubscriptionValidationEvent must be delivered alone"));
     }
     tracing::info!(
         event_id = ?event.event_id.as_deref().unwrap_or(""),

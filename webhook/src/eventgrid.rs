@@ -11,6 +11,7 @@
 //! - [`KeyVaultEventData`]: the `data` of a Key Vault event, read tolerantly, and
 //!   [`SecretRef`]: the secret it names, after cross-checking its fields.
 //! - [`plan_event`] / [`Disposition`]: the decision for one event.
+//! - [`CloudEvent`] / [`plan_cloud_event`]: the same for the CloudEvents 1.0 schema.
 //! - [`EventError`]: why an event is dropped. Always permanent: a malformed event
 //!   never becomes valid on redelivery.
 //!
@@ -511,6 +512,14 @@ pub enum EventError {
     /// The vault is not on the allowlist.
     #[error("vault {0} is not on the allowlist")]
     VaultNotAllowed(String),
+    /// A schema version we do not know (`specversion`, `metadataVersion`, `dataVersion`).
+    #[error("unknown {field} {value}")]
+    UnknownVersion {
+        /// Which version attribute.
+        field: &'static str,
+        /// Its value, quoted and clipped.
+        value: String,
+    },
 }
 
 impl EventError {
@@ -560,6 +569,79 @@ pub struct PlannedEvent {
     pub disposition: Disposition,
 }
 
+/// Envelope (`metadataVersion`) and Key Vault `data` (`dataVersion`) schema versions we
+/// know; a rotation event of another version is dropped, since we cannot tell what its
+/// fields mean. Absent versions are accepted (CloudEvents carries none).
+fn check_versions(event: &EventGridEvent) -> Result<(), EventError> {
+    for (field, value) in [("metadataVersion", &event.metadata_version), ("dataVersion", &event.data_version)] {
+        if let Some(v) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            if v != "1" && v != "1.0" {
+                return Err(EventError::UnknownVersion { field, value: quote(v) });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One CloudEvents 1.0 event in structured mode (Event Grid's CloudEvents schema).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CloudEvent {
+    /// Must be `1.0`.
+    pub specversion: String,
+    /// Unique per event; kept across redeliveries.
+    pub id: String,
+    /// The source's resource id; for Key Vault the vault's ARM id.
+    pub source: String,
+    /// E.g. [`SECRET_NEAR_EXPIRY`].
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// For Key Vault, the bare object name.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// When the source emitted the event.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// The payload.
+    #[serde(default)]
+    pub data: Value,
+    /// A binary payload; Key Vault events never use it.
+    #[serde(default)]
+    pub data_base64: Option<String>,
+}
+
+/// Like [`plan_event`], for one element of a CloudEvents delivery: the event is read
+/// as CloudEvents 1.0 and then decided exactly as its Event Grid twin (`source` plays
+/// the part of `topic`, `type` of `eventType`).
+pub fn plan_cloud_event(index: usize, value: &Value, source: &SourceFilter) -> PlannedEvent {
+    let event_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+    let disposition = match CloudEvent::deserialize(value) {
+        Err(e) => Disposition::Reject(EventError::Envelope(e.to_string())),
+        Ok(ce) if ce.specversion.trim() != "1.0" => {
+            Disposition::Reject(EventError::UnknownVersion { field: "specversion", value: quote(&ce.specversion) })
+        }
+        Ok(ce) if ce.data_base64.is_some() && ce.data.is_null() => {
+            Disposition::Reject(EventError::Envelope("data_base64 is not a Key Vault payload".to_owned()))
+        }
+        Ok(ce) if EventKind::classify(&ce.event_type) == EventKind::SubscriptionValidation => Disposition::Reject(
+            EventError::Envelope("CloudEvents subscriptions validate with OPTIONS, not a validation event".to_owned()),
+        ),
+        Ok(ce) => decide(
+            EventGridEvent {
+                id: ce.id,
+                topic: Some(ce.source),
+                subject: ce.subject,
+                event_type: ce.event_type,
+                event_time: ce.time,
+                data: ce.data,
+                data_version: None,
+                metadata_version: None,
+            },
+            source,
+        ),
+    };
+    PlannedEvent { index, event_id, disposition }
+}
+
 /// Decides what to do with one element of a delivered array; rotation events must
 /// pass `source` (see [`SourceFilter::check`]).
 pub fn plan_event(index: usize, value: &Value, source: &SourceFilter) -> PlannedEvent {
@@ -579,11 +661,12 @@ fn decide(event: EventGridEvent, source: &SourceFilter) -> Disposition {
             Err(e) => Disposition::Reject(EventError::InvalidField { field: "validationCode", reason: e.to_string() }),
         },
         EventKind::SecretNearExpiry | EventKind::SecretExpired => {
-            let checked = KeyVaultEventData::from_value(&event.data).and_then(|data| {
-                let secret = data.secret_ref()?;
-                source.check(event.topic.as_deref(), &data)?;
-                Ok(secret)
-            });
+            let checked =
+                check_versions(&event).and_then(|()| KeyVaultEventData::from_value(&event.data)).and_then(|data| {
+                    let secret = data.secret_ref()?;
+                    source.check(event.topic.as_deref(), &data)?;
+                    Ok(secret)
+                });
             match checked {
                 Ok(secret) => Disposition::Rotate(RotationRequest {
                     vault_name: secret.vault_name,

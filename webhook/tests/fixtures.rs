@@ -94,20 +94,47 @@ async fn integer_and_null_nbf_exp_are_accepted() {
 }
 
 #[tokio::test]
-async fn cloudevents_fixture_gets_a_clear_400() {
+async fn cloudevents_fixture_is_read_in_every_content_type() {
     for content_type in
         ["application/cloudevents-batch+json; charset=utf-8", "application/cloudevents+json", "application/json"]
     {
+        // As published (SecretNewVersionCreated): acknowledged, nothing queued.
         let (state, mut rx) = new_state(4);
         let request = Request::post("/api/eventgrid")
             .header(header::CONTENT_TYPE, content_type)
             .body(fixture(KEYVAULT_CLOUDEVENT).into())
             .unwrap();
         let reply = send(state, request).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{content_type}");
-        assert_eq!(reply.json, json!({"error": "CloudEvents schema not supported yet"}), "{content_type}");
+        assert_eq!(reply.status, StatusCode::OK, "{content_type}: {}", reply.text);
+        assert_eq!(reply.json, json!({"queued": 0, "ignored": 1, "rejected": 0}), "{content_type}");
         assert!(drain(&mut rx).is_empty());
+
+        // As SecretNearExpiry: the same rotation request as the Event Grid schema's.
+        let mut batch = fixture_json(KEYVAULT_CLOUDEVENT);
+        batch[0]["type"] = json!(NEAR_EXPIRY);
+        let (state, mut rx) = new_state(4);
+        let request = Request::post("/api/eventgrid")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(batch.to_string().into())
+            .unwrap();
+        let reply = send(state, request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{content_type}: {}", reply.text);
+        assert_eq!(drain(&mut rx), vec![expected_request(NEAR_EXPIRY)], "{content_type}");
     }
+}
+
+#[tokio::test]
+async fn single_cloudevent_as_an_object() {
+    let mut event = fixture_json(KEYVAULT_CLOUDEVENT)[0].clone();
+    event["type"] = json!(EXPIRED);
+    let (state, mut rx) = new_state(4);
+    let request = Request::post("/api/eventgrid")
+        .header(header::CONTENT_TYPE, "application/cloudevents+json; charset=utf-8")
+        .body(event.to_string().into())
+        .unwrap();
+    let reply = send(state, request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(drain(&mut rx), vec![expected_request(EXPIRED)]);
 }
 
 #[test]
