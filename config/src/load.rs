@@ -70,6 +70,21 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 .to_owned(),
         );
     }
+    let vault = &config.vault;
+    if let (Some(first), Some(max)) = (vault.retry_initial_delay_ms, vault.retry_max_delay_ms) {
+        if first > max {
+            problems.push(format!("vault.retry_initial_delay_ms ({first}) is longer than vault.retry_max_delay_ms ({max})"));
+        }
+    }
+    if vault.retry_max_delay_ms == Some(0) {
+        problems.push("vault.retry_max_delay_ms must be at least 1".to_owned());
+    }
+    if vault.read_timeout_secs == Some(0) {
+        problems.push("vault.read_timeout_secs must be at least 1".to_owned());
+    }
+    if vault.max_retries.is_some_and(|n| n > 30) {
+        problems.push("vault.max_retries above 30 would hold a rotation for many minutes; use at most 30".to_owned());
+    }
     if config.engine.queue_capacity == 0 {
         problems.push("engine.queue_capacity must be at least 1".to_owned());
     }

@@ -49,6 +49,24 @@ pub struct VaultConfig {
     /// Connect to this address instead of resolving the vault host (dev vault).
     #[serde(default)]
     pub connect_to: Option<SocketAddr>,
+    /// Client-side limit, in transactions per 10 seconds, shared by all work on the
+    /// vault; default 2000 (the service's limit for secrets), 0 turns it off. With
+    /// several replicas, give each its share.
+    #[serde(default)]
+    pub transactions_per_10s: Option<u32>,
+    /// Retries per Key Vault call on 408/429/5xx, timeouts and connection errors
+    /// (never on other 4xx); default 10.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// First retry delay in milliseconds, doubling and jittered; default 250.
+    #[serde(default)]
+    pub retry_initial_delay_ms: Option<u64>,
+    /// Longest wait between tries in milliseconds, `Retry-After` included; default 10000.
+    #[serde(default)]
+    pub retry_max_delay_ms: Option<u64>,
+    /// Longest silence while reading an answer before the try is retried; default 30.
+    #[serde(default)]
+    pub read_timeout_secs: Option<u64>,
 }
 
 /// The credential the worker authenticates to Key Vault with.

@@ -7,8 +7,10 @@
 //! - [`DevVaultCredential`]: a fixed-token credential the dev vault accepts.
 //! - Errors from the SDK become [`StoreError`]s that say whether a retry can help.
 //!
-//! Retries of 429 (honouring `Retry-After`), 5xx and connection errors are the SDK's
-//! retry policy; what outlasts it surfaces as [`StoreError::Unavailable`].
+//! Retries of 408/429/5xx (honouring `Retry-After`, capped), timeouts and connection
+//! errors run in the SDK's retry loop with our bounded policy, and every try waits for
+//! the store's rate limiter ([`crate::pipeline`], configured by [`ClientSettings`]);
+//! what outlasts the retries surfaces as [`StoreError::Unavailable`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, Secret as AzSecret, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind;
-use azure_core::http::{ClientOptions, Transport};
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_security_keyvault_secrets::models::{
     Secret, SecretAttributes, SecretClientGetSecretOptions, SecretClientUpdateSecretPropertiesOptions,
     SecretProperties as AzSecretProperties, SetSecretParameters, UpdateSecretPropertiesParameters,
@@ -28,6 +30,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use url::Url;
 
+use crate::pipeline::{BoundedRetry, ClientSettings, ClientStats, Counters, RateLimitPolicy};
 use crate::store::{
     check_limits, NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, SecretStore, StoreError,
     StoreResult, MAX_CONTENT_TYPE_CHARS, MAX_TAG_CHARS,
@@ -48,6 +51,7 @@ pub struct AzureSecretStore {
     client: Arc<SecretClient>,
     url: Url,
     vault_name: String,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for AzureSecretStore {
@@ -57,47 +61,75 @@ impl std::fmt::Debug for AzureSecretStore {
 }
 
 impl AzureSecretStore {
-    /// Builds a client for `vault_url` with `credential`.
+    /// Builds a client for `vault_url` with `credential` and default [`ClientSettings`].
     pub fn connect(
         vault_url: &str,
         credential: Arc<dyn TokenCredential>,
         overrides: TransportOverrides,
     ) -> StoreResult<Self> {
+        Self::connect_with(vault_url, credential, overrides, ClientSettings::default())
+    }
+
+    /// Builds a client with explicit retry, rate-limit and timeout settings. Clones of
+    /// the store share its rate limiter and counters; build one store per vault.
+    pub fn connect_with(
+        vault_url: &str,
+        credential: Arc<dyn TokenCredential>,
+        overrides: TransportOverrides,
+        settings: ClientSettings,
+    ) -> StoreResult<Self> {
         let invalid = |detail: String| StoreError::Invalid { name: String::new(), operation: "connect", detail };
+        settings.validate().map_err(|e| invalid(format!("client settings: {e}")))?;
         let url = Url::parse(vault_url).map_err(|e| invalid(format!("vault URL {vault_url:?}: {e}")))?;
         let host = url.host_str().ok_or_else(|| invalid(format!("vault URL {vault_url:?} has no host")))?.to_owned();
         let vault_name = host.split('.').next().unwrap_or_default().to_owned();
 
-        let mut options = SecretClientOptions::default();
-        if overrides.extra_root_pem.is_some() || overrides.connect_to.is_some() {
-            let mut builder = reqwest::Client::builder()
-                // Key Vault never redirects; following one would re-send the token elsewhere.
-                .redirect(reqwest::redirect::Policy::none());
-            if let Some(pem) = &overrides.extra_root_pem {
-                let cert = reqwest::Certificate::from_pem(pem.as_bytes())
-                    .map_err(|e| invalid(format!("extra root certificate: {e}")))?;
-                builder = builder.add_root_certificate(cert);
-            }
-            if let Some(addr) = overrides.connect_to {
-                builder = builder.resolve(&host, addr);
-            }
-            let http = builder.build().map_err(|e| invalid(format!("HTTP client: {e}")))?;
-            options.client_options =
-                ClientOptions { transport: Some(Transport::new(Arc::new(http))), ..Default::default() };
+        // Our own transport, shaped like the SDK's default one, with our timeouts.
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.read_timeout)
+            // Key Vault never redirects; following one would re-send the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &overrides.extra_root_pem {
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| invalid(format!("extra root certificate: {e}")))?;
+            builder = builder.add_root_certificate(cert);
         }
+        if let Some(addr) = overrides.connect_to {
+            builder = builder.resolve(&host, addr);
+        }
+        let http = builder.build().map_err(|e| invalid(format!("HTTP client: {e}")))?;
+        let counters = Arc::new(Counters::default());
+        let client_options = ClientOptions {
+            transport: Some(Transport::new(Arc::new(http))),
+            retry: RetryOptions::custom(Arc::new(BoundedRetry::new(settings.retry.clone(), counters.clone()))),
+            per_try_policies: vec![Arc::new(RateLimitPolicy::new(settings.rate_limit, counters.clone()))],
+            ..Default::default()
+        };
+        let options = SecretClientOptions { client_options, ..Default::default() };
         let client = SecretClient::new(url.as_str(), credential, Some(options))
             .map_err(|e| invalid(format!("secret client: {e}")))?;
-        Ok(Self { client: Arc::new(client), url, vault_name })
+        Ok(Self { client: Arc::new(client), url, vault_name, counters })
     }
 
     /// A store for the dev vault: its CA trusted, its host resolved to its address, and
     /// the fixed-token [`DevVaultCredential`].
     pub fn for_dev_vault(vault: &crate::devvault::DevVault) -> StoreResult<Self> {
+        Self::for_dev_vault_with(vault, ClientSettings::default())
+    }
+
+    /// [`for_dev_vault`](Self::for_dev_vault) with explicit settings.
+    pub fn for_dev_vault_with(vault: &crate::devvault::DevVault, settings: ClientSettings) -> StoreResult<Self> {
         let overrides = TransportOverrides {
             extra_root_pem: Some(vault.ca_certificate_pem().to_owned()),
             connect_to: Some(vault.local_addr()),
         };
-        Self::connect(vault.endpoint().as_str(), DevVaultCredential::new(), overrides)
+        Self::connect_with(vault.endpoint().as_str(), DevVaultCredential::new(), overrides, settings)
+    }
+
+    /// Tries, retries and rate-limiter waits so far, over all clones of this store.
+    pub fn stats(&self) -> ClientStats {
+        self.counters.snapshot()
     }
 
     fn error(&self, name: &str, operation: &'static str, err: azure_core::Error) -> StoreError {

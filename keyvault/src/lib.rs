@@ -3,12 +3,15 @@
 //! - [`store`]: the [`SecretStore`] trait — everything the rotation engine needs from
 //!   Key Vault — with its value types and the error classification (transient or not).
 //! - [`azure`]: the production store over the official `SecretClient`
-//!   (`azure_security_keyvault_secrets` 1.x), and credential selection.
+//!   (`azure_security_keyvault_secrets` 1.x).
+//! - [`pipeline`]: what the store adds to the SDK's pipeline: bounded retries and a
+//!   client-side rate limiter, with [`ClientSettings`](pipeline::ClientSettings).
 //! - [`devvault`]: the dev vault, a local TLS-serving implementation of the Key Vault
 //!   secrets REST API used by `kv-rotator dev`, the demo and every test.
 
 pub mod azure;
 pub mod devvault;
+pub mod pipeline;
 pub mod store;
 
 pub use store::{

@@ -1,6 +1,8 @@
-//! Chooses the Entra ID credential named by `vault.credential` in the configuration.
+//! What the Key Vault client is built from in `[vault]`: the Entra ID credential named
+//! by `vault.credential`, and the client's retry, rate-limit and timeout settings.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use azure_core::credentials::{Secret, TokenCredential};
@@ -9,8 +11,30 @@ use azure_identity::{
     ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
     WorkloadIdentityCredentialOptions,
 };
-use kv_rotator_config::CredentialConfig;
+use kv_rotator_config::{CredentialConfig, VaultConfig};
 use kv_rotator_keyvault::azure::DevVaultCredential;
+use kv_rotator_keyvault::pipeline::{ClientRateLimit, ClientSettings};
+
+/// The client settings of `[vault]`; keys left out keep [`ClientSettings::default`].
+pub fn client_settings(vault: &VaultConfig) -> ClientSettings {
+    let mut settings = ClientSettings::default();
+    if let Some(n) = vault.transactions_per_10s {
+        settings.rate_limit = (n > 0).then_some(ClientRateLimit { transactions: n, ..ClientRateLimit::default() });
+    }
+    if let Some(n) = vault.max_retries {
+        settings.retry.max_retries = n;
+    }
+    if let Some(ms) = vault.retry_initial_delay_ms {
+        settings.retry.initial_delay = Duration::from_millis(ms);
+    }
+    if let Some(ms) = vault.retry_max_delay_ms {
+        settings.retry.max_delay = Duration::from_millis(ms);
+    }
+    if let Some(secs) = vault.read_timeout_secs {
+        settings.read_timeout = Duration::from_secs(secs);
+    }
+    settings
+}
 
 /// Builds the credential; errors name the setting at fault.
 pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCredential>> {

@@ -36,7 +36,8 @@ pub fn connect_store(vault: &VaultConfig) -> anyhow::Result<Arc<dyn SecretStore>
         None => None,
     };
     let overrides = TransportOverrides { extra_root_pem, connect_to: vault.connect_to };
-    let store = AzureSecretStore::connect(&vault.url, credential, overrides).context("vault")?;
+    let settings = crate::credentials::client_settings(vault);
+    let store = AzureSecretStore::connect_with(&vault.url, credential, overrides, settings).context("vault")?;
     Ok(Arc::new(store))
 }
 
