@@ -104,6 +104,18 @@ pub enum CredentialConfig {
         #[serde(default = "default_client_secret_env")]
         secret_env: String,
     },
+    /// Service principal with a certificate: a PKCS#12 (`.pfx`) file holding the
+    /// certificate and its RSA private key; its password, if any, from an environment
+    /// variable so the configuration file holds no secret.
+    ClientCertificate {
+        tenant_id: String,
+        client_id: String,
+        /// Path of the PKCS#12 file.
+        certificate_file: PathBuf,
+        /// Name of the environment variable holding the file's password; none if unset.
+        #[serde(default)]
+        password_env: Option<String>,
+    },
     /// The Azure CLI's login (`az login`), for local use.
     AzureCli {
         #[serde(default)]

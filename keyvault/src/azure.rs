@@ -30,7 +30,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::pipeline::{BoundedRetry, ClientSettings, ClientStats, Counters, RateLimitPolicy};
+use crate::pipeline::{BoundedRetry, ChallengeGate, ClientSettings, ClientStats, Counters, RateLimitPolicy};
 use crate::store::{
     check_limits, NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, SecretStore, StoreError,
     StoreResult, MAX_CONTENT_TYPE_CHARS, MAX_TAG_CHARS,
@@ -104,6 +104,7 @@ impl AzureSecretStore {
             transport: Some(Transport::new(Arc::new(http))),
             retry: RetryOptions::custom(Arc::new(BoundedRetry::new(settings.retry.clone(), counters.clone()))),
             per_try_policies: vec![Arc::new(RateLimitPolicy::new(settings.rate_limit, counters.clone()))],
+            per_call_policies: vec![Arc::new(ChallengeGate::default())],
             ..Default::default()
         };
         let options = SecretClientOptions { client_options, ..Default::default() };

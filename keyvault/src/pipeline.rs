@@ -16,6 +16,14 @@
 //! and retries are counted too, as the service counts them) and waits for a permit from
 //! a GCRA limiter (`governor`) shared by every clone of the store, so concurrent
 //! rotations on one vault stay under its limit together.
+//!
+//! [`ChallengeGate`] works around a race in the SDK's bearer policy: every 401 clears the
+//! cached token, so when many calls start at once on a fresh client, the 401s of the
+//! calls sent before the challenge was answered clear the token another call has just
+//! fetched, and that call fails with a `Credential` error ("error while fetching the
+//! access token"), which is not retried. The gate lets one call through alone until a
+//! call has completed without a 401; then the scope and token are cached and calls run
+//! concurrently.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,23 +63,25 @@ impl Default for RetrySettings {
     }
 }
 
-/// The client's own pacing: `transactions` per `per`, for all work on one vault.
+/// A rate limit of `transactions` per `per`: the service's throttle in the dev vault,
+/// and the client's own pacing for all work on one vault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientRateLimit {
+pub struct RateLimit {
     /// Transactions per window: the vault's limit (or this worker's share of it).
     pub transactions: u32,
     /// Window length.
     pub per: Duration,
 }
 
-impl Default for ClientRateLimit {
-    /// The service's limit for secrets: 2,000 transactions per 10 seconds per vault.
+impl Default for RateLimit {
+    /// The service's limit for secrets: 2,000 transactions per 10 seconds per vault
+    /// ("Azure Key Vault service limits").
     fn default() -> Self {
         Self { transactions: 2_000, per: Duration::from_secs(10) }
     }
 }
 
-impl ClientRateLimit {
+impl RateLimit {
     /// The GCRA quota: a burst of 10% of the limit, then 80% of it sustained, so any
     /// window holds at most 90% of the limit — headroom for timing skew between client
     /// and service, and for other clients of the vault.
@@ -89,7 +99,7 @@ pub struct ClientSettings {
     /// Retry bounds.
     pub retry: RetrySettings,
     /// Client-side pacing; `None` sends as fast as the work comes.
-    pub rate_limit: Option<ClientRateLimit>,
+    pub rate_limit: Option<RateLimit>,
     /// Connection set-up timeout per try.
     pub connect_timeout: Duration,
     /// Longest silence while reading an answer before the try fails (and is retried).
@@ -100,7 +110,7 @@ impl Default for ClientSettings {
     fn default() -> Self {
         Self {
             retry: RetrySettings::default(),
-            rate_limit: Some(ClientRateLimit::default()),
+            rate_limit: Some(RateLimit::default()),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
         }
@@ -212,6 +222,28 @@ impl RetryPolicy for BoundedRetry {
     }
 }
 
+/// Per-call policy: one call at a time until the challenge has been answered.
+#[derive(Debug, Default)]
+pub(crate) struct ChallengeGate {
+    open: std::sync::atomic::AtomicBool,
+    first: tokio::sync::Mutex<()>,
+}
+
+#[async_trait]
+impl Policy for ChallengeGate {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        if self.open.load(Ordering::Acquire) {
+            return next[0].send(ctx, request, &next[1..]).await;
+        }
+        let _alone = self.first.lock().await;
+        let result = next[0].send(ctx, request, &next[1..]).await;
+        if result.as_ref().is_ok_and(|response| response.status() != StatusCode::Unauthorized) {
+            self.open.store(true, Ordering::Release);
+        }
+        result
+    }
+}
+
 /// Per-try policy: waits for a permit, counts the try, sends it on.
 #[derive(Debug)]
 pub(crate) struct RateLimitPolicy {
@@ -220,7 +252,7 @@ pub(crate) struct RateLimitPolicy {
 }
 
 impl RateLimitPolicy {
-    pub fn new(limit: Option<ClientRateLimit>, counters: Arc<Counters>) -> Self {
+    pub fn new(limit: Option<RateLimit>, counters: Arc<Counters>) -> Self {
         let limiter = limit.and_then(|l| l.quota()).map(RateLimiter::direct);
         Self { limiter, counters }
     }
@@ -263,16 +295,16 @@ mod tests {
 
     #[test]
     fn the_quota_keeps_any_window_under_the_limit() {
-        let limit = ClientRateLimit::default();
+        let limit = RateLimit::default();
         let quota = limit.quota().unwrap();
         assert_eq!(quota.burst_size().get(), 200);
         assert_eq!(quota.replenish_interval(), Duration::from_secs(10) / 1600);
         // Burst plus a full window of replenishment: 90% of the limit.
         let most = quota.burst_size().get() as u128 + limit.per.as_nanos() / quota.replenish_interval().as_nanos();
         assert_eq!(most, 1800);
-        assert!(ClientRateLimit { transactions: 1, per: Duration::from_secs(1) }.quota().is_some());
+        assert!(RateLimit { transactions: 1, per: Duration::from_secs(1) }.quota().is_some());
         let settings =
-            ClientSettings { rate_limit: Some(ClientRateLimit { transactions: 0, ..limit }), ..Default::default() };
+            ClientSettings { rate_limit: Some(RateLimit { transactions: 0, ..limit }), ..Default::default() };
         assert!(settings.validate().unwrap_err().contains("admits nothing"));
     }
 }

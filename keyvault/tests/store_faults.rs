@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions, ErrorRule, Faults, Injected, RateLimit};
-use kv_rotator_keyvault::pipeline::{ClientRateLimit, ClientSettings, RetrySettings};
+use kv_rotator_keyvault::pipeline::{ClientSettings, RetrySettings};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -204,8 +204,7 @@ async fn the_rate_limiter_keeps_bulk_work_under_the_vault_limit() {
     };
 
     let vault = DevVault::start(DevVaultOptions { rate_limit: Some(limit), ..Default::default() }).await.unwrap();
-    let client_limit = ClientRateLimit { transactions: limit.transactions, per: limit.per };
-    let settings = ClientSettings { rate_limit: Some(client_limit), ..Default::default() };
+    let settings = ClientSettings { rate_limit: Some(limit), ..Default::default() };
     let paced = Arc::new(AzureSecretStore::for_dev_vault_with(&vault, settings).unwrap());
     let started = Instant::now();
     bulk(paced.clone()).await;

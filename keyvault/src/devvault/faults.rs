@@ -20,21 +20,9 @@ use axum::http::StatusCode;
 
 use super::errors::ApiError;
 
-/// The service's limit for secrets operations on one vault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Transactions allowed per window.
-    pub transactions: u32,
-    /// Window length.
-    pub per: Duration,
-}
-
-impl Default for RateLimit {
-    /// 2,000 transactions per 10 seconds ("Azure Key Vault service limits", secrets).
-    fn default() -> Self {
-        Self { transactions: 2_000, per: Duration::from_secs(10) }
-    }
-}
+/// The service's limit for secrets operations on one vault; the same type paces the
+/// production client.
+pub use crate::pipeline::RateLimit;
 
 /// The operations of the secrets API, to aim faults at one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
