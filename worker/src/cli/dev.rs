@@ -14,7 +14,7 @@ use clap::Args;
 use kv_rotator_config::figment::providers::Serialized;
 use kv_rotator_config::figment::Figment;
 use kv_rotator_keyvault::azure::AzureSecretStore;
-use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
+use kv_rotator_keyvault::devvault::{parse_fail_nth, DevVault, DevVaultOptions, ErrorRule, Faults, Injected, RateLimit};
 use kv_rotator_keyvault::SecretStore;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -39,12 +39,45 @@ pub struct DevArgs {
     /// Directory for the CA certificate, the sample config and the demo target.
     #[arg(long, default_value = ".kv-rotator-dev")]
     pub state_dir: PathBuf,
+    /// Dev vault: keep its secrets in this file across runs (mode 0600; values are
+    /// stored UNENCRYPTED). Default: in memory only.
+    #[arg(long, value_name = "FILE")]
+    pub vault_state_file: Option<PathBuf>,
+    /// Dev vault: transactions per 10 seconds before it answers 429, as the service
+    /// does (2000); 0 turns throttling off.
+    #[arg(long, default_value_t = 2000)]
+    pub vault_rate_limit: u32,
+    /// Dev vault: milliseconds added to every answer.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub vault_latency_ms: u64,
+    /// Dev vault: inject failures, repeatable: `[OPERATION:]FAULT=RATE` with FAULT one of
+    /// 429, 500, 503, drop and OPERATION one of get, set, update, delete, list, deleted,
+    /// backup (all when left out), e.g. `--vault-fault 503=0.1 --vault-fault set:429=0.3`.
+    #[arg(long = "vault-fault", value_name = "[OP:]FAULT=RATE")]
+    pub vault_faults: Vec<ErrorRule>,
+    /// Dev vault: fail the Nth request, `N[:FAULT]` (FAULT 429, 500, 503 or drop; 503 if left out).
+    #[arg(long, value_name = "N[:FAULT]", value_parser = parse_fail_nth)]
+    pub vault_fail_nth: Option<(u64, Injected)>,
 }
 
 /// Runs the dev service until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     warn!("dev mode: embedded dev vault (in memory, not Azure)");
-    let vault = DevVault::start(DevVaultOptions { bind: args.vault_addr, ..Default::default() })
+    let faults = Faults {
+        latency: std::time::Duration::from_millis(args.vault_latency_ms),
+        errors: args.vault_faults.clone(),
+        fail_nth: args.vault_fail_nth,
+    };
+    let rate_limit = (args.vault_rate_limit > 0)
+        .then(|| RateLimit { transactions: args.vault_rate_limit, ..RateLimit::default() });
+    let options = DevVaultOptions {
+        bind: args.vault_addr,
+        rate_limit,
+        faults,
+        state_file: args.vault_state_file.clone(),
+        ..Default::default()
+    };
+    let vault = DevVault::start(options)
         .await
         .with_context(|| format!("cannot start the dev vault on {}", args.vault_addr))?;
     let base = Figment::from(Serialized::default("vault.url", vault.endpoint().as_str()));
