@@ -288,6 +288,33 @@ struct BackupBlob {
     secret: Secret,
 }
 
+/// A version as the service shows it; `host` is written into the ids.
+fn render(host: &str, secret: &Secret, version: &SecretVersion, view: View) -> Bundle {
+    let id = match view {
+        View::Item => format!("https://{host}/secrets/{}", secret.name),
+        _ => format!("https://{host}/secrets/{}/{}", secret.name, version.id),
+    };
+    Bundle {
+        recovery_id: None,
+        deleted_date: None,
+        scheduled_purge_date: None,
+        value: (view == View::WithValue).then(|| version.value.clone()),
+        content_type: version.content_type.clone(),
+        id,
+        managed: version.managed.then_some(true),
+        attributes: Attributes {
+            enabled: version.enabled,
+            nbf: version.not_before,
+            exp: version.expires,
+            created: version.created,
+            updated: version.updated,
+            recovery_level: RECOVERY_LEVEL,
+            recoverable_days: RECOVERABLE_DAYS,
+        },
+        tags: version.tags.clone(),
+    }
+}
+
 /// The whole state of one dev vault.
 #[derive(Debug)]
 pub(crate) struct Vault {
@@ -335,29 +362,7 @@ impl Vault {
     }
 
     fn render(&self, secret: &Secret, version: &SecretVersion, view: View) -> Bundle {
-        let id = match view {
-            View::Item => format!("https://{}/secrets/{}", self.host, secret.name),
-            _ => format!("https://{}/secrets/{}/{}", self.host, secret.name, version.id),
-        };
-        Bundle {
-            recovery_id: None,
-            deleted_date: None,
-            scheduled_purge_date: None,
-            value: (view == View::WithValue).then(|| version.value.clone()),
-            content_type: version.content_type.clone(),
-            id,
-            managed: version.managed.then_some(true),
-            attributes: Attributes {
-                enabled: version.enabled,
-                nbf: version.not_before,
-                exp: version.expires,
-                created: version.created,
-                updated: version.updated,
-                recovery_level: RECOVERY_LEVEL,
-                recoverable_days: RECOVERABLE_DAYS,
-            },
-            tags: version.tags.clone(),
-        }
+        render(&self.host, secret, version, view)
     }
 
     fn render_deleted(&self, deleted: &Deleted, view: View) -> Bundle {
@@ -406,8 +411,8 @@ impl Vault {
         });
         secret.latest = version.id.clone();
         secret.versions.insert(version.id.clone(), version);
-        let secret = secret.clone();
-        Ok(self.render(&secret, secret.latest(), View::WithValue))
+        // Rendered in place: cloning the secret would copy every version on each write.
+        Ok(render(&self.host, secret, secret.latest(), View::WithValue))
     }
 
     /// GET /secrets/{name}/{version?}; disabled versions are refused with 403.
@@ -452,8 +457,7 @@ impl Vault {
             found.expires = Some(exp);
         }
         found.updated = now();
-        let secret = secret.clone();
-        Ok(self.render(&secret, &secret.versions[&version_id], View::Properties))
+        Ok(render(&self.host, secret, &secret.versions[&version_id], View::Properties))
     }
 
     /// GET /secrets: one item per live secret, attributes of its latest version.
