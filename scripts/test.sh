@@ -9,3 +9,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-postgres.sh
 
 cargo test --workspace --locked "$@"
+
+# The crash matrix: the worker built with step-boundary failpoints (only this build has
+# them), killed 200 times (CRASH_MATRIX_KILLS); prints its counts.
+if [ $# -eq 0 ]; then
+    cargo test --locked -p kv-rotator --features failpoints --test crash -- --nocapture
+fi

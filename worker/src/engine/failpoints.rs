@@ -3,7 +3,7 @@
 //! Only built with the `failpoints` cargo feature. Without it, [`hit`] is an empty
 //! inline function and the environment is never read: production builds pay nothing.
 //!
-//! With it, `KV_ROTATOR_FAILPOINT=NAME` (or `NAME@N` for the N-th arrival) makes the
+//! With it, `KVR_FAILPOINT=NAME` (or `NAME@N` for the N-th arrival) makes the
 //! process print `kv-rotator failpoint reached: NAME` to stderr when a rotation arrives
 //! at `NAME`, then block that thread forever. The crash harness watches for the line and
 //! sends SIGKILL, so the process dies exactly between two steps while other rotations
@@ -12,7 +12,8 @@
 //! Why not the `fail` crate: the harness needs a pause it can *observe* from another
 //! process; `fail`'s `pause` is released from inside the process and its `print` goes
 //! through `log`, which this binary does not route. One counter and an env variable
-//! are all that is needed.
+//! are all that is needed. (The variable is not `KV_ROTATOR_*`: that prefix is the
+//! configuration's, and an unknown key there is an error.)
 
 /// The step boundaries, in protocol order.
 pub const POINTS: &[&str] = &[
@@ -40,7 +41,7 @@ pub fn hit(name: &str) {
     static ARMED: OnceLock<Option<(String, u32)>> = OnceLock::new();
     static ARRIVALS: AtomicU32 = AtomicU32::new(0);
     let armed = ARMED.get_or_init(|| {
-        let raw = std::env::var("KV_ROTATOR_FAILPOINT").ok()?;
+        let raw = std::env::var("KVR_FAILPOINT").ok()?;
         let (point, nth) = match raw.split_once('@') {
             Some((p, n)) => (p.to_owned(), n.parse().unwrap_or(1)),
             None => (raw, 1),

@@ -1,0 +1,423 @@
+//! The crash matrix: `kv-rotator serve` as a separate process against the dev vault
+//! (run here, in the test process, so it outlives every kill) and the machine's
+//! PostgreSQL, killed with SIGKILL at every step boundary and at random instants, then
+//! restarted; the invariant is checked at the instant of each kill and after recovery.
+//!
+//! Each cycle:
+//! 1. start `serve` with a sweeper window that makes every secret due, so it rotates all
+//!    of them at once; with a failpoint armed (`KVR_FAILPOINT=POINT@N`, the N-th
+//!    rotation to reach POINT pauses and says so) or not;
+//! 2. SIGKILL it when the failpoint is reached, or after a random delay;
+//! 3. check that, for every secret, the target accepts the latest version or a journal
+//!    record's password (the invariant at every instant);
+//! 4. start `serve` with a window that makes nothing due, so it only resumes journals,
+//!    wait until no journal is left, SIGTERM it;
+//! 5. check, for every secret: the latest version logs in, no journal record is left,
+//!    at most one version per rotation id.
+//!
+//! Needs the `failpoints` feature (`scripts/test.sh` runs it) and
+//! `scripts/setup-postgres.sh`. `CRASH_MATRIX_KILLS` sets the number of kills
+//! (default 200, the CI variant); see README "Crash matrix" for the long variant;
+//! `CRASH_MATRIX_VERBOSE=1` prints each cycle's timing.
+
+#![cfg(feature = "failpoints")]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kv_rotator::engine::failpoints::POINTS;
+use kv_rotator_keyvault::azure::AzureSecretStore;
+use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
+use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
+const MARKER: &str = "kv-rotator failpoint reached";
+
+/// A private copy of the binary, taken at once: another `cargo build` of the workspace
+/// without the feature would replace `target/debug/kv-rotator` under a running suite.
+fn failpoint_binary(dir: &Path) -> PathBuf {
+    let copy = dir.join("kv-rotator");
+    std::fs::copy(BIN, &copy).expect("copy the kv-rotator binary");
+    let bytes = std::fs::read(&copy).unwrap();
+    assert!(
+        bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+        "{BIN} was built without the failpoints feature (or replaced by another build): \
+         run `cargo test -p kv-rotator --features failpoints --test crash`"
+    );
+    copy
+}
+const SECRETS: usize = 4;
+const JOURNAL_FOR: &str = "kv-rotator-journal-for";
+
+/// A `serve` process; its output is drained by threads so it never blocks on a pipe.
+struct Proc {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(bin: &Path, config: &Path, failpoint: Option<&str>) -> Proc {
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--config"]).arg(config).env("RUST_LOG", "info,kv_rotator::audit=warn");
+        cmd.env_remove("KVR_FAILPOINT");
+        if let Some(point) = failpoint {
+            cmd.env("KVR_FAILPOINT", point);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn kv-rotator");
+        let output = Arc::new(Mutex::new(String::new()));
+        let streams: [Box<dyn Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        for mut stream in streams {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    output.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Proc { child, output }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("kv-rotator exited early with {status}:\n{}", self.output());
+        }
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
+    fn sigkill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output()
+    }
+
+    fn sigterm(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn superuser() -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (scripts/setup-postgres.sh)");
+    tokio::spawn(conn);
+    client
+}
+
+async fn logs_in(role: &str, password: &SecretString) -> bool {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1").port(5432).user(role).password(password.expose_secret()).dbname("postgres");
+    match cfg.connect(tokio_postgres::NoTls).await {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            client.simple_query("SELECT 1").await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// The crash suite's roles, dropped at the end.
+struct Roles(Vec<String>);
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        let names = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let su = superuser().await;
+                for name in names {
+                    let _ = su.batch_execute(&format!("DROP ROLE IF EXISTS {name}")).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    vault: DevVault,
+    store: Arc<dyn SecretStore>,
+    /// (secret, role)
+    managed: Vec<(String, String)>,
+    _roles: Roles,
+    bin: PathBuf,
+    rotate_config: PathBuf,
+    resume_config: PathBuf,
+}
+
+impl World {
+    async fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = failpoint_binary(dir.path());
+        let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+        let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+        let su = superuser().await;
+        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let mut managed = Vec::new();
+        let mut roles = Roles(Vec::new());
+        for i in 0..SECRETS {
+            let role = format!("kvr_crash_{tag}_{i}");
+            let password = kv_rotator_rotators::PasswordPolicy::default().generate();
+            su.batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN IN ROLE kvr_scram PASSWORD '{}'",
+                password.expose_secret()
+            ))
+            .await
+            .expect("create role (scripts/setup-postgres.sh creates kvr_scram)");
+            roles.0.push(role.clone());
+            assert!(
+                !logs_in(&role, &SecretString::from("wrong".to_owned())).await,
+                "pg_hba.conf trusts {role}: run scripts/setup-postgres.sh"
+            );
+            let secret = format!("crash-pg-{i}");
+            let tags = BTreeMap::from([
+                ("rotator".to_owned(), "pg".to_owned()),
+                ("CredentialId".to_owned(), role.clone()),
+                ("ValidityPeriodDays".to_owned(), "10".to_owned()),
+            ]);
+            // Expires in 10 days: due for a 30-day window, not for a 0-day one.
+            let expires = Some(time::OffsetDateTime::now_utc() + time::Duration::days(10));
+            let new = NewSecretVersion { value: password, tags, content_type: None, expires, not_before: None };
+            store.set_secret(&secret, new).await.unwrap();
+            managed.push((secret, role));
+        }
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, vault.ca_certificate_pem()).unwrap();
+        let config = |window: u32| {
+            format!(
+                "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\
+                 [webhook]\nlisten = \"127.0.0.1:0\"\n[webhook.auth]\nmode = \"none\"\n\
+                 [engine]\nconcurrency = {SECRETS}\nmax_attempts = 20\ninitial_backoff_ms = 20\nmax_backoff_ms = 200\n\
+                 [sweeper]\nwindow_days = {window}\n\
+                 [targets.pg]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = 5432\nsslmode = \"disable\"\n",
+                vault.endpoint(),
+                ca.display(),
+                vault.local_addr(),
+            )
+        };
+        let rotate_config = dir.path().join("rotate.toml");
+        let resume_config = dir.path().join("resume.toml");
+        std::fs::write(&rotate_config, config(30)).unwrap();
+        std::fs::write(&resume_config, config(0)).unwrap();
+        World { _dir: dir, vault, store, managed, _roles: roles, bin, rotate_config, resume_config }
+    }
+
+    /// Journal records by the secret they belong to: (step tag, password).
+    async fn journals(&self) -> HashMap<String, Vec<(String, SecretString)>> {
+        let mut out: HashMap<String, Vec<(String, SecretString)>> = HashMap::new();
+        for p in self.store.list_secrets().await.unwrap() {
+            if let Some(secret) = p.tags.get(JOURNAL_FOR) {
+                let step = p.tags.get("kv-rotator-step").cloned().unwrap_or_default();
+                // A running process may finish it between the listing and the read.
+                match self.store.get_latest(&p.name).await {
+                    Ok(record) => out.entry(secret.clone()).or_default().push((step, record.value)),
+                    Err(kv_rotator_keyvault::StoreError::NotFound { .. }) => {}
+                    Err(e) => panic!("reading journal {}: {e}", p.name),
+                }
+            }
+        }
+        out
+    }
+
+    /// The invariant at any instant: the target accepts the latest version or a
+    /// journaled password. Returns the journals' steps seen.
+    async fn check_any_instant(&self, context: &str) -> Vec<String> {
+        let journals = self.journals().await;
+        let mut steps = Vec::new();
+        for (secret, role) in &self.managed {
+            let latest = self.store.get_latest(secret).await.unwrap();
+            let pending = journals.get(secret).map(Vec::as_slice).unwrap_or_default();
+            steps.extend(pending.iter().map(|(step, _)| step.clone()));
+            let mut ok = logs_in(role, &latest.value).await;
+            for (_, password) in pending {
+                ok = ok || logs_in(role, password).await;
+            }
+            assert!(
+                ok,
+                "{context}: no password in Key Vault logs in as {role} ({secret}); journals: {}",
+                pending.len()
+            );
+        }
+        steps
+    }
+
+    /// After recovery: the latest version logs in, no journal, one version per rotation id.
+    async fn check_recovered(&self, context: &str) {
+        assert!(self.journals().await.is_empty(), "{context}: journal records left");
+        for (secret, role) in &self.managed {
+            let latest = self.store.get_latest(secret).await.unwrap();
+            assert!(logs_in(role, &latest.value).await, "{context}: latest version of {secret} does not log in");
+            let mut per_rotation: HashMap<String, usize> = HashMap::new();
+            for v in self.store.list_versions(secret).await.unwrap() {
+                if let Some(id) = v.tags.get("rotation-id") {
+                    *per_rotation.entry(id.clone()).or_default() += 1;
+                }
+            }
+            for (id, n) in per_rotation {
+                assert_eq!(n, 1, "{context}: {n} versions of {secret} carry rotation id {id}");
+            }
+        }
+    }
+
+    async fn versions(&self) -> usize {
+        let mut n = 0;
+        for (secret, _) in &self.managed {
+            n += self.store.list_versions(secret).await.unwrap().len();
+        }
+        n
+    }
+
+    /// Starts a resume-only process, waits until every journal is finished, stops it.
+    async fn recover(&self, context: &str) -> Duration {
+        let started = Instant::now();
+        let mut proc = Proc::spawn(&self.bin, &self.resume_config, None);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            proc.assert_running();
+            if self.journals().await.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{context}: journals not finished within 90 s:\n{}", proc.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let resumed = started.elapsed();
+        proc.sigterm();
+        if std::env::var_os("CRASH_MATRIX_VERBOSE").is_some() {
+            eprintln!("  resumed in {resumed:?}, stopped after {:?}", started.elapsed());
+        }
+        started.elapsed()
+    }
+
+    /// Runs a rotating process without failpoints until every secret has a new version.
+    async fn calibrate(&self) -> Duration {
+        let before = self.versions().await;
+        let started = Instant::now();
+        let mut proc = Proc::spawn(&self.bin, &self.rotate_config, None);
+        while self.versions().await < before + SECRETS || !self.journals().await.is_empty() {
+            proc.assert_running();
+            assert!(started.elapsed() < Duration::from_secs(90), "calibration run did not finish:\n{}", proc.output());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = started.elapsed();
+        proc.sigterm();
+        took
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_step_boundary_and_at_random_instants_never_loses_a_password() {
+    let kills: usize = std::env::var("CRASH_MATRIX_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let w = World::new().await;
+    let full_run = w.calibrate().await;
+    w.check_recovered("after calibration").await;
+    let initial_versions = w.versions().await;
+
+    let mut rng = rand::rng();
+    let mut at_point: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut not_reached = 0usize;
+    let mut random_kills = 0usize;
+    let mut journals_at_kill: BTreeMap<String, usize> = BTreeMap::new();
+    let mut recoveries = 0usize;
+    let mut failpoint_kills = 0usize;
+    let started = Instant::now();
+    for i in 0..kills {
+        let context = format!("kill {i}");
+        // Two of three kills at a step boundary (every point, the N-th rotation to reach
+        // it), one at a random instant within a full run's duration.
+        let armed = if i % 3 != 2 {
+            let point = POINTS[failpoint_kills % POINTS.len()];
+            let nth = 1 + (failpoint_kills / POINTS.len()) % SECRETS;
+            failpoint_kills += 1;
+            Some((point, format!("{point}@{nth}")))
+        } else {
+            None
+        };
+        let mut proc = Proc::spawn(&w.bin, &w.rotate_config, armed.as_ref().map(|(_, spec)| spec.as_str()));
+        match &armed {
+            Some((point, _)) => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if proc.output().contains(MARKER) {
+                        *at_point.entry(point).or_default() += 1;
+                        break;
+                    }
+                    proc.assert_running();
+                    if Instant::now() > deadline {
+                        not_reached += 1;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            None => {
+                let delay = rng.random_range(0..=full_run.as_millis() as u64 * 6 / 5);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                proc.assert_running();
+                random_kills += 1;
+            }
+        }
+        let output = proc.sigkill();
+        assert!(!output.contains("panicked"), "{context}: the worker panicked:\n{output}");
+
+        let steps = w.check_any_instant(&context).await;
+        if !steps.is_empty() {
+            recoveries += 1;
+        }
+        for step in steps {
+            *journals_at_kill.entry(step).or_default() += 1;
+        }
+        let recovery = w.recover(&context).await;
+        w.check_recovered(&context).await;
+        if std::env::var_os("CRASH_MATRIX_VERBOSE").is_some() {
+            eprintln!("{context}: {armed:?} recovery {recovery:?} total {:?}", started.elapsed());
+        }
+    }
+    let rotations = w.versions().await - initial_versions;
+
+    println!("crash matrix: {kills} SIGKILLs in {:.1} s", started.elapsed().as_secs_f64());
+    println!("  at step boundaries: {failpoint_kills} ({not_reached} where the armed point was not reached in 30 s)");
+    for (point, n) in &at_point {
+        println!("    {point:<22} {n}");
+    }
+    println!("  at random instants (0..{} ms): {random_kills}", full_run.as_millis() * 6 / 5);
+    println!("  journals found right after a kill, by step: {journals_at_kill:?}");
+    println!("  recoveries (kills that left a journal to finish): {recoveries}");
+    println!("  rotations written (new versions): {rotations}, across {SECRETS} secrets");
+    println!("  invariant checked at {kills} kill instants and after {kills} recoveries: held");
+    assert_eq!(not_reached, 0, "every armed step boundary must be reached");
+    if failpoint_kills >= POINTS.len() {
+        assert_eq!(at_point.len(), POINTS.len(), "every step boundary killed at least once: {at_point:?}");
+    }
+    assert!(recoveries > 0 && rotations > 0);
+    w.vault.shutdown().await;
+}
