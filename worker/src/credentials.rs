@@ -377,5 +377,20 @@ mod tests {
             ClientSettings::default().rate_limit,
             "default: the service limit"
         );
+
+        let bad = kv_rotator_config::figment::Figment::from(
+            kv_rotator_config::figment::providers::Serialized::defaults(serde_json::json!({ "vault": {
+                "url": "https://v.vault.azure.net/",
+                "retry_initial_delay_ms": 5000,
+                "retry_max_delay_ms": 1000,
+                "read_timeout_secs": 0,
+            }})),
+        );
+        let message = kv_rotator_config::load::from_figment(bad).unwrap_err().to_string();
+        assert!(
+            message.contains("vault.retry_initial_delay_ms (5000)")
+                && message.contains("vault.retry_max_delay_ms (1000)")
+        );
+        assert!(message.contains("vault.read_timeout_secs must be at least 1"), "{message}");
     }
 }
