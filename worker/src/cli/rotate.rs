@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use kv_rotator_keyvault::{SecretStore, StoreError};
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use tokio::sync::Semaphore;
 
@@ -37,6 +38,22 @@ pub struct RotateArgs {
     pub secrets: Vec<String>,
 }
 
+/// A manual request for `secret`, naming its latest version now: every trigger of this
+/// state (a delivery, the sweeper, another operator) shares its rotation id.
+pub async fn manual_request(
+    store: &dyn SecretStore,
+    secret: &str,
+    requested_by: &str,
+) -> Result<RotationRequest, StoreError> {
+    let latest = store.get_latest(secret).await?;
+    Ok(RotationRequest {
+        vault_name: store.vault_name().to_owned(),
+        secret_name: secret.to_owned(),
+        version: Some(latest.version),
+        trigger: Trigger::Manual { requested_by: requested_by.to_owned() },
+    })
+}
+
 /// Runs the rotations; an error if any failed.
 pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
     if !args.all && !args.resume && args.secrets.is_empty() {
@@ -58,16 +75,8 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
         };
         let mut requests = Vec::new();
         for name in names {
-            // Resolved now, so every trigger of this state shares the rotation id.
-            let request = store
-                .get_latest(&name)
+            let request = manual_request(store.as_ref(), &name, &requested_by)
                 .await
-                .map(|latest| RotationRequest {
-                    vault_name: store.vault_name().to_owned(),
-                    secret_name: name.clone(),
-                    version: Some(latest.version),
-                    trigger: Trigger::Manual { requested_by: requested_by.clone() },
-                })
                 .with_context(|| format!("cannot read secret {name:?}"));
             requests.push((name, request));
         }
