@@ -91,6 +91,14 @@ fn rotation_key(request: &RotationRequest) -> RotationKey {
     )
 }
 
+/// The answer to a notification: what became of its events.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    queued: usize,
+    ignored: usize,
+    rejected: usize,
+}
+
 /// Event ids longer than this are not remembered (Event Grid's are GUIDs); coalescing
 /// still catches their duplicates.
 const MAX_REMEMBERED_ID: usize = 128;
@@ -103,7 +111,7 @@ impl WebhookState {
     /// How long an enqueued event id is remembered.
     pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(3600);
     /// How many event ids (and rotation keys) are remembered at most.
-    pub const DEFAULT_DEDUP_CAPACITY: usize = 50_000;
+    pub const DEFAULT_DEDUP_CAPACITY: usize = 20_000;
     /// How long an enqueued (vault, secret, version) absorbs further requests.
     pub const DEFAULT_COALESCE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -331,7 +339,7 @@ async fn receive(State(state): State<WebhookState>, request: Request) -> Respons
     // CloudEvents labelled application/json are read as what they are.
     let cloud = schema != Schema::EventGrid || events.iter().any(is_cloud_event);
     let planned: Vec<PlannedEvent> = events
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, e)| if cloud { plan_cloud_event(i, e, &state.source) } else { plan_event(i, e, &state.source) })
         .collect();
@@ -455,21 +463,22 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
         if recent.events.contains(event_id, now) {
             ignored += 1;
             tracing::debug!(index, event_id = ?event_id, "event already enqueued (redelivery)");
-        } else if recent.rotations.contains(&key, now) || !in_batch.insert(key) {
+        } else if recent.rotations.contains(&key, now) || !in_batch.insert(key.clone()) {
             // One version asked twice (NearExpiry and Expired, two subscriptions): one rotation is enough.
             ignored += 1;
             tracing::debug!(index, event_id = ?event_id, "rotation of this version already requested");
         } else {
-            fresh.push(request);
+            fresh.push((request, key));
         }
     }
+    let (fresh, keys): (Vec<RotationRequest>, Vec<RotationKey>) = fresh.into_iter().unzip();
     let (sent, outcome) = enqueue(&state.queue, &fresh);
-    for request in &fresh[..sent] {
+    for (request, key) in fresh[..sent].iter().zip(keys) {
         if let Trigger::EventGrid { event_id, event_type } = &request.trigger {
             if event_id.len() <= MAX_REMEMBERED_ID {
                 recent.events.insert(event_id.clone(), now);
             }
-            recent.rotations.insert(rotation_key(request), now);
+            recent.rotations.insert(key, now);
             // Names are validated and the event type is a known one, so `%` is safe for them.
             tracing::info!(
                 vault = %request.vault_name,
@@ -490,8 +499,7 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
         tracing::warn!(rotations = fresh.len(), sent, closed, "delivery refused with 503");
         return unavailable(state, message);
     }
-    let summary = json!({ "queued": fresh.len(), "ignored": ignored, "rejected": rejected });
-    (StatusCode::OK, Json(summary)).into_response()
+    (StatusCode::OK, Json(Summary { queued: fresh.len(), ignored, rejected })).into_response()
 }
 
 /// Sends `rotations`, returning how many went in. When the queue could hold them

@@ -11,7 +11,8 @@
 //!   against the tenant's JWKS ([`JwksLocation`]), cached and refreshed on an unknown
 //!   `kid` at most once per [`EntraIdConfig::min_refresh_interval`]; `iss` (v1 and v2
 //!   issuers), `aud`, `exp`/`nbf` with bounded skew, `appid`/`azp` (Event Grid's
-//!   first-party application) and `roles`.
+//!   first-party application) and `roles`. A token that passed is remembered by its
+//!   digest until its `exp`, so the signature is verified once per token.
 //! - [`AuthError`]: 401 for a missing or invalid credential, 403 for a valid token of
 //!   the wrong application or without the role, 503 when the JWKS cannot be fetched —
 //!   a transient condition must never get a status Event Grid does not retry.
@@ -20,8 +21,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::request::Parts;
 use axum::http::{header, HeaderName, StatusCode};
@@ -47,6 +48,12 @@ pub const MIN_KEY_LEN: usize = 16;
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Longest `Authorization` header looked at; Entra tokens are a few KB.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Verified tokens remembered at most (Event Grid uses one per subscription at a time).
+const MAX_VERIFIED_TOKENS: usize = 1024;
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
 
 /// Why a request is not authenticated, and which status says so.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -317,6 +324,8 @@ pub struct EntraId {
     http: reqwest::Client,
     keys: RwLock<KeyCache>,
     refresh: tokio::sync::Mutex<RefreshState>,
+    /// SHA-256 of tokens that passed every check → their (exp, nbf).
+    verified: Mutex<HashMap<[u8; 32], Validity>>,
 }
 
 impl fmt::Debug for EntraId {
@@ -324,6 +333,9 @@ impl fmt::Debug for EntraId {
         f.debug_struct("EntraId").field("config", &self.config).finish_non_exhaustive()
     }
 }
+
+/// A verified token's `exp` and `nbf`, Unix seconds.
+type Validity = (u64, Option<u64>);
 
 #[derive(Default)]
 struct KeyCache {
@@ -340,6 +352,9 @@ struct RefreshState {
 /// The claims checked beyond what [`Validation`] covers.
 #[derive(Debug, Deserialize)]
 struct Claims {
+    exp: u64,
+    #[serde(default)]
+    nbf: Option<u64>,
     #[serde(default)]
     appid: Option<String>,
     #[serde(default)]
@@ -374,6 +389,7 @@ impl EntraId {
             http,
             keys: RwLock::new(KeyCache::default()),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -400,6 +416,29 @@ impl EntraId {
 
     async fn check(&self, parts: &Parts) -> Result<(), AuthError> {
         let token = bearer_token(parts)?;
+        // Event Grid reuses one token for many deliveries: a token that passed every
+        // check is remembered (by digest) until its own exp, so the RSA verification
+        // runs once per token, not once per delivery.
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        let leeway = self.validation.leeway;
+        if let Some(&(exp, nbf)) = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+            if now <= exp.saturating_add(leeway) && nbf.is_none_or(|nbf| nbf <= now.saturating_add(leeway)) {
+                return Ok(());
+            }
+        }
+        let claims = self.verify(token).await?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED_TOKENS {
+            // Rare (a token lives about an hour): start over rather than track ages.
+            verified.clear();
+        }
+        verified.insert(digest, (claims.exp, claims.nbf));
+        Ok(())
+    }
+
+    /// Full verification: header, signing key, signature, standard and Entra claims.
+    async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token header: {}", describe(e.kind()))))?;
         // Checked before any key lookup, so `alg: none` or HS* cannot even trigger a fetch.
@@ -418,7 +457,7 @@ impl EntraId {
         if !claims.roles.iter().any(|r| r == &self.config.role) {
             return Err(AuthError::Forbidden(format!("token lacks the role {}", self.config.role)));
         }
-        Ok(())
+        Ok(claims)
     }
 
     fn cached(&self, kid: &str) -> (Option<Arc<DecodingKey>>, bool) {

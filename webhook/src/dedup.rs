@@ -21,9 +21,11 @@ pub struct RecentSet<K> {
 }
 
 impl<K: Hash + Eq + Clone> RecentSet<K> {
-    /// An empty set.
+    /// An empty set, its room reserved up front so a full set never rehashes.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        Self { seen: HashMap::new(), order: VecDeque::new(), ttl, capacity }
+        // One more than `capacity`: `insert` adds before `expire` trims.
+        let room = capacity.saturating_add(1).min(1 << 20);
+        Self { seen: HashMap::with_capacity(room), order: VecDeque::with_capacity(room), ttl, capacity }
     }
 
     /// Whether `key` was inserted less than `ttl` before `now`.

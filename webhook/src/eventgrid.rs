@@ -222,12 +222,8 @@ pub struct KeyVaultEventData {
     pub exp: Option<i64>,
 }
 
-/// The `data` keys we read, in canonical spelling, matched by [`normalize_key`].
+/// The `data` keys we read, in canonical spelling, matched after trimming and ignoring ASCII case.
 const KV_FIELDS: [&str; 7] = ["Id", "VaultName", "ObjectType", "ObjectName", "Version", "NBF", "EXP"];
-
-fn normalize_key(key: &str) -> String {
-    key.trim().to_ascii_lowercase()
-}
 
 impl KeyVaultEventData {
     /// Reads an event's `data`. Fails only when `data` is not an object, a field has
@@ -296,13 +292,12 @@ impl KeyVaultEventData {
     }
 }
 
-/// Finds `field` among `map`'s keys by [`normalize_key`]; two spellings with different
+/// Finds `field` among `map`'s keys, trimmed and ignoring ASCII case; two spellings with different
 /// values are a conflict, not a choice.
 fn lookup<'a>(map: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a Value>, EventError> {
-    let wanted = normalize_key(field);
     let mut found: Option<&Value> = None;
     for (key, value) in map {
-        if normalize_key(key) != wanted || value.is_null() {
+        if !key.trim().eq_ignore_ascii_case(field) || value.is_null() {
             continue;
         }
         match found {
@@ -612,9 +607,9 @@ pub struct CloudEvent {
 /// Like [`plan_event`], for one element of a CloudEvents delivery: the event is read
 /// as CloudEvents 1.0 and then decided exactly as its Event Grid twin (`source` plays
 /// the part of `topic`, `type` of `eventType`).
-pub fn plan_cloud_event(index: usize, value: &Value, source: &SourceFilter) -> PlannedEvent {
+pub fn plan_cloud_event(index: usize, value: Value, source: &SourceFilter) -> PlannedEvent {
     let event_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
-    let disposition = match CloudEvent::deserialize(value) {
+    let disposition = match serde_json::from_value::<CloudEvent>(value) {
         Err(e) => Disposition::Reject(EventError::Envelope(e.to_string())),
         Ok(ce) if ce.specversion.trim() != "1.0" => {
             Disposition::Reject(EventError::UnknownVersion { field: "specversion", value: quote(&ce.specversion) })
@@ -644,9 +639,11 @@ pub fn plan_cloud_event(index: usize, value: &Value, source: &SourceFilter) -> P
 
 /// Decides what to do with one element of a delivered array; rotation events must
 /// pass `source` (see [`SourceFilter::check`]).
-pub fn plan_event(index: usize, value: &Value, source: &SourceFilter) -> PlannedEvent {
+///
+/// Takes the value by move: its strings and `data` move into the event, not copied.
+pub fn plan_event(index: usize, value: Value, source: &SourceFilter) -> PlannedEvent {
     let event_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
-    let disposition = match EventGridEvent::deserialize(value) {
+    let disposition = match serde_json::from_value::<EventGridEvent>(value) {
         Ok(event) => decide(event, source),
         Err(e) => Disposition::Reject(EventError::Envelope(e.to_string())),
     };
@@ -871,7 +868,7 @@ mod tests {
             "eventTime": "2019-07-25T01:08:33.1036736Z", "data": documented_data(),
             "dataVersion": 1, "metadataVersion": "1"
         });
-        let planned = plan_event(3, &event, &SourceFilter::any());
+        let planned = plan_event(3, event.clone(), &SourceFilter::any());
         assert_eq!(planned.index, 3);
         assert_eq!(planned.event_id.as_deref(), Some("e1"));
         let Disposition::Rotate(request) = planned.disposition else { panic!("{planned:?}") };
@@ -883,7 +880,7 @@ mod tests {
 
         event["eventType"] = json!(SECRET_NEW_VERSION_CREATED);
         assert!(matches!(
-            plan_event(0, &event, &SourceFilter::any()).disposition,
+            plan_event(0, event.clone(), &SourceFilter::any()).disposition,
             Disposition::Ignore { kind: EventKind::SecretNewVersionCreated, .. }
         ));
     }
@@ -891,16 +888,16 @@ mod tests {
     #[test]
     fn plan_rejects_broken_envelopes() {
         assert!(matches!(
-            plan_event(0, &json!(42), &SourceFilter::any()).disposition,
+            plan_event(0, json!(42), &SourceFilter::any()).disposition,
             Disposition::Reject(EventError::Envelope(_))
         ));
         let no_type = json!({"id": "e1", "data": {}});
-        let planned = plan_event(0, &no_type, &SourceFilter::any());
+        let planned = plan_event(0, no_type, &SourceFilter::any());
         assert_eq!(planned.event_id.as_deref(), Some("e1"));
         assert!(matches!(planned.disposition, Disposition::Reject(EventError::Envelope(m)) if m.contains("eventType")));
         let no_code = json!({"id": "v", "eventType": SUBSCRIPTION_VALIDATION_EVENT, "data": {}});
         assert!(matches!(
-            plan_event(0, &no_code, &SourceFilter::any()).disposition,
+            plan_event(0, no_code, &SourceFilter::any()).disposition,
             Disposition::Reject(EventError::InvalidField { .. })
         ));
     }

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::eventgrid::{parse_secret_id, EventError, KeyVaultEventData};
+use crate::eventgrid::{EventError, KeyVaultEventData};
 
 /// Which vaults' events are accepted.
 #[derive(Debug, Clone, Default)]
@@ -50,8 +50,7 @@ impl SourceFilter {
         })?;
         let from_data = data.vault_name.as_deref().ok_or(EventError::MissingSource("data.VaultName"))?;
         let id = data.id.as_deref().ok_or(EventError::MissingSource("data.Id"))?;
-        let from_id = parse_secret_id(id)?
-            .vault_name
+        let from_id = id_vault(id)
             .ok_or_else(|| EventError::SourceMismatch { reason: "data.Id's host names no vault".to_owned() })?;
         if !from_topic.eq_ignore_ascii_case(from_data) || !from_id.eq_ignore_ascii_case(from_data) {
             return Err(EventError::SourceMismatch {
@@ -59,7 +58,7 @@ impl SourceFilter {
                     "topic names vault {}, data.VaultName {}, data.Id {}",
                     quote(from_topic),
                     quote(from_data),
-                    quote(&from_id)
+                    quote(from_id)
                 ),
             });
         }
@@ -68,6 +67,18 @@ impl SourceFilter {
         }
         Ok(())
     }
+}
+
+/// The first label of `https://{label}.{domain}/...`, without a full URL parse: the
+/// id was already parsed and cross-checked against `VaultName` by `secret_ref`, and any
+/// oddity this simpler reading sees differently (userinfo, percent-encoding) can only
+/// make the names disagree, never agree.
+fn id_vault(id: &str) -> Option<&str> {
+    let id = id.trim();
+    let rest = id.get(..8).filter(|scheme| scheme.eq_ignore_ascii_case("https://")).map(|_| &id[8..])?;
+    let host = rest.split('/').next()?;
+    let (label, domain) = host.split_once('.')?;
+    (!label.is_empty() && !domain.is_empty()).then_some(label)
 }
 
 /// The vault name in `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}`.

@@ -202,3 +202,27 @@ async fn shared_key_refusals_never_echo_the_key() {
     let reply = send(state, axum::http::Request::get("/healthz").body(axum::body::Body::empty()).unwrap()).await;
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_remembered_token_still_expires() {
+    // Verified tokens are remembered so the signature is checked once; exp still applies.
+    let signer = Signer::generate("short");
+    let idp = IdentityProvider::start(vec![signer.jwk()]).await;
+    let mut config = idp.config();
+    config.clock_skew = std::time::Duration::ZERO;
+    let auth = Authenticator::EntraId(Arc::new(EntraId::new(config).unwrap()));
+    let mut claims = v1_claims();
+    claims["exp"] = json!(now() + 2);
+    let token = signer.token(&claims);
+    let (state, mut rx) = new_state(8);
+    let state = state.with_auth(auth);
+    for n in 1..=2 {
+        let reply = send(state.clone(), with_bearer(notification(&distinct(n)), &token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let reply = send(state, with_bearer(notification(&distinct(3)), &token)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+    assert!(reply.json["error"].as_str().unwrap().contains("expired"), "{}", reply.text);
+    assert_eq!(drain(&mut rx).len(), 2);
+}

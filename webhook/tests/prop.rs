@@ -137,7 +137,7 @@ proptest! {
     #[test]
     fn parser_never_panics_and_rotates_only_the_allowed_vault(value in prop_oneof![json_value(), mutated_event()]) {
         let filter = SourceFilter::only([VAULT]);
-        for planned in [plan_event(0, &value, &filter), plan_cloud_event(0, &value, &filter)] {
+        for planned in [plan_event(0, value.clone(), &filter), plan_cloud_event(0, value.clone(), &filter)] {
             if let Disposition::Rotate(request) = planned.disposition {
                 check_rotation(&value, &request.vault_name, &request.secret_name)?;
             }
@@ -183,7 +183,7 @@ proptest! {
     fn key_spelling_and_padding_do_not_change_the_request(upper in any::<bool>(), pad in "[ ]{0,3}") {
         let event = secret_event("p-2", SECRET_EXPIRED, VAULT, "db-password", "0123456789abcdef0123456789abcdef");
         let filter = SourceFilter::only([VAULT]);
-        let Disposition::Rotate(expected) = plan_event(0, &event, &filter).disposition else {
+        let Disposition::Rotate(expected) = plan_event(0, event.clone(), &filter).disposition else {
             panic!("the base event must rotate")
         };
         let data = event["data"].as_object().unwrap().iter().map(|(k, v)| {
@@ -193,7 +193,7 @@ proptest! {
         });
         let mut respelled = event.clone();
         respelled["data"] = Value::Object(data.collect());
-        let Disposition::Rotate(got) = plan_event(0, &respelled, &filter).disposition else {
+        let Disposition::Rotate(got) = plan_event(0, respelled.clone(), &filter).disposition else {
             return Err(TestCaseError::fail(format!("respelled event did not rotate: {respelled}")));
         };
         prop_assert_eq!(got, expected);
@@ -212,9 +212,9 @@ fn mutated_events_often_reach_the_deep_checks() {
     for _ in 0..400 {
         let event = mutated_event().new_tree(&mut runner).unwrap().current();
         let planned = if event.get("specversion").is_some() {
-            plan_cloud_event(0, &event, &filter)
+            plan_cloud_event(0, event, &filter)
         } else {
-            plan_event(0, &event, &filter)
+            plan_event(0, event, &filter)
         };
         match planned.disposition {
             Disposition::Rotate(_) => rotate += 1,
