@@ -255,7 +255,7 @@ impl Gate {
                     500 => ApiError::internal_error(),
                     _ => ApiError::service_unavailable(),
                 };
-                // The service asks throttled clients to wait; a second is its usual answer.
+                // Best guess: the service's Retry-After for these is not public; one second.
                 let retry_after = matches!(status, 429 | 503).then_some(1);
                 Verdict::Fail(error, retry_after)
             }
