@@ -84,7 +84,8 @@ impl Default for RateLimit {
 impl RateLimit {
     /// The GCRA quota: a burst of 10% of the limit, then 80% of it sustained, so any
     /// window holds at most 90% of the limit — headroom for timing skew between client
-    /// and service, and for other clients of the vault.
+    /// and service, and for other clients of the vault. (Below 10 transactions per
+    /// window the burst rounds up to one and the bound is looser.)
     fn quota(&self) -> Option<Quota> {
         let burst = NonZeroU32::new((self.transactions / 10).max(1))?;
         let sustained = (u64::from(self.transactions) * 8 / 10).max(1);
