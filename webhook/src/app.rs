@@ -76,19 +76,8 @@ pub struct WebhookState {
 /// What was enqueued lately: event ids and (vault, secret, version) keys.
 #[derive(Debug)]
 struct Recent {
-    events: RecentSet<String>,
-    rotations: RecentSet<RotationKey>,
-}
-
-/// (vault, secret, version), lower-cased: Key Vault names ignore case.
-type RotationKey = (String, String, Option<String>);
-
-fn rotation_key(request: &RotationRequest) -> RotationKey {
-    (
-        request.vault_name.to_ascii_lowercase(),
-        request.secret_name.to_ascii_lowercase(),
-        request.version.as_ref().map(|v| v.to_ascii_lowercase()),
-    )
+    events: RecentSet,
+    rotations: RecentSet,
 }
 
 /// The answer to a notification: what became of its events.
@@ -99,9 +88,17 @@ struct Summary {
     rejected: usize,
 }
 
-/// Event ids longer than this are not remembered (Event Grid's are GUIDs); coalescing
-/// still catches their duplicates.
-const MAX_REMEMBERED_ID: usize = 128;
+/// (vault, secret, version), lower-cased (Key Vault names ignore case), as one string
+/// to digest.
+fn rotation_key(request: &RotationRequest) -> String {
+    let version = request.version.as_deref().unwrap_or("");
+    let mut key = String::with_capacity(request.vault_name.len() + request.secret_name.len() + version.len() + 2);
+    for part in [request.vault_name.as_str(), "/", request.secret_name.as_str(), "/", version] {
+        key.push_str(part);
+    }
+    key.make_ascii_lowercase();
+    key
+}
 
 impl WebhookState {
     /// Event Grid's largest batch, 1 MiB.
@@ -459,11 +456,11 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
     let mut fresh = Vec::new();
     for (index, request) in rotations {
         let Trigger::EventGrid { event_id, .. } = &request.trigger else { continue };
-        let key = rotation_key(&request);
-        if recent.events.contains(event_id, now) {
+        let key = recent.rotations.digest(&rotation_key(&request));
+        if recent.events.contains(event_id.as_str(), now) {
             ignored += 1;
             tracing::debug!(index, event_id = ?event_id, "event already enqueued (redelivery)");
-        } else if recent.rotations.contains(&key, now) || !in_batch.insert(key.clone()) {
+        } else if recent.rotations.contains_digest(key, now) || !in_batch.insert(key) {
             // One version asked twice (NearExpiry and Expired, two subscriptions): one rotation is enough.
             ignored += 1;
             tracing::debug!(index, event_id = ?event_id, "rotation of this version already requested");
@@ -471,14 +468,12 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
             fresh.push((request, key));
         }
     }
-    let (fresh, keys): (Vec<RotationRequest>, Vec<RotationKey>) = fresh.into_iter().unzip();
+    let (fresh, keys): (Vec<RotationRequest>, Vec<u64>) = fresh.into_iter().unzip();
     let (sent, outcome) = enqueue(&state.queue, &fresh);
     for (request, key) in fresh[..sent].iter().zip(keys) {
         if let Trigger::EventGrid { event_id, event_type } = &request.trigger {
-            if event_id.len() <= MAX_REMEMBERED_ID {
-                recent.events.insert(event_id.clone(), now);
-            }
-            recent.rotations.insert(key, now);
+            recent.events.insert(event_id.as_str(), now);
+            recent.rotations.insert_digest(key, now);
             // Names are validated and the event type is a known one, so `%` is safe for them.
             tracing::info!(
                 vault = %request.vault_name,

@@ -83,9 +83,16 @@ fn id_vault(id: &str) -> Option<&str> {
 
 /// The vault name in `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}`.
 pub fn vault_from_resource_id(id: &str) -> Option<&str> {
-    let segments: Vec<&str> = id.trim().trim_matches('/').split('/').collect();
+    let mut parts = id.trim().trim_matches('/').split('/');
+    let mut segments = [""; 8];
+    for segment in &mut segments {
+        *segment = parts.next()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
     let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
-    match segments.as_slice() {
+    match segments {
         [s, sub, rg, group, p, ns, v, name]
             if eq(s, "subscriptions")
                 && !sub.is_empty()
