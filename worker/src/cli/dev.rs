@@ -62,7 +62,7 @@ pub struct DevArgs {
 
 /// Runs the dev service until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    warn!("dev mode: embedded dev vault (in memory, not Azure)");
+    warn!("dev mode: embedded dev vault (not Azure; in memory unless --vault-state-file is given)");
     let faults = Faults {
         latency: std::time::Duration::from_millis(args.vault_latency_ms),
         errors: args.vault_faults.clone(),
