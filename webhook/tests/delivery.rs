@@ -265,3 +265,37 @@ async fn healthz_and_alias_route() {
     let reply = send(state, Request::get("/api/eventgrid").body(Body::empty()).unwrap()).await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn event_grids_largest_batches_are_taken_whole() {
+    // Event Grid batches up to 5,000 events or 1 MiB, whichever comes first.
+    let ignored: Vec<_> = (0..5000)
+        .map(|i| json!({"id": format!("k{i}"), "eventType": "Microsoft.KeyVault.KeyNearExpiry", "data": {}}))
+        .collect();
+    let body = serde_json::Value::Array(ignored).to_string();
+    assert!(body.len() < WebhookState::DEFAULT_MAX_BODY_BYTES, "{}", body.len());
+    let (state, mut rx) = new_state(4);
+    let reply = send(state, notification_raw(&body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json, json!({"queued": 0, "ignored": 5000, "rejected": 0}));
+    assert!(drain(&mut rx).is_empty());
+
+    // As many full rotation events as fit in 1 MiB, all distinct: all queued.
+    let mut events = Vec::new();
+    let mut size = 2;
+    for i in 0.. {
+        let event = secret_event(&format!("e{i}"), NEAR_EXPIRY, "sample-kv", &format!("secret-{i}"), V1);
+        size += event.to_string().len() + 1;
+        if size > WebhookState::DEFAULT_MAX_BODY_BYTES {
+            break;
+        }
+        events.push(event);
+    }
+    let n = events.len();
+    assert!(n > 1000, "{n}");
+    let (state, mut rx) = new_state(n);
+    let reply = send(state, notification(&serde_json::Value::Array(events))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json["queued"], n);
+    assert_eq!(drain(&mut rx).len(), n);
+}
