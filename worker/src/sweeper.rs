@@ -107,8 +107,10 @@ pub async fn scan(store: &dyn SecretStore, window_days: Option<u32>) -> Result<S
         scan.managed += 1;
         let Some(window) = window_days else { continue };
         let Some(reason) = due(&properties, now, window) else { continue };
-        // The listing names no version: read the latest to name the one seen.
+        // The listing names no version: read the latest to name the one seen, and judge
+        // that version (a rotation may have written a new one since the listing).
         match store.get_latest(&properties.name).await {
+            Ok(latest) if due(&latest.properties, now, window).is_none() => {}
             Ok(latest) => scan.requests.push((
                 RotationRequest {
                     vault_name: store.vault_name().to_owned(),

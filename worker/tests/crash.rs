@@ -29,12 +29,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::pg::{logs_in, Roles};
 use kv_rotator::engine::failpoints::POINTS;
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
 use rand::Rng;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 const MARKER: &str = "kv-rotator failpoint reached";
@@ -123,46 +126,6 @@ impl Drop for Proc {
     }
 }
 
-async fn superuser() -> tokio_postgres::Client {
-    let (client, conn) =
-        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL must run on 127.0.0.1:5432 (scripts/setup-postgres.sh)");
-    tokio::spawn(conn);
-    client
-}
-
-async fn logs_in(role: &str, password: &SecretString) -> bool {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1").port(5432).user(role).password(password.expose_secret()).dbname("postgres");
-    match cfg.connect(tokio_postgres::NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            client.simple_query("SELECT 1").await.is_ok()
-        }
-        Err(_) => false,
-    }
-}
-
-/// The crash suite's roles, dropped at the end.
-struct Roles(Vec<String>);
-
-impl Drop for Roles {
-    fn drop(&mut self) {
-        let names = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let su = superuser().await;
-                for name in names {
-                    let _ = su.batch_execute(&format!("DROP ROLE IF EXISTS {name}")).await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
 struct World {
     _dir: tempfile::TempDir,
     vault: DevVault,
@@ -181,24 +144,10 @@ impl World {
         let bin = failpoint_binary(dir.path());
         let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
         let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
-        let su = superuser().await;
-        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let roles = Roles::create("kvr_crash", SECRETS).await;
         let mut managed = Vec::new();
-        let mut roles = Roles(Vec::new());
-        for i in 0..SECRETS {
-            let role = format!("kvr_crash_{tag}_{i}");
-            let password = kv_rotator_rotators::PasswordPolicy::default().generate();
-            su.batch_execute(&format!(
-                "CREATE ROLE {role} LOGIN IN ROLE kvr_scram PASSWORD '{}'",
-                password.expose_secret()
-            ))
-            .await
-            .expect("create role (scripts/setup-postgres.sh creates kvr_scram)");
-            roles.0.push(role.clone());
-            assert!(
-                !logs_in(&role, &SecretString::from("wrong".to_owned())).await,
-                "pg_hba.conf trusts {role}: run scripts/setup-postgres.sh"
-            );
+        for (i, (role, password)) in roles.0.iter().enumerate() {
+            let (role, password) = (role.clone(), password.clone());
             let secret = format!("crash-pg-{i}");
             let tags = BTreeMap::from([
                 ("rotator".to_owned(), "pg".to_owned()),
