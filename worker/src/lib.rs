@@ -11,7 +11,7 @@
 //! - [`metrics`]: Prometheus counters and histograms, `GET /metrics`.
 //! - [`alerts`]: the HTTP webhook alert sink for failed rotations.
 //! - [`service`]: runs the webhook, engine and sweeper together until shutdown.
-//! - [`cli`]: the `demo`, `dev` and `serve` commands.
+//! - [`cli`]: the `demo`, `dev`, `serve` and `rotate` commands.
 //!
 //! See `docs/architecture.md` for the data flow and the invariant.
 

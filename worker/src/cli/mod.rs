@@ -1,4 +1,4 @@
-//! The command line: `demo`, `dev` and `serve`.
+//! The command line: `demo`, `dev`, `serve` and `rotate`.
 //!
 //! - [`demo`]: one rotation end to end on embedded defaults, with a report.
 //! - [`dev`]: the service with the dev vault embedded, for local experiments.
