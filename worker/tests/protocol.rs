@@ -427,3 +427,80 @@ async fn failure_past_the_cap_tags_the_secret_keeping_its_tags_and_success_clear
     assert!(!audit.to_string().contains(latest.value.expose_secret()), "no password in the audit record");
     w.vault.shutdown().await;
 }
+
+/// A target that takes a while to change a password and records how many changes
+/// overlapped.
+#[derive(Debug, Default)]
+struct Slow {
+    running: AtomicU32,
+    peak: AtomicU32,
+    policy: PasswordPolicy,
+}
+
+#[async_trait]
+impl Rotator for Slow {
+    fn kind(&self) -> &'static str {
+        "slow"
+    }
+    fn password_policy(&self) -> &PasswordPolicy {
+        &self.policy
+    }
+    async fn set_password(&self, _req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(SetPasswordResponse { outcome: kv_rotator_rotators::SetPasswordOutcome::ChangedWithCurrent })
+    }
+    async fn verify(&self, _req: VerifyRequest) -> RotatorResult<VerifyResponse> {
+        Ok(VerifyResponse::Accepted)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_concurrency_bounds_one_profile_and_not_the_others() {
+    let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+    let (limited, free) = (Arc::new(Slow::default()), Arc::new(Slow::default()));
+    let mut targets = Targets::default();
+    targets.insert("limited", limited.clone(), None);
+    targets.insert("free", free.clone(), None);
+    let mut names = Vec::new();
+    for profile in ["limited", "free"] {
+        for i in 0..4 {
+            let name = format!("{profile}-{i}");
+            let tags =
+                BTreeMap::from([("rotator".to_owned(), profile.to_owned()), ("CredentialId".to_owned(), name.clone())]);
+            let value = PasswordPolicy::default().generate();
+            let new = NewSecretVersion { value, tags, content_type: None, expires: None, not_before: None };
+            store.set_secret(&name, new).await.unwrap();
+            names.push(name);
+        }
+    }
+    let settings = EngineConfig {
+        concurrency: 8,
+        target_concurrency: BTreeMap::from([("limited".to_owned(), 1)]),
+        ..Default::default()
+    };
+    let engine = Engine::new(store.clone(), targets, settings);
+    let (queue, rx) = tokio::sync::mpsc::channel(16);
+    let mut reports = engine.subscribe();
+    let running = tokio::spawn(engine.clone().run(rx));
+    for name in &names {
+        let request = RotationRequest {
+            vault_name: store.vault_name().to_owned(),
+            secret_name: name.clone(),
+            version: None,
+            trigger: Trigger::Manual { requested_by: "limits test".into() },
+        };
+        queue.send(request).await.unwrap();
+    }
+    drop(queue);
+    running.await.unwrap();
+    for _ in &names {
+        assert!(matches!(reports.recv().await.unwrap().outcome, Outcome::Rotated { .. }));
+    }
+    assert_eq!(limited.peak.load(Ordering::SeqCst), 1, "engine.target_concurrency.limited = 1");
+    assert!(free.peak.load(Ordering::SeqCst) > 1, "an unlimited profile runs rotations side by side");
+    vault.shutdown().await;
+}

@@ -93,6 +93,16 @@ async fn named_secrets_rotate_and_a_missing_one_fails_the_exit_code() {
     let latest = site.store.get_latest("alpha-password").await.unwrap();
     assert!(site.logs_in("alpha", &latest.value).await);
     assert!(!site.logs_in("alpha", &a_pw).await);
+    // One audit record per request on stderr (the log), with names and versions only.
+    let audits: Vec<&str> = stderr.lines().filter(|l| l.contains("rotation audit record")).collect();
+    // The missing secret never reached the engine: it failed at trigger time.
+    assert_eq!(audits.len(), 2, "{stderr}");
+    let alpha = audits.iter().find(|l| l.contains("\"secret\":\"alpha-password\"")).expect("alpha's audit record");
+    for field in
+        ["\"outcome\":\"rotated\"", &format!("\"oldVersion\":\"{a1}\""), "\"step\":\"finish\"", "manual by cli"]
+    {
+        assert!(alpha.contains(field), "{field} not in {alpha}");
+    }
     for text in [&stdout, &stderr] {
         assert!(!text.contains(latest.value.expose_secret()) && !text.contains(a_pw.expose_secret()));
     }
