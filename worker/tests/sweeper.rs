@@ -1,0 +1,125 @@
+//! The sweeper against the dev vault: one scan finds exactly the managed secrets whose
+//! latest version expires within the window, has expired or has no `exp` — naming the
+//! version it saw — plus every unfinished journal; and the service's periodic sweeper
+//! feeds them to the engine, counted in its metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_rotator::service::{self, Background};
+use kv_rotator::sweeper::{self, Reason};
+use kv_rotator::targets::Targets;
+use kv_rotator_config::{EngineConfig, SweeperConfig, WebhookConfig};
+use kv_rotator_keyvault::azure::AzureSecretStore;
+use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
+use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore};
+use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
+use kv_rotator_rotators::PasswordPolicy;
+use time::OffsetDateTime;
+
+async fn put(store: &dyn SecretStore, name: &str, tags: &[(&str, &str)], expires_in_days: Option<i64>) -> String {
+    let new = NewSecretVersion {
+        value: PasswordPolicy::default().generate(),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        content_type: None,
+        expires: expires_in_days.map(|d| OffsetDateTime::now_utc() + time::Duration::days(d)),
+        not_before: None,
+    };
+    store.set_secret(name, new).await.unwrap().version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_finds_due_secrets_and_journals_and_nothing_else() {
+    let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+    let managed = [("rotator", "site"), ("CredentialId", "u")];
+    let near = put(store.as_ref(), "near", &managed, Some(10)).await;
+    let expired = put(store.as_ref(), "expired", &managed, Some(-1)).await;
+    let no_exp = put(store.as_ref(), "no-exp", &managed, None).await;
+    put(store.as_ref(), "far", &managed, Some(45)).await;
+    put(store.as_ref(), "unmanaged", &[], None).await;
+    put(store.as_ref(), "disabled", &managed, None).await;
+    let update = PropertiesUpdate { enabled: Some(false), ..Default::default() };
+    store.update_properties("disabled", None, update).await.unwrap();
+    // An older version near expiry does not count: the latest is far from it.
+    put(store.as_ref(), "renewed", &managed, Some(5)).await;
+    put(store.as_ref(), "renewed", &managed, Some(300)).await;
+    put(
+        store.as_ref(),
+        "kv-rotator-pending-abc",
+        &[("kv-rotator-journal-for", "far"), ("rotated-from", "v0"), ("rotation-id", "abc")],
+        None,
+    )
+    .await;
+
+    let scan = sweeper::scan(store.as_ref(), Some(30)).await.unwrap();
+    let mut found: Vec<(String, Option<String>, Reason)> =
+        scan.requests.iter().map(|(r, why)| (r.secret_name.clone(), r.version.clone(), *why)).collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        found,
+        vec![
+            ("expired".to_owned(), Some(expired), Reason::Expired),
+            ("far".to_owned(), Some("v0".to_owned()), Reason::Journal),
+            ("near".to_owned(), Some(near), Reason::NearExpiry),
+            ("no-exp".to_owned(), Some(no_exp), Reason::NoExpiry),
+        ]
+    );
+    assert_eq!(scan.managed, 6, "near, expired, no-exp, far, disabled, renewed");
+    // Journals only, for `rotate --resume` and a disabled sweeper.
+    let journals = sweeper::scan(store.as_ref(), None).await.unwrap();
+    assert_eq!(journals.requests.len(), 1);
+    assert_eq!(journals.requests[0].1, Reason::Journal);
+    vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_sweeper_rotates_a_secret_no_event_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("htpasswd");
+    let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+    let v1 = put(store.as_ref(), "quiet", &[("rotator", "site"), ("CredentialId", "quiet")], Some(2)).await;
+    let initial = store.get_latest("quiet").await.unwrap().value;
+    htpasswd::add_user(&path, "quiet", &initial, 4).unwrap();
+    let mut targets = Targets::default();
+    let rotator = HtpasswdRotator::new(
+        HtpasswdConfig { bcrypt_cost: 4, ..HtpasswdConfig::new(&path) },
+        PasswordPolicy::default(),
+    );
+    targets.insert("site", Arc::new(rotator), None);
+    let background = Background {
+        sweeper: Some(SweeperConfig { enabled: true, interval_secs: 1, window_days: 30 }),
+        alerts: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = service::start_with(
+        store.clone(),
+        targets,
+        EngineConfig::default(),
+        &WebhookConfig::default(),
+        background,
+        listener,
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let latest = loop {
+        let latest = store.get_latest("quiet").await.unwrap();
+        if latest.version != v1 {
+            break latest;
+        }
+        assert!(Instant::now() < deadline, "the sweeper did not rotate the secret within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(latest.properties.tags.get("rotated-from"), Some(&v1));
+    // Two more sweeps: the new version is 60 days from expiry, so nothing more happens.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(store.list_versions("quiet").await.unwrap().len(), 2);
+    let metrics = running.engine.metrics();
+    assert!(metrics.counter("kv_rotator_sweeps_total", &[("result", "ok")]) >= 3);
+    assert_eq!(metrics.counter("kv_rotator_sweep_enqueued_total", &[("reason", "near_expiry")]), 1);
+    assert_eq!(metrics.counter("kv_rotator_rotations_total", &[("outcome", "rotated"), ("trigger", "sweeper")]), 1);
+    running.shutdown().await.unwrap();
+    vault.shutdown().await;
+}
