@@ -343,6 +343,7 @@ async fn resume_finds_a_dead_process_journal_and_finishes_it() {
 
     let report = w.engine.rotate(request).await;
     assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    assert_eq!(report.audit_json()["triggerKind"], "resume");
     let latest = w.store.get_latest(SECRET).await.unwrap();
     assert_eq!(latest.value.expose_secret(), pending.expose_secret());
     assert!(w.logs_in(&latest.value).await);

@@ -211,10 +211,13 @@ impl RotationReport {
     }
 }
 
-/// `event_grid`, `manual` or `sweeper`: the trigger's kind, for metrics labels.
+/// `event_grid`, `manual`, `resume` or `sweeper`: the trigger's kind, for metrics labels.
+/// Resumed journals travel as manual requests from [`crate::sweeper::RESUME_REQUESTER`]
+/// (the webhook crate's `Trigger` has no variant of its own for them yet).
 pub fn trigger_kind(trigger: &Trigger) -> &'static str {
     match trigger {
         Trigger::EventGrid { .. } => "event_grid",
+        Trigger::Manual { requested_by } if requested_by.starts_with(crate::sweeper::RESUME_REQUESTER) => "resume",
         Trigger::Manual { .. } => "manual",
         Trigger::Sweeper => "sweeper",
     }
