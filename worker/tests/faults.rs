@@ -213,6 +213,9 @@ async fn failures_past_the_cap_are_tagged_counted_and_alerted_then_cleared_by_su
         .into_iter()
         .find(|p| p.tags.contains_key(JOURNAL_FOR))
         .expect("journal kept");
+    // The record tells an operator where it stands: three attempts, the target never set.
+    assert_eq!(journal.tags.get("kv-rotator-attempts").map(String::as_str), Some("3"), "{:?}", journal.tags);
+    assert_eq!(journal.tags.get("kv-rotator-step").map(String::as_str), Some("pending"));
     let pending = store.get_latest(&journal.name).await.unwrap().value;
 
     // Alerted, without a password.

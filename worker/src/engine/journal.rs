@@ -21,6 +21,9 @@ pub const TAG_ROTATED_FROM: &str = "rotated-from";
 pub const TAG_JOURNAL_FOR: &str = "kv-rotator-journal-for";
 /// Tag on journal records: the protocol step reached.
 pub const TAG_STEP: &str = "kv-rotator-step";
+/// Tag on journal records: attempts that used this record, across processes (the
+/// record's own `created`/`updated` attributes are its timestamps).
+pub const TAG_ATTEMPTS: &str = "kv-rotator-attempts";
 /// Tag on a managed secret's latest version: a rotation failed past the retry cap
 /// (value: when, attempts, rotation id). Removed by the next successful rotation.
 pub const TAG_FAILED: &str = "kv-rotator-failed";

@@ -27,8 +27,8 @@ use tracing::{debug, info, warn};
 
 use super::failpoints;
 use super::journal::{
-    self, JOURNAL_CONTENT_TYPE, STEP_PENDING, STEP_TARGET_SET, TAG_FAILED, TAG_JOURNAL_FOR, TAG_ROTATED_AT,
-    TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP,
+    self, JOURNAL_CONTENT_TYPE, STEP_PENDING, STEP_TARGET_SET, TAG_ATTEMPTS, TAG_FAILED, TAG_JOURNAL_FOR,
+    TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP,
 };
 use super::planner::{self, Fence, Journal, JournalStep, Latest, StaleJournal, Target};
 use super::{Engine, Outcome, RotationError, StepLog};
@@ -133,7 +133,7 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     // 2. create: the pending password is durable in Key Vault before the target sees it.
     let existing = timed(steps, "journal-read", async {
         match store.get_latest(&journal_name).await {
-            Ok(record) => Ok(Some(record.value)),
+            Ok(record) => Ok(Some(record)),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(other) => Err(other.into()),
         }
@@ -145,11 +145,17 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
         (TAG_ROTATION_ID.to_owned(), plan.rotation_id.clone()),
         (TAG_STEP.to_owned(), STEP_PENDING.to_owned()),
         (TAG_ROTATED_FROM.to_owned(), latest.version.clone()),
+        (TAG_ATTEMPTS.to_owned(), "1".to_owned()),
     ]);
     let pending = match (planner::with_journal(Fence::Rotate, journal_state), existing) {
-        (JournalStep::Reuse, Some(value)) => {
+        (JournalStep::Reuse, Some(record)) => {
             debug!(journal = %journal_name, "resuming with the journal's pending password");
-            value
+            // Keep what the record says (its step may be target-set) and count this attempt.
+            let attempts = record.properties.tags.get(TAG_ATTEMPTS).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+            journal_tags.extend(record.properties.tags);
+            journal_tags.insert(TAG_ATTEMPTS.to_owned(), (attempts + 1).to_string());
+            update_journal_tags(engine, &journal_name, &journal_tags).await;
+            record.value
         }
         _ => {
             let pending = rotator.password_policy().generate();
@@ -191,13 +197,8 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     .await?;
     info!(outcome = ?set.outcome, "target accepts the pending password");
     failpoints::hit("after-set");
-    // For diagnosis only (an operator reading the vault sees the target changed); the
-    // protocol never depends on it, so a failure here does not fail the rotation.
     journal_tags.insert(TAG_STEP.to_owned(), STEP_TARGET_SET.to_owned());
-    let update = PropertiesUpdate { tags: Some(journal_tags), ..Default::default() };
-    if let Err(err) = store.update_properties(&journal_name, None, update).await {
-        debug!(journal = %journal_name, error = %err, "could not update the journal's step tag");
-    }
+    update_journal_tags(engine, &journal_name, &journal_tags).await;
     failpoints::hit("after-step-tag");
 
     // 4. test
@@ -237,6 +238,16 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
         rotation_id: Some(plan.rotation_id),
         outcome: Outcome::Rotated { old_version: latest.version, new_version: written.version, expires },
     })
+}
+
+/// Rewrites the journal record's tags (the service replaces them as a whole, so `tags`
+/// is the full set). For diagnosis only — an operator reading the vault sees the step and
+/// the attempts; the protocol never depends on them, so a failure does not fail the rotation.
+async fn update_journal_tags(engine: &Engine, journal_name: &str, tags: &BTreeMap<String, String>) {
+    let update = PropertiesUpdate { tags: Some(tags.clone()), ..Default::default() };
+    if let Err(err) = engine.store.update_properties(journal_name, None, update).await {
+        debug!(journal = %journal_name, error = %err, "could not update the journal's tags");
+    }
 }
 
 /// A request for an older version: if this rotation's journal survived, decide its fate
