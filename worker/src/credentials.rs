@@ -14,10 +14,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use azure_core::credentials::{Secret, SecretBytes, TokenCredential};
 use azure_identity::{
-    AzureCliCredential, AzureCliCredentialOptions, ClientCertificateCredential, ClientCertificateCredentialOptions,
-    ClientSecretCredential, DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
-    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    AzureCliCredential, AzureCliCredentialOptions, ClientSecretCredential, DeveloperToolsCredential,
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+    WorkloadIdentityCredentialOptions,
 };
+#[cfg(feature = "client-certificate")]
+use azure_identity::{ClientCertificateCredential, ClientCertificateCredentialOptions};
 use kv_rotator_config::{CredentialConfig, VaultConfig};
 use kv_rotator_keyvault::azure::DevVaultCredential;
 use kv_rotator_keyvault::pipeline::{ClientSettings, RateLimit};
@@ -90,6 +92,7 @@ pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCred
             ClientSecretCredential::new(tenant_id, client_id.clone(), Secret::new(secret), None)
                 .context("vault.credential (client-secret)")?
         }
+        #[cfg(feature = "client-certificate")]
         CredentialConfig::ClientCertificate { tenant_id, client_id, certificate_file, password_env } => {
             require("client-certificate", [("tenant_id", tenant_id), ("client_id", client_id)])?;
             let certificate = read_pkcs12(certificate_file)?;
@@ -116,6 +119,17 @@ pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCred
                         .context(format!("vault.credential.certificate_file (client-certificate) {file}: not usable")))
                 }
             }
+        }
+        // Without the feature the settings are still checked, so a config can be
+        // validated on any build; only building the credential needs OpenSSL.
+        #[cfg(not(feature = "client-certificate"))]
+        CredentialConfig::ClientCertificate { tenant_id, client_id, certificate_file, .. } => {
+            require("client-certificate", [("tenant_id", tenant_id), ("client_id", client_id)])?;
+            read_pkcs12(certificate_file)?;
+            bail!(
+                "vault.credential.kind = \"client-certificate\" needs a kv-rotator built with the client-certificate \
+                 feature (it links OpenSSL): cargo build --release --features client-certificate"
+            )
         }
         CredentialConfig::AzureCli { tenant_id } => {
             let options = AzureCliCredentialOptions { tenant_id: tenant_id.clone(), ..Default::default() };
@@ -172,9 +186,7 @@ mod tests {
     use std::path::PathBuf;
 
     use openssl::asn1::Asn1Time;
-    use openssl::ec::{EcGroup, EcKey};
     use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
     use openssl::pkcs12::Pkcs12;
     use openssl::pkey::{PKey, Private};
     use openssl::rsa::Rsa;
@@ -233,7 +245,7 @@ mod tests {
         std::fs::write(&token_file, "eyJ.fake.token").unwrap();
         std::env::set_var("KVR_TEST_BUILDS_SECRET", "s3cret");
         std::env::set_var("KVR_TEST_BUILDS_PFX_PASSWORD", "pfx-password");
-        let kinds = [
+        let mut kinds = vec![
             CredentialConfig::default(),
             CredentialConfig::ManagedIdentity { client_id: Some(CLIENT.into()), object_id: None, resource_id: None },
             CredentialConfig::WorkloadIdentity {
@@ -246,12 +258,17 @@ mod tests {
                 client_id: CLIENT.into(),
                 secret_env: "KVR_TEST_BUILDS_SECRET".into(),
             },
-            certificate(&pfx(dir.path(), "plain.pfx", rsa(), ""), None),
-            certificate(&pfx(dir.path(), "locked.pfx", rsa(), "pfx-password"), Some("KVR_TEST_BUILDS_PFX_PASSWORD")),
             CredentialConfig::AzureCli { tenant_id: Some(TENANT.into()) },
             CredentialConfig::DeveloperTools,
             CredentialConfig::DevVault,
         ];
+        if cfg!(feature = "client-certificate") {
+            kinds.push(certificate(&pfx(dir.path(), "plain.pfx", rsa(), ""), None));
+            kinds.push(certificate(
+                &pfx(dir.path(), "locked.pfx", rsa(), "pfx-password"),
+                Some("KVR_TEST_BUILDS_PFX_PASSWORD"),
+            ));
+        }
         for kind in &kinds {
             credential(kind).unwrap_or_else(|e| panic!("{kind:?}: {e:#}"));
         }
@@ -317,7 +334,19 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "client-certificate"))]
+    fn without_the_feature_a_certificate_credential_names_the_feature() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = error(&certificate(&pfx(dir.path(), "plain.pfx", rsa(), ""), None));
+        assert!(message.contains("--features client-certificate"), "{message}");
+    }
+
+    #[test]
+    #[cfg(feature = "client-certificate")]
     fn certificate_files_are_checked_with_clear_errors() {
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::nid::Nid;
+
         let dir = tempfile::tempdir().unwrap();
         let pem = dir.path().join("cert.pem");
         std::fs::write(&pem, self_signed(&rsa()).to_pem().unwrap()).unwrap();
