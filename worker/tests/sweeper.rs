@@ -123,3 +123,76 @@ async fn the_service_sweeper_rotates_a_secret_no_event_announced() {
     running.shutdown().await.unwrap();
     vault.shutdown().await;
 }
+
+/// A store whose listing is a snapshot taken earlier: what a scan sees when a rotation
+/// writes a new version between the listing and the read of the latest version.
+#[derive(Debug)]
+struct StaleListing {
+    inner: Arc<dyn SecretStore>,
+    listing: Vec<kv_rotator_keyvault::SecretProperties>,
+}
+
+#[async_trait::async_trait]
+impl SecretStore for StaleListing {
+    fn vault_url(&self) -> &url::Url {
+        self.inner.vault_url()
+    }
+    fn vault_name(&self) -> &str {
+        self.inner.vault_name()
+    }
+    async fn get_latest(&self, name: &str) -> kv_rotator_keyvault::StoreResult<kv_rotator_keyvault::SecretRecord> {
+        self.inner.get_latest(name).await
+    }
+    async fn get_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> kv_rotator_keyvault::StoreResult<kv_rotator_keyvault::SecretRecord> {
+        self.inner.get_version(name, version).await
+    }
+    async fn set_secret(
+        &self,
+        name: &str,
+        new: NewSecretVersion,
+    ) -> kv_rotator_keyvault::StoreResult<kv_rotator_keyvault::SecretRecord> {
+        self.inner.set_secret(name, new).await
+    }
+    async fn update_properties(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        update: PropertiesUpdate,
+    ) -> kv_rotator_keyvault::StoreResult<kv_rotator_keyvault::SecretProperties> {
+        self.inner.update_properties(name, version, update).await
+    }
+    async fn delete_secret(&self, name: &str) -> kv_rotator_keyvault::StoreResult<()> {
+        self.inner.delete_secret(name).await
+    }
+    async fn purge_deleted_secret(&self, name: &str) -> kv_rotator_keyvault::StoreResult<()> {
+        self.inner.purge_deleted_secret(name).await
+    }
+    async fn list_versions(
+        &self,
+        name: &str,
+    ) -> kv_rotator_keyvault::StoreResult<Vec<kv_rotator_keyvault::SecretProperties>> {
+        self.inner.list_versions(name).await
+    }
+    async fn list_secrets(&self) -> kv_rotator_keyvault::StoreResult<Vec<kv_rotator_keyvault::SecretProperties>> {
+        Ok(self.listing.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_written_after_the_listing_is_judged_by_its_own_expiry() {
+    let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+    let managed = [("rotator", "site"), ("CredentialId", "u")];
+    put(store.as_ref(), "rotating", &managed, Some(5)).await;
+    let listing = store.list_secrets().await.unwrap();
+    // A rotation finishes after the listing: its version expires in 60 days.
+    put(store.as_ref(), "rotating", &managed, Some(60)).await;
+    let stale = StaleListing { inner: store.clone(), listing };
+    let scan = sweeper::scan(&stale, Some(30)).await.unwrap();
+    assert!(scan.requests.is_empty(), "the fresh version must not be rotated again: {:?}", scan.requests);
+    vault.shutdown().await;
+}
