@@ -1,6 +1,6 @@
-//! Metrics in the Prometheus text format, served at `GET /metrics`.
+//! Metrics in the OpenMetrics text format (what Prometheus scrapes), served at `GET /metrics`.
 //!
-//! - [`Metrics`]: a small registry of labelled counters and histograms; the engine, the
+//! - [`Metrics`]: the labelled counters and histograms; the engine, the
 //!   sweeper and the alert sink record into it.
 //! - [`router`]: the `/metrics` route, merged into the service's router (the webhook
 //!   crate stays free of engine knowledge).
@@ -12,17 +12,20 @@
 //! `kv_rotator_failure_tags_total{result}`, `kv_rotator_alerts_total{result}`.
 //! Labels carry names of outcomes, steps and triggers only — never a secret's value.
 //!
-//! A registry of this size is written here rather than pulled in: it needs no global
-//! state, no macros and no dependency beyond `std`.
+//! The registry is the `prometheus-client` crate's (no global state; the OpenMetrics text
+//! format, which Prometheus scrapes); this module fixes the families and their labels.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the histogram buckets, seconds.
 const BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
@@ -40,24 +43,44 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
 ];
 
 type Labels = Vec<(String, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
-#[derive(Debug, Clone, Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+fn new_histogram() -> Histogram {
+    Histogram::new(BUCKETS.iter().copied())
 }
 
-#[derive(Debug, Default)]
-struct State {
-    counters: BTreeMap<(&'static str, Labels), u64>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
-}
-
-/// The registry. Cheap to share (`Arc`); recording takes a short lock.
-#[derive(Debug, Default)]
+/// The registry. Cheap to share (`Arc`); recording is lock-free but for new label sets.
 pub struct Metrics {
-    state: Mutex<State>,
+    registry: Registry,
+    counters: HashMap<&'static str, Family<Labels, Counter>>,
+    histograms: HashMap<&'static str, HistogramFamily>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("families", &FAMILIES.len()).finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let mut counters = HashMap::new();
+        let mut histograms = HashMap::new();
+        for (name, kind, help) in FAMILIES {
+            if *kind == "counter" {
+                let family = Family::<Labels, Counter>::default();
+                // The crate appends `_total` to counter names itself.
+                registry.register(name.trim_end_matches("_total"), help.trim_end_matches('.'), family.clone());
+                counters.insert(*name, family);
+            } else {
+                let family = HistogramFamily::new_with_constructor(new_histogram);
+                registry.register(*name, help.trim_end_matches('.'), family.clone());
+                histograms.insert(*name, family);
+            }
+        }
+        Self { registry, counters, histograms }
+    }
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -65,10 +88,15 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 }
 
 impl Metrics {
-    /// Adds `by` to counter `name` with `pairs` as labels.
+    /// Adds `by` to counter `name` with `pairs` as labels. `name` must be a counter of
+    /// [`FAMILIES`]; an unknown name is a bug and panics in debug builds.
     pub fn add(&self, name: &'static str, pairs: &[(&str, &str)], by: u64) {
-        let mut state = self.state.lock().expect("metrics poisoned");
-        *state.counters.entry((name, labels(pairs))).or_default() += by;
+        match self.counters.get(name) {
+            Some(family) => {
+                family.get_or_create(&labels(pairs)).inc_by(by);
+            }
+            None => debug_assert!(false, "unknown counter {name}"),
+        }
     }
 
     /// Adds one to counter `name`.
@@ -76,70 +104,26 @@ impl Metrics {
         self.add(name, pairs, 1);
     }
 
-    /// Records `seconds` in histogram `name`.
+    /// Records `seconds` in histogram `name` (one of [`FAMILIES`]).
     pub fn observe(&self, name: &'static str, pairs: &[(&str, &str)], seconds: f64) {
-        let mut state = self.state.lock().expect("metrics poisoned");
-        let h = state.histograms.entry((name, labels(pairs))).or_default();
-        if h.counts.is_empty() {
-            h.counts = vec![0; BUCKETS.len()];
+        match self.histograms.get(name) {
+            Some(family) => family.get_or_create(&labels(pairs)).observe(seconds),
+            None => debug_assert!(false, "unknown histogram {name}"),
         }
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += seconds;
-        h.count += 1;
     }
 
     /// The value of counter `name` with exactly these labels (0 if never recorded).
     pub fn counter(&self, name: &str, pairs: &[(&str, &str)]) -> u64 {
-        let state = self.state.lock().expect("metrics poisoned");
-        let want = labels(pairs);
-        state.counters.iter().find(|((n, l), _)| *n == name && *l == want).map_or(0, |(_, v)| *v)
+        self.counters.get(name).and_then(|family| family.get(&labels(pairs)).map(|c| c.get())).unwrap_or(0)
     }
 
-    /// The Prometheus text exposition (format 0.0.4) of everything recorded.
+    /// The OpenMetrics text exposition of everything recorded.
     pub fn render(&self) -> String {
-        let state = self.state.lock().expect("metrics poisoned");
         let mut out = String::new();
-        for (family, kind, help) in FAMILIES {
-            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
-            for ((name, l), value) in &state.counters {
-                if name == family {
-                    let _ = writeln!(out, "{name}{} {value}", render_labels(l, None));
-                }
-            }
-            for ((name, l), h) in &state.histograms {
-                if name != family {
-                    continue;
-                }
-                for (bound, count) in BUCKETS.iter().zip(&h.counts) {
-                    let _ = writeln!(out, "{name}_bucket{} {count}", render_labels(l, Some(&bound.to_string())));
-                }
-                let _ = writeln!(out, "{name}_bucket{} {}", render_labels(l, Some("+Inf")), h.count);
-                let _ = writeln!(out, "{name}_sum{} {}", render_labels(l, None), h.sum);
-                let _ = writeln!(out, "{name}_count{} {}", render_labels(l, None), h.count);
-            }
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
-
-fn render_labels(l: &Labels, le: Option<&str>) -> String {
-    let mut parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-    if let Some(le) = le {
-        parts.push(format!("le=\"{le}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// `GET /metrics` over `metrics`.
@@ -148,7 +132,10 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         "/metrics",
         get(move || {
             let body = metrics.render();
-            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response() }
+            async move {
+                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                    .into_response()
+            }
         }),
     )
 }
@@ -164,17 +151,18 @@ mod tests {
         m.inc("kv_rotator_rotations_total", &[("outcome", "rotated"), ("trigger", "manual")]);
         m.observe("kv_rotator_rotation_duration_seconds", &[("outcome", "rotated")], 0.3);
         let text = m.render();
-        assert!(text.contains("# TYPE kv_rotator_rotations_total counter"), "{text}");
+        assert!(text.contains("# TYPE kv_rotator_rotations counter"), "{text}");
+        assert!(text.contains("# HELP kv_rotator_rotations Rotation requests finished, by outcome and trigger.\n"));
         assert!(text.contains("kv_rotator_rotations_total{outcome=\"rotated\",trigger=\"manual\"} 2"), "{text}");
         assert!(
-            text.contains("kv_rotator_rotation_duration_seconds_bucket{outcome=\"rotated\",le=\"0.25\"} 0"),
+            text.contains("kv_rotator_rotation_duration_seconds_bucket{le=\"0.25\",outcome=\"rotated\"} 0"),
             "{text}"
         );
         assert!(
-            text.contains("kv_rotator_rotation_duration_seconds_bucket{outcome=\"rotated\",le=\"0.5\"} 1"),
+            text.contains("kv_rotator_rotation_duration_seconds_bucket{le=\"0.5\",outcome=\"rotated\"} 1"),
             "{text}"
         );
-        assert!(text.contains("kv_rotator_rotation_duration_seconds_bucket{outcome=\"rotated\",le=\"+Inf\"} 1"));
+        assert!(text.contains("kv_rotator_rotation_duration_seconds_bucket{le=\"+Inf\",outcome=\"rotated\"} 1"));
         assert!(text.contains("kv_rotator_rotation_duration_seconds_count{outcome=\"rotated\"} 1"));
         assert_eq!(m.counter("kv_rotator_rotations_total", &[("outcome", "rotated"), ("trigger", "manual")]), 2);
     }
