@@ -33,6 +33,8 @@ const PROFILE: &str = "site";
 struct Flaky {
     inner: HtpasswdRotator,
     failures_left: AtomicU32,
+    /// `set_password` calls still to refuse as the target's own password rules would.
+    refusals_left: AtomicU32,
     set_calls: AtomicU32,
 }
 
@@ -48,6 +50,9 @@ impl Rotator for Flaky {
         self.set_calls.fetch_add(1, Ordering::SeqCst);
         if self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(RotatorError::Transient("connection refused (injected)".into()));
+        }
+        if self.refusals_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(RotatorError::Permanent("password does not meet the target's rules (injected)".into()));
         }
         self.inner.set_password(req).await
     }
@@ -76,6 +81,7 @@ impl World {
         let rotator = Arc::new(Flaky {
             inner: HtpasswdRotator::new(HtpasswdConfig { bcrypt_cost: 4, ..HtpasswdConfig::new(&path) }, policy),
             failures_left: AtomicU32::new(transient_failures),
+            refusals_left: AtomicU32::new(0),
             set_calls: AtomicU32::new(0),
         });
         let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
@@ -504,4 +510,50 @@ async fn target_concurrency_bounds_one_profile_and_not_the_others() {
     assert_eq!(limited.peak.load(Ordering::SeqCst), 1, "engine.target_concurrency.limited = 1");
     assert!(free.peak.load(Ordering::SeqCst) > 1, "an unlimited profile runs rotations side by side");
     vault.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pending_password_the_target_refuses_is_replaced_once_proven_unused() {
+    let w = World::new(0, 1, &[]).await;
+    let refused = PasswordPolicy::default().generate();
+    w.write_journal(&refused).await;
+    w.rotator.refusals_left.store(1, Ordering::SeqCst);
+
+    let first = w.engine.rotate(w.request(Some(&w.v1))).await;
+    assert!(matches!(&first.outcome, Outcome::Failed { error, .. } if error.contains("target's rules")), "{first:?}");
+    assert!(w.logs_in(&w.initial).await, "the old password keeps working");
+    let journal = w.store.get_latest(&w.journal()).await.expect("journal kept");
+    assert_ne!(
+        journal.value.expose_secret(),
+        refused.expose_secret(),
+        "a fresh pending password replaced the refused one"
+    );
+    assert_eq!(journal.properties.tags.get("kv-rotator-step").map(String::as_str), Some("pending"));
+
+    // The next trigger of the same state rotates with the fresh password.
+    let second = w.engine.rotate(w.request(Some(&w.v1))).await;
+    assert!(matches!(second.outcome, Outcome::Rotated { .. }), "{second:?}");
+    let latest = w.store.get_latest(SECRET).await.unwrap();
+    assert_eq!(latest.value.expose_secret(), journal.value.expose_secret());
+    assert!(w.logs_in(&latest.value).await);
+    assert!(w.journal_gone().await);
+    w.vault.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_pending_password_is_kept_when_the_current_one_no_longer_logs_in() {
+    let w = World::new(0, 1, &[]).await;
+    let refused = PasswordPolicy::default().generate();
+    w.write_journal(&refused).await;
+    w.rotator.refusals_left.store(1, Ordering::SeqCst);
+    // Someone changed the password on the target behind Key Vault's back: nothing proves
+    // which password the target uses, so the journal is left as it is.
+    let elsewhere = PasswordPolicy::default().generate();
+    htpasswd::add_user(&w.rotator.inner.config().path, USER, &elsewhere, 4).unwrap();
+
+    let report = w.engine.rotate(w.request(Some(&w.v1))).await;
+    assert!(matches!(report.outcome, Outcome::Failed { .. }), "{report:?}");
+    let journal = w.store.get_latest(&w.journal()).await.expect("journal kept");
+    assert_eq!(journal.value.expose_secret(), refused.expose_secret());
+    w.vault.shutdown().await;
 }

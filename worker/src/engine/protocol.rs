@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretRecord, StoreError};
-use kv_rotator_rotators::{Credential, SetPasswordRequest, VerifyRequest, VerifyResponse};
+use kv_rotator_rotators::{Credential, Rotator, SetPasswordRequest, VerifyRequest, VerifyResponse};
 use kv_rotator_webhook::RotationRequest;
 use secrecy::SecretString;
 use time::format_description::well_known::Rfc3339;
@@ -174,7 +174,7 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     failpoints::hit("after-journal");
 
     // 3. set
-    let set = timed(steps, "set", async {
+    let set_result = timed(steps, "set", async {
         let admin = match engine.targets.admin(&plan.profile) {
             Some(admin) => {
                 let record = store.get_latest(&admin.secret).await?;
@@ -194,7 +194,17 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
             .await
             .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })
     })
-    .await?;
+    .await;
+    let set = match set_result {
+        Ok(set) => set,
+        Err(err) => {
+            if matches!(&err, RotationError::Target { source, .. } if !source.is_transient()) {
+                let journal = JournalRef { name: &journal_name, tags: &journal_tags };
+                replace_refused_pending(engine, rotator.as_ref(), &plan.username, &latest, journal, &pending).await;
+            }
+            return Err(err);
+        }
+    };
     info!(outcome = ?set.outcome, "target accepts the pending password");
     failpoints::hit("after-set");
     journal_tags.insert(TAG_STEP.to_owned(), STEP_TARGET_SET.to_owned());
@@ -238,6 +248,55 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
         rotation_id: Some(plan.rotation_id),
         outcome: Outcome::Rotated { old_version: latest.version, new_version: written.version, expires },
     })
+}
+
+/// The journal record being worked on.
+struct JournalRef<'a> {
+    name: &'a str,
+    tags: &'a BTreeMap<String, String>,
+}
+
+/// After the target refused to take the pending password (a permanent `set` error, e.g.
+/// the target's own password rules), journals a fresh one — but only once it is proven
+/// which password the target accepts: the pending one does not log in and the current
+/// one does. Reusing a refused password would fail forever; replacing one the target
+/// might use could lose it. The fresh password is a new version of the same record (a
+/// deleted name could not be written again), used by the next attempt or trigger.
+async fn replace_refused_pending(
+    engine: &Engine,
+    rotator: &dyn Rotator,
+    username: &str,
+    latest: &SecretRecord,
+    journal: JournalRef<'_>,
+    pending: &SecretString,
+) {
+    let logs_in = |password: &SecretString| {
+        rotator.verify(VerifyRequest { username: username.to_owned(), password: password.clone() })
+    };
+    match (logs_in(pending).await, logs_in(&latest.value).await) {
+        (Ok(VerifyResponse::Rejected), Ok(VerifyResponse::Accepted)) => {}
+        _ => {
+            debug!(journal = %journal.name, "cannot prove the pending password unused; keeping it");
+            return;
+        }
+    }
+    let mut tags = journal.tags.clone();
+    tags.insert(TAG_STEP.to_owned(), STEP_PENDING.to_owned());
+    let fresh = NewSecretVersion {
+        value: rotator.password_policy().generate(),
+        tags,
+        content_type: Some(JOURNAL_CONTENT_TYPE.to_owned()),
+        expires: None,
+        not_before: None,
+    };
+    match engine.store.set_secret(journal.name, fresh).await {
+        Ok(_) => {
+            warn!(journal = %journal.name, "the target refused the pending password; a fresh one is journaled for the next attempt")
+        }
+        Err(err) => {
+            warn!(journal = %journal.name, error = %err, "could not journal a fresh password; the refused one stays")
+        }
+    }
 }
 
 /// Rewrites the journal record's tags (the service replaces them as a whole, so `tags`
