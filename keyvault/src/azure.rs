@@ -30,7 +30,10 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::pipeline::{BoundedRetry, ChallengeGate, ClientSettings, ClientStats, Counters, RateLimitPolicy};
+use crate::pipeline::{
+    BoundedRetry, ChallengeGate, ClientSettings, ClientStats, Counters, NoBlindWriteRetry, RateLimitPolicy,
+    UnknownWriteOutcome,
+};
 use crate::store::{
     check_limits, NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, SecretStore, StoreError,
     StoreResult, MAX_CONTENT_TYPE_CHARS, MAX_TAG_CHARS,
@@ -103,7 +106,10 @@ impl AzureSecretStore {
         let client_options = ClientOptions {
             transport: Some(Transport::new(Arc::new(http))),
             retry: RetryOptions::custom(Arc::new(BoundedRetry::new(settings.retry.clone(), counters.clone()))),
-            per_try_policies: vec![Arc::new(RateLimitPolicy::new(settings.rate_limit, counters.clone()))],
+            per_try_policies: vec![
+                Arc::new(RateLimitPolicy::new(settings.rate_limit, counters.clone())),
+                Arc::new(NoBlindWriteRetry),
+            ],
             per_call_policies: vec![Arc::new(ChallengeGate::default())],
             ..Default::default()
         };
@@ -179,6 +185,10 @@ fn list_item(item: AzSecretProperties) -> Option<SecretProperties> {
 /// Maps an SDK error to a [`StoreError`], keeping the service's error code.
 fn classify(vault: &str, name: &str, operation: &'static str, err: azure_core::Error) -> StoreError {
     let (vault, name) = (vault.to_owned(), name.to_owned());
+    if let Some(unknown) = find_cause::<UnknownWriteOutcome>(&err) {
+        // Transient: the engine re-reads the vault (fence) before writing again.
+        return StoreError::Unavailable { vault, name, operation, detail: unknown.to_string() };
+    }
     match err.kind() {
         ErrorKind::HttpResponse { status, error_code, raw_response } => {
             let status = u16::from(*status);
@@ -363,6 +373,18 @@ impl SecretStore for AzureSecretStore {
         let items = pager.try_collect::<Vec<_>>().await.map_err(|e| self.error("", "list", e))?;
         Ok(items.into_iter().filter_map(list_item).collect())
     }
+}
+
+/// The first error of type `T` in `err`'s chain of causes (the SDK wraps errors in context).
+fn find_cause<T: std::error::Error + 'static>(err: &azure_core::Error) -> Option<&T> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// A credential returning one fixed token, accepted by the dev vault only.

@@ -17,6 +17,13 @@
 //! a GCRA limiter (`governor`) shared by every clone of the store, so concurrent
 //! rotations on one vault stay under its limit together.
 //!
+//! [`NoBlindWriteRetry`] keeps the SDK from re-sending a write whose answer was lost: a
+//! Key Vault PUT is not idempotent (each one makes a new version), so a retried PUT whose
+//! first try was carried out writes the value twice. When the connection fails after a
+//! PUT or POST was sent, the error becomes [`UnknownWriteOutcome`] (transient for the
+//! engine, which re-reads the vault before trying again); connection set-up failures,
+//! where nothing was sent, are still retried here.
+//!
 //! [`ChallengeGate`] works around a race in the SDK's bearer policy: every 401 clears the
 //! cached token, so when many calls start at once on a fresh client, the 401s of the
 //! calls sent before the challenge was answered clear the token another call has just
@@ -31,9 +38,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use azure_core::error::ErrorKind;
 use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
 use azure_core::http::policies::{Policy, PolicyResult, RetryHeaders, RetryPolicy};
-use azure_core::http::{Context, Request, StatusCode};
+use azure_core::http::{Context, Method, Request, StatusCode};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// Retry bounds for one operation (one SDK call; each page of a listing is one).
@@ -220,6 +228,34 @@ impl RetryPolicy for BoundedRetry {
         let backoff = self.backoff(retry_count);
         let asked = retry_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
         tokio::time::sleep(backoff.max(asked).min(self.settings.max_delay)).await;
+    }
+}
+
+/// The connection failed after a write was sent: it may or may not have been carried out.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection failed after the {method} was sent, so it may or may not have been carried out: {cause}")]
+pub struct UnknownWriteOutcome {
+    method: String,
+    cause: String,
+}
+
+/// Per-try policy: a write that failed after being sent is not retried by the SDK.
+#[derive(Debug, Default)]
+pub(crate) struct NoBlindWriteRetry;
+
+#[async_trait]
+impl Policy for NoBlindWriteRetry {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let result = next[0].send(ctx, request, &next[1..]).await;
+        match result {
+            // `Connection` means nothing was sent; `Io` covers resets and read timeouts after.
+            Err(error) if *error.kind() == ErrorKind::Io && matches!(request.method(), Method::Put | Method::Post) => {
+                let unknown = UnknownWriteOutcome { method: request.method().to_string(), cause: error.to_string() };
+                // Not a transport error kind, so the SDK's retry loop hands it straight back.
+                Err(azure_core::Error::new(ErrorKind::Other, unknown))
+            }
+            other => other,
+        }
     }
 }
 

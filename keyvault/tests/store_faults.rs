@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_rotator_keyvault::azure::AzureSecretStore;
-use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions, ErrorRule, Faults, Injected, RateLimit};
+use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions, ErrorRule, Faults, Injected, Operation, RateLimit};
 use kv_rotator_keyvault::pipeline::{ClientSettings, RetrySettings};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -233,4 +233,32 @@ async fn the_rate_limiter_keeps_bulk_work_under_the_vault_limit() {
     assert_eq!(paced_vault.throttled, 0, "the limiter kept the bulk under the vault's limit");
     assert!(paced_stats.paced > 0, "the limiter had to hold tries back");
     assert!(unpaced_vault.throttled > 0, "without it the same bulk is throttled");
+}
+
+#[tokio::test]
+async fn a_write_whose_answer_was_lost_is_not_sent_again() {
+    let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+    let store = AzureSecretStore::for_dev_vault_with(&vault, quick(5)).unwrap();
+    store.set_secret("s", version("v1")).await.unwrap();
+
+    // The service carries the PUT out, then the answer is lost on the way back.
+    let rule = ErrorRule { operation: Some(Operation::Set), rate: 1.0, fault: Injected::DropAfter };
+    vault.set_faults(Faults { errors: vec![rule], ..Default::default() }).unwrap();
+    let error = store.set_secret("s", version("v2")).await.unwrap_err();
+    assert!(error.is_transient(), "the caller may re-read and decide: {error:?}");
+    assert!(error.to_string().contains("may or may not have been carried out"), "{error}");
+    vault.set_faults(Faults::default()).unwrap();
+    // One try, one new version: a PUT makes a version each time, so a blind retry would
+    // have written v2 again.
+    let versions = store.list_versions("s").await.unwrap();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!(store.get_latest("s").await.unwrap().value.expose_secret(), "v2");
+
+    // Reads are still retried through a lost answer.
+    let rule = ErrorRule { operation: Some(Operation::Get), rate: 0.0, fault: Injected::DropAfter };
+    vault
+        .set_faults(Faults { errors: vec![rule], fail_nth: Some((1, Injected::DropAfter)), ..Default::default() })
+        .unwrap();
+    assert_eq!(store.get_latest("s").await.unwrap().value.expose_secret(), "v2");
+    vault.shutdown().await;
 }

@@ -72,6 +72,9 @@ pub enum Injected {
     Status(u16),
     /// Close the connection without an answer.
     Drop,
+    /// Carry the request out, then close the connection without an answer: the client
+    /// cannot know whether its write happened (a lost response).
+    DropAfter,
 }
 
 impl FromStr for Injected {
@@ -80,10 +83,11 @@ impl FromStr for Injected {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "drop" => Ok(Injected::Drop),
+            "drop-after" => Ok(Injected::DropAfter),
             "429" => Ok(Injected::Status(429)),
             "500" => Ok(Injected::Status(500)),
             "503" => Ok(Injected::Status(503)),
-            other => Err(format!("unknown fault {other:?}: expected 429, 500, 503 or drop")),
+            other => Err(format!("unknown fault {other:?}: expected 429, 500, 503, drop or drop-after")),
         }
     }
 }
@@ -192,6 +196,8 @@ pub(crate) enum Verdict {
     Serve,
     Fail(ApiError, Option<u64>),
     Drop,
+    /// Serve, then drop the answer.
+    DropAfter,
 }
 
 /// The throttle and the faults, shared by all connections.
@@ -247,6 +253,10 @@ impl Gate {
             Some(Injected::Drop) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 Verdict::Drop
+            }
+            Some(Injected::DropAfter) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Verdict::DropAfter
             }
             Some(Injected::Status(status)) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);
@@ -341,7 +351,8 @@ mod tests {
         let rule: ErrorRule = "set:429=0.3".parse().unwrap();
         assert_eq!(rule, ErrorRule { operation: Some(Operation::Set), rate: 0.3, fault: Injected::Status(429) });
         assert_eq!("drop=0.1".parse::<ErrorRule>().unwrap().fault, Injected::Drop);
-        assert!("404=0.1".parse::<ErrorRule>().unwrap_err().contains("429, 500, 503 or drop"));
+        assert!("404=0.1".parse::<ErrorRule>().unwrap_err().contains("429, 500, 503, drop or drop-after"));
+        assert_eq!("set:drop-after=1".parse::<ErrorRule>().unwrap().fault, Injected::DropAfter);
         assert!("503=1.5".parse::<ErrorRule>().is_err());
         assert!("fetch:503=0.1".parse::<ErrorRule>().unwrap_err().contains("unknown operation"));
         let too_much =

@@ -303,8 +303,9 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let drop_answer = matches!(verdict, Verdict::DropAfter);
     match verdict {
-        Verdict::Serve => {}
+        Verdict::Serve | Verdict::DropAfter => {}
         Verdict::Drop => return Ok(dropped_connection()),
         Verdict::Fail(error, retry_after) => {
             let mut response = error_response(shared, &error);
@@ -315,7 +316,7 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
         }
     }
     let lister = Lister { shared, query: &query, api_version: &api_version };
-    match op {
+    let answer = match op {
         Op::List => lister.list("/secrets", "secrets", |vault, after, max| vault.list(after, max)),
         Op::ListDeleted => {
             lister.list("/deletedsecrets", "deleted", |vault, after, max| vault.list_deleted(after, max))
@@ -356,7 +357,11 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
                 .map_err(|_| ApiError::bad_parameter("The backup blob is invalid or corrupt."))?;
             shared.change(|vault| vault.restore(&blob)).map(|b| ok_json(&b))
         }
+    };
+    if drop_answer {
+        return Ok(dropped_connection());
     }
+    answer
 }
 
 /// An answer whose body fails at once: hyper closes the connection without a complete

@@ -14,7 +14,9 @@ use clap::Args;
 use kv_rotator_config::figment::providers::Serialized;
 use kv_rotator_config::figment::Figment;
 use kv_rotator_keyvault::azure::AzureSecretStore;
-use kv_rotator_keyvault::devvault::{parse_fail_nth, DevVault, DevVaultOptions, ErrorRule, Faults, Injected, RateLimit};
+use kv_rotator_keyvault::devvault::{
+    parse_fail_nth, DevVault, DevVaultOptions, ErrorRule, Faults, Injected, RateLimit,
+};
 use kv_rotator_keyvault::SecretStore;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -51,11 +53,12 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub vault_latency_ms: u64,
     /// Dev vault: inject failures, repeatable: `[OPERATION:]FAULT=RATE` with FAULT one of
-    /// 429, 500, 503, drop and OPERATION one of get, set, update, delete, list, deleted,
-    /// backup (all when left out), e.g. `--vault-fault 503=0.1 --vault-fault set:429=0.3`.
+    /// 429, 500, 503, drop (no answer), drop-after (carried out, answer lost) and OPERATION
+    /// one of get, set, update, delete, list, deleted, backup (all when left out), e.g.
+    /// `--vault-fault 503=0.1 --vault-fault set:429=0.3`.
     #[arg(long = "vault-fault", value_name = "[OP:]FAULT=RATE")]
     pub vault_faults: Vec<ErrorRule>,
-    /// Dev vault: fail the Nth request, `N[:FAULT]` (FAULT 429, 500, 503 or drop; 503 if left out).
+    /// Dev vault: fail the Nth request, `N[:FAULT]` (FAULT 429, 500, 503, drop or drop-after; 503 if left out).
     #[arg(long, value_name = "N[:FAULT]", value_parser = parse_fail_nth)]
     pub vault_fail_nth: Option<(u64, Injected)>,
 }
@@ -68,8 +71,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         errors: args.vault_faults.clone(),
         fail_nth: args.vault_fail_nth,
     };
-    let rate_limit = (args.vault_rate_limit > 0)
-        .then(|| RateLimit { transactions: args.vault_rate_limit, ..RateLimit::default() });
+    let rate_limit =
+        (args.vault_rate_limit > 0).then(|| RateLimit { transactions: args.vault_rate_limit, ..RateLimit::default() });
     let options = DevVaultOptions {
         bind: args.vault_addr,
         rate_limit,
@@ -77,9 +80,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         state_file: args.vault_state_file.clone(),
         ..Default::default()
     };
-    let vault = DevVault::start(options)
-        .await
-        .with_context(|| format!("cannot start the dev vault on {}", args.vault_addr))?;
+    let vault =
+        DevVault::start(options).await.with_context(|| format!("cannot start the dev vault on {}", args.vault_addr))?;
     let base = Figment::from(Serialized::default("vault.url", vault.endpoint().as_str()));
     let config = kv_rotator_config::load_onto(base, args.config.as_deref())?;
     if matches!(config.webhook.auth, None | Some(kv_rotator_config::WebhookAuthConfig::None {})) {
