@@ -318,6 +318,14 @@ async fn receive(State(state): State<WebhookState>, request: Request) -> Respons
             return error(StatusCode::BAD_REQUEST, "could not read request body");
         }
     };
+    // The common delivery is decided straight from the body; anything unusual, and every
+    // error, goes the general way below.
+    if schema == Schema::EventGrid {
+        if let Some(planned) = crate::fastpath::plan_event_grid(&body, &state.source) {
+            span.record("events", planned.len());
+            return handshake(aeg, &planned).unwrap_or_else(|| notify(&state, planned));
+        }
+    }
     // serde_json's syntax errors name a line and column, never body content; its
     // recursion limit (128) turns deeply nested bodies into an error, not a stack overflow.
     let value = match serde_json::from_slice::<Value>(&body) {

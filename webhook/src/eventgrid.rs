@@ -223,7 +223,7 @@ pub struct KeyVaultEventData {
 }
 
 /// The `data` keys we read, in canonical spelling, matched after trimming and ignoring ASCII case.
-const KV_FIELDS: [&str; 7] = ["Id", "VaultName", "ObjectType", "ObjectName", "Version", "NBF", "EXP"];
+pub(crate) const KV_FIELDS: [&str; 7] = ["Id", "VaultName", "ObjectType", "ObjectName", "Version", "NBF", "EXP"];
 
 impl KeyVaultEventData {
     /// Reads an event's `data`. Fails only when `data` is not an object, a field has
@@ -394,6 +394,11 @@ pub struct SecretIdParts {
 /// Any host is accepted so sovereign clouds (`vault.azure.cn`,
 /// `vault.usgovcloudapi.net`) work; the host's first label is the vault name.
 pub fn parse_secret_id(id: &str) -> Result<SecretIdParts, EventError> {
+    plain_secret_id(id).map_or_else(|| url_secret_id(id), Ok)
+}
+
+/// [`parse_secret_id`] by the URL parser, for every id.
+fn url_secret_id(id: &str) -> Result<SecretIdParts, EventError> {
     let invalid = |reason: &str| EventError::InvalidId { id: quote(id), reason: reason.to_owned() };
     let url = url::Url::parse(id).map_err(|e| invalid(&e.to_string()))?;
     if url.scheme() != "https" {
@@ -418,6 +423,38 @@ pub fn parse_secret_id(id: &str) -> Result<SecretIdParts, EventError> {
         }
         _ => Err(invalid("path is not /secrets/{name}[/{version}]")),
     }
+}
+
+/// [`parse_secret_id`] without a URL parser, for the ids Key Vault sends: `https://`,
+/// a host of plain letter-led labels, `/secrets/{name}[/{version}][/]` of letters,
+/// digits and hyphens. `None` for anything else (ports, IP addresses, escapes, empty
+/// segments, punycode), which the URL parser reads; on what this accepts both agree.
+fn plain_secret_id(id: &str) -> Option<SecretIdParts> {
+    let rest = id.get(..8).filter(|scheme| scheme.eq_ignore_ascii_case("https://")).map(|_| &id[8..])?;
+    let (host, path) = rest.split_once('/')?;
+    let plain_label = |label: &str| {
+        label.starts_with(|c: char| c.is_ascii_alphabetic())
+            && !label.ends_with('-')
+            && !label.contains("--")
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if !host.split('.').all(plain_label) {
+        return None;
+    }
+    // The URL parser lower-cases the host.
+    let vault_name = host.split_once('.').map(|(label, _)| label.to_ascii_lowercase());
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let plain_segment = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let mut segments = path.split('/');
+    let (collection, name, version) = (segments.next()?, segments.next()?, segments.next());
+    if segments.next().is_some()
+        || !collection.eq_ignore_ascii_case("secrets")
+        || !plain_segment(name)
+        || !version.is_none_or(plain_segment)
+    {
+        return None;
+    }
+    Some(SecretIdParts { vault_name, secret_name: name.to_owned(), version: version.map(str::to_owned) })
 }
 
 /// Key Vault names: 3–24 characters, letters, digits and hyphens, starting with a letter.
@@ -567,9 +604,9 @@ pub struct PlannedEvent {
 /// Envelope (`metadataVersion`) and Key Vault `data` (`dataVersion`) schema versions we
 /// know; a rotation event of another version is dropped, since we cannot tell what its
 /// fields mean. Absent versions are accepted (CloudEvents carries none).
-fn check_versions(event: &EventGridEvent) -> Result<(), EventError> {
-    for (field, value) in [("metadataVersion", &event.metadata_version), ("dataVersion", &event.data_version)] {
-        if let Some(v) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+pub(crate) fn check_versions(metadata_version: Option<&str>, data_version: Option<&str>) -> Result<(), EventError> {
+    for (field, value) in [("metadataVersion", metadata_version), ("dataVersion", data_version)] {
+        if let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) {
             if v != "1" && v != "1.0" {
                 return Err(EventError::UnknownVersion { field, value: quote(v) });
             }
@@ -658,26 +695,39 @@ fn decide(event: EventGridEvent, source: &SourceFilter) -> Disposition {
             Err(e) => Disposition::Reject(EventError::InvalidField { field: "validationCode", reason: e.to_string() }),
         },
         EventKind::SecretNearExpiry | EventKind::SecretExpired => {
-            let checked =
-                check_versions(&event).and_then(|()| KeyVaultEventData::from_value(&event.data)).and_then(|data| {
-                    let secret = data.secret_ref()?;
-                    source.check(event.topic.as_deref(), &data)?;
-                    Ok(secret)
-                });
-            match checked {
-                Ok(secret) => Disposition::Rotate(RotationRequest {
-                    vault_name: secret.vault_name,
-                    secret_name: secret.secret_name,
-                    version: secret.version,
-                    trigger: Trigger::EventGrid { event_id: event.id, event_type: event.event_type.trim().to_owned() },
-                }),
-                Err(e) => Disposition::Reject(e),
-            }
+            let data = check_versions(event.metadata_version.as_deref(), event.data_version.as_deref())
+                .and_then(|()| KeyVaultEventData::from_value(&event.data));
+            rotation(&event.id, &event.event_type, event.topic.as_deref(), data, source)
         }
         EventKind::SubscriptionDeleted
         | EventKind::SecretNewVersionCreated
         | EventKind::OtherKeyVault
         | EventKind::Unknown => Disposition::Ignore { kind, event_type: event.event_type },
+    }
+}
+
+/// The decision for a `SecretNearExpiry`/`SecretExpired` event whose `data` was read
+/// (or failed to be): rotate the secret it names if its names and source check out.
+pub(crate) fn rotation(
+    event_id: &str,
+    event_type: &str,
+    topic: Option<&str>,
+    data: Result<KeyVaultEventData, EventError>,
+    source: &SourceFilter,
+) -> Disposition {
+    let checked = data.and_then(|data| {
+        let secret = data.secret_ref()?;
+        source.check(topic, &data)?;
+        Ok(secret)
+    });
+    match checked {
+        Ok(secret) => Disposition::Rotate(RotationRequest {
+            vault_name: secret.vault_name,
+            secret_name: secret.secret_name,
+            version: secret.version,
+            trigger: Trigger::EventGrid { event_id: event_id.to_owned(), event_type: event_type.trim().to_owned() },
+        }),
+        Err(e) => Disposition::Reject(e),
     }
 }
 
@@ -823,6 +873,36 @@ mod tests {
         ] {
             assert!(matches!(parse_secret_id(bad), Err(EventError::InvalidId { .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn plain_secret_ids_read_as_the_url_parser_reads_them() {
+        let mut plain = 0;
+        for id in [
+            "https://sample-kv.vault.azure.net/secrets/newsecret/ee059b2bb5bc48398a53b168c6cdcb10",
+            "HTTPS://Sample-KV.Vault.Azure.NET/Secrets/NewSecret/",
+            "https://sample-kv.vault.azure.net/secrets/s",
+            "https://localhost/secrets/s/v",
+            "https://a.b/secrets/s/v/",
+            "https://sample-kv.vault.azure.net/secrets/s//",
+            "https://sample-kv.vault.azure.net/secrets//v",
+            "https://sample-kv.vault.azure.net/secrets/s/v/x",
+            "https://sample-kv.vault.azure.net:443/secrets/s",
+            "https://xn--bcher-kva.example/secrets/s",
+            "https://a--b.vault.azure.net/secrets/s",
+            "https://-a.vault.azure.net/secrets/s",
+            "https://sample-kv.1/secrets/s",
+            "https://sample-kv.vault.azure.net/secrets/s%41",
+            "https://sample-kv.vault.azure.net/secrets/s/./v",
+            "https://user@sample-kv.vault.azure.net/secrets/s",
+            "https://sample-kv.vault.azure.net",
+        ] {
+            if let Some(parts) = plain_secret_id(id) {
+                plain += 1;
+                assert_eq!(Ok(parts), url_secret_id(id), "{id}");
+            }
+        }
+        assert_eq!(plain, 5, "the ids Key Vault sends take the plain path");
     }
 
     #[test]

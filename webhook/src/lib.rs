@@ -4,6 +4,8 @@
 //! - [`request`]: [`RotationRequest`], what the webhook (and every other trigger) hands
 //!   to the engine's queue. It is a hint: the engine re-reads Key Vault before acting.
 //! - [`eventgrid`]: the Event Grid schema and tolerant parsing of Key Vault event data.
+//! - [`fastpath`]: the common Event Grid delivery decided without a JSON tree; anything
+//!   unusual goes the general way.
 //! - [`source`]: which vaults' events are accepted; topic, `VaultName` and `Id` must agree.
 //! - [`dedup`]: bounded, time-limited memory of event ids and requested rotations.
 //! - [`app`]: the axum [`Router`](axum::Router): validation handshake, routing of
@@ -15,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod dedup;
 pub mod eventgrid;
+pub mod fastpath;
 pub mod request;
 pub mod source;
 

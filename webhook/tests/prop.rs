@@ -13,6 +13,7 @@ use kv_rotator_webhook::eventgrid::{
     is_secret_name, is_vault_name, plan_cloud_event, plan_event, Disposition, SECRET_EXPIRED, SECRET_NEAR_EXPIRY,
     SUBSCRIPTION_VALIDATION_EVENT,
 };
+use kv_rotator_webhook::fastpath::plan_event_grid;
 use kv_rotator_webhook::SourceFilter;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -126,6 +127,25 @@ fn mutated_event() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A well-formed Event Grid rotation event with some fields set to strings or removed:
+/// the shapes the fast path takes, most of them still reaching the deep checks.
+fn string_mutated_event() -> impl Strategy<Value = Value> {
+    let base = secret_event("p-3", SECRET_NEAR_EXPIRY, VAULT, "db-password", "0123456789abcdef0123456789abcdef");
+    let edits = prop::collection::vec((any::<bool>(), key(), prop::option::of(text())), 0..5);
+    edits.prop_map(move |edits| {
+        let mut event = base.clone();
+        for (in_data, field, value) in edits {
+            let target = if in_data { event.get_mut("data") } else { Some(&mut event) };
+            let Some(target) = target.and_then(Value::as_object_mut) else { continue };
+            match value {
+                Some(value) => target.insert(field, Value::from(value)),
+                None => target.remove(&field),
+            };
+        }
+        event
+    })
+}
+
 /// What a queued rotation must satisfy, whatever produced it.
 fn check_rotation(event: &Value, vault: &str, secret: &str) -> Result<(), TestCaseError> {
     prop_assert!(vault.eq_ignore_ascii_case(VAULT), "queued a rotation for {vault:?}: {event}");
@@ -198,6 +218,44 @@ proptest! {
         };
         prop_assert_eq!(got, expected);
     }
+}
+
+proptest! {
+    #[test]
+    fn fast_path_decides_as_the_general_path(
+        events in prop::collection::vec(
+            prop_oneof![json_value(), mutated_event(), string_mutated_event(), string_mutated_event().prop_map(|e| json!([e]))],
+            0..4,
+        ),
+    ) {
+        // Nested arrays included: an array element that is an array is not an event.
+        let filter = SourceFilter::only([VAULT]);
+        let body = Value::Array(events.clone()).to_string();
+        if let Some(fast) = plan_event_grid(body.as_bytes(), &filter) {
+            let general: Vec<_> = events.into_iter().enumerate().map(|(i, e)| plan_event(i, e, &filter)).collect();
+            prop_assert_eq!(fast, general, "{}", body);
+        }
+    }
+}
+
+#[test]
+fn fast_path_takes_most_mutated_events() {
+    // Guards against a vacuous agreement property: the fast path must answer for a fair
+    // share of generated events, rotations among them.
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let filter = SourceFilter::only([VAULT]);
+    let (mut fast, mut rotate, mut reject) = (0, 0, 0);
+    for _ in 0..400 {
+        let event = string_mutated_event().new_tree(&mut runner).unwrap().current();
+        if let Some(planned) = plan_event_grid(Value::Array(vec![event]).to_string().as_bytes(), &filter) {
+            fast += 1;
+            rotate += usize::from(matches!(planned[0].disposition, Disposition::Rotate(_)));
+            reject += usize::from(matches!(planned[0].disposition, Disposition::Reject(_)));
+        }
+    }
+    assert!(fast > 200 && rotate > 40 && reject > 20, "fast {fast}, rotate {rotate}, reject {reject} of 400");
 }
 
 #[test]
