@@ -91,7 +91,7 @@ pub struct DevVault {
     local_addr: SocketAddr,
     ca_pem: String,
     shared: Arc<http::Shared>,
-    handle: axum_server::Handle,
+    handle: axum_server::Handle<SocketAddr>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -150,6 +150,7 @@ impl DevVault {
             listener,
             axum_server::tls_rustls::RustlsConfig::from_config(tls.server_config),
         )
+        .map_err(bind_error)?
         .handle(handle.clone());
         let task = tokio::spawn(server.serve(app));
         Ok(DevVault { host, local_addr, ca_pem: tls.ca_pem, shared, handle, task: Some(task) })
