@@ -88,16 +88,30 @@ struct Summary {
     rejected: usize,
 }
 
-/// (vault, secret, version), lower-cased (Key Vault names ignore case), as one string
-/// to digest.
-fn rotation_key(request: &RotationRequest) -> String {
-    let version = request.version.as_deref().unwrap_or("");
-    let mut key = String::with_capacity(request.vault_name.len() + request.secret_name.len() + version.len() + 2);
-    for part in [request.vault_name.as_str(), "/", request.secret_name.as_str(), "/", version] {
-        key.push_str(part);
+/// (vault, secret, version), lower-cased (Key Vault names ignore case), hashed as one
+/// byte string; validated names fit the stack buffer, so no allocation per request.
+struct RotationKey<'a>(&'a RotationRequest);
+
+impl std::hash::Hash for RotationKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let request = self.0;
+        let parts = [request.vault_name.as_str(), "/", request.secret_name.as_str(), "/"];
+        let parts = parts.into_iter().chain(request.version.as_deref());
+        let mut buffer = [0u8; 256];
+        let mut len = 0;
+        for part in parts.clone() {
+            let Some(slot) = buffer.get_mut(len..len + part.len()) else {
+                // Longer than any valid names: the same bytes, from the heap.
+                let mut key: Vec<u8> = parts.flat_map(str::bytes).collect();
+                key.make_ascii_lowercase();
+                return state.write(&key);
+            };
+            slot.copy_from_slice(part.as_bytes());
+            len += part.len();
+        }
+        buffer[..len].make_ascii_lowercase();
+        state.write(&buffer[..len]);
     }
-    key.make_ascii_lowercase();
-    key
 }
 
 impl WebhookState {
@@ -255,13 +269,15 @@ fn schema(headers: &HeaderMap) -> Result<Schema, &'static str> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Err("missing Content-Type, expected application/json or application/cloudevents(-batch)+json");
     };
-    let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match essence.as_str() {
-        "application/json" => Ok(Schema::EventGrid),
-        "application/cloudevents+json" => Ok(Schema::CloudEvent),
-        "application/cloudevents-batch+json" => Ok(Schema::CloudEventBatch),
-        _ => Err("unsupported Content-Type, expected application/json or application/cloudevents(-batch)+json"),
-    }
+    let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+    [
+        ("application/json", Schema::EventGrid),
+        ("application/cloudevents+json", Schema::CloudEvent),
+        ("application/cloudevents-batch+json", Schema::CloudEventBatch),
+    ]
+    .into_iter()
+    .find_map(|(name, schema)| essence.eq_ignore_ascii_case(name).then_some(schema))
+    .ok_or("unsupported Content-Type, expected application/json or application/cloudevents(-batch)+json")
 }
 
 /// Reads the header as text for logs; `""` when absent or not visible ASCII.
@@ -298,10 +314,10 @@ async fn receive(State(state): State<WebhookState>, request: Request) -> Respons
     // Header names are case-insensitive (`AEG-SUBSCRIPTION-NAME` arrives upper-case); values
     // are logged escaped, they are not validated.
     let headers = request.headers();
-    let aeg_header = headers.get(AEG_EVENT_TYPE_HEADER).map(|v| v.to_str().unwrap_or("").to_owned());
-    let aeg = aeg_header.as_deref().and_then(AegEventType::parse);
+    let aeg_header = headers.get(AEG_EVENT_TYPE_HEADER).map(|v| v.to_str().unwrap_or(""));
+    let aeg = aeg_header.and_then(AegEventType::parse);
     let span = tracing::Span::current();
-    span.record("aeg_event_type", tracing::field::debug(aeg_header.as_deref().unwrap_or("")));
+    span.record("aeg_event_type", tracing::field::debug(aeg_header.unwrap_or("")));
     span.record("aeg_subscription_name", tracing::field::debug(header_text(headers, "aeg-subscription-name")));
     span.record("aeg_delivery_count", tracing::field::debug(header_text(headers, "aeg-delivery-count")));
     if aeg_header.is_some() && aeg.is_none() {
@@ -460,15 +476,16 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
     // same event cannot both pass the check. `try_send` never waits.
     let now = Instant::now();
     let mut recent = state.recent.lock().unwrap_or_else(|p| p.into_inner());
-    let mut in_batch = HashSet::new();
-    let mut fresh = Vec::new();
+    // Most deliveries hold one event: the set of this batch's keys is only built for more.
+    let mut in_batch = (rotations.len() > 1).then(HashSet::new);
+    let mut fresh = Vec::with_capacity(rotations.len());
     for (index, request) in rotations {
         let Trigger::EventGrid { event_id, .. } = &request.trigger else { continue };
-        let key = recent.rotations.digest(&rotation_key(&request));
+        let key = recent.rotations.digest(&RotationKey(&request));
         if recent.events.contains(event_id.as_str(), now) {
             ignored += 1;
             tracing::debug!(index, event_id = ?event_id, "event already enqueued (redelivery)");
-        } else if recent.rotations.contains_digest(key, now) || !in_batch.insert(key) {
+        } else if recent.rotations.contains_digest(key, now) || in_batch.as_mut().is_some_and(|set| !set.insert(key)) {
             // One version asked twice (NearExpiry and Expired, two subscriptions): one rotation is enough.
             ignored += 1;
             tracing::debug!(index, event_id = ?event_id, "rotation of this version already requested");
@@ -476,9 +493,8 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
             fresh.push((request, key));
         }
     }
-    let (fresh, keys): (Vec<RotationRequest>, Vec<u64>) = fresh.into_iter().unzip();
-    let (sent, outcome) = enqueue(&state.queue, &fresh);
-    for (request, key) in fresh[..sent].iter().zip(keys) {
+    let queued = fresh.len();
+    let (sent, outcome) = enqueue(&state.queue, fresh, |request, key| {
         if let Trigger::EventGrid { event_id, event_type } = &request.trigger {
             recent.events.insert(event_id.as_str(), now);
             recent.rotations.insert_digest(key, now);
@@ -492,52 +508,55 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
                 "rotation request queued"
             );
         }
-    }
+    });
     drop(recent);
     if let Err(e) = outcome {
         let (message, closed) = match e {
             TrySendError::Full(()) => ("rotation queue is full, retry later", false),
             TrySendError::Closed(()) => ("worker is shutting down, retry later", true),
         };
-        tracing::warn!(rotations = fresh.len(), sent, closed, "delivery refused with 503");
+        tracing::warn!(rotations = queued, sent, closed, "delivery refused with 503");
         return unavailable(state, message);
     }
-    (StatusCode::OK, Json(Summary { queued: fresh.len(), ignored, rejected })).into_response()
+    (StatusCode::OK, Json(Summary { queued, ignored, rejected })).into_response()
 }
 
-/// Sends `rotations`, returning how many went in. When the queue could hold them
-/// all, it is all or none, so a 503 makes Event Grid redeliver a batch that adds
-/// no duplicate. A batch larger than the whole queue goes one by one; duplicates
-/// from its redelivery are harmless, since the engine keys a rotation on (vault,
-/// secret, version).
+/// Sends `rotations`, returning how many went in; `sent` sees each one as it goes in
+/// (its digest alongside), so nothing is copied. When the queue could hold them all,
+/// it is all or none, so a 503 makes Event Grid redeliver a batch that adds no
+/// duplicate. A batch larger than the whole queue goes one by one; duplicates from its
+/// redelivery are harmless, since the engine keys a rotation on (vault, secret, version).
 fn enqueue(
     queue: &mpsc::Sender<RotationRequest>,
-    rotations: &[RotationRequest],
+    rotations: Vec<(RotationRequest, u64)>,
+    mut sent: impl FnMut(&RotationRequest, u64),
 ) -> (usize, Result<(), TrySendError<()>>) {
-    if rotations.is_empty() {
+    let count = rotations.len();
+    if count == 0 {
         return (0, Ok(()));
     }
-    if rotations.len() <= queue.max_capacity() {
-        return match queue.try_reserve_many(rotations.len()) {
+    if count <= queue.max_capacity() {
+        return match queue.try_reserve_many(count) {
             Ok(permits) => {
-                for (permit, request) in permits.zip(rotations) {
-                    permit.send(request.clone());
+                for (permit, (request, key)) in permits.zip(rotations) {
+                    sent(&request, key);
+                    permit.send(request);
                 }
-                (rotations.len(), Ok(()))
+                (count, Ok(()))
             }
             Err(e) => (0, Err(e)),
         };
     }
-    for (sent, request) in rotations.iter().enumerate() {
-        if let Err(e) = queue.try_send(request.clone()) {
-            let e = match e {
-                TrySendError::Full(_) => TrySendError::Full(()),
-                TrySendError::Closed(_) => TrySendError::Closed(()),
-            };
-            return (sent, Err(e));
+    for (i, (request, key)) in rotations.into_iter().enumerate() {
+        match queue.try_reserve() {
+            Ok(permit) => {
+                sent(&request, key);
+                permit.send(request);
+            }
+            Err(e) => return (i, Err(e)),
         }
     }
-    (rotations.len(), Ok(()))
+    (count, Ok(()))
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@
 //! `SecretNearExpiry`/`SecretExpired`; the docs say they share the `data` shape of
 //! `SecretNewVersionCreated`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -261,21 +262,49 @@ impl KeyVaultEventData {
     /// rejects the event, since we cannot tell which field lies. Without `Id`, the
     /// names come from `VaultName`, `ObjectName` and `Version`.
     pub fn secret_ref(&self) -> Result<SecretRef, EventError> {
-        if let Some(object_type) = &self.object_type {
+        self.view().secret_ref()
+    }
+
+    /// The fields the decisions use, borrowed.
+    pub(crate) fn view(&self) -> KvView<'_> {
+        KvView {
+            id: self.id.as_deref(),
+            vault_name: self.vault_name.as_deref(),
+            object_type: self.object_type.as_deref(),
+            object_name: self.object_name.as_deref(),
+            version: self.version.as_deref(),
+        }
+    }
+}
+
+/// The name fields of [`KeyVaultEventData`], borrowed (trimmed, `None` when empty), so
+/// the fast path decides without copying them; see [`KeyVaultEventData::secret_ref`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KvView<'a> {
+    pub(crate) id: Option<&'a str>,
+    pub(crate) vault_name: Option<&'a str>,
+    pub(crate) object_type: Option<&'a str>,
+    pub(crate) object_name: Option<&'a str>,
+    pub(crate) version: Option<&'a str>,
+}
+
+impl KvView<'_> {
+    /// [`KeyVaultEventData::secret_ref`]; only the checked names are copied.
+    pub(crate) fn secret_ref(&self) -> Result<SecretRef, EventError> {
+        if let Some(object_type) = self.object_type {
             if !object_type.eq_ignore_ascii_case("Secret") {
                 return Err(EventError::WrongObjectType(quote(object_type)));
             }
         }
-        let from_id = self.id.as_deref().map(parse_secret_id).transpose()?;
+        let from_id = self.id.map(secret_id_parts).transpose()?;
         let (id_vault, id_name, id_version) = match from_id {
-            Some(parts) => (parts.vault_name, Some(parts.secret_name), parts.version),
+            Some((vault, name, version)) => (vault, Some(name), version),
             None => (None, None, None),
         };
-        let vault_name =
-            agree("VaultName", id_vault, self.vault_name.clone())?.ok_or(EventError::MissingField("VaultName"))?;
+        let vault_name = agree("VaultName", id_vault, self.vault_name)?.ok_or(EventError::MissingField("VaultName"))?;
         let secret_name =
-            agree("ObjectName", id_name, self.object_name.clone())?.ok_or(EventError::MissingField("ObjectName"))?;
-        let version = agree("Version", id_version, self.version.clone())?;
+            agree("ObjectName", id_name, self.object_name)?.ok_or(EventError::MissingField("ObjectName"))?;
+        let version = agree("Version", id_version, self.version)?;
 
         if !is_vault_name(&vault_name) {
             return Err(EventError::InvalidVaultName(quote(&vault_name)));
@@ -288,7 +317,11 @@ impl KeyVaultEventData {
                 return Err(EventError::InvalidVersion(quote(version)));
             }
         }
-        Ok(SecretRef { vault_name, secret_name, version })
+        Ok(SecretRef {
+            vault_name: vault_name.into_owned(),
+            secret_name: secret_name.into_owned(),
+            version: version.map(Cow::into_owned),
+        })
     }
 }
 
@@ -352,17 +385,17 @@ fn json_type(value: &Value) -> &'static str {
 }
 
 /// Cross-checks a name from `Id` with the same name given as its own field.
-fn agree(
+fn agree<'a>(
     field: &'static str,
-    from_id: Option<String>,
-    from_data: Option<String>,
-) -> Result<Option<String>, EventError> {
+    from_id: Option<Cow<'a, str>>,
+    from_data: Option<&'a str>,
+) -> Result<Option<Cow<'a, str>>, EventError> {
     match (from_id, from_data) {
-        (Some(id), Some(data)) if !id.eq_ignore_ascii_case(&data) => {
-            Err(EventError::Mismatch { field, from_id: quote(&id), from_data: quote(&data) })
+        (Some(id), Some(data)) if !id.eq_ignore_ascii_case(data) => {
+            Err(EventError::Mismatch { field, from_id: quote(&id), from_data: quote(data) })
         }
         (Some(id), _) => Ok(Some(id)),
-        (None, data) => Ok(data),
+        (None, data) => Ok(data.map(Cow::Borrowed)),
     }
 }
 
@@ -394,7 +427,28 @@ pub struct SecretIdParts {
 /// Any host is accepted so sovereign clouds (`vault.azure.cn`,
 /// `vault.usgovcloudapi.net`) work; the host's first label is the vault name.
 pub fn parse_secret_id(id: &str) -> Result<SecretIdParts, EventError> {
-    plain_secret_id(id).map_or_else(|| url_secret_id(id), Ok)
+    let (vault_name, secret_name, version) = secret_id_parts(id)?;
+    Ok(SecretIdParts {
+        vault_name: vault_name.map(Cow::into_owned),
+        secret_name: secret_name.into_owned(),
+        version: version.map(Cow::into_owned),
+    })
+}
+
+/// (vault, name, version) of [`parse_secret_id`], borrowed from `id` when it is plain.
+type IdParts<'a> = (Option<Cow<'a, str>>, Cow<'a, str>, Option<Cow<'a, str>>);
+
+fn secret_id_parts(id: &str) -> Result<IdParts<'_>, EventError> {
+    if let Some((vault_name, secret_name, version)) = plain_secret_id(id) {
+        // The URL parser lower-cases the host.
+        let vault_name = vault_name.map(|v| match v.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => Cow::Owned(v.to_ascii_lowercase()),
+            false => Cow::Borrowed(v),
+        });
+        return Ok((vault_name, Cow::Borrowed(secret_name), version.map(Cow::Borrowed)));
+    }
+    let parts = url_secret_id(id)?;
+    Ok((parts.vault_name.map(Cow::Owned), Cow::Owned(parts.secret_name), parts.version.map(Cow::Owned)))
 }
 
 /// [`parse_secret_id`] by the URL parser, for every id.
@@ -429,20 +483,20 @@ fn url_secret_id(id: &str) -> Result<SecretIdParts, EventError> {
 /// a host of plain letter-led labels, `/secrets/{name}[/{version}][/]` of letters,
 /// digits and hyphens. `None` for anything else (ports, IP addresses, escapes, empty
 /// segments, punycode), which the URL parser reads; on what this accepts both agree.
-fn plain_secret_id(id: &str) -> Option<SecretIdParts> {
+fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
     let rest = id.get(..8).filter(|scheme| scheme.eq_ignore_ascii_case("https://")).map(|_| &id[8..])?;
-    let (host, path) = rest.split_once('/')?;
-    let plain_label = |label: &str| {
-        label.starts_with(|c: char| c.is_ascii_alphabetic())
-            && !label.ends_with('-')
-            && !label.contains("--")
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    let (host, path) = rest.split_at(rest.bytes().position(|b| b == b'/')?);
+    let plain_label = |label: &[u8]| {
+        label.first().is_some_and(u8::is_ascii_alphabetic)
+            && label.last() != Some(&b'-')
+            && !label.windows(2).any(|pair| pair == b"--")
+            && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
     };
-    if !host.split('.').all(plain_label) {
+    if !host.as_bytes().split(|&b| b == b'.').all(plain_label) {
         return None;
     }
-    // The URL parser lower-cases the host.
-    let vault_name = host.split_once('.').map(|(label, _)| label.to_ascii_lowercase());
+    let vault_name = host.bytes().position(|b| b == b'.').map(|dot| &host[..dot]);
+    let path = &path[1..];
     let path = path.strip_suffix('/').unwrap_or(path);
     let plain_segment = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     let mut segments = path.split('/');
@@ -454,7 +508,7 @@ fn plain_secret_id(id: &str) -> Option<SecretIdParts> {
     {
         return None;
     }
-    Some(SecretIdParts { vault_name, secret_name: name.to_owned(), version: version.map(str::to_owned) })
+    Some((vault_name, name, version))
 }
 
 /// Key Vault names: 3–24 characters, letters, digits and hyphens, starting with a letter.
@@ -697,7 +751,8 @@ fn decide(event: EventGridEvent, source: &SourceFilter) -> Disposition {
         EventKind::SecretNearExpiry | EventKind::SecretExpired => {
             let data = check_versions(event.metadata_version.as_deref(), event.data_version.as_deref())
                 .and_then(|()| KeyVaultEventData::from_value(&event.data));
-            rotation(&event.id, &event.event_type, event.topic.as_deref(), data, source)
+            let view = data.as_ref().map(KeyVaultEventData::view).map_err(EventError::clone);
+            rotation(&event.id, &event.event_type, event.topic.as_deref(), view, source)
         }
         EventKind::SubscriptionDeleted
         | EventKind::SecretNewVersionCreated
@@ -712,12 +767,12 @@ pub(crate) fn rotation(
     event_id: &str,
     event_type: &str,
     topic: Option<&str>,
-    data: Result<KeyVaultEventData, EventError>,
+    data: Result<KvView<'_>, EventError>,
     source: &SourceFilter,
 ) -> Disposition {
     let checked = data.and_then(|data| {
         let secret = data.secret_ref()?;
-        source.check(topic, &data)?;
+        source.check_names(topic, data.vault_name, data.id)?;
         Ok(secret)
     });
     match checked {
@@ -897,9 +952,9 @@ mod tests {
             "https://user@sample-kv.vault.azure.net/secrets/s",
             "https://sample-kv.vault.azure.net",
         ] {
-            if let Some(parts) = plain_secret_id(id) {
+            if plain_secret_id(id).is_some() {
                 plain += 1;
-                assert_eq!(Ok(parts), url_secret_id(id), "{id}");
+                assert_eq!(parse_secret_id(id), url_secret_id(id), "{id}");
             }
         }
         assert_eq!(plain, 5, "the ids Key Vault sends take the plain path");

@@ -16,11 +16,11 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::eventgrid::{check_versions, rotation, Disposition, EventKind, KeyVaultEventData, PlannedEvent, KV_FIELDS};
+use crate::eventgrid::{check_versions, rotation, Disposition, EventKind, KvView, PlannedEvent, KV_FIELDS};
 use crate::source::SourceFilter;
 
 /// Decides every event of an Event Grid schema delivery; `None` when the body is not
@@ -118,40 +118,18 @@ fn plan(index: usize, event: Envelope<'_>, source: &SourceFilter) -> Option<Plan
 
 /// A Key Vault `data` object read like [`KeyVaultEventData::from_value`], keys matched
 /// after trimming and ignoring ASCII case; `None` when unusual (not an object, a field
-/// under two keys, a value of a type the field does not take).
-fn key_vault_data(raw: &RawValue) -> Option<KeyVaultEventData> {
-    let fields = serde_json::from_str::<KvFields<'_>>(raw.get()).ok()?;
-    let text = |i: usize| match fields.0[i] {
-        Some(Scalar::Str(s)) => Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_owned),
-        _ => None,
-    };
-    let seconds = |i: usize| match fields.0[i] {
-        Some(Scalar::Str(s)) => s.trim().parse().ok(),
-        Some(Scalar::Int(n)) => n,
-        _ => None,
-    };
-    Some(KeyVaultEventData {
-        id: text(0),
-        vault_name: text(1),
-        object_type: text(2),
-        object_name: text(3),
-        version: text(4),
-        nbf: seconds(5),
-        exp: seconds(6),
-    })
+/// under two keys, a name that is not a plain string or null). `NBF`/`EXP` are only
+/// looked at for being given twice: the decisions never use them, and no value of
+/// theirs makes the general path fail.
+fn key_vault_data(raw: &RawValue) -> Option<KvView<'_>> {
+    let KvFields(fields) = serde_json::from_str(raw.get()).ok()?;
+    let text = |i: usize| fields[i].flatten().map(str::trim).filter(|s| !s.is_empty());
+    Some(KvView { id: text(0), vault_name: text(1), object_type: text(2), object_name: text(3), version: text(4) })
 }
 
-/// The values of [`KV_FIELDS`], in that order.
-struct KvFields<'a>([Option<Scalar<'a>>; 7]);
-
-/// A `data` value: null, an unescaped string, or (for `NBF`/`EXP`) a number as
-/// Unix seconds, `None` when it is not a whole number.
-#[derive(Clone, Copy)]
-enum Scalar<'a> {
-    Null,
-    Str(&'a str),
-    Int(Option<i64>),
-}
+/// The values of [`KV_FIELDS`] in that order: names as given (`Some(None)` for null),
+/// `NBF`/`EXP` as `Some(None)` when present.
+struct KvFields<'a>([Option<Option<&'a str>>; 7]);
 
 impl<'de: 'a, 'a> Deserialize<'de> for KvFields<'a> {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
@@ -171,66 +149,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for KvFields<'a> {
                         map.next_value::<IgnoredAny>()?;
                         continue;
                     };
-                    // Strings for the names; NBF and EXP (the last two) also take numbers.
-                    let value = map.next_value_seed(ScalarSeed { numbers: i >= 5 })?;
+                    let value = if i < 5 {
+                        map.next_value::<Option<&'de str>>()?
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                        None
+                    };
                     set_once(&mut fields.0[i], value)?;
                 }
                 Ok(fields)
             }
         }
         de.deserialize_map(FieldsVisitor)
-    }
-}
-
-/// Reads one [`Scalar`]; numbers only where `numbers`.
-struct ScalarSeed {
-    numbers: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for ScalarSeed {
-    type Value = Scalar<'de>;
-
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ScalarSeed {
-    type Value = Scalar<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string, a number or null")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Null)
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(s))
-    }
-
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
-        self.number(Some(n))
-    }
-
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-        // Past i64 it is no whole number of seconds the general path takes either.
-        self.number(i64::try_from(n).ok())
-    }
-
-    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
-        self.number((f.fract() == 0.0 && f.abs() < 1e15).then_some(f as i64))
-    }
-}
-
-impl ScalarSeed {
-    fn number<E: de::Error>(self, n: Option<i64>) -> Result<Scalar<'static>, E> {
-        if self.numbers {
-            Ok(Scalar::Int(n))
-        } else {
-            Err(E::custom(UNUSUAL))
-        }
     }
 }
 

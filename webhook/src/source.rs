@@ -39,17 +39,30 @@ impl SourceFilter {
 
     /// Whether `vault` may send events.
     pub fn allows(&self, vault: &str) -> bool {
-        self.allowed.as_ref().is_none_or(|set| set.contains(&vault.to_ascii_lowercase()))
+        self.allowed.as_ref().is_none_or(|set| match vault.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => set.contains(&vault.to_ascii_lowercase()),
+            false => set.contains(vault),
+        })
     }
 
     /// Checks one rotation event's source; `topic` is the `topic`/`source` attribute.
     pub fn check(&self, topic: Option<&str>, data: &KeyVaultEventData) -> Result<(), EventError> {
+        self.check_names(topic, data.vault_name.as_deref(), data.id.as_deref())
+    }
+
+    /// [`check`](Self::check) on the two fields of `data` it reads.
+    pub(crate) fn check_names(
+        &self,
+        topic: Option<&str>,
+        vault_name: Option<&str>,
+        id: Option<&str>,
+    ) -> Result<(), EventError> {
         let topic = topic.map(str::trim).filter(|t| !t.is_empty()).ok_or(EventError::MissingSource("topic"))?;
         let from_topic = vault_from_resource_id(topic).ok_or_else(|| EventError::SourceMismatch {
             reason: format!("topic {} is not a Key Vault resource id", quote(topic)),
         })?;
-        let from_data = data.vault_name.as_deref().ok_or(EventError::MissingSource("data.VaultName"))?;
-        let id = data.id.as_deref().ok_or(EventError::MissingSource("data.Id"))?;
+        let from_data = vault_name.ok_or(EventError::MissingSource("data.VaultName"))?;
+        let id = id.ok_or(EventError::MissingSource("data.Id"))?;
         let from_id = id_vault(id)
             .ok_or_else(|| EventError::SourceMismatch { reason: "data.Id's host names no vault".to_owned() })?;
         if !from_topic.eq_ignore_ascii_case(from_data) || !from_id.eq_ignore_ascii_case(from_data) {
