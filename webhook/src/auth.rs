@@ -19,6 +19,7 @@
 //!
 //! Keys never appear in logs or errors; [`SharedKey`] keeps only their SHA-256 digests.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
@@ -199,11 +200,14 @@ impl SharedKey {
     }
 
     fn check(&self, parts: &Parts) -> Result<(), AuthError> {
-        let from_header = parts.headers.get(&self.header).map(|v| v.as_bytes().to_vec());
+        let from_header = parts.headers.get(&self.header).map(|v| Cow::Borrowed(v.as_bytes()));
         let from_query = parts.uri.query().and_then(|q| {
             url::form_urlencoded::parse(q.as_bytes())
                 .find(|(name, _)| name == self.query_parameter.as_str())
-                .map(|(_, value)| value.into_owned().into_bytes())
+                .map(|(_, value)| match value {
+                    Cow::Borrowed(value) => Cow::Borrowed(value.as_bytes()),
+                    Cow::Owned(value) => Cow::Owned(value.into_bytes()),
+                })
         });
         if from_header.is_none() && from_query.is_none() {
             return Err(AuthError::Missing("no shared key in the query or the header"));
