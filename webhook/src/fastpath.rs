@@ -2,9 +2,8 @@
 //!
 //! [`plan_event_grid`] decides a whole `application/json` delivery the way
 //! [`plan_event`](crate::eventgrid::plan_event) decides each of its events, but reads the
-//! body straight into borrowed, typed envelopes: strings stay slices of the body, `data`
-//! stays a [`RawValue`] until the event type says it is a Key Vault payload, and only the
-//! Key Vault fields of `data` are read. Per delivery it allocates the list of events and
+//! body straight into borrowed, typed envelopes in one pass: strings stay slices of the
+//! body, and of `data` only the Key Vault fields are kept (the rest is skipped unread). Per delivery it allocates the list of events and
 //! the strings of the decisions, where the general path allocates a `serde_json::Value`
 //! node per key and value.
 //!
@@ -16,9 +15,8 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::eventgrid::{check_versions, rotation, Disposition, EventKind, KvView, PlannedEvent, KV_FIELDS};
 use crate::source::SourceFilter;
@@ -26,7 +24,9 @@ use crate::source::SourceFilter;
 /// Decides every event of an Event Grid schema delivery; `None` when the body is not
 /// in the common shape and the general path must read it.
 pub fn plan_event_grid(body: &[u8], source: &SourceFilter) -> Option<Vec<PlannedEvent>> {
-    let events: Vec<Envelope<'_>> = serde_json::from_slice(body).ok()?;
+    // Skipped values are not checked for UTF-8 by the parser, but a body that is not UTF-8
+    // is refused by the general path: check it whole, first.
+    let events: Vec<Envelope<'_>> = serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?;
     events.into_iter().enumerate().map(|(index, event)| plan(index, event, source)).collect()
 }
 
@@ -35,7 +35,9 @@ struct Envelope<'a> {
     id: &'a str,
     topic: Option<&'a str>,
     event_type: &'a str,
-    data: Option<&'a RawValue>,
+    /// `data` read in the same pass as the envelope, as a Key Vault payload; `None` when
+    /// it is not one in the common shape (which only matters for rotation events).
+    data: Option<Option<KvView<'a>>>,
     data_version: Option<&'a str>,
     metadata_version: Option<&'a str>,
 }
@@ -72,7 +74,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
                         "topic" => set_once(&mut topic, map.next_value::<Option<&'de str>>()?)?,
                         "subject" => set_once(&mut subject, map.next_value::<Option<&'de str>>()?)?,
                         "eventTime" => set_once(&mut event_time, map.next_value::<Option<&'de str>>()?)?,
-                        "data" => set_once(&mut data, map.next_value::<&'de RawValue>()?)?,
+                        "data" => set_once(&mut data, map.next_value_seed(DataSeed)?)?,
                         "dataVersion" => set_once(&mut data_version, map.next_value::<Option<&'de str>>()?)?,
                         "metadataVersion" => set_once(&mut metadata_version, map.next_value::<Option<&'de str>>()?)?,
                         // Maybe a CloudEvent: the general path tells.
@@ -104,7 +106,7 @@ fn plan(index: usize, event: Envelope<'_>, source: &SourceFilter) -> Option<Plan
         EventKind::SecretNearExpiry | EventKind::SecretExpired => {
             let data = match check_versions(event.metadata_version, event.data_version) {
                 Err(e) => Err(e),
-                Ok(()) => Ok(key_vault_data(event.data?)?),
+                Ok(()) => Ok(event.data??),
             };
             rotation(event.id, event.event_type, event.topic, data, source)
         }
@@ -116,51 +118,144 @@ fn plan(index: usize, event: Envelope<'_>, source: &SourceFilter) -> Option<Plan
     Some(PlannedEvent { index, event_id: Some(event.id.to_owned()), disposition })
 }
 
-/// A Key Vault `data` object read like [`KeyVaultEventData::from_value`], keys matched
-/// after trimming and ignoring ASCII case; `None` when unusual (not an object, a field
-/// under two keys, a name that is not a plain string or null). `NBF`/`EXP` are only
-/// looked at for being given twice: the decisions never use them, and no value of
-/// theirs makes the general path fail.
-fn key_vault_data(raw: &RawValue) -> Option<KvView<'_>> {
-    let KvFields(fields) = serde_json::from_str(raw.get()).ok()?;
-    let text = |i: usize| fields[i].flatten().map(str::trim).filter(|s| !s.is_empty());
-    Some(KvView { id: text(0), vault_name: text(1), object_type: text(2), object_name: text(3), version: text(4) })
+/// Reads `data` like [`KeyVaultEventData::from_value`](crate::eventgrid::KeyVaultEventData::from_value),
+/// keys matched after trimming and ignoring ASCII case, into `Some` view; `None` when
+/// unusual (not an object, a field under two keys, a name that is not a plain string or
+/// null), the value consumed either way. `NBF`/`EXP` are only looked at for being given
+/// twice: the decisions never use them, and no value of theirs makes the general path fail.
+struct DataSeed;
+
+impl<'de> DeserializeSeed<'de> for DataSeed {
+    type Value = Option<KvView<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(DataVisitor)
+    }
 }
 
-/// The values of [`KV_FIELDS`] in that order: names as given (`Some(None)` for null),
-/// `NBF`/`EXP` as `Some(None)` when present.
-struct KvFields<'a>([Option<Option<&'a str>>; 7]);
+struct DataVisitor;
 
-impl<'de: 'a, 'a> Deserialize<'de> for KvFields<'a> {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = KvFields<'de>;
+impl<'de> Visitor<'de> for DataVisitor {
+    type Value = Option<KvView<'de>>;
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("Key Vault event data")
-            }
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key Vault event data")
+    }
 
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields = KvFields([None; 7]);
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    let key = key.trim();
-                    let Some(i) = KV_FIELDS.iter().position(|field| key.eq_ignore_ascii_case(field)) else {
-                        map.next_value::<IgnoredAny>()?;
-                        continue;
-                    };
-                    let value = if i < 5 {
-                        map.next_value::<Option<&'de str>>()?
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                        None
-                    };
-                    set_once(&mut fields.0[i], value)?;
-                }
-                Ok(fields)
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        let mut fields: [Option<Scalar<'de>>; 7] = [None; 7];
+        let mut usual = true;
+        while let Some(key) = map.next_key::<&'de str>()? {
+            let value = map.next_value_seed(ScalarSeed)?;
+            let key = key.trim();
+            if let Some(i) = KV_FIELDS.iter().position(|field| key.eq_ignore_ascii_case(field)) {
+                // Names must be plain strings or null; NBF and EXP (the last two) may be anything.
+                usual &= fields[i].replace(value).is_none() && (i >= 5 || value != Scalar::Other);
             }
         }
-        de.deserialize_map(FieldsVisitor)
+        let text = |i: usize| match fields[i] {
+            Some(Scalar::Str(s)) => Some(s.trim()).filter(|s| !s.is_empty()),
+            _ => None,
+        };
+        Ok(usual.then(|| KvView {
+            id: text(0),
+            vault_name: text(1),
+            object_type: text(2),
+            object_name: text(3),
+            version: text(4),
+        }))
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, seq: S) -> Result<Self::Value, S::Error> {
+        ScalarSeed.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A value inside `data`: null, a string without escapes, or anything else (consumed).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scalar<'a> {
+    Null,
+    Str(&'a str),
+    Other,
+}
+
+struct ScalarSeed;
+
+impl<'de> DeserializeSeed<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(s))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
     }
 }
 
@@ -235,5 +330,16 @@ mod tests {
         declines(json!([numeric_version]));
         assert_eq!(plan_event_grid(br#"[{"id":"a","id":"b","eventType":"x"}]"#, &SourceFilter::any()), None);
         assert_eq!(plan_event_grid(b"[", &SourceFilter::any()), None);
+        // Bodies the general path refuses whole, with the fault in a value nobody reads.
+        for body in [
+            &b"[{\"id\":\"a\",\"eventType\":\"x\",\"junk\":\"\xff\"}]"[..],
+            b"[{\"id\":\"a\",\"eventType\":\"x\",\"data\":{\"junk\":[\"\xc3\"]}}]",
+            b"[{\"id\":\"a\",\"eventType\":\"x\",\"junk\":\"\x01\"}]",
+            b"[{\"id\":\"a\",\"eventType\":\"x\",\"data\":{\"j\":\"\x1f\"}}]",
+            b"[{\"id\":\"a\",\"eventType\":\"x\",\"junk\":\"\\q\"}]",
+        ] {
+            assert!(serde_json::from_slice::<Value>(body).is_err());
+            assert_eq!(plan_event_grid(body, &SourceFilter::any()), None, "{}", String::from_utf8_lossy(body));
+        }
     }
 }
