@@ -73,7 +73,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     let vault = &config.vault;
     if let (Some(first), Some(max)) = (vault.retry_initial_delay_ms, vault.retry_max_delay_ms) {
         if first > max {
-            problems.push(format!("vault.retry_initial_delay_ms ({first}) is longer than vault.retry_max_delay_ms ({max})"));
+            problems.push(format!(
+                "vault.retry_initial_delay_ms ({first}) is longer than vault.retry_max_delay_ms ({max})"
+            ));
         }
     }
     if vault.retry_max_delay_ms == Some(0) {

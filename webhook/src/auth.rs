@@ -202,12 +202,12 @@ impl SharedKey {
     fn check(&self, parts: &Parts) -> Result<(), AuthError> {
         let from_header = parts.headers.get(&self.header).map(|v| Cow::Borrowed(v.as_bytes()));
         let from_query = parts.uri.query().and_then(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .find(|(name, _)| name == self.query_parameter.as_str())
-                .map(|(_, value)| match value {
+            url::form_urlencoded::parse(q.as_bytes()).find(|(name, _)| name == self.query_parameter.as_str()).map(
+                |(_, value)| match value {
                     Cow::Borrowed(value) => Cow::Borrowed(value.as_bytes()),
                     Cow::Owned(value) => Cow::Owned(value.into_bytes()),
-                })
+                },
+            )
         });
         if from_header.is_none() && from_query.is_none() {
             return Err(AuthError::Missing("no shared key in the query or the header"));

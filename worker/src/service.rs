@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use kv_rotator_config::{SecretSource, WebhookAuthConfig};
 use kv_rotator_config::{AlertsConfig, EngineConfig, SweeperConfig, VaultConfig, WebhookConfig};
+use kv_rotator_config::{SecretSource, WebhookAuthConfig};
 use kv_rotator_keyvault::azure::{AzureSecretStore, TransportOverrides};
 use kv_rotator_keyvault::SecretStore;
+use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use secrecy::SecretString;
 use tracing::info;
 
 use crate::alerts::WebhookSink;

@@ -239,7 +239,8 @@ fn serve_with_a_bad_config_names_the_key_and_fails() {
 fn serve_without_webhook_auth_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("open.toml");
-    std::fs::write(&path, "[vault]\nurl = \"https://v.vault.azure.net/\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::write(&path, "[vault]\nurl = \"https://v.vault.azure.net/\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n")
+        .unwrap();
     let out = Command::new(BIN).args(["serve", "--config", path.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
