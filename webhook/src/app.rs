@@ -34,9 +34,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -57,6 +56,12 @@ use crate::source::SourceFilter;
 pub const EVENTGRID_PATH: &str = "/api/eventgrid";
 /// The liveness path.
 pub const HEALTHZ_PATH: &str = "/healthz";
+
+// Header names as constants: a lookup by `&str` parses the name on every request.
+const AEG_EVENT_TYPE: HeaderName = HeaderName::from_static(AEG_EVENT_TYPE_HEADER);
+const AEG_SUBSCRIPTION_NAME: HeaderName = HeaderName::from_static("aeg-subscription-name");
+const AEG_DELIVERY_COUNT: HeaderName = HeaderName::from_static("aeg-delivery-count");
+const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
 
 /// What the webhook needs: the rotation queue and its options.
 ///
@@ -86,6 +91,12 @@ struct Summary {
     queued: usize,
     ignored: usize,
     rejected: usize,
+}
+
+/// A queued request's digests in the two [`Recent`] sets.
+struct Keys {
+    event: u64,
+    rotation: u64,
 }
 
 /// (vault, secret, version), lower-cased (Key Vault names ignore case), hashed as one
@@ -205,13 +216,12 @@ impl WebhookState {
 
 /// The webhook's routes; see the [module docs](self).
 pub fn router(state: WebhookState) -> Router {
-    let limit = state.max_body_bytes;
     Router::new()
         .route(EVENTGRID_PATH, post(receive).options(abuse_protection))
         .route("/", post(receive).options(abuse_protection))
         .route(HEALTHZ_PATH, get(healthz))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        // One reference count per request instead of a clone of every field.
+        .with_state(Arc::new(state))
 }
 
 async fn healthz() -> &'static str {
@@ -262,7 +272,7 @@ enum Schema {
 /// The schema of a delivery, or why its content type is refused (any case, any
 /// parameters).
 fn schema(headers: &HeaderMap) -> Result<Schema, &'static str> {
-    if headers.contains_key("ce-specversion") {
+    if headers.contains_key(CE_SPECVERSION) {
         // Binary mode puts the envelope in headers; Event Grid delivers structured mode.
         return Err("CloudEvents binary mode is not supported: use structured mode (application/cloudevents+json)");
     }
@@ -280,8 +290,20 @@ fn schema(headers: &HeaderMap) -> Result<Schema, &'static str> {
     .ok_or("unsupported Content-Type, expected application/json or application/cloudevents(-batch)+json")
 }
 
+/// Whether reading a body failed because it exceeds the limit.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Reads the header as text for logs; `""` when absent or not visible ASCII.
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+fn header_text(headers: &HeaderMap, name: HeaderName) -> &str {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
@@ -291,7 +313,7 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     skip_all,
     fields(aeg_event_type, aeg_subscription_name, aeg_delivery_count, events)
 )]
-async fn receive(State(state): State<WebhookState>, request: Request) -> Response {
+async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
     // Authentication first: an unauthenticated caller learns nothing about the body rules.
     let (parts, body) = request.into_parts();
     if let Err(e) = state.auth.check(&parts).await {
@@ -314,23 +336,24 @@ async fn receive(State(state): State<WebhookState>, request: Request) -> Respons
     // Header names are case-insensitive (`AEG-SUBSCRIPTION-NAME` arrives upper-case); values
     // are logged escaped, they are not validated.
     let headers = request.headers();
-    let aeg_header = headers.get(AEG_EVENT_TYPE_HEADER).map(|v| v.to_str().unwrap_or(""));
+    let aeg_header = headers.get(AEG_EVENT_TYPE).map(|v| v.to_str().unwrap_or(""));
     let aeg = aeg_header.and_then(AegEventType::parse);
     let span = tracing::Span::current();
     span.record("aeg_event_type", tracing::field::debug(aeg_header.unwrap_or("")));
-    span.record("aeg_subscription_name", tracing::field::debug(header_text(headers, "aeg-subscription-name")));
-    span.record("aeg_delivery_count", tracing::field::debug(header_text(headers, "aeg-delivery-count")));
+    span.record("aeg_subscription_name", tracing::field::debug(header_text(headers, AEG_SUBSCRIPTION_NAME)));
+    span.record("aeg_delivery_count", tracing::field::debug(header_text(headers, AEG_DELIVERY_COUNT)));
     if aeg_header.is_some() && aeg.is_none() {
         // Decisions rest on each event's eventType; an unknown header value is no reason to refuse.
         tracing::debug!(header = ?aeg_header, "unknown aeg-event-type header value");
     }
 
-    // The DefaultBodyLimit layer caps the read even without a Content-Length.
-    let body = match Bytes::from_request(request, &state).await {
+    // The limit caps the read even without a Content-Length. (Read here rather than by a
+    // `DefaultBodyLimit` layer, which costs a service clone and an extension per request.)
+    let body = match axum::body::to_bytes(request.into_body(), state.max_body_bytes).await {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(&state),
-        Err(rejection) => {
-            tracing::debug!(error = %rejection.body_text(), "could not read request body");
+        Err(e) if is_length_limit(&e) => return too_large(&state),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read request body");
             return error(StatusCode::BAD_REQUEST, "could not read request body");
         }
     };
@@ -378,7 +401,7 @@ fn is_cloud_event(event: &Value) -> bool {
 /// The CloudEvents abuse-protection handshake: an `OPTIONS` with
 /// `WebHook-Request-Origin`, answered 200 with `WebHook-Allowed-Origin` (and
 /// `WebHook-Allowed-Rate` when a rate was asked for). Authenticated like a delivery.
-async fn abuse_protection(State(state): State<WebhookState>, request: Request) -> Response {
+async fn abuse_protection(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
     if let Err(e) = state.auth.check(&parts).await {
         return unauthenticated(&state, &e);
@@ -481,23 +504,25 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
     let mut fresh = Vec::with_capacity(rotations.len());
     for (index, request) in rotations {
         let Trigger::EventGrid { event_id, .. } = &request.trigger else { continue };
-        let key = recent.rotations.digest(&RotationKey(&request));
-        if recent.events.contains(event_id.as_str(), now) {
+        let keys = Keys { event: recent.events.digest(event_id.as_str()), rotation: recent.rotations.digest(&RotationKey(&request)) };
+        if recent.events.contains_digest(keys.event, now) {
             ignored += 1;
             tracing::debug!(index, event_id = ?event_id, "event already enqueued (redelivery)");
-        } else if recent.rotations.contains_digest(key, now) || in_batch.as_mut().is_some_and(|set| !set.insert(key)) {
+        } else if recent.rotations.contains_digest(keys.rotation, now)
+            || in_batch.as_mut().is_some_and(|set| !set.insert(keys.rotation))
+        {
             // One version asked twice (NearExpiry and Expired, two subscriptions): one rotation is enough.
             ignored += 1;
             tracing::debug!(index, event_id = ?event_id, "rotation of this version already requested");
         } else {
-            fresh.push((request, key));
+            fresh.push((request, keys));
         }
     }
     let queued = fresh.len();
-    let (sent, outcome) = enqueue(&state.queue, fresh, |request, key| {
+    let (sent, outcome) = enqueue(&state.queue, fresh, |request, keys| {
+        recent.events.insert_digest(keys.event, now);
+        recent.rotations.insert_digest(keys.rotation, now);
         if let Trigger::EventGrid { event_id, event_type } = &request.trigger {
-            recent.events.insert(event_id.as_str(), now);
-            recent.rotations.insert_digest(key, now);
             // Names are validated and the event type is a known one, so `%` is safe for them.
             tracing::info!(
                 vault = %request.vault_name,
@@ -526,10 +551,10 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
 /// it is all or none, so a 503 makes Event Grid redeliver a batch that adds no
 /// duplicate. A batch larger than the whole queue goes one by one; duplicates from its
 /// redelivery are harmless, since the engine keys a rotation on (vault, secret, version).
-fn enqueue(
+fn enqueue<K>(
     queue: &mpsc::Sender<RotationRequest>,
-    rotations: Vec<(RotationRequest, u64)>,
-    mut sent: impl FnMut(&RotationRequest, u64),
+    rotations: Vec<(RotationRequest, K)>,
+    mut sent: impl FnMut(&RotationRequest, K),
 ) -> (usize, Result<(), TrySendError<()>>) {
     let count = rotations.len();
     if count == 0 {

@@ -226,6 +226,21 @@ pub struct KeyVaultEventData {
 /// The `data` keys we read, in canonical spelling, matched after trimming and ignoring ASCII case.
 pub(crate) const KV_FIELDS: [&str; 7] = ["Id", "VaultName", "ObjectType", "ObjectName", "Version", "NBF", "EXP"];
 
+/// The index in [`KV_FIELDS`] of a `data` key (trimmed, any ASCII case).
+pub(crate) fn kv_field(key: &str) -> Option<usize> {
+    let key = key.trim();
+    // The length picks at most two candidates, so a key costs one or two comparisons.
+    let candidates: &[usize] = match key.len() {
+        2 => &[0],
+        9 => &[1],
+        10 => &[2, 3],
+        7 => &[4],
+        3 => &[5, 6],
+        _ => &[],
+    };
+    candidates.iter().copied().find(|&i| key.eq_ignore_ascii_case(KV_FIELDS[i]))
+}
+
 impl KeyVaultEventData {
     /// Reads an event's `data`. Fails only when `data` is not an object, a field has
     /// a type no variant of the payload uses, or a key is given twice (e.g. `Id` and
@@ -499,7 +514,7 @@ fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
     let path = &path[1..];
     let path = path.strip_suffix('/').unwrap_or(path);
     let plain_segment = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    let mut segments = path.split('/');
+    let mut segments = crate::source::split_slash(path);
     let (collection, name, version) = (segments.next()?, segments.next()?, segments.next());
     if segments.next().is_some()
         || !collection.eq_ignore_ascii_case("secrets")

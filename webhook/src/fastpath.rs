@@ -18,7 +18,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::eventgrid::{check_versions, rotation, Disposition, EventKind, KvView, PlannedEvent, KV_FIELDS};
+use crate::eventgrid::{check_versions, kv_field, rotation, Disposition, EventKind, KvView, PlannedEvent};
 use crate::source::SourceFilter;
 
 /// Decides every event of an Event Grid schema delivery; `None` when the body is not
@@ -147,8 +147,7 @@ impl<'de> Visitor<'de> for DataVisitor {
         let mut usual = true;
         while let Some(key) = map.next_key::<&'de str>()? {
             let value = map.next_value_seed(ScalarSeed)?;
-            let key = key.trim();
-            if let Some(i) = KV_FIELDS.iter().position(|field| key.eq_ignore_ascii_case(field)) {
+            if let Some(i) = kv_field(key) {
                 // Names must be plain strings or null; NBF and EXP (the last two) may be anything.
                 usual &= fields[i].replace(value).is_none() && (i >= 5 || value != Scalar::Other);
             }
