@@ -504,7 +504,10 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
     let mut fresh = Vec::with_capacity(rotations.len());
     for (index, request) in rotations {
         let Trigger::EventGrid { event_id, .. } = &request.trigger else { continue };
-        let keys = Keys { event: recent.events.digest(event_id.as_str()), rotation: recent.rotations.digest(&RotationKey(&request)) };
+        let keys = Keys {
+            event: recent.events.digest(event_id.as_str()),
+            rotation: recent.rotations.digest(&RotationKey(&request)),
+        };
         if recent.events.contains_digest(keys.event, now) {
             ignored += 1;
             tracing::debug!(index, event_id = ?event_id, "event already enqueued (redelivery)");

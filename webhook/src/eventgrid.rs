@@ -114,7 +114,7 @@ pub enum EventKind {
 impl EventKind {
     /// Classifies an `eventType`, ignoring ASCII case and surrounding spaces.
     pub fn classify(event_type: &str) -> Self {
-        let t = event_type.trim();
+        let t = trim(event_type);
         let is = |name: &str| t.eq_ignore_ascii_case(name);
         if is(SUBSCRIPTION_VALIDATION_EVENT) {
             Self::SubscriptionValidation
@@ -228,17 +228,29 @@ pub(crate) const KV_FIELDS: [&str; 7] = ["Id", "VaultName", "ObjectType", "Objec
 
 /// The index in [`KV_FIELDS`] of a `data` key (trimmed, any ASCII case).
 pub(crate) fn kv_field(key: &str) -> Option<usize> {
-    let key = key.trim();
-    // The length picks at most two candidates, so a key costs one or two comparisons.
-    let candidates: &[usize] = match key.len() {
-        2 => &[0],
-        9 => &[1],
-        10 => &[2, 3],
-        7 => &[4],
-        3 => &[5, 6],
-        _ => &[],
+    let key = trim(key);
+    // The length, and for two lengths one letter, pick the only candidate: one comparison.
+    let i = match (key.len(), key.as_bytes()) {
+        (2, _) => 0,
+        (9, _) => 1,
+        (10, [.., b'T' | b't', _, _, _]) => 2,
+        (10, _) => 3,
+        (7, _) => 4,
+        (3, [b'N' | b'n', ..]) => 5,
+        (3, _) => 6,
+        _ => return None,
     };
-    candidates.iter().copied().find(|&i| key.eq_ignore_ascii_case(KV_FIELDS[i]))
+    key.eq_ignore_ascii_case(KV_FIELDS[i]).then_some(i)
+}
+
+/// `s.trim()`, skipping the Unicode whitespace tables when both ends are visible ASCII,
+/// as in nearly every value Event Grid sends.
+pub(crate) fn trim(s: &str) -> &str {
+    match s.as_bytes() {
+        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
+        [only] if only.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
 }
 
 impl KeyVaultEventData {
@@ -501,16 +513,27 @@ fn url_secret_id(id: &str) -> Result<SecretIdParts, EventError> {
 fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
     let rest = id.get(..8).filter(|scheme| scheme.eq_ignore_ascii_case("https://")).map(|_| &id[8..])?;
     let (host, path) = rest.split_at(rest.bytes().position(|b| b == b'/')?);
-    let plain_label = |label: &[u8]| {
-        label.first().is_some_and(u8::is_ascii_alphabetic)
-            && label.last() != Some(&b'-')
-            && !label.windows(2).any(|pair| pair == b"--")
-            && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if !host.as_bytes().split(|&b| b == b'.').all(plain_label) {
+    // One pass over the host: labels start with a letter, hold letters, digits and single
+    // hyphens, and do not end with a hyphen.
+    let (mut previous, mut first_dot) = (b'.', None);
+    for (i, b) in host.bytes().enumerate() {
+        let plain = match b {
+            b'.' | b'-' => previous != b'.' && previous != b'-',
+            _ if b.is_ascii_digit() => previous != b'.',
+            _ => b.is_ascii_alphabetic(),
+        };
+        if !plain {
+            return None;
+        }
+        if b == b'.' && first_dot.is_none() {
+            first_dot = Some(i);
+        }
+        previous = b;
+    }
+    if previous == b'.' || previous == b'-' {
         return None;
     }
-    let vault_name = host.bytes().position(|b| b == b'.').map(|dot| &host[..dot]);
+    let vault_name = first_dot.map(|dot| &host[..dot]);
     let path = &path[1..];
     let path = path.strip_suffix('/').unwrap_or(path);
     let plain_segment = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -529,19 +552,19 @@ fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
 /// Key Vault names: 3–24 characters, letters, digits and hyphens, starting with a letter.
 pub fn is_vault_name(name: &str) -> bool {
     (3..=24).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && name.as_bytes()[0].is_ascii_alphabetic()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Key Vault secret names: `^[0-9a-zA-Z-]{1,127}$`.
 pub fn is_secret_name(name: &str) -> bool {
-    (1..=127).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Secret versions are 32 hex digits; other letters and digits (up to 64) are
 /// tolerated, e.g. for a dev vault.
 pub fn is_version(version: &str) -> bool {
-    (1..=64).contains(&version.len()) && version.chars().all(|c| c.is_ascii_alphanumeric())
+    (1..=64).contains(&version.len()) && version.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Why an event is dropped. Every variant is permanent: redelivery cannot fix it.
@@ -675,7 +698,7 @@ pub struct PlannedEvent {
 /// fields mean. Absent versions are accepted (CloudEvents carries none).
 pub(crate) fn check_versions(metadata_version: Option<&str>, data_version: Option<&str>) -> Result<(), EventError> {
     for (field, value) in [("metadataVersion", metadata_version), ("dataVersion", data_version)] {
-        if let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) {
+        if let Some(v) = value.map(trim).filter(|v| !v.is_empty()) {
             if v != "1" && v != "1.0" {
                 return Err(EventError::UnknownVersion { field, value: quote(v) });
             }
@@ -795,7 +818,7 @@ pub(crate) fn rotation(
             vault_name: secret.vault_name,
             secret_name: secret.secret_name,
             version: secret.version,
-            trigger: Trigger::EventGrid { event_id: event_id.to_owned(), event_type: event_type.trim().to_owned() },
+            trigger: Trigger::EventGrid { event_id: event_id.to_owned(), event_type: trim(event_type).to_owned() },
         }),
         Err(e) => Disposition::Reject(e),
     }
@@ -973,6 +996,38 @@ mod tests {
             }
         }
         assert_eq!(plain, 5, "the ids Key Vault sends take the plain path");
+    }
+
+    #[test]
+    fn data_keys_and_trim_read_as_the_general_path_reads_them() {
+        for key in [
+            "Id",
+            "id",
+            " ID ",
+            "VaultName",
+            "vaultname",
+            "ObjectType",
+            "OBJECTTYPE",
+            "ObjectName ",
+            "objectName",
+            "Version",
+            "NBF",
+            "nbf",
+            "EXP",
+            "Exp",
+            "\u{a0}Id",
+            "Idx",
+            "ObjectTypo",
+            "ObjectNamx",
+            "NBX",
+            "EXX",
+            "",
+            " ",
+        ] {
+            let general = KV_FIELDS.iter().position(|field| key.trim().eq_ignore_ascii_case(field));
+            assert_eq!(kv_field(key), general, "{key:?}");
+            assert_eq!(trim(key), key.trim(), "{key:?}");
+        }
     }
 
     #[test]

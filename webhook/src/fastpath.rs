@@ -18,7 +18,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::eventgrid::{check_versions, kv_field, rotation, Disposition, EventKind, KvView, PlannedEvent};
+use crate::eventgrid::{check_versions, kv_field, rotation, trim, Disposition, EventKind, KvView, PlannedEvent};
 use crate::source::SourceFilter;
 
 /// Decides every event of an Event Grid schema delivery; `None` when the body is not
@@ -153,7 +153,7 @@ impl<'de> Visitor<'de> for DataVisitor {
             }
         }
         let text = |i: usize| match fields[i] {
-            Some(Scalar::Str(s)) => Some(s.trim()).filter(|s| !s.is_empty()),
+            Some(Scalar::Str(s)) => Some(trim(s)).filter(|s| !s.is_empty()),
             _ => None,
         };
         Ok(usual.then(|| KvView {

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::eventgrid::{EventError, KeyVaultEventData};
+use crate::eventgrid::{trim, EventError, KeyVaultEventData};
 
 /// Which vaults' events are accepted.
 #[derive(Debug, Clone, Default)]
@@ -57,7 +57,7 @@ impl SourceFilter {
         vault_name: Option<&str>,
         id: Option<&str>,
     ) -> Result<(), EventError> {
-        let topic = topic.map(str::trim).filter(|t| !t.is_empty()).ok_or(EventError::MissingSource("topic"))?;
+        let topic = topic.map(trim).filter(|t| !t.is_empty()).ok_or(EventError::MissingSource("topic"))?;
         let from_topic = vault_from_resource_id(topic).ok_or_else(|| EventError::SourceMismatch {
             reason: format!("topic {} is not a Key Vault resource id", quote(topic)),
         })?;
@@ -87,7 +87,7 @@ impl SourceFilter {
 /// oddity this simpler reading sees differently (userinfo, percent-encoding) can only
 /// make the names disagree, never agree.
 fn id_vault(id: &str) -> Option<&str> {
-    let id = id.trim();
+    let id = trim(id);
     let rest = id.get(..8).filter(|scheme| scheme.eq_ignore_ascii_case("https://")).map(|_| &id[8..])?;
     let host = split_slash(rest).next()?;
     let (label, domain) = host.split_once('.')?;
@@ -96,7 +96,7 @@ fn id_vault(id: &str) -> Option<&str> {
 
 /// The vault name in `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}`.
 pub fn vault_from_resource_id(id: &str) -> Option<&str> {
-    let mut parts = split_slash(id.trim().trim_matches('/'));
+    let mut parts = split_slash(trim(id).trim_matches('/'));
     let mut segments = [""; 8];
     for segment in &mut segments {
         *segment = parts.next()?;
