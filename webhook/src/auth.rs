@@ -431,7 +431,9 @@ impl EntraId {
                 return Ok(());
             }
         }
-        let claims = self.verify(token).await?;
+        // Boxed: the verification (with its key fetch) is rare and its future large; every
+        // delivery's future would otherwise carry its ~1.7 KB.
+        let claims = Box::pin(self.verify(token)).await?;
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if verified.len() >= MAX_VERIFIED_TOKENS {
             // Rare (a token lives about an hour): start over rather than track ages.
