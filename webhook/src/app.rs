@@ -465,13 +465,12 @@ fn handshake(aeg: Option<AegEventType>, planned: &[PlannedEvent]) -> Option<Resp
 
 /// Logs every event's fate, enqueues the rotations, and answers.
 fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
-    let (mut ignored, mut rejected) = (0usize, 0usize);
-    let mut rotations = Vec::new();
-    for PlannedEvent { index, event_id, disposition } in planned {
+    let (mut ignored, mut rejected, mut rotations) = (0usize, 0usize, 0usize);
+    for PlannedEvent { index, event_id, disposition } in &planned {
         // Event ids are not validated, so they are logged escaped (`?`).
         let id = event_id.as_deref().unwrap_or("");
         match disposition {
-            Disposition::Rotate(request) => rotations.push((index, request)),
+            Disposition::Rotate(_) => rotations += 1,
             Disposition::Ignore { kind: EventKind::SubscriptionDeleted, event_type } => {
                 ignored += 1;
                 tracing::warn!(index, event_id = ?id, ?event_type, "Event Grid subscription deleted");
@@ -500,9 +499,10 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
     let now = Instant::now();
     let mut recent = state.recent.lock().unwrap_or_else(|p| p.into_inner());
     // Most deliveries hold one event: the set of this batch's keys is only built for more.
-    let mut in_batch = (rotations.len() > 1).then(HashSet::new);
-    let mut fresh = Vec::with_capacity(rotations.len());
-    for (index, request) in rotations {
+    let mut in_batch = (rotations > 1).then(HashSet::new);
+    let mut fresh = Vec::with_capacity(rotations);
+    for PlannedEvent { index, disposition, .. } in planned {
+        let Disposition::Rotate(request) = disposition else { continue };
         let Trigger::EventGrid { event_id, .. } = &request.trigger else { continue };
         let keys = Keys {
             event: recent.events.digest(event_id.as_str()),

@@ -26,8 +26,40 @@ use crate::source::SourceFilter;
 pub fn plan_event_grid(body: &[u8], source: &SourceFilter) -> Option<Vec<PlannedEvent>> {
     // Skipped values are not checked for UTF-8 by the parser, but a body that is not UTF-8
     // is refused by the general path: check it whole, first.
-    let events: Vec<Envelope<'_>> = serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?;
-    events.into_iter().enumerate().map(|(index, event)| plan(index, event, source)).collect()
+    let mut de = serde_json::Deserializer::from_str(std::str::from_utf8(body).ok()?);
+    let planned = Delivery { source }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(planned)
+}
+
+/// The body's array, each event planned as soon as it is read (no list of envelopes).
+struct Delivery<'s> {
+    source: &'s SourceFilter,
+}
+
+impl<'de> DeserializeSeed<'de> for Delivery<'_> {
+    type Value = Vec<PlannedEvent>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Delivery<'_> {
+    type Value = Vec<PlannedEvent>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of Event Grid events")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+        // Most deliveries hold one event.
+        let mut planned = Vec::with_capacity(1);
+        while let Some(event) = seq.next_element::<Envelope<'de>>()? {
+            planned.push(plan(planned.len(), event, self.source).ok_or_else(|| de::Error::custom(UNUSUAL))?);
+        }
+        Ok(planned)
+    }
 }
 
 /// One event's envelope, fields borrowed from the body.

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::eventgrid::{trim, EventError, KeyVaultEventData};
+use crate::eventgrid::{same_name, trim, EventError, KeyVaultEventData};
 
 /// Which vaults' events are accepted.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +65,7 @@ impl SourceFilter {
         let id = id.ok_or(EventError::MissingSource("data.Id"))?;
         let from_id = id_vault(id)
             .ok_or_else(|| EventError::SourceMismatch { reason: "data.Id's host names no vault".to_owned() })?;
-        if !from_topic.eq_ignore_ascii_case(from_data) || !from_id.eq_ignore_ascii_case(from_data) {
+        if !same_name(from_topic, from_data) || !same_name(from_id, from_data) {
             return Err(EventError::SourceMismatch {
                 reason: format!(
                     "topic names vault {}, data.VaultName {}, data.Id {}",
@@ -104,7 +104,7 @@ pub fn vault_from_resource_id(id: &str) -> Option<&str> {
     if parts.next().is_some() {
         return None;
     }
-    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let eq = same_name;
     match segments {
         [s, sub, rg, group, p, ns, v, name]
             if eq(s, "subscriptions")
