@@ -46,8 +46,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::auth::{AuthError, Authenticator};
 use crate::dedup::RecentSet;
 use crate::eventgrid::{
-    plan_cloud_event, plan_event, AegEventType, Disposition, EventKind, PlannedEvent, SubscriptionValidationData,
-    ValidationResponse, AEG_EVENT_TYPE_HEADER,
+    plan_cloud_event, plan_event, same_name, AegEventType, Disposition, EventKind, PlannedEvent,
+    SubscriptionValidationData, ValidationResponse, AEG_EVENT_TYPE_HEADER,
 };
 use crate::request::{RotationRequest, Trigger};
 use crate::source::SourceFilter;
@@ -286,7 +286,7 @@ fn schema(headers: &HeaderMap) -> Result<Schema, &'static str> {
         ("application/cloudevents-batch+json", Schema::CloudEventBatch),
     ]
     .into_iter()
-    .find_map(|(name, schema)| essence.eq_ignore_ascii_case(name).then_some(schema))
+    .find_map(|(name, schema)| same_name(essence, name).then_some(schema))
     .ok_or("unsupported Content-Type, expected application/json or application/cloudevents(-batch)+json")
 }
 
@@ -339,9 +339,11 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
     let aeg_header = headers.get(AEG_EVENT_TYPE).map(|v| v.to_str().unwrap_or(""));
     let aeg = aeg_header.and_then(AegEventType::parse);
     let span = tracing::Span::current();
-    span.record("aeg_event_type", tracing::field::debug(aeg_header.unwrap_or("")));
-    span.record("aeg_subscription_name", tracing::field::debug(header_text(headers, AEG_SUBSCRIPTION_NAME)));
-    span.record("aeg_delivery_count", tracing::field::debug(header_text(headers, AEG_DELIVERY_COUNT)));
+    if !span.is_disabled() {
+        span.record("aeg_event_type", tracing::field::debug(aeg_header.unwrap_or("")));
+        span.record("aeg_subscription_name", tracing::field::debug(header_text(headers, AEG_SUBSCRIPTION_NAME)));
+        span.record("aeg_delivery_count", tracing::field::debug(header_text(headers, AEG_DELIVERY_COUNT)));
+    }
     if aeg_header.is_some() && aeg.is_none() {
         // Decisions rest on each event's eventType; an unknown header value is no reason to refuse.
         tracing::debug!(header = ?aeg_header, "unknown aeg-event-type header value");

@@ -70,10 +70,10 @@ impl AegEventType {
     /// Reads the header value, ignoring ASCII case and surrounding spaces; `None` for
     /// a value we do not know.
     pub fn parse(value: &str) -> Option<Self> {
-        let value = value.trim();
+        let value = trim(value);
         [Self::SubscriptionValidation, Self::Notification, Self::SubscriptionDeletion]
             .into_iter()
-            .find(|kind| kind.as_str().eq_ignore_ascii_case(value))
+            .find(|kind| same_name(value, kind.as_str()))
     }
 
     /// The header value as Event Grid spells it.
