@@ -43,13 +43,25 @@ async fn logs_name_the_rotation_and_the_dropped_event_but_not_the_body() {
     bad["data"]["ObjectName"] = json!("two");
     batch.as_array_mut().unwrap().push(bad);
     let (state, _rx) = new_state(4);
-    let reply = send(state, notification(&batch)).await;
+    let mut request = notification(&batch);
+    // Event Grid sends the subscription name upper-case.
+    request.headers_mut().insert("AEG-SUBSCRIPTION-NAME", "KV-ROTATOR-SUB".parse().unwrap());
+    request.headers_mut().insert("aeg-delivery-count", "3".parse().unwrap());
+    let reply = send(state, request).await;
     assert_eq!(reply.status, StatusCode::OK);
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let queued = logs.lines().find(|l| l.contains("rotation request queued")).expect(&logs);
     assert!(queued.contains(" INFO "), "{queued}");
-    for field in ["vault=sample-kv", "secret=newsecret", &format!("version={FIXTURE_VERSION}"), FIXTURE_EVENT_ID] {
+    // The delivery's span names the subscription and the attempt.
+    for field in [
+        "vault=sample-kv",
+        "secret=newsecret",
+        &format!("version={FIXTURE_VERSION}"),
+        FIXTURE_EVENT_ID,
+        "aeg_subscription_name=\"KV-ROTATOR-SUB\"",
+        "aeg_delivery_count=\"3\"",
+    ] {
         assert!(queued.contains(field), "{field} missing from {queued}");
     }
     let dropped = logs.lines().find(|l| l.contains("event dropped")).expect(&logs);
