@@ -29,6 +29,9 @@ use secrecy::SecretString;
 #[allow(dead_code)]
 #[path = "../tests/common/entra.rs"]
 mod entra;
+mod support;
+
+use support::delivery;
 
 const KEY: &str = "bench-shared-key-0123456789";
 
@@ -78,13 +81,6 @@ async fn serve(app: Router) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
-}
-
-fn delivery(n: u64) -> String {
-    let version = format!("{n:032x}");
-    format!(
-        r#"[{{"id":"bench-{n}","topic":"/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/bench-kv","subject":"secret-{n}","eventType":"Microsoft.KeyVault.SecretNearExpiry","eventTime":"2024-01-01T00:00:00Z","data":{{"Id":"https://bench-kv.vault.azure.net/secrets/secret-{n}/{version}","VaultName":"bench-kv","ObjectType":"Secret","ObjectName":"secret-{n}","Version":"{version}","NBF":null,"EXP":1704067200}},"dataVersion":"1","metadataVersion":"1"}}]"#
-    )
 }
 
 /// Drives `concurrency` connections at `url` for `duration`, adding to `figures`.
@@ -140,7 +136,7 @@ async fn load(
 fn webhook_state(auth: Authenticator) -> WebhookState {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    WebhookState::new(tx).with_auth(auth).with_source_filter(SourceFilter::only(["bench-kv"]))
+    WebhookState::new(tx).with_auth(auth).with_source_filter(SourceFilter::only([support::VAULT]))
 }
 
 /// Mean time of one delivery through `app` in-process (no sockets): what the handler

@@ -557,9 +557,7 @@ fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
 
 /// Key Vault names: 3–24 characters, letters, digits and hyphens, starting with a letter.
 pub fn is_vault_name(name: &str) -> bool {
-    (3..=24).contains(&name.len())
-        && name.as_bytes()[0].is_ascii_alphabetic()
-        && all_name_bytes(name, true)
+    (3..=24).contains(&name.len()) && name.as_bytes()[0].is_ascii_alphabetic() && all_name_bytes(name, true)
 }
 
 /// Key Vault secret names: `^[0-9a-zA-Z-]{1,127}$`.
