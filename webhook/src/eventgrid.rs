@@ -1000,13 +1000,21 @@ mod tests {
             "https://sample-kv.vault.azure.net/secrets/s/./v",
             "https://user@sample-kv.vault.azure.net/secrets/s",
             "https://sample-kv.vault.azure.net",
+            "https://a-b.c9/secrets/s",
+            "https://a-.b/secrets/s",
+            "https://a..b/secrets/s",
+            "https://.a/secrets/s",
+            "https://a./secrets/s",
+            "https://1a.b/secrets/s",
+            "https://a.b-/secrets/s",
+            "https:///secrets/s",
         ] {
             if plain_secret_id(id).is_some() {
                 plain += 1;
                 assert_eq!(parse_secret_id(id), url_secret_id(id), "{id}");
             }
         }
-        assert_eq!(plain, 5, "the ids Key Vault sends take the plain path");
+        assert_eq!(plain, 6, "the ids Key Vault sends take the plain path");
     }
 
     #[test]
