@@ -377,14 +377,8 @@ impl SecretStore for AzureSecretStore {
 
 /// The first error of type `T` in `err`'s chain of causes (the SDK wraps errors in context).
 fn find_cause<T: std::error::Error + 'static>(err: &azure_core::Error) -> Option<&T> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
+    std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |e| e.source())
+        .find_map(|e| e.downcast_ref::<T>())
 }
 
 /// A credential returning one fixed token, accepted by the dev vault only.

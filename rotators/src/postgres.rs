@@ -422,16 +422,10 @@ fn describe(e: &tokio_postgres::Error, scrub: &Scrubber) -> String {
             }
             text
         }
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
+        None => std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| s.source())
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(": "),
     };
     scrub.clean(text)
 }

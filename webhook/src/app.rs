@@ -292,14 +292,8 @@ fn schema(headers: &HeaderMap) -> Result<Schema, &'static str> {
 
 /// Whether reading a body failed because it exceeds the limit.
 fn is_length_limit(e: &axum::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(e) = cause {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| e.source())
+        .any(|e| e.is::<http_body_util::LengthLimitError>())
 }
 
 /// Reads the header as text for logs; `""` when absent or not visible ASCII.
