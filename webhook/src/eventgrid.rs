@@ -268,8 +268,8 @@ impl KeyVaultEventData {
             return Err(EventError::DataNotObject);
         };
         let mut out = Self::default();
-        for field in KV_FIELDS {
-            let value = lookup(map, field)?;
+        for (index, field) in KV_FIELDS.into_iter().enumerate() {
+            let value = lookup(map, index)?;
             match field {
                 "NBF" => out.nbf = value.and_then(unix_seconds),
                 "EXP" => out.exp = value.and_then(unix_seconds),
@@ -358,16 +358,18 @@ impl KvView<'_> {
     }
 }
 
-/// Finds `field` among `map`'s keys, trimmed and ignoring ASCII case; two spellings with different
-/// values are a conflict, not a choice.
-fn lookup<'a>(map: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a Value>, EventError> {
+/// Finds field `index` of [`KV_FIELDS`] among `map`'s keys, as [`kv_field`] reads them; two
+/// spellings with different values are a conflict, not a choice.
+fn lookup(map: &Map<String, Value>, index: usize) -> Result<Option<&Value>, EventError> {
     let mut found: Option<&Value> = None;
     for (key, value) in map {
-        if !key.trim().eq_ignore_ascii_case(field) || value.is_null() {
+        if kv_field(key) != Some(index) || value.is_null() {
             continue;
         }
         match found {
-            Some(previous) if !same_value(previous, value) => return Err(EventError::ConflictingField(field)),
+            Some(previous) if !same_value(previous, value) => {
+                return Err(EventError::ConflictingField(KV_FIELDS[index]))
+            }
             Some(_) => {}
             None => found = Some(value),
         }
