@@ -107,9 +107,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             problems.push(format!("engine.target_concurrency.{name}: no [targets.{name}] profile"));
         }
     }
-    if config.sweeper.interval_secs == 0 {
-        problems.push("sweeper.interval_secs must be at least 1".to_owned());
-    }
+    validate_schedule(config, &mut problems);
     if let Some(raw) = &config.alerts.webhook_url {
         match url::Url::parse(raw) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
@@ -123,6 +121,17 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     for (name, profile) in &config.targets {
         if let Err(e) = profile.password.validate() {
             problems.push(format!("targets.{name}.password: {e}"));
+        }
+        if profile.accounts.is_empty() {
+            problems.push(format!(
+                "targets.{name}.accounts is empty: list the accounts (CredentialId) this profile may rotate, \
+                 as names or glob patterns (\"*\" allows any)"
+            ));
+        }
+        for pattern in &profile.accounts {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                problems.push(format!("targets.{name}.accounts: {pattern:?} is not a glob pattern: {e}"));
+            }
         }
         if let Some(admin) = &profile.admin {
             if !is_secret_name(&admin.secret) {
@@ -141,6 +150,50 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::Invalid(problems))
+    }
+}
+
+/// The sweeper's schedule and the due rule: combinations that would let a secret expire
+/// unrotated, or rotate it again before its policy says so, are refused.
+fn validate_schedule(config: &Config, problems: &mut Vec<String>) {
+    let (engine, sweeper) = (&config.engine, &config.sweeper);
+    if sweeper.interval_secs == 0 {
+        problems.push("sweeper.interval_secs must be at least 1".to_owned());
+    }
+    if sweeper.window_days == 0 {
+        problems.push("sweeper.window_days must be at least 1".to_owned());
+    }
+    if !(1..=90).contains(&sweeper.lead_percent) {
+        problems.push(format!(
+            "sweeper.lead_percent = {}: must be between 1 and 90 (a lead of the whole validity would make every new version due at once)",
+            sweeper.lead_percent
+        ));
+        return;
+    }
+    if engine.default_validity_days == 0 || sweeper.window_days == 0 {
+        return;
+    }
+    const DAY: u64 = 86_400;
+    let validity_secs = u64::from(engine.default_validity_days) * DAY;
+    let lead_secs = (u64::from(sweeper.window_days) * DAY).min(validity_secs * u64::from(sweeper.lead_percent) / 100);
+    if sweeper.enabled && lead_secs <= sweeper.interval_secs {
+        problems.push(format!(
+            "sweeper.interval_secs = {} is not shorter than the lead before expiry ({lead_secs} s from sweeper.window_days = {}, \
+             sweeper.lead_percent = {} and engine.default_validity_days = {}): a secret could expire between two sweeps",
+            sweeper.interval_secs, sweeper.window_days, sweeper.lead_percent, engine.default_validity_days
+        ));
+    }
+    if engine.min_rotation_interval_secs >= validity_secs - lead_secs {
+        problems.push(format!(
+            "engine.min_rotation_interval_secs = {} is not shorter than the time a version lives before it is due \
+             ({} s from engine.default_validity_days = {} and the lead): due rotations would be refused",
+            engine.min_rotation_interval_secs,
+            validity_secs - lead_secs,
+            engine.default_validity_days
+        ));
+    }
+    if engine.finish_retry_interval_secs == 0 {
+        problems.push("engine.finish_retry_interval_secs must be at least 1".to_owned());
     }
 }
 

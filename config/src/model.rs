@@ -250,6 +250,20 @@ pub struct EngineConfig {
     /// (e.g. `{ orders-db = 2 }`); profiles not named are bounded by `concurrency` only.
     #[serde(default)]
     pub target_concurrency: BTreeMap<String, usize>,
+    /// Least time, in seconds, between the latest version's creation and a new rotation
+    /// of the same secret: caps any storm of triggers. Only `rotate --force` bypasses it;
+    /// 0 turns it off. Default 3600.
+    #[serde(default = "default_min_interval")]
+    pub min_rotation_interval_secs: u64,
+    /// Once the target may hold the pending password, a rotation that failed
+    /// `max_attempts` times keeps finishing: one attempt every this many seconds
+    /// (default 30) ...
+    #[serde(default = "default_finish_retry_interval")]
+    pub finish_retry_interval_secs: u64,
+    /// ... for at most this many seconds (default 3600); then it is reported, and the
+    /// sweeper resumes its journal at every interval.
+    #[serde(default = "default_finish_retry_for")]
+    pub finish_retry_for_secs: u64,
 }
 
 fn default_queue() -> usize {
@@ -270,6 +284,15 @@ fn default_backoff_cap() -> u64 {
 fn default_validity() -> u32 {
     60
 }
+fn default_min_interval() -> u64 {
+    3600
+}
+fn default_finish_retry_interval() -> u64 {
+    30
+}
+fn default_finish_retry_for() -> u64 {
+    3600
+}
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -281,6 +304,9 @@ impl Default for EngineConfig {
             max_backoff_ms: default_backoff_cap(),
             default_validity_days: default_validity(),
             target_concurrency: BTreeMap::new(),
+            min_rotation_interval_secs: default_min_interval(),
+            finish_retry_interval_secs: default_finish_retry_interval(),
+            finish_retry_for_secs: default_finish_retry_for(),
         }
     }
 }
@@ -290,6 +316,10 @@ impl Default for EngineConfig {
 /// so a replacement process finishes what a dead one started — and (2) when `enabled`,
 /// every managed secret whose latest version expires within `window_days`, has expired,
 /// or has no expiry.
+///
+/// When a version is due — for the sweeper and for Event Grid's events alike — is one
+/// rule: at its `exp` minus a lead of `min(window_days, ValidityPeriodDays × lead_percent
+/// / 100)`, so a version is never due again before its own policy says so.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweeperConfig {
@@ -299,9 +329,14 @@ pub struct SweeperConfig {
     /// Seconds between scans.
     #[serde(default = "default_sweep_interval")]
     pub interval_secs: u64,
-    /// Rotate secrets expiring within this many days (Event Grid's SecretNearExpiry uses 30).
+    /// Longest lead, in days, before `exp` at which a version is due (Event Grid's
+    /// SecretNearExpiry fires 30 days before `exp`). Default 30.
     #[serde(default = "default_window")]
     pub window_days: u32,
+    /// The lead is also at most this share of the version's validity, in percent
+    /// (1-90, default 50), so short validities rotate once per period, not at every sweep.
+    #[serde(default = "default_lead_percent")]
+    pub lead_percent: u32,
 }
 
 fn default_true() -> bool {
@@ -313,10 +348,18 @@ fn default_sweep_interval() -> u64 {
 fn default_window() -> u32 {
     30
 }
+fn default_lead_percent() -> u32 {
+    50
+}
 
 impl Default for SweeperConfig {
     fn default() -> Self {
-        Self { enabled: true, interval_secs: default_sweep_interval(), window_days: default_window() }
+        Self {
+            enabled: true,
+            interval_secs: default_sweep_interval(),
+            window_days: default_window(),
+            lead_percent: default_lead_percent(),
+        }
     }
 }
 
@@ -330,15 +373,22 @@ pub struct AlertsConfig {
     /// Timeout of one alert POST, milliseconds.
     #[serde(default = "default_alert_timeout")]
     pub timeout_ms: u64,
+    /// The same secret's alert of the same kind is sent at most once per this many
+    /// seconds (default 3600); repeats are logged and counted, not POSTed.
+    #[serde(default = "default_alert_repeat")]
+    pub repeat_after_secs: u64,
 }
 
 fn default_alert_timeout() -> u64 {
     5000
 }
+fn default_alert_repeat() -> u64 {
+    3600
+}
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        Self { webhook_url: None, timeout_ms: default_alert_timeout() }
+        Self { webhook_url: None, timeout_ms: default_alert_timeout(), repeat_after_secs: default_alert_repeat() }
     }
 }
 
@@ -352,6 +402,14 @@ pub struct TargetProfile {
     /// The kind-specific settings (`kind = "postgres"` and its keys).
     #[serde(flatten)]
     pub target: TargetKind,
+    /// The accounts (a secret's `CredentialId`) this profile may rotate: exact names or
+    /// glob patterns (`app_*`, `svc-?`; `*` allows any). Required, so that a tag
+    /// cannot point the profile's admin login at an account no one meant to rotate.
+    pub accounts: Vec<String>,
+    /// Whether the admin login's own account may be rotated through this profile
+    /// (it also has to match `accounts`). Default false.
+    #[serde(default)]
+    pub allow_admin_account: bool,
     /// Admin login used when the user's own passwords no longer work.
     #[serde(default)]
     pub admin: Option<AdminRef>,

@@ -42,10 +42,12 @@ port = 6432
 sslmode = "disable"
 admin = { username = "rotation_admin", secret = "orders-db-admin" }
 password = { length = 24, min_symbols = 1 }
+accounts = ["orders_app", "orders_report_*"]
 
 [targets.intranet]
 kind = "htpasswd"
 path = "/srv/www/.htpasswd"
+accounts = ["*"]
 "#;
 
 #[test]
@@ -66,6 +68,8 @@ fn full_file_parses() {
     }
     assert_eq!(db.admin.as_ref().unwrap().secret, "orders-db-admin");
     assert_eq!(db.password.length, 24);
+    assert_eq!(db.accounts, ["orders_app", "orders_report_*"]);
+    assert!(!db.allow_admin_account, "the admin's own account is opt-in");
     assert!(matches!(config.targets["intranet"].target, TargetKind::Htpasswd(_)));
 }
 
@@ -81,9 +85,9 @@ fn unknown_keys_are_named() {
     let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[webhook]\nlisten_addr = \"0.0.0.0:1\"\n");
     assert!(e.contains("listen_addr"), "{e}");
     // Inside a target profile, next to the flattened kind-specific keys.
-    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"postgres\"\nhots = \"x\"\nhost = \"y\"\nsslmode = \"disable\"\n");
+    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"postgres\"\nhots = \"x\"\nhost = \"y\"\nsslmode = \"disable\"\naccounts = [\"*\"]\n");
     assert!(e.contains("hots"), "{e}");
-    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"postgres\"\nhost = \"y\"\nsslmode = \"disable\"\npassword = { lenght = 20 }\n");
+    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"postgres\"\nhost = \"y\"\nsslmode = \"disable\"\npassword = { lenght = 20 }\naccounts = [\"*\"]\n");
     assert!(e.contains("lenght"), "{e}");
 }
 
@@ -102,11 +106,22 @@ fn invalid_values_are_explained() {
     let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\ncredential = { kind = \"dev-vault\" }\n");
     assert!(e.contains("connect_to"), "{e}");
     let e = error_of(
-        "[vault]\nurl = \"https://v.vault.azure.net/\"\n[engine]\nconcurrency = 0\n[targets.db]\nkind = \"htpasswd\"\npath = \"/x\"\nadmin = { username = \"a\", secret = \"bad_name!\" }\npassword = { length = 4 }\n",
+        "[vault]\nurl = \"https://v.vault.azure.net/\"\n[engine]\nconcurrency = 0\n[targets.db]\nkind = \"htpasswd\"\npath = \"/x\"\nadmin = { username = \"a\", secret = \"bad_name!\" }\npassword = { length = 4 }\naccounts = [\"*\"]\n",
     );
     assert!(e.contains("engine.concurrency"), "{e}");
     assert!(e.contains("targets.db.admin.secret"), "{e}");
     assert!(e.contains("targets.db.password"), "{e}");
+}
+
+#[test]
+fn a_profile_must_say_which_accounts_it_may_rotate() {
+    let profile = "[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"htpasswd\"\npath = \"/x\"\n";
+    let e = error_of(profile);
+    assert!(e.contains("accounts"), "{e}");
+    let e = error_of(&format!("{profile}accounts = []\n"));
+    assert!(e.contains("targets.db.accounts is empty"), "{e}");
+    let e = error_of(&format!("{profile}accounts = [\"app_[\"]\n"));
+    assert!(e.contains("targets.db.accounts") && e.contains("app_["), "{e}");
 }
 
 #[test]

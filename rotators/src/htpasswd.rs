@@ -334,10 +334,10 @@ fn check_user_name(user: &str) -> RotatorResult<()> {
 fn check_new_password(password: &SecretString) -> RotatorResult<()> {
     let len = password.expose_secret().len();
     if len == 0 {
-        return Err(RotatorError::Permanent("the new password is empty".to_owned()));
+        return Err(RotatorError::Refused("the new password is empty".to_owned()));
     }
     if len > MAX_PASSWORD_BYTES {
-        return Err(RotatorError::Permanent(format!(
+        return Err(RotatorError::Refused(format!(
             "the new password is {len} bytes but bcrypt uses at most {MAX_PASSWORD_BYTES}: lower the profile's password.length"
         )));
     }

@@ -29,11 +29,22 @@ pub use password::PasswordPolicy;
 pub type RotatorResult<T> = Result<T, RotatorError>;
 
 /// A rotator error. Messages are sanitized: they never contain a password.
+///
+/// Which variant matters to the engine's guarantees: only [`RotatorError::Refused`] lets
+/// it journal a fresh password in place of the pending one (and only after proving the
+/// pending one unused). A change that was made but does not show yet — replication lag
+/// behind a balanced host, a pooler with its own auth file — is `Transient`, never
+/// `Refused`: replacing that pending password would lose the one the target has.
 #[derive(Debug, thiserror::Error)]
 pub enum RotatorError {
-    /// The target could not be reached or answered with a temporary failure; retry later.
+    /// The target could not be reached or answered with a temporary failure, or the
+    /// change was made but the new password does not log in yet; retry later.
     #[error("target unavailable: {0}")]
     Transient(String),
+    /// The target refused to take this password by its own rules (length, complexity,
+    /// history…), and changed nothing. Another password may be accepted.
+    #[error("the target refused the new password: {0}")]
+    Refused(String),
     /// No retry will help without an operator (bad configuration, missing privilege,
     /// no known password accepted…).
     #[error("{0}")]
@@ -139,5 +150,10 @@ pub trait Rotator: Send + Sync + fmt::Debug {
 
     /// Logs in with the given password. An authentication failure is
     /// `Ok(VerifyResponse::Rejected)`; an unreachable target is `Err(Transient)`.
+    ///
+    /// Contract: a wrong password is `Rejected`. The engine checks it at every rotation
+    /// with a random canary before it believes any "accepted" (a `pg_hba.conf` that
+    /// trusts the worker, a proxy that answers for the target): a target that accepts
+    /// the canary fails the rotation before anything is written.
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse>;
 }

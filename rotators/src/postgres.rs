@@ -266,7 +266,7 @@ impl Rotator for PostgresRotator {
     async fn set_password(&self, req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
         check_role_name(&req.username)?;
         if req.pending.expose_secret().is_empty() {
-            return Err(RotatorError::Permanent("the pending password is empty".to_owned()));
+            return Err(RotatorError::Refused("the pending password is empty".to_owned()));
         }
         let verifier = postgres_protocol::password::scram_sha_256(req.pending.expose_secret().as_bytes());
         let scrub = Scrubber::for_request(&req, &verifier);
@@ -323,11 +323,14 @@ impl Rotator for PostgresRotator {
 
             // A fresh connection proves the new password works end to end.
             let after_who = format!("{role} with the new password");
+            // Rejected here is not a refusal: ALTER succeeded, so the change is made and
+            // may only not show yet (a standby behind the balanced host, a pooler's own
+            // auth file). Transient: the engine retries and never replaces this password.
             return match self.check(user, &req.pending, &after_who, &scrub).await? {
                 VerifyResponse::Accepted => Ok(SetPasswordResponse { outcome }),
-                VerifyResponse::Rejected => Err(RotatorError::Permanent(format!(
-                    "the password of role {role} was changed as {who}, but the new password does not log in on {} \
-                     (check pg_hba.conf, the role's LOGIN and VALID UNTIL)",
+                VerifyResponse::Rejected => Err(RotatorError::Transient(format!(
+                    "the password of role {role} was changed as {who}, but the new password does not log in on {} yet \
+                     (replication lag or a pooler; if it persists, check pg_hba.conf, the role's LOGIN and VALID UNTIL)",
                     self.server()
                 ))),
             };
@@ -394,6 +397,9 @@ fn classify(e: &tokio_postgres::Error, context: &str, scrub: &Scrubber) -> Class
         return Classified::Error(match code {
             "28P01" | "28000" => return Classified::AuthRefused,
             "42501" => RotatorError::Permanent(format!("{context}: insufficient privilege: {text}")),
+            // invalid_parameter_value: what password-check hooks (passwordcheck, credcheck)
+            // raise for a password they refuse; nothing was changed.
+            "22023" => RotatorError::Refused(format!("{context}: {text}")),
             "42704" => RotatorError::Permanent(format!("{context}: {text}")),
             "3D000" => RotatorError::Permanent(format!("{context}: {text}")),
             c if is_transient_sqlstate(c) => RotatorError::Transient(format!("{context}: {text}")),
@@ -530,7 +536,7 @@ mod tests {
         for code in ["57P03", "53300", "08006", "40001", "40P01", "55P03", "57014", "58030"] {
             assert!(is_transient_sqlstate(code), "{code}");
         }
-        for code in ["42501", "42704", "3D000", "28P01", "XX000", "22023"] {
+        for code in ["42501", "42704", "3D000", "28P01", "XX000", "22023", "22P02"] {
             assert!(!is_transient_sqlstate(code), "{code}");
         }
     }

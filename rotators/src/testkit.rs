@@ -8,7 +8,10 @@
 //!
 //! The checks, in order, all with passwords from the rotator's own policy:
 //!
-//! 1. `verify` accepts the user's password and rejects a wrong one.
+//! 1. `verify` accepts the user's password and rejects a wrong one. The engine relies on
+//!    the second half at every rotation (a random canary must be `Rejected`): a target
+//!    that accepts any password — `trust` in `pg_hba.conf`, a proxy answering for it —
+//!    can prove nothing, and fails here and in the engine before anything is written.
 //! 2. `set_password` with the right current password → `ChangedWithCurrent`; the pending
 //!    password then logs in and the old one no longer does.
 //! 3. The same request again → `AlreadySet`, and the password stays.

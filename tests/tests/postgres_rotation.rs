@@ -96,9 +96,20 @@ impl Harness {
                 .unwrap();
         let profiles = BTreeMap::from([(
             PROFILE.to_owned(),
-            TargetProfile { target: TargetKind::Postgres(pg), admin, password: Default::default() },
+            TargetProfile {
+                target: TargetKind::Postgres(pg),
+                admin,
+                password: Default::default(),
+                accounts: vec!["kvr_e2e*".to_owned()],
+                allow_admin_account: false,
+            },
         )]);
-        let engine = EngineConfig { initial_backoff_ms: 50, max_backoff_ms: 200, ..Default::default() };
+        let engine = EngineConfig {
+            initial_backoff_ms: 50,
+            max_backoff_ms: 200,
+            min_rotation_interval_secs: 0,
+            ..Default::default()
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let service = service::start(
             store.clone(),
@@ -286,7 +297,7 @@ async fn secret_without_credential_id_fails_before_touching_the_target() {
     assert_eq!(h.deliver(&secret, &v1).await, 200);
     let report = h.next_report().await;
     match &report.outcome {
-        Outcome::Failed { error, attempts } => {
+        Outcome::Failed { error, attempts, .. } => {
             assert!(error.contains("CredentialId"), "{error}");
             assert_eq!(*attempts, 1, "a configuration error is not retried");
         }

@@ -830,7 +830,9 @@ pub(crate) fn rotation(
         Ok(secret) => Disposition::Rotate(RotationRequest {
             vault_name: secret.vault_name,
             secret_name: secret.secret_name,
-            version: secret.version,
+            // Key Vault answers version ids in lower case; normalized here, at the boundary,
+            // so the engine's fence and rotation id see one spelling.
+            version: secret.version.map(|v| v.to_ascii_lowercase()),
             trigger: Trigger::EventGrid { event_id: event_id.to_owned(), event_type: trim(event_type).to_owned() },
         }),
         Err(e) => Disposition::Reject(e),

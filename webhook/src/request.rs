@@ -12,21 +12,31 @@ pub enum Trigger {
         /// The event's `eventType`, e.g. `Microsoft.KeyVault.SecretNearExpiry`.
         event_type: String,
     },
-    /// An operator, by CLI or admin API.
+    /// An operator, by CLI or admin API. Runs whether or not the secret is due.
     Manual {
         /// Who asked (free text, for the audit record).
         requested_by: String,
+        /// Rotate even within the minimum interval since the latest version was written
+        /// (an emergency: the password leaked).
+        force: bool,
     },
     /// The periodic sweeper found the secret near expiry.
     Sweeper,
+    /// An unfinished rotation's journal record, found at startup or by the sweeper.
+    Resume {
+        /// The journal record's name.
+        journal: String,
+    },
 }
 
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Trigger::EventGrid { event_id, event_type } => write!(f, "event-grid {event_type} {event_id}"),
-            Trigger::Manual { requested_by } => write!(f, "manual by {requested_by}"),
+            Trigger::Manual { requested_by, force: false } => write!(f, "manual by {requested_by}"),
+            Trigger::Manual { requested_by, force: true } => write!(f, "manual (forced) by {requested_by}"),
             Trigger::Sweeper => f.write_str("sweeper"),
+            Trigger::Resume { journal } => write!(f, "resume of {journal}"),
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct Alert {
     pub attempts: u32,
     /// The last error (sanitized).
     pub error: String,
+    /// `Some(journal record)` when the target may already use the new password, which
+    /// then lives only in that record: consumers reading the latest version are refused.
+    pub unfinished_journal: Option<String>,
     /// When the rotation gave up.
     pub at: OffsetDateTime,
 }
@@ -36,7 +39,7 @@ impl Alert {
     /// The JSON document sinks receive.
     pub fn to_json(&self) -> serde_json::Value {
         json!({
-            "kind": "kv-rotator.rotation-failed",
+            "kind": if self.unfinished_journal.is_some() { "kv-rotator.rotation-unfinished" } else { "kv-rotator.rotation-failed" },
             "vault": self.vault,
             "secret": self.secret,
             "rotationId": self.rotation_id,
@@ -45,10 +48,20 @@ impl Alert {
             "attempts": self.attempts,
             "error": self.error,
             "at": self.at.format(&Rfc3339).unwrap_or_default(),
-            "message": format!(
-                "rotation of {}/{} failed after {} attempt(s); the current password stays in place",
-                self.vault, self.secret, self.attempts
-            ),
+            "targetChanged": self.unfinished_journal.is_some(),
+            "journal": self.unfinished_journal,
+            "message": match &self.unfinished_journal {
+                None => format!(
+                    "rotation of {}/{} failed after {} attempt(s); the current password stays in place",
+                    self.vault, self.secret, self.attempts
+                ),
+                Some(journal) => format!(
+                    "rotation of {}/{} failed after {} attempt(s) after the target may have taken the new password: \
+                     it is only in journal record {journal}, and the latest version may not log in until kv-rotator \
+                     finishes (the sweeper resumes it at every interval)",
+                    self.vault, self.secret, self.attempts
+                ),
+            },
         })
     }
 }

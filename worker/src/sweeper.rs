@@ -3,8 +3,8 @@
 //! - [`scan`]: lists the secrets once and finds (1) unfinished journal records — each
 //!   names its secret (`kv-rotator-journal-for`) and source version (`rotated-from`),
 //!   so resuming is just requesting that rotation again — and (2) managed secrets (tag
-//!   `rotator`) whose latest version expires within the window, has expired, or has no
-//!   `exp`, each naming the version the sweeper saw.
+//!   `rotator`) whose latest version is due under the engine's rule ([`DueRule`]: within
+//!   the lead before `exp`, expired, or without `exp`), each naming the version it saw.
 //! - [`Sweeper`]: runs [`scan`] at startup and every `sweeper.interval_secs`, and
 //!   enqueues what it finds. Event Grid drops undeliverable events after 24 h and fires
 //!   NearExpiry once per version: this is what makes a missed event harmless.
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_rotator_config::SweeperConfig;
+use crate::engine::due::{Due, DueRule};
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use time::OffsetDateTime;
@@ -25,9 +26,6 @@ use tracing::{info, warn};
 use crate::engine::journal::{TAG_JOURNAL_FOR, TAG_ROTATED_FROM};
 use crate::engine::protocol::TAG_ROTATOR;
 use crate::metrics::Metrics;
-
-/// Who resumed requests name as their requester (the audit record shows it).
-pub const RESUME_REQUESTER: &str = "kv-rotator resume";
 
 /// Why the sweeper enqueued a secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,17 +63,14 @@ pub struct Scan {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Whether a managed secret's latest version is due, given its `exp` and `enabled`.
-pub fn due(properties: &SecretProperties, now: OffsetDateTime, window_days: u32) -> Option<Reason> {
-    if !properties.enabled {
+/// Whether a managed secret's latest version is due under `rule`, and why.
+pub fn due(properties: &SecretProperties, now: OffsetDateTime, rule: &DueRule) -> Option<Reason> {
+    match rule.check(properties, now) {
+        Due::NoExpiry => Some(Reason::NoExpiry),
+        Due::Expired => Some(Reason::Expired),
+        Due::NearExpiry => Some(Reason::NearExpiry),
         // A disabled latest version cannot be read (403): an operator disabled it on purpose.
-        return None;
-    }
-    match properties.expires {
-        None => Some(Reason::NoExpiry),
-        Some(exp) if exp <= now => Some(Reason::Expired),
-        Some(exp) if exp <= now + time::Duration::days(i64::from(window_days)) => Some(Reason::NearExpiry),
-        Some(_) => None,
+        Due::NotYet { .. } | Due::Disabled => None,
     }
 }
 
@@ -87,13 +82,13 @@ pub fn journal_request(vault_name: &str, properties: &SecretProperties) -> Optio
         vault_name: vault_name.to_owned(),
         secret_name: secret.clone(),
         version: Some(version.clone()),
-        trigger: Trigger::Manual { requested_by: format!("{RESUME_REQUESTER} ({})", properties.name) },
+        trigger: Trigger::Resume { journal: properties.name.clone() },
     })
 }
 
-/// Lists the vault once: journals to resume always; secrets near expiry when
-/// `window_days` is `Some`.
-pub async fn scan(store: &dyn SecretStore, window_days: Option<u32>) -> Result<Scan, StoreError> {
+/// Lists the vault once: journals to resume always; secrets due under `rule` when it is
+/// `Some`.
+pub async fn scan(store: &dyn SecretStore, rule: Option<&DueRule>) -> Result<Scan, StoreError> {
     let now = OffsetDateTime::now_utc();
     let mut scan = Scan::default();
     for properties in store.list_secrets().await? {
@@ -105,12 +100,12 @@ pub async fn scan(store: &dyn SecretStore, window_days: Option<u32>) -> Result<S
             continue;
         }
         scan.managed += 1;
-        let Some(window) = window_days else { continue };
-        let Some(reason) = due(&properties, now, window) else { continue };
+        let Some(rule) = rule else { continue };
+        let Some(reason) = due(&properties, now, rule) else { continue };
         // The listing names no version: read the latest to name the one seen, and judge
         // that version (a rotation may have written a new one since the listing).
         match store.get_latest(&properties.name).await {
-            Ok(latest) if due(&latest.properties, now, window).is_none() => {}
+            Ok(latest) if due(&latest.properties, now, rule).is_none() => {}
             Ok(latest) => scan.requests.push((
                 RotationRequest {
                     vault_name: store.vault_name().to_owned(),
@@ -143,24 +138,26 @@ pub struct Sweeper {
     store: Arc<dyn SecretStore>,
     queue: mpsc::Sender<RotationRequest>,
     config: SweeperConfig,
+    rule: DueRule,
     metrics: Arc<Metrics>,
 }
 
 impl Sweeper {
-    /// A sweeper over `store` feeding `queue`.
+    /// A sweeper over `store` feeding `queue`, judging versions by `rule` (the engine's).
     pub fn new(
         store: Arc<dyn SecretStore>,
         queue: mpsc::Sender<RotationRequest>,
         config: SweeperConfig,
+        rule: DueRule,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, queue, config, metrics }
+        Self { store, queue, config, rule, metrics }
     }
 
     /// One scan, enqueued; returns the number of requests enqueued.
     pub async fn sweep_once(&self) -> Result<usize, StoreError> {
-        let window = self.config.enabled.then_some(self.config.window_days);
-        let scan = match scan(self.store.as_ref(), window).await {
+        let rule = self.config.enabled.then_some(&self.rule);
+        let scan = match scan(self.store.as_ref(), rule).await {
             Ok(scan) => scan,
             Err(err) => {
                 self.metrics.inc("kv_rotator_sweeps_total", &[("result", "error")]);
@@ -208,14 +205,15 @@ mod tests {
     }
 
     #[test]
-    fn due_covers_no_expiry_expired_and_the_window_only() {
+    fn due_covers_no_expiry_expired_and_the_lead_only() {
         let now = OffsetDateTime::now_utc();
         let day = time::Duration::days(1);
-        assert_eq!(due(&props(None, true), now, 30), Some(Reason::NoExpiry));
-        assert_eq!(due(&props(Some(now - day), true), now, 30), Some(Reason::Expired));
-        assert_eq!(due(&props(Some(now + 29 * day), true), now, 30), Some(Reason::NearExpiry));
-        assert_eq!(due(&props(Some(now + 31 * day), true), now, 30), None);
-        assert_eq!(due(&props(None, false), now, 30), None, "disabled latest version left alone");
+        let rule = DueRule::default();
+        assert_eq!(due(&props(None, true), now, &rule), Some(Reason::NoExpiry));
+        assert_eq!(due(&props(Some(now - day), true), now, &rule), Some(Reason::Expired));
+        assert_eq!(due(&props(Some(now + 29 * day), true), now, &rule), Some(Reason::NearExpiry));
+        assert_eq!(due(&props(Some(now + 31 * day), true), now, &rule), None);
+        assert_eq!(due(&props(None, false), now, &rule), None, "disabled latest version left alone");
     }
 
     #[test]

@@ -13,6 +13,28 @@ use kv_rotator_rotators::Rotator;
 pub struct Targets {
     rotators: BTreeMap<String, Arc<dyn Rotator>>,
     admins: BTreeMap<String, AdminRef>,
+    accounts: BTreeMap<String, Accounts>,
+}
+
+/// Which accounts a profile may rotate: `accounts` patterns, and whether its admin's own.
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    patterns: Vec<glob::Pattern>,
+    allow_admin: bool,
+}
+
+impl Accounts {
+    /// From a profile's `accounts` patterns (invalid ones match nothing; the
+    /// configuration's validation names them) and `allow_admin_account`.
+    pub fn new<S: AsRef<str>>(patterns: &[S], allow_admin: bool) -> Self {
+        let patterns = patterns.iter().filter_map(|p| glob::Pattern::new(p.as_ref()).ok()).collect();
+        Self { patterns, allow_admin }
+    }
+
+    /// Any account but an admin's.
+    pub fn any() -> Self {
+        Self::new(&["*"], false)
+    }
 }
 
 impl Targets {
@@ -25,11 +47,38 @@ impl Targets {
                 TargetKind::Htpasswd(cfg) => Arc::new(HtpasswdRotator::new(cfg.clone(), profile.password.clone())),
             };
             targets.insert(name, rotator, profile.admin.clone());
+            targets.set_accounts(name, Accounts::new(&profile.accounts, profile.allow_admin_account));
         }
         targets
     }
 
-    /// Adds (or replaces) one target.
+    /// Sets which accounts profile `name` may rotate (default for [`Targets::insert`]:
+    /// [`Accounts::any`]).
+    pub fn set_accounts(&mut self, name: &str, accounts: Accounts) {
+        self.accounts.insert(name.to_owned(), accounts);
+    }
+
+    /// Why profile `name` may not rotate `account`, if it may not: outside its
+    /// `accounts`, or its admin's own account without `allow_admin_account`.
+    pub fn refuse_account(&self, name: &str, account: &str) -> Option<String> {
+        let accounts = self.accounts.get(name).cloned().unwrap_or_else(Accounts::any);
+        // Exact, case-sensitive: PostgreSQL, MariaDB and LDAP names may differ in case only.
+        let options = glob::MatchOptions { case_sensitive: true, require_literal_separator: false, require_literal_leading_dot: false };
+        if !accounts.patterns.iter().any(|p| p.matches_with(account, options)) {
+            return Some(format!("account {account:?} is not in targets.{name}.accounts"));
+        }
+        if let Some(admin) = self.admins.get(name) {
+            if admin.username == account && !accounts.allow_admin {
+                return Some(format!(
+                    "account {account:?} is the admin login of targets.{name}; it is rotated only with allow_admin_account = true"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Adds (or replaces) one target; it may rotate any account but its admin's until
+    /// [`Targets::set_accounts`] says otherwise.
     pub fn insert(&mut self, name: &str, rotator: Arc<dyn Rotator>, admin: Option<AdminRef>) {
         self.rotators.insert(name.to_owned(), rotator);
         match admin {

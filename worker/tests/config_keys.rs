@@ -27,7 +27,7 @@ fn keys_are_read() {
         &dir,
         "[engine]\ntarget_concurrency = { site = 2 }\n[sweeper]\nenabled = false\ninterval_secs = 60\nwindow_days = 7\n\
          [alerts]\nwebhook_url = \"https://alerts.example/hook\"\ntimeout_ms = 900\n\
-         [targets.site]\nkind = \"htpasswd\"\npath = \"/tmp/x\"\n",
+         [targets.site]\nkind = \"htpasswd\"\npath = \"/tmp/x\"\naccounts = [\"*\"]\n",
     );
     let config = kv_rotator_config::load(Some(&path)).unwrap();
     assert_eq!(config.engine.target_concurrency.get("site"), Some(&2));
@@ -35,6 +35,36 @@ fn keys_are_read() {
     assert_eq!((config.sweeper.interval_secs, config.sweeper.window_days), (60, 7));
     assert_eq!(config.alerts.webhook_url.as_deref(), Some("https://alerts.example/hook"));
     assert_eq!(config.alerts.timeout_ms, 900);
+}
+
+/// Schedules that cannot work are refused, naming the keys: a lead shorter than the
+/// sweep interval (a secret could expire between two sweeps), a minimum interval longer
+/// than a version lives before it is due, a lead of the whole validity.
+#[test]
+fn schedules_that_cannot_work_are_refused_naming_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |body: &str, keys: &[&str]| {
+        let err = kv_rotator_config::load(Some(&write(&dir, body))).unwrap_err().to_string();
+        for key in keys {
+            assert!(err.contains(key), "{key:?} not in: {err}");
+        }
+    };
+    // 1-day validity, 50 %: a 12 h lead; sweeping every 13 h could miss it.
+    refused(
+        "[engine]\ndefault_validity_days = 1\nmin_rotation_interval_secs = 60\n[sweeper]\ninterval_secs = 46800\n",
+        &["sweeper.interval_secs", "sweeper.window_days", "sweeper.lead_percent", "engine.default_validity_days"],
+    );
+    // A version of 7 days is due after 3.5 days; a 4-day minimum interval refuses it.
+    refused(
+        "[engine]\ndefault_validity_days = 7\nmin_rotation_interval_secs = 345600\n",
+        &["engine.min_rotation_interval_secs", "engine.default_validity_days"],
+    );
+    refused("[sweeper]\nlead_percent = 100\n", &["sweeper.lead_percent"]);
+    refused("[sweeper]\nwindow_days = 0\n", &["sweeper.window_days"]);
+    // Short validities that do work: 7 days, hourly sweeps, the default interval.
+    let ok = kv_rotator_config::load(Some(&write(&dir, "[engine]\ndefault_validity_days = 7\n"))).unwrap();
+    assert_eq!(ok.sweeper.lead_percent, 50);
+    assert_eq!(ok.engine.min_rotation_interval_secs, 3600);
 }
 
 #[test]

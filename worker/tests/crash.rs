@@ -4,13 +4,13 @@
 //! restarted; the invariant is checked at the instant of each kill and after recovery.
 //!
 //! Each cycle:
-//! 1. start `serve` with a sweeper window that makes every secret due, so it rotates all
-//!    of them at once; with a failpoint armed (`KVR_FAILPOINT=POINT@N`, the N-th
+//! 1. make every secret due (its latest version's `exp` in the past) and start `serve`,
+//!    which rotates all of them at once; with a failpoint armed (`KVR_FAILPOINT=POINT@N`, the N-th
 //!    rotation to reach POINT pauses and says so) or not;
 //! 2. SIGKILL it when the failpoint is reached, or after a random delay;
 //! 3. check that, for every secret, the target accepts the latest version or a journal
 //!    record's password (the invariant at every instant);
-//! 4. start `serve` with a window that makes nothing due, so it only resumes journals,
+//! 4. start `serve` with the sweeper's due scan off, so it only resumes journals,
 //!    wait until no journal is left, SIGTERM it (skipped after every fifth kill: the next
 //!    cycle's process then resumes those journals while rotating, and is killed too);
 //! 5. check, for every secret: the latest version logs in, no journal record is left,
@@ -155,7 +155,7 @@ impl World {
                 ("CredentialId".to_owned(), role.clone()),
                 ("ValidityPeriodDays".to_owned(), "10".to_owned()),
             ]);
-            // Expires in 10 days: due for a 30-day window, not for a 0-day one.
+            // Not due until `make_due` says so: expires in 10 days, lead 5 days.
             let expires = Some(time::OffsetDateTime::now_utc() + time::Duration::days(10));
             let new = NewSecretVersion { value: password, tags, content_type: None, expires, not_before: None };
             store.set_secret(&secret, new).await.unwrap();
@@ -163,13 +163,15 @@ impl World {
         }
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, vault.ca_certificate_pem()).unwrap();
-        let config = |window: u32| {
+        let config = |due_scan: bool| {
             format!(
                 "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\
                  [webhook]\nlisten = \"127.0.0.1:0\"\n[webhook.auth]\nmode = \"none\"\n\
                  [engine]\nconcurrency = {SECRETS}\nmax_attempts = 20\ninitial_backoff_ms = 20\nmax_backoff_ms = 200\n\
-                 [sweeper]\nwindow_days = {window}\n\
-                 [targets.pg]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = 5432\nsslmode = \"disable\"\n",
+                 min_rotation_interval_secs = 0\n\
+                 [sweeper]\nenabled = {due_scan}\n\
+                 [targets.pg]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = 5432\nsslmode = \"disable\"\n\
+                 accounts = [\"kvr_crash*\"]\n",
                 vault.endpoint(),
                 ca.display(),
                 vault.local_addr(),
@@ -177,9 +179,18 @@ impl World {
         };
         let rotate_config = dir.path().join("rotate.toml");
         let resume_config = dir.path().join("resume.toml");
-        std::fs::write(&rotate_config, config(30)).unwrap();
-        std::fs::write(&resume_config, config(0)).unwrap();
+        std::fs::write(&rotate_config, config(true)).unwrap();
+        std::fs::write(&resume_config, config(false)).unwrap();
         World { _dir: dir, vault, store, managed, _roles: roles, bin, rotate_config, resume_config }
+    }
+
+    /// Makes every secret's latest version due: its `exp` a minute ago.
+    async fn make_due(&self) {
+        let expires = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
+        for (secret, _) in &self.managed {
+            let update = kv_rotator_keyvault::PropertiesUpdate { expires, ..Default::default() };
+            self.store.update_properties(secret, None, update).await.unwrap();
+        }
     }
 
     /// Journal records by the secret they belong to: (step tag, password).
@@ -271,6 +282,7 @@ impl World {
     /// Runs a rotating process without failpoints until every secret has a new version.
     async fn calibrate(&self) -> Duration {
         let before = self.versions().await;
+        self.make_due().await;
         let started = Instant::now();
         let mut proc = Proc::spawn(&self.bin, &self.rotate_config, None);
         while self.versions().await < before + SECRETS || !self.journals().await.is_empty() {
@@ -318,6 +330,7 @@ async fn sigkill_at_every_step_boundary_and_at_random_instants_never_loses_a_pas
         if std::mem::take(&mut pending_into_next) {
             killed_while_resuming += 1;
         }
+        w.make_due().await;
         let mut proc = Proc::spawn(&w.bin, &w.rotate_config, armed.as_ref().map(|(_, spec)| spec.as_str()));
         match &armed {
             Some((point, _)) => {

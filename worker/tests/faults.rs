@@ -35,7 +35,13 @@ fn pg_targets(port: u16) -> Targets {
     .unwrap();
     let profiles = BTreeMap::from([(
         "pg".to_owned(),
-        TargetProfile { target: TargetKind::Postgres(pg), admin: None, password: Default::default() },
+        TargetProfile {
+            target: TargetKind::Postgres(pg),
+            admin: None,
+            password: Default::default(),
+            accounts: vec!["*".to_owned()],
+            allow_admin_account: false,
+        },
     )]);
     Targets::from_profiles(&profiles)
 }
@@ -82,10 +88,17 @@ async fn vault_faults_and_a_target_outage_lose_no_password_and_rotations_complet
         ..Default::default()
     };
     vault.set_faults(faults).unwrap();
-    let engine = EngineConfig { max_attempts: 60, initial_backoff_ms: 50, max_backoff_ms: 1000, ..Default::default() };
+    let engine = EngineConfig {
+        max_attempts: 60,
+        initial_backoff_ms: 50,
+        max_backoff_ms: 1000,
+        min_rotation_interval_secs: 0,
+        ..Default::default()
+    };
     let background = Background {
-        sweeper: Some(SweeperConfig { enabled: true, interval_secs: 1, window_days: 30 }),
+        sweeper: Some(SweeperConfig { interval_secs: 1, ..Default::default() }),
         alerts: AlertsConfig::default(),
+        ..Default::default()
     };
     // The target is down when the rotations start: each writes its journal, then cannot
     // reach the target. It comes back 3 s after the first journal appears.
@@ -191,11 +204,21 @@ async fn failures_past_the_cap_are_tagged_counted_and_alerted_then_cleared_by_su
     let sink_url = format!("http://{}/alerts", sink_listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(sink_listener, sink).await });
 
-    let engine = EngineConfig { max_attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 50, ..Default::default() };
+    let engine = EngineConfig {
+        max_attempts: 3,
+        initial_backoff_ms: 10,
+        max_backoff_ms: 50,
+        min_rotation_interval_secs: 0,
+        ..Default::default()
+    };
     let background =
-        Background { sweeper: None, alerts: AlertsConfig { webhook_url: Some(sink_url), timeout_ms: 2000 } };
+        Background {
+        sweeper: None,
+        alerts: AlertsConfig { webhook_url: Some(sink_url), timeout_ms: 2000, ..Default::default() },
+        ..Default::default()
+    };
     let running = start(store.clone(), pg_targets(proxy.port), engine, background).await;
-    let request = kv_rotator::cli::rotate::manual_request(store.as_ref(), &secret, "fault test").await.unwrap();
+    let request = kv_rotator::cli::rotate::manual_request(store.as_ref(), &secret, "fault test", false).await.unwrap();
     let report = running.engine.rotate(request).await;
     assert!(matches!(report.outcome, Outcome::Failed { attempts: 3, .. }), "{report:?}");
 
@@ -241,7 +264,7 @@ async fn failures_past_the_cap_are_tagged_counted_and_alerted_then_cleared_by_su
 
     // The target is back: the next trigger reuses the journaled password and clears the mark.
     proxy.up().await;
-    let request = kv_rotator::cli::rotate::manual_request(store.as_ref(), &secret, "fault test").await.unwrap();
+    let request = kv_rotator::cli::rotate::manual_request(store.as_ref(), &secret, "fault test", false).await.unwrap();
     let report = running.engine.rotate(request).await;
     assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
     let latest = store.get_latest(&secret).await.unwrap();

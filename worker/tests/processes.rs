@@ -183,7 +183,8 @@ async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
         "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\n\
          [webhook]\nlisten = \"127.0.0.1:{port}\"\n\
          auth = {{ mode = \"shared-key\", key = {{ file = \"{}\" }} }}\n\n\
-         [targets.intranet]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\n",
+         [engine]\nmin_rotation_interval_secs = 0\n\n\
+         [targets.intranet]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\naccounts = [\"*\"]\n",
         vault.endpoint(),
         ca_file.display(),
         vault.local_addr(),

@@ -52,7 +52,7 @@ impl Rotator for Flaky {
             return Err(RotatorError::Transient("connection refused (injected)".into()));
         }
         if self.refusals_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-            return Err(RotatorError::Permanent("password does not meet the target's rules (injected)".into()));
+            return Err(RotatorError::Refused("password does not meet the target's rules (injected)".into()));
         }
         self.inner.set_password(req).await
     }
@@ -101,7 +101,14 @@ impl World {
             .version;
         let mut targets = Targets::default();
         targets.insert(PROFILE, rotator.clone(), None);
-        let settings = EngineConfig { max_attempts, initial_backoff_ms: 10, max_backoff_ms: 50, ..Default::default() };
+        let settings = EngineConfig {
+            max_attempts,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 50,
+            min_rotation_interval_secs: 0,
+            finish_retry_for_secs: 0,
+            ..Default::default()
+        };
         let engine = Engine::new(store.clone(), targets, settings);
         World { _dir: dir, vault, store, rotator, engine, initial, v1 }
     }
@@ -111,7 +118,7 @@ impl World {
             vault_name: self.store.vault_name().to_owned(),
             secret_name: SECRET.to_owned(),
             version: version.map(str::to_owned),
-            trigger: Trigger::Manual { requested_by: "protocol test".into() },
+            trigger: Trigger::Manual { requested_by: "protocol test".into(), force: false },
         }
     }
 
@@ -119,11 +126,9 @@ impl World {
         journal_name(&rotation_id(self.store.vault_name(), SECRET, &self.v1))
     }
 
+    /// A journal record as a dead process leaves it after `create`.
     async fn write_journal(&self, password: &SecretString) {
-        let tags = BTreeMap::from([("rotation-id".to_owned(), "x".to_owned())]);
-        let new =
-            NewSecretVersion { value: password.clone(), tags, content_type: None, expires: None, not_before: None };
-        self.store.set_secret(&self.journal(), new).await.unwrap();
+        write_tagged_journal(self, password, "pending").await;
     }
 
     async fn logs_in(&self, password: &SecretString) -> bool {
@@ -211,7 +216,7 @@ async fn failures_past_the_cap_are_reported_and_the_old_password_keeps_working()
     let w = World::new(10, 3, &[]).await;
     let report = w.engine.rotate(w.request(None)).await;
     match &report.outcome {
-        Outcome::Failed { attempts, error } => {
+        Outcome::Failed { attempts, error, .. } => {
             assert_eq!(*attempts, 3);
             assert!(error.contains("injected"), "{error}");
         }
@@ -232,7 +237,7 @@ async fn a_secret_with_no_room_for_rotation_tags_fails_before_the_target_is_touc
     let w = World::new(0, 3, &extra).await;
     let report = w.engine.rotate(w.request(None)).await;
     match &report.outcome {
-        Outcome::Failed { attempts, error } => {
+        Outcome::Failed { attempts, error, .. } => {
             assert_eq!(*attempts, 1, "not retried");
             assert!(error.contains("14 tags") && error.contains("15"), "{error}");
         }
@@ -249,7 +254,7 @@ async fn bad_validity_and_unknown_profile_are_refused_with_their_names() {
     let w = World::new(0, 3, &[("ValidityPeriodDays", "sixty")]).await;
     let report = w.engine.rotate(w.request(None)).await;
     assert!(
-        matches!(&report.outcome, Outcome::Failed { error, attempts: 1 } if error.contains("ValidityPeriodDays") && error.contains("sixty")),
+        matches!(&report.outcome, Outcome::Failed { error, attempts: 1, .. } if error.contains("ValidityPeriodDays") && error.contains("sixty")),
         "{report:?}"
     );
     w.vault.shutdown().await;
@@ -257,7 +262,7 @@ async fn bad_validity_and_unknown_profile_are_refused_with_their_names() {
     let w = World::new(0, 3, &[("rotator", "no-such-profile")]).await;
     let report = w.engine.rotate(w.request(None)).await;
     assert!(
-        matches!(&report.outcome, Outcome::Failed { error, attempts: 1 } if error.contains("no-such-profile")),
+        matches!(&report.outcome, Outcome::Failed { error, attempts: 1, .. } if error.contains("no-such-profile")),
         "{report:?}"
     );
     assert_eq!(w.rotator.set_calls.load(Ordering::SeqCst), 0);
@@ -314,12 +319,12 @@ async fn concurrent_triggers_of_the_same_state_converge_on_one_rotation() {
 }
 
 /// A journal record as a dead process leaves it: named, tagged and typed as the engine writes it.
-async fn write_tagged_journal(w: &World, password: &SecretString) {
+async fn write_tagged_journal(w: &World, password: &SecretString, step: &str) {
     let id = rotation_id(w.store.vault_name(), SECRET, &w.v1);
     let tags = BTreeMap::from([
         ("kv-rotator-journal-for".to_owned(), SECRET.to_owned()),
         ("rotation-id".to_owned(), id),
-        ("kv-rotator-step".to_owned(), "target-set".to_owned()),
+        ("kv-rotator-step".to_owned(), step.to_owned()),
         ("rotated-from".to_owned(), w.v1.clone()),
     ]);
     let new = NewSecretVersion {
@@ -336,7 +341,7 @@ async fn write_tagged_journal(w: &World, password: &SecretString) {
 async fn resume_finds_a_dead_process_journal_and_finishes_it() {
     let w = World::new(0, 1, &[]).await;
     let pending = PasswordPolicy::default().generate();
-    write_tagged_journal(&w, &pending).await;
+    write_tagged_journal(&w, &pending, "target-set").await;
     htpasswd::add_user(&w.rotator.inner.config().path, USER, &pending, 4).unwrap();
     // The target now only accepts the journaled password: Key Vault's latest is stale.
     assert!(!w.logs_in(&w.initial).await);
@@ -362,14 +367,14 @@ async fn resume_finds_a_dead_process_journal_and_finishes_it() {
 async fn a_journal_outliving_its_finished_rotation_is_deleted_even_after_newer_rotations() {
     let w = World::new(0, 1, &[]).await;
     let pending = PasswordPolicy::default().generate();
-    write_tagged_journal(&w, &pending).await;
+    write_tagged_journal(&w, &pending, "target-set").await;
     // Rotation of v1 finished (v2 carries its id) but its journal survived a crash; then
     // v2 itself was rotated to v3. The journal's source is now two versions back.
     let first = w.engine.rotate(w.request(Some(&w.v1))).await;
     let Outcome::Rotated { new_version: v2, .. } = first.outcome else { panic!("{first:?}") };
     // Recreate the record as the crash would have left it (its name is soft-deleted now).
     w.store.purge_deleted_secret(&w.journal()).await.unwrap();
-    write_tagged_journal(&w, &pending).await;
+    write_tagged_journal(&w, &pending, "target-set").await;
     let second = w.engine.rotate(w.request(Some(&v2))).await;
     assert!(matches!(second.outcome, Outcome::Rotated { .. }), "{second:?}");
     assert!(!w.journal_gone().await, "precondition: the leftover journal exists");
@@ -385,7 +390,7 @@ async fn a_journal_outliving_its_finished_rotation_is_deleted_even_after_newer_r
 async fn a_journal_whose_password_is_the_only_working_one_is_kept_and_reported() {
     let w = World::new(0, 1, &[]).await;
     let pending = PasswordPolicy::default().generate();
-    write_tagged_journal(&w, &pending).await;
+    write_tagged_journal(&w, &pending, "target-set").await;
     htpasswd::add_user(&w.rotator.inner.config().path, USER, &pending, 4).unwrap();
     // Someone wrote a new version (with a password the target does not know) meanwhile.
     let mut tags = w.store.get_latest(SECRET).await.unwrap().properties.tags;
@@ -430,7 +435,7 @@ async fn failure_past_the_cap_tags_the_secret_keeping_its_tags_and_success_clear
     assert_eq!(audit["outcome"], "rotated");
     let steps: Vec<&str> = audit["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     // The failed attempts left the journal record: this attempt reads it and writes none.
-    assert_eq!(steps, ["fence", "journal-read", "set", "test", "finish"], "{audit}");
+    assert_eq!(steps, ["fence", "journal-read", "canary", "set", "test", "finish"], "{audit}");
     assert!(!audit.to_string().contains(latest.value.expose_secret()), "no password in the audit record");
     w.vault.shutdown().await;
 }
@@ -442,6 +447,7 @@ struct Slow {
     running: AtomicU32,
     peak: AtomicU32,
     policy: PasswordPolicy,
+    set: std::sync::Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -452,15 +458,17 @@ impl Rotator for Slow {
     fn password_policy(&self) -> &PasswordPolicy {
         &self.policy
     }
-    async fn set_password(&self, _req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
+    async fn set_password(&self, req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
+        self.set.lock().unwrap().push(req.pending.expose_secret().to_owned());
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
         Ok(SetPasswordResponse { outcome: kv_rotator_rotators::SetPasswordOutcome::ChangedWithCurrent })
     }
-    async fn verify(&self, _req: VerifyRequest) -> RotatorResult<VerifyResponse> {
-        Ok(VerifyResponse::Accepted)
+    async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
+        let known = self.set.lock().unwrap().iter().any(|p| p == req.password.expose_secret());
+        Ok(if known { VerifyResponse::Accepted } else { VerifyResponse::Rejected })
     }
 }
 
@@ -487,6 +495,7 @@ async fn target_concurrency_bounds_one_profile_and_not_the_others() {
     let settings = EngineConfig {
         concurrency: 8,
         target_concurrency: BTreeMap::from([("limited".to_owned(), 1)]),
+        min_rotation_interval_secs: 0,
         ..Default::default()
     };
     let engine = Engine::new(store.clone(), targets, settings);
@@ -498,7 +507,7 @@ async fn target_concurrency_bounds_one_profile_and_not_the_others() {
             vault_name: store.vault_name().to_owned(),
             secret_name: name.clone(),
             version: None,
-            trigger: Trigger::Manual { requested_by: "limits test".into() },
+            trigger: Trigger::Manual { requested_by: "limits test".into(), force: false },
         };
         queue.send(request).await.unwrap();
     }

@@ -25,6 +25,10 @@ struct Site {
 
 impl Site {
     async fn new() -> Site {
+        Site::with_min_interval(0).await
+    }
+
+    async fn with_min_interval(min_interval_secs: u64) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
         let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
@@ -36,11 +40,12 @@ impl Site {
             &config,
             format!(
                 "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\
-                 [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\n\
-                 [targets.site]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\n",
+                 [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\nmin_rotation_interval_secs = {}\n\
+                 [targets.site]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\naccounts = [\"*\"]\n",
                 vault.endpoint(),
                 ca.display(),
                 vault.local_addr(),
+                min_interval_secs,
                 htpasswd.display()
             ),
         )
@@ -135,6 +140,27 @@ async fn all_rotates_every_managed_secret_and_nothing_else() {
     site.vault.shutdown().await;
 }
 
+/// A secret written minutes ago is not rotated again by hand (a storm of triggers, an
+/// operator's double run) unless forced — the emergency path for a leaked password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_secret_is_rotated_by_hand_only_with_force() {
+    let site = Site::with_min_interval(3600).await;
+    let (v1, _) = site.user("alpha-password", "alpha").await;
+    let (ok, stdout, stderr) = site.rotate(&["alpha-password"]);
+    assert!(!ok, "refusing is not what the operator asked for: the exit code says so\n{stdout}\n{stderr}");
+    let line = line_for(&stdout, "alpha-password");
+    assert!(line.contains("min_rotation_interval_secs") && line.contains("--force"), "{line}");
+    assert_eq!(site.store.list_versions("alpha-password").await.unwrap().len(), 1, "nothing written");
+
+    let (ok, stdout, stderr) = site.rotate(&["--force", "alpha-password"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(line_for(&stdout, "alpha-password").contains(&format!("rotated {v1} -> ")), "{stdout}");
+    assert!(stderr.contains("manual (forced) by cli"), "the audit record says it was forced:\n{stderr}");
+    let latest = site.store.get_latest("alpha-password").await.unwrap();
+    assert!(site.logs_in("alpha", &latest.value).await);
+    site.vault.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_finishes_what_a_dead_process_left_and_then_has_nothing_to_do() {
     let site = Site::new().await;
@@ -149,8 +175,13 @@ async fn resume_finishes_what_a_dead_process_left_and_then_has_nothing_to_do() {
         ("kv-rotator-step".to_owned(), "target-set".to_owned()),
         ("rotated-from".to_owned(), v1.clone()),
     ]);
-    let journal =
-        NewSecretVersion { value: pending.clone(), tags, content_type: None, expires: None, not_before: None };
+    let journal = NewSecretVersion {
+        value: pending.clone(),
+        tags,
+        content_type: Some(kv_rotator::engine::journal::JOURNAL_CONTENT_TYPE.to_owned()),
+        expires: None,
+        not_before: None,
+    };
     site.store.set_secret(&kv_rotator::engine::journal::journal_name(&id), journal).await.unwrap();
 
     let (ok, stdout, stderr) = site.rotate(&["--resume"]);

@@ -52,7 +52,7 @@ async fn a_scan_finds_due_secrets_and_journals_and_nothing_else() {
     )
     .await;
 
-    let scan = sweeper::scan(store.as_ref(), Some(30)).await.unwrap();
+    let scan = sweeper::scan(store.as_ref(), Some(&kv_rotator::engine::due::DueRule::default())).await.unwrap();
     let mut found: Vec<(String, Option<String>, Reason)> =
         scan.requests.iter().map(|(r, why)| (r.secret_name.clone(), r.version.clone(), *why)).collect();
     found.sort_by(|a, b| a.0.cmp(&b.0));
@@ -89,14 +89,15 @@ async fn the_service_sweeper_rotates_a_secret_no_event_announced() {
     );
     targets.insert("site", Arc::new(rotator), None);
     let background = Background {
-        sweeper: Some(SweeperConfig { enabled: true, interval_secs: 1, window_days: 30 }),
+        sweeper: Some(SweeperConfig { interval_secs: 1, ..Default::default() }),
         alerts: Default::default(),
+        ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = service::start_with(
         store.clone(),
         targets,
-        EngineConfig::default(),
+        EngineConfig { min_rotation_interval_secs: 0, ..Default::default() },
         &WebhookConfig::default(),
         background,
         listener,
@@ -192,7 +193,7 @@ async fn a_version_written_after_the_listing_is_judged_by_its_own_expiry() {
     // A rotation finishes after the listing: its version expires in 60 days.
     put(store.as_ref(), "rotating", &managed, Some(60)).await;
     let stale = StaleListing { inner: store.clone(), listing };
-    let scan = sweeper::scan(&stale, Some(30)).await.unwrap();
+    let scan = sweeper::scan(&stale, Some(&kv_rotator::engine::due::DueRule::default())).await.unwrap();
     assert!(scan.requests.is_empty(), "the fresh version must not be rotated again: {:?}", scan.requests);
     vault.shutdown().await;
 }

@@ -3,10 +3,15 @@
 //! - `rotate --config F SECRET...`: rotate the named secrets.
 //! - `rotate --config F --all`: rotate every managed secret (tag `rotator`) — an emergency.
 //! - `rotate --config F --resume`: finish every unfinished journal now.
+//! - `--force`: rotate even within `engine.min_rotation_interval_secs` of the last write.
 //!
 //! Each secret's latest version is read at trigger time and named in the request, so
 //! triggers of the same state (a delivery, the sweeper, a second operator) converge on
 //! one rotation. One line per secret on stdout; the exit code is non-zero if any failed.
+//!
+//! It runs as the vault's engine: it claims the engine lease ([`crate::lease`]) first and
+//! refuses to run while another engine (a `serve`) holds it, unless
+//! `--allow-concurrent-engine` is given; then it warns and runs without the lease.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,8 +21,11 @@ use clap::Args;
 use kv_rotator_keyvault::{SecretStore, StoreError};
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use tokio::sync::Semaphore;
+use tracing::warn;
 
+use crate::engine::due::DueRule;
 use crate::engine::{Engine, Outcome};
+use crate::lease::{self, ClaimError, LeaseGuard, LeaseTimings};
 use crate::service;
 use crate::sweeper;
 use crate::targets::Targets;
@@ -34,6 +42,14 @@ pub struct RotateArgs {
     /// Finish every unfinished rotation (journal record) instead.
     #[arg(long, conflicts_with = "secrets")]
     pub resume: bool,
+    /// Rotate even a secret whose latest version is younger than
+    /// engine.min_rotation_interval_secs (a password that just leaked).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Run even while another engine (a running `serve`) holds the vault's engine lease.
+    /// UNSAFE: two engines rotating the same secret at once can lose its password.
+    #[arg(long)]
+    pub allow_concurrent_engine: bool,
     /// Names of the secrets to rotate.
     pub secrets: Vec<String>,
 }
@@ -44,13 +60,14 @@ pub async fn manual_request(
     store: &dyn SecretStore,
     secret: &str,
     requested_by: &str,
+    force: bool,
 ) -> Result<RotationRequest, StoreError> {
     let latest = store.get_latest(secret).await?;
     Ok(RotationRequest {
         vault_name: store.vault_name().to_owned(),
         secret_name: secret.to_owned(),
         version: Some(latest.version),
-        trigger: Trigger::Manual { requested_by: requested_by.to_owned() },
+        trigger: Trigger::Manual { requested_by: requested_by.to_owned(), force },
     })
 }
 
@@ -61,7 +78,45 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
     }
     let config = kv_rotator_config::load(args.config.as_deref())?;
     let store = service::connect_store(&config.vault)?;
-    let engine = Engine::new(store.clone(), Targets::from_profiles(&config.targets), config.engine.clone());
+    let lease = claim_lease(store.clone(), args.allow_concurrent_engine).await?;
+    let result = rotations(args, config, store, lease.clone()).await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    result
+}
+
+/// Claims the engine lease for this run; `None` when running without it was allowed.
+async fn claim_lease(store: Arc<dyn SecretStore>, allow_concurrent: bool) -> anyhow::Result<Option<LeaseGuard>> {
+    let timings = LeaseTimings::from_env()?;
+    match lease::claim(store, "rotate", timings).await {
+        Ok(guard) => Ok(Some(guard)),
+        Err(err) if allow_concurrent => {
+            warn!(
+                error = %err,
+                "--allow-concurrent-engine: RUNNING WITHOUT THE ENGINE LEASE; if another engine rotates the same \
+                 secret at the same time, a password can be lost"
+            );
+            eprintln!("warning: running without the engine lease (--allow-concurrent-engine): {err}");
+            Ok(None)
+        }
+        Err(ClaimError::Held(held)) => bail!(
+            "refusing to rotate: {held}. Nothing was rotated. Hand the request to that service, stop it first, \
+             or pass --allow-concurrent-engine (unsafe: two engines rotating one secret can lose its password)"
+        ),
+        Err(err) => Err(anyhow::Error::new(err).context("refusing to rotate without the engine lease")),
+    }
+}
+
+/// The rotations themselves, while holding `lease` (if any).
+async fn rotations(
+    args: RotateArgs,
+    config: kv_rotator_config::Config,
+    store: Arc<dyn SecretStore>,
+    lease: Option<LeaseGuard>,
+) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), Targets::from_profiles(&config.targets), config.engine.clone())
+        .with_due_rule(DueRule::from_config(&config.engine, &config.sweeper));
     let requested_by = format!("cli {}", std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned()));
 
     let requests: Vec<(String, anyhow::Result<RotationRequest>)> = if args.resume {
@@ -75,7 +130,7 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
         };
         let mut requests = Vec::new();
         for name in names {
-            let request = manual_request(store.as_ref(), &name, &requested_by)
+            let request = manual_request(store.as_ref(), &name, &requested_by, args.force)
                 .await
                 .with_context(|| format!("cannot read secret {name:?}"));
             requests.push((name, request));
@@ -92,13 +147,19 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
     for (index, (name, request)) in requests.into_iter().enumerate() {
         let engine = engine.clone();
         let permits = permits.clone();
+        let lease = lease.clone();
         tasks.spawn(async move {
             let line = match request {
                 Err(err) => (false, format!("{name}: failed: {err:#}")),
                 Ok(request) => {
                     let _permit = permits.acquire_owned().await.expect("never closed");
+                    if let Some(Err(not_held)) = lease.as_ref().map(LeaseGuard::check) {
+                        return (index, (false, format!("{name}: not rotated: {not_held}")));
+                    }
                     let report = engine.rotate(request).await;
-                    (!matches!(report.outcome, Outcome::Failed { .. }), format!("{name}: {}", report.outcome))
+                    // Not rotated because too soon is not what the operator asked for either.
+                    let ok = !matches!(report.outcome, Outcome::Failed { .. } | Outcome::TooSoon { .. });
+                    (ok, format!("{name}: {}", report.outcome))
                 }
             };
             (index, line)

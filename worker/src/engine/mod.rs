@@ -4,8 +4,10 @@
 //!   sink) and [`Engine::rotate`], which runs one request to its end with retries, then
 //!   reports: an audit record (log and metrics), and on failure a tag on the secret, an
 //!   error log and an alert.
-//! - [`protocol`]: one attempt of the protocol of `docs/architecture.md` — fence,
-//!   create (journal), set, test, finish.
+//! - [`protocol`]: one attempt of the protocol of `docs/architecture.md` — fence, gate,
+//!   canary, create (journal), re-fence, set, test, re-fence, finish — one function each.
+//! - [`due`]: when a version is due (for the sweeper and events alike) and the
+//!   minimum interval between rotations.
 //! - [`planner`]: the protocol's pure decisions (fence, journal, stale journals).
 //! - [`journal`]: rotation ids, journal record naming and tags.
 //! - [`locks`]: per-secret mutual exclusion.
@@ -13,6 +15,7 @@
 //! - [`Engine::run`]: takes requests off the queue, bounded by `engine.concurrency`
 //!   (and `engine.target_concurrency` per profile), and publishes a [`RotationReport`].
 
+pub mod due;
 pub mod failpoints;
 pub mod journal;
 pub mod locks;
@@ -62,6 +65,13 @@ pub enum RotationError {
         /// Target profile name.
         profile: String,
     },
+    /// Someone else wrote the secret or the journal record during this attempt (another
+    /// engine on the same vault); the next attempt fences again.
+    #[error("{0}")]
+    Raced(String),
+    /// This process no longer holds the engine lease of the vault.
+    #[error("this process does not hold the vault's engine lease (another kv-rotator engine may be running)")]
+    LeaseLost,
 }
 
 impl RotationError {
@@ -73,6 +83,7 @@ impl RotationError {
             RotationError::Misconfigured(_) => false,
             // Replication lag or a pooler may make a fresh password fail for a moment.
             RotationError::TestFailed { .. } => true,
+            RotationError::Raced(_) | RotationError::LeaseLost => true,
         }
     }
 }
@@ -103,14 +114,34 @@ pub enum Outcome {
     },
     /// The secret carries no `rotator` tag: it is not managed by kv-rotator.
     NotManaged,
+    /// The secret does not exist (an event for a deleted or unknown name).
+    NotFound,
+    /// A scheduled trigger (event, sweeper) for a version that is not due yet.
+    NotDue {
+        /// The latest version.
+        version: String,
+        /// When it becomes due; `None` when it never does by schedule (disabled).
+        due_at: Option<OffsetDateTime>,
+    },
+    /// The latest version is younger than `engine.min_rotation_interval_secs`.
+    TooSoon {
+        /// The latest version.
+        version: String,
+        /// When a rotation is allowed again (or now, with `rotate --force`).
+        allowed_at: OffsetDateTime,
+    },
     /// The request names another vault than the one this worker manages.
     OtherVault,
-    /// Every attempt failed; the old password keeps working.
+    /// Every attempt failed.
     Failed {
         /// The last error (sanitized).
         error: String,
         /// Attempts made.
         attempts: u32,
+        /// `Some(journal record)` when the target may already use the pending password,
+        /// which then lives only in that record until a retry finishes; `None` when the
+        /// target was not touched and the current password keeps working.
+        unfinished_journal: Option<String>,
     },
 }
 
@@ -122,8 +153,12 @@ impl Outcome {
             Outcome::AlreadyRotated { .. } => "already_rotated",
             Outcome::Stale { .. } => "stale",
             Outcome::NotManaged => "not_managed",
+            Outcome::NotFound => "not_found",
+            Outcome::NotDue { .. } => "not_due",
+            Outcome::TooSoon { .. } => "too_soon",
             Outcome::OtherVault => "other_vault",
-            Outcome::Failed { .. } => "failed",
+            Outcome::Failed { unfinished_journal: None, .. } => "failed",
+            Outcome::Failed { unfinished_journal: Some(_), .. } => "failed_unfinished",
         }
     }
 }
@@ -141,14 +176,27 @@ pub struct StepRecord {
     pub ok: bool,
 }
 
-/// The steps of every attempt of one request, in order.
+/// The steps of every attempt of one request, in order, and whether the target may
+/// already have the pending password.
 #[derive(Debug, Default)]
 pub struct StepLog {
     attempt: std::sync::atomic::AtomicU32,
     steps: Mutex<Vec<StepRecord>>,
+    target_touched: Mutex<Option<String>>,
 }
 
 impl StepLog {
+    /// From now on the target may have the password journaled in `journal`.
+    fn mark_target_touched(&self, journal: &str) {
+        *self.target_touched.lock().expect("step log poisoned") = Some(journal.to_owned());
+    }
+
+    /// The journal record whose password the target may have, once `set` has run (or a
+    /// journal from an earlier attempt was found).
+    fn target_touched(&self) -> Option<String> {
+        self.target_touched.lock().expect("step log poisoned").clone()
+    }
+
     fn next_attempt(&self) -> u32 {
         self.attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
     }
@@ -212,15 +260,20 @@ impl RotationReport {
 }
 
 /// `event_grid`, `manual`, `resume` or `sweeper`: the trigger's kind, for metrics labels.
-/// Resumed journals travel as manual requests from [`crate::sweeper::RESUME_REQUESTER`]
-/// (the webhook crate's `Trigger` has no variant of its own for them yet).
 pub fn trigger_kind(trigger: &Trigger) -> &'static str {
     match trigger {
         Trigger::EventGrid { .. } => "event_grid",
-        Trigger::Manual { requested_by } if requested_by.starts_with(crate::sweeper::RESUME_REQUESTER) => "resume",
         Trigger::Manual { .. } => "manual",
         Trigger::Sweeper => "sweeper",
+        Trigger::Resume { .. } => "resume",
     }
+}
+
+/// Whether this process may rotate in the vault: the engine lease (one engine per vault),
+/// asked before every attempt and before `set` and `finish`. Cheap: no I/O.
+pub trait EngineLease: Send + Sync + fmt::Debug {
+    /// Whether the lease is held now.
+    fn is_held(&self) -> bool;
 }
 
 impl fmt::Display for Outcome {
@@ -230,8 +283,25 @@ impl fmt::Display for Outcome {
             Outcome::AlreadyRotated { version } => write!(f, "already rotated (latest {version})"),
             Outcome::Stale { requested, latest } => write!(f, "stale request for {requested}; latest is {latest}"),
             Outcome::NotManaged => f.write_str("not managed (no rotator tag)"),
+            Outcome::NotFound => f.write_str("no such secret"),
+            Outcome::NotDue { version, due_at: Some(at) } => {
+                write!(f, "version {version} not due until {}", at.format(&Rfc3339).unwrap_or_default())
+            }
+            Outcome::NotDue { version, due_at: None } => write!(f, "version {version} is disabled: not rotated by schedule"),
+            Outcome::TooSoon { version, allowed_at } => write!(
+                f,
+                "version {version} is younger than engine.min_rotation_interval_secs: next rotation allowed at {} (or use --force)",
+                allowed_at.format(&Rfc3339).unwrap_or_default()
+            ),
             Outcome::OtherVault => f.write_str("request for another vault"),
-            Outcome::Failed { error, attempts } => write!(f, "failed after {attempts} attempt(s): {error}"),
+            Outcome::Failed { error, attempts, unfinished_journal: None } => {
+                write!(f, "failed after {attempts} attempt(s): {error}; the current password stays in place")
+            }
+            Outcome::Failed { error, attempts, unfinished_journal: Some(journal) } => write!(
+                f,
+                "failed after {attempts} attempt(s): {error}; the target may already use the new password, \
+                 which is only in journal record {journal}: the latest version does not log in until a retry finishes"
+            ),
         }
     }
 }
@@ -247,12 +317,18 @@ pub struct Engine {
     reports: broadcast::Sender<RotationReport>,
     metrics: Arc<Metrics>,
     alerts: Option<Arc<WebhookSink>>,
+    due_rule: due::DueRule,
+    lease: Option<Arc<dyn EngineLease>>,
+    /// When each (secret, alert kind) was last alerted, for `alerts.repeat_after_secs`.
+    alerted: Arc<Mutex<std::collections::HashMap<(String, &'static str), Instant>>>,
+    alert_repeat: Duration,
 }
 
 impl Engine {
     /// An engine over `store` and `targets`.
     pub fn new(store: Arc<dyn SecretStore>, targets: Targets, settings: EngineConfig) -> Self {
         let (reports, _) = broadcast::channel(1024);
+        let due_rule = due::DueRule::from_config(&settings, &kv_rotator_config::SweeperConfig::default());
         let target_limits = settings
             .target_concurrency
             .iter()
@@ -267,13 +343,43 @@ impl Engine {
             reports,
             metrics: Arc::new(Metrics::default()),
             alerts: None,
+            due_rule,
+            lease: None,
+            alerted: Arc::default(),
+            alert_repeat: Duration::from_secs(3600),
         }
     }
 
-    /// Sends failures past the retry cap to `sink` too.
-    pub fn with_alert_sink(mut self, sink: WebhookSink) -> Self {
+    /// Sends failures past the retry cap to `sink` too, the same secret's alert of the
+    /// same kind at most once per `repeat_after`.
+    pub fn with_alert_sink(mut self, sink: WebhookSink, repeat_after: Duration) -> Self {
         self.alerts = Some(Arc::new(sink));
+        self.alert_repeat = repeat_after;
         self
+    }
+
+    /// Judges due versions with `rule` (default: the default configuration's).
+    pub fn with_due_rule(mut self, rule: due::DueRule) -> Self {
+        self.due_rule = rule;
+        self
+    }
+
+    /// Rotates only while `lease` is held.
+    pub fn with_lease(mut self, lease: Arc<dyn EngineLease>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The due rule in force.
+    pub fn due_rule(&self) -> due::DueRule {
+        self.due_rule
+    }
+
+    fn check_lease(&self) -> Result<(), RotationError> {
+        match &self.lease {
+            Some(lease) if !lease.is_held() => Err(RotationError::LeaseLost),
+            _ => Ok(()),
+        }
     }
 
     /// Records into `metrics` (shared with the sweeper and `/metrics`).
@@ -321,9 +427,15 @@ impl Engine {
     }
 
     /// Runs one request to its end: attempts with jittered exponential backoff while the
-    /// failure is transient, up to `engine.max_attempts`. Then the audit record; on
-    /// failure the failure tag, error log and alert. Publishes and returns the report.
-    pub async fn rotate(&self, request: RotationRequest) -> RotationReport {
+    /// failure is transient, up to `engine.max_attempts` — and, once the target may have
+    /// the pending password, on a slower schedule after that ([`Engine::keep_finishing`]).
+    /// Then the audit record; on failure the failure tag, error log and alert. Publishes
+    /// and returns the report.
+    pub async fn rotate(&self, mut request: RotationRequest) -> RotationReport {
+        // The boundary: one spelling of a version id from here on.
+        if let Some(version) = request.version.as_mut() {
+            version.make_ascii_lowercase();
+        }
         let span = tracing::info_span!("rotation", vault = %request.vault_name, secret = %request.secret_name, trigger = %request.trigger);
         async {
             let started = Instant::now();
@@ -334,7 +446,7 @@ impl Engine {
                 .with_max_delay(Duration::from_millis(self.settings.max_backoff_ms))
                 .with_max_times(self.settings.max_attempts.saturating_sub(1) as usize)
                 .with_jitter();
-            let result = (|| {
+            let mut result = (|| {
                 steps.next_attempt();
                 protocol::attempt(self, &request, &steps)
             })
@@ -342,16 +454,30 @@ impl Engine {
             .when(RotationError::is_transient)
             .notify(|err, delay| warn!(error = %err, retry_in = ?delay, "rotation attempt failed; retrying"))
             .await;
+            if let Some(journal) = steps.target_touched() {
+                if matches!(&result, Err(e) if e.is_transient()) {
+                    let first = result.err().expect("matched an error");
+                    result = self.keep_finishing(&request, &steps, &journal, first).await;
+                }
+            }
             let (attempts, step_records) = steps.take();
             let (rotation_id, outcome) = match result {
                 Ok(done) => (done.rotation_id, done.outcome),
                 Err(err) => {
-                    error!(error = %err, attempts, "rotation failed; the current password stays in place");
+                    let unfinished_journal = steps.target_touched();
+                    match &unfinished_journal {
+                        None => error!(error = %err, attempts, "rotation failed; the current password stays in place"),
+                        Some(journal) => error!(
+                            error = %err, attempts, %journal,
+                            "rotation failed after the target may have taken the new password: it is only in the \
+                             journal record, and the latest version may not log in until the sweeper resumes it"
+                        ),
+                    }
                     let rotation_id = request
                         .version
                         .as_deref()
                         .map(|v| journal::rotation_id(self.store.vault_name(), &request.secret_name, v));
-                    (rotation_id, Outcome::Failed { error: err.to_string(), attempts })
+                    (rotation_id, Outcome::Failed { error: err.to_string(), attempts, unfinished_journal })
                 }
             };
             let report = RotationReport {
@@ -372,6 +498,40 @@ impl Engine {
         }
         .instrument(span)
         .await
+    }
+
+    /// After `max_attempts`, once the target may already use the pending password while
+    /// the latest version still holds the old one: consumers are broken until the vault
+    /// catches up, so waiting for the next sweep is not enough. One attempt every
+    /// `engine.finish_retry_interval_secs`, for at most `engine.finish_retry_for_secs`,
+    /// while the failure stays transient.
+    async fn keep_finishing(
+        &self,
+        request: &RotationRequest,
+        steps: &StepLog,
+        journal: &str,
+        first: RotationError,
+    ) -> Result<protocol::Done, RotationError> {
+        let interval = Duration::from_secs(self.settings.finish_retry_interval_secs.max(1));
+        let deadline = Instant::now() + Duration::from_secs(self.settings.finish_retry_for_secs);
+        error!(
+            error = %first, %journal, retry_every = ?interval, for_at_most = ?Duration::from_secs(self.settings.finish_retry_for_secs),
+            "the target may already use the new password but Key Vault is not finished: it is only in the journal \
+             record, and consumers reading the latest version are refused; still finishing"
+        );
+        let mut last = Err(first);
+        while Instant::now() + interval <= deadline {
+            tokio::time::sleep(interval).await;
+            self.metrics.inc("kv_rotator_finish_retries_total", &[]);
+            steps.next_attempt();
+            last = protocol::attempt(self, request, steps).await;
+            match &last {
+                Ok(_) => break,
+                Err(err) if err.is_transient() => warn!(error = %err, "finishing attempt failed; retrying"),
+                Err(_) => break,
+            }
+        }
+        last
     }
 
     /// The audit record to the log and the metrics.
@@ -396,13 +556,26 @@ impl Engine {
         info!(target: "kv_rotator::audit", audit = %report.audit_json(), "rotation audit record");
     }
 
-    /// Past the cap: mark the secret (keeping its other tags), and alert.
+    /// Past the cap: mark the secret (keeping its other tags), and alert — the same
+    /// secret's alert of the same kind at most once per `alerts.repeat_after_secs`.
     async fn report_failure(&self, report: &RotationReport) {
-        let Outcome::Failed { error, attempts } = &report.outcome else { return };
+        let Outcome::Failed { error, attempts, unfinished_journal } = &report.outcome else { return };
         let tagged = self.tag_failure(report, *attempts).await;
         self.metrics.inc("kv_rotator_failure_tags_total", &[("result", if tagged { "written" } else { "skipped" })]);
         let Some(sink) = &self.alerts else { return };
+        let key = (report.request.secret_name.to_ascii_lowercase(), report.outcome.kind());
+        {
+            let mut alerted = self.alerted.lock().expect("alert log poisoned");
+            let now = Instant::now();
+            alerted.retain(|_, at| now.duration_since(*at) < self.alert_repeat);
+            if alerted.contains_key(&key) {
+                self.metrics.inc("kv_rotator_alerts_total", &[("result", "repeat_suppressed")]);
+                return;
+            }
+            alerted.insert(key, now);
+        }
         let alert = Alert {
+            unfinished_journal: unfinished_journal.clone(),
             vault: report.request.vault_name.clone(),
             secret: report.request.secret_name.clone(),
             rotation_id: report.rotation_id.clone(),
@@ -437,7 +610,11 @@ impl Engine {
             }
         };
         if !latest.tags.contains_key(protocol::TAG_ROTATOR) {
-            return false;
+            // A journal whose secret lost its tags: mark the journal record instead.
+            return match report.rotation_id.as_deref() {
+                Some(id) => self.tag_journal_failure(&journal::journal_name(id), attempts).await,
+                None => false,
+            };
         }
         let mut tags = latest.tags.clone();
         if !tags.contains_key(journal::TAG_FAILED) && tags.len() >= protocol::MAX_TAGS {
@@ -455,5 +632,15 @@ impl Engine {
                 false
             }
         }
+    }
+
+    /// The failure tag on a journal record (when its secret is not managed any more).
+    async fn tag_journal_failure(&self, journal_name: &str, attempts: u32) -> bool {
+        let Ok(record) = self.store.get_latest(journal_name).await else { return false };
+        let mut tags = record.properties.tags;
+        let at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        tags.insert(journal::TAG_FAILED.to_owned(), format!("{at} attempts={attempts} secret-not-managed"));
+        let update = PropertiesUpdate { tags: Some(tags), ..Default::default() };
+        self.store.update_properties(journal_name, Some(&record.version), update).await.is_ok()
     }
 }

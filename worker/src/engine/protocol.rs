@@ -1,36 +1,44 @@
-//! One attempt of the rotation protocol. Every step is safe to repeat, so an attempt
-//! that fails anywhere can simply be run again:
+//! One attempt of the rotation protocol, one function per step. Every step is safe to
+//! repeat, so an attempt that fails anywhere can simply be run again:
 //!
-//! 1. **fence** — read the latest version; stop if the request names an older one or if
-//!    the latest already carries this rotation's id.
-//! 2. **create** — reuse this rotation's journal record, or generate a password and
-//!    write the record to Key Vault *before* touching the target.
-//! 3. **set** — the rotator makes the target accept the pending password (idempotent).
-//! 4. **test** — log in with the pending password.
-//! 5. **finish** — write the new version (tags carried over plus rotation metadata,
-//!    `exp = now + ValidityPeriodDays`), then delete the journal record.
+//! 1. [`fence`] — read the latest version; stop if the request names an older one, if
+//!    the latest already carries this rotation's id, or if the secret is gone.
+//! 2. [`gate`] — a new rotation (no journal yet) starts only when it is wanted: a
+//!    scheduled trigger (event, sweeper, resume) only when the version is due
+//!    ([`super::due`]), and none within the minimum interval unless forced.
+//!    [`plan`] then checks the tags and the account against the profile.
+//! 3. [`prove_target_checks_passwords`] — a random canary must be refused, or no
+//!    "accepted" from the target means anything.
+//! 4. [`create`] — reuse this rotation's journal record (only one kv-rotator wrote), or
+//!    generate a password and write the record to Key Vault *before* touching the target.
+//! 5. [`refence`] — the secret's latest version and the journal record are still the
+//!    ones this attempt started from (again before finish): another engine's write stops it.
+//! 6. [`set`] — the rotator makes the target accept the pending password (idempotent).
+//! 7. [`test`] — log in with the pending password.
+//! 8. [`finish`] — write the new version (tags carried over plus rotation metadata,
+//!    `exp = now + ValidityPeriodDays`), then delete the journal record if it is still ours.
 //!
 //! The invariant: a password the target accepts is always in Key Vault — in the latest
 //! version or in the journal record.
 
 use std::collections::BTreeMap;
-
 use std::time::Instant;
 
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretRecord, StoreError};
-use kv_rotator_rotators::{Credential, Rotator, SetPasswordRequest, VerifyRequest, VerifyResponse};
-use kv_rotator_webhook::RotationRequest;
-use secrecy::SecretString;
+use kv_rotator_rotators::{Credential, Rotator, RotatorError, SetPasswordRequest, VerifyRequest, VerifyResponse};
+use kv_rotator_webhook::{RotationRequest, Trigger};
+use secrecy::{ExposeSecret, SecretString};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
+use super::due::Due;
 use super::failpoints;
 use super::journal::{
     self, JOURNAL_CONTENT_TYPE, STEP_PENDING, STEP_TARGET_SET, TAG_ATTEMPTS, TAG_FAILED, TAG_JOURNAL_FOR,
     TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP,
 };
-use super::planner::{self, Fence, Journal, JournalStep, Latest, StaleJournal, Target};
+use super::planner::{self, Fence, Latest, StaleJournal, Target};
 use super::{Engine, Outcome, RotationError, StepLog};
 
 /// Tag naming the target profile (kv-rotator's own).
@@ -53,13 +61,34 @@ pub struct Done {
     pub outcome: Outcome,
 }
 
+impl Done {
+    fn new(rotation_id: Option<&str>, outcome: Outcome) -> Self {
+        Self { rotation_id: rotation_id.map(str::to_owned), outcome }
+    }
+}
+
+/// What the fence found: the version this rotation starts from.
+struct Fenced {
+    /// The latest version, which is the source version.
+    latest: SecretRecord,
+    rotation_id: String,
+    journal_name: String,
+}
+
 /// The plan derived from the latest version before anything is written.
 struct Plan {
     profile: String,
     username: String,
     validity_days: u32,
-    rotation_id: String,
     new_tags: BTreeMap<String, String>,
+}
+
+/// The journal record this attempt works with: its password, and the version of the
+/// record that holds it (so a record rewritten by anyone else is noticed).
+struct Pending {
+    value: SecretString,
+    version: String,
+    tags: BTreeMap<String, String>,
 }
 
 /// Runs `step` and records its duration in `steps` under `name`.
@@ -76,23 +105,86 @@ async fn timed<T>(
 
 /// Runs the protocol once for `request`, recording each step's duration in `steps`.
 pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog) -> Result<Done, RotationError> {
+    if !request.vault_name.eq_ignore_ascii_case(engine.store.vault_name()) {
+        warn!(managed_vault = engine.store.vault_name(), "request names another vault; ignored");
+        return Ok(Done::new(None, Outcome::OtherVault));
+    }
+    engine.check_lease()?;
+    let fenced = match fence(engine, request, steps).await? {
+        Ok(fenced) => fenced,
+        Err(done) => return Ok(done),
+    };
+    let existing = timed(steps, "journal-read", read_journal(engine, &fenced)).await?;
+    if let Some(record) = &existing {
+        if record.properties.tags.get(TAG_STEP).map(String::as_str) == Some(STEP_TARGET_SET) {
+            // An earlier attempt or process set the target: it has the pending password.
+            steps.mark_target_touched(&fenced.journal_name);
+        }
+    } else if let Some(outcome) = gate(engine, request, &fenced.latest) {
+        return Ok(Done::new(Some(&fenced.rotation_id), outcome));
+    }
+    let plan = plan(engine, &fenced)?;
+    let rotator = engine.targets.rotator(&plan.profile).ok_or_else(|| {
+        RotationError::Misconfigured(format!(
+            "secret {:?} names target profile {:?} in its {TAG_ROTATOR:?} tag, but the configuration has no such profile",
+            fenced.latest.name, plan.profile
+        ))
+    })?;
+    let rotator = rotator.as_ref();
+    failpoints::hit("after-fence");
+    // Per-profile limit: held from the journal to the finish, the steps that load the target.
+    let _target_permit = engine.target_permit(&plan.profile).await;
+    timed(steps, "canary", prove_target_checks_passwords(rotator, &plan)).await?;
+    let pending = create(engine, steps, rotator, &fenced, existing).await?;
+    failpoints::hit("after-journal");
+    refence(engine, &fenced, &pending, "set").await?;
+    timed(steps, "set", set(engine, rotator, &plan, &fenced, &pending)).await?;
+    steps.mark_target_touched(&fenced.journal_name);
+    failpoints::hit("after-set");
+    mark_target_set(engine, &fenced, &pending).await;
+    failpoints::hit("after-step-tag");
+    timed(steps, "test", test(rotator, &plan, &pending)).await?;
+    failpoints::hit("after-test");
+    refence(engine, &fenced, &pending, "finish").await?;
+    finish(engine, steps, plan, fenced, pending).await
+}
+
+/// Step 1: reads the latest version and decides whether this request rotates it.
+/// `Ok(Err(done))`: the request ends here.
+async fn fence(
+    engine: &Engine,
+    request: &RotationRequest,
+    steps: &StepLog,
+) -> Result<Result<Fenced, Done>, RotationError> {
     let store = engine.store.as_ref();
     let secret = request.secret_name.as_str();
-    if !request.vault_name.eq_ignore_ascii_case(store.vault_name()) {
-        warn!(managed_vault = store.vault_name(), "request names another vault; ignored");
-        return Ok(Done { rotation_id: None, outcome: Outcome::OtherVault });
-    }
-
-    // 1. fence
-    let latest = timed(steps, "fence", async { Ok(store.get_latest(secret).await?) }).await?;
-    if !latest.properties.tags.contains_key(TAG_ROTATOR) {
-        info!("secret has no {TAG_ROTATOR:?} tag; not managed");
-        return Ok(Done { rotation_id: None, outcome: Outcome::NotManaged });
-    }
-    let source_version = request.version.clone().unwrap_or_else(|| latest.version.clone());
+    let latest = match timed(steps, "fence", async { Ok(store.get_latest(secret).await) }).await? {
+        Ok(latest) => latest,
+        Err(StoreError::NotFound { .. }) => {
+            info!("secret does not exist; nothing to rotate");
+            return Ok(Err(Done::new(None, Outcome::NotFound)));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    // Key Vault's version ids are case-insensitive; the webhook lower-cases them too.
+    let source_version = request.version.as_deref().unwrap_or(&latest.version).to_ascii_lowercase();
     let rotation_id = journal::rotation_id(store.vault_name(), secret, &source_version);
     let journal_name = journal::journal_name(&rotation_id);
-    let seen = if latest.version == source_version {
+    if !latest.properties.tags.contains_key(TAG_ROTATOR) {
+        return match store.get_latest(&journal_name).await {
+            Err(StoreError::NotFound { .. }) => {
+                info!("secret has no {TAG_ROTATOR:?} tag; not managed");
+                Ok(Err(Done::new(None, Outcome::NotManaged)))
+            }
+            // A journal may hold the only working password: never pass over it silently.
+            _ => Err(RotationError::Misconfigured(format!(
+                "secret {secret:?} has no {TAG_ROTATOR:?} tag, but journal record {journal_name} holds a pending \
+                 password of its rotation {rotation_id}, which the target may already use: restore the secret's tags \
+                 so kv-rotator finishes it, or finish it by hand"
+            ))),
+        };
+    }
+    let seen = if latest.version.eq_ignore_ascii_case(&source_version) {
         Latest::IsSource
     } else if latest.properties.tags.get(TAG_ROTATION_ID) == Some(&rotation_id) {
         Latest::CarriesRotationId
@@ -100,187 +192,331 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
         Latest::Newer
     };
     match planner::fence(seen) {
+        Fence::Rotate => Ok(Ok(Fenced { latest, rotation_id, journal_name })),
         Fence::AlreadyRotated => {
-            // with_journal(AlreadyRotated, _) is Delete or Nothing; deleting a missing
-            // record is not an error, so one call covers both.
-            store.delete_secret(&journal_name).await?;
-            return Ok(Done {
-                rotation_id: Some(rotation_id),
-                outcome: Outcome::AlreadyRotated { version: latest.version },
-            });
+            clean_up_finished_journal(engine, &latest, &rotation_id, &journal_name).await?;
+            let version = latest.version;
+            Ok(Err(Done::new(Some(&rotation_id), Outcome::AlreadyRotated { version })))
         }
         Fence::Stale => {
             inspect_stale_journal(engine, &latest, &rotation_id, &journal_name).await?;
             info!(requested = %source_version, latest = %latest.version, "request names an older version; nothing to do");
-            return Ok(Done {
-                rotation_id: None,
-                outcome: Outcome::Stale { requested: source_version, latest: latest.version },
-            });
+            Ok(Err(Done::new(None, Outcome::Stale { requested: source_version, latest: latest.version })))
         }
-        Fence::Rotate => {}
     }
-    let plan = plan(engine, &latest, rotation_id)?;
-    let rotator = engine.targets.rotator(&plan.profile).ok_or_else(|| {
-        RotationError::Misconfigured(format!(
-            "secret {secret:?} names target profile {:?} in its {TAG_ROTATOR:?} tag, but the configuration has no such profile",
-            plan.profile
-        ))
-    })?;
-    failpoints::hit("after-fence");
-    // Per-profile limit: held from the journal to the finish, the steps that load the target.
-    let _target_permit = engine.target_permit(&plan.profile).await;
+}
 
-    // 2. create: the pending password is durable in Key Vault before the target sees it.
-    let existing = timed(steps, "journal-read", async {
-        match store.get_latest(&journal_name).await {
-            Ok(record) => Ok(Some(record)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(other) => Err(other.into()),
+/// Step 2: whether a new rotation is wanted now. Scheduled triggers (events, the
+/// sweeper, resumes whose journal is gone) need a due version; every trigger but a
+/// forced manual one respects the minimum interval since the latest version was written.
+fn gate(engine: &Engine, request: &RotationRequest, latest: &SecretRecord) -> Option<Outcome> {
+    let now = OffsetDateTime::now_utc();
+    let rule = &engine.due_rule;
+    let version = latest.version.clone();
+    let (scheduled, forced) = match &request.trigger {
+        Trigger::Manual { force, .. } => (false, *force),
+        Trigger::EventGrid { .. } | Trigger::Sweeper | Trigger::Resume { .. } => (true, false),
+    };
+    if scheduled {
+        match rule.check(&latest.properties, now) {
+            Due::NoExpiry | Due::Expired | Due::NearExpiry => {}
+            Due::NotYet { due_at } => {
+                info!(%version, due_at = %due_at.format(&Rfc3339).unwrap_or_default(), "version not due yet; nothing to do");
+                return Some(Outcome::NotDue { version, due_at: Some(due_at) });
+            }
+            Due::Disabled => return Some(Outcome::NotDue { version, due_at: None }),
         }
-    })
-    .await?;
-    let journal_state = if existing.is_some() { Journal::Present } else { Journal::Absent };
-    let mut journal_tags = BTreeMap::from([
-        (TAG_JOURNAL_FOR.to_owned(), secret.to_owned()),
-        (TAG_ROTATION_ID.to_owned(), plan.rotation_id.clone()),
+    }
+    if !forced {
+        if let Some(allowed_at) = rule.too_soon(&latest.properties, now) {
+            info!(%version, "latest version is younger than engine.min_rotation_interval_secs; nothing to do");
+            return Some(Outcome::TooSoon { version, allowed_at });
+        }
+    }
+    None
+}
+
+/// Checks the secret's tags and the account against the profile, and derives
+/// everything `finish` will write, so that a secret that cannot be finished (or must not
+/// be rotated) fails before the target is touched.
+fn plan(engine: &Engine, fenced: &Fenced) -> Result<Plan, RotationError> {
+    let latest = &fenced.latest;
+    let tags = &latest.properties.tags;
+    let name = &latest.name;
+    let profile = tags.get(TAG_ROTATOR).cloned().unwrap_or_default();
+    let username =
+        tags.get(TAG_CREDENTIAL_ID).map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).ok_or_else(|| {
+            RotationError::Misconfigured(format!(
+                "secret {name:?} has no {TAG_CREDENTIAL_ID:?} tag naming the user on the target"
+            ))
+        })?;
+    if let Some(why) = engine.targets.refuse_account(&profile, &username) {
+        return Err(RotationError::Misconfigured(format!(
+            "secret {name:?}: {why}; its {TAG_CREDENTIAL_ID:?} tag is refused and nothing was changed"
+        )));
+    }
+    let validity_days = engine
+        .due_rule
+        .validity_days(&latest.properties)
+        .map_err(|e| RotationError::Misconfigured(format!("secret {name:?}: {e}")))?;
+    let mut new_tags = tags.clone();
+    // A successful rotation clears an earlier failure mark.
+    new_tags.remove(TAG_FAILED);
+    new_tags.insert(TAG_ROTATION_ID.to_owned(), fenced.rotation_id.clone());
+    new_tags.insert(TAG_ROTATED_FROM.to_owned(), latest.version.clone());
+    // rotated-at is added at finish; count it now.
+    let count = new_tags.len() + usize::from(!new_tags.contains_key(TAG_ROTATED_AT));
+    if count > MAX_TAGS {
+        return Err(RotationError::Misconfigured(format!(
+            "secret {name:?} has {} tags; kv-rotator adds {TAG_ROTATION_ID:?}, {TAG_ROTATED_AT:?} and {TAG_ROTATED_FROM:?} and Key Vault allows {MAX_TAGS}: remove some tags",
+            tags.len() - usize::from(tags.contains_key(TAG_FAILED))
+        )));
+    }
+    Ok(Plan { profile, username, validity_days, new_tags })
+}
+
+/// Step 3: a random password must be refused. A target that accepts anything (`trust`
+/// in `pg_hba.conf`, a sidecar answering for it) would make `set` believe the pending
+/// password already works and `test` pass, and a version no consumer can use be written.
+async fn prove_target_checks_passwords(rotator: &dyn Rotator, plan: &Plan) -> Result<(), RotationError> {
+    let canary = rotator.password_policy().generate();
+    let verdict = rotator
+        .verify(VerifyRequest { username: plan.username.clone(), password: canary })
+        .await
+        .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
+    match verdict {
+        VerifyResponse::Rejected => Ok(()),
+        VerifyResponse::Accepted => Err(RotationError::Misconfigured(format!(
+            "target {} accepted a random wrong password for {:?}: it does not check this account's password \
+             (e.g. trust in pg_hba.conf for the worker's address), so no login can prove which password works; \
+             nothing was written",
+            plan.profile, plan.username
+        ))),
+    }
+}
+
+/// This rotation's journal record, if there is one — refused unless it is exactly what
+/// kv-rotator writes (content type, tags, rotation id): a record planted under the
+/// expected name must not choose the password set on the target.
+async fn read_journal(engine: &Engine, fenced: &Fenced) -> Result<Option<SecretRecord>, RotationError> {
+    let record = match engine.store.get_latest(&fenced.journal_name).await {
+        Ok(record) => record,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(other) => return Err(other.into()),
+    };
+    let tags = &record.properties.tags;
+    let tag_is = |key: &str, want: &str| tags.get(key).is_some_and(|v| v.eq_ignore_ascii_case(want));
+    let ours = record.properties.content_type.as_deref() == Some(JOURNAL_CONTENT_TYPE)
+        && tags.get(TAG_ROTATION_ID) == Some(&fenced.rotation_id)
+        && tag_is(TAG_JOURNAL_FOR, &fenced.latest.name)
+        && tag_is(TAG_ROTATED_FROM, &fenced.latest.version);
+    if !ours {
+        return Err(RotationError::Misconfigured(format!(
+            "journal record {} does not carry the content type and tags kv-rotator writes for rotation {} of {:?}; \
+             it is not used (its password may be planted) nor deleted: an operator must check it",
+            fenced.journal_name, fenced.rotation_id, fenced.latest.name
+        )));
+    }
+    Ok(Some(record))
+}
+
+/// Step 4: reuse the journal's pending password, or generate one and journal it before
+/// the target sees it.
+async fn create(
+    engine: &Engine,
+    steps: &StepLog,
+    rotator: &dyn Rotator,
+    fenced: &Fenced,
+    existing: Option<SecretRecord>,
+) -> Result<Pending, RotationError> {
+    let mut tags = BTreeMap::from([
+        (TAG_JOURNAL_FOR.to_owned(), fenced.latest.name.clone()),
+        (TAG_ROTATION_ID.to_owned(), fenced.rotation_id.clone()),
         (TAG_STEP.to_owned(), STEP_PENDING.to_owned()),
-        (TAG_ROTATED_FROM.to_owned(), latest.version.clone()),
+        (TAG_ROTATED_FROM.to_owned(), fenced.latest.version.clone()),
         (TAG_ATTEMPTS.to_owned(), "1".to_owned()),
     ]);
-    let pending = match (planner::with_journal(Fence::Rotate, journal_state), existing) {
-        (JournalStep::Reuse, Some(record)) => {
-            debug!(journal = %journal_name, "resuming with the journal's pending password");
-            // Keep what the record says (its step may be target-set) and count this attempt.
-            let attempts = record.properties.tags.get(TAG_ATTEMPTS).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
-            journal_tags.extend(record.properties.tags);
-            journal_tags.insert(TAG_ATTEMPTS.to_owned(), (attempts + 1).to_string());
-            update_journal_tags(engine, &journal_name, &journal_tags).await;
-            record.value
-        }
-        _ => {
-            let pending = rotator.password_policy().generate();
-            let new = NewSecretVersion {
-                value: pending.clone(),
-                tags: journal_tags.clone(),
-                content_type: Some(JOURNAL_CONTENT_TYPE.to_owned()),
-                expires: None,
-                not_before: None,
-            };
-            timed(steps, "create", async { Ok(store.set_secret(&journal_name, new).await?) }).await?;
-            info!(journal = %journal_name, "journal record written");
-            pending
-        }
-    };
-    failpoints::hit("after-journal");
-
-    // 3. set
-    let set_result = timed(steps, "set", async {
-        let admin = match engine.targets.admin(&plan.profile) {
-            Some(admin) => {
-                let record = store.get_latest(&admin.secret).await?;
-                Some(Credential { username: admin.username.clone(), password: record.value })
-            }
-            None => None,
-        };
-        let previous = previous_passwords(engine, &latest).await;
-        rotator
-            .set_password(SetPasswordRequest {
-                username: plan.username.clone(),
-                pending: pending.clone(),
-                current: latest.value.clone(),
-                previous,
-                admin,
-            })
-            .await
-            .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })
-    })
-    .await;
-    let set = match set_result {
-        Ok(set) => set,
-        Err(err) => {
-            if matches!(&err, RotationError::Target { source, .. } if !source.is_transient()) {
-                let journal = JournalRef { name: &journal_name, tags: &journal_tags };
-                replace_refused_pending(engine, rotator.as_ref(), &plan.username, &latest, journal, &pending).await;
-            }
-            return Err(err);
-        }
-    };
-    info!(outcome = ?set.outcome, "target accepts the pending password");
-    failpoints::hit("after-set");
-    journal_tags.insert(TAG_STEP.to_owned(), STEP_TARGET_SET.to_owned());
-    update_journal_tags(engine, &journal_name, &journal_tags).await;
-    failpoints::hit("after-step-tag");
-
-    // 4. test
-    let verdict = timed(steps, "test", async {
-        rotator
-            .verify(VerifyRequest { username: plan.username.clone(), password: pending.clone() })
-            .await
-            .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })
-    })
-    .await?;
-    if verdict != VerifyResponse::Accepted {
-        return Err(RotationError::TestFailed { profile: plan.profile });
+    if let Some(record) = existing {
+        debug!(journal = %fenced.journal_name, "resuming with the journal's pending password");
+        // Keep what the record says (its step may be target-set) and count this attempt.
+        let attempts = record.properties.tags.get(TAG_ATTEMPTS).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+        tags.extend(record.properties.tags);
+        tags.insert(TAG_ATTEMPTS.to_owned(), (attempts + 1).to_string());
+        let pending = Pending { value: record.value, version: record.version, tags };
+        update_journal_tags(engine, &fenced.journal_name, &pending).await;
+        return Ok(pending);
     }
-    failpoints::hit("after-test");
+    let value = rotator.password_policy().generate();
+    let new = NewSecretVersion {
+        value: value.clone(),
+        tags: tags.clone(),
+        content_type: Some(JOURNAL_CONTENT_TYPE.to_owned()),
+        expires: None,
+        not_before: None,
+    };
+    let written =
+        timed(steps, "create", async { Ok(engine.store.set_secret(&fenced.journal_name, new).await?) }).await?;
+    info!(journal = %fenced.journal_name, "journal record written");
+    Ok(Pending { value, version: written.version, tags })
+}
 
-    // 5. finish
+/// Step 5: the secret's latest version is still the source, and the journal record's
+/// latest version still the one this attempt holds. Key Vault has no compare-and-swap,
+/// so this is how a second engine's write (a replica, `rotate` beside `serve`) is seen
+/// before this one acts on stale state; the engine lease keeps the window closed.
+async fn refence(engine: &Engine, fenced: &Fenced, pending: &Pending, before: &str) -> Result<(), RotationError> {
+    engine.check_lease()?;
+    let store = engine.store.as_ref();
+    let latest = store.get_latest(&fenced.latest.name).await?;
+    if !latest.version.eq_ignore_ascii_case(&fenced.latest.version) {
+        return Err(RotationError::Raced(format!(
+            "version {} of {:?} was written while this rotation was between fence and {before}",
+            latest.version, fenced.latest.name
+        )));
+    }
+    match store.get_latest(&fenced.journal_name).await {
+        Ok(journal) if journal.version == pending.version => Ok(()),
+        Ok(journal) => Err(RotationError::Raced(format!(
+            "journal record {} got version {} from someone else before {before}",
+            fenced.journal_name, journal.version
+        ))),
+        Err(StoreError::NotFound { .. }) => Err(RotationError::Raced(format!(
+            "journal record {} was deleted by someone else before {before}",
+            fenced.journal_name
+        ))),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Step 6: the rotator makes the target accept the pending password, logging in with the
+/// current password, then older ones, then the admin.
+async fn set(
+    engine: &Engine,
+    rotator: &dyn Rotator,
+    plan: &Plan,
+    fenced: &Fenced,
+    pending: &Pending,
+) -> Result<(), RotationError> {
+    let admin = match engine.targets.admin(&plan.profile) {
+        Some(admin) => {
+            let record = engine.store.get_latest(&admin.secret).await?;
+            Some(Credential { username: admin.username.clone(), password: record.value })
+        }
+        None => None,
+    };
+    let request = SetPasswordRequest {
+        username: plan.username.clone(),
+        pending: pending.value.clone(),
+        current: fenced.latest.value.clone(),
+        previous: previous_passwords(engine, &fenced.latest).await,
+        admin,
+    };
+    match rotator.set_password(request).await {
+        Ok(set) => {
+            info!(outcome = ?set.outcome, "target accepts the pending password");
+            Ok(())
+        }
+        Err(source) => {
+            if matches!(source, RotatorError::Refused(_)) {
+                replace_refused_pending(engine, rotator, &plan.username, fenced, pending).await;
+            }
+            Err(RotationError::Target { profile: plan.profile.clone(), source })
+        }
+    }
+}
+
+/// The journal's step tag becomes `target-set` (for diagnosis only).
+async fn mark_target_set(engine: &Engine, fenced: &Fenced, pending: &Pending) {
+    let mut tags = pending.tags.clone();
+    tags.insert(TAG_STEP.to_owned(), STEP_TARGET_SET.to_owned());
+    let marked = Pending { value: pending.value.clone(), version: pending.version.clone(), tags };
+    update_journal_tags(engine, &fenced.journal_name, &marked).await;
+}
+
+/// Step 7: the pending password logs in. A refusal here is transient: replication lag
+/// or a pooler may hide a fresh password for a moment.
+async fn test(rotator: &dyn Rotator, plan: &Plan, pending: &Pending) -> Result<(), RotationError> {
+    let verdict = rotator
+        .verify(VerifyRequest { username: plan.username.clone(), password: pending.value.clone() })
+        .await
+        .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
+    match verdict {
+        VerifyResponse::Accepted => Ok(()),
+        VerifyResponse::Rejected => Err(RotationError::TestFailed { profile: plan.profile.clone() }),
+    }
+}
+
+/// Step 8: the new version, then the journal record (if it is still ours).
+async fn finish(
+    engine: &Engine,
+    steps: &StepLog,
+    plan: Plan,
+    fenced: Fenced,
+    pending: Pending,
+) -> Result<Done, RotationError> {
+    let store = engine.store.as_ref();
     let now = OffsetDateTime::now_utc();
     let expires = now + time::Duration::days(i64::from(plan.validity_days));
     let mut tags = plan.new_tags;
     tags.insert(TAG_ROTATED_AT.to_owned(), now.format(&Rfc3339).unwrap_or_default());
     let new = NewSecretVersion {
-        value: pending,
+        value: pending.value,
         tags,
-        content_type: latest.properties.content_type.clone(),
+        content_type: fenced.latest.properties.content_type.clone(),
         expires: Some(expires),
         not_before: None,
     };
+    let secret = &fenced.latest.name;
     let written = timed(steps, "finish", async { Ok(store.set_secret(secret, new).await?) }).await?;
-    info!(old_version = %latest.version, new_version = %written.version, "new version written");
+    info!(old_version = %fenced.latest.version, new_version = %written.version, "new version written");
     failpoints::hit("after-finish");
-    if let Err(err) = store.delete_secret(&journal_name).await {
-        // The new version is safe; a leftover journal is cleaned up by the next fence.
-        warn!(journal = %journal_name, error = %err, "could not delete the journal record");
-    }
+    delete_journal_if(engine, &fenced.journal_name, |journal| journal.version == pending.version).await;
     failpoints::hit("after-journal-delete");
-    Ok(Done {
-        rotation_id: Some(plan.rotation_id),
-        outcome: Outcome::Rotated { old_version: latest.version, new_version: written.version, expires },
-    })
+    let outcome = Outcome::Rotated { old_version: fenced.latest.version, new_version: written.version, expires };
+    Ok(Done::new(Some(&fenced.rotation_id), outcome))
 }
 
-/// The journal record being worked on.
-struct JournalRef<'a> {
-    name: &'a str,
-    tags: &'a BTreeMap<String, String>,
+/// Deletes the journal record when its latest version passes `ours`; anything else
+/// (someone rewrote it since) is left for the next fence to judge. Best effort: the new
+/// version is safe, and a leftover record is cleaned up by the next fence.
+async fn delete_journal_if(engine: &Engine, journal_name: &str, ours: impl Fn(&SecretRecord) -> bool) {
+    let store = engine.store.as_ref();
+    match store.get_latest(journal_name).await {
+        Ok(journal) if ours(&journal) => {
+            if let Err(err) = store.delete_secret(journal_name).await {
+                warn!(journal = %journal_name, error = %err, "could not delete the journal record");
+            }
+        }
+        Ok(_) => warn!(journal = %journal_name, "journal record was rewritten by someone else; left for the next fence"),
+        Err(StoreError::NotFound { .. }) => {}
+        Err(err) => warn!(journal = %journal_name, error = %err, "could not read the journal record to delete it"),
+    }
 }
 
-/// After the target refused to take the pending password (a permanent `set` error, e.g.
-/// the target's own password rules), journals a fresh one — but only once it is proven
-/// which password the target accepts: the pending one does not log in and the current
-/// one does. Reusing a refused password would fail forever; replacing one the target
-/// might use could lose it. The fresh password is a new version of the same record (a
-/// deleted name could not be written again), used by the next attempt or trigger.
+/// After the target refused to take the pending password by its own rules, journals a
+/// fresh one — but only once it is proven which password the target accepts: the
+/// pending one does not log in and the current one does. Reusing a refused password
+/// would fail forever; replacing one the target might use could lose it. The fresh
+/// password is a new version of the same record (a deleted name could not be written
+/// again), used by the next attempt or trigger.
 async fn replace_refused_pending(
     engine: &Engine,
     rotator: &dyn Rotator,
     username: &str,
-    latest: &SecretRecord,
-    journal: JournalRef<'_>,
-    pending: &SecretString,
+    fenced: &Fenced,
+    pending: &Pending,
 ) {
     let logs_in = |password: &SecretString| {
         rotator.verify(VerifyRequest { username: username.to_owned(), password: password.clone() })
     };
-    match (logs_in(pending).await, logs_in(&latest.value).await) {
+    match (logs_in(&pending.value).await, logs_in(&fenced.latest.value).await) {
         (Ok(VerifyResponse::Rejected), Ok(VerifyResponse::Accepted)) => {}
         _ => {
-            debug!(journal = %journal.name, "cannot prove the pending password unused; keeping it");
+            debug!(journal = %fenced.journal_name, "cannot prove the pending password unused; keeping it");
             return;
         }
     }
-    let mut tags = journal.tags.clone();
+    let mut tags = pending.tags.clone();
     tags.insert(TAG_STEP.to_owned(), STEP_PENDING.to_owned());
     let fresh = NewSecretVersion {
         value: rotator.password_policy().generate(),
@@ -289,24 +525,51 @@ async fn replace_refused_pending(
         expires: None,
         not_before: None,
     };
-    match engine.store.set_secret(journal.name, fresh).await {
-        Ok(_) => {
-            warn!(journal = %journal.name, "the target refused the pending password; a fresh one is journaled for the next attempt")
-        }
-        Err(err) => {
-            warn!(journal = %journal.name, error = %err, "could not journal a fresh password; the refused one stays")
-        }
+    match engine.store.set_secret(&fenced.journal_name, fresh).await {
+        Ok(_) => warn!(
+            journal = %fenced.journal_name,
+            "the target refused the pending password; a fresh one is journaled for the next attempt"
+        ),
+        Err(err) => warn!(
+            journal = %fenced.journal_name, error = %err,
+            "could not journal a fresh password; the refused one stays"
+        ),
     }
 }
 
-/// Rewrites the journal record's tags (the service replaces them as a whole, so `tags`
-/// is the full set). For diagnosis only — an operator reading the vault sees the step and
-/// the attempts; the protocol never depends on them, so a failure does not fail the rotation.
-async fn update_journal_tags(engine: &Engine, journal_name: &str, tags: &BTreeMap<String, String>) {
-    let update = PropertiesUpdate { tags: Some(tags.clone()), ..Default::default() };
-    if let Err(err) = engine.store.update_properties(journal_name, None, update).await {
+/// Rewrites the tags of the journal record's version this attempt holds (the service
+/// replaces them as a whole, so they are the full set). For diagnosis only — an operator
+/// reading the vault sees the step and the attempts; the protocol never depends on them,
+/// so a failure does not fail the rotation.
+async fn update_journal_tags(engine: &Engine, journal_name: &str, pending: &Pending) {
+    let update = PropertiesUpdate { tags: Some(pending.tags.clone()), ..Default::default() };
+    if let Err(err) = engine.store.update_properties(journal_name, Some(&pending.version), update).await {
         debug!(journal = %journal_name, error = %err, "could not update the journal's tags");
     }
+}
+
+/// The latest version carries this rotation's id. A leftover journal record is what a
+/// crash between finish and delete leaves — when it holds the finished version's
+/// password. If it holds another (a second engine journaled over it), it is judged as a
+/// stale journal: kept unless the target is proven to accept the latest version.
+async fn clean_up_finished_journal(
+    engine: &Engine,
+    latest: &SecretRecord,
+    rotation_id: &str,
+    journal_name: &str,
+) -> Result<(), RotationError> {
+    let store = engine.store.as_ref();
+    let journal = match store.get_latest(journal_name).await {
+        Ok(journal) => journal,
+        Err(StoreError::NotFound { .. }) => return Ok(()),
+        Err(other) => return Err(other.into()),
+    };
+    if journal.value.expose_secret() == latest.value.expose_secret() {
+        store.delete_secret(journal_name).await?;
+        return Ok(());
+    }
+    let target = probe_target(engine, latest, &journal.value).await;
+    judge_stale_journal(engine, latest, rotation_id, journal_name, planner::stale_journal(false, target)).await
 }
 
 /// A request for an older version: if this rotation's journal survived, decide its fate
@@ -327,15 +590,26 @@ async fn inspect_stale_journal(
     let versions = store.list_versions(&latest.name).await?;
     let finished = versions.iter().any(|v| v.tags.get(TAG_ROTATION_ID).map(String::as_str) == Some(rotation_id));
     let target = if finished { Target::AcceptsLatest } else { probe_target(engine, latest, &pending).await };
-    match planner::stale_journal(finished, target) {
+    judge_stale_journal(engine, latest, rotation_id, journal_name, planner::stale_journal(finished, target)).await
+}
+
+/// Carries out the planner's verdict on a journal that outlived its source version.
+async fn judge_stale_journal(
+    engine: &Engine,
+    latest: &SecretRecord,
+    rotation_id: &str,
+    journal_name: &str,
+    verdict: StaleJournal,
+) -> Result<(), RotationError> {
+    match verdict {
         StaleJournal::Delete => {
-            info!(journal = %journal_name, finished, "journal outlived its source version and is obsolete; deleting it");
-            store.delete_secret(journal_name).await?;
+            info!(journal = %journal_name, "journal outlived its source version and is obsolete; deleting it");
+            engine.store.delete_secret(journal_name).await?;
             Ok(())
         }
         StaleJournal::KeepAndRetry => Err(RotationError::Target {
             profile: latest.properties.tags.get(TAG_ROTATOR).cloned().unwrap_or_default(),
-            source: kv_rotator_rotators::RotatorError::Transient(
+            source: RotatorError::Transient(
                 "cannot check which password the target accepts for a stale journal record".into(),
             ),
         }),
@@ -369,49 +643,13 @@ async fn probe_target(engine: &Engine, latest: &SecretRecord, pending: &SecretSt
     }
 }
 
-/// Checks the secret's tags and derives everything `finish` will write, so that a
-/// secret that cannot be finished fails before the target is touched.
-fn plan(engine: &Engine, latest: &SecretRecord, rotation_id: String) -> Result<Plan, RotationError> {
-    let tags = &latest.properties.tags;
-    let name = &latest.name;
-    let profile = tags.get(TAG_ROTATOR).cloned().unwrap_or_default();
-    let username =
-        tags.get(TAG_CREDENTIAL_ID).map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).ok_or_else(|| {
-            RotationError::Misconfigured(format!(
-                "secret {name:?} has no {TAG_CREDENTIAL_ID:?} tag naming the user on the target"
-            ))
-        })?;
-    let validity_days = match tags.get(TAG_VALIDITY_DAYS) {
-        None => engine.settings.default_validity_days,
-        Some(raw) => match raw.trim().parse::<u32>() {
-            Ok(days) if (1..=3650).contains(&days) => days,
-            _ => {
-                return Err(RotationError::Misconfigured(format!(
-                "secret {name:?}: tag {TAG_VALIDITY_DAYS:?} = {raw:?} is not a whole number of days between 1 and 3650"
-            )))
-            }
-        },
-    };
-    let mut new_tags = tags.clone();
-    // A successful rotation clears an earlier failure mark.
-    new_tags.remove(TAG_FAILED);
-    new_tags.insert(TAG_ROTATION_ID.to_owned(), rotation_id.clone());
-    new_tags.insert(TAG_ROTATED_FROM.to_owned(), latest.version.clone());
-    // rotated-at is added at finish; count it now.
-    let count = new_tags.len() + usize::from(!new_tags.contains_key(TAG_ROTATED_AT));
-    if count > MAX_TAGS {
-        return Err(RotationError::Misconfigured(format!(
-            "secret {name:?} has {} tags; kv-rotator adds {TAG_ROTATION_ID:?}, {TAG_ROTATED_AT:?} and {TAG_ROTATED_FROM:?} and Key Vault allows {MAX_TAGS}: remove some tags",
-            tags.len() - usize::from(tags.contains_key(TAG_FAILED))
-        )));
-    }
-    Ok(Plan { profile, username, validity_days, rotation_id, new_tags })
-}
-
-/// Passwords of the versions before the latest, newest first. Best effort: they only
-/// widen the logins `set` can try.
+/// Passwords of versions written before the latest, newest first. Only versions created
+/// strictly before the fenced one: a version another engine wrote after the fence is not
+/// a "previous" password, and logging in with it would let this rotation overwrite a
+/// password only that engine knows. Best effort: they only widen the logins `set` tries.
 async fn previous_passwords(engine: &Engine, latest: &SecretRecord) -> Vec<SecretString> {
     let store = engine.store.as_ref();
+    let Some(fenced_at) = latest.properties.created else { return Vec::new() };
     let versions = match store.list_versions(&latest.name).await {
         Ok(versions) => versions,
         Err(err) => {
@@ -420,17 +658,16 @@ async fn previous_passwords(engine: &Engine, latest: &SecretRecord) -> Vec<Secre
         }
     };
     let mut passwords = Vec::new();
-    for version in versions.iter().rev().filter_map(|v| v.version.as_deref()) {
+    for version in versions.iter().rev() {
         if passwords.len() == PREVIOUS_PASSWORDS {
             break;
         }
-        if version == latest.version {
+        let (Some(id), Some(created)) = (version.version.as_deref(), version.created) else { continue };
+        if created >= fenced_at || id.eq_ignore_ascii_case(&latest.version) || !version.enabled {
             continue;
         }
-        if let Ok(record) = store.get_version(&latest.name, version).await {
-            if record.properties.enabled {
-                passwords.push(record.value);
-            }
+        if let Ok(record) = store.get_version(&latest.name, id).await {
+            passwords.push(record.value);
         }
     }
     passwords
