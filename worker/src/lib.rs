@@ -10,6 +10,7 @@
 //! - [`sweeper`]: resumes unfinished journals and enqueues secrets near expiry.
 //! - [`metrics`]: Prometheus counters and histograms, `GET /metrics`.
 //! - [`alerts`]: the HTTP webhook alert sink for failed rotations.
+//! - [`lease`]: the engine lease in Key Vault: one engine per vault.
 //! - [`service`]: runs the webhook, engine and sweeper together until shutdown.
 //! - [`cli`]: the `demo`, `dev`, `serve` and `rotate` commands.
 //!
@@ -19,6 +20,7 @@ pub mod alerts;
 pub mod cli;
 pub mod credentials;
 pub mod engine;
+pub mod lease;
 pub mod metrics;
 pub mod service;
 pub mod sweeper;

@@ -1,7 +1,8 @@
 //! Runs the webhook and the engine together: [`connect_store`] opens the vault,
 //! [`start`] binds the webhook to a listener and starts the engine behind a bounded
 //! queue, [`start_with`] adds the sweeper (journal resume, near-expiry scan), the alert
-//! sink and `GET /metrics`, and [`RunningService::shutdown`] stops them gracefully.
+//! sink and `GET /metrics`, and [`RunningService::shutdown`] stops them gracefully
+//! (and releases the engine lease the service was given, after the engine drained).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +21,9 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::alerts::WebhookSink;
+use crate::engine::due::DueRule;
 use crate::engine::Engine;
+use crate::lease::LeaseGuard;
 use crate::metrics::Metrics;
 use crate::sweeper::Sweeper;
 use crate::targets::Targets;
@@ -52,6 +55,7 @@ pub struct RunningService {
     server: JoinHandle<std::io::Result<()>>,
     engine_task: JoinHandle<()>,
     sweeper_task: Option<JoinHandle<()>>,
+    lease: Option<LeaseGuard>,
 }
 
 /// What runs beside the webhook and the engine.
@@ -61,6 +65,9 @@ pub struct Background {
     pub sweeper: Option<SweeperConfig>,
     /// Where failures past the retry cap are sent.
     pub alerts: AlertsConfig,
+    /// The engine lease this service holds (see [`crate::lease`]): released at shutdown;
+    /// its loss ends [`RunningService::run_until`] with an error.
+    pub lease: Option<LeaseGuard>,
 }
 
 /// Starts the engine and serves the webhook on `listener`, with no sweeper.
@@ -87,14 +94,18 @@ pub async fn start_with(
     let (queue_tx, queue_rx) = mpsc::channel(engine_config.queue_capacity);
     let vault_name = store.vault_name().to_owned();
     let metrics = Arc::new(Metrics::default());
-    let mut engine = Engine::new(store.clone(), targets, engine_config).with_metrics(metrics.clone());
+    let sweeper_config = background.sweeper.clone().unwrap_or_default();
+    let due_rule = DueRule::from_config(&engine_config, &sweeper_config);
+    let mut engine =
+        Engine::new(store.clone(), targets, engine_config).with_metrics(metrics.clone()).with_due_rule(due_rule);
     if let Some(url) = &background.alerts.webhook_url {
-        engine = engine.with_alert_sink(WebhookSink::new(url, Duration::from_millis(background.alerts.timeout_ms)));
+        let sink = WebhookSink::new(url, Duration::from_millis(background.alerts.timeout_ms));
+        engine = engine.with_alert_sink(sink, Duration::from_secs(background.alerts.repeat_after_secs));
     }
     let engine_task = tokio::spawn(engine.clone().run(queue_rx));
     let sweeper_task = background
         .sweeper
-        .map(|config| tokio::spawn(Sweeper::new(store, queue_tx.clone(), config, metrics.clone()).run()));
+        .map(|config| tokio::spawn(Sweeper::new(store, queue_tx.clone(), config, due_rule, metrics.clone()).run()));
     let state = webhook_state(queue_tx, webhook_config, &vault_name)?;
     let app = kv_rotator_webhook::router(state).merge(crate::metrics::router(metrics));
     let webhook_addr = listener.local_addr().context("webhook listener")?;
@@ -107,14 +118,32 @@ pub async fn start_with(
             .await
     });
     info!(%webhook_addr, "webhook listening");
-    Ok(RunningService { engine, webhook_addr, stop, server, engine_task, sweeper_task })
+    Ok(RunningService { engine, webhook_addr, stop, server, engine_task, sweeper_task, lease: background.lease })
 }
 
 impl RunningService {
-    /// Runs until `signal` completes, then shuts down.
+    /// Runs until `signal` completes, then shuts down; or until the engine lease is lost
+    /// for good, then shuts down and returns that error (a restart claims again).
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        signal.await;
-        self.shutdown().await
+        let lease = self.lease.clone();
+        let lost = async {
+            match &lease {
+                Some(lease) => lease.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signal => self.shutdown().await,
+            why = lost => {
+                self.shutdown().await?;
+                Err(anyhow::Error::new(why).context("stopped"))
+            }
+        }
+    }
+
+    /// The engine lease this service holds, if it was given one.
+    pub fn lease(&self) -> Option<&LeaseGuard> {
+        self.lease.as_ref()
     }
 
     /// Stops accepting deliveries, lets queued rotations finish, and returns.
@@ -128,6 +157,9 @@ impl RunningService {
         self.server.await.context("webhook task")?.context("webhook server")?;
         // The router, and with it the queue's sender, is gone: the engine drains and ends.
         self.engine_task.await.context("engine task")?;
+        if let Some(lease) = self.lease {
+            lease.release().await;
+        }
         Ok(())
     }
 }

@@ -4,6 +4,8 @@
 //! demo htpasswd target and a sample delivery into the state directory, so the dev
 //! vault can also be used by a separately started `kv-rotator serve` or by curl, and
 //! `endpoints.json` with the addresses in use (written last: its presence means ready).
+//! Like `serve`, it holds the dev vault's engine lease while it runs ([`crate::lease`]),
+//! so a `serve` or `rotate` pointed at the same dev vault is refused.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,6 +101,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", ca_path.display()))?;
 
     let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault)?);
+    let lease = super::serve::claim_lease(store.clone(), "dev").await?;
+    let result = serve(&args, &vault, &config, store, state_dir, ca_path, lease.clone()).await;
+    lease.release().await;
+    vault.shutdown().await;
+    result
+}
+
+/// Seeds the demo target, writes the state directory's files and serves until stopped.
+async fn serve(
+    args: &DevArgs,
+    vault: &DevVault,
+    config: &kv_rotator_config::Config,
+    store: Arc<dyn SecretStore>,
+    state_dir: PathBuf,
+    ca_path: PathBuf,
+    lease: crate::lease::LeaseGuard,
+) -> anyhow::Result<()> {
     let mut targets = Targets::from_profiles(&config.targets);
     let demo = seed::seed_demo_target(store.as_ref(), &state_dir, &mut targets).await?;
 
@@ -123,7 +142,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let listener =
         TcpListener::bind(args.listen).await.with_context(|| format!("cannot bind the webhook on {}", args.listen))?;
-    let running = service::start(store, targets, config.engine.clone(), &config.webhook, listener).await?;
+    let background = service::Background { lease: Some(lease), ..Default::default() };
+    let running =
+        service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await?;
     // Where everything is, for scripts and tests (ports may have been chosen by the OS).
     let endpoints = serde_json::json!({
         "vault_url": vault.endpoint().as_str(),
@@ -141,7 +162,5 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         event_path.display(),
         running.webhook_addr
     );
-    running.run_until(service::shutdown_signal()).await?;
-    vault.shutdown().await;
-    Ok(())
+    running.run_until(service::shutdown_signal()).await
 }

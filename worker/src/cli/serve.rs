@@ -1,4 +1,8 @@
 //! `kv-rotator serve`: the service against the configured vault.
+//!
+//! It first claims the vault's engine lease ([`crate::lease`]) and refuses to start
+//! while another engine holds it; it keeps the lease for its lifetime and releases it
+//! when it stops.
 
 use std::path::PathBuf;
 
@@ -6,6 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use crate::lease::{self, ClaimError, LeaseGuard, LeaseTimings};
 use crate::service;
 use crate::targets::Targets;
 
@@ -17,9 +22,6 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let store = service::connect_store(&config.vault)?;
     let targets = Targets::from_profiles(&config.targets);
-    let listener = TcpListener::bind(config.webhook.listen)
-        .await
-        .with_context(|| format!("webhook.listen {}: cannot bind", config.webhook.listen))?;
     match &config.webhook.auth {
         None => anyhow::bail!(
             "webhook.auth is not set: `serve` needs [webhook.auth] mode = \"entra-id\" or \"shared-key\" \
@@ -31,8 +33,38 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ),
         Some(_) => {}
     }
-    let background = service::Background { sweeper: Some(config.sweeper.clone()), alerts: config.alerts.clone() };
-    let running =
-        service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await?;
-    running.run_until(service::shutdown_signal()).await
+    let lease = claim_lease(store.clone(), "serve").await?;
+    let started = async {
+        let listener = TcpListener::bind(config.webhook.listen)
+            .await
+            .with_context(|| format!("webhook.listen {}: cannot bind", config.webhook.listen))?;
+        let background = service::Background {
+            sweeper: Some(config.sweeper.clone()),
+            alerts: config.alerts.clone(),
+            lease: Some(lease.clone()),
+        };
+        service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await
+    };
+    match started.await {
+        Ok(running) => running.run_until(service::shutdown_signal()).await,
+        Err(err) => {
+            lease.release().await;
+            Err(err)
+        }
+    }
+}
+
+/// Claims the engine lease for a service (`serve`, `dev`); the error names the holder
+/// when another engine has it.
+pub(crate) async fn claim_lease(
+    store: std::sync::Arc<dyn kv_rotator_keyvault::SecretStore>,
+    command: &str,
+) -> anyhow::Result<LeaseGuard> {
+    let timings = LeaseTimings::from_env()?;
+    lease::claim(store, command, timings).await.map_err(|err| match err {
+        ClaimError::Held(held) => anyhow::anyhow!(
+            "refusing to start: {held}. One engine per vault: stop that one first, or wait until its lease lapses"
+        ),
+        other => anyhow::Error::new(other).context("refusing to start without the engine lease"),
+    })
 }
