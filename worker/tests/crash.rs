@@ -24,15 +24,15 @@
 #![cfg(feature = "failpoints")]
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::pg::{logs_in, Roles};
+use common::proc::Proc;
 use kv_rotator::engine::failpoints::POINTS;
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
@@ -59,72 +59,16 @@ fn failpoint_binary(dir: &Path) -> PathBuf {
 const SECRETS: usize = 4;
 const JOURNAL_FOR: &str = "kv-rotator-journal-for";
 
-/// A `serve` process; its output is drained by threads so it never blocks on a pipe.
-struct Proc {
-    child: Child,
-    output: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(bin: &Path, config: &Path, failpoint: Option<&str>) -> Proc {
-        let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--config"]).arg(config).env("RUST_LOG", "info,kv_rotator::audit=warn");
-        cmd.env_remove("KVR_FAILPOINT");
-        if let Some(point) = failpoint {
-            cmd.env("KVR_FAILPOINT", point);
-        }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn kv-rotator");
-        let output = Arc::new(Mutex::new(String::new()));
-        let streams: [Box<dyn Read + Send>; 2] =
-            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
-        for mut stream in streams {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    output.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        Proc { child, output }
+/// A `serve` process with `config`, the failpoint armed or not. One engine runs at a
+/// time here, so claims need no settle delay.
+fn spawn(bin: &Path, config: &Path, failpoint: Option<&str>) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--config"]).arg(config).env("RUST_LOG", "info,kv_rotator::audit=warn");
+    cmd.env("KVR_LEASE_SETTLE_MS", "0").env_remove("KVR_FAILPOINT");
+    if let Some(point) = failpoint {
+        cmd.env("KVR_FAILPOINT", point);
     }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("kv-rotator exited early with {status}:\n{}", self.output());
-        }
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
-    fn sigkill(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.output()
-    }
-
-    fn sigterm(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM:\n{}", self.output());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Proc::spawn(&mut cmd)
 }
 
 struct World {
@@ -261,7 +205,7 @@ impl World {
     /// Starts a resume-only process, waits until every journal is finished, stops it.
     async fn recover(&self, context: &str) -> Duration {
         let started = Instant::now();
-        let mut proc = Proc::spawn(&self.bin, &self.resume_config, None);
+        let mut proc = spawn(&self.bin, &self.resume_config, None);
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             proc.assert_running();
@@ -284,7 +228,7 @@ impl World {
         let before = self.versions().await;
         self.make_due().await;
         let started = Instant::now();
-        let mut proc = Proc::spawn(&self.bin, &self.rotate_config, None);
+        let mut proc = spawn(&self.bin, &self.rotate_config, None);
         while self.versions().await < before + SECRETS || !self.journals().await.is_empty() {
             proc.assert_running();
             assert!(started.elapsed() < Duration::from_secs(90), "calibration run did not finish:\n{}", proc.output());
@@ -331,7 +275,7 @@ async fn sigkill_at_every_step_boundary_and_at_random_instants_never_loses_a_pas
             killed_while_resuming += 1;
         }
         w.make_due().await;
-        let mut proc = Proc::spawn(&w.bin, &w.rotate_config, armed.as_ref().map(|(_, spec)| spec.as_str()));
+        let mut proc = spawn(&w.bin, &w.rotate_config, armed.as_ref().map(|(_, spec)| spec.as_str()));
         match &armed {
             Some((point, _)) => {
                 let deadline = Instant::now() + Duration::from_secs(30);
@@ -357,6 +301,9 @@ async fn sigkill_at_every_step_boundary_and_at_random_instants_never_loses_a_pas
         }
         let output = proc.sigkill();
         assert!(!output.contains("panicked"), "{context}: the worker panicked:\n{output}");
+        // The dead process's engine lease would hold its successor off for the TTL:
+        // break it, as waiting out the TTL would.
+        kv_rotator::lease::break_lease(w.store.as_ref()).await.unwrap();
 
         let steps = w.check_any_instant(&context).await;
         if !steps.is_empty() {

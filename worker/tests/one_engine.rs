@@ -5,10 +5,9 @@
 //! refusing renewals. Either only one engine runs, or the second is refused.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Output};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_rotator::lease::{self, ClaimError, LeaseTimings, NotHeld, LEASE_SECRET, TAG_HOLDER, TAG_PID};
@@ -20,96 +19,34 @@ use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
 use secrecy::{ExposeSecret, SecretString};
 
+#[allow(dead_code)] // each suite uses some of the shared helpers
+mod common;
+
+use common::proc::Proc;
+
 const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 /// The shortest settle delay that still orders simultaneous claims (the default is 3 s).
 const SETTLE_MS: &str = "1500";
 
-/// A `kv-rotator` process, killed on drop; its output is drained by threads.
-struct Proc {
-    child: Child,
-    output: Arc<Mutex<String>>,
+/// `kv-rotator ARGS` with `env`, and the shortest safe settle delay.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    Proc::spawn(Command::new(BIN).args(args).envs(env.iter().copied()).env("KVR_LEASE_SETTLE_MS", SETTLE_MS))
 }
 
-impl Proc {
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .envs(env.iter().copied())
-            .env("KVR_LEASE_SETTLE_MS", SETTLE_MS)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kv-rotator");
-        let output = Arc::new(Mutex::new(String::new()));
-        let streams: [Box<dyn Read + Send>; 2] =
-            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
-        for mut stream in streams {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    output.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
+/// Waits until the webhook answers (`Ok`) or the process exits (`Err`, with its status).
+async fn started(proc: &mut Proc, port: u16) -> Result<(), ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = proc.exited() {
+            return Err(status);
         }
-        Proc { child, output }
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// Waits until the webhook answers (`Ok`) or the process exits (`Err`, with its status).
-    async fn started(&mut self, port: u16) -> Result<(), ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the readers catch the last lines.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return Err(status);
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
+            if r.status() == 200 {
+                return Ok(());
             }
-            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
-                if r.status() == 200 {
-                    return Ok(());
-                }
-            }
-            assert!(Instant::now() < deadline, "neither healthy nor exited within 60 s:\n{}", self.output());
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    fn sigkill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then a clean exit within 20 s.
-    fn sigterm(mut self) -> String {
-        assert!(Command::new("kill").args(["-TERM", &self.pid()]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM:\n{}", self.output());
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "exit {status} after SIGTERM:\n{}", self.output());
-        self.output()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        assert!(Instant::now() < deadline, "neither healthy nor exited within 60 s:\n{}", proc.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -158,7 +95,7 @@ impl Site {
     /// A `serve` on a free port, with `env`; returns it and its port.
     fn serve(&self, env: &[(&str, &str)]) -> (Proc, u16) {
         let port = free_port();
-        (Proc::spawn(&["serve", "--config", &self.config(port)], env), port)
+        (spawn(&["serve", "--config", &self.config(port)], env), port)
     }
 
     /// `kv-rotator rotate ARGS` to its end.
@@ -214,13 +151,13 @@ fn text(out: &Output) -> String {
 async fn a_second_serve_on_the_same_vault_is_refused_naming_the_first() {
     let site = Site::new().await;
     let (mut first, first_port) = site.serve(&[]);
-    first.started(first_port).await.unwrap_or_else(|s| panic!("first serve exited {s}:\n{}", first.output()));
+    started(&mut first, first_port).await.unwrap_or_else(|s| panic!("first serve exited {s}:\n{}", first.output()));
     let held = site.enabled_leases().await;
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].tags[TAG_PID], first.pid());
 
     let (mut second, second_port) = site.serve(&[]);
-    let status = second.started(second_port).await.expect_err("the second serve must be refused");
+    let status = started(&mut second, second_port).await.expect_err("the second serve must be refused");
     let output = second.output();
     assert!(!status.success(), "{output}");
     let holder = format!("`kv-rotator serve` (pid {} on host", first.pid());
@@ -233,8 +170,8 @@ async fn a_second_serve_on_the_same_vault_is_refused_naming_the_first() {
     // Its losing claim counts for nobody; the first still serves and holds.
     assert_eq!(site.enabled_leases().await.len(), 1);
     assert_eq!(site.lease_versions().await.len(), 2);
-    first.started(first_port).await.unwrap();
-    first.sigterm();
+    started(&mut first, first_port).await.unwrap();
+    first.terminate();
     assert!(site.enabled_leases().await.is_empty(), "SIGTERM releases the lease");
     site.vault.shutdown().await;
 }
@@ -245,7 +182,7 @@ async fn rotate_all_beside_serve_is_refused_and_rotates_nothing_unless_allowed()
     let alpha = site.user("alpha-password", "alpha").await;
     let beta = site.user("beta-password", "beta").await;
     let (mut serve, port) = site.serve(&[]);
-    serve.started(port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", serve.output()));
+    started(&mut serve, port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", serve.output()));
 
     let out = site.rotate(&["--all"]);
     let refused = text(&out);
@@ -274,7 +211,7 @@ async fn rotate_all_beside_serve_is_refused_and_rotates_nothing_unless_allowed()
     let held = site.enabled_leases().await;
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].tags[TAG_PID], serve.pid());
-    serve.sigterm();
+    serve.terminate();
     site.vault.shutdown().await;
 }
 
@@ -285,7 +222,7 @@ async fn after_a_sigkill_successors_are_refused_until_the_heartbeat_is_a_ttl_old
     let site = Site::new().await;
     site.user("alpha-password", "alpha").await;
     let (mut holder, port) = site.serve(&env);
-    holder.started(port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", holder.output()));
+    started(&mut holder, port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", holder.output()));
     let dead_pid = holder.pid();
     let dead_id = site.enabled_leases().await[0].tags[TAG_HOLDER].clone();
     // A few heartbeats (every TTL/4 = 1 s).
@@ -300,7 +237,7 @@ async fn after_a_sigkill_successors_are_refused_until_the_heartbeat_is_a_ttl_old
     let mut refused = 0;
     let successor = loop {
         let (mut next, port) = site.serve(&env);
-        match next.started(port).await {
+        match started(&mut next, port).await {
             Ok(()) => break next,
             Err(status) => {
                 let output = next.output();
@@ -327,7 +264,7 @@ async fn after_a_sigkill_successors_are_refused_until_the_heartbeat_is_a_ttl_old
          takeover {:.1} s after the kill, {gap} s after the last heartbeat (TTL {TTL_S} s + 2 s allowance)",
         took_over.as_secs_f64()
     );
-    successor.sigterm();
+    successor.terminate();
     site.vault.shutdown().await;
 }
 
@@ -336,18 +273,18 @@ async fn a_clean_sigterm_releases_the_lease_at_once() {
     // The default TTL (60 s): only a release lets the successor in within the test.
     let site = Site::new().await;
     let (mut first, port) = site.serve(&[]);
-    first.started(port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", first.output()));
-    let output = first.sigterm();
+    started(&mut first, port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", first.output()));
+    let output = first.terminate();
     assert!(output.contains("engine lease released"), "{output}");
     let stopped = Instant::now();
     assert!(site.enabled_leases().await.is_empty());
 
     let (mut next, port) = site.serve(&[]);
-    next.started(port).await.unwrap_or_else(|s| panic!("successor refused {s}:\n{}", next.output()));
+    started(&mut next, port).await.unwrap_or_else(|s| panic!("successor refused {s}:\n{}", next.output()));
     let waited = stopped.elapsed();
     assert!(waited < Duration::from_secs(30), "{waited:?}");
     println!("successor serving {:.1} s after the holder's SIGTERM (TTL 60 s)", waited.as_secs_f64());
-    next.sigterm();
+    next.terminate();
     site.vault.shutdown().await;
 }
 
@@ -435,12 +372,12 @@ async fn the_holder_renews_in_place_and_loses_the_lease_when_it_is_broken_or_can
     let guard = lease::claim(store.clone(), "serve", timings).await.unwrap();
     let rule = ErrorRule { operation: Some(Operation::Update), rate: 1.0, fault: Injected::Status(503) };
     vault.set_faults(Faults { errors: vec![rule], ..Faults::default() }).unwrap();
-    let started = Instant::now();
+    let refusing = Instant::now();
     while guard.is_held() {
-        assert!(started.elapsed() < Duration::from_secs(5), "still held with every renewal refused");
+        assert!(refusing.elapsed() < Duration::from_secs(5), "still held with every renewal refused");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let lapsed = started.elapsed();
+    let lapsed = refusing.elapsed();
     assert!(matches!(guard.check(), Err(NotHeld::Lapsed(_))), "{:?}", guard.check());
     let lost = tokio::time::timeout(Duration::from_secs(5), guard.lost()).await.expect("loss declared");
     assert!(matches!(&lost, NotHeld::Lost(why) if why.contains("no renewal succeeded")), "{lost:?}");
@@ -448,7 +385,7 @@ async fn the_holder_renews_in_place_and_loses_the_lease_when_it_is_broken_or_can
     println!(
         "renewals refused: lapsed after {:.1} s, lost after {:.1} s (TTL 3 s)",
         lapsed.as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        refusing.elapsed().as_secs_f64()
     );
     guard.release().await;
     vault.shutdown().await;

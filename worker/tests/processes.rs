@@ -4,10 +4,9 @@
 //! appears in its output, even at the `trace` log level.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_rotator_keyvault::azure::{AzureSecretStore, DevVaultCredential, TransportOverrides};
@@ -17,80 +16,16 @@ use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
 use secrecy::{ExposeSecret, SecretString};
 
+#[allow(dead_code)] // each suite uses some of the shared helpers
+mod common;
+
+use common::proc::Proc;
+
 const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 
-/// A child process killed on drop. Its output is drained by threads as it comes, so a
-/// chatty log level can never block it on a full pipe.
-struct Proc {
-    child: Child,
-    output: Arc<Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kv-rotator");
-        let output = Arc::new(Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        let streams: [Box<dyn Read + Send>; 2] =
-            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
-        for mut stream in streams {
-            let output = output.clone();
-            readers.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    output.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }));
-        }
-        Proc { child, output, readers }
-    }
-
-    /// Sends SIGTERM and waits for a clean exit; returns everything it printed.
-    fn terminate(mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
-        let output = self.output();
-        assert!(status.success(), "exit {status} after SIGTERM:\n{output}");
-        output
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("kv-rotator exited early with {status}:\n{}", self.output());
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `kv-rotator ARGS` at the `trace` log level.
+fn spawn(args: &[&str]) -> Proc {
+    Proc::spawn(Command::new(BIN).args(args).env("RUST_LOG", "trace"))
 }
 
 fn free_port() -> u16 {
@@ -194,7 +129,7 @@ async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
     let config_path = dir.path().join("kv-rotator.toml");
     std::fs::write(&config_path, config).unwrap();
 
-    let mut proc = Proc::spawn(&["serve", "--config", config_path.to_str().unwrap()]);
+    let mut proc = spawn(&["serve", "--config", config_path.to_str().unwrap()]);
     wait_healthy(&mut proc, port).await;
     let body = kv_rotator::cli::seed::near_expiry_delivery(
         "opsvault",
@@ -252,7 +187,7 @@ fn serve_without_webhook_auth_refuses_to_start() {
 async fn dev_mode_rotates_its_demo_secret_on_the_sample_event() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut proc = Proc::spawn(&[
+    let mut proc = spawn(&[
         "dev",
         "--vault-addr",
         "127.0.0.1:0",

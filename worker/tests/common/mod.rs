@@ -1,3 +1,4 @@
 //! Helpers shared by the worker's integration suites.
 
 pub mod pg;
+pub mod proc;

@@ -1,0 +1,105 @@
+//! A `kv-rotator` child process for the suites that run the binary: its stdout and
+//! stderr are drained by threads as they come (so a chatty log level never blocks it on
+//! a full pipe) into one string; it is killed and reaped on drop.
+
+#![allow(dead_code)] // not every suite uses every helper
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub struct Proc {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Starts `command` with its output piped to this process.
+    pub fn spawn(command: &mut Command) -> Proc {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn kv-rotator");
+        let output = Arc::new(Mutex::new(String::new()));
+        let streams: [Box<dyn Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        let readers = streams
+            .into_iter()
+            .map(|mut stream| {
+                let output = output.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        output.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                })
+            })
+            .collect();
+        Proc { child, output, readers }
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Its exit status, once it has exited (then with all its output read).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.try_wait().unwrap()?;
+        self.join_readers();
+        Some(status)
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.exited() {
+            panic!("kv-rotator exited early with {status}:\n{}", self.output());
+        }
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reap; returns its output.
+    pub fn sigkill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output()
+    }
+
+    /// SIGTERM, then its exit within 20 s; returns its status and output.
+    pub fn sigterm(mut self) -> (ExitStatus, String) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.exited() {
+                return (status, self.output());
+            }
+            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`sigterm`](Self::sigterm), asserting a clean exit; returns its output.
+    pub fn terminate(self) -> String {
+        let (status, output) = self.sigterm();
+        assert!(status.success(), "exit {status} after SIGTERM:\n{output}");
+        output
+    }
+
+    fn join_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
