@@ -106,15 +106,15 @@ pub enum StaleJournal {
     KeepAndRetry,
 }
 
-/// Step 3, for [`JournalStep::Inspect`]. `finished_in_history`: an older version of the
-/// secret carries the rotation id (the rotation finished, then someone wrote again).
-/// `target` is only consulted when the history does not settle it.
+/// Step 3, for [`JournalStep::Inspect`]. `finished_in_history`: a version of the secret
+/// carries the rotation id (the rotation finished, then someone wrote again). The target
+/// is always asked: a finished rotation's record may still hold the only working
+/// password when a second engine set one after it finished.
 pub fn stale_journal(finished_in_history: bool, target: Target) -> StaleJournal {
-    if finished_in_history {
-        return StaleJournal::Delete;
-    }
     match target {
         Target::AcceptsLatest => StaleJournal::Delete,
+        // Finished, and the record's passwords do not work either: nothing to keep.
+        Target::AcceptsNeither if finished_in_history => StaleJournal::Delete,
         Target::AcceptsPending | Target::AcceptsNeither => StaleJournal::KeepForOperator,
         Target::Unreachable => StaleJournal::KeepAndRetry,
     }
@@ -165,8 +165,8 @@ mod tests {
     fn pending_only_in_journal(latest: Latest, journal: Journal, history: bool, target: Target) -> bool {
         journal == Journal::Present
             && latest != Latest::CarriesRotationId
-            && !history
-            && matches!(target, Target::AcceptsPending | Target::Unreachable | Target::AcceptsNeither)
+            && (target == Target::AcceptsPending
+                || (!history && matches!(target, Target::Unreachable | Target::AcceptsNeither)))
     }
 
     #[test]
@@ -214,11 +214,12 @@ mod tests {
     }
 
     #[test]
-    fn leftovers_of_finished_rotations_are_always_cleaned_up() {
+    fn leftovers_of_finished_rotations_are_cleaned_up_unless_the_target_uses_them() {
         for (l, j, h, t) in every_state() {
             let d = decide(l, j, h, t);
             let finished = l == Latest::CarriesRotationId || (l == Latest::Newer && h);
-            if finished && j == Journal::Present {
+            let target_uses_it_or_cannot_say = matches!(t, Target::AcceptsPending | Target::Unreachable);
+            if finished && j == Journal::Present && !(l == Latest::Newer && target_uses_it_or_cannot_say) {
                 let deletes = matches!(
                     d,
                     Decision::Stop(_, JournalStep::Delete, _) | Decision::Stop(_, _, Some(StaleJournal::Delete))
@@ -232,7 +233,7 @@ mod tests {
     fn a_stale_journal_is_kept_for_retry_only_when_the_target_cannot_be_asked() {
         for (l, j, h, t) in every_state() {
             if let Decision::Stop(_, _, Some(verdict)) = decide(l, j, h, t) {
-                assert_eq!(verdict == StaleJournal::KeepAndRetry, !h && t == Target::Unreachable);
+                assert_eq!(verdict == StaleJournal::KeepAndRetry, t == Target::Unreachable);
             }
         }
     }

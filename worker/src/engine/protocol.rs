@@ -120,21 +120,25 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
             // An earlier attempt or process set the target: it has the pending password.
             steps.mark_target_touched(&fenced.journal_name);
         }
-    } else if let Some(outcome) = gate(engine, request, &fenced.latest) {
+    } else if let Some(outcome) = gate(engine, request, &fenced.latest).await? {
         return Ok(Done::new(Some(&fenced.rotation_id), outcome));
     }
     let plan = plan(engine, &fenced)?;
-    let rotator = engine.targets.rotator(&plan.profile).ok_or_else(|| {
+    let rotator_arc = engine.targets.rotator(&plan.profile).ok_or_else(|| {
         RotationError::Misconfigured(format!(
             "secret {:?} names target profile {:?} in its {TAG_ROTATOR:?} tag, but the configuration has no such profile",
             fenced.latest.name, plan.profile
         ))
     })?;
-    let rotator = rotator.as_ref();
+    let rotator = rotator_arc.as_ref();
     failpoints::hit("after-fence");
     // Per-profile limit: held from the journal to the finish, the steps that load the target.
     let _target_permit = engine.target_permit(&plan.profile).await;
     timed(steps, "canary", prove_target_checks_passwords(rotator, &plan)).await?;
+    let existing = match existing {
+        Some(record) => Some(journal_version_in_use(engine, rotator, &plan, &fenced, record).await?),
+        None => None,
+    };
     let pending = create(engine, steps, rotator, &fenced, existing).await?;
     failpoints::hit("after-journal");
     refence(engine, &fenced, &pending, "set").await?;
@@ -146,7 +150,7 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     timed(steps, "test", test(rotator, &plan, &pending)).await?;
     failpoints::hit("after-test");
     refence(engine, &fenced, &pending, "finish").await?;
-    finish(engine, steps, plan, fenced, pending).await
+    finish(engine, steps, rotator, plan, fenced, pending).await
 }
 
 /// Step 1: reads the latest version and decides whether this request rotates it.
@@ -176,8 +180,9 @@ async fn fence(
                 info!("secret has no {TAG_ROTATOR:?} tag; not managed");
                 Ok(Err(Done::new(None, Outcome::NotManaged)))
             }
+            Err(other) => Err(other.into()),
             // A journal may hold the only working password: never pass over it silently.
-            _ => Err(RotationError::Misconfigured(format!(
+            Ok(_) => Err(RotationError::Misconfigured(format!(
                 "secret {secret:?} has no {TAG_ROTATOR:?} tag, but journal record {journal_name} holds a pending \
                  password of its rotation {rotation_id}, which the target may already use: restore the secret's tags \
                  so kv-rotator finishes it, or finish it by hand"
@@ -209,7 +214,11 @@ async fn fence(
 /// Step 2: whether a new rotation is wanted now. Scheduled triggers (events, the
 /// sweeper, resumes whose journal is gone) need a due version; every trigger but a
 /// forced manual one respects the minimum interval since the latest version was written.
-fn gate(engine: &Engine, request: &RotationRequest, latest: &SecretRecord) -> Option<Outcome> {
+async fn gate(
+    engine: &Engine,
+    request: &RotationRequest,
+    latest: &SecretRecord,
+) -> Result<Option<Outcome>, RotationError> {
     let now = OffsetDateTime::now_utc();
     let rule = &engine.due_rule;
     let version = latest.version.clone();
@@ -222,18 +231,22 @@ fn gate(engine: &Engine, request: &RotationRequest, latest: &SecretRecord) -> Op
             Due::NoExpiry | Due::Expired | Due::NearExpiry => {}
             Due::NotYet { due_at } => {
                 info!(%version, due_at = %due_at.format(&Rfc3339).unwrap_or_default(), "version not due yet; nothing to do");
-                return Some(Outcome::NotDue { version, due_at: Some(due_at) });
+                return Ok(Some(Outcome::NotDue { version, due_at: Some(due_at) }));
             }
-            Due::Disabled => return Some(Outcome::NotDue { version, due_at: None }),
+            Due::Disabled => return Ok(Some(Outcome::NotDue { version, due_at: None })),
         }
     }
-    if !forced {
-        if let Some(allowed_at) = rule.too_soon(&latest.properties, now) {
-            info!(%version, "latest version is younger than engine.min_rotation_interval_secs; nothing to do");
-            return Some(Outcome::TooSoon { version, allowed_at });
-        }
+    if forced {
+        return Ok(None);
     }
-    None
+    let Some(allowed_at) = rule.too_soon(&latest.properties, now) else { return Ok(None) };
+    // A secret with a single version was never rotated: onboarding it is not a storm.
+    // (`created` is the service's own clock; no tag can move it.)
+    if engine.store.list_versions(&latest.name).await?.len() <= 1 {
+        return Ok(None);
+    }
+    info!(%version, "latest version is younger than engine.min_rotation_interval_secs; nothing to do");
+    Ok(Some(Outcome::TooSoon { version, allowed_at }))
 }
 
 /// Checks the secret's tags and the account against the profile, and derives
@@ -318,6 +331,61 @@ async fn read_journal(engine: &Engine, fenced: &Fenced) -> Result<Option<SecretR
         )));
     }
     Ok(Some(record))
+}
+
+/// Every version of the journal record, newest first: each may hold a password a target
+/// took (a refused one replaced, or another engine's write over ours), so none is
+/// overlooked while the record exists.
+async fn journal_passwords(engine: &Engine, journal_name: &str) -> Result<Vec<SecretRecord>, RotationError> {
+    let store = engine.store.as_ref();
+    let mut records = Vec::new();
+    for version in store.list_versions(journal_name).await?.iter().rev() {
+        let Some(id) = version.version.as_deref() else { continue };
+        if version.enabled {
+            records.push(store.get_version(journal_name, id).await?);
+        }
+    }
+    Ok(records)
+}
+
+/// The journal record's version to resume with: its latest, unless an older version's
+/// password is the one the target accepts (another engine journaled over a password it
+/// had already set) — then that password is journaled again as the latest version, so
+/// the record's latest is always the one to finish with.
+async fn journal_version_in_use(
+    engine: &Engine,
+    rotator: &dyn Rotator,
+    plan: &Plan,
+    fenced: &Fenced,
+    latest: SecretRecord,
+) -> Result<SecretRecord, RotationError> {
+    let versions = journal_passwords(engine, &fenced.journal_name).await?;
+    if versions.len() <= 1 {
+        return Ok(latest);
+    }
+    for record in &versions {
+        let request = VerifyRequest { username: plan.username.clone(), password: record.value.clone() };
+        let verdict = rotator
+            .verify(request)
+            .await
+            .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
+        if verdict == VerifyResponse::Rejected {
+            continue;
+        }
+        if record.version == latest.version {
+            return Ok(latest);
+        }
+        warn!(journal = %fenced.journal_name, version = %record.version, "the target uses an older version of the journal record; journaling it again as the latest");
+        let again = NewSecretVersion {
+            value: record.value.clone(),
+            tags: latest.properties.tags.clone(),
+            content_type: Some(JOURNAL_CONTENT_TYPE.to_owned()),
+            expires: None,
+            not_before: None,
+        };
+        return Ok(engine.store.set_secret(&fenced.journal_name, again).await?);
+    }
+    Ok(latest)
 }
 
 /// Step 4: reuse the journal's pending password, or generate one and journal it before
@@ -450,6 +518,7 @@ async fn test(rotator: &dyn Rotator, plan: &Plan, pending: &Pending) -> Result<(
 async fn finish(
     engine: &Engine,
     steps: &StepLog,
+    rotator: &dyn Rotator,
     plan: Plan,
     fenced: Fenced,
     pending: Pending,
@@ -470,26 +539,26 @@ async fn finish(
     let written = timed(steps, "finish", async { Ok(store.set_secret(secret, new).await?) }).await?;
     info!(old_version = %fenced.latest.version, new_version = %written.version, "new version written");
     failpoints::hit("after-finish");
-    delete_journal_if(engine, &fenced.journal_name, |journal| journal.version == pending.version).await;
+    // The journal goes only once the target is seen using the version just written: if
+    // anyone changed the password since the test step, the record may hold it.
+    let request = VerifyRequest { username: plan.username.clone(), password: written.value.clone() };
+    match rotator.verify(request).await {
+        Ok(VerifyResponse::Accepted) => delete_journal(engine, &fenced.journal_name).await,
+        other => warn!(
+            journal = %fenced.journal_name, accepted = ?other.map_err(|e| e.to_string()),
+            "the target does not accept the version just written; the journal record is kept for the next fence"
+        ),
+    }
     failpoints::hit("after-journal-delete");
     let outcome = Outcome::Rotated { old_version: fenced.latest.version, new_version: written.version, expires };
     Ok(Done::new(Some(&fenced.rotation_id), outcome))
 }
 
-/// Deletes the journal record when its latest version passes `ours`; anything else
-/// (someone rewrote it since) is left for the next fence to judge. Best effort: the new
-/// version is safe, and a leftover record is cleaned up by the next fence.
-async fn delete_journal_if(engine: &Engine, journal_name: &str, ours: impl Fn(&SecretRecord) -> bool) {
-    let store = engine.store.as_ref();
-    match store.get_latest(journal_name).await {
-        Ok(journal) if ours(&journal) => {
-            if let Err(err) = store.delete_secret(journal_name).await {
-                warn!(journal = %journal_name, error = %err, "could not delete the journal record");
-            }
-        }
-        Ok(_) => warn!(journal = %journal_name, "journal record was rewritten by someone else; left for the next fence"),
-        Err(StoreError::NotFound { .. }) => {}
-        Err(err) => warn!(journal = %journal_name, error = %err, "could not read the journal record to delete it"),
+/// Deletes the journal record. Best effort: the new version is safe, and a leftover
+/// record is cleaned up by the next fence.
+async fn delete_journal(engine: &Engine, journal_name: &str) {
+    if let Err(err) = engine.store.delete_secret(journal_name).await {
+        warn!(journal = %journal_name, error = %err, "could not delete the journal record");
     }
 }
 
@@ -558,18 +627,20 @@ async fn clean_up_finished_journal(
     rotation_id: &str,
     journal_name: &str,
 ) -> Result<(), RotationError> {
-    let store = engine.store.as_ref();
-    let journal = match store.get_latest(journal_name).await {
+    let journal = match journal_passwords(engine, journal_name).await {
+        Ok(journal) if journal.is_empty() => return Ok(()),
         Ok(journal) => journal,
-        Err(StoreError::NotFound { .. }) => return Ok(()),
-        Err(other) => return Err(other.into()),
+        Err(RotationError::Store(StoreError::NotFound { .. })) => return Ok(()),
+        Err(other) => return Err(other),
     };
-    if journal.value.expose_secret() == latest.value.expose_secret() {
-        store.delete_secret(journal_name).await?;
-        return Ok(());
+    if let [only] = journal.as_slice() {
+        if only.value.expose_secret() == latest.value.expose_secret() {
+            engine.store.delete_secret(journal_name).await?;
+            return Ok(());
+        }
     }
-    let target = probe_target(engine, latest, &journal.value).await;
-    judge_stale_journal(engine, latest, rotation_id, journal_name, planner::stale_journal(false, target)).await
+    let target = probe_target(engine, latest, &journal).await;
+    judge_stale_journal(engine, latest, rotation_id, journal_name, planner::stale_journal(true, target)).await
 }
 
 /// A request for an older version: if this rotation's journal survived, decide its fate
@@ -581,15 +652,17 @@ async fn inspect_stale_journal(
     rotation_id: &str,
     journal_name: &str,
 ) -> Result<(), RotationError> {
-    let store = engine.store.as_ref();
-    let pending = match store.get_latest(journal_name).await {
-        Ok(record) => record.value,
-        Err(StoreError::NotFound { .. }) => return Ok(()),
-        Err(other) => return Err(other.into()),
+    let journal = match journal_passwords(engine, journal_name).await {
+        Ok(journal) if journal.is_empty() => return Ok(()),
+        Ok(journal) => journal,
+        Err(RotationError::Store(StoreError::NotFound { .. })) => return Ok(()),
+        Err(other) => return Err(other),
     };
-    let versions = store.list_versions(&latest.name).await?;
+    let versions = engine.store.list_versions(&latest.name).await?;
     let finished = versions.iter().any(|v| v.tags.get(TAG_ROTATION_ID).map(String::as_str) == Some(rotation_id));
-    let target = if finished { Target::AcceptsLatest } else { probe_target(engine, latest, &pending).await };
+    // Probed even when the rotation finished: a second engine may have set another
+    // password after it, which then lives only in this record.
+    let target = probe_target(engine, latest, &journal).await;
     judge_stale_journal(engine, latest, rotation_id, journal_name, planner::stale_journal(finished, target)).await
 }
 
@@ -621,8 +694,8 @@ async fn judge_stale_journal(
     }
 }
 
-/// Which of the latest and the pending password the target accepts.
-async fn probe_target(engine: &Engine, latest: &SecretRecord, pending: &SecretString) -> Target {
+/// Which of the latest and the journal's passwords the target accepts.
+async fn probe_target(engine: &Engine, latest: &SecretRecord, journal: &[SecretRecord]) -> Target {
     let tags = &latest.properties.tags;
     let (Some(profile), Some(user)) = (tags.get(TAG_ROTATOR), tags.get(TAG_CREDENTIAL_ID)) else {
         return Target::AcceptsNeither;
@@ -636,11 +709,14 @@ async fn probe_target(engine: &Engine, latest: &SecretRecord, pending: &SecretSt
         Ok(VerifyResponse::Rejected) => {}
         Err(_) => return Target::Unreachable,
     }
-    match try_login(pending).await {
-        Ok(VerifyResponse::Accepted) => Target::AcceptsPending,
-        Ok(VerifyResponse::Rejected) => Target::AcceptsNeither,
-        Err(_) => Target::Unreachable,
+    for record in journal {
+        match try_login(&record.value).await {
+            Ok(VerifyResponse::Accepted) => return Target::AcceptsPending,
+            Ok(VerifyResponse::Rejected) => {}
+            Err(_) => return Target::Unreachable,
+        }
     }
+    Target::AcceptsNeither
 }
 
 /// Passwords of versions written before the latest, newest first. Only versions created
