@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus counters and histograms, `GET /metrics`.
 //! - [`alerts`]: the HTTP webhook alert sink for failed rotations.
 //! - [`lease`]: the engine lease in Key Vault: one engine per vault.
+//! - [`logging`]: log output; dependencies capped at INFO whatever `RUST_LOG` says.
 //! - [`service`]: runs the webhook, engine and sweeper together until shutdown.
 //! - [`cli`]: the `demo`, `dev`, `serve` and `rotate` commands.
 //!
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod credentials;
 pub mod engine;
 pub mod lease;
+pub mod logging;
 pub mod metrics;
 pub mod service;
 pub mod sweeper;

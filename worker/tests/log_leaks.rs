@@ -1,0 +1,194 @@
+//! No log filter makes a dependency print password material: `kv-rotator rotate --all`
+//! run at `RUST_LOG=trace` (then again with every dependency named at `trace`) rotates a
+//! secret on every built-in rotator (PostgreSQL, through the user's own login and through
+//! the admin's; htpasswd), and its whole output (stdout and stderr) holds none of the
+//! passwords used — initial, new, admin — and no verifier (`SCRAM-SHA-256$…`, bcrypt
+//! `$2a$`/`$2b$`/`$2y$`), while kv-rotator's own trace output is there and the rotations
+//! really happened (new versions in the vault that log in; the old passwords do not).
+//!
+//! Needs PostgreSQL on 127.0.0.1:5432 prepared by `scripts/setup-postgres.sh`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+
+mod common;
+
+use common::pg::{logs_in, superuser, Roles};
+use kv_rotator_keyvault::azure::AzureSecretStore;
+use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
+use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
+use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
+use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
+use secrecy::{ExposeSecret, SecretString};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
+const HTPASSWD_USER: &str = "svc-site";
+const ADMIN_SECRET: &str = "pg-admin-password";
+
+/// `RUST_LOG` values tried: everything at trace, and every dependency named at trace.
+const FILTERS: [&str; 2] = [
+    "trace",
+    "kv_rotator=trace,tokio_postgres=trace,postgres_protocol=trace,hyper=trace,hyper_util=trace,reqwest=trace,\
+     h2=trace,rustls=trace,azure_core=trace,azure_identity=trace,typespec_client_core=trace",
+];
+
+/// Verifier material: PostgreSQL's SCRAM verifier and bcrypt hashes (htpasswd).
+const VERIFIER_MARKERS: [&str; 4] = ["SCRAM-SHA-256$", "$2a$", "$2b$", "$2y$"];
+
+async fn put(store: &dyn SecretStore, secret: &str, value: &SecretString, tags: &[(&str, &str)]) -> String {
+    let tags = tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>();
+    let new = NewSecretVersion { value: value.clone(), tags, content_type: None, expires: None, not_before: None };
+    store.set_secret(secret, new).await.unwrap().version
+}
+
+/// The lines of `output` that carry any of `secrets` (label, value) or a verifier
+/// marker, each cut at the first verifier marker and with every secret replaced by its
+/// label, so a failure shows where the leak is without printing it.
+fn leaking_lines(output: &str, secrets: &[(String, SecretString)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in output.lines() {
+        let marker = VERIFIER_MARKERS.iter().filter_map(|m| line.find(m)).min();
+        let mut shown = line[..marker.unwrap_or(line.len())].to_owned();
+        let mut leaks = marker.is_some();
+        for (label, secret) in secrets {
+            // As written, and as `{:?}` and JSON escape it.
+            let raw = secret.expose_secret();
+            let quoted = format!("{raw:?}");
+            for form in [raw, &quoted[1..quoted.len() - 1]] {
+                leaks |= line.contains(form);
+                shown = shown.replace(form, &format!("<{label}>"));
+            }
+        }
+        if leaks {
+            found.push(if marker.is_some() { format!("{shown}<verifier>…") } else { shown });
+        }
+    }
+    found
+}
+
+/// A managed secret, and what its target accepts now.
+struct Managed {
+    secret: &'static str,
+    /// The `CredentialId`: the htpasswd user or the PostgreSQL role.
+    account: String,
+    /// Its latest version in the vault.
+    version: String,
+    /// The password its target accepts.
+    on_target: SecretString,
+}
+
+impl Managed {
+    async fn accepts(&self, site: &HtpasswdRotator, password: &SecretString) -> bool {
+        if self.account == HTPASSWD_USER {
+            let req = VerifyRequest { username: self.account.clone(), password: password.clone() };
+            site.verify(req).await.unwrap() == VerifyResponse::Accepted
+        } else {
+            logs_in(&self.account, password).await
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+    let policy = PasswordPolicy::default();
+
+    // htpasswd: one user.
+    let htpasswd_path = dir.path().join("site.htpasswd");
+    let site_initial = policy.generate();
+    htpasswd::add_user(&htpasswd_path, HTPASSWD_USER, &site_initial, 4).unwrap();
+    let site = HtpasswdRotator::new(HtpasswdConfig::new(&htpasswd_path), policy.clone());
+
+    // PostgreSQL: `own` changes its password with its own login; `stale`'s secret holds a
+    // password the server never had, so only the admin (`admin`) can change it.
+    let roles = Roles::create("kvr_logleak", 3).await;
+    let [(own, own_initial), (stale, stale_initial), (admin, admin_password)] = &roles.0[..] else { unreachable!() };
+    superuser()
+        .await
+        .batch_execute(&format!("ALTER ROLE {admin} CREATEROLE; GRANT {stale} TO {admin} WITH ADMIN OPTION"))
+        .await
+        .unwrap();
+    let stale_in_vault = policy.generate();
+    put(store.as_ref(), ADMIN_SECRET, admin_password, &[]).await;
+
+    // Every password used, by what it is, to look for in the output.
+    let mut passwords = vec![
+        ("initial password of the htpasswd user".to_owned(), site_initial.clone()),
+        (format!("initial password of {own}"), own_initial.clone()),
+        (format!("initial password of {stale}"), stale_initial.clone()),
+        (format!("stale password of {stale} in the vault"), stale_in_vault.clone()),
+        (format!("password of the admin {admin}"), admin_password.clone()),
+    ];
+    let mut managed = Vec::new();
+    for (secret, rotator, account, in_vault, on_target) in [
+        ("site-password", "site", HTPASSWD_USER, &site_initial, &site_initial),
+        ("pg-own-password", "pg", own.as_str(), own_initial, own_initial),
+        ("pg-stale-password", "pg", stale.as_str(), &stale_in_vault, stale_initial),
+    ] {
+        let version = put(store.as_ref(), secret, in_vault, &[("rotator", rotator), ("CredentialId", account)]).await;
+        managed.push(Managed { secret, account: account.to_owned(), version, on_target: on_target.clone() });
+    }
+
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, vault.ca_certificate_pem()).unwrap();
+    let config = dir.path().join("kv-rotator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\
+             [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\n\
+             [targets.site]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\naccounts = [\"{HTPASSWD_USER}\"]\n\
+             [targets.pg]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = 5432\nsslmode = \"disable\"\n\
+             accounts = [\"{own}\", \"{stale}\"]\nadmin = {{ username = \"{admin}\", secret = \"{ADMIN_SECRET}\" }}\n",
+            vault.endpoint(),
+            ca.display(),
+            vault.local_addr(),
+            htpasswd_path.display(),
+        ),
+    )
+    .unwrap();
+
+    for filter in FILTERS {
+        let out = Command::new(BIN)
+            .args(["rotate", "--all", "--force", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", filter)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let output = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "RUST_LOG={filter}: rotate failed; stdout:\n{stdout}");
+
+        // The rotations happened: a new version of each secret, which logs in on its
+        // target, where the password before it no longer does.
+        for m in &mut managed {
+            let latest = store.get_latest(m.secret).await.unwrap();
+            assert_ne!(latest.version, m.version, "RUST_LOG={filter}: {} not rotated; stdout:\n{stdout}", m.secret);
+            assert!(m.accepts(&site, &latest.value).await, "the new password of {} does not log in", m.secret);
+            assert!(!m.accepts(&site, &m.on_target).await, "the old password of {} still logs in", m.secret);
+            passwords.push((format!("new password of {} ({})", m.secret, latest.version), latest.value.clone()));
+            (m.version, m.on_target) = (latest.version, latest.value);
+        }
+
+        let leaks = leaking_lines(&output, &passwords);
+        assert!(
+            leaks.is_empty(),
+            "RUST_LOG={filter}: {} output line(s) carry password material:\n{}",
+            leaks.len(),
+            leaks.join("\n")
+        );
+
+        // The output is not empty by accident: kv-rotator's own trace output and its
+        // audit records are there.
+        let own_trace = output.lines().filter(|l| l.contains(" TRACE kv_rotator")).count();
+        assert!(own_trace > 0, "RUST_LOG={filter}: no trace output from kv-rotator's own targets; stdout:\n{stdout}");
+        let audits = output.lines().filter(|l| l.contains("rotation audit record")).count();
+        assert_eq!(audits, 3, "RUST_LOG={filter}: stdout:\n{stdout}");
+    }
+    drop(roles);
+    vault.shutdown().await;
+}
