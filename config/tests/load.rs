@@ -93,7 +93,9 @@ fn unknown_keys_are_named() {
 
 #[test]
 fn unknown_target_kind_and_credential_kind_are_named() {
-    let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"oracle\"\naccounts = [\"*\"]\n");
+    let e = error_of(
+        "[vault]\nurl = \"https://v.vault.azure.net/\"\n[targets.db]\nkind = \"oracle\"\naccounts = [\"*\"]\n",
+    );
     assert!(e.contains("oracle"), "{e}");
     let e = error_of("[vault]\nurl = \"https://v.vault.azure.net/\"\ncredential = { kind = \"magic\" }\n");
     assert!(e.contains("magic"), "{e}");

@@ -679,6 +679,13 @@ impl Heartbeat {
     }
 }
 
+/// The engine asks before every attempt and before `set` and `finish`.
+impl crate::engine::EngineLease for LeaseGuard {
+    fn is_held(&self) -> bool {
+        LeaseGuard::is_held(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,6 +98,9 @@ pub async fn start_with(
     let due_rule = DueRule::from_config(&engine_config, &sweeper_config);
     let mut engine =
         Engine::new(store.clone(), targets, engine_config).with_metrics(metrics.clone()).with_due_rule(due_rule);
+    if let Some(lease) = &background.lease {
+        engine = engine.with_lease(Arc::new(lease.clone()));
+    }
     if let Some(url) = &background.alerts.webhook_url {
         let sink = WebhookSink::new(url, Duration::from_millis(background.alerts.timeout_ms));
         engine = engine.with_alert_sink(sink, Duration::from_secs(background.alerts.repeat_after_secs));

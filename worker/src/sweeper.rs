@@ -15,8 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_rotator_config::SweeperConfig;
 use crate::engine::due::{Due, DueRule};
+use kv_rotator_config::SweeperConfig;
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use time::OffsetDateTime;

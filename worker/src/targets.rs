@@ -63,7 +63,11 @@ impl Targets {
     pub fn refuse_account(&self, name: &str, account: &str) -> Option<String> {
         let accounts = self.accounts.get(name).cloned().unwrap_or_else(Accounts::any);
         // Exact, case-sensitive: PostgreSQL, MariaDB and LDAP names may differ in case only.
-        let options = glob::MatchOptions { case_sensitive: true, require_literal_separator: false, require_literal_leading_dot: false };
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: false,
+            require_literal_leading_dot: false,
+        };
         if !accounts.patterns.iter().any(|p| p.matches_with(account, options)) {
             return Some(format!("account {account:?} is not in targets.{name}.accounts"));
         }

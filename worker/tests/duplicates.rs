@@ -55,28 +55,30 @@ async fn a_thousand_deliveries_sweeps_and_manual_triggers_make_one_rotation() {
     // interleaved below.
     let mut manual = Vec::new();
     for i in 0..MANUAL {
-        let request =
-            kv_rotator::cli::rotate::manual_request(store.as_ref(), SECRET, &format!("operator {i}"), false).await.unwrap();
+        let request = kv_rotator::cli::rotate::manual_request(store.as_ref(), SECRET, &format!("operator {i}"), false)
+            .await
+            .unwrap();
         assert_eq!(request.version.as_deref(), Some(v1.as_str()));
         manual.push(request);
     }
     // Sweeper scans of this state, likewise: each names the version it saw (v1).
     let mut swept = Vec::new();
     for _ in 0..SCANS {
-        let scan = kv_rotator::sweeper::scan(store.as_ref(), Some(&kv_rotator::engine::due::DueRule::default())).await.unwrap();
+        let scan = kv_rotator::sweeper::scan(store.as_ref(), Some(&kv_rotator::engine::due::DueRule::default()))
+            .await
+            .unwrap();
         assert_eq!(scan.requests.len(), 1);
         swept.extend(scan.requests.into_iter().map(|(request, _)| request));
     }
     let mut targets = Targets::default();
     targets.insert("site", rotator.clone(), None);
-    let engine_config =
-        EngineConfig {
-            queue_capacity: 256,
-            initial_backoff_ms: 10,
-            max_backoff_ms: 50,
-            min_rotation_interval_secs: 0,
-            ..Default::default()
-        };
+    let engine_config = EngineConfig {
+        queue_capacity: 256,
+        initial_backoff_ms: 10,
+        max_backoff_ms: 50,
+        min_rotation_interval_secs: 0,
+        ..Default::default()
+    };
     let background = Background {
         sweeper: Some(SweeperConfig { interval_secs: 1, ..Default::default() }),
         alerts: Default::default(),

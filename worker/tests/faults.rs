@@ -202,8 +202,7 @@ async fn failures_past_the_cap_are_tagged_counted_and_alerted_then_cleared_by_su
         min_rotation_interval_secs: 0,
         ..Default::default()
     };
-    let background =
-        Background {
+    let background = Background {
         sweeper: None,
         alerts: AlertsConfig { webhook_url: Some(sink_url), timeout_ms: 2000, ..Default::default() },
         ..Default::default()

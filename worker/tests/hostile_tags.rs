@@ -319,13 +319,16 @@ impl App {
     }
 }
 
+/// Rewrites a planted record's tags; returns the content type to give it.
+type PlantTags = fn(&mut BTreeMap<&str, String>) -> Option<&'static str>;
+
 // Scenario 3 (item 7, last bullet). The old engine reused whatever record had the
 // journal's name: `set` made the target accept the planted password, `finish` wrote it as
 // the new version (outcome Rotated) and deleted the record — whoever can write a secret
 // named kv-rotator-pending-<id> chose the target's password. It failed every variant.
 #[tokio::test]
 async fn planted_journal_records_are_neither_used_nor_deleted() {
-    let variants: [(&str, fn(&mut BTreeMap<&str, String>) -> Option<&'static str>); 3] = [
+    let variants: [(&str, PlantTags); 3] = [
         ("no content type", |_| None),
         ("another rotation id", |tags| {
             tags.insert("rotation-id", "0123456789abcdef0123456789abcdef".into());

@@ -21,8 +21,8 @@ use kv_rotator_keyvault::pipeline::{ClientSettings, RetrySettings};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::{
-    PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest,
-    SetPasswordResponse, VerifyRequest, VerifyResponse,
+    PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse,
+    VerifyRequest, VerifyResponse,
 };
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
@@ -69,9 +69,11 @@ impl Site {
         tags: &[(&str, &str)],
         expires: Option<OffsetDateTime>,
     ) -> String {
-        let mut all = BTreeMap::from([("rotator".to_owned(), "site".to_owned()), ("CredentialId".to_owned(), user.to_owned())]);
+        let mut all =
+            BTreeMap::from([("rotator".to_owned(), "site".to_owned()), ("CredentialId".to_owned(), user.to_owned())]);
         all.extend(tags.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let new = NewSecretVersion { value: password.clone(), tags: all, content_type: None, expires, not_before: None };
+        let new =
+            NewSecretVersion { value: password.clone(), tags: all, content_type: None, expires, not_before: None };
         self.store.set_secret(secret, new).await.unwrap().version
     }
 
@@ -162,12 +164,19 @@ async fn one_rotation_per_validity_period_under_a_fast_sweeper_and_repeated_even
     }
     let mut targets = Targets::default();
     targets.insert("site", Arc::new(site.htpasswd()), None);
-    let background = Background { sweeper: Some(SweeperConfig { interval_secs: 1, ..Default::default() }), ..Default::default() };
+    let background =
+        Background { sweeper: Some(SweeperConfig { interval_secs: 1, ..Default::default() }), ..Default::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running =
-        service::start_with(site.store.clone(), targets, quick_engine(), &WebhookConfig::default(), background, listener)
-            .await
-            .unwrap();
+    let running = service::start_with(
+        site.store.clone(),
+        targets,
+        quick_engine(),
+        &WebhookConfig::default(),
+        background,
+        listener,
+    )
+    .await
+    .unwrap();
     let url = format!("http://{}/api/eventgrid", running.webhook_addr);
     let http = reqwest::Client::new();
     let metrics = running.engine.metrics();
@@ -259,7 +268,10 @@ async fn events_rotate_only_due_versions_and_storms_are_capped() {
     let far = site.user("far", "far", &[], Some(OffsetDateTime::now_utc() + DAY * 45)).await;
     for version in [Some(far.as_str()), None] {
         let report = engine.rotate(site.request("far", version, event("e-far"))).await;
-        assert!(matches!(&report.outcome, Outcome::NotDue { version, due_at: Some(_) } if *version == far), "{report:?}");
+        assert!(
+            matches!(&report.outcome, Outcome::NotDue { version, due_at: Some(_) } if *version == far),
+            "{report:?}"
+        );
     }
     assert_eq!(site.versions("far").await, 1, "an event is a hint: nothing written for a version not due");
 
@@ -287,12 +299,11 @@ async fn events_rotate_only_due_versions_and_storms_are_capped() {
     let exp = Some(OffsetDateTime::now_utc() - DAY);
     let broken = site.user("broken", "broken", &[("rotator", "nowhere")], exp).await;
     let mut engine_without_interval = engine.clone();
-    engine_without_interval = engine_without_interval.with_due_rule(kv_rotator::engine::due::DueRule {
-        min_interval: Duration::ZERO,
-        ..engine.due_rule()
-    });
+    engine_without_interval = engine_without_interval
+        .with_due_rule(kv_rotator::engine::due::DueRule { min_interval: Duration::ZERO, ..engine.due_rule() });
     for i in 0..4 {
-        let report = engine_without_interval.rotate(site.request("broken", Some(&broken), event(&format!("b{i}")))).await;
+        let report =
+            engine_without_interval.rotate(site.request("broken", Some(&broken), event(&format!("b{i}")))).await;
         assert!(matches!(report.outcome, Outcome::Failed { .. }), "{report:?}");
     }
     let received = alerts.lock().unwrap().clone();
@@ -322,7 +333,12 @@ struct Lagging {
 impl Lagging {
     fn new(initial: &SecretString, lag: Duration, report_as_permanent: bool) -> Self {
         let pw = initial.expose_secret().to_owned();
-        Self { lag, report_as_permanent, state: Mutex::new((pw.clone(), pw, Instant::now())), policy: PasswordPolicy::default() }
+        Self {
+            lag,
+            report_as_permanent,
+            state: Mutex::new((pw.clone(), pw, Instant::now())),
+            policy: PasswordPolicy::default(),
+        }
     }
 
     /// The password the login path accepts now.
@@ -365,7 +381,11 @@ impl Rotator for Lagging {
         Err(if self.report_as_permanent { RotatorError::Permanent(msg) } else { RotatorError::Transient(msg) })
     }
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
-        Ok(if self.replica() == req.password.expose_secret() { VerifyResponse::Accepted } else { VerifyResponse::Rejected })
+        Ok(if self.replica() == req.password.expose_secret() {
+            VerifyResponse::Accepted
+        } else {
+            VerifyResponse::Rejected
+        })
     }
 }
 
@@ -458,7 +478,11 @@ async fn two_engines_without_a_lease_never_lose_a_password() {
         let latest = site.store.get_latest("shared").await.unwrap();
         let (a, b) = tokio::join!(
             engines[0].rotate(site.request("shared", Some(&latest.version), manual(true))),
-            engines[1].rotate(site.request("shared", if round % 2 == 0 { Some(&latest.version) } else { None }, manual(true))),
+            engines[1].rotate(site.request(
+                "shared",
+                if round % 2 == 0 { Some(&latest.version) } else { None },
+                manual(true)
+            )),
         );
         for report in [&a, &b] {
             *outcomes.entry(report.outcome.kind()).or_default() += 1;
@@ -566,7 +590,10 @@ async fn a_vault_outage_after_set_is_finished_soon_after_recovery() {
             assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
             let recovered = recovered_at.lock().unwrap().expect("the outage ended");
             let after = ended.duration_since(recovered);
-            println!("outage of {outage_secs} s after set: {} attempts, finished {after:?} after recovery", report.attempts);
+            println!(
+                "outage of {outage_secs} s after set: {} attempts, finished {after:?} after recovery",
+                report.attempts
+            );
             assert!(after < Duration::from_secs(3), "finished {after:?} after the vault recovered");
             assert!(report.attempts > 2, "kept finishing past max_attempts: {report:?}");
             assert!(engine.metrics().counter("kv_rotator_finish_retries_total", &[]) >= 1);

@@ -115,8 +115,11 @@ async fn rotations(
     store: Arc<dyn SecretStore>,
     lease: Option<LeaseGuard>,
 ) -> anyhow::Result<()> {
-    let engine = Engine::new(store.clone(), Targets::from_profiles(&config.targets), config.engine.clone())
+    let mut engine = Engine::new(store.clone(), Targets::from_profiles(&config.targets), config.engine.clone())
         .with_due_rule(DueRule::from_config(&config.engine, &config.sweeper));
+    if let Some(lease) = &lease {
+        engine = engine.with_lease(Arc::new(lease.clone()));
+    }
     let requested_by = format!("cli {}", std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned()));
 
     let requests: Vec<(String, anyhow::Result<RotationRequest>)> = if args.resume {

@@ -135,11 +135,17 @@ mod tests {
     const DAY: time::Duration = time::Duration::days(1);
 
     fn rule() -> DueRule {
-        DueRule { window_days: 30, lead_percent: 50, default_validity_days: 60, min_interval: Duration::from_secs(3600) }
+        DueRule {
+            window_days: 30,
+            lead_percent: 50,
+            default_validity_days: 60,
+            min_interval: Duration::from_secs(3600),
+        }
     }
 
     fn version(created: OffsetDateTime, validity: Option<u32>, expires: Option<OffsetDateTime>) -> SecretProperties {
-        let mut p = SecretProperties { name: "s".into(), enabled: true, expires, created: Some(created), ..Default::default() };
+        let mut p =
+            SecretProperties { name: "s".into(), enabled: true, expires, created: Some(created), ..Default::default() };
         if let Some(days) = validity {
             p.tags.insert(TAG_VALIDITY_DAYS.into(), days.to_string());
         }

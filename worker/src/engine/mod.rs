@@ -454,12 +454,12 @@ impl Engine {
             .when(RotationError::is_transient)
             .notify(|err, delay| warn!(error = %err, retry_in = ?delay, "rotation attempt failed; retrying"))
             .await;
-            if let Some(journal) = steps.target_touched() {
-                if matches!(&result, Err(e) if e.is_transient()) {
-                    let first = result.err().expect("matched an error");
-                    result = self.keep_finishing(&request, &steps, &journal, first).await;
+            result = match (steps.target_touched(), result) {
+                (Some(journal), Err(first)) if first.is_transient() => {
+                    self.keep_finishing(&request, &steps, &journal, first).await
                 }
-            }
+                (_, result) => result,
+            };
             let (attempts, step_records) = steps.take();
             let (rotation_id, outcome) = match result {
                 Ok(done) => (done.rotation_id, done.outcome),
