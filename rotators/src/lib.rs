@@ -33,14 +33,19 @@ pub type RotatorResult<T> = Result<T, RotatorError>;
 /// Which variant matters to the engine's guarantees: only [`RotatorError::Refused`] lets
 /// it journal a fresh password in place of the pending one (and only after proving the
 /// pending one unused). A change that was made but does not show yet — replication lag
-/// behind a balanced host, a pooler with its own auth file — is `Transient`, never
+/// behind a balanced host, a pooler with its own auth file — is `NotYetVisible`, never
 /// `Refused`: replacing that pending password would lose the one the target has.
 #[derive(Debug, thiserror::Error)]
 pub enum RotatorError {
-    /// The target could not be reached or answered with a temporary failure, or the
-    /// change was made but the new password does not log in yet; retry later.
+    /// The target could not be reached or answered with a temporary failure, and did
+    /// not change; retry later.
     #[error("target unavailable: {0}")]
     Transient(String),
+    /// The change was made (or may have been: a statement that timed out) but the new
+    /// password does not log in yet — replication lag, a pooler's auth file. Retry later;
+    /// the target may already use the pending password.
+    #[error("changed, but not visible yet: {0}")]
+    NotYetVisible(String),
     /// The target refused to take this password by its own rules (length, complexity,
     /// history…), and changed nothing. Another password may be accepted.
     #[error("the target refused the new password: {0}")]
@@ -54,7 +59,12 @@ pub enum RotatorError {
 impl RotatorError {
     /// Whether retrying later can succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, RotatorError::Transient(_))
+        matches!(self, RotatorError::Transient(_) | RotatorError::NotYetVisible(_))
+    }
+
+    /// Whether the target may have changed although the call failed.
+    pub fn may_have_changed(&self) -> bool {
+        matches!(self, RotatorError::NotYetVisible(_))
     }
 }
 

@@ -318,17 +318,23 @@ impl Rotator for PostgresRotator {
             debug_assert!(!verifier.contains(['\'', '\\']));
             let sql = format!("ALTER ROLE {role} PASSWORD '{verifier}'");
             let context = format!("changing the password of role {role} on {} as {who}", self.server());
-            self.execute(&client, &sql, &context, &scrub).await?;
+            // A transient failure once ALTER was sent (timeout, connection lost) leaves
+            // it unknown whether the change was applied: the target may have it.
+            self.execute(&client, &sql, &context, &scrub).await.map_err(|e| match e {
+                RotatorError::Transient(message) => RotatorError::NotYetVisible(message),
+                other => other,
+            })?;
             drop(client);
 
             // A fresh connection proves the new password works end to end.
             let after_who = format!("{role} with the new password");
             // Rejected here is not a refusal: ALTER succeeded, so the change is made and
             // may only not show yet (a standby behind the balanced host, a pooler's own
-            // auth file). Transient: the engine retries and never replaces this password.
+            // auth file). The engine retries, knows the target changed, and never
+            // replaces this password.
             return match self.check(user, &req.pending, &after_who, &scrub).await? {
                 VerifyResponse::Accepted => Ok(SetPasswordResponse { outcome }),
-                VerifyResponse::Rejected => Err(RotatorError::Transient(format!(
+                VerifyResponse::Rejected => Err(RotatorError::NotYetVisible(format!(
                     "the password of role {role} was changed as {who}, but the new password does not log in on {} yet \
                      (replication lag or a pooler; if it persists, check pg_hba.conf, the role's LOGIN and VALID UNTIL)",
                     self.server()

@@ -243,7 +243,10 @@ pub struct LeaseVersion {
 /// plus [`CLOCK_ALLOWANCE`] is not before `reference`.
 pub fn is_live(version: &SecretProperties, reference: OffsetDateTime, ttl: Duration) -> bool {
     let Some(heartbeat) = version.updated.or(version.created) else { return false };
-    version.enabled && heartbeat + ttl + CLOCK_ALLOWANCE >= reference
+    // Only versions shaped as claims count (a stray version of another kind holds nothing;
+    // whoever may write this secret with the right shape controls the lease all the same).
+    let is_claim = version.content_type.as_deref() == Some(LEASE_CONTENT_TYPE) && version.tags.contains_key(TAG_HOLDER);
+    is_claim && version.enabled && heartbeat + ttl + CLOCK_ALLOWANCE >= reference
 }
 
 /// The holder among `versions` at `reference`: the live version with the oldest
@@ -477,6 +480,19 @@ pub async fn claim(
         "kv_rotator": env!("CARGO_PKG_VERSION"),
         "note": "engine lease of kv-rotator: not a password; see docs/architecture.md",
     });
+    // A fresh heartbeat refuses the claim before it writes anything, so a crash-looping
+    // replica or a cron `rotate` does not add a version per try. Judged on this host's
+    // clock with half a TTL of slack; the written claim below stays the authority.
+    match store.list_versions(LEASE_SECRET).await {
+        Ok(versions) => {
+            let now = OffsetDateTime::now_utc();
+            if let Some(holder) = live_holder(&versions, now + timings.ttl / 2, timings.ttl) {
+                return Err(ClaimError::Held(Box::new(HeldBy { vault, holder, observed_at: now, ttl: timings.ttl })));
+            }
+        }
+        Err(StoreError::NotFound { .. }) => {}
+        Err(other) => return Err(other.into()),
+    }
     let (started, started_wall) = (Instant::now(), SystemTime::now());
     let new = NewSecretVersion {
         value: SecretString::from(description.to_string()),
@@ -624,6 +640,8 @@ impl Heartbeat {
                         let why = format!("no renewal succeeded for {:?} (last error: {why})", renewed.elapsed());
                         error!(version = %self.version, reason = %why, "engine lease LOST: this process must not rotate any more");
                         self.shared.end(NotHeld::Lost(why));
+                        // Best effort: a successor then need not wait out the TTL.
+                        disable(self.store.as_ref(), &self.version, "lost lease").await;
                         return;
                     }
                     if self.shared.check().is_err() && !lapse_logged {

@@ -128,6 +128,32 @@ impl World {
         World { _dir: dir, vault, store, managed, _roles: roles, bin, rotate_config, resume_config }
     }
 
+    /// `rotate --all` and a second `serve`, started while a `serve` holds the engine
+    /// lease, are refused and change nothing.
+    async fn assert_second_engine_refused(&self, context: &str) {
+        let before = self.versions().await;
+        let journals = self.journals().await.len();
+        let rotate = Command::new(&self.bin)
+            .args(["rotate", "--all", "--force", "--config"])
+            .arg(&self.rotate_config)
+            .env("KVR_LEASE_SETTLE_MS", "0")
+            .env_remove("KVR_FAILPOINT")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&rotate.stderr);
+        assert!(!rotate.status.success() && stderr.contains("engine lease"), "{context}: rotate --all ran:\n{stderr}");
+        let mut serve = spawn(&self.bin, &self.rotate_config, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while serve.exited().is_none() {
+            assert!(Instant::now() < deadline, "{context}: a second serve kept running:\n{}", serve.output());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let output = serve.output();
+        assert!(output.contains("engine lease"), "{context}: a second serve was not refused by the lease:\n{output}");
+        assert_eq!(self.versions().await, before, "{context}: a refused engine wrote a version");
+        assert_eq!(self.journals().await.len(), journals, "{context}: a refused engine touched a journal");
+    }
+
     /// Makes every secret's latest version due: its `exp` a minute ago.
     async fn make_due(&self) {
         let expires = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
@@ -258,6 +284,7 @@ async fn sigkill_at_every_step_boundary_and_at_random_instants_never_loses_a_pas
     let mut pending_into_next = false;
     let mut killed_while_resuming = 0usize;
     let mut failpoint_kills = 0usize;
+    let mut second_engines_refused = 0usize;
     let started = Instant::now();
     for i in 0..kills {
         let context = format!("kill {i}");
@@ -282,6 +309,12 @@ async fn sigkill_at_every_step_boundary_and_at_random_instants_never_loses_a_pas
                 loop {
                     if proc.output().contains(MARKER) {
                         *at_point.entry(point).or_default() += 1;
+                        // A second engine beside one paused mid-rotation (the emergency
+                        // `rotate --all`, a second replica) is refused, touching nothing.
+                        if failpoint_kills % 10 == 1 {
+                            w.assert_second_engine_refused(&context).await;
+                            second_engines_refused += 2;
+                        }
                         break;
                     }
                     proc.assert_running();
@@ -337,6 +370,7 @@ async fn sigkill_at_every_step_boundary_and_at_random_instants_never_loses_a_pas
     println!("  recoveries (kills that left a journal to finish): {recoveries}");
     println!("  kills of a process started with journals left by the previous kill: {killed_while_resuming}");
     println!("  rotations written (new versions): {rotations}, across {SECRETS} secrets");
+    println!("  second engines (rotate --all, serve) refused beside a paused one: {second_engines_refused}");
     println!("  invariant checked at {kills} kill instants and after {recovered_checks} recoveries: held");
     assert_eq!(not_reached, 0, "every armed step boundary must be reached");
     if failpoint_kills >= POINTS.len() {

@@ -437,7 +437,7 @@ async fn a_journal_whose_secret_lost_its_rotator_tag_is_reported_not_passed_over
     let report = engine.rotate(request).await;
     let (error, attempts) = failed_untouched(&report.outcome);
     assert_eq!(attempts, 1, "{error}");
-    assert!(error.contains(&name) && error.contains("no \"rotator\" tag"), "{error}");
+    assert!(error.contains(&name) && error.contains("no rotator tag"), "{error}");
 
     let journal = vault.store.get_latest(&name).await.expect("the journal record is kept");
     assert_eq!(journal.value.expose_secret(), pending.expose_secret());

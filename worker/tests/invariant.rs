@@ -324,7 +324,7 @@ struct Lagging {
     lag: Duration,
     /// How `set_password` reports "changed, but the new password does not log in yet":
     /// `true` as the PostgreSQL rotator did before issue 9 (Permanent), `false` as the
-    /// contract now says (Transient).
+    /// contract now says (NotYetVisible).
     report_as_permanent: bool,
     state: Mutex<(String, String, Instant)>,
     policy: PasswordPolicy,
@@ -378,7 +378,7 @@ impl Rotator for Lagging {
             return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::ChangedWithCurrent });
         }
         let msg = "the password was changed, but the new password does not log in".to_owned();
-        Err(if self.report_as_permanent { RotatorError::Permanent(msg) } else { RotatorError::Transient(msg) })
+        Err(if self.report_as_permanent { RotatorError::Permanent(msg) } else { RotatorError::NotYetVisible(msg) })
     }
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
         Ok(if self.replica() == req.password.expose_secret() {
@@ -395,23 +395,32 @@ impl Rotator for Lagging {
 /// and journaled a fresh password over the one the target had just taken: once the lag
 /// cleared, no password in Key Vault logged in. Now only `RotatorError::Refused` may lead
 /// to a fresh password; the journal is kept and the rotation finishes once the change
-/// shows. Reported as transient (the contract now), it finishes within the request.
+/// shows. Reported as `NotYetVisible` (the contract now), it finishes within the request
+/// — through the finishing schedule when the lag outlasts `max_attempts` — and a failure
+/// would say the target changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_visible_only_after_a_delay_is_never_replaced() {
-    for report_as_permanent in [true, false] {
+    for (report_as_permanent, lag_ms) in [(true, 700u64), (false, 700), (false, 3000)] {
         let site = Site::new().await;
         let initial = PasswordPolicy::default().generate();
         let v1 = site.put("lagged", &initial, "app", &[], None).await;
-        let target = Arc::new(Lagging::new(&initial, Duration::from_millis(700), report_as_permanent));
+        let target = Arc::new(Lagging::new(&initial, Duration::from_millis(lag_ms), report_as_permanent));
         let mut targets = Targets::default();
         targets.insert("site", target.clone(), None);
-        let settings = EngineConfig { max_attempts: 8, initial_backoff_ms: 100, max_backoff_ms: 300, ..quick_engine() };
+        let settings = EngineConfig {
+            max_attempts: 4,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 300,
+            finish_retry_interval_secs: 1,
+            finish_retry_for_secs: 20,
+            ..quick_engine()
+        };
         let engine = Engine::new(site.store.clone(), targets, settings);
         let report = engine.rotate(site.request("lagged", Some(&v1), manual(false))).await;
         if report_as_permanent {
             assert!(matches!(report.outcome, Outcome::Failed { .. }), "{report:?}");
             // The target took the pending password; it is the journal's, never replaced.
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            tokio::time::sleep(Duration::from_millis(lag_ms + 100)).await;
             let journals = site.journals().await;
             assert_eq!(journals.len(), 1);
             assert_eq!(target.replica(), journals[0].expose_secret(), "the journal holds what the target took");
@@ -423,6 +432,9 @@ async fn a_change_visible_only_after_a_delay_is_never_replaced() {
         } else {
             assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
             assert!(report.attempts > 1, "the lag cost retries: {report:?}");
+            if lag_ms > 1000 {
+                assert!(report.attempts > 4, "finished past max_attempts, on the finishing schedule: {report:?}");
+            }
         }
         let latest = site.store.get_latest("lagged").await.unwrap();
         assert_eq!(target.replica(), latest.value.expose_secret(), "the latest version logs in");
@@ -496,7 +508,19 @@ async fn two_engines_without_a_lease_never_lose_a_password() {
         // Finish anything left, as the sweeper would.
         for (request, _) in sweeper::scan(site.store.as_ref(), None).await.unwrap().requests {
             let report: RotationReport = engines[0].rotate(request).await;
-            assert!(!matches!(report.outcome, Outcome::Failed { .. }), "round {round}: resume failed: {report:?}");
+            if matches!(report.outcome, Outcome::Failed { .. }) {
+                let history: Vec<_> = site
+                    .store
+                    .list_versions("shared")
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| {
+                        (v.version, v.created, v.tags.get("rotation-id").cloned(), v.tags.get("rotated-from").cloned())
+                    })
+                    .collect();
+                panic!("round {round}: resume failed: {report:?}\nthis round: {a:?}\n{b:?}\nhistory: {history:#?}");
+            }
         }
         let latest = site.store.get_latest("shared").await.unwrap();
         assert!(logs_in(&rotator, "app", &latest.value).await, "round {round}: the latest version does not log in");
@@ -635,4 +659,164 @@ fn the_alert_of_an_unfinished_rotation_says_the_target_changed() {
     let message = json["message"].as_str().unwrap();
     assert!(message.contains("kv-rotator-pending-r") && !message.contains("stays in place"), "{message}");
     let _ = AlertsConfig::default();
+}
+
+/// Counts the logins a target refused: the canary's, among others.
+#[derive(Debug)]
+struct CountingRefusals {
+    inner: HtpasswdRotator,
+    refused: AtomicU32,
+}
+
+#[async_trait]
+impl Rotator for CountingRefusals {
+    fn kind(&self) -> &'static str {
+        "counting-htpasswd"
+    }
+    fn password_policy(&self) -> &PasswordPolicy {
+        self.inner.password_policy()
+    }
+    async fn set_password(&self, req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
+        self.inner.set_password(req).await
+    }
+    async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
+        let verdict = self.inner.verify(req).await?;
+        if verdict == VerifyResponse::Rejected {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(verdict)
+    }
+}
+
+/// The canary costs one refused login per account per hour, not one per attempt:
+/// lockout policies (credcheck, LDAP, fail2ban) count refused logins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_is_one_refused_login_per_account_and_hour() {
+    let site = Site::new().await;
+    let v1 = site.user("counted", "app", &[], None).await;
+    let target = Arc::new(CountingRefusals { inner: site.htpasswd(), refused: AtomicU32::new(0) });
+    let mut targets = Targets::default();
+    targets.insert("site", target.clone(), None);
+    let engine = Engine::new(site.store.clone(), targets, quick_engine());
+    let mut version = v1;
+    for round in 0..3 {
+        let report = engine.rotate(site.request("counted", Some(&version), manual(true))).await;
+        let Outcome::Rotated { new_version, .. } = report.outcome else { panic!("round {round}: {report:?}") };
+        version = new_version;
+    }
+    assert_eq!(target.refused.load(Ordering::SeqCst), 1, "three rotations, one canary");
+}
+
+/// A lease that is never held.
+#[derive(Debug)]
+struct LostLease;
+
+impl kv_rotator::engine::EngineLease for LostLease {
+    fn is_held(&self) -> bool {
+        false
+    }
+}
+
+/// An engine without the lease changes nothing and writes nothing: no rotation, no
+/// failure tag, no alert — another engine may be at work on the vault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_lost_its_lease_writes_nothing() {
+    let site = Site::new().await;
+    let (url, alerts) = alert_sink().await;
+    let v1 = site.user("leased", "app", &[], Some(OffsetDateTime::now_utc() - DAY)).await;
+    let mut targets = Targets::default();
+    targets.insert("site", Arc::new(site.htpasswd()), None);
+    let sink = kv_rotator::alerts::WebhookSink::new(&url, Duration::from_secs(2));
+    let engine = Engine::new(site.store.clone(), targets, quick_engine())
+        .with_alert_sink(sink, Duration::from_secs(1))
+        .with_lease(Arc::new(LostLease));
+    let report = engine.rotate(site.request("leased", Some(&v1), Trigger::Sweeper)).await;
+    assert!(
+        matches!(&report.outcome, Outcome::Failed { attempts: 1, error, .. } if error.contains("lease")),
+        "{report:?}"
+    );
+    assert_eq!(site.versions("leased").await, 1);
+    assert!(site.journals().await.is_empty());
+    let tags = site.store.get_latest("leased").await.unwrap().properties.tags;
+    assert!(!tags.contains_key("kv-rotator-failed"), "{tags:?}");
+    assert!(alerts.lock().unwrap().is_empty());
+}
+
+/// A journal whose secret was deleted may hold the only working password: reported, kept.
+/// kv-rotator's own records are never managed, whatever their tags say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_secrets_with_a_journal_are_reported_and_own_records_never_managed() {
+    let site = Site::new().await;
+    let v1 = site.user("gone", "app", &[], None).await;
+    let mut targets = Targets::default();
+    targets.insert("site", Arc::new(site.htpasswd()), None);
+    let engine = Engine::new(site.store.clone(), targets, quick_engine());
+    let id = kv_rotator::engine::journal::rotation_id(site.store.vault_name(), "gone", &v1);
+    let journal = kv_rotator::engine::journal::journal_name(&id);
+    let tags = BTreeMap::from([
+        ("kv-rotator-journal-for".to_owned(), "gone".to_owned()),
+        ("rotation-id".to_owned(), id.clone()),
+        ("kv-rotator-step".to_owned(), "target-set".to_owned()),
+        ("rotated-from".to_owned(), v1.clone()),
+    ]);
+    let record = NewSecretVersion {
+        value: PasswordPolicy::default().generate(),
+        tags,
+        content_type: Some(kv_rotator::engine::journal::JOURNAL_CONTENT_TYPE.to_owned()),
+        expires: None,
+        not_before: None,
+    };
+    site.store.set_secret(&journal, record).await.unwrap();
+    site.store.delete_secret("gone").await.unwrap();
+    let (request, _) = sweeper::scan(site.store.as_ref(), None).await.unwrap().requests.into_iter().next().unwrap();
+    let report = engine.rotate(request).await;
+    assert!(
+        matches!(&report.outcome, Outcome::Failed { error, .. } if error.contains("no longer exists") && error.contains(&journal)),
+        "{report:?}"
+    );
+    assert!(site.store.get_latest(&journal).await.is_ok(), "the journal record is kept");
+
+    for own in ["kv-rotator-engine-lease", "kv-rotator-pending-0123"] {
+        site.put(own, &PasswordPolicy::default().generate(), "app", &[], None).await;
+        let report = engine.rotate(site.request(own, None, manual(true))).await;
+        assert_eq!(report.outcome, Outcome::NotManaged, "{own}");
+        assert_eq!(site.versions(own).await, 1, "{own}");
+    }
+}
+
+/// A rotation waiting on its finishing schedule gives its slot back: with
+/// `engine.concurrency = 1`, a target whose change shows only after seconds does not
+/// hold up the next secret in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_waiting_to_finish_does_not_hold_a_slot() {
+    let site = Site::new().await;
+    let initial = PasswordPolicy::default().generate();
+    let slow = site.put("slow", &initial, "app", &[("rotator", "lagging")], None).await;
+    let quick = site.user("quick", "quick", &[], None).await;
+    let mut targets = Targets::default();
+    targets.insert("lagging", Arc::new(Lagging::new(&initial, Duration::from_secs(4), false)), None);
+    targets.insert("site", Arc::new(site.htpasswd()), None);
+    let settings = EngineConfig {
+        concurrency: 1,
+        max_attempts: 2,
+        finish_retry_interval_secs: 1,
+        finish_retry_for_secs: 20,
+        ..quick_engine()
+    };
+    let engine = Engine::new(site.store.clone(), targets, settings);
+    let mut reports = engine.subscribe();
+    let (queue, rx) = tokio::sync::mpsc::channel(4);
+    let running = tokio::spawn(engine.clone().run(rx));
+    queue.send(site.request("slow", Some(&slow), manual(false))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    queue.send(site.request("quick", Some(&quick), manual(false))).await.unwrap();
+    let first = reports.recv().await.unwrap();
+    let second = reports.recv().await.unwrap();
+    // Closing the queue is shutting down: finishing schedules stop waiting then.
+    drop(queue);
+    running.await.unwrap();
+    assert_eq!(first.request.secret_name, "quick", "the quick secret finished first: {first:?}");
+    assert!(matches!(first.outcome, Outcome::Rotated { .. }), "{first:?}");
+    assert!(matches!(second.outcome, Outcome::Rotated { .. }), "{second:?}");
+    println!("quick rotation done in {:?} while the slow one waited {:?} to finish", first.duration, second.duration);
 }

@@ -24,6 +24,14 @@ pub const TAG_STEP: &str = "kv-rotator-step";
 /// Tag on journal records: attempts that used this record, across processes (the
 /// record's own `created`/`updated` attributes are its timestamps).
 pub const TAG_ATTEMPTS: &str = "kv-rotator-attempts";
+/// Tag on journal records: the target profile the pending password is for (probes of a
+/// stale record use it, not the tags of whatever version is latest by then).
+pub const TAG_PROFILE: &str = "kv-rotator-profile";
+/// Tag on journal records: the account on the target the pending password is for.
+pub const TAG_ACCOUNT: &str = "kv-rotator-account";
+/// Prefix of every secret kv-rotator keeps for itself (journals, the engine lease): never
+/// managed, whatever its tags say.
+pub const RESERVED_PREFIX: &str = "kv-rotator-";
 /// Tag on a managed secret's latest version: a rotation failed past the retry cap
 /// (value: when, attempts, rotation id). Removed by the next successful rotation.
 pub const TAG_FAILED: &str = "kv-rotator-failed";

@@ -83,7 +83,9 @@ impl RotationError {
             RotationError::Misconfigured(_) => false,
             // Replication lag or a pooler may make a fresh password fail for a moment.
             RotationError::TestFailed { .. } => true,
-            RotationError::Raced(_) | RotationError::LeaseLost => true,
+            RotationError::Raced(_) => true,
+            // Another engine may be running: this one stops, and writes nothing more.
+            RotationError::LeaseLost => false,
         }
     }
 }
@@ -319,9 +321,15 @@ pub struct Engine {
     alerts: Option<Arc<WebhookSink>>,
     due_rule: due::DueRule,
     lease: Option<Arc<dyn EngineLease>>,
+    /// When each (profile, account) last refused a random password (the canary).
+    canaries: Arc<Mutex<std::collections::HashMap<(String, String), Instant>>>,
     /// When each (secret, alert kind) was last alerted, for `alerts.repeat_after_secs`.
     alerted: Arc<Mutex<std::collections::HashMap<(String, &'static str), Instant>>>,
     alert_repeat: Duration,
+    /// `engine.concurrency` permits of [`Engine::run`].
+    permits: Arc<Semaphore>,
+    /// Becomes true when the queue closes: finishing schedules stop waiting.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Engine {
@@ -337,7 +345,7 @@ impl Engine {
         Self {
             store,
             targets: Arc::new(targets),
-            settings,
+            settings: settings.clone(),
             locks: KeyedLocks::default(),
             target_limits: Arc::new(target_limits),
             reports,
@@ -345,8 +353,11 @@ impl Engine {
             alerts: None,
             due_rule,
             lease: None,
+            canaries: Arc::default(),
             alerted: Arc::default(),
             alert_repeat: Duration::from_secs(3600),
+            permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -410,19 +421,21 @@ impl Engine {
     }
 
     /// Takes requests off `queue` until it closes, at most `engine.concurrency` at once.
+    /// A rotation waiting on its finishing schedule gives its permit back while it waits.
     pub async fn run(self, mut queue: mpsc::Receiver<RotationRequest>) {
-        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         while let Some(request) = queue.recv().await {
-            let permit = permits.clone().acquire_owned().await.expect("semaphore never closes");
+            let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closes");
             let engine = self.clone();
             tasks.spawn(async move {
-                let _permit = permit;
-                engine.rotate(request).await;
+                engine.rotate_holding(request, Some(permit)).await;
             });
             // Reap finished tasks so the set does not grow with the queue's history.
             while tasks.try_join_next().is_some() {}
         }
+        // Shutting down: finishing schedules stop waiting (the sweeper of the next
+        // process resumes their journals).
+        self.stopping.send_replace(true);
         while tasks.join_next().await.is_some() {}
     }
 
@@ -431,10 +444,27 @@ impl Engine {
     /// the pending password, on a slower schedule after that ([`Engine::keep_finishing`]).
     /// Then the audit record; on failure the failure tag, error log and alert. Publishes
     /// and returns the report.
-    pub async fn rotate(&self, mut request: RotationRequest) -> RotationReport {
-        // The boundary: one spelling of a version id from here on.
-        if let Some(version) = request.version.as_mut() {
-            version.make_ascii_lowercase();
+    pub async fn rotate(&self, request: RotationRequest) -> RotationReport {
+        self.rotate_holding(request, None).await
+    }
+
+    /// [`Engine::rotate`], holding `permit` of `engine.concurrency` (given back while a
+    /// finishing schedule waits).
+    async fn rotate_holding(
+        &self,
+        mut request: RotationRequest,
+        mut permit: Option<OwnedSemaphorePermit>,
+    ) -> RotationReport {
+        // The boundary: one spelling of a version id from here on, and one version for
+        // every attempt (a request for "the latest" that re-read it at each retry would
+        // start a new rotation from a version its own first attempt wrote).
+        match request.version.as_mut() {
+            Some(version) => version.make_ascii_lowercase(),
+            None => {
+                if let Ok(latest) = self.store.get_latest(&request.secret_name).await {
+                    request.version = Some(latest.version.to_ascii_lowercase());
+                }
+            }
         }
         let span = tracing::info_span!("rotation", vault = %request.vault_name, secret = %request.secret_name, trigger = %request.trigger);
         async {
@@ -456,11 +486,12 @@ impl Engine {
             .await;
             result = match (steps.target_touched(), result) {
                 (Some(journal), Err(first)) if first.is_transient() => {
-                    self.keep_finishing(&request, &steps, &journal, first).await
+                    self.keep_finishing(&request, &steps, &journal, first, &mut permit).await
                 }
                 (_, result) => result,
             };
             let (attempts, step_records) = steps.take();
+            let lease_lost = matches!(result, Err(RotationError::LeaseLost));
             let (rotation_id, outcome) = match result {
                 Ok(done) => (done.rotation_id, done.outcome),
                 Err(err) => {
@@ -489,7 +520,9 @@ impl Engine {
                 steps: step_records,
             };
             self.record(&report);
-            if matches!(report.outcome, Outcome::Failed { .. }) {
+            // An engine that lost its lease writes no tag and sends no alert: another
+            // engine may be at work on the vault.
+            if matches!(report.outcome, Outcome::Failed { .. }) && !lease_lost {
                 self.report_failure(&report).await;
             }
             // No subscriber is fine: reports are also in the log.
@@ -511,6 +544,7 @@ impl Engine {
         steps: &StepLog,
         journal: &str,
         first: RotationError,
+        permit: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<protocol::Done, RotationError> {
         let interval = Duration::from_secs(self.settings.finish_retry_interval_secs.max(1));
         let deadline = Instant::now() + Duration::from_secs(self.settings.finish_retry_for_secs);
@@ -520,8 +554,17 @@ impl Engine {
              record, and consumers reading the latest version are refused; still finishing"
         );
         let mut last = Err(first);
-        while Instant::now() + interval <= deadline {
-            tokio::time::sleep(interval).await;
+        let mut stopping = self.stopping.subscribe();
+        while Instant::now() + interval <= deadline && !*stopping.borrow() {
+            // Waiting takes no rotation slot: a stuck target or vault cannot stall the rest.
+            let held = permit.take().is_some();
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stopping.wait_for(|stop| *stop) => break,
+            }
+            if held {
+                *permit = Some(self.permits.clone().acquire_owned().await.expect("semaphore never closes"));
+            }
             self.metrics.inc("kv_rotator_finish_retries_total", &[]);
             steps.next_attempt();
             last = protocol::attempt(self, request, steps).await;

@@ -35,8 +35,8 @@ use tracing::{debug, info, warn};
 use super::due::Due;
 use super::failpoints;
 use super::journal::{
-    self, JOURNAL_CONTENT_TYPE, STEP_PENDING, STEP_TARGET_SET, TAG_ATTEMPTS, TAG_FAILED, TAG_JOURNAL_FOR,
-    TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP,
+    self, JOURNAL_CONTENT_TYPE, RESERVED_PREFIX, STEP_PENDING, STEP_TARGET_SET, TAG_ACCOUNT, TAG_ATTEMPTS, TAG_FAILED,
+    TAG_JOURNAL_FOR, TAG_PROFILE, TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP,
 };
 use super::planner::{self, Fence, Latest, StaleJournal, Target};
 use super::{Engine, Outcome, RotationError, StepLog};
@@ -51,6 +51,8 @@ pub const TAG_VALIDITY_DAYS: &str = "ValidityPeriodDays";
 pub const MAX_TAGS: usize = 15;
 /// Older versions whose passwords `set` may try after the current one.
 const PREVIOUS_PASSWORDS: usize = 2;
+/// How long a target's refusal of a random password is trusted for one account.
+pub const CANARY_VALID_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a successful attempt decided.
 #[derive(Debug)]
@@ -115,13 +117,10 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
         Err(done) => return Ok(done),
     };
     let existing = timed(steps, "journal-read", read_journal(engine, &fenced)).await?;
-    if let Some(record) = &existing {
-        if record.properties.tags.get(TAG_STEP).map(String::as_str) == Some(STEP_TARGET_SET) {
-            // An earlier attempt or process set the target: it has the pending password.
-            steps.mark_target_touched(&fenced.journal_name);
+    if existing.is_none() {
+        if let Some(outcome) = gate(engine, request, &fenced.latest).await? {
+            return Ok(Done::new(Some(&fenced.rotation_id), outcome));
         }
-    } else if let Some(outcome) = gate(engine, request, &fenced.latest).await? {
-        return Ok(Done::new(Some(&fenced.rotation_id), outcome));
     }
     let plan = plan(engine, &fenced)?;
     let rotator_arc = engine.targets.rotator(&plan.profile).ok_or_else(|| {
@@ -134,15 +133,26 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     failpoints::hit("after-fence");
     // Per-profile limit: held from the journal to the finish, the steps that load the target.
     let _target_permit = engine.target_permit(&plan.profile).await;
-    timed(steps, "canary", prove_target_checks_passwords(rotator, &plan)).await?;
+    timed(steps, "canary", prove_target_checks_passwords(engine, rotator, &plan)).await?;
     let existing = match existing {
-        Some(record) => Some(journal_version_in_use(engine, rotator, &plan, &fenced, record).await?),
         None => None,
+        Some(record) => {
+            let (record, in_use) = journal_version_in_use(engine, rotator, &plan, &fenced, record).await?;
+            if in_use {
+                // An earlier attempt or process set the target: it has the pending password.
+                steps.mark_target_touched(&fenced.journal_name);
+            } else if let Some(outcome) = gate(engine, request, &fenced.latest).await? {
+                // A record the target does not use yet is a rotation not yet begun: it
+                // does not get past the schedule (a planted one included).
+                return Ok(Done::new(Some(&fenced.rotation_id), outcome));
+            }
+            Some(record)
+        }
     };
-    let pending = create(engine, steps, rotator, &fenced, existing).await?;
+    let pending = create(engine, steps, rotator, &fenced, &plan, existing).await?;
     failpoints::hit("after-journal");
     refence(engine, &fenced, &pending, "set").await?;
-    timed(steps, "set", set(engine, rotator, &plan, &fenced, &pending)).await?;
+    timed(steps, "set", set(engine, steps, rotator, &plan, &fenced, &pending)).await?;
     steps.mark_target_touched(&fenced.journal_name);
     failpoints::hit("after-set");
     mark_target_set(engine, &fenced, &pending).await;
@@ -162,33 +172,45 @@ async fn fence(
 ) -> Result<Result<Fenced, Done>, RotationError> {
     let store = engine.store.as_ref();
     let secret = request.secret_name.as_str();
+    if secret.to_ascii_lowercase().starts_with(RESERVED_PREFIX) {
+        info!("kv-rotator's own record (journal or lease); never managed");
+        return Ok(Err(Done::new(None, Outcome::NotManaged)));
+    }
     let latest = match timed(steps, "fence", async { Ok(store.get_latest(secret).await) }).await? {
-        Ok(latest) => latest,
-        Err(StoreError::NotFound { .. }) => {
-            info!("secret does not exist; nothing to rotate");
-            return Ok(Err(Done::new(None, Outcome::NotFound)));
-        }
+        Ok(latest) => Some(latest),
+        Err(StoreError::NotFound { .. }) => None,
         Err(other) => return Err(other.into()),
     };
     // Key Vault's version ids are case-insensitive; the webhook lower-cases them too.
-    let source_version = request.version.as_deref().unwrap_or(&latest.version).to_ascii_lowercase();
+    let source_version = match (request.version.as_deref(), &latest) {
+        (Some(version), _) => version.to_ascii_lowercase(),
+        (None, Some(latest)) => latest.version.to_ascii_lowercase(),
+        (None, None) => String::new(),
+    };
     let rotation_id = journal::rotation_id(store.vault_name(), secret, &source_version);
     let journal_name = journal::journal_name(&rotation_id);
-    if !latest.properties.tags.contains_key(TAG_ROTATOR) {
-        return match store.get_latest(&journal_name).await {
-            Err(StoreError::NotFound { .. }) => {
-                info!("secret has no {TAG_ROTATOR:?} tag; not managed");
-                Ok(Err(Done::new(None, Outcome::NotManaged)))
-            }
-            Err(other) => Err(other.into()),
-            // A journal may hold the only working password: never pass over it silently.
-            Ok(_) => Err(RotationError::Misconfigured(format!(
-                "secret {secret:?} has no {TAG_ROTATOR:?} tag, but journal record {journal_name} holds a pending \
-                 password of its rotation {rotation_id}, which the target may already use: restore the secret's tags \
-                 so kv-rotator finishes it, or finish it by hand"
-            ))),
-        };
-    }
+    let latest = match latest {
+        Some(latest) if latest.properties.tags.contains_key(TAG_ROTATOR) => latest,
+        other => {
+            let (outcome, what) = match other {
+                Some(_) => (Outcome::NotManaged, "has no rotator tag"),
+                None => (Outcome::NotFound, "no longer exists"),
+            };
+            return match store.get_latest(&journal_name).await {
+                Err(StoreError::NotFound { .. }) => {
+                    info!(%outcome, "nothing to rotate");
+                    Ok(Err(Done::new(None, outcome)))
+                }
+                Err(other) => Err(other.into()),
+                // A journal may hold the only working password: never pass over it silently.
+                Ok(_) => Err(RotationError::Misconfigured(format!(
+                    "secret {secret:?} {what}, but journal record {journal_name} holds a pending password of its \
+                     rotation {rotation_id}, which the target may already use: restore the secret (or its tags) so \
+                     kv-rotator finishes it, or finish it by hand"
+                ))),
+            };
+        }
+    };
     let seen = if latest.version.eq_ignore_ascii_case(&source_version) {
         Latest::IsSource
     } else if latest.properties.tags.get(TAG_ROTATION_ID) == Some(&rotation_id) {
@@ -291,14 +313,28 @@ fn plan(engine: &Engine, fenced: &Fenced) -> Result<Plan, RotationError> {
 /// Step 3: a random password must be refused. A target that accepts anything (`trust`
 /// in `pg_hba.conf`, a sidecar answering for it) would make `set` believe the pending
 /// password already works and `test` pass, and a version no consumer can use be written.
-async fn prove_target_checks_passwords(rotator: &dyn Rotator, plan: &Plan) -> Result<(), RotationError> {
+/// A refusal is remembered per profile and account for [`CANARY_VALID_FOR`], so retries
+/// and finishing attempts add no failed logins (lockout policies count them).
+async fn prove_target_checks_passwords(
+    engine: &Engine,
+    rotator: &dyn Rotator,
+    plan: &Plan,
+) -> Result<(), RotationError> {
+    let key = (plan.profile.clone(), plan.username.clone());
+    if engine.canaries.lock().expect("canary log poisoned").get(&key).is_some_and(|at| at.elapsed() < CANARY_VALID_FOR)
+    {
+        return Ok(());
+    }
     let canary = rotator.password_policy().generate();
     let verdict = rotator
         .verify(VerifyRequest { username: plan.username.clone(), password: canary })
         .await
         .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
     match verdict {
-        VerifyResponse::Rejected => Ok(()),
+        VerifyResponse::Rejected => {
+            engine.canaries.lock().expect("canary log poisoned").insert(key, Instant::now());
+            Ok(())
+        }
         VerifyResponse::Accepted => Err(RotationError::Misconfigured(format!(
             "target {} accepted a random wrong password for {:?}: it does not check this account's password \
              (e.g. trust in pg_hba.conf for the worker's address), so no login can prove which password works; \
@@ -348,21 +384,19 @@ async fn journal_passwords(engine: &Engine, journal_name: &str) -> Result<Vec<Se
     Ok(records)
 }
 
-/// The journal record's version to resume with: its latest, unless an older version's
-/// password is the one the target accepts (another engine journaled over a password it
-/// had already set) — then that password is journaled again as the latest version, so
-/// the record's latest is always the one to finish with.
+/// The journal record's version to resume with, and whether the target already uses
+/// its password: its latest, unless an older version's password is the one the target
+/// accepts (another engine journaled over a password it had already set) — then that
+/// password is journaled again as the latest version, so the record's latest is always
+/// the one to finish with.
 async fn journal_version_in_use(
     engine: &Engine,
     rotator: &dyn Rotator,
     plan: &Plan,
     fenced: &Fenced,
     latest: SecretRecord,
-) -> Result<SecretRecord, RotationError> {
+) -> Result<(SecretRecord, bool), RotationError> {
     let versions = journal_passwords(engine, &fenced.journal_name).await?;
-    if versions.len() <= 1 {
-        return Ok(latest);
-    }
     for record in &versions {
         let request = VerifyRequest { username: plan.username.clone(), password: record.value.clone() };
         let verdict = rotator
@@ -373,7 +407,7 @@ async fn journal_version_in_use(
             continue;
         }
         if record.version == latest.version {
-            return Ok(latest);
+            return Ok((latest, true));
         }
         warn!(journal = %fenced.journal_name, version = %record.version, "the target uses an older version of the journal record; journaling it again as the latest");
         let again = NewSecretVersion {
@@ -383,9 +417,9 @@ async fn journal_version_in_use(
             expires: None,
             not_before: None,
         };
-        return Ok(engine.store.set_secret(&fenced.journal_name, again).await?);
+        return Ok((engine.store.set_secret(&fenced.journal_name, again).await?, true));
     }
-    Ok(latest)
+    Ok((latest, false))
 }
 
 /// Step 4: reuse the journal's pending password, or generate one and journal it before
@@ -395,6 +429,7 @@ async fn create(
     steps: &StepLog,
     rotator: &dyn Rotator,
     fenced: &Fenced,
+    plan: &Plan,
     existing: Option<SecretRecord>,
 ) -> Result<Pending, RotationError> {
     let mut tags = BTreeMap::from([
@@ -403,6 +438,8 @@ async fn create(
         (TAG_STEP.to_owned(), STEP_PENDING.to_owned()),
         (TAG_ROTATED_FROM.to_owned(), fenced.latest.version.clone()),
         (TAG_ATTEMPTS.to_owned(), "1".to_owned()),
+        (TAG_PROFILE.to_owned(), plan.profile.clone()),
+        (TAG_ACCOUNT.to_owned(), plan.username.clone()),
     ]);
     if let Some(record) = existing {
         debug!(journal = %fenced.journal_name, "resuming with the journal's pending password");
@@ -460,6 +497,7 @@ async fn refence(engine: &Engine, fenced: &Fenced, pending: &Pending, before: &s
 /// current password, then older ones, then the admin.
 async fn set(
     engine: &Engine,
+    steps: &StepLog,
     rotator: &dyn Rotator,
     plan: &Plan,
     fenced: &Fenced,
@@ -485,6 +523,9 @@ async fn set(
             Ok(())
         }
         Err(source) => {
+            if source.may_have_changed() {
+                steps.mark_target_touched(&fenced.journal_name);
+            }
             if matches!(source, RotatorError::Refused(_)) {
                 replace_refused_pending(engine, rotator, &plan.username, fenced, pending).await;
             }
@@ -639,8 +680,42 @@ async fn clean_up_finished_journal(
             return Ok(());
         }
     }
-    let target = probe_target(engine, latest, &journal).await;
-    judge_stale_journal(engine, latest, rotation_id, journal_name, planner::stale_journal(true, target)).await
+    match probe(engine, latest, &journal).await {
+        // Two engines finished one rotation with different passwords, and the target kept
+        // the one only the record holds: write it again as the latest version, so the
+        // consumers' value logs in; then the record goes.
+        (Target::AcceptsPending, Some(in_use)) => refinish(engine, latest, journal_name, in_use).await,
+        (target, _) => {
+            judge_stale_journal(engine, latest, rotation_id, journal_name, planner::stale_journal(true, target)).await
+        }
+    }
+}
+
+/// Writes `in_use` (a journal password the target accepts) as a new version of a secret
+/// whose latest version already carries the rotation id, keeping that version's tags and
+/// expiry, then deletes the journal record.
+async fn refinish(
+    engine: &Engine,
+    latest: &SecretRecord,
+    journal_name: &str,
+    in_use: &SecretRecord,
+) -> Result<(), RotationError> {
+    let mut tags = latest.properties.tags.clone();
+    tags.insert(TAG_ROTATED_AT.to_owned(), OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default());
+    let again = NewSecretVersion {
+        value: in_use.value.clone(),
+        tags,
+        content_type: latest.properties.content_type.clone(),
+        expires: latest.properties.expires,
+        not_before: None,
+    };
+    let written = engine.store.set_secret(&latest.name, again).await?;
+    warn!(
+        journal = %journal_name, version = %written.version,
+        "the target uses the journal's password, not the finished version's: written again as the latest version"
+    );
+    engine.store.delete_secret(journal_name).await?;
+    Ok(())
 }
 
 /// A request for an older version: if this rotation's journal survived, decide its fate
@@ -658,8 +733,18 @@ async fn inspect_stale_journal(
         Err(RotationError::Store(StoreError::NotFound { .. })) => return Ok(()),
         Err(other) => return Err(other),
     };
-    let versions = engine.store.list_versions(&latest.name).await?;
-    let finished = versions.iter().any(|v| v.tags.get(TAG_ROTATION_ID).map(String::as_str) == Some(rotation_id));
+    // Finished only if a version carrying the rotation id holds one of the record's
+    // passwords: a tag alone is anyone's to write.
+    let mut finished = false;
+    for version in engine.store.list_versions(&latest.name).await? {
+        let (Some(id), true) =
+            (version.version.as_deref(), version.tags.get(TAG_ROTATION_ID).map(String::as_str) == Some(rotation_id))
+        else {
+            continue;
+        };
+        let written = engine.store.get_version(&latest.name, id).await?;
+        finished |= journal.iter().any(|j| j.value.expose_secret() == written.value.expose_secret());
+    }
     // Probed even when the rotation finished: a second engine may have set another
     // password after it, which then lives only in this record.
     let target = probe_target(engine, latest, &journal).await;
@@ -694,29 +779,52 @@ async fn judge_stale_journal(
     }
 }
 
-/// Which of the latest and the journal's passwords the target accepts.
+/// Which of the latest and the journal's passwords the target accepts — asked of the
+/// profile and account the journal record was written for (not of whatever the latest
+/// version's tags say now: anyone who may write a version could point the probe at an
+/// account whose password they know), after the canary. What cannot be asked is
+/// [`Target::Unreachable`]: the record is kept.
 async fn probe_target(engine: &Engine, latest: &SecretRecord, journal: &[SecretRecord]) -> Target {
-    let tags = &latest.properties.tags;
-    let (Some(profile), Some(user)) = (tags.get(TAG_ROTATOR), tags.get(TAG_CREDENTIAL_ID)) else {
-        return Target::AcceptsNeither;
+    probe(engine, latest, journal).await.0
+}
+
+/// [`probe_target`], and which journal version the target accepts when it is one.
+async fn probe<'a>(
+    engine: &Engine,
+    latest: &SecretRecord,
+    journal: &'a [SecretRecord],
+) -> (Target, Option<&'a SecretRecord>) {
+    let recorded = journal.first().map(|j| &j.properties.tags);
+    let from = |journal_tag: &str, latest_tag: &str| {
+        recorded
+            .and_then(|tags| tags.get(journal_tag))
+            // Records written before these tags existed: the latest version's tags.
+            .or_else(|| latest.properties.tags.get(latest_tag))
+            .map(|v| v.trim().to_owned())
     };
-    let Some(rotator) = engine.targets.rotator(profile) else { return Target::AcceptsNeither };
-    let try_login = |password: &SecretString| {
-        rotator.verify(VerifyRequest { username: user.trim().to_owned(), password: password.clone() })
+    let (Some(profile), Some(user)) = (from(TAG_PROFILE, TAG_ROTATOR), from(TAG_ACCOUNT, TAG_CREDENTIAL_ID)) else {
+        return (Target::Unreachable, None);
     };
+    let Some(rotator) = engine.targets.rotator(&profile) else { return (Target::Unreachable, None) };
+    let plan = Plan { profile, username: user.clone(), validity_days: 0, new_tags: BTreeMap::new() };
+    if prove_target_checks_passwords(engine, rotator.as_ref(), &plan).await.is_err() {
+        return (Target::Unreachable, None);
+    }
+    let try_login =
+        |password: &SecretString| rotator.verify(VerifyRequest { username: user.clone(), password: password.clone() });
     match try_login(&latest.value).await {
-        Ok(VerifyResponse::Accepted) => return Target::AcceptsLatest,
+        Ok(VerifyResponse::Accepted) => return (Target::AcceptsLatest, None),
         Ok(VerifyResponse::Rejected) => {}
-        Err(_) => return Target::Unreachable,
+        Err(_) => return (Target::Unreachable, None),
     }
     for record in journal {
         match try_login(&record.value).await {
-            Ok(VerifyResponse::Accepted) => return Target::AcceptsPending,
+            Ok(VerifyResponse::Accepted) => return (Target::AcceptsPending, Some(record)),
             Ok(VerifyResponse::Rejected) => {}
-            Err(_) => return Target::Unreachable,
+            Err(_) => return (Target::Unreachable, None),
         }
     }
-    Target::AcceptsNeither
+    (Target::AcceptsNeither, None)
 }
 
 /// Passwords of versions written before the latest, newest first. Only versions created
