@@ -332,7 +332,12 @@ impl Rotator for PostgresRotator {
             // may only not show yet (a standby behind the balanced host, a pooler's own
             // auth file). The engine retries, knows the target changed, and never
             // replaces this password.
-            return match self.check(user, &req.pending, &after_who, &scrub).await? {
+            let after = self.check(user, &req.pending, &after_who, &scrub).await.map_err(|e| match e {
+                // ALTER succeeded: whatever keeps the check from answering, the target changed.
+                RotatorError::Transient(message) => RotatorError::NotYetVisible(message),
+                other => other,
+            });
+            return match after? {
                 VerifyResponse::Accepted => Ok(SetPasswordResponse { outcome }),
                 VerifyResponse::Rejected => Err(RotatorError::NotYetVisible(format!(
                     "the password of role {role} was changed as {who}, but the new password does not log in on {} yet \

@@ -486,7 +486,10 @@ pub async fn claim(
     match store.list_versions(LEASE_SECRET).await {
         Ok(versions) => {
             let now = OffsetDateTime::now_utc();
-            if let Some(holder) = live_holder(&versions, now + timings.ttl / 2, timings.ttl) {
+            // A heartbeat "from the future" means this host's clock is behind: leave the
+            // verdict to the service's timestamps below.
+            let clock_behind = versions.iter().any(|v| v.updated.is_some_and(|u| u > now + CLOCK_ALLOWANCE));
+            if let Some(holder) = live_holder(&versions, now + timings.ttl / 2, timings.ttl).filter(|_| !clock_behind) {
                 return Err(ClaimError::Held(Box::new(HeldBy { vault, holder, observed_at: now, ttl: timings.ttl })));
             }
         }
@@ -697,10 +700,15 @@ impl Heartbeat {
     }
 }
 
-/// The engine asks before every attempt and before `set` and `finish`.
+/// The engine asks before every attempt and before `set` and `finish`: a lapse that a
+/// renewal may still repair makes it wait, a loss stops it.
 impl crate::engine::EngineLease for LeaseGuard {
-    fn is_held(&self) -> bool {
-        LeaseGuard::is_held(self)
+    fn state(&self) -> crate::engine::LeaseState {
+        match self.check() {
+            Ok(()) => crate::engine::LeaseState::Held,
+            Err(NotHeld::Lapsed(_)) => crate::engine::LeaseState::Lapsed,
+            Err(NotHeld::Lost(_) | NotHeld::Released) => crate::engine::LeaseState::Lost,
+        }
     }
 }
 

@@ -369,20 +369,32 @@ async fn planted_journal_records_are_neither_used_nor_deleted() {
     }
 }
 
-// Control for scenario 3: a record shaped as kv-rotator writes it (what a crash after
-// `create` leaves) is reused. The old engine passed this too.
+// Control for scenario 3: a record shaped as kv-rotator writes it. What a crash after
+// `set` leaves — the target already uses its password — is reused. What a crash after
+// `create` leaves — the target uses none of its passwords — proves nothing (a planted
+// record looks the same), so a fresh password is journaled over it and set; the record
+// keeps the old one as an older version until it is deleted.
 #[tokio::test]
-async fn a_journal_record_kv_rotator_wrote_is_reused() {
+async fn a_journal_record_kv_rotator_wrote_is_reused_once_the_target_uses_it() {
     let App { vault, file, initial, v1, engine } = App::start().await;
     let pending = password();
     let name = vault.write_journal("app-password", &v1, &pending, "pending").await;
+    let report = engine.rotate(vault.request("app-password", Some(&v1))).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let latest = vault.latest_value("app-password").await;
+    assert_ne!(latest, pending.expose_secret(), "an unused record's password is not trusted");
+    assert!(file.logs_in("app", &SecretString::from(latest)).await);
+    assert!(!file.logs_in("app", &initial).await);
+    assert!(vault.gone(&name).await, "the journal record is deleted once finished");
+    vault.dev.shutdown().await;
 
+    let app = App::start().await;
+    let (pending, name) = app.crash_after_set().await;
+    let App { vault, v1, engine, .. } = app;
     let report = engine.rotate(vault.request("app-password", Some(&v1))).await;
     assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
     assert_eq!(vault.latest_value("app-password").await, pending.expose_secret(), "the journaled password is used");
-    assert!(file.logs_in("app", &pending).await);
-    assert!(!file.logs_in("app", &initial).await);
-    assert!(vault.gone(&name).await, "the journal record is deleted once finished");
+    assert!(vault.gone(&name).await);
     vault.dev.shutdown().await;
 }
 

@@ -472,14 +472,23 @@ impl Rotator for Jittery {
 /// race the engine lease excludes between processes (see `one_engine.rs`), tried here
 /// with no lease at all. After every round a password the target accepts is in Key
 /// Vault (the latest version or a journal), and after a resume the latest logs in.
+///
+/// The target here checks the login and changes the password as one step (the htpasswd
+/// rotator's lock, shared by both engines). Without that no protocol over Key Vault can
+/// be safe: two engines' `set`s that each logged in before the other changed anything
+/// both succeed, and the one that lands last may be the one whose engine already gave
+/// up — a PostgreSQL session authenticated before another engine's `ALTER ROLE` can still
+/// run its own. That is why one engine per vault is enforced by the lease, not left to
+/// the re-fences this test exercises.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_without_a_lease_never_lose_a_password() {
     let site = Site::new().await;
     site.user("shared", "app", &[], None).await;
+    let target = site.htpasswd();
     let engines: Vec<Engine> = (0..2)
         .map(|_| {
             let mut targets = Targets::default();
-            targets.insert("site", Arc::new(Jittery { inner: site.htpasswd() }), None);
+            targets.insert("site", Arc::new(Jittery { inner: target.clone() }), None);
             Engine::new(site.store.clone(), targets, EngineConfig { max_attempts: 6, ..quick_engine() })
         })
         .collect();
@@ -661,11 +670,13 @@ fn the_alert_of_an_unfinished_rotation_says_the_target_changed() {
     let _ = AlertsConfig::default();
 }
 
-/// Counts the logins a target refused: the canary's, among others.
+/// Counts the logins a target refused (the canary's, among others); its first
+/// `set_password` calls fail transiently without changing anything.
 #[derive(Debug)]
 struct CountingRefusals {
     inner: HtpasswdRotator,
     refused: AtomicU32,
+    failing_sets: AtomicU32,
 }
 
 #[async_trait]
@@ -677,6 +688,9 @@ impl Rotator for CountingRefusals {
         self.inner.password_policy()
     }
     async fn set_password(&self, req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
+        if self.failing_sets.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(RotatorError::Transient("connection refused (injected)".into()));
+        }
         self.inner.set_password(req).await
     }
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
@@ -688,23 +702,39 @@ impl Rotator for CountingRefusals {
     }
 }
 
-/// The canary costs one refused login per account per hour, not one per attempt:
-/// lockout policies (credcheck, LDAP, fail2ban) count refused logins.
+/// The canary costs one refused login per request, not one per attempt: lockout policies
+/// (credcheck, LDAP, fail2ban) count refused logins. The next request asks again, so a
+/// target that turned to trusting everyone is caught at its next rotation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_canary_is_one_refused_login_per_account_and_hour() {
+async fn the_canary_is_one_refused_login_per_request() {
     let site = Site::new().await;
     let v1 = site.user("counted", "app", &[], None).await;
-    let target = Arc::new(CountingRefusals { inner: site.htpasswd(), refused: AtomicU32::new(0) });
+    let target = Arc::new(CountingRefusals {
+        inner: site.htpasswd(),
+        refused: AtomicU32::new(0),
+        failing_sets: AtomicU32::new(2),
+    });
     let mut targets = Targets::default();
     targets.insert("site", target.clone(), None);
     let engine = Engine::new(site.store.clone(), targets, quick_engine());
-    let mut version = v1;
-    for round in 0..3 {
-        let report = engine.rotate(site.request("counted", Some(&version), manual(true))).await;
-        let Outcome::Rotated { new_version, .. } = report.outcome else { panic!("round {round}: {report:?}") };
-        version = new_version;
-    }
-    assert_eq!(target.refused.load(Ordering::SeqCst), 1, "three rotations, one canary");
+    let report = engine.rotate(site.request("counted", Some(&v1), manual(true))).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    assert_eq!(report.attempts, 3);
+    // One canary for three attempts; the retries reused this request's own journal.
+    assert_eq!(target.refused.load(Ordering::SeqCst), 1, "{report:?}");
+    assert_eq!(
+        site.store
+            .list_versions(&kv_rotator::engine::journal::journal_name(report.rotation_id.as_deref().unwrap()))
+            .await
+            .map(|v| v.len())
+            .unwrap_or(0),
+        0,
+        "journal deleted"
+    );
+    let Outcome::Rotated { new_version, .. } = report.outcome else { unreachable!() };
+    let again = engine.rotate(site.request("counted", Some(&new_version), manual(true))).await;
+    assert!(matches!(again.outcome, Outcome::Rotated { .. }), "{again:?}");
+    assert_eq!(target.refused.load(Ordering::SeqCst), 2, "the next request asks again");
 }
 
 /// A lease that is never held.
@@ -712,8 +742,8 @@ async fn the_canary_is_one_refused_login_per_account_and_hour() {
 struct LostLease;
 
 impl kv_rotator::engine::EngineLease for LostLease {
-    fn is_held(&self) -> bool {
-        false
+    fn state(&self) -> kv_rotator::engine::LeaseState {
+        kv_rotator::engine::LeaseState::Lost
     }
 }
 
@@ -786,7 +816,8 @@ async fn deleted_secrets_with_a_journal_are_reported_and_own_records_never_manag
 
 /// A rotation waiting on its finishing schedule gives its slot back: with
 /// `engine.concurrency = 1`, a target whose change shows only after seconds does not
-/// hold up the next secret in the queue.
+/// hold up the next secret in the queue — not even when another request for the same
+/// secret waits for its lock in between (it waits without a slot: no deadlock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_waiting_to_finish_does_not_hold_a_slot() {
     let site = Site::new().await;
@@ -809,9 +840,13 @@ async fn a_rotation_waiting_to_finish_does_not_hold_a_slot() {
     let running = tokio::spawn(engine.clone().run(rx));
     queue.send(site.request("slow", Some(&slow), manual(false))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    queue.send(site.request("slow", Some(&slow), Trigger::Sweeper)).await.unwrap();
     queue.send(site.request("quick", Some(&quick), manual(false))).await.unwrap();
     let first = reports.recv().await.unwrap();
     let second = reports.recv().await.unwrap();
+    let third = reports.recv().await.unwrap();
+    assert_eq!(third.request.secret_name, "slow");
+    assert!(matches!(third.outcome, Outcome::AlreadyRotated { .. }), "the waiting request found it done: {third:?}");
     // Closing the queue is shutting down: finishing schedules stop waiting then.
     drop(queue);
     running.await.unwrap();

@@ -167,9 +167,9 @@ async fn a_second_serve_on_the_same_vault_is_refused_naming_the_first() {
         assert!(output.contains(part), "{part:?} not in:\n{output}");
     }
     println!("second serve refused ({status}): {}", output.lines().find(|l| l.contains("refusing")).unwrap());
-    // Its losing claim counts for nobody; the first still serves and holds.
+    // The first's heartbeat is fresh: refused before it wrote a claim of its own.
     assert_eq!(site.enabled_leases().await.len(), 1);
-    assert_eq!(site.lease_versions().await.len(), 2);
+    assert_eq!(site.lease_versions().await.len(), 1, "a refused claim adds no version");
     started(&mut first, first_port).await.unwrap();
     first.terminate();
     assert!(site.enabled_leases().await.is_empty(), "SIGTERM releases the lease");
@@ -303,8 +303,9 @@ async fn of_two_simultaneous_claims_exactly_one_wins() {
     let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
     let timings = LeaseTimings { settle: Duration::from_millis(1500), ..LeaseTimings::default() };
     let (a, b) = (client(&vault, 3), client(&vault, 3));
-    let (mut wins_a, mut wins_b, mut same_second) = (0, 0, 0);
+    let (mut wins_a, mut wins_b, mut same_second, mut refused_unwritten) = (0, 0, 0, 0);
     for round in 0..rounds {
+        let before = a.list_versions(LEASE_SECRET).await.map(|v| v.len()).unwrap_or(0);
         // Start together, or one up to 1.2 s after the other: same second or not.
         let offset = Duration::from_millis((round as u64 * 131) % 1200);
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
@@ -331,17 +332,26 @@ async fn of_two_simultaneous_claims_exactly_one_wins() {
             wins_b += 1;
         }
         let versions = a.list_versions(LEASE_SECRET).await.unwrap();
-        let this_round = &versions[versions.len() - 2..];
-        if this_round[0].created == this_round[1].created {
-            same_second += 1;
+        match versions.len() - before {
+            // Both wrote a claim: the verdict on the listing decided.
+            2 => {
+                let this_round = &versions[before..];
+                if this_round[0].created == this_round[1].created {
+                    same_second += 1;
+                }
+            }
+            // The later one saw a fresh heartbeat and was refused before writing.
+            1 => refused_unwritten += 1,
+            n => panic!("round {round}: {n} claims written"),
         }
         assert_eq!(versions.iter().filter(|v| v.enabled).count(), 1, "round {round}: the loser's claim is disabled");
         winner.release().await;
     }
     println!(
         "simultaneous claims: {rounds} rounds, exactly one winner in each (first {wins_a}, second {wins_b}); \
-         {same_second} rounds with both claims in the same second"
+         {same_second} rounds with both claims in the same second, {refused_unwritten} refused before writing"
     );
+    assert!(refused_unwritten < rounds, "some rounds must race on written claims: {refused_unwritten}/{rounds}");
     vault.shutdown().await;
 }
 

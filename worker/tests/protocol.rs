@@ -142,16 +142,19 @@ impl World {
 }
 
 #[tokio::test]
-async fn resumes_with_the_journaled_password_when_a_crash_came_after_create() {
+async fn finishes_with_a_fresh_password_when_a_crash_came_after_create() {
     let w = World::new(0, 1, &[]).await;
     let pending = PasswordPolicy::default().generate();
     w.write_journal(&pending).await;
 
+    // The target never saw the journaled password, and a record in that state cannot be
+    // told from a planted one: a fresh password is journaled over it and set.
     let report = w.engine.rotate(w.request(Some(&w.v1))).await;
     assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
     let latest = w.store.get_latest(SECRET).await.unwrap();
-    assert_eq!(latest.value.expose_secret(), pending.expose_secret(), "the journaled password is the one used");
-    assert!(w.logs_in(&pending).await);
+    assert_ne!(latest.value.expose_secret(), pending.expose_secret(), "an unused record's password is not trusted");
+    assert!(w.logs_in(&latest.value).await);
+    assert!(!w.logs_in(&pending).await);
     assert!(!w.logs_in(&w.initial).await);
     assert!(w.journal_gone().await);
     w.vault.shutdown().await;
@@ -434,8 +437,9 @@ async fn failure_past_the_cap_tags_the_secret_keeping_its_tags_and_success_clear
     let audit = ok.audit_json();
     assert_eq!(audit["outcome"], "rotated");
     let steps: Vec<&str> = audit["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
-    // The failed attempts left the journal record: this attempt reads it and writes none.
-    assert_eq!(steps, ["fence", "journal-read", "canary", "set", "test", "finish"], "{audit}");
+    // The failed request left a journal record the target does not use: this one reads
+    // it, does not trust it (another request wrote it), and journals a fresh password.
+    assert_eq!(steps, ["fence", "journal-read", "canary", "create", "set", "test", "finish"], "{audit}");
     assert!(!audit.to_string().contains(latest.value.expose_secret()), "no password in the audit record");
     w.vault.shutdown().await;
 }
@@ -539,11 +543,12 @@ async fn a_pending_password_the_target_refuses_is_replaced_once_proven_unused() 
     );
     assert_eq!(journal.properties.tags.get("kv-rotator-step").map(String::as_str), Some("pending"));
 
-    // The next trigger of the same state rotates with the fresh password.
+    // The next trigger of the same state rotates (with a password of its own: the target
+    // uses none of the record's).
     let second = w.engine.rotate(w.request(Some(&w.v1))).await;
     assert!(matches!(second.outcome, Outcome::Rotated { .. }), "{second:?}");
     let latest = w.store.get_latest(SECRET).await.unwrap();
-    assert_eq!(latest.value.expose_secret(), journal.value.expose_secret());
+    assert_ne!(latest.value.expose_secret(), refused.expose_secret());
     assert!(w.logs_in(&latest.value).await);
     assert!(w.journal_gone().await);
     w.vault.shutdown().await;
@@ -562,7 +567,15 @@ async fn a_refused_pending_password_is_kept_when_the_current_one_no_longer_logs_
 
     let report = w.engine.rotate(w.request(Some(&w.v1))).await;
     assert!(matches!(report.outcome, Outcome::Failed { .. }), "{report:?}");
-    let journal = w.store.get_latest(&w.journal()).await.expect("journal kept");
-    assert_eq!(journal.value.expose_secret(), refused.expose_secret());
+    // The record keeps every password it held: the planted-looking one it was given and
+    // the one this request journaled and the target refused — none replaced or deleted.
+    let versions = w.store.list_versions(&w.journal()).await.expect("journal kept");
+    assert_eq!(versions.len(), 2, "no fresh password journaled without proof: {versions:?}");
+    let mut kept = false;
+    for v in &versions {
+        let record = w.store.get_version(&w.journal(), v.version.as_deref().unwrap()).await.unwrap();
+        kept |= record.value.expose_secret() == refused.expose_secret();
+    }
+    assert!(kept, "the first password is still in the record");
     w.vault.shutdown().await;
 }

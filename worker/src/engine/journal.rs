@@ -29,6 +29,13 @@ pub const TAG_ATTEMPTS: &str = "kv-rotator-attempts";
 pub const TAG_PROFILE: &str = "kv-rotator-profile";
 /// Tag on journal records: the account on the target the pending password is for.
 pub const TAG_ACCOUNT: &str = "kv-rotator-account";
+/// Tag on journal records: what started the rotation, [`TRIGGER_MANUAL`] or
+/// [`TRIGGER_SCHEDULED`] (a resume of a manual one need not wait until the secret is due).
+pub const TAG_TRIGGER: &str = "kv-rotator-trigger";
+/// [`TAG_TRIGGER`]: an operator's request.
+pub const TRIGGER_MANUAL: &str = "manual";
+/// [`TAG_TRIGGER`]: an event, the sweeper or a resume.
+pub const TRIGGER_SCHEDULED: &str = "scheduled";
 /// Prefix of every secret kv-rotator keeps for itself (journals, the engine lease): never
 /// managed, whatever its tags say.
 pub const RESERVED_PREFIX: &str = "kv-rotator-";

@@ -20,6 +20,16 @@ pub struct KeyGuard {
 }
 
 impl KeyedLocks {
+    /// The lock of `key` if it is free now.
+    pub fn try_lock(&self, key: &str) -> Option<KeyGuard> {
+        let mutex = {
+            let mut map = self.inner.lock().expect("lock table poisoned");
+            map.entry(key.to_owned()).or_default().clone()
+        };
+        let guard = mutex.try_lock_owned().ok()?;
+        Some(KeyGuard { _guard: guard, key: key.to_owned(), locks: self.clone() })
+    }
+
     /// Waits for the lock of `key`.
     pub async fn lock(&self, key: &str) -> KeyGuard {
         let mutex = {

@@ -72,6 +72,9 @@ pub enum RotationError {
     /// This process no longer holds the engine lease of the vault.
     #[error("this process does not hold the vault's engine lease (another kv-rotator engine may be running)")]
     LeaseLost,
+    /// The engine lease's renewals are failing; a later one may restore it.
+    #[error("the vault's engine lease lapsed (renewals failing); waiting for it to be renewed")]
+    LeaseLapsed,
 }
 
 impl RotationError {
@@ -83,7 +86,7 @@ impl RotationError {
             RotationError::Misconfigured(_) => false,
             // Replication lag or a pooler may make a fresh password fail for a moment.
             RotationError::TestFailed { .. } => true,
-            RotationError::Raced(_) => true,
+            RotationError::Raced(_) | RotationError::LeaseLapsed => true,
             // Another engine may be running: this one stops, and writes nothing more.
             RotationError::LeaseLost => false,
         }
@@ -185,12 +188,33 @@ pub struct StepLog {
     attempt: std::sync::atomic::AtomicU32,
     steps: Mutex<Vec<StepRecord>>,
     target_touched: Mutex<Option<String>>,
+    /// The target refused a random password during this request (the canary).
+    canary_refused: std::sync::atomic::AtomicBool,
+    /// The journal version this request wrote (trusted by its own later attempts).
+    own_journal_version: Mutex<Option<String>>,
 }
 
 impl StepLog {
     /// From now on the target may have the password journaled in `journal`.
     fn mark_target_touched(&self, journal: &str) {
         *self.target_touched.lock().expect("step log poisoned") = Some(journal.to_owned());
+    }
+
+    fn set_own_journal_version(&self, version: &str) {
+        *self.own_journal_version.lock().expect("step log poisoned") = Some(version.to_owned());
+    }
+
+    fn own_journal_version(&self) -> Option<String> {
+        self.own_journal_version.lock().expect("step log poisoned").clone()
+    }
+
+    /// The target refused a random password earlier in this request.
+    fn canary_refused(&self) -> bool {
+        self.canary_refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn mark_canary_refused(&self) {
+        self.canary_refused.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The journal record whose password the target may have, once `set` has run (or a
@@ -274,8 +298,19 @@ pub fn trigger_kind(trigger: &Trigger) -> &'static str {
 /// Whether this process may rotate in the vault: the engine lease (one engine per vault),
 /// asked before every attempt and before `set` and `finish`. Cheap: no I/O.
 pub trait EngineLease: Send + Sync + fmt::Debug {
-    /// Whether the lease is held now.
-    fn is_held(&self) -> bool;
+    /// The lease now.
+    fn state(&self) -> LeaseState;
+}
+
+/// What [`EngineLease::state`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Held: rotate.
+    Held,
+    /// Renewals are failing but one may still succeed: wait (transient).
+    Lapsed,
+    /// Ended for good: stop, write nothing more.
+    Lost,
 }
 
 impl fmt::Display for Outcome {
@@ -321,8 +356,6 @@ pub struct Engine {
     alerts: Option<Arc<WebhookSink>>,
     due_rule: due::DueRule,
     lease: Option<Arc<dyn EngineLease>>,
-    /// When each (profile, account) last refused a random password (the canary).
-    canaries: Arc<Mutex<std::collections::HashMap<(String, String), Instant>>>,
     /// When each (secret, alert kind) was last alerted, for `alerts.repeat_after_secs`.
     alerted: Arc<Mutex<std::collections::HashMap<(String, &'static str), Instant>>>,
     alert_repeat: Duration,
@@ -353,7 +386,6 @@ impl Engine {
             alerts: None,
             due_rule,
             lease: None,
-            canaries: Arc::default(),
             alerted: Arc::default(),
             alert_repeat: Duration::from_secs(3600),
             permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
@@ -387,9 +419,10 @@ impl Engine {
     }
 
     fn check_lease(&self) -> Result<(), RotationError> {
-        match &self.lease {
-            Some(lease) if !lease.is_held() => Err(RotationError::LeaseLost),
-            _ => Ok(()),
+        match self.lease.as_ref().map(|lease| lease.state()) {
+            None | Some(LeaseState::Held) => Ok(()),
+            Some(LeaseState::Lapsed) => Err(RotationError::LeaseLapsed),
+            Some(LeaseState::Lost) => Err(RotationError::LeaseLost),
         }
     }
 
@@ -469,7 +502,20 @@ impl Engine {
         let span = tracing::info_span!("rotation", vault = %request.vault_name, secret = %request.secret_name, trigger = %request.trigger);
         async {
             let started = Instant::now();
-            let _guard = self.locks.lock(&request.secret_name.to_ascii_lowercase()).await;
+            // The secret's lock before a slot: a request waiting for a busy secret (one on
+            // its finishing schedule, say) holds no slot, so waiting cannot deadlock.
+            let key = request.secret_name.to_ascii_lowercase();
+            let _guard = match self.locks.try_lock(&key) {
+                Some(guard) => guard,
+                None => {
+                    let held = permit.take().is_some();
+                    let guard = self.locks.lock(&key).await;
+                    if held {
+                        permit = Some(self.permits.clone().acquire_owned().await.expect("semaphore never closes"));
+                    }
+                    guard
+                }
+            };
             let steps = StepLog::default();
             let backoff = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(self.settings.initial_backoff_ms))
@@ -555,15 +601,13 @@ impl Engine {
         );
         let mut last = Err(first);
         let mut stopping = self.stopping.subscribe();
+        // Finishing takes no rotation slot: a stuck target or vault cannot stall the rest,
+        // and the attempts are few (one per interval).
+        drop(permit.take());
         while Instant::now() + interval <= deadline && !*stopping.borrow() {
-            // Waiting takes no rotation slot: a stuck target or vault cannot stall the rest.
-            let held = permit.take().is_some();
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stopping.wait_for(|stop| *stop) => break,
-            }
-            if held {
-                *permit = Some(self.permits.clone().acquire_owned().await.expect("semaphore never closes"));
             }
             self.metrics.inc("kv_rotator_finish_retries_total", &[]);
             steps.next_attempt();

@@ -36,7 +36,8 @@ use super::due::Due;
 use super::failpoints;
 use super::journal::{
     self, JOURNAL_CONTENT_TYPE, RESERVED_PREFIX, STEP_PENDING, STEP_TARGET_SET, TAG_ACCOUNT, TAG_ATTEMPTS, TAG_FAILED,
-    TAG_JOURNAL_FOR, TAG_PROFILE, TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP,
+    TAG_JOURNAL_FOR, TAG_PROFILE, TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP, TAG_TRIGGER,
+    TRIGGER_MANUAL, TRIGGER_SCHEDULED,
 };
 use super::planner::{self, Fence, Latest, StaleJournal, Target};
 use super::{Engine, Outcome, RotationError, StepLog};
@@ -51,8 +52,6 @@ pub const TAG_VALIDITY_DAYS: &str = "ValidityPeriodDays";
 pub const MAX_TAGS: usize = 15;
 /// Older versions whose passwords `set` may try after the current one.
 const PREVIOUS_PASSWORDS: usize = 2;
-/// How long a target's refusal of a random password is trusted for one account.
-pub const CANARY_VALID_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a successful attempt decided.
 #[derive(Debug)]
@@ -118,7 +117,7 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     };
     let existing = timed(steps, "journal-read", read_journal(engine, &fenced)).await?;
     if existing.is_none() {
-        if let Some(outcome) = gate(engine, request, &fenced.latest).await? {
+        if let Some(outcome) = gate(engine, Schedule::of(&request.trigger), &fenced.latest).await? {
             return Ok(Done::new(Some(&fenced.rotation_id), outcome));
         }
     }
@@ -133,23 +132,28 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     failpoints::hit("after-fence");
     // Per-profile limit: held from the journal to the finish, the steps that load the target.
     let _target_permit = engine.target_permit(&plan.profile).await;
-    timed(steps, "canary", prove_target_checks_passwords(engine, rotator, &plan)).await?;
-    let existing = match existing {
-        None => None,
-        Some(record) => {
-            let (record, in_use) = journal_version_in_use(engine, rotator, &plan, &fenced, record).await?;
-            if in_use {
+    timed(steps, "canary", prove_target_checks_passwords(steps, rotator, &plan)).await?;
+    let journaled = match existing {
+        None => Journaled::None,
+        Some(record) => match journal_version_in_use(engine, steps, rotator, &plan, &fenced, record).await? {
+            (record, true) => {
                 // An earlier attempt or process set the target: it has the pending password.
                 steps.mark_target_touched(&fenced.journal_name);
-            } else if let Some(outcome) = gate(engine, request, &fenced.latest).await? {
-                // A record the target does not use yet is a rotation not yet begun: it
-                // does not get past the schedule (a planted one included).
-                return Ok(Done::new(Some(&fenced.rotation_id), outcome));
+                Journaled::InUse(record)
             }
-            Some(record)
-        }
+            (record, false) => {
+                // A record the target does not use is a rotation not yet begun: it does
+                // not get past the schedule, and its password is not trusted (it may be
+                // planted): a fresh one is journaled over it.
+                let schedule = Schedule::of_journal(&request.trigger, &record);
+                if let Some(outcome) = gate(engine, schedule, &fenced.latest).await? {
+                    return Ok(Done::new(Some(&fenced.rotation_id), outcome));
+                }
+                Journaled::Unused(record)
+            }
+        },
     };
-    let pending = create(engine, steps, rotator, &fenced, &plan, existing).await?;
+    let pending = create(engine, steps, rotator, &fenced, &plan, request, journaled).await?;
     failpoints::hit("after-journal");
     refence(engine, &fenced, &pending, "set").await?;
     timed(steps, "set", set(engine, steps, rotator, &plan, &fenced, &pending)).await?;
@@ -236,18 +240,11 @@ async fn fence(
 /// Step 2: whether a new rotation is wanted now. Scheduled triggers (events, the
 /// sweeper, resumes whose journal is gone) need a due version; every trigger but a
 /// forced manual one respects the minimum interval since the latest version was written.
-async fn gate(
-    engine: &Engine,
-    request: &RotationRequest,
-    latest: &SecretRecord,
-) -> Result<Option<Outcome>, RotationError> {
+async fn gate(engine: &Engine, schedule: Schedule, latest: &SecretRecord) -> Result<Option<Outcome>, RotationError> {
     let now = OffsetDateTime::now_utc();
     let rule = &engine.due_rule;
     let version = latest.version.clone();
-    let (scheduled, forced) = match &request.trigger {
-        Trigger::Manual { force, .. } => (false, *force),
-        Trigger::EventGrid { .. } | Trigger::Sweeper | Trigger::Resume { .. } => (true, false),
-    };
+    let (scheduled, forced) = (schedule == Schedule::Due, schedule == Schedule::Forced);
     if scheduled {
         match rule.check(&latest.properties, now) {
             Due::NoExpiry | Due::Expired | Due::NearExpiry => {}
@@ -269,6 +266,47 @@ async fn gate(
     }
     info!(%version, "latest version is younger than engine.min_rotation_interval_secs; nothing to do");
     Ok(Some(Outcome::TooSoon { version, allowed_at }))
+}
+
+/// What a new rotation must respect ([`gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schedule {
+    /// Events, the sweeper, resumes: the version must be due, and the minimum interval past.
+    Due,
+    /// A manual request: the minimum interval past.
+    Manual,
+    /// `rotate --force`: nothing.
+    Forced,
+}
+
+impl Schedule {
+    fn of(trigger: &Trigger) -> Self {
+        match trigger {
+            Trigger::Manual { force: true, .. } => Schedule::Forced,
+            Trigger::Manual { force: false, .. } => Schedule::Manual,
+            Trigger::EventGrid { .. } | Trigger::Sweeper | Trigger::Resume { .. } => Schedule::Due,
+        }
+    }
+
+    /// A resume of a record a manual request started is held to the manual rule (it need
+    /// not be due); never to "forced", which a tag could claim.
+    fn of_journal(trigger: &Trigger, record: &SecretRecord) -> Self {
+        let manual = record.properties.tags.get(TAG_TRIGGER).is_some_and(|t| t == TRIGGER_MANUAL);
+        match Schedule::of(trigger) {
+            Schedule::Due if manual => Schedule::Manual,
+            other => other,
+        }
+    }
+}
+
+/// The journal record found for this rotation, judged against the target.
+enum Journaled {
+    /// None: a new rotation.
+    None,
+    /// The target accepts its password: resume with it.
+    InUse(SecretRecord),
+    /// The target accepts none of its passwords: a rotation not begun.
+    Unused(SecretRecord),
 }
 
 /// Checks the secret's tags and the account against the profile, and derives
@@ -313,35 +351,37 @@ fn plan(engine: &Engine, fenced: &Fenced) -> Result<Plan, RotationError> {
 /// Step 3: a random password must be refused. A target that accepts anything (`trust`
 /// in `pg_hba.conf`, a sidecar answering for it) would make `set` believe the pending
 /// password already works and `test` pass, and a version no consumer can use be written.
-/// A refusal is remembered per profile and account for [`CANARY_VALID_FOR`], so retries
-/// and finishing attempts add no failed logins (lockout policies count them).
+/// A refusal counts for the rest of the request, so its retries and finishing attempts
+/// add no refused logins (lockout policies count them); the next request asks again, so
+/// a target that turned to trusting everyone is caught at its next rotation.
 async fn prove_target_checks_passwords(
-    engine: &Engine,
+    steps: &StepLog,
     rotator: &dyn Rotator,
     plan: &Plan,
 ) -> Result<(), RotationError> {
-    let key = (plan.profile.clone(), plan.username.clone());
-    if engine.canaries.lock().expect("canary log poisoned").get(&key).is_some_and(|at| at.elapsed() < CANARY_VALID_FOR)
-    {
+    if steps.canary_refused() {
         return Ok(());
     }
-    let canary = rotator.password_policy().generate();
-    let verdict = rotator
-        .verify(VerifyRequest { username: plan.username.clone(), password: canary })
-        .await
-        .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
-    match verdict {
-        VerifyResponse::Rejected => {
-            engine.canaries.lock().expect("canary log poisoned").insert(key, Instant::now());
+    match refuses_a_random_password(rotator, &plan.username).await {
+        Ok(true) => {
+            steps.mark_canary_refused();
             Ok(())
         }
-        VerifyResponse::Accepted => Err(RotationError::Misconfigured(format!(
+        Err(source) => Err(RotationError::Target { profile: plan.profile.clone(), source }),
+        Ok(false) => Err(RotationError::Misconfigured(format!(
             "target {} accepted a random wrong password for {:?}: it does not check this account's password \
              (e.g. trust in pg_hba.conf for the worker's address), so no login can prove which password works; \
              nothing was written",
             plan.profile, plan.username
         ))),
     }
+}
+
+/// Whether the target refuses a random password for `username` (the canary).
+async fn refuses_a_random_password(rotator: &dyn Rotator, username: &str) -> Result<bool, RotatorError> {
+    let canary = rotator.password_policy().generate();
+    let verdict = rotator.verify(VerifyRequest { username: username.to_owned(), password: canary }).await?;
+    Ok(verdict == VerifyResponse::Rejected)
 }
 
 /// This rotation's journal record, if there is one — refused unless it is exactly what
@@ -391,11 +431,18 @@ async fn journal_passwords(engine: &Engine, journal_name: &str) -> Result<Vec<Se
 /// the one to finish with.
 async fn journal_version_in_use(
     engine: &Engine,
+    steps: &StepLog,
     rotator: &dyn Rotator,
     plan: &Plan,
     fenced: &Fenced,
     latest: SecretRecord,
 ) -> Result<(SecretRecord, bool), RotationError> {
+    // This request wrote it: whether the target may have it is known without a login
+    // (refused logins count toward lockouts).
+    if steps.own_journal_version().as_deref() == Some(latest.version.as_str()) {
+        let touched = steps.target_touched().is_some();
+        return Ok((latest, touched));
+    }
     let versions = journal_passwords(engine, &fenced.journal_name).await?;
     for record in &versions {
         let request = VerifyRequest { username: plan.username.clone(), password: record.value.clone() };
@@ -430,8 +477,13 @@ async fn create(
     rotator: &dyn Rotator,
     fenced: &Fenced,
     plan: &Plan,
-    existing: Option<SecretRecord>,
+    request: &RotationRequest,
+    journaled: Journaled,
 ) -> Result<Pending, RotationError> {
+    let trigger = match request.trigger {
+        Trigger::Manual { .. } => TRIGGER_MANUAL,
+        _ => TRIGGER_SCHEDULED,
+    };
     let mut tags = BTreeMap::from([
         (TAG_JOURNAL_FOR.to_owned(), fenced.latest.name.clone()),
         (TAG_ROTATION_ID.to_owned(), fenced.rotation_id.clone()),
@@ -440,17 +492,56 @@ async fn create(
         (TAG_ATTEMPTS.to_owned(), "1".to_owned()),
         (TAG_PROFILE.to_owned(), plan.profile.clone()),
         (TAG_ACCOUNT.to_owned(), plan.username.clone()),
+        (TAG_TRIGGER.to_owned(), trigger.to_owned()),
     ]);
-    if let Some(record) = existing {
-        debug!(journal = %fenced.journal_name, "resuming with the journal's pending password");
-        // Keep what the record says (its step may be target-set) and count this attempt.
-        let attempts = record.properties.tags.get(TAG_ATTEMPTS).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
-        tags.extend(record.properties.tags);
-        tags.insert(TAG_ATTEMPTS.to_owned(), (attempts + 1).to_string());
-        let pending = Pending { value: record.value, version: record.version, tags };
-        update_journal_tags(engine, &fenced.journal_name, &pending).await;
-        return Ok(pending);
+    let own = |record: &SecretRecord| steps.own_journal_version().as_deref() == Some(record.version.as_str());
+    match journaled {
+        // The target uses it, or this request's own earlier attempt wrote it: reused.
+        Journaled::InUse(record) => reuse_journal(engine, fenced, record, tags).await,
+        Journaled::Unused(record) if own(&record) => reuse_journal(engine, fenced, record, tags).await,
+        Journaled::Unused(record) => {
+            // Its versions stay in the record's history; the new one is what is set.
+            tags.insert(TAG_ATTEMPTS.to_owned(), (attempts_of(&record) + 1).to_string());
+            if let Some(trigger) = record.properties.tags.get(TAG_TRIGGER) {
+                tags.insert(TAG_TRIGGER.to_owned(), trigger.clone());
+            }
+            journal_fresh_password(engine, steps, rotator, fenced, tags).await
+        }
+        Journaled::None => journal_fresh_password(engine, steps, rotator, fenced, tags).await,
     }
+}
+
+/// Attempts that used a journal record, across processes (its `kv-rotator-attempts`).
+fn attempts_of(record: &SecretRecord) -> u32 {
+    record.properties.tags.get(TAG_ATTEMPTS).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0)
+}
+
+/// Resumes with `record`'s password, keeping what the record says (its step may be
+/// `target-set`) and counting this attempt.
+async fn reuse_journal(
+    engine: &Engine,
+    fenced: &Fenced,
+    record: SecretRecord,
+    mut tags: BTreeMap<String, String>,
+) -> Result<Pending, RotationError> {
+    debug!(journal = %fenced.journal_name, "resuming with the journal's pending password");
+    let attempts = attempts_of(&record);
+    tags.extend(record.properties.tags);
+    tags.insert(TAG_ATTEMPTS.to_owned(), (attempts + 1).to_string());
+    let pending = Pending { value: record.value, version: record.version, tags };
+    update_journal_tags(engine, &fenced.journal_name, &pending).await;
+    Ok(pending)
+}
+
+/// Generates a password under the profile's policy and writes it as the journal
+/// record's latest version, before the target sees it.
+async fn journal_fresh_password(
+    engine: &Engine,
+    steps: &StepLog,
+    rotator: &dyn Rotator,
+    fenced: &Fenced,
+    tags: BTreeMap<String, String>,
+) -> Result<Pending, RotationError> {
     let value = rotator.password_policy().generate();
     let new = NewSecretVersion {
         value: value.clone(),
@@ -462,6 +553,7 @@ async fn create(
     let written =
         timed(steps, "create", async { Ok(engine.store.set_secret(&fenced.journal_name, new).await?) }).await?;
     info!(journal = %fenced.journal_name, "journal record written");
+    steps.set_own_journal_version(&written.version);
     Ok(Pending { value, version: written.version, tags })
 }
 
@@ -680,7 +772,7 @@ async fn clean_up_finished_journal(
             return Ok(());
         }
     }
-    match probe(engine, latest, &journal).await {
+    match probe(engine, latest, rotation_id, &journal).await {
         // Two engines finished one rotation with different passwords, and the target kept
         // the one only the record holds: write it again as the latest version, so the
         // consumers' value logs in; then the record goes.
@@ -747,7 +839,7 @@ async fn inspect_stale_journal(
     }
     // Probed even when the rotation finished: a second engine may have set another
     // password after it, which then lives only in this record.
-    let target = probe_target(engine, latest, &journal).await;
+    let target = probe(engine, latest, rotation_id, &journal).await.0;
     judge_stale_journal(engine, latest, rotation_id, journal_name, planner::stale_journal(finished, target)).await
 }
 
@@ -779,36 +871,46 @@ async fn judge_stale_journal(
     }
 }
 
-/// Which of the latest and the journal's passwords the target accepts — asked of the
-/// profile and account the journal record was written for (not of whatever the latest
-/// version's tags say now: anyone who may write a version could point the probe at an
-/// account whose password they know), after the canary. What cannot be asked is
-/// [`Target::Unreachable`]: the record is kept.
-async fn probe_target(engine: &Engine, latest: &SecretRecord, journal: &[SecretRecord]) -> Target {
-    probe(engine, latest, journal).await.0
-}
-
-/// [`probe_target`], and which journal version the target accepts when it is one.
+/// Which of the latest and the journal's passwords the target accepts (and which journal
+/// version, when it is one), asked as the consumers' account (the secret's `rotator` and
+/// `CredentialId`, within the profile's `accounts`) after a fresh canary — and only when
+/// every version of the record is kv-rotator's, for this secret and rotation and, where
+/// the record names them, the same profile and account. Anything else cannot be told
+/// apart from a planted record: it is [`Target::Unreachable`], and the record is kept.
 async fn probe<'a>(
     engine: &Engine,
     latest: &SecretRecord,
+    rotation_id: &str,
     journal: &'a [SecretRecord],
 ) -> (Target, Option<&'a SecretRecord>) {
-    let recorded = journal.first().map(|j| &j.properties.tags);
-    let from = |journal_tag: &str, latest_tag: &str| {
-        recorded
-            .and_then(|tags| tags.get(journal_tag))
-            // Records written before these tags existed: the latest version's tags.
-            .or_else(|| latest.properties.tags.get(latest_tag))
-            .map(|v| v.trim().to_owned())
+    let cannot_tell = (Target::Unreachable, None);
+    // The consumers' identity: the secret's own tags, held to the profile's accounts.
+    let tags = &latest.properties.tags;
+    let (Some(profile), Some(user)) = (tags.get(TAG_ROTATOR), tags.get(TAG_CREDENTIAL_ID).map(|u| u.trim().to_owned()))
+    else {
+        return cannot_tell;
     };
-    let (Some(profile), Some(user)) = (from(TAG_PROFILE, TAG_ROTATOR), from(TAG_ACCOUNT, TAG_CREDENTIAL_ID)) else {
-        return (Target::Unreachable, None);
+    if engine.targets.refuse_account(profile, &user).is_some() {
+        return cannot_tell;
+    }
+    // Every version of the record must be kv-rotator's, for this secret and this identity:
+    // a planted or re-tagged version could otherwise point the verdict elsewhere.
+    let ours = |record: &SecretRecord| {
+        let t = &record.properties.tags;
+        let same = |key: &str, want: &str| t.get(key).is_none_or(|v| v.trim() == want);
+        record.properties.content_type.as_deref() == Some(JOURNAL_CONTENT_TYPE)
+            && t.get(TAG_JOURNAL_FOR).is_some_and(|s| s.eq_ignore_ascii_case(&latest.name))
+            && t.get(TAG_ROTATION_ID).is_some_and(|id| id == rotation_id)
+            && same(TAG_PROFILE, profile)
+            && same(TAG_ACCOUNT, &user)
     };
-    let Some(rotator) = engine.targets.rotator(&profile) else { return (Target::Unreachable, None) };
-    let plan = Plan { profile, username: user.clone(), validity_days: 0, new_tags: BTreeMap::new() };
-    if prove_target_checks_passwords(engine, rotator.as_ref(), &plan).await.is_err() {
-        return (Target::Unreachable, None);
+    if !journal.iter().all(ours) {
+        return cannot_tell;
+    }
+    let Some(rotator) = engine.targets.rotator(profile) else { return cannot_tell };
+    // Not the request's remembered canary: this verdict may delete a record.
+    if !matches!(refuses_a_random_password(rotator.as_ref(), &user).await, Ok(true)) {
+        return cannot_tell;
     }
     let try_login =
         |password: &SecretString| rotator.verify(VerifyRequest { username: user.clone(), password: password.clone() });
