@@ -460,8 +460,44 @@ impl LeaseGuard {
 
 /// Claims the engine lease of `store`'s vault for `command` (`serve`, `dev`, `rotate`)
 /// and starts its heartbeat; refused with [`ClaimError::Held`] while another live engine
-/// holds it. Takes at least `timings.settle`.
+/// holds it — at once, without writing, when a holder's heartbeat is fresh. Takes at
+/// least `timings.settle`.
 pub async fn claim(
+    store: Arc<dyn SecretStore>,
+    command: &str,
+    timings: LeaseTimings,
+) -> Result<LeaseGuard, ClaimError> {
+    timings.validate().map_err(ClaimError::Timings)?;
+    refuse_if_freshly_held(store.as_ref(), &timings).await?;
+    claim_by_writing(store, command, timings).await
+}
+
+/// A fresh heartbeat refuses the claim before it writes anything, so a crash-looping
+/// replica or a cron `rotate` does not add a version per try. Judged on this host's
+/// clock with half a TTL of slack — and not at all when a listed heartbeat is "from the
+/// future" (this host's clock is behind): the written claim stays the authority.
+async fn refuse_if_freshly_held(store: &dyn SecretStore, timings: &LeaseTimings) -> Result<(), ClaimError> {
+    let versions = match store.list_versions(LEASE_SECRET).await {
+        Ok(versions) => versions,
+        Err(StoreError::NotFound { .. }) => return Ok(()),
+        Err(other) => return Err(other.into()),
+    };
+    let now = OffsetDateTime::now_utc();
+    let clock_behind = versions.iter().any(|v| v.updated.is_some_and(|u| u > now + CLOCK_ALLOWANCE));
+    match live_holder(&versions, now + timings.ttl / 2, timings.ttl).filter(|_| !clock_behind) {
+        Some(holder) => Err(ClaimError::Held(Box::new(HeldBy {
+            vault: store.vault_name().to_owned(),
+            holder,
+            observed_at: now,
+            ttl: timings.ttl,
+        }))),
+        None => Ok(()),
+    }
+}
+
+/// The authoritative claim: write our version, wait the settle delay, list, and hold if
+/// ours is the oldest live claim. Public so that tests can race two of them directly.
+pub async fn claim_by_writing(
     store: Arc<dyn SecretStore>,
     command: &str,
     timings: LeaseTimings,
@@ -480,22 +516,6 @@ pub async fn claim(
         "kv_rotator": env!("CARGO_PKG_VERSION"),
         "note": "engine lease of kv-rotator: not a password; see docs/architecture.md",
     });
-    // A fresh heartbeat refuses the claim before it writes anything, so a crash-looping
-    // replica or a cron `rotate` does not add a version per try. Judged on this host's
-    // clock with half a TTL of slack; the written claim below stays the authority.
-    match store.list_versions(LEASE_SECRET).await {
-        Ok(versions) => {
-            let now = OffsetDateTime::now_utc();
-            // A heartbeat "from the future" means this host's clock is behind: leave the
-            // verdict to the service's timestamps below.
-            let clock_behind = versions.iter().any(|v| v.updated.is_some_and(|u| u > now + CLOCK_ALLOWANCE));
-            if let Some(holder) = live_holder(&versions, now + timings.ttl / 2, timings.ttl).filter(|_| !clock_behind) {
-                return Err(ClaimError::Held(Box::new(HeldBy { vault, holder, observed_at: now, ttl: timings.ttl })));
-            }
-        }
-        Err(StoreError::NotFound { .. }) => {}
-        Err(other) => return Err(other.into()),
-    }
     let (started, started_wall) = (Instant::now(), SystemTime::now());
     let new = NewSecretVersion {
         value: SecretString::from(description.to_string()),
