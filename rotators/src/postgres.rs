@@ -15,9 +15,12 @@
 //! The admin needs `CREATEROLE` (and, from PostgreSQL 16, `ADMIN OPTION` on the user's
 //! role) or to be a superuser; a user changing its own password needs no privilege.
 //!
-//! Error mapping: SQLSTATE `28P01` (invalid password) and `28000` (invalid authorization
-//! specification: no `pg_hba.conf` entry, role may not log in) mean "this login does not
-//! work" — [`VerifyResponse::Rejected`], or the next login for `set_password`. Refused
+//! Error mapping: SQLSTATE `28P01` (invalid password) means "this login does not work" —
+//! [`VerifyResponse::Rejected`], or the next login for `set_password`. `28000` (invalid
+//! authorization specification: no `pg_hba.conf` entry for the worker's address, or the
+//! role may not log in) is [`RotatorError::Permanent`]: no password logs in from here, so
+//! nothing could prove which one the role has — treating it as "wrong password" would let
+//! the admin change a password the worker can never verify. Refused
 //! connections, timeouts, `57P03` (starting up) and other temporary conditions are
 //! [`RotatorError::Transient`]. `42501` (insufficient privilege) and anything else the
 //! server refuses is [`RotatorError::Permanent`], naming the login used. Every message is
@@ -406,7 +409,14 @@ fn classify(e: &tokio_postgres::Error, context: &str, scrub: &Scrubber) -> Class
         let code = db.code().code();
         let text = describe(e, scrub);
         return Classified::Error(match code {
-            "28P01" | "28000" => return Classified::AuthRefused,
+            "28P01" => return Classified::AuthRefused,
+            // invalid_authorization_specification: no pg_hba.conf entry for this address,
+            // or the role may not log in. No password can log in here, so no login can
+            // prove which one the role has: a configuration error, not a wrong password.
+            "28000" => RotatorError::Permanent(format!(
+                "{context}: {text}; kv-rotator must be able to log in as the role from its own address \
+                 (pg_hba.conf) to prove which password works"
+            )),
             "42501" => RotatorError::Permanent(format!("{context}: insufficient privilege: {text}")),
             // invalid_parameter_value: what password-check hooks (passwordcheck, credcheck)
             // raise for a password they refuse; nothing was changed.

@@ -287,16 +287,20 @@ async fn admin_without_privilege_is_permanent_and_names_the_login() {
 }
 
 #[tokio::test]
-async fn missing_role_via_admin_is_permanent_and_verify_rejects_it() {
+async fn missing_role_via_admin_is_permanent_and_verify_says_so() {
     let (su, guard, prefix) = setup().await;
     let admin = Credential { username: format!("{prefix}_admin"), password: policy().generate() };
     create_role(&su, &guard, &admin.username, &admin.password, "LOGIN CREATEROLE").await;
     let ghost = format!("{prefix}_ghost");
     let rotator = rotator();
-    assert_eq!(
-        rotator.verify(VerifyRequest { username: ghost.clone(), password: policy().generate() }).await.unwrap(),
-        VerifyResponse::Rejected
-    );
+    // Under SCRAM a missing role is indistinguishable from a wrong password (28P01,
+    // Rejected); where pg_hba.conf lets the server say so (28000), it is a configuration
+    // error naming the role.
+    match rotator.verify(VerifyRequest { username: ghost.clone(), password: policy().generate() }).await {
+        Ok(VerifyResponse::Rejected) => {}
+        Err(RotatorError::Permanent(m)) => assert!(m.contains("does not exist"), "{m}"),
+        other => panic!("{other:?}"),
+    }
     let err = rotator
         .set_password(SetPasswordRequest {
             username: ghost.clone(),
@@ -309,6 +313,35 @@ async fn missing_role_via_admin_is_permanent_and_verify_rejects_it() {
         .unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
     assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+/// A role the worker cannot log in as at all (here NOLOGIN; likewise no pg_hba.conf entry
+/// for the worker's address) is a configuration error, not a wrong password: otherwise
+/// the admin would change a password no login can ever verify.
+#[tokio::test]
+async fn a_role_that_may_not_log_in_is_permanent_not_rejected() {
+    let (su, guard, prefix) = setup().await;
+    let user = format!("{prefix}_nologin");
+    let p0 = policy().generate();
+    create_role(&su, &guard, &user, &p0, "NOLOGIN").await;
+    let err = rotator().verify(VerifyRequest { username: user.clone(), password: p0.clone() }).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("28000") && err.to_string().contains("pg_hba.conf"), "{err}");
+    let admin = Credential { username: format!("{prefix}_admin"), password: policy().generate() };
+    create_role(&su, &guard, &admin.username, &admin.password, "LOGIN CREATEROLE").await;
+    let before = stored_verifier(&su, &user).await;
+    let err = rotator()
+        .set_password(SetPasswordRequest {
+            username: user.clone(),
+            pending: policy().generate(),
+            current: p0,
+            previous: vec![],
+            admin: Some(admin),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert_eq!(stored_verifier(&su, &user).await, before, "nothing changed");
 }
 
 #[tokio::test]

@@ -106,7 +106,14 @@ async fn vault_faults_and_a_target_outage_lose_no_password_and_rotations_complet
     proxy.down();
     let running = start(store.clone(), pg_targets(proxy.port), engine, background).await;
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Once the sweep has handed every secret to the engine, keep the target down 2 s more.
+    let metrics = running.engine.metrics();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.counter("kv_rotator_sweep_enqueued_total", &[("reason", "near_expiry")]) < seeded.len() as u64 {
+        assert!(Instant::now() < deadline, "the sweep did not enqueue every secret within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.up().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = vault.stats();
