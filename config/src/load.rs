@@ -115,6 +115,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             Err(e) => problems.push(format!("alerts.webhook_url {raw:?}: {e}")),
         }
     }
+    if config.lease.ttl_secs < 4 {
+        problems.push(format!(
+            "lease.ttl_secs = {}: at least 4 (Key Vault's timestamps are whole seconds)",
+            config.lease.ttl_secs
+        ));
+    }
     if config.alerts.timeout_ms == 0 {
         problems.push("alerts.timeout_ms must be at least 1".to_owned());
     }

@@ -29,6 +29,9 @@ pub struct Config {
     /// Where failures past the retry cap are sent.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The engine lease: one engine per vault.
+    #[serde(default)]
+    pub lease: LeaseConfig,
     /// Target profiles by name; a secret's `rotator` tag names one.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetProfile>,
@@ -360,6 +363,35 @@ impl Default for SweeperConfig {
             window_days: default_window(),
             lead_percent: default_lead_percent(),
         }
+    }
+}
+
+/// `[lease]`: the engine lease every engine (`serve`, `dev`, `rotate`) claims in the vault
+/// before it rotates anything (one engine per vault).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// A holder whose last heartbeat is older than this (plus 2 s) has lost the lease; it
+    /// renews every quarter of it. Also how long a killed holder blocks its successor.
+    /// Default 60; at least 4.
+    #[serde(default = "default_lease_ttl")]
+    pub ttl_secs: u64,
+    /// How long a claimer waits between writing its claim and reading the verdict; under
+    /// 1500 two simultaneous claims are not told apart. Default 3000.
+    #[serde(default = "default_lease_settle")]
+    pub settle_ms: u64,
+}
+
+fn default_lease_ttl() -> u64 {
+    60
+}
+fn default_lease_settle() -> u64 {
+    3000
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self { ttl_secs: default_lease_ttl(), settle_ms: default_lease_settle() }
     }
 }
 

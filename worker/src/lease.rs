@@ -120,8 +120,15 @@ impl LeaseTimings {
         Self { ttl, renew_every: ttl / 4, settle: Duration::from_secs(3), margin: ttl / 6 }
     }
 
-    /// The defaults, overridden by `KVR_LEASE_TTL_MS` and `KVR_LEASE_SETTLE_MS` (for tests).
-    pub fn from_env() -> anyhow::Result<Self> {
+    /// `[lease]` of the configuration, then `KVR_LEASE_TTL_MS` and `KVR_LEASE_SETTLE_MS`
+    /// (finer than the configuration's units, for tests).
+    pub fn from_config(config: &kv_rotator_config::LeaseConfig) -> anyhow::Result<Self> {
+        let mut timings = Self::with_ttl(Duration::from_secs(config.ttl_secs));
+        timings.settle = Duration::from_millis(config.settle_ms);
+        timings.with_env_overrides()
+    }
+
+    fn with_env_overrides(self) -> anyhow::Result<Self> {
         let ms = |name: &str| -> anyhow::Result<Option<Duration>> {
             match std::env::var(name) {
                 Ok(v) => v
@@ -133,14 +140,19 @@ impl LeaseTimings {
             }
         };
         let mut timings = match ms("KVR_LEASE_TTL_MS")? {
-            Some(ttl) => Self::with_ttl(ttl),
-            None => Self::default(),
+            Some(ttl) => Self::with_ttl(ttl).keeping_settle(self.settle),
+            None => self,
         };
         if let Some(settle) = ms("KVR_LEASE_SETTLE_MS")? {
             timings.settle = settle;
         }
         timings.validate().map_err(|e| anyhow::anyhow!("engine lease timings: {e}"))?;
         Ok(timings)
+    }
+
+    fn keeping_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// Checks that a holder can renew before it stops counting on the lease.

@@ -61,6 +61,8 @@ fn schedules_that_cannot_work_are_refused_naming_the_keys() {
     );
     refused("[sweeper]\nlead_percent = 100\n", &["sweeper.lead_percent"]);
     refused("[sweeper]\nwindow_days = 0\n", &["sweeper.window_days"]);
+    refused("[lease]\nttl_secs = 1\n", &["lease.ttl_secs"]);
+    refused("[lease]\nttl = 30\n", &["ttl"]);
     // Short validities that do work: 7 days, hourly sweeps, the default interval.
     let ok = kv_rotator_config::load(Some(&write(&dir, "[engine]\ndefault_validity_days = 7\n"))).unwrap();
     assert_eq!(ok.sweeper.lead_percent, 50);

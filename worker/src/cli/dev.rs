@@ -101,7 +101,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", ca_path.display()))?;
 
     let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault)?);
-    let lease = super::serve::claim_lease(store.clone(), "dev").await?;
+    let lease = super::serve::claim_lease(store.clone(), "dev", &config.lease).await?;
     let result = serve(&args, &vault, &config, store, state_dir, ca_path, lease.clone()).await;
     lease.release().await;
     vault.shutdown().await;

@@ -78,7 +78,7 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
     }
     let config = kv_rotator_config::load(args.config.as_deref())?;
     let store = service::connect_store(&config.vault)?;
-    let lease = claim_lease(store.clone(), args.allow_concurrent_engine).await?;
+    let lease = claim_lease(store.clone(), args.allow_concurrent_engine, &config.lease).await?;
     let result = rotations(args, config, store, lease.clone()).await;
     if let Some(lease) = lease {
         lease.release().await;
@@ -87,8 +87,12 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
 }
 
 /// Claims the engine lease for this run; `None` when running without it was allowed.
-async fn claim_lease(store: Arc<dyn SecretStore>, allow_concurrent: bool) -> anyhow::Result<Option<LeaseGuard>> {
-    let timings = LeaseTimings::from_env()?;
+async fn claim_lease(
+    store: Arc<dyn SecretStore>,
+    allow_concurrent: bool,
+    config: &kv_rotator_config::LeaseConfig,
+) -> anyhow::Result<Option<LeaseGuard>> {
+    let timings = LeaseTimings::from_config(config)?;
     match lease::claim(store, "rotate", timings).await {
         Ok(guard) => Ok(Some(guard)),
         Err(err) if allow_concurrent => {

@@ -33,7 +33,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ),
         Some(_) => {}
     }
-    let lease = claim_lease(store.clone(), "serve").await?;
+    let lease = claim_lease(store.clone(), "serve", &config.lease).await?;
     let started = async {
         let listener = TcpListener::bind(config.webhook.listen)
             .await
@@ -59,8 +59,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 pub(crate) async fn claim_lease(
     store: std::sync::Arc<dyn kv_rotator_keyvault::SecretStore>,
     command: &str,
+    config: &kv_rotator_config::LeaseConfig,
 ) -> anyhow::Result<LeaseGuard> {
-    let timings = LeaseTimings::from_env()?;
+    let timings = LeaseTimings::from_config(config)?;
     lease::claim(store, command, timings).await.map_err(|err| match err {
         ClaimError::Held(held) => anyhow::anyhow!(
             "refusing to start: {held}. One engine per vault: stop that one first, or wait until its lease lapses"
