@@ -208,9 +208,20 @@ pub fn is_secret_name(name: &str) -> bool {
     (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// `[webhook]`: allowed vault names, and where secrets come from. The values of the
+/// `[webhook]`: listener limits (each at least 1), allowed vault names, and where secrets come from. The values of the
 /// auth settings themselves are checked by the webhook crate when the state is built.
 fn validate_webhook(webhook: &WebhookConfig, problems: &mut Vec<String>) {
+    let limits = [
+        ("header_read_timeout_secs", webhook.header_read_timeout_secs),
+        ("request_timeout_secs", webhook.request_timeout_secs),
+        ("max_connections", webhook.max_connections as u64),
+        ("shutdown_grace_secs", webhook.shutdown_grace_secs),
+    ];
+    for (key, value) in limits {
+        if value == 0 {
+            problems.push(format!("webhook.{key}: must be at least 1"));
+        }
+    }
     for name in &webhook.allowed_vaults {
         let valid = (3..=24).contains(&name.len())
             && name.starts_with(|c: char| c.is_ascii_alphabetic())

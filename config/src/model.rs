@@ -158,6 +158,19 @@ pub struct WebhookConfig {
     /// Vault names whose events are accepted; empty means the vault of `vault.url`.
     #[serde(default)]
     pub allowed_vaults: Vec<String>,
+    /// Seconds a connection may take to send a request's headers (also how long an
+    /// idle keep-alive connection is kept); then it is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a whole request may take, body and handling included; then 408.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Accepted connections served at once; further ones wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds shutdown waits for open connections before closing them.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
 }
 
 /// `[webhook.auth]`: how Event Grid proves who it is. Unset optional fields take the
@@ -220,10 +233,31 @@ fn default_listen() -> SocketAddr {
 fn default_max_body() -> usize {
     1024 * 1024
 }
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_shutdown_grace() -> u64 {
+    10
+}
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body_bytes: default_max_body(), auth: None, allowed_vaults: Vec::new() }
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            auth: None,
+            allowed_vaults: Vec::new(),
+            header_read_timeout_secs: default_header_read_timeout(),
+            request_timeout_secs: default_request_timeout(),
+            max_connections: default_max_connections(),
+            shutdown_grace_secs: default_shutdown_grace(),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `[webhook.auth]` and `webhook.allowed_vaults`: each mode parses, and settings that
+//! `[webhook.auth]`, `webhook.allowed_vaults` and the listener limits: each mode parses, and settings that
 //! cannot work are errors naming the key.
 // figment::Jail's closure signature returns figment::Error.
 #![allow(clippy::result_large_err)]
@@ -77,5 +77,30 @@ fn bad_settings_name_the_key() {
     ] {
         let message = problems(webhook);
         assert!(message.contains(expected), "{webhook}: {message}");
+    }
+}
+
+#[test]
+fn listener_limits_default_and_must_be_at_least_one() {
+    let config = parse("listen = \"127.0.0.1:1\"").unwrap();
+    let webhook = &config.webhook;
+    assert_eq!(
+        (
+            webhook.header_read_timeout_secs,
+            webhook.request_timeout_secs,
+            webhook.max_connections,
+            webhook.shutdown_grace_secs
+        ),
+        (10, 30, 1024, 10)
+    );
+    let config =
+        parse("header_read_timeout_secs = 3\nrequest_timeout_secs = 7\nmax_connections = 5\nshutdown_grace_secs = 2")
+            .unwrap();
+    assert_eq!((config.webhook.header_read_timeout_secs, config.webhook.max_connections), (3, 5));
+    let text = problems(
+        "header_read_timeout_secs = 0\nrequest_timeout_secs = 0\nmax_connections = 0\nshutdown_grace_secs = 0",
+    );
+    for key in ["header_read_timeout_secs", "request_timeout_secs", "max_connections", "shutdown_grace_secs"] {
+        assert!(text.contains(&format!("webhook.{key}: must be at least 1")), "{text}");
     }
 }

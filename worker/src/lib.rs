@@ -22,6 +22,7 @@ pub mod cli;
 pub mod credentials;
 pub mod engine;
 pub mod lease;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod service;

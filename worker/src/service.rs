@@ -82,7 +82,8 @@ pub async fn start(
 }
 
 /// Starts the engine, the sweeper and alert sink of `background`, and serves the
-/// webhook and `GET /metrics` on `listener`.
+/// webhook and `GET /metrics` on `listener` (within the limits of `[webhook]`, see
+/// [`crate::listener`]).
 pub async fn start_with(
     store: Arc<dyn SecretStore>,
     targets: Targets,
@@ -113,13 +114,10 @@ pub async fn start_with(
     let app = kv_rotator_webhook::router(state).merge(crate::metrics::router(metrics));
     let webhook_addr = listener.local_addr().context("webhook listener")?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let limits = crate::listener::Limits::from_config(webhook_config);
+    let server = tokio::spawn(crate::listener::serve(listener, app, limits, async {
+        let _ = stopped.await;
+    }));
     info!(%webhook_addr, "webhook listening");
     Ok(RunningService { engine, webhook_addr, stop, server, engine_task, sweeper_task, lease: background.lease })
 }
@@ -149,7 +147,8 @@ impl RunningService {
         self.lease.as_ref()
     }
 
-    /// Stops accepting deliveries, lets queued rotations finish, and returns.
+    /// Stops accepting deliveries, lets queued rotations finish, and returns. Open HTTP
+    /// connections get `webhook.shutdown_grace_secs` to finish, then are closed.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         if let Some(sweeper) = self.sweeper_task {
