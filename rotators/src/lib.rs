@@ -30,11 +30,11 @@ pub type RotatorResult<T> = Result<T, RotatorError>;
 
 /// A rotator error. Messages are sanitized: they never contain a password.
 ///
-/// Which variant matters to the engine's guarantees: only [`RotatorError::Refused`] lets
-/// it journal a fresh password in place of the pending one (and only after proving the
-/// pending one unused). A change that was made but does not show yet — replication lag
-/// behind a balanced host, a pooler with its own auth file — is `NotYetVisible`, never
-/// `Refused`: replacing that pending password would lose the one the target has.
+/// Which variant matters to the engine's guarantees. [`RotatorError::Refused`] says
+/// nothing changed: the next rotation journals a fresh password. A change that was made
+/// but does not show yet — replication lag behind a balanced host, a pooler with its own
+/// auth file — is `NotYetVisible`, never `Refused`: the engine then counts the target as
+/// changed and keeps finishing with that pending password.
 #[derive(Debug, thiserror::Error)]
 pub enum RotatorError {
     /// The target could not be reached or answered with a temporary failure, and did

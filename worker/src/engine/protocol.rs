@@ -618,9 +618,8 @@ async fn set(
             if source.may_have_changed() {
                 steps.mark_target_touched(&fenced.journal_name);
             }
-            if matches!(source, RotatorError::Refused(_)) {
-                replace_refused_pending(engine, rotator, &plan.username, fenced, pending).await;
-            }
+            // A `Refused` password changed nothing and ends the request; the next finds a
+            // record the target does not use and journals a fresh password over it.
             Err(RotationError::Target { profile: plan.profile.clone(), source })
         }
     }
@@ -692,50 +691,6 @@ async fn finish(
 async fn delete_journal(engine: &Engine, journal_name: &str) {
     if let Err(err) = engine.store.delete_secret(journal_name).await {
         warn!(journal = %journal_name, error = %err, "could not delete the journal record");
-    }
-}
-
-/// After the target refused to take the pending password by its own rules, journals a
-/// fresh one — but only once it is proven which password the target accepts: the
-/// pending one does not log in and the current one does. Reusing a refused password
-/// would fail forever; replacing one the target might use could lose it. The fresh
-/// password is a new version of the same record (a deleted name could not be written
-/// again), used by the next attempt or trigger.
-async fn replace_refused_pending(
-    engine: &Engine,
-    rotator: &dyn Rotator,
-    username: &str,
-    fenced: &Fenced,
-    pending: &Pending,
-) {
-    let logs_in = |password: &SecretString| {
-        rotator.verify(VerifyRequest { username: username.to_owned(), password: password.clone() })
-    };
-    match (logs_in(&pending.value).await, logs_in(&fenced.latest.value).await) {
-        (Ok(VerifyResponse::Rejected), Ok(VerifyResponse::Accepted)) => {}
-        _ => {
-            debug!(journal = %fenced.journal_name, "cannot prove the pending password unused; keeping it");
-            return;
-        }
-    }
-    let mut tags = pending.tags.clone();
-    tags.insert(TAG_STEP.to_owned(), STEP_PENDING.to_owned());
-    let fresh = NewSecretVersion {
-        value: rotator.password_policy().generate(),
-        tags,
-        content_type: Some(JOURNAL_CONTENT_TYPE.to_owned()),
-        expires: None,
-        not_before: None,
-    };
-    match engine.store.set_secret(&fenced.journal_name, fresh).await {
-        Ok(_) => warn!(
-            journal = %fenced.journal_name,
-            "the target refused the pending password; a fresh one is journaled for the next attempt"
-        ),
-        Err(err) => warn!(
-            journal = %fenced.journal_name, error = %err,
-            "could not journal a fresh password; the refused one stays"
-        ),
     }
 }
 
