@@ -409,13 +409,19 @@ async fn read_journal(engine: &Engine, fenced: &Fenced) -> Result<Option<SecretR
     Ok(Some(record))
 }
 
-/// Every version of the journal record, newest first: each may hold a password a target
-/// took (a refused one replaced, or another engine's write over ours), so none is
-/// overlooked while the record exists.
+/// Every enabled version of the journal record, newest first (none when there is no
+/// record): each may hold a password a target took (another engine's write over ours),
+/// so none is overlooked while the record exists.
 async fn journal_passwords(engine: &Engine, journal_name: &str) -> Result<Vec<SecretRecord>, RotationError> {
     let store = engine.store.as_ref();
+    let versions = match store.list_versions(journal_name).await {
+        Ok(versions) => versions,
+        // No record (or deleted meanwhile): nothing journaled.
+        Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+        Err(other) => return Err(other.into()),
+    };
     let mut records = Vec::new();
-    for version in store.list_versions(journal_name).await?.iter().rev() {
+    for version in versions.iter().rev() {
         let Some(id) = version.version.as_deref() else { continue };
         if version.enabled {
             records.push(store.get_version(journal_name, id).await?);
@@ -715,12 +721,10 @@ async fn clean_up_finished_journal(
     rotation_id: &str,
     journal_name: &str,
 ) -> Result<(), RotationError> {
-    let journal = match journal_passwords(engine, journal_name).await {
-        Ok(journal) if journal.is_empty() => return Ok(()),
-        Ok(journal) => journal,
-        Err(RotationError::Store(StoreError::NotFound { .. })) => return Ok(()),
-        Err(other) => return Err(other),
-    };
+    let journal = journal_passwords(engine, journal_name).await?;
+    if journal.is_empty() {
+        return Ok(());
+    }
     if let [only] = journal.as_slice() {
         if only.value.expose_secret() == latest.value.expose_secret() {
             engine.store.delete_secret(journal_name).await?;
@@ -774,12 +778,10 @@ async fn inspect_stale_journal(
     rotation_id: &str,
     journal_name: &str,
 ) -> Result<(), RotationError> {
-    let journal = match journal_passwords(engine, journal_name).await {
-        Ok(journal) if journal.is_empty() => return Ok(()),
-        Ok(journal) => journal,
-        Err(RotationError::Store(StoreError::NotFound { .. })) => return Ok(()),
-        Err(other) => return Err(other),
-    };
+    let journal = journal_passwords(engine, journal_name).await?;
+    if journal.is_empty() {
+        return Ok(());
+    }
     // Finished only if a version carrying the rotation id holds one of the record's
     // passwords: a tag alone is anyone's to write.
     let mut finished = false;
