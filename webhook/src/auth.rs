@@ -9,7 +9,8 @@
 //! - [`EntraId`]: a Microsoft Entra ID bearer token, which Event Grid sends when the
 //!   subscription has "Use Microsoft Entra authentication" on. RS256 only, verified
 //!   against the tenant's JWKS ([`JwksLocation`]), cached and refreshed on an unknown
-//!   `kid` at most once per [`EntraIdConfig::min_refresh_interval`]; `iss` (v1 and v2
+//!   `kid` at most once per [`EntraIdConfig::min_refresh_interval`], following no
+//!   redirect; `iss` (v1 and v2
 //!   issuers), `aud`, `exp`/`nbf` with bounded skew, `appid`/`azp` (Event Grid's
 //!   first-party application) and `roles`. A token that passed is remembered by its
 //!   digest until its `exp`, so the signature is verified once per token.
@@ -383,8 +384,11 @@ impl EntraId {
             format!("https://login.microsoftonline.com/{tenant}/v2.0"),
         ]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // No redirects: the keys come from the configured URL (or the discovery document's
+        // https jwks_uri) and nowhere a 3xx points to, which would also bypass the https check.
         let http = reqwest::Client::builder()
             .timeout(config.fetch_timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| config_error("jwks", format!("cannot build an HTTP client: {e}")))?;
         Ok(Self {
@@ -545,6 +549,9 @@ impl EntraId {
 
     async fn get_json(&self, url: &url::Url) -> Result<Value, String> {
         let response = self.http.get(url.clone()).send().await.map_err(|e| format!("{url}: {e}"))?;
+        if response.status().is_redirection() {
+            return Err(format!("{url}: HTTP {}: redirects are not followed for signing keys", response.status()));
+        }
         if !response.status().is_success() {
             return Err(format!("{url}: HTTP {}", response.status()));
         }

@@ -226,3 +226,56 @@ async fn a_remembered_token_still_expires() {
     assert!(reply.json["error"].as_str().unwrap().contains("expired"), "{}", reply.text);
     assert_eq!(drain(&mut rx).len(), 2);
 }
+
+/// A server that answers every path with a redirect to the same path at `target`: 302, or
+/// the status in the query (`?307`, `?308`).
+async fn redirecting_to(target: &str) -> String {
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let target = target.to_owned();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let target = target.clone();
+        async move {
+            let status = match uri.query() {
+                Some("307") => StatusCode::TEMPORARY_REDIRECT,
+                Some("308") => StatusCode::PERMANENT_REDIRECT,
+                _ => StatusCode::FOUND,
+            };
+            (status, [(header::LOCATION, format!("{target}{}", uri.path()))]).into_response()
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn signing_keys_follow_no_redirect() {
+    let signer = Signer::generate("k1");
+    let idp = IdentityProvider::start(vec![signer.jwk()]).await;
+    // The real documents, one redirect away: /keys and the discovery path both exist at idp.base.
+    let moved = redirecting_to(&idp.base).await;
+    let discovery_path = idp.discovery_url().trim_start_matches(&idp.base).to_owned();
+    let locations = [
+        JwksLocation::OpenIdConfiguration(format!("{moved}{discovery_path}").parse().unwrap()),
+        JwksLocation::Jwks(format!("{moved}/keys").parse().unwrap()),
+        JwksLocation::Jwks(format!("{moved}/keys?307").parse().unwrap()),
+        JwksLocation::Jwks(format!("{moved}/keys?308").parse().unwrap()),
+    ];
+    for jwks in locations {
+        let mut config = idp.config();
+        config.jwks = jwks.clone();
+        let entra = Arc::new(EntraId::new(config).unwrap());
+        let err = entra.refresh_keys().await.expect_err("a redirect is not followed");
+        let message = err.to_string();
+        assert!(message.contains("redirects are not followed") && message.contains(" 30"), "{jwks:?}: {message}");
+
+        // A delivery with a good token: 503 (Event Grid retries), not the keys behind the redirect.
+        let (state, mut rx) = new_state(4);
+        let request = with_bearer(notification(&keyvault_batch(NEAR_EXPIRY)), &signer.token(&v1_claims()));
+        let reply = send(state.with_auth(Authenticator::EntraId(entra)), request).await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{jwks:?}: {}", reply.text);
+        assert!(drain(&mut rx).is_empty());
+    }
+    assert_eq!(idp.fetches(), 0, "the key set behind the redirects was never fetched");
+}
