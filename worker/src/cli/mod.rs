@@ -4,10 +4,12 @@
 //! - [`dev`]: the service with the dev vault embedded, for local experiments.
 //! - [`serve`]: the service against a configured vault.
 //! - [`rotate`]: manual rotations (named secrets, `--all`, `--resume`), in-process.
+//! - [`healthcheck`]: probes a running service's `/healthz` (container health checks).
 //! - [`seed`]: the demo target (an htpasswd file) and a real-shaped Event Grid delivery.
 
 pub mod demo;
 pub mod dev;
+pub mod healthcheck;
 pub mod rotate;
 pub mod seed;
 pub mod serve;
@@ -53,13 +55,15 @@ pub enum Command {
     },
     /// Rotate secrets now, in this process: named ones, --all managed ones, or --resume unfinished ones.
     Rotate(rotate::RotateArgs),
+    /// Probe a running service's /healthz: exit 0 on a 2xx answer (for container health checks).
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 /// Runs the CLI; the exit code says whether the command succeeded.
 pub fn run(cli: Cli) -> ExitCode {
     let default_filter = match cli.command {
         // The demo's output is its report; logs only when something is wrong.
-        Command::Demo => "warn",
+        Command::Demo | Command::Healthcheck(_) => "warn",
         _ => "info",
     };
     crate::logging::init(cli.log_format, default_filter);
@@ -76,6 +80,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Serve { config } => serve::run(config).await,
             Command::Rotate(args) => rotate::run(args).await,
+            Command::Healthcheck(args) => healthcheck::run(args).await,
         }
     });
     match result {
