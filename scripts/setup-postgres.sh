@@ -14,9 +14,12 @@
 #      included) keeps the existing rules;
 #   4. sets password_encryption = 'scram-sha-256' (ALTER SYSTEM) if it is not already;
 #   5. reloads the configuration and proves it worked: a probe member role logs in
-#      with its password and is refused with a wrong one.
+#      with its password and is refused with a wrong one;
+#   6. turns on TLS with a certificate from a test CA made here (step 6 below) and proves
+#      a verify-full connection works.
 #
-# Environment: PGHOST_TEST (default 127.0.0.1) and PGPORT (default 5432) for the probe.
+# Environment: PGHOST_TEST (default 127.0.0.1) and PGPORT (default 5432) for the probe;
+# KVR_TEST_PG_TLS_DIR (default /var/lib/postgresql/kvr-test-tls) for the certificates.
 set -euo pipefail
 
 MARK_BEGIN="# >>> kv-rotator test roles: password auth for members of kvr_scram (scripts/setup-postgres.sh) >>>"
@@ -116,3 +119,50 @@ for _ in $(seq 1 50); do
 done
 [ -n "$ok" ] || die "a kvr_scram member still logs in with a wrong password (or not with the right one) on $HOST:$PORT; check $hba"
 log "ok: members of kvr_scram need their password on $HOST:$PORT"
+
+# 6. TLS: the server gets a certificate from a CA made here, so tests can connect with
+#    sslmode = verify-full (and prove that a wrong CA is refused). Kept for 365 days and
+#    made again when it has less than a week left. The CA certificate is world-readable
+#    at $TLS_DIR/ca.pem (tests read KVR_TEST_PG_CA, defaulting to that path).
+TLS_DIR="${KVR_TEST_PG_TLS_DIR:-/var/lib/postgresql/kvr-test-tls}"
+as_postgres() {
+    if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+if ! [ -f "$TLS_DIR/server.pem" ] || ! openssl x509 -checkend 604800 -noout -in "$TLS_DIR/server.pem" >/dev/null 2>&1; then
+    mkdir -p "$TLS_DIR"
+    chown postgres: "$TLS_DIR" 2>/dev/null || true
+    work="$(mktemp -d)"
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=kv-rotator test CA" -keyout "$work/ca.key" -out "$work/ca.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj "/CN=localhost" -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" "extendedKeyUsage=serverAuth" \
+        "basicConstraints=critical,CA:FALSE" >"$work/ext"
+    openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+        -days 365 -extfile "$work/ext" -out "$work/server.pem" 2>/dev/null
+    install -m 0644 "$work/ca.pem" "$TLS_DIR/ca.pem"
+    install -m 0644 "$work/server.pem" "$TLS_DIR/server.pem"
+    install -m 0600 "$work/server.key" "$TLS_DIR/server.key"
+    chown postgres: "$TLS_DIR/server.key" "$TLS_DIR/server.pem" "$TLS_DIR/ca.pem" 2>/dev/null || true
+    rm -rf "$work"
+    log "made a test CA and server certificate in $TLS_DIR"
+fi
+if [ "$(psql_admin -c 'SHOW ssl')" != on ] || [ "$(psql_admin -c 'SHOW ssl_cert_file')" != "$TLS_DIR/server.pem" ]; then
+    psql_admin -c "ALTER SYSTEM SET ssl_cert_file = '$TLS_DIR/server.pem'"
+    psql_admin -c "ALTER SYSTEM SET ssl_key_file = '$TLS_DIR/server.key'"
+    psql_admin -c "ALTER SYSTEM SET ssl = on"
+    log "turned on ssl with $TLS_DIR/server.pem"
+fi
+psql_admin -c 'SELECT pg_reload_conf()' >/dev/null
+ok=""
+for _ in $(seq 1 50); do
+    if as_postgres psql -X -w -q "host=$HOST port=$PORT dbname=postgres user=postgres sslmode=verify-full sslrootcert=$TLS_DIR/ca.pem" \
+        -tAc 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()' 2>/dev/null | grep -qx t; then
+        ok=1
+        break
+    fi
+    sleep 0.1
+done
+[ -n "$ok" ] || die "no verify-full TLS connection to $HOST:$PORT with $TLS_DIR/ca.pem (see the server log)"
+log "ok: TLS with verify-full on $HOST:$PORT (CA $TLS_DIR/ca.pem)"

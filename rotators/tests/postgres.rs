@@ -4,13 +4,14 @@
 //! `scram-sha-256` in pg_hba.conf; without it every password logs in and these tests
 //! fail (never skip) saying so. Roles are named `kvr_t_<random>…` and dropped by a guard,
 //! also when a test fails. The `postgres` superuser connects over trust to set them up.
+//! The TLS tests use the certificate the same script gives the server (its own test CA).
 #![cfg(feature = "postgres")]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kv_rotator_rotators::postgres::{PostgresConfig, PostgresRotator};
+use kv_rotator_rotators::postgres::{ChannelBinding, PostgresConfig, PostgresRotator, SslMode};
 use kv_rotator_rotators::testkit::{contains_secret, run_conformance, ConformanceFixture};
 use kv_rotator_rotators::{
     Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, VerifyRequest,
@@ -102,11 +103,17 @@ fn policy() -> PasswordPolicy {
     PasswordPolicy::default()
 }
 
+/// A rotator on the local server, without TLS (what most tests here need).
 fn rotator() -> PostgresRotator {
+    rotator_with(|cfg| cfg.sslmode = SslMode::Disable)
+}
+
+fn rotator_with(adjust: impl FnOnce(&mut PostgresConfig)) -> PostgresRotator {
     let mut cfg = PostgresConfig::new(HOST);
     cfg.port = PORT;
     cfg.application_name = "kv-rotator-tests".to_owned();
-    PostgresRotator::new(cfg, policy())
+    adjust(&mut cfg);
+    PostgresRotator::new(cfg, policy()).unwrap()
 }
 
 /// Creates a role in kvr_scram whose stored verifier is computed here, as the rotator does.
@@ -175,16 +182,200 @@ impl ConformanceFixture for PgFixture {
     }
 }
 
-#[tokio::test]
-async fn postgres_passes_conformance() {
+async fn conformance(rotator: PostgresRotator) {
     let (su, guard, prefix) = setup().await;
     let admin = Credential { username: format!("{prefix}_admin"), password: policy().generate() };
     create_role(&su, &guard, &admin.username, &admin.password, "LOGIN CREATEROLE").await;
     let mut fixture = PgFixture { su, guard: Arc::clone(&guard), prefix, admin, next: 0 };
-    let rotator = rotator();
     let report = run_conformance(&rotator, &mut fixture).await.unwrap_or_else(|e| panic!("conformance: {e}"));
     println!("{report}");
     assert!(report.skipped.is_empty(), "postgres must run every check: {report}");
+}
+
+#[tokio::test]
+async fn postgres_passes_conformance() {
+    conformance(rotator()).await;
+}
+
+// ---- TLS (the setup script turns it on, with a certificate from its own test CA) ----
+
+/// The setup script's test CA.
+fn test_ca() -> std::path::PathBuf {
+    let path = std::env::var_os("KVR_TEST_PG_CA")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/postgresql/kvr-test-tls/ca.pem"));
+    assert!(path.is_file(), "no test CA at {}: {SETUP_HINT}", path.display());
+    path
+}
+
+/// verify-full, the test CA, and channel binding required: tokio-postgres then accepts
+/// only SCRAM-SHA-256-PLUS, so every login of the run is bound to a verified TLS session.
+fn tls_rotator(host: &str) -> PostgresRotator {
+    rotator_with(|cfg| {
+        cfg.host = host.to_owned();
+        cfg.sslmode = SslMode::VerifyFull;
+        cfg.sslrootcert = Some(test_ca());
+        cfg.channel_binding = ChannelBinding::Require;
+    })
+}
+
+#[tokio::test]
+async fn postgres_passes_conformance_over_verify_full_tls_with_channel_binding() {
+    conformance(tls_rotator(HOST)).await;
+}
+
+/// The role's sessions seen by the server while `hold` is open, with their TLS state.
+async fn ssl_of_sessions(su: &Client, role: &str) -> Vec<bool> {
+    su.query("SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = $1", &[&role])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_host_name_form_verifies_too_and_sessions_are_encrypted() {
+    let (su, guard, prefix) = setup().await;
+    let user = format!("{prefix}_tls");
+    let p0 = policy().generate();
+    create_role(&su, &guard, &user, &p0, "LOGIN").await;
+    // "localhost" is a DNS name in the certificate; 127.0.0.1 (above) an IP address.
+    let rotator = tls_rotator("localhost");
+    let p1 = policy().generate();
+    let out = rotator
+        .set_password(SetPasswordRequest {
+            username: user.clone(),
+            current: p0.clone(),
+            pending: p1.clone(),
+            previous: vec![],
+            admin: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.outcome, SetPasswordOutcome::ChangedWithCurrent);
+    assert_eq!(
+        rotator.verify(VerifyRequest { username: user.clone(), password: p0 }).await.unwrap(),
+        VerifyResponse::Rejected
+    );
+
+    // While a session of the role is open, the server says it is TLS.
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(HOST)
+        .port(PORT)
+        .user(&user)
+        .password(p1.expose_secret())
+        .dbname("postgres")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    let plain = tokio::spawn(connection);
+    assert_eq!(ssl_of_sessions(&su, &user).await, vec![false], "the fixture's own plain session");
+    drop(client);
+    let _ = plain.await;
+    let held = tokio::spawn({
+        let rotator = tls_rotator(HOST);
+        let user = user.clone();
+        async move {
+            // verify opens a session and runs SELECT 1; loop until the observer saw one.
+            for _ in 0..200 {
+                rotator.verify(VerifyRequest { username: user.clone(), password: p1.clone() }).await.unwrap();
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !held.is_finished() {
+        seen.extend(ssl_of_sessions(&su, &user).await);
+    }
+    assert!(!seen.is_empty(), "never saw a session of the rotator");
+    assert!(seen.iter().all(|ssl| *ssl), "a rotator session without TLS: {seen:?}");
+}
+
+/// A self-signed CA that did not sign the server's certificate.
+fn other_ca(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "not the test CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let path = dir.join("other-ca.pem");
+    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_wrong_ca_is_refused_permanently_before_any_login() {
+    let (su, guard, prefix) = setup().await;
+    let user = format!("{prefix}_ca");
+    let p0 = policy().generate();
+    create_role(&su, &guard, &user, &p0, "LOGIN").await;
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+        let rotator = rotator_with(|cfg| {
+            cfg.sslmode = mode;
+            cfg.sslrootcert = Some(other_ca(dir.path()));
+        });
+        let err = rotator.verify(VerifyRequest { username: user.clone(), password: p0.clone() }).await.unwrap_err();
+        assert!(matches!(err, RotatorError::Permanent(_)), "{mode:?}: {err:?}");
+        let text = err.to_string();
+        assert!(text.contains("certificate was refused") && text.contains(mode.as_str()), "{text}");
+        assert!(text.contains("UnknownIssuer"), "{text}");
+        assert!(!contains_secret(&text, &p0), "{text}");
+    }
+    // The same request with the right CA works: the refusal was the CA's.
+    assert_eq!(
+        tls_rotator(HOST).verify(VerifyRequest { username: user, password: p0 }).await.unwrap(),
+        VerifyResponse::Accepted
+    );
+}
+
+/// Forwards connections on `listen_ip` to the local server, so the rotator reaches it by
+/// a name its certificate does not carry.
+async fn forwarder(listen_ip: &str) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((listen_ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect((HOST, PORT)).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn verify_ca_skips_the_host_name_and_verify_full_does_not() {
+    let (su, guard, prefix) = setup().await;
+    let user = format!("{prefix}_name");
+    let p0 = policy().generate();
+    create_role(&su, &guard, &user, &p0, "LOGIN").await;
+    let (port, task) = forwarder("127.0.0.2").await;
+    let on = |mode: SslMode| {
+        rotator_with(|cfg| {
+            cfg.host = "127.0.0.2".to_owned();
+            cfg.port = port;
+            cfg.sslmode = mode;
+            cfg.sslrootcert = Some(test_ca());
+            cfg.channel_binding = ChannelBinding::Require;
+        })
+    };
+    let request = || VerifyRequest { username: user.clone(), password: p0.clone() };
+    let err = on(SslMode::VerifyFull).verify(request()).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("not valid for name \"127.0.0.2\""), "{err}");
+    assert_eq!(on(SslMode::VerifyCa).verify(request()).await.unwrap(), VerifyResponse::Accepted);
+    // `require` checks no certificate at all; channel binding still holds the login to
+    // the session.
+    let require = rotator_with(|cfg| {
+        cfg.host = "127.0.0.2".to_owned();
+        cfg.port = port;
+        cfg.sslmode = SslMode::Require;
+        cfg.channel_binding = ChannelBinding::Require;
+    });
+    assert_eq!(require.verify(request()).await.unwrap(), VerifyResponse::Accepted);
+    task.abort();
 }
 
 #[tokio::test]
@@ -352,8 +543,12 @@ async fn missing_database_is_permanent() {
     create_role(&su, &guard, &user, &p0, "LOGIN").await;
     let mut cfg = PostgresConfig::new(HOST);
     cfg.database = format!("{prefix}_no_such_db");
-    let err =
-        PostgresRotator::new(cfg, policy()).verify(VerifyRequest { username: user, password: p0 }).await.unwrap_err();
+    cfg.sslmode = SslMode::Disable;
+    let err = PostgresRotator::new(cfg, policy())
+        .unwrap()
+        .verify(VerifyRequest { username: user, password: p0 })
+        .await
+        .unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
     assert!(err.to_string().contains("3D000"), "{err}");
 }
@@ -362,7 +557,8 @@ fn rotator_on(port: u16) -> PostgresRotator {
     let mut cfg = PostgresConfig::new(HOST);
     cfg.port = port;
     cfg.connect_timeout_secs = 1;
-    PostgresRotator::new(cfg, policy())
+    cfg.sslmode = SslMode::Disable;
+    PostgresRotator::new(cfg, policy()).unwrap()
 }
 
 fn any_set_request() -> SetPasswordRequest {

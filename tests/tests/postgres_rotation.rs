@@ -4,7 +4,8 @@
 //! rejected, expiry and tags are right, no journal record is left, and duplicate or
 //! stale deliveries rotate nothing.
 //!
-//! Needs `scripts/setup-postgres.sh` (roles in `kvr_scram` must use SCRAM, not trust).
+//! Needs `scripts/setup-postgres.sh` (roles in `kvr_scram` must use SCRAM, not trust;
+//! the server must have TLS with its test CA: the rotator runs with `verify-full`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -91,9 +92,14 @@ impl Harness {
     async fn start(admin: Option<AdminRef>) -> Harness {
         let vault = DevVault::start(DevVaultOptions::default()).await.expect("dev vault");
         let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).expect("store"));
-        let pg: PostgresConfig =
-            serde_json::from_value(serde_json::json!({"host": "127.0.0.1", "port": 5432, "sslmode": "disable"}))
-                .unwrap();
+        // The production setting: verified TLS (the setup script's test CA) with every
+        // login bound to the session.
+        let ca = std::env::var("KVR_TEST_PG_CA").unwrap_or_else(|_| "/var/lib/postgresql/kvr-test-tls/ca.pem".into());
+        let pg: PostgresConfig = serde_json::from_value(serde_json::json!({
+            "host": "127.0.0.1", "port": 5432,
+            "sslmode": "verify-full", "sslrootcert": ca, "channel_binding": "require",
+        }))
+        .unwrap();
         let profiles = BTreeMap::from([(
             PROFILE.to_owned(),
             TargetProfile {
@@ -113,7 +119,7 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let service = service::start(
             store.clone(),
-            Targets::from_profiles(&profiles),
+            Targets::from_profiles(&profiles).unwrap(),
             engine,
             &WebhookConfig::default(),
             listener,

@@ -38,18 +38,22 @@ impl Accounts {
 }
 
 impl Targets {
-    /// Builds a rotator for every profile.
-    pub fn from_profiles(profiles: &BTreeMap<String, TargetProfile>) -> Self {
+    /// Builds a rotator for every profile; fails, naming the profile, when one cannot be
+    /// set up (TLS trust anchors that cannot be read).
+    pub fn from_profiles(profiles: &BTreeMap<String, TargetProfile>) -> anyhow::Result<Self> {
         let mut targets = Targets::default();
         for (name, profile) in profiles {
             let rotator: Arc<dyn Rotator> = match &profile.target {
-                TargetKind::Postgres(cfg) => Arc::new(PostgresRotator::new(cfg.clone(), profile.password.clone())),
+                TargetKind::Postgres(cfg) => Arc::new(
+                    PostgresRotator::new(cfg.clone(), profile.password.clone())
+                        .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?,
+                ),
                 TargetKind::Htpasswd(cfg) => Arc::new(HtpasswdRotator::new(cfg.clone(), profile.password.clone())),
             };
             targets.insert(name, rotator, profile.admin.clone());
             targets.set_accounts(name, Accounts::new(&profile.accounts, profile.allow_admin_account));
         }
-        targets
+        Ok(targets)
     }
 
     /// Sets which accounts profile `name` may rotate (default for [`Targets::insert`]:

@@ -43,7 +43,7 @@ fn pg_targets(port: u16) -> Targets {
             allow_admin_account: false,
         },
     )]);
-    Targets::from_profiles(&profiles)
+    Targets::from_profiles(&profiles).unwrap()
 }
 
 /// Seeds one managed secret per role, expiring in 5 days (due for the sweeper).

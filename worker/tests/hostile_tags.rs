@@ -32,7 +32,7 @@ use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore, StoreError};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
-use kv_rotator_rotators::postgres::{PostgresConfig, PostgresRotator};
+use kv_rotator_rotators::postgres::{PostgresConfig, PostgresRotator, SslMode};
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
@@ -167,7 +167,9 @@ fn failed_untouched(outcome: &Outcome) -> (&str, u32) {
 }
 
 fn pg_targets(profile: &str) -> Targets {
-    let rotator = PostgresRotator::new(PostgresConfig::new("127.0.0.1"), PasswordPolicy::default());
+    let mut cfg = PostgresConfig::new("127.0.0.1");
+    cfg.sslmode = SslMode::Disable;
+    let rotator = PostgresRotator::new(cfg, PasswordPolicy::default()).unwrap();
     let mut targets = Targets::default();
     targets.insert(profile, Arc::new(rotator), None);
     targets

@@ -118,7 +118,7 @@ async fn serve(
     ca_path: PathBuf,
     lease: crate::lease::LeaseGuard,
 ) -> anyhow::Result<()> {
-    let mut targets = Targets::from_profiles(&config.targets);
+    let mut targets = Targets::from_profiles(&config.targets)?;
     let demo = seed::seed_demo_target(store.as_ref(), &state_dir, &mut targets).await?;
 
     let serve_config = format!(

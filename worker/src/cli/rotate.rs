@@ -119,7 +119,7 @@ async fn rotations(
     store: Arc<dyn SecretStore>,
     lease: Option<LeaseGuard>,
 ) -> anyhow::Result<()> {
-    let mut engine = Engine::new(store.clone(), Targets::from_profiles(&config.targets), config.engine.clone())
+    let mut engine = Engine::new(store.clone(), Targets::from_profiles(&config.targets)?, config.engine.clone())
         .with_due_rule(DueRule::from_config(&config.engine, &config.sweeper));
     if let Some(lease) = &lease {
         engine = engine.with_lease(Arc::new(lease.clone()));

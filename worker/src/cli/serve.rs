@@ -21,7 +21,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         warn!("no [targets.*] profile configured: every managed secret will fail to rotate");
     }
     let store = service::connect_store(&config.vault)?;
-    let targets = Targets::from_profiles(&config.targets);
+    let targets = Targets::from_profiles(&config.targets)?;
     match &config.webhook.auth {
         None => anyhow::bail!(
             "webhook.auth is not set: `serve` needs [webhook.auth] mode = \"entra-id\" or \"shared-key\" \

@@ -1,7 +1,10 @@
 //! PostgreSQL rotator, single-user strategy.
 //!
-//! - [`PostgresConfig`]: where the server is (a target profile with `kind = "postgres"`).
-//! - [`SslMode`]: only `disable` for now; TLS is a later issue.
+//! - [`PostgresConfig`]: where the server is and how the connection is protected (a
+//!   target profile with `kind = "postgres"`).
+//! - [`tls`]: `sslmode` (`verify-full` by default), `sslrootcert`, `channel_binding`.
+//! - [`auth_guard`]: refuses a server's request for a cleartext or MD5 password before
+//!   any byte of it is sent (`allow_weak_auth` turns that off).
 //! - [`PostgresRotator`]: the [`Rotator`]. `verify` opens a fresh connection as the
 //!   user; `set_password` logs in as the user with its current password, then each
 //!   previous one, then as the admin, and runs
@@ -9,8 +12,10 @@
 //!
 //! The verifier is computed client-side ([`postgres_protocol::password::scram_sha_256`]),
 //! so the plaintext never reaches the server: not its log (`log_statement = 'all'`), not
-//! `pg_stat_statements`, not `pg_stat_activity`. Logging in uses SCRAM too, which never
-//! sends the password either (with `scram-sha-256` or `md5` in `pg_hba.conf`).
+//! `pg_stat_statements`, not `pg_stat_activity`. Logging in uses SCRAM, which never sends the password
+//! either; a server asking for it in clear or as MD5 is refused (see [`auth_guard`]).
+//! The verifier is still a secret (with it, a sniffed login's proof yields a login): over
+//! anything but a trusted private network, use TLS.
 //!
 //! The admin needs `CREATEROLE` (and, from PostgreSQL 16, `ADMIN OPTION` on the user's
 //! role) or to be a superuser; a user changing its own password needs no privilege.
@@ -26,13 +31,23 @@
 //! server refuses is [`RotatorError::Permanent`], naming the login used. Every message is
 //! scrubbed of the passwords and the verifier before it leaves this module.
 
+pub mod auth_guard;
+pub mod tls;
+
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use self::auth_guard::{AuthGuard, GuardedTls, WeakAuthRefused};
+pub use self::tls::{ChannelBinding, SslMode, TlsSetupError};
 
 use crate::{
     PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse,
@@ -50,12 +65,14 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 /// kind = "postgres"
 /// host = "orders.postgres.database.azure.com"
 /// database = "orders"
-/// sslmode = "disable"   # required; the only value accepted for now
+/// sslmode = "verify-full"        # the default; also verify-ca, require, disable
+/// # sslrootcert = "/etc/kv-rotator/orders-ca.pem"   # default: the system's CA store
+/// # channel_binding = "prefer"   # the default; "require" refuses servers without it
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// Host name or IP address; a path starting with `/` is a Unix socket directory.
+    /// Host name or IP address (what `verify-full` checks the certificate against).
     pub host: String,
     /// TCP port. Default 5432.
     #[serde(default = "default_port")]
@@ -67,8 +84,21 @@ pub struct PostgresConfig {
     /// each statement. Default 10; at least 1.
     #[serde(default = "default_connect_timeout", deserialize_with = "positive_secs")]
     pub connect_timeout_secs: u64,
-    /// Transport security. Required, so that running without TLS is a visible choice.
+    /// Transport security, as libpq names it. Default `verify-full`.
+    #[serde(default)]
     pub sslmode: SslMode,
+    /// PEM file of the CA certificates that `verify-ca` and `verify-full` trust. Default:
+    /// the system's store. Refused with `require` and `disable`, which check no chain.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Whether the login is bound to the TLS session (`SCRAM-SHA-256-PLUS`). Default
+    /// `prefer`: whenever the server offers it.
+    #[serde(default)]
+    pub channel_binding: ChannelBinding,
+    /// Let the server ask for the password in clear text or as an MD5 hash. Default false:
+    /// such a request ends the connection before the password is sent.
+    #[serde(default)]
+    pub allow_weak_auth: bool,
     /// Shown in `pg_stat_activity`. Default `kv-rotator`.
     #[serde(default = "default_application_name")]
     pub application_name: String,
@@ -103,7 +133,10 @@ impl PostgresConfig {
             port: default_port(),
             database: default_database(),
             connect_timeout_secs: default_connect_timeout(),
-            sslmode: SslMode::Disable,
+            sslmode: SslMode::default(),
+            sslrootcert: None,
+            channel_binding: ChannelBinding::default(),
+            allow_weak_auth: false,
             application_name: default_application_name(),
         }
     }
@@ -113,48 +146,30 @@ impl PostgresConfig {
     }
 }
 
-/// How the connection is protected, named as libpq names it.
-///
-/// Only `disable` exists for now: TLS to PostgreSQL is a later issue. The other libpq
-/// values are refused with a message saying so, rather than silently connecting in the
-/// clear. SCRAM authentication does not send the password, but the connection (and the
-/// verifier sent by `ALTER ROLE`) is readable and hijackable on the network path: keep
-/// the worker and the server on a private network until TLS lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    /// Plain TCP.
-    Disable,
-}
-
-impl<'de> Deserialize<'de> for SslMode {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = String::deserialize(d)?;
-        match value.as_str() {
-            "disable" => Ok(SslMode::Disable),
-            "allow" | "prefer" | "require" | "verify-ca" | "verify-full" => Err(serde::de::Error::custom(format!(
-                "sslmode {value:?} is not supported yet: only \"disable\" is accepted for now (TLS to PostgreSQL is a later issue)"
-            ))),
-            _ => Err(serde::de::Error::custom(format!(
-                "unknown sslmode {value:?}: only \"disable\" is accepted for now (TLS to PostgreSQL is a later issue)"
-            ))),
-        }
-    }
-}
-
 /// Rotates PostgreSQL role passwords in place (single-user strategy).
 ///
 /// Every operation opens its own connections, so one rotator serves concurrent
 /// rotations of different roles.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresRotator {
     cfg: PostgresConfig,
     policy: PasswordPolicy,
+    /// Built once from `sslmode` and `sslrootcert`; `None` for `disable`.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl fmt::Debug for PostgresRotator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresRotator").field("cfg", &self.cfg).field("policy", &self.policy).finish_non_exhaustive()
+    }
 }
 
 impl PostgresRotator {
-    /// A rotator for the server in `cfg`, generating passwords under `policy`.
-    pub fn new(cfg: PostgresConfig, policy: PasswordPolicy) -> Self {
-        Self { cfg, policy }
+    /// A rotator for the server in `cfg`, generating passwords under `policy`. Fails when
+    /// TLS cannot be set up as configured (an unreadable `sslrootcert`, no system CAs).
+    pub fn new(cfg: PostgresConfig, policy: PasswordPolicy) -> Result<Self, TlsSetupError> {
+        let tls = tls::client_config(cfg.sslmode, cfg.sslrootcert.as_deref())?;
+        Ok(Self { cfg, policy, tls })
     }
 
     /// Its connection settings.
@@ -182,17 +197,15 @@ impl PostgresRotator {
             return Err(RotatorError::Permanent(format!("the password of {who} contains a NUL byte")));
         }
         let mut pg = tokio_postgres::Config::new();
-        pg.host(&self.cfg.host)
-            .port(self.cfg.port)
-            .dbname(&self.cfg.database)
+        pg.dbname(&self.cfg.database)
             .user(user)
             .password(password.expose_secret())
             .application_name(&self.cfg.application_name)
-            .connect_timeout(self.cfg.timeout());
+            .channel_binding(self.cfg.channel_binding.into());
         let context = format!("connecting to {} as {who}", self.server());
-        // tokio-postgres's connect_timeout covers the TCP connect only; a server that
-        // accepts and then stays silent must not hang a rotation.
-        let connected = match tokio::time::timeout(self.cfg.timeout(), pg.connect(NoTls)).await {
+        // One limit on TCP, TLS and authentication together: a server that accepts and
+        // then stays silent must not hang a rotation.
+        let connected = match tokio::time::timeout(self.cfg.timeout(), self.connect(&mut pg)).await {
             Ok(result) => result,
             Err(_) => {
                 return Err(RotatorError::Transient(format!(
@@ -202,19 +215,45 @@ impl PostgresRotator {
             }
         };
         match connected {
-            Ok((client, connection)) => {
-                // The connection future drives the socket; it ends when `client` drops.
-                // Its error, if any, surfaces through the client's calls.
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok(Some(client))
-            }
-            Err(e) => match classify(&e, &context, scrub) {
+            Ok(client) => Ok(Some(client)),
+            Err(ConnectFailure::Socket(e)) => Err(RotatorError::Transient(format!("{context}: {e}"))),
+            Err(ConnectFailure::Postgres(e)) => match classify(&e, &context, self.cfg.sslmode, scrub) {
                 Classified::AuthRefused => Ok(None),
                 Classified::Error(err) => Err(err),
             },
         }
+    }
+
+    /// Opens the socket, TLS as configured, and logs in, with every server message up to
+    /// the end of authentication seen by the [`AuthGuard`].
+    async fn connect(&self, pg: &mut tokio_postgres::Config) -> Result<Client, ConnectFailure> {
+        let allow_weak = self.cfg.allow_weak_auth;
+        let socket = tokio::net::TcpStream::connect((self.cfg.host.as_str(), self.cfg.port))
+            .await
+            .map_err(ConnectFailure::Socket)?;
+        let _ = socket.set_nodelay(true);
+        let (client, connection) = match &self.tls {
+            None => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let (client, connection) = pg.connect_raw(AuthGuard::new(socket, allow_weak), NoTls).await?;
+                (client, tokio::spawn(connection))
+            }
+            Some(config) => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let mut make = MakeRustlsConnect::new(rustls::ClientConfig::clone(config));
+                // Infallible: the host name is checked during the handshake.
+                let Ok(connector) = <MakeRustlsConnect as MakeTlsConnect<tokio::net::TcpStream>>::make_tls_connect(
+                    &mut make,
+                    &self.cfg.host,
+                );
+                let (client, connection) = pg.connect_raw(socket, GuardedTls::new(connector, allow_weak)).await?;
+                (client, tokio::spawn(connection))
+            }
+        };
+        // The connection task drives the socket and ends when `client` drops; its error,
+        // if any, surfaces through the client's calls.
+        drop(connection);
+        Ok(client)
     }
 
     /// Runs one statement (simple query protocol) with the operation timeout.
@@ -225,7 +264,7 @@ impl PostgresRotator {
                 self.cfg.connect_timeout_secs
             ))),
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => match classify(&e, context, scrub) {
+            Ok(Err(e)) => match classify(&e, context, self.cfg.sslmode, scrub) {
                 // An authentication error after login: the server changed its mind; let
                 // the engine retry rather than guess.
                 Classified::AuthRefused => Err(RotatorError::Transient(format!(
@@ -365,6 +404,38 @@ impl Rotator for PostgresRotator {
     }
 }
 
+/// Why [`PostgresRotator::connect`] got no session.
+enum ConnectFailure {
+    /// The TCP connection (name resolution, refused, unreachable).
+    Socket(std::io::Error),
+    /// TLS, authentication or the server's answer.
+    Postgres(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for ConnectFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ConnectFailure::Postgres(e)
+    }
+}
+
+/// The first error of type `T` in `e`'s chain, looking inside `io::Error`s too (whose
+/// `source` skips the error they wrap).
+fn find_cause<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(wrapped) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(found) = find_cause::<T>(wrapped) {
+                return Some(found);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// `name` as a PostgreSQL quoted identifier: in double quotes, inner double quotes doubled.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -404,7 +475,7 @@ fn is_transient_sqlstate(code: &str) -> bool {
     CLASSES.iter().any(|class| code.starts_with(class)) || code == "55P03" // lock not available
 }
 
-fn classify(e: &tokio_postgres::Error, context: &str, scrub: &Scrubber) -> Classified {
+fn classify(e: &tokio_postgres::Error, context: &str, sslmode: SslMode, scrub: &Scrubber) -> Classified {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let text = describe(e, scrub);
@@ -428,6 +499,21 @@ fn classify(e: &tokio_postgres::Error, context: &str, scrub: &Scrubber) -> Class
         });
     }
     let text = describe(e, scrub);
+    if find_cause::<WeakAuthRefused>(e).is_some() {
+        return Classified::Error(RotatorError::Permanent(format!("{context}: {text}")));
+    }
+    if find_cause::<rustls::Error>(e).is_some_and(tls::is_certificate_error) {
+        return Classified::Error(RotatorError::Permanent(format!(
+            "{context}: the server's certificate was refused under sslmode {:?}: {text}",
+            sslmode.as_str()
+        )));
+    }
+    if text.contains("server does not support TLS") {
+        return Classified::Error(RotatorError::Permanent(format!(
+            "{context}: {text}; sslmode {:?} needs TLS (ssl = on on the server)",
+            sslmode.as_str()
+        )));
+    }
     let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
     if io || e.is_closed() || text.starts_with("timeout") {
         return Classified::Error(RotatorError::Transient(format!("{context}: {text}")));
@@ -521,26 +607,31 @@ mod tests {
 
     #[test]
     fn config_defaults() {
-        let cfg: PostgresConfig = serde_json::from_str(r#"{"host": "db", "sslmode": "disable"}"#).unwrap();
+        let cfg: PostgresConfig = serde_json::from_str(r#"{"host": "db"}"#).unwrap();
         assert_eq!(cfg, PostgresConfig::new("db"));
         assert_eq!(cfg.port, 5432);
         assert_eq!(cfg.database, "postgres");
         assert_eq!(cfg.connect_timeout_secs, 10);
         assert_eq!(cfg.application_name, "kv-rotator");
-        assert_eq!(cfg.sslmode, SslMode::Disable);
+        // Secure unless told otherwise: verified TLS, channel binding when offered, no
+        // cleartext or MD5 password.
+        assert_eq!(cfg.sslmode, SslMode::VerifyFull);
+        assert_eq!(cfg.sslrootcert, None);
+        assert_eq!(cfg.channel_binding, ChannelBinding::Prefer);
+        assert!(!cfg.allow_weak_auth);
     }
 
     #[test]
-    fn config_rejects_unknown_keys_tls_modes_and_zero_timeout() {
+    fn config_rejects_unknown_keys_downgradable_modes_and_zero_timeout() {
         let err = |json: &str| serde_json::from_str::<PostgresConfig>(json).unwrap_err().to_string();
         let e = err(r#"{"host": "db", "sslmode": "disable", "prot": 1}"#);
         assert!(e.contains("unknown field `prot`"), "{e}");
-        let e = err(r#"{"host": "db", "sslmode": "require"}"#);
-        assert!(e.contains("sslmode \"require\" is not supported yet") && e.contains("later issue"), "{e}");
+        let e = err(r#"{"host": "db", "sslmode": "prefer"}"#);
+        assert!(e.contains("sslmode \"prefer\" is refused"), "{e}");
         let e = err(r#"{"host": "db", "sslmode": "bogus"}"#);
         assert!(e.contains("unknown sslmode \"bogus\""), "{e}");
-        let e = err(r#"{"host": "db"}"#);
-        assert!(e.contains("missing field `sslmode`"), "{e}");
+        let e = err(r#"{"host": "db", "channel_binding": "always"}"#);
+        assert!(e.contains("unknown variant `always`"), "{e}");
         let e = err(r#"{"host": "db", "sslmode": "disable", "connect_timeout_secs": 0}"#);
         assert!(e.contains("at least 1"), "{e}");
     }

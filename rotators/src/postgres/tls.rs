@@ -1,0 +1,302 @@
+//! TLS to PostgreSQL over rustls: the `sslmode`, `sslrootcert` and `channel_binding` keys.
+//!
+//! The modes mean what they mean to libpq, minus the ones that let an attacker on the
+//! path turn TLS off (`allow`, `prefer`):
+//!
+//! | `sslmode`     | encrypted | certificate chain checked | host name checked |
+//! |---------------|-----------|---------------------------|-------------------|
+//! | `disable`     | no        | —                         | —                 |
+//! | `require`     | yes       | no                        | no                |
+//! | `verify-ca`   | yes       | yes                       | no                |
+//! | `verify-full` | yes       | yes                       | yes (default)     |
+//!
+//! Trust anchors are `sslrootcert` (a PEM file of CA certificates) or, without it, the
+//! system's store. Channel binding (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`) ties the
+//! login to the TLS session, so a man in the middle that the certificate check did not
+//! stop still cannot complete a login: with `require` it is the only protection against
+//! one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{aws_lc_rs, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Deserializer};
+
+/// How the connection is protected, named as libpq names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Plain TCP: only for a server on the same host or a private network you trust.
+    Disable,
+    /// Encrypted, but any certificate is accepted: a passive listener learns nothing, an
+    /// active one is stopped only by channel binding.
+    Require,
+    /// Encrypted; the certificate must chain to a trusted CA, for any host name.
+    VerifyCa,
+    /// Encrypted; the certificate must chain to a trusted CA and name the host.
+    #[default]
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SslMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        match value.as_str() {
+            "disable" => Ok(SslMode::Disable),
+            "require" => Ok(SslMode::Require),
+            "verify-ca" => Ok(SslMode::VerifyCa),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            "allow" | "prefer" => Err(serde::de::Error::custom(format!(
+                "sslmode {value:?} is refused: it falls back to plain TCP whenever the server (or anyone on the path) \
+                 says no to TLS; use \"verify-full\", \"verify-ca\", \"require\" or, knowingly, \"disable\""
+            ))),
+            _ => Err(serde::de::Error::custom(format!(
+                "unknown sslmode {value:?}: expected \"verify-full\", \"verify-ca\", \"require\" or \"disable\""
+            ))),
+        }
+    }
+}
+
+/// Whether the login must be bound to the TLS session (libpq's `channel_binding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBinding {
+    /// Never, even when the server offers it.
+    Disable,
+    /// When the server offers `SCRAM-SHA-256-PLUS` over TLS (default).
+    #[default]
+    Prefer,
+    /// Always: a server that cannot (no TLS, no SCRAM, an old server) is refused, and so
+    /// is a cleartext or MD5 password request whatever `allow_weak_auth` says.
+    Require,
+}
+
+impl From<ChannelBinding> for tokio_postgres::config::ChannelBinding {
+    fn from(value: ChannelBinding) -> Self {
+        match value {
+            ChannelBinding::Disable => Self::Disable,
+            ChannelBinding::Prefer => Self::Prefer,
+            ChannelBinding::Require => Self::Require,
+        }
+    }
+}
+
+/// Why TLS could not be set up from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("sslrootcert {path}: {reason}")]
+    RootCert { path: PathBuf, reason: String },
+    #[error("no trusted CA certificates: the system store is empty or unreadable ({0}); set sslrootcert")]
+    NoSystemRoots(String),
+    #[error("TLS setup: {0}")]
+    Rustls(String),
+}
+
+/// The rustls client configuration for `mode`; `None` for `disable`.
+pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<Option<Arc<ClientConfig>>, TlsSetupError> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+    if let (SslMode::Disable | SslMode::Require, Some(path)) = (mode, root_cert) {
+        return Err(TlsSetupError::RootCert {
+            path: path.to_owned(),
+            reason: format!(
+                "is only read with sslmode \"verify-ca\" or \"verify-full\", not {:?}: a CA that is never checked \
+                 would only look like protection",
+                mode.as_str()
+            ),
+        });
+    }
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
+        SslMode::Disable => return Ok(None),
+        SslMode::Require => Arc::new(AnyCertificate(provider.signature_verification_algorithms)),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(root_cert)?), provider)
+                .build()
+                .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+            if mode == SslMode::VerifyCa {
+                Arc::new(AnyHostName(webpki))
+            } else {
+                webpki
+            }
+        }
+    };
+    let config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    Ok(Some(Arc::new(config)))
+}
+
+/// The trust anchors: every certificate in `path`, or the system's store.
+fn roots(path: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
+    let mut store = RootCertStore::empty();
+    match path {
+        Some(path) => {
+            let fail = |reason: String| TlsSetupError::RootCert { path: path.to_owned(), reason };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| fail(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(fail("holds no PEM certificate".to_owned()));
+            }
+            for cert in certs {
+                store.add(cert).map_err(|e| fail(format!("a certificate is not a usable CA: {e}")))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+                return Err(TlsSetupError::NoSystemRoots(errors.join("; ")));
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// `require`: any certificate, but the handshake's signatures are still checked, so the
+/// session is with whoever holds the presented certificate's key (what channel binding
+/// then ties the login to).
+#[derive(Debug)]
+struct AnyCertificate(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the full WebPKI check, except that the certificate need not name the host.
+#[derive(Debug)]
+struct AnyHostName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyHostName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            // The name is checked last, after the chain, validity and usage: reaching it
+            // means everything else held.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Whether a TLS failure is the server's certificate being refused (a configuration
+/// mistake or an attack: retrying will not help).
+pub fn is_certificate_error(error: &rustls::Error) -> bool {
+    matches!(error, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmodes_parse_and_downgradable_ones_are_refused() {
+        let parse = |v: &str| serde_json::from_value::<SslMode>(serde_json::json!(v)).map_err(|e| e.to_string());
+        for mode in [SslMode::Disable, SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
+            assert_eq!(parse(mode.as_str()).unwrap(), mode);
+        }
+        for downgradable in ["allow", "prefer"] {
+            let e = parse(downgradable).unwrap_err();
+            assert!(e.contains("refused") && e.contains("falls back to plain TCP"), "{e}");
+        }
+        assert!(parse("verify_full").unwrap_err().contains("unknown sslmode"));
+    }
+
+    #[test]
+    fn a_missing_or_empty_root_cert_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let e = client_config(SslMode::VerifyFull, Some(&missing)).unwrap_err().to_string();
+        assert!(e.contains("nope.pem"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = client_config(SslMode::VerifyCa, Some(&empty)).unwrap_err().to_string();
+        assert!(e.contains("empty.pem") && e.contains("no PEM certificate"), "{e}");
+        // `require` and `disable` check no chain: a CA file with them is a mistake.
+        for mode in [SslMode::Require, SslMode::Disable] {
+            let e = client_config(mode, Some(&empty)).unwrap_err().to_string();
+            assert!(e.contains("is only read with sslmode"), "{e}");
+        }
+        assert!(client_config(SslMode::Require, None).unwrap().is_some());
+        assert!(client_config(SslMode::Disable, None).unwrap().is_none());
+    }
+}
