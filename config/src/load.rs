@@ -5,7 +5,7 @@ use std::path::Path;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 
-use crate::model::{Config, CredentialConfig, SecretSource, WebhookAuthConfig, WebhookConfig};
+use crate::model::{AdminConfig, Config, CredentialConfig, SecretSource, WebhookAuthConfig, WebhookConfig};
 
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +152,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     validate_webhook(&config.webhook, &mut problems);
+    validate_admin(config, &mut problems);
     if problems.is_empty() {
         Ok(())
     } else {
@@ -251,5 +252,21 @@ fn validate_webhook(webhook: &WebhookConfig, problems: &mut Vec<String>) {
             problems.push("webhook.auth: set openid_configuration_url or jwks_url, not both".to_owned());
         }
         _ => {}
+    }
+}
+
+/// `[admin]`: when enabled, its address must not be one the webhook also listens on (the
+/// same port on the same address, or on the wildcard address of either), or `/metrics`
+/// would sit on the internet-facing port again — and one of the two binds would fail.
+fn validate_admin(config: &Config, problems: &mut Vec<String>) {
+    let AdminConfig { enabled, listen } = &config.admin;
+    let webhook = config.webhook.listen;
+    let overlaps = listen.port() != 0
+        && listen.port() == webhook.port()
+        && (listen.ip() == webhook.ip() || listen.ip().is_unspecified() || webhook.ip().is_unspecified());
+    if *enabled && overlaps {
+        problems.push(format!(
+            "admin.listen {listen} overlaps webhook.listen {webhook}: the admin listener needs its own port"
+        ));
     }
 }

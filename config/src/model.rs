@@ -32,6 +32,9 @@ pub struct Config {
     /// The engine lease: one engine per vault.
     #[serde(default)]
     pub lease: LeaseConfig,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`, loopback by default.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Target profiles by name; a secret's `rotator` tag names one.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetProfile>,
@@ -426,6 +429,36 @@ fn default_lease_settle() -> u64 {
 impl Default for LeaseConfig {
     fn default() -> Self {
         Self { ttl_secs: default_lease_ttl(), settle_ms: default_lease_settle() }
+    }
+}
+
+/// `[admin]`: the admin listener, apart from the internet-facing webhook. It serves
+/// `GET /metrics` (rotation outcomes, failures, timings), `GET /healthz` and `GET /readyz`,
+/// and is where the authenticated admin API will live. Loopback by default: what it tells
+/// is for the host's scraper and probes, not for whoever can reach the webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether `serve` and `dev` open the admin listener at all (default true). Off: no
+    /// metrics and no readiness endpoint; the webhook's `/healthz` stays.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Listen address; default `127.0.0.1:9464`. Another address (a pod's, for the
+    /// kubelet's probes and an in-cluster scraper) must still be kept off the ingress.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+/// The admin listener's default address: loopback, Prometheus exporters' customary port range.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+fn default_admin_listen() -> SocketAddr {
+    DEFAULT_ADMIN_LISTEN
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: default_admin_listen() }
     }
 }
 

@@ -147,3 +147,33 @@ fn environment_overrides_the_file() {
         Ok(())
     });
 }
+
+#[test]
+fn the_admin_listener_is_loopback_by_default_and_apart_from_the_webhook() {
+    let vault = "[vault]\nurl = \"https://v.vault.azure.net/\"\n";
+    let f = file(vault);
+    let config = jailed(|| load(Some(f.path()))).unwrap();
+    assert!(config.admin.enabled);
+    assert_eq!(config.admin.listen, "127.0.0.1:9464".parse().unwrap());
+    let f = file(&format!("{vault}[admin]\nlisten = \"0.0.0.0:9100\"\n"));
+    assert_eq!(jailed(|| load(Some(f.path()))).unwrap().admin.listen.port(), 9100);
+    let f = file(&format!("{vault}[admin]\nenabled = false\n"));
+    assert!(!jailed(|| load(Some(f.path()))).unwrap().admin.enabled);
+
+    let e = error_of(&format!("{vault}[admin]\nlisten_on = \"127.0.0.1:1\"\n"));
+    assert!(e.contains("listen_on"), "{e}");
+    let e = error_of(&format!("{vault}[admin]\nlisten = \"not an address\"\n"));
+    assert!(e.contains("admin") || e.contains("listen"), "{e}");
+    // On the webhook's port: the same address, or either on the wildcard address.
+    for (webhook, admin) in [("127.0.0.1:8080", "127.0.0.1:8080"), ("0.0.0.0:8080", "127.0.0.1:8080")] {
+        let e = error_of(&format!("{vault}[webhook]\nlisten = \"{webhook}\"\n[admin]\nlisten = \"{admin}\"\n"));
+        assert!(e.contains("admin.listen") && e.contains("webhook.listen"), "{e}");
+    }
+    // Disabled, or on another address or port, or a port the OS picks: fine.
+    for admin in
+        ["enabled = false\nlisten = \"0.0.0.0:8080\"", "listen = \"10.0.0.1:8080\"", "listen = \"127.0.0.1:0\""]
+    {
+        let f = file(&format!("{vault}[webhook]\nlisten = \"127.0.0.2:8080\"\n[admin]\n{admin}\n"));
+        jailed(|| load(Some(f.path()))).unwrap_or_else(|e| panic!("{admin}: {e}"));
+    }
+}

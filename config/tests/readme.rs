@@ -24,4 +24,5 @@ fn the_readme_configuration_example_loads() {
     assert!(matches!(config.targets["orders-db"].target, TargetKind::Postgres(_)));
     assert!(matches!(config.targets["intranet"].target, TargetKind::Htpasswd(_)));
     assert_eq!(config.engine.max_attempts, 5);
+    assert!(config.admin.enabled && config.admin.listen.ip().is_loopback(), "the admin listener on loopback");
 }

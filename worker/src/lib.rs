@@ -9,6 +9,8 @@
 //! - [`credentials`]: picks the Entra ID credential the configuration names.
 //! - [`sweeper`]: resumes unfinished journals and enqueues secrets near expiry.
 //! - [`metrics`]: Prometheus counters and histograms, `GET /metrics`.
+//! - [`admin`]: the admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`.
+//! - [`listener`]: the hardened HTTP listener the webhook and the admin routes are served by.
 //! - [`alerts`]: the HTTP webhook alert sink for failed rotations.
 //! - [`lease`]: the engine lease in Key Vault: one engine per vault.
 //! - [`logging`]: log output; dependencies capped at INFO whatever `RUST_LOG` says.
@@ -17,6 +19,7 @@
 //!
 //! See `docs/architecture.md` for the data flow and the invariant.
 
+pub mod admin;
 pub mod alerts;
 pub mod cli;
 pub mod credentials;

@@ -1,4 +1,5 @@
-//! The webhook's HTTP listener, hardened against abuse before authentication runs.
+//! The service's HTTP listeners — the webhook and the admin listener ([`crate::admin`]) —
+//! hardened against abuse before authentication runs.
 //!
 //! `axum::serve` runs hyper without a timer, which turns off hyper's header-read timeout,
 //! and it caps neither connections nor shutdown. [`serve`] instead drives each accepted
@@ -57,8 +58,10 @@ impl Limits {
 }
 
 /// Serves `app` on `listener` within `limits` until `stop` completes, then shuts down
-/// within the grace period. Returns once every connection is closed or dropped.
+/// within the grace period. Returns once every connection is closed or dropped. `name`
+/// (`webhook`, `admin`) tells the listeners apart in logs.
 pub async fn serve(
+    name: &'static str,
     listener: TcpListener,
     app: Router,
     limits: Limits,
@@ -84,7 +87,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Such as EMFILE: back off rather than spin.
-                    warn!(error = %e, "webhook accept failed");
+                    warn!(listener = name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -96,7 +99,7 @@ pub async fn serve(
         let watched = graceful.watch(connection);
         connections.spawn(async move {
             if let Err(e) = watched.await {
-                debug!(%peer, error = %e, "webhook connection ended");
+                debug!(listener = name, %peer, error = %e, "connection ended");
             }
             drop(permit);
         });
@@ -104,7 +107,7 @@ pub async fn serve(
     drop(listener);
     let open = graceful.count();
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
-        warn!(open, grace = ?limits.shutdown_grace, "webhook connections still open after the grace period: closed");
+        warn!(listener = name, open, grace = ?limits.shutdown_grace, "connections still open after the grace period: closed");
     }
     connections.shutdown().await;
     Ok(())

@@ -2,8 +2,8 @@
 //!
 //! - [`Metrics`]: the labelled counters and histograms; the engine, the
 //!   sweeper and the alert sink record into it.
-//! - [`router`]: the `/metrics` route, merged into the service's router (the webhook
-//!   crate stays free of engine knowledge).
+//! - [`router`]: the `/metrics` route, merged into the admin listener's router
+//!   ([`crate::admin`]), never the internet-facing webhook's.
 //!
 //! Families (every name is listed in [`FAMILIES`] with its help text):
 //! `kv_rotator_rotations_total{outcome,trigger}`, `kv_rotator_rotation_attempts_total`,

@@ -1,8 +1,10 @@
 //! Runs the webhook and the engine together: [`connect_store`] opens the vault,
 //! [`start`] binds the webhook to a listener and starts the engine behind a bounded
 //! queue, [`start_with`] adds the sweeper (journal resume, near-expiry scan), the alert
-//! sink and `GET /metrics`, and [`RunningService::shutdown`] stops them gracefully
-//! (and releases the engine lease the service was given, after the engine drained).
+//! sink and the admin listener (`/metrics`, `/healthz`, `/readyz`: [`crate::admin`]), and
+//! [`RunningService::shutdown`] stops them gracefully (the webhook first, the admin
+//! listener once the engine drained, then the engine lease the service was given is
+//! released).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
 use kv_rotator_config::{AlertsConfig, EngineConfig, SweeperConfig, VaultConfig, WebhookConfig};
 use kv_rotator_config::{SecretSource, WebhookAuthConfig};
 use kv_rotator_keyvault::azure::{AzureSecretStore, TransportOverrides};
@@ -20,10 +23,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::admin::{AdminState, Readiness};
 use crate::alerts::WebhookSink;
 use crate::engine::due::DueRule;
 use crate::engine::Engine;
 use crate::lease::LeaseGuard;
+use crate::listener::Limits;
 use crate::metrics::Metrics;
 use crate::sweeper::Sweeper;
 use crate::targets::Targets;
@@ -51,15 +56,41 @@ pub struct RunningService {
     pub engine: Engine,
     /// Where the webhook listens.
     pub webhook_addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<std::io::Result<()>>,
+    /// Where the admin listener listens, when the service has one.
+    pub admin_addr: Option<SocketAddr>,
+    webhook: Server,
+    admin: Option<Server>,
     engine_task: JoinHandle<()>,
     sweeper_task: Option<JoinHandle<()>>,
     lease: Option<LeaseGuard>,
 }
 
+/// One HTTP listener served by [`crate::listener::serve`], and how to stop it.
+#[derive(Debug)]
+struct Server {
+    name: &'static str,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    fn spawn(name: &'static str, listener: TcpListener, app: Router, limits: Limits) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::listener::serve(name, listener, app, limits, async {
+            let _ = stopped.await;
+        }));
+        Self { name, stop, task }
+    }
+
+    /// Stops accepting, and returns once its connections are closed (within the grace).
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.with_context(|| format!("{} task", self.name))?.with_context(|| format!("{} server", self.name))
+    }
+}
+
 /// What runs beside the webhook and the engine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Background {
     /// The startup and periodic scan (journals to resume, secrets near expiry); `None`: off.
     pub sweeper: Option<SweeperConfig>,
@@ -68,6 +99,9 @@ pub struct Background {
     /// The engine lease this service holds (see [`crate::lease`]): released at shutdown;
     /// its loss ends [`RunningService::run_until`] with an error.
     pub lease: Option<LeaseGuard>,
+    /// The admin listener ([`crate::admin`]: `/metrics`, `/healthz`, `/readyz`), bound
+    /// by the caller (see [`crate::admin::bind`]); `None`: no admin listener.
+    pub admin: Option<TcpListener>,
 }
 
 /// Starts the engine and serves the webhook on `listener`, with no sweeper.
@@ -82,8 +116,8 @@ pub async fn start(
 }
 
 /// Starts the engine, the sweeper and alert sink of `background`, and serves the
-/// webhook and `GET /metrics` on `listener` (within the limits of `[webhook]`, see
-/// [`crate::listener`]).
+/// webhook on `listener` and the admin routes on `background.admin` (both within the
+/// limits of `[webhook]`, see [`crate::listener`]).
 pub async fn start_with(
     store: Arc<dyn SecretStore>,
     targets: Targets,
@@ -110,16 +144,30 @@ pub async fn start_with(
     let sweeper_task = background
         .sweeper
         .map(|config| tokio::spawn(Sweeper::new(store, queue_tx.clone(), config, due_rule, metrics.clone()).run()));
+    let readiness = Readiness::new(&queue_tx, background.lease.clone());
     let state = webhook_state(queue_tx, webhook_config, &vault_name)?;
-    let app = kv_rotator_webhook::router(state).merge(crate::metrics::router(metrics));
     let webhook_addr = listener.local_addr().context("webhook listener")?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let limits = crate::listener::Limits::from_config(webhook_config);
-    let server = tokio::spawn(crate::listener::serve(listener, app, limits, async {
-        let _ = stopped.await;
-    }));
+    let admin_addr = background.admin.as_ref().map(TcpListener::local_addr).transpose().context("admin listener")?;
+    let limits = Limits::from_config(webhook_config);
+    let webhook = Server::spawn("webhook", listener, kv_rotator_webhook::router(state), limits);
     info!(%webhook_addr, "webhook listening");
-    Ok(RunningService { engine, webhook_addr, stop, server, engine_task, sweeper_task, lease: background.lease })
+    let admin = background.admin.map(|listener| {
+        let app = crate::admin::router(AdminState { metrics, readiness });
+        Server::spawn("admin", listener, app, limits)
+    });
+    if let Some(admin_addr) = admin_addr {
+        info!(%admin_addr, "admin listener (/metrics, /healthz, /readyz) listening");
+    }
+    Ok(RunningService {
+        engine,
+        webhook_addr,
+        admin_addr,
+        webhook,
+        admin,
+        engine_task,
+        sweeper_task,
+        lease: background.lease,
+    })
 }
 
 impl RunningService {
@@ -148,17 +196,21 @@ impl RunningService {
     }
 
     /// Stops accepting deliveries, lets queued rotations finish, and returns. Open HTTP
-    /// connections get `webhook.shutdown_grace_secs` to finish, then are closed.
+    /// connections get `webhook.shutdown_grace_secs` to finish, then are closed. The
+    /// admin listener serves until the engine has drained (`/readyz` says it is shutting
+    /// down), so the last rotations are still scraped.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
         if let Some(sweeper) = self.sweeper_task {
             // It holds a sender of the queue: the engine drains only once it is gone.
             sweeper.abort();
             let _ = sweeper.await;
         }
-        self.server.await.context("webhook task")?.context("webhook server")?;
+        self.webhook.stop().await?;
         // The router, and with it the queue's sender, is gone: the engine drains and ends.
         self.engine_task.await.context("engine task")?;
+        if let Some(admin) = self.admin {
+            admin.stop().await?;
+        }
         if let Some(lease) = self.lease {
             lease.release().await;
         }

@@ -212,6 +212,7 @@ async fn failures_past_the_cap_are_tagged_counted_and_alerted_then_cleared_by_su
     let background = Background {
         sweeper: None,
         alerts: AlertsConfig { webhook_url: Some(sink_url), timeout_ms: 2000, ..Default::default() },
+        admin: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
         ..Default::default()
     };
     let running = start(store.clone(), pg_targets(proxy.port), engine, background).await;
@@ -239,8 +240,9 @@ async fn failures_past_the_cap_are_tagged_counted_and_alerted_then_cleared_by_su
     let text = alert.to_string();
     assert!(!text.contains(initial.expose_secret()), "{text}");
 
-    // Counted, at GET /metrics on the service's port.
-    let body = reqwest::get(format!("http://{}/metrics", running.webhook_addr)).await.unwrap().text().await.unwrap();
+    // Counted, at GET /metrics on the service's admin listener.
+    let admin = running.admin_addr.expect("an admin listener");
+    let body = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
     for line in [
         "kv_rotator_rotations_total{outcome=\"failed\",trigger=\"manual\"} 1",
         "kv_rotator_alerts_total{result=\"sent\"} 1",

@@ -36,6 +36,10 @@ pub struct DevArgs {
     /// Address the webhook listens on (overrides webhook.listen).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the admin listener: /metrics, /healthz, /readyz (overrides admin.listen,
+    /// default 127.0.0.1:9464, and enables it).
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
     /// Optional configuration file for target profiles and engine settings; its
     /// `[vault]` section, if any, is replaced by the embedded dev vault.
     #[arg(long, short)]
@@ -142,7 +146,8 @@ async fn serve(
 
     let listener =
         TcpListener::bind(args.listen).await.with_context(|| format!("cannot bind the webhook on {}", args.listen))?;
-    let background = service::Background { lease: Some(lease), ..Default::default() };
+    let admin = crate::admin::bind(&config.admin, args.admin_listen).await?;
+    let background = service::Background { lease: Some(lease), admin, ..Default::default() };
     let running =
         service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await?;
     // Where everything is, for scripts and tests (ports may have been chosen by the OS).
@@ -152,6 +157,7 @@ async fn serve(
         "ca_file": ca_path,
         "serve_config": state_dir.join("serve.toml"),
         "webhook_url": format!("http://{}/api/eventgrid", running.webhook_addr),
+        "metrics_url": running.admin_addr.map(|addr| format!("http://{addr}/metrics")),
         "demo_secret": DEMO_SECRET,
         "sample_event": event_path,
     });

@@ -42,6 +42,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             sweeper: Some(config.sweeper.clone()),
             alerts: config.alerts.clone(),
             lease: Some(lease.clone()),
+            admin: crate::admin::bind(&config.admin, None).await?,
         };
         service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await
     };

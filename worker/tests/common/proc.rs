@@ -16,9 +16,18 @@ pub struct Proc {
     readers: Vec<JoinHandle<()>>,
 }
 
+/// The admin listener's address for children that do not name one: a port the OS picks,
+/// so that processes of parallel tests (and of other checkouts on the machine) never
+/// contend for the default `127.0.0.1:9464`.
+pub const ADMIN_LISTEN_ENV: &str = "KV_ROTATOR_ADMIN__LISTEN";
+
 impl Proc {
-    /// Starts `command` with its output piped to this process.
+    /// Starts `command` with its output piped to this process (and, unless it sets or
+    /// removes [`ADMIN_LISTEN_ENV`], its admin listener on a port the OS picks).
     pub fn spawn(command: &mut Command) -> Proc {
+        if !command.get_envs().any(|(key, _)| key == ADMIN_LISTEN_ENV) {
+            command.env(ADMIN_LISTEN_ENV, "127.0.0.1:0");
+        }
         let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn kv-rotator");
         let output = Arc::new(Mutex::new(String::new()));
         let streams: [Box<dyn Read + Send>; 2] =

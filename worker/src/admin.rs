@@ -1,0 +1,179 @@
+//! The admin listener: what the worker tells its operators, apart from the internet-facing
+//! webhook.
+//!
+//! - [`router`]: the admin routes over an [`AdminState`] — `GET /metrics`
+//!   ([`crate::metrics`]), `GET /healthz` (the process answers) and `GET /readyz`
+//!   ([`Readiness`]). The authenticated admin API will add its routes here.
+//! - [`Readiness`]: ready while the engine takes requests off a queue with room (and holds
+//!   the engine lease, when it was given one).
+//! - [`bind`]: the listener of `[admin]` (loopback by default), or none when disabled.
+//!
+//! [`crate::service`] serves it with the webhook's hardened listener
+//! ([`crate::listener`]) and limits, on its own port: metrics say which secrets fail and
+//! how rotations go, which is nobody's business who can merely reach the webhook. The
+//! webhook keeps its own `/healthz` (a liveness probe) and answers 404 to `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use kv_rotator_config::AdminConfig;
+use kv_rotator_webhook::app::HEALTHZ_PATH;
+use kv_rotator_webhook::RotationRequest;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::lease::LeaseGuard;
+use crate::metrics::Metrics;
+
+/// The readiness path.
+pub const READYZ_PATH: &str = "/readyz";
+
+/// What the admin routes read. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The registry `/metrics` renders.
+    pub metrics: Arc<Metrics>,
+    /// What `/readyz` answers.
+    pub readiness: Readiness,
+}
+
+/// Whether the service can take rotation requests now: the engine is running (its end of
+/// the queue is open), the queue has room (else the webhook answers 503), and the engine
+/// lease, if the service holds one, is held (else rotations wait). A weak handle on the
+/// queue: readiness never keeps the engine from draining at shutdown.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    queue: mpsc::WeakSender<RotationRequest>,
+    lease: Option<LeaseGuard>,
+}
+
+impl Readiness {
+    /// Readiness of the engine behind `queue`, holding `lease` if given.
+    pub fn new(queue: &mpsc::Sender<RotationRequest>, lease: Option<LeaseGuard>) -> Self {
+        Self { queue: queue.downgrade(), lease }
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(queue) = self.queue.upgrade() else {
+            return Err("shutting down: no more rotation requests are taken".to_owned());
+        };
+        if queue.is_closed() {
+            return Err("the engine is not running".to_owned());
+        }
+        if queue.capacity() == 0 {
+            return Err(format!("the rotation queue is full ({} requests)", queue.max_capacity()));
+        }
+        match self.lease.as_ref().map(LeaseGuard::check) {
+            Some(Err(why)) => Err(format!("the engine lease is not held ({why}): rotations wait")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The admin routes; see the [module docs](self).
+pub fn router(state: AdminState) -> Router {
+    let readiness = state.readiness;
+    Router::new()
+        .route(HEALTHZ_PATH, get(|| async { "ok" }))
+        .route(
+            READYZ_PATH,
+            get(move || {
+                let answer = match readiness.check() {
+                    Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+                };
+                async move { answer }
+            }),
+        )
+        .merge(crate::metrics::router(state.metrics))
+}
+
+/// Binds `[admin] listen` (or `listen`, which overrides it and enables the listener);
+/// `None` when the admin listener is disabled. An address other than loopback is allowed
+/// (the kubelet probes a pod's address) but logged: it must be kept off the ingress.
+pub async fn bind(config: &AdminConfig, listen: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    let addr = match listen {
+        Some(addr) => addr,
+        None if config.enabled => config.listen,
+        None => return Ok(None),
+    };
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "the admin listener (/metrics, /readyz) is not on loopback: keep its port off the ingress");
+    }
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("admin.listen {addr}: cannot bind"))?;
+    Ok(Some(listener))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RotationRequest {
+        RotationRequest {
+            vault_name: "kv".into(),
+            secret_name: "s".into(),
+            version: None,
+            trigger: kv_rotator_webhook::Trigger::Sweeper,
+        }
+    }
+
+    /// Serves `app` on a port the OS picks; its address.
+    async fn serve(app: Router) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    async fn get(addr: &SocketAddr, path: &str) -> (StatusCode, String) {
+        let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        (status, response.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_engine_and_its_queue() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let metrics = Arc::new(Metrics::default());
+        metrics.inc("kv_rotator_sweeps_total", &[("result", "ok")]);
+        let app = serve(router(AdminState { metrics, readiness: Readiness::new(&tx, None) })).await;
+        assert_eq!(get(&app, READYZ_PATH).await, (StatusCode::OK, "ready".to_owned()));
+        assert_eq!(get(&app, HEALTHZ_PATH).await, (StatusCode::OK, "ok".to_owned()));
+        let (status, body) = get(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("kv_rotator_sweeps_total{result=\"ok\"} 1"), "{body}");
+
+        // Full: the webhook would answer 503.
+        tx.try_send(request()).unwrap();
+        tx.try_send(request()).unwrap();
+        let (status, body) = get(&app, READYZ_PATH).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: the rotation queue is full (2 requests)");
+        // Room again.
+        rx.recv().await.unwrap();
+        assert_eq!(get(&app, READYZ_PATH).await.0, StatusCode::OK);
+        // The engine's end is gone.
+        drop(rx);
+        assert_eq!(get(&app, READYZ_PATH).await.1, "not ready: the engine is not running");
+        // Every sender is gone (shutting down); the process still answers /healthz.
+        drop(tx);
+        let (status, body) = get(&app, READYZ_PATH).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("not ready: shutting down"), "{body}");
+        assert_eq!(get(&app, HEALTHZ_PATH).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_listener_binds_nothing_and_an_override_binds() {
+        let disabled = AdminConfig { enabled: false, ..AdminConfig::default() };
+        assert!(bind(&disabled, None).await.unwrap().is_none());
+        let listener = bind(&disabled, Some("127.0.0.1:0".parse().unwrap())).await.unwrap().unwrap();
+        assert!(listener.local_addr().unwrap().ip().is_loopback());
+    }
+}
