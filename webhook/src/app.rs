@@ -20,8 +20,11 @@
 //! that is not a success. So:
 //!
 //! - 200 whenever the delivery was understood, even if some events in it were
-//!   malformed: those are logged and dropped, since they can never become valid
-//!   and a failure would make Event Grid redeliver the good ones too.
+//!   malformed (an `id` that is not an event id — see
+//!   [`is_event_id`](crate::eventgrid::is_event_id) — included): those are logged and
+//!   dropped, since they can never become valid, a failure would make Event Grid
+//!   redeliver the good ones too, and a 400 would drop the good ones with them. A
+//!   validation handshake whose event is malformed gets 400 with the reason.
 //! - 503 with `Retry-After` when the queue is full or closed: transient, retried.
 //! - 400 only for a body that is not a delivery at all (not JSON, not an array,
 //!   wrong content type, a validation event inside a batch); 413 for an oversize body.
@@ -46,7 +49,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::auth::{AuthError, Authenticator};
 use crate::dedup::RecentSet;
 use crate::eventgrid::{
-    plan_cloud_event, plan_event, same_name, AegEventType, Disposition, EventKind, PlannedEvent,
+    loggable_url, plan_cloud_event, plan_event, quote, same_name, AegEventType, Disposition, EventKind, PlannedEvent,
     SubscriptionValidationData, ValidationResponse, AEG_EVENT_TYPE_HEADER,
 };
 use crate::request::{RotationRequest, Trigger};
@@ -328,19 +331,23 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
         return too_large(&state);
     }
     // Header names are case-insensitive (`AEG-SUBSCRIPTION-NAME` arrives upper-case); values
-    // are logged escaped, they are not validated.
+    // are not validated, so they are logged quoted and clipped (they are on every line of
+    // the delivery).
     let headers = request.headers();
     let aeg_header = headers.get(AEG_EVENT_TYPE).map(|v| v.to_str().unwrap_or(""));
     let aeg = aeg_header.and_then(AegEventType::parse);
     let span = tracing::Span::current();
     if !span.is_disabled() {
-        span.record("aeg_event_type", tracing::field::debug(aeg_header.unwrap_or("")));
-        span.record("aeg_subscription_name", tracing::field::debug(header_text(headers, AEG_SUBSCRIPTION_NAME)));
-        span.record("aeg_delivery_count", tracing::field::debug(header_text(headers, AEG_DELIVERY_COUNT)));
+        span.record("aeg_event_type", tracing::field::display(quote(aeg_header.unwrap_or(""))));
+        span.record(
+            "aeg_subscription_name",
+            tracing::field::display(quote(header_text(headers, AEG_SUBSCRIPTION_NAME))),
+        );
+        span.record("aeg_delivery_count", tracing::field::display(quote(header_text(headers, AEG_DELIVERY_COUNT))));
     }
     if aeg_header.is_some() && aeg.is_none() {
         // Decisions rest on each event's eventType; an unknown header value is no reason to refuse.
-        tracing::debug!(header = ?aeg_header, "unknown aeg-event-type header value");
+        tracing::debug!("unknown aeg-event-type header value");
     }
 
     // The limit caps the read even without a Content-Length. (Read here rather than by a
@@ -452,7 +459,7 @@ fn handshake(aeg: Option<AegEventType>, planned: &[PlannedEvent]) -> Option<Resp
     }
     tracing::info!(
         event_id = ?event.event_id.as_deref().unwrap_or(""),
-        validation_url = validation_url.as_deref().unwrap_or(""),
+        validation_url = %loggable_url(validation_url.as_deref().unwrap_or("")),
         "answering Event Grid subscription validation"
     );
     // 200, not 202: Event Grid rejects 202 for the handshake.
@@ -463,18 +470,20 @@ fn handshake(aeg: Option<AegEventType>, planned: &[PlannedEvent]) -> Option<Resp
 fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
     let (mut ignored, mut rejected, mut rotations) = (0usize, 0usize, 0usize);
     for PlannedEvent { index, event_id, disposition } in &planned {
-        // Event ids are not validated, so they are logged escaped (`?`).
+        // Event ids were checked (`is_event_id`: short, visible ASCII); an event whose id
+        // is not one is rejected and its id only quoted, clipped, in the reason. Event types
+        // that are not ours are any text: quoted and clipped.
         let id = event_id.as_deref().unwrap_or("");
         match disposition {
             Disposition::Rotate(_) => rotations += 1,
             Disposition::Ignore { kind: EventKind::SubscriptionDeleted, event_type } => {
                 ignored += 1;
-                tracing::warn!(index, event_id = ?id, ?event_type, "Event Grid subscription deleted");
+                tracing::warn!(index, event_id = ?id, event_type = %quote(event_type), "Event Grid subscription deleted");
             }
             Disposition::Ignore { kind, event_type } => {
                 ignored += 1;
                 // Includes SecretNewVersionCreated: the worker's own writes must not loop back.
-                tracing::debug!(index, event_id = ?id, ?event_type, ?kind, "event ignored");
+                tracing::debug!(index, event_id = ?id, event_type = %quote(event_type), ?kind, "event ignored");
             }
             // Not reached: a delivery holding a validation event is answered by `handshake`.
             Disposition::Validate(_) => ignored += 1,
@@ -650,6 +659,69 @@ mod tests {
             .unwrap();
         let (status, _, _) = call(WebhookState::new(tx).with_max_body_bytes(10), request).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    fn expired_event(id: &str) -> Value {
+        json!({
+            "id": id, "eventType": crate::eventgrid::SECRET_EXPIRED,
+            "topic": "/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/sample-kv",
+            "data": {"Id": "https://sample-kv.vault.azure.net/secrets/s", "VaultName": "sample-kv"}
+        })
+    }
+
+    #[tokio::test]
+    async fn events_with_bad_ids_are_dropped_and_the_good_ones_of_their_batch_queued() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let bad = ["", "line\nforged", "\u{1b}[31mred", "with space", "quo\"te", &"x".repeat(129)];
+        // The common shape (fast path) and CloudEvents (general path) alike.
+        let mut batch: Vec<Value> = bad.iter().map(|id| expired_event(id)).collect();
+        batch.push(expired_event("good-1"));
+        let body = Value::Array(batch.clone()).to_string();
+        let (status, _, reply) = call(WebhookState::new(tx.clone()), post("/", "application/json", &body)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(reply, json!({"queued": 1, "ignored": 0, "rejected": bad.len()}));
+        let queued = rx.try_recv().unwrap();
+        assert!(matches!(&queued.trigger, Trigger::EventGrid { event_id, .. } if event_id == "good-1"));
+
+        let cloud: Vec<Value> = batch
+            .iter()
+            .map(|e| {
+                json!({"specversion": "1.0", "id": e["id"], "source": e["topic"], "type": e["eventType"], "data": e["data"]})
+            })
+            .collect();
+        let body = Value::Array(cloud).to_string();
+        let (status, _, reply) =
+            call(WebhookState::new(tx), post("/", "application/cloudevents-batch+json", &body)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(reply, json!({"queued": 1, "ignored": 0, "rejected": bad.len()}));
+    }
+
+    #[tokio::test]
+    async fn a_handshake_with_a_bad_id_is_refused_naming_the_field() {
+        let (tx, _rx) = mpsc::channel(1);
+        let event = |id: &str, url: &str| {
+            json!([{
+                "id": id, "eventType": crate::eventgrid::SUBSCRIPTION_VALIDATION_EVENT,
+                "data": {"validationCode": "code-1", "validationUrl": url}
+            }])
+            .to_string()
+        };
+        let handshake = |body: String| {
+            Request::post(EVENTGRID_PATH)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(AEG_EVENT_TYPE, "SubscriptionValidation")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let state = WebhookState::new(tx);
+        let (status, _, reply) = call(state.clone(), handshake(event("a\r\nb", "https://x/"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(reply["error"].as_str().unwrap().starts_with(r#"id "a\r\nb" is not an event id"#), "{reply}");
+        // A hostile validationUrl is only logged (escaped): the handshake is answered.
+        let url = format!("https://x/\r\nforged \u{1b}[31m{}", "u".repeat(10_000));
+        let (status, _, reply) = call(state, handshake(event("v-1", &url))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(reply, json!({"validationResponse": "code-1"}));
     }
 
     #[tokio::test]

@@ -55,6 +55,15 @@ const KEY_VAULT_PREFIX: &str = "Microsoft.KeyVault.";
 /// Longest piece of a received value quoted in an error; values are untrusted input.
 const MAX_QUOTED: usize = 80;
 
+/// Longest event id accepted ([`is_event_id`]). Event Grid's ids are GUIDs (36
+/// characters); the cap leaves room for other publishers' schemes while keeping every
+/// log line of a rotation, which names its event, short.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+
+/// Longest `validationUrl` logged as it is; a longer one is clipped (it is only logged,
+/// for an operator to validate by hand, never called).
+const MAX_LOGGED_URL: usize = 2048;
+
 /// The `aeg-event-type` header: what kind of delivery a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AegEventType {
@@ -573,6 +582,16 @@ pub fn is_version(version: &str) -> bool {
     (1..=64).contains(&version.len()) && all_name_bytes(version, false)
 }
 
+/// Event ids: 1 to [`MAX_EVENT_ID_LEN`] visible ASCII characters (`!` to `~`) other than
+/// `"` and `\`. An id is logged on every line of its delivery and of its rotation, and
+/// kept in the dedup memory, so it is checked where it enters: no control character
+/// (`\n`, `\r`, ESC) can start a forged log line or reach a terminal, no space or quote
+/// can make it pose as another field of a line, and no huge id is repeated on every line.
+pub fn is_event_id(id: &str) -> bool {
+    (1..=MAX_EVENT_ID_LEN).contains(&id.len())
+        && id.bytes().fold(true, |ok, b| ok & (b.is_ascii_graphic() & (b != b'"') & (b != b'\\')))
+}
+
 /// Whether every byte of `s` is an ASCII letter or digit (or a hyphen, if allowed).
 /// A fold without early exit, which the compiler turns into vector instructions: names
 /// are checked on every delivery, and valid ones are read to the end anyway.
@@ -590,6 +609,9 @@ pub enum EventError {
     /// The array element is not an Event Grid event.
     #[error("not an Event Grid event: {0}")]
     Envelope(String),
+    /// The event's `id` is not one ([`is_event_id`]).
+    #[error("id {0} is not an event id: 1 to {MAX_EVENT_ID_LEN} visible ASCII characters, without \" or \\")]
+    InvalidEventId(String),
     /// `data` is not a JSON object.
     #[error("data is not a JSON object")]
     DataNotObject,
@@ -669,11 +691,30 @@ impl EventError {
 
 /// `{:?}`-quotes an untrusted value, clipped to [`MAX_QUOTED`] characters.
 pub(crate) fn quote(value: &str) -> String {
-    if value.chars().count() <= MAX_QUOTED {
-        format!("{value:?}")
-    } else {
-        let clipped: String = value.chars().take(MAX_QUOTED).collect();
-        format!("{clipped:?}…")
+    quote_clipped(value, MAX_QUOTED)
+}
+
+/// `{:?}`-quotes an untrusted value (control characters escaped), clipped to `max`
+/// characters.
+pub(crate) fn quote_clipped(value: &str, max: usize) -> String {
+    match value.char_indices().nth(max) {
+        None => format!("{value:?}"),
+        Some((end, _)) => format!("{:?}…", &value[..end]),
+    }
+}
+
+/// A received `validationUrl`, as it may be logged: quoted, control characters escaped,
+/// clipped to [`MAX_LOGGED_URL`] characters.
+pub(crate) fn loggable_url(url: &str) -> String {
+    quote_clipped(url, MAX_LOGGED_URL)
+}
+
+/// The `id` of one event of a delivery, copied, when it is an event id ([`is_event_id`]);
+/// otherwise why the event is rejected, before anything else of it is read.
+pub(crate) fn checked_event_id(id: Option<&str>) -> Result<Option<String>, EventError> {
+    match id {
+        Some(id) if !is_event_id(id) => Err(EventError::InvalidEventId(quote(id))),
+        id => Ok(id.map(str::to_owned)),
     }
 }
 
@@ -700,10 +741,17 @@ pub enum Disposition {
 pub struct PlannedEvent {
     /// Position in the delivered array, for logs.
     pub index: usize,
-    /// The event's `id`, when it could be read.
+    /// The event's `id`, when it could be read and is an event id ([`is_event_id`]).
     pub event_id: Option<String>,
     /// What to do.
     pub disposition: Disposition,
+}
+
+impl PlannedEvent {
+    /// The event at `index` of a delivery, dropped for `error` before its id was read.
+    pub(crate) fn rejected(index: usize, error: EventError) -> Self {
+        Self { index, event_id: None, disposition: Disposition::Reject(error) }
+    }
 }
 
 /// Envelope (`metadataVersion`) and Key Vault `data` (`dataVersion`) schema versions we
@@ -750,7 +798,10 @@ pub struct CloudEvent {
 /// as CloudEvents 1.0 and then decided exactly as its Event Grid twin (`source` plays
 /// the part of `topic`, `type` of `eventType`).
 pub fn plan_cloud_event(index: usize, value: Value, source: &SourceFilter) -> PlannedEvent {
-    let event_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+    let event_id = match checked_event_id(value.get("id").and_then(Value::as_str)) {
+        Ok(event_id) => event_id,
+        Err(e) => return PlannedEvent::rejected(index, e),
+    };
     let disposition = match serde_json::from_value::<CloudEvent>(value) {
         Err(e) => Disposition::Reject(EventError::Envelope(e.to_string())),
         Ok(ce) if ce.specversion.trim() != "1.0" => {
@@ -780,11 +831,15 @@ pub fn plan_cloud_event(index: usize, value: Value, source: &SourceFilter) -> Pl
 }
 
 /// Decides what to do with one element of a delivered array; rotation events must
-/// pass `source` (see [`SourceFilter::check`]).
+/// pass `source` (see [`SourceFilter::check`]). An event whose `id` is not an event id
+/// ([`is_event_id`]) is rejected, whatever its type.
 ///
 /// Takes the value by move: its strings and `data` move into the event, not copied.
 pub fn plan_event(index: usize, value: Value, source: &SourceFilter) -> PlannedEvent {
-    let event_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+    let event_id = match checked_event_id(value.get("id").and_then(Value::as_str)) {
+        Ok(event_id) => event_id,
+        Err(e) => return PlannedEvent::rejected(index, e),
+    };
     let disposition = match serde_json::from_value::<EventGridEvent>(value) {
         Ok(event) => decide(event, source),
         Err(e) => Disposition::Reject(EventError::Envelope(e.to_string())),
@@ -1072,6 +1127,46 @@ mod tests {
         let data = json!({"VaultName": "sample-kv", "ObjectName": "a\nb"});
         let err = KeyVaultEventData::from_value(&data).unwrap().secret_ref().unwrap_err();
         assert_eq!(err.to_string(), r#"invalid secret name "a\nb""#);
+    }
+
+    #[test]
+    fn event_id_rules() {
+        for good in ["00eccf70-95a7-4e7c-8299-2eb17ee9ad64", "e1", "urn:uuid:1#2=3", &"x".repeat(MAX_EVENT_ID_LEN)] {
+            assert!(is_event_id(good), "{good}");
+        }
+        let long = "x".repeat(MAX_EVENT_ID_LEN + 1);
+        for bad in ["", "a b", "a\nb", "a\rb", "\u{1b}[31m", "a\tb", "a\"b", "a\\b", "é", "a\u{7f}", &long] {
+            assert!(!is_event_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_event_with_a_bad_id_is_rejected_whatever_its_type_with_the_id_clipped() {
+        let huge = "A".repeat(500_000);
+        for event_type in [SECRET_NEAR_EXPIRY, SECRET_NEW_VERSION_CREATED, SUBSCRIPTION_VALIDATION_EVENT, "Other"] {
+            let event = json!({"id": huge, "eventType": event_type, "data": documented_data()});
+            let planned = plan_event(2, event.clone(), &SourceFilter::any());
+            assert_eq!((planned.index, planned.event_id.as_deref()), (2, None));
+            let Disposition::Reject(e @ EventError::InvalidEventId(_)) = &planned.disposition else {
+                panic!("{event_type}: {:?}", planned.disposition)
+            };
+            let text = e.to_string();
+            assert!(text.starts_with("id \"AAAA") && text.len() < 200, "{text}");
+            let cloud = json!({"specversion": "1.0", "id": huge, "source": "s", "type": event_type});
+            assert_eq!(plan_cloud_event(2, cloud, &SourceFilter::any()).disposition, planned.disposition);
+        }
+        let planned = plan_event(0, json!({"id": "a\u{1b}[31m\nb", "eventType": "Other"}), &SourceFilter::any());
+        let Disposition::Reject(e) = planned.disposition else { panic!() };
+        let expected = r#"id "a\u{1b}[31m\nb" is not an event id: 1 to 128 visible ASCII characters, without " or \"#;
+        assert_eq!(e.to_string(), expected);
+    }
+
+    #[test]
+    fn quotes_escape_and_clip_on_a_character_boundary() {
+        assert_eq!(quote_clipped("a\nb", 3), r#""a\nb""#);
+        assert_eq!(quote_clipped("éééé", 2), r#""éé"…"#);
+        assert_eq!(loggable_url("https://x/\r\n\u{1b}"), r#""https://x/\r\n\u{1b}""#);
+        assert!(loggable_url(&"u".repeat(5000)).len() < 2100);
     }
 
     #[test]

@@ -18,7 +18,9 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::eventgrid::{check_versions, kv_field, rotation, trim, Disposition, EventKind, KvView, PlannedEvent};
+use crate::eventgrid::{
+    check_versions, checked_event_id, kv_field, rotation, trim, Disposition, EventKind, KvView, PlannedEvent,
+};
 use crate::source::SourceFilter;
 
 /// Decides every event of an Event Grid schema delivery; `None` when the body is not
@@ -133,8 +135,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
 /// One event's decision, as [`decide`](crate::eventgrid) makes it; `None` when unusual.
 fn plan(index: usize, event: Envelope<'_>, source: &SourceFilter) -> Option<PlannedEvent> {
     let kind = EventKind::classify(event.event_type);
+    if kind == EventKind::SubscriptionValidation {
+        return None;
+    }
+    let event_id = match checked_event_id(Some(event.id)) {
+        Ok(event_id) => event_id,
+        Err(e) => return Some(PlannedEvent::rejected(index, e)),
+    };
     let disposition = match kind {
-        EventKind::SubscriptionValidation => return None,
+        EventKind::SubscriptionValidation => unreachable!("returned above"),
         EventKind::SecretNearExpiry | EventKind::SecretExpired => {
             let data = match check_versions(event.metadata_version, event.data_version) {
                 Err(e) => Err(e),
@@ -147,7 +156,7 @@ fn plan(index: usize, event: Envelope<'_>, source: &SourceFilter) -> Option<Plan
         | EventKind::OtherKeyVault
         | EventKind::Unknown => Disposition::Ignore { kind, event_type: event.event_type.to_owned() },
     };
-    Some(PlannedEvent { index, event_id: Some(event.id.to_owned()), disposition })
+    Some(PlannedEvent { index, event_id, disposition })
 }
 
 /// Reads `data` like [`KeyVaultEventData::from_value`](crate::eventgrid::KeyVaultEventData::from_value),
@@ -343,6 +352,12 @@ mod tests {
         new_version["eventType"] = json!("Microsoft.KeyVault.SecretNewVersionCreated");
         agrees(json!([unknown_version, new_version, {"id": "x", "eventType": "Other", "data": [1]}]));
         agrees(json!([]));
+        // Ids that are not event ids are rejected by both, before anything else is read.
+        let mut huge = event(json!({"Id": ID, "VaultName": "sample-kv"}));
+        huge["id"] = json!("A".repeat(100_000));
+        let mut spaced = event(json!({}));
+        spaced["id"] = json!("a b");
+        agrees(json!([huge, spaced, {"id": "", "eventType": "Other"}]));
     }
 
     #[test]

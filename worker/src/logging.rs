@@ -1,7 +1,15 @@
 //! Log output: where it goes, its format, and which events pass.
 //!
-//! Logs go to stderr, as text or JSON lines. Which events pass is decided by two
-//! filters that must both agree, on one per-layer filter of the formatting layer:
+//! Logs go to stderr, as text or JSON lines, one line per event whatever the values in
+//! it: untrusted text (an event's fields, a tag, an error quoting either) cannot forge a
+//! line or reach a terminal. JSON escapes every control character by itself; the text
+//! format writes its fields through [`EscapedFields`], which escapes them too (and
+//! colours levels only on a terminal, so piped logs hold no escape sequence at all).
+//! Lengths are bounded where values enter: the webhook refuses event ids that are not
+//! short visible ASCII and clips what it quotes.
+//!
+//! Which events pass is decided by two filters that must both agree, on one per-layer
+//! filter of the formatting layer:
 //!
 //! 1. the user's filter, `RUST_LOG` (an [`EnvFilter`]; the command's default when it is
 //!    unset or invalid);
@@ -21,8 +29,16 @@
 //! [`SubscriberInitExt::try_init`] installs, under their own target, so the cap applies
 //! to them too.
 
+use std::fmt;
+use std::io::IsTerminal;
+
+use tracing::Subscriber;
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
@@ -48,11 +64,9 @@ pub fn init(format: LogFormat, default_filter: &str) {
     let user = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let shown = user.to_string();
     let filter = user.and(dependency_cap());
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let layer = match format {
-        LogFormat::Text => layer.boxed(),
-        LogFormat::Json => layer.json().boxed(),
-    };
+    // Colours only for a person at a terminal who has not asked for none (NO_COLOR).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let layer = format_layer(format, std::io::stderr, ansi);
     if tracing_subscriber::registry().with(layer.with_filter(filter)).try_init().is_ok() {
         tracing::trace!(
             filter = %shown,
@@ -62,11 +76,92 @@ pub fn init(format: LogFormat, default_filter: &str) {
     }
 }
 
+/// The formatting layer of `format` writing to `writer`, level colours only when `ansi`.
+pub fn format_layer<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
+    match format {
+        LogFormat::Text => layer.fmt_fields(EscapedFields::default()).boxed(),
+        LogFormat::Json => layer.json().boxed(),
+    }
+}
+
+/// The text format's fields — an event's message and fields, a span's fields — as
+/// [`DefaultFields`] writes them (without colours), then with every control character
+/// escaped ([`escape_controls`]). `DefaultFields` quotes `?` values and plain strings
+/// (`Debug`) but writes `%` values as they are, and tracing-subscriber escapes ESC in
+/// messages only: a `\n` in an error quoting a tag would otherwise start a line of its own.
+#[derive(Debug, Default)]
+pub struct EscapedFields {
+    inner: DefaultFields,
+}
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut text = String::new();
+        self.inner.format_fields(Writer::new(&mut text), fields)?;
+        escape_controls(&text, &mut writer)
+    }
+}
+
+/// Writes `text` with its control characters (C0 — `\n`, `\r`, `\t`, ESC … —, DEL, C1)
+/// and the Unicode line and paragraph separators escaped: `\n`, `\r` and `\t` as such,
+/// the others as `\u{..}`.
+pub fn escape_controls(text: &str, out: &mut impl fmt::Write) -> fmt::Result {
+    let mut rest = text;
+    while let Some(at) = rest.find(|c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
+        out.write_str(&rest[..at])?;
+        let c = rest[at..].chars().next().expect("found at this index");
+        match c {
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            other => write!(out, "\\u{{{:x}}}", u32::from(other))?,
+        }
+        rest = &rest[at + c.len_utf8()..];
+    }
+    out.write_str(rest)
+}
+
 #[cfg(test)]
 mod tests {
     use tracing::Level;
 
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut out = String::new();
+        escape_controls("a\nb\rc\td\u{1b}[31me\u{7f}f\u{85}g\u{2028}h é", &mut out).unwrap();
+        assert_eq!(out, r"a\nb\rc\td\u{1b}[31me\u{7f}f\u{85}g\u{2028}h é");
+    }
+
+    #[test]
+    fn untrusted_values_stay_on_their_line_in_both_formats() {
+        let hostile = "x\nFORGED-LINE \u{1b}[31mred\r\n";
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let writer = file.reopen().unwrap();
+            let layer = format_layer(format, move || writer.try_clone().unwrap(), false);
+            let subscriber = tracing_subscriber::registry().with(layer);
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::info_span!("rotation", secret = %hostile, event_id = hostile);
+                let _entered = span.enter();
+                tracing::warn!(error = %hostile, debug = ?hostile, "a message with {hostile} in it");
+            });
+            let output = std::fs::read_to_string(file.path()).unwrap();
+            assert_eq!(output.lines().count(), 1, "{format:?}: {output}");
+            assert!(!output.contains('\u{1b}') && !output.contains('\r'), "{format:?}: {output:?}");
+            assert!(!output.lines().any(|line| line.starts_with("FORGED-LINE")), "{format:?}: {output}");
+            assert!(output.contains("FORGED-LINE"), "{format:?}: the value is there, escaped: {output}");
+            if let LogFormat::Json = format {
+                serde_json::from_str::<serde_json::Value>(&output).unwrap();
+            }
+        }
+    }
 
     #[test]
     fn own_targets_pass_at_every_level_and_others_at_info_and_above() {

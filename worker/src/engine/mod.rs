@@ -285,6 +285,24 @@ impl RotationReport {
     }
 }
 
+/// The span of one request, on every line it logs: the names (checked where requests
+/// enter), the trigger's kind and, for an event, its id as a field of its own (checked by
+/// the webhook: short visible ASCII), so no part of a trigger can pose as another field.
+/// The whole trigger is in the audit record.
+fn request_span(request: &RotationRequest) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rotation",
+        vault = %request.vault_name,
+        secret = %request.secret_name,
+        trigger = trigger_kind(&request.trigger),
+        event_id = tracing::field::Empty,
+    );
+    if let Trigger::EventGrid { event_id, .. } = &request.trigger {
+        span.record("event_id", event_id.as_str());
+    }
+    span
+}
+
 /// `event_grid`, `manual`, `resume` or `sweeper`: the trigger's kind, for metrics labels.
 pub fn trigger_kind(trigger: &Trigger) -> &'static str {
     match trigger {
@@ -499,7 +517,7 @@ impl Engine {
                 }
             }
         }
-        let span = tracing::info_span!("rotation", vault = %request.vault_name, secret = %request.secret_name, trigger = %request.trigger);
+        let span = request_span(&request);
         async {
             let started = Instant::now();
             // The secret's lock before a slot: a request waiting for a busy secret (one on
