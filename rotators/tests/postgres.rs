@@ -215,7 +215,7 @@ fn tls_rotator(host: &str) -> PostgresRotator {
         cfg.host = host.to_owned();
         cfg.sslmode = SslMode::VerifyFull;
         cfg.sslrootcert = Some(test_ca());
-        cfg.channel_binding = ChannelBinding::Require;
+        cfg.channel_binding = Some(ChannelBinding::Require);
     })
 }
 
@@ -291,6 +291,73 @@ async fn the_host_name_form_verifies_too_and_sessions_are_encrypted() {
     assert!(seen.iter().all(|ssl| *ssl), "a rotator session without TLS: {seen:?}");
 }
 
+#[tokio::test]
+async fn a_trusted_login_is_not_proof_of_a_password() {
+    // The machine's pg_hba.conf trusts `postgres` from 127.0.0.1: any password "works".
+    // A rotator that believed it could record a password the role does not have.
+    let _ = setup().await;
+    let wrong = policy().generate();
+    let err = rotator().verify(VerifyRequest { username: "postgres".into(), password: wrong }).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("without checking any password"), "{err}");
+}
+
+/// Every `log` record of the process (tokio-postgres logs through `log`).
+static RECORDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        // The worker caps dependencies at INFO (worker/src/logging.rs): tokio-postgres's
+        // DEBUG records carry every statement, this one's verifier too, and stay out.
+        if record.level() <= log::Level::Info {
+            RECORDS.lock().unwrap().push(format!("{} {}: {}", record.level(), record.target(), record.args()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[tokio::test]
+async fn server_notices_never_reach_the_log() {
+    // A DBA's per-role settings make the server echo every DDL statement back to the
+    // client as a notice: ALTER ROLE with the new verifier. tokio-postgres would log each
+    // notice at INFO.
+    log::set_logger(&Capture).expect("only this test installs a logger");
+    log::set_max_level(log::LevelFilter::Trace);
+    let (su, guard, prefix) = setup().await;
+    let user = format!("{prefix}_notice");
+    let p0 = policy().generate();
+    create_role(&su, &guard, &user, &p0, "LOGIN").await;
+    su.batch_execute(&format!(
+        "ALTER ROLE {0} SET client_min_messages = debug5; ALTER ROLE {0} SET log_statement = 'all'",
+        ident(&user)
+    ))
+    .await
+    .unwrap();
+    let p1 = policy().generate();
+    let out = rotator()
+        .set_password(SetPasswordRequest {
+            username: user.clone(),
+            current: p0.clone(),
+            pending: p1.clone(),
+            previous: vec![],
+            admin: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.outcome, SetPasswordOutcome::ChangedWithCurrent);
+    let verifier = stored_verifier(&su, &user).await;
+    let records = RECORDS.lock().unwrap().clone();
+    for record in &records {
+        assert!(!record.contains(&verifier), "the verifier reached the log: {record}");
+        assert!(!contains_secret(record, &p0) && !contains_secret(record, &p1), "a password reached the log");
+    }
+}
+
 /// A self-signed CA that did not sign the server's certificate.
 fn other_ca(dir: &std::path::Path) -> std::path::PathBuf {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -358,7 +425,7 @@ async fn verify_ca_skips_the_host_name_and_verify_full_does_not() {
             cfg.port = port;
             cfg.sslmode = mode;
             cfg.sslrootcert = Some(test_ca());
-            cfg.channel_binding = ChannelBinding::Require;
+            cfg.channel_binding = Some(ChannelBinding::Require);
         })
     };
     let request = || VerifyRequest { username: user.clone(), password: p0.clone() };
@@ -366,13 +433,12 @@ async fn verify_ca_skips_the_host_name_and_verify_full_does_not() {
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
     assert!(err.to_string().contains("not valid for name \"127.0.0.2\""), "{err}");
     assert_eq!(on(SslMode::VerifyCa).verify(request()).await.unwrap(), VerifyResponse::Accepted);
-    // `require` checks no certificate at all; channel binding still holds the login to
-    // the session.
+    // `require` checks no certificate at all; channel binding (required there by
+    // default) still holds the login to the session.
     let require = rotator_with(|cfg| {
         cfg.host = "127.0.0.2".to_owned();
         cfg.port = port;
         cfg.sslmode = SslMode::Require;
-        cfg.channel_binding = ChannelBinding::Require;
     });
     assert_eq!(require.verify(request()).await.unwrap(), VerifyResponse::Accepted);
     task.abort();
@@ -485,11 +551,14 @@ async fn missing_role_via_admin_is_permanent_and_verify_says_so() {
     let ghost = format!("{prefix}_ghost");
     let rotator = rotator();
     // Under SCRAM a missing role is indistinguishable from a wrong password (28P01,
-    // Rejected); where pg_hba.conf lets the server say so (28000), it is a configuration
-    // error naming the role.
+    // Rejected). Here a missing role is no member of kvr_scram, so pg_hba.conf trusts it:
+    // the server accepts the login unchecked, which the rotator refuses as no proof (or,
+    // were the guard not there, the server would then say 28000 "does not exist"). Either
+    // way a permanent error.
+    let permanent_for_ghost = |m: &str| m.contains("does not exist") || m.contains("without checking any password");
     match rotator.verify(VerifyRequest { username: ghost.clone(), password: policy().generate() }).await {
         Ok(VerifyResponse::Rejected) => {}
-        Err(RotatorError::Permanent(m)) => assert!(m.contains("does not exist"), "{m}"),
+        Err(RotatorError::Permanent(m)) => assert!(permanent_for_ghost(&m), "{m}"),
         other => panic!("{other:?}"),
     }
     let err = rotator
@@ -503,7 +572,7 @@ async fn missing_role_via_admin_is_permanent_and_verify_says_so() {
         .await
         .unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
-    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(permanent_for_ghost(&err.to_string()), "{err}");
 }
 
 /// A role the worker cannot log in as at all (here NOLOGIN; likewise no pg_hba.conf entry

@@ -1,7 +1,8 @@
-//! The PostgreSQL rotator against fake servers that try to get the password out of it:
-//! asking for it in clear text or as MD5 (with and without TLS), or refusing TLS. Each
-//! fake records every byte the rotator sends, and the test searches them for the
-//! passwords.
+//! The PostgreSQL rotator against fake servers that try to get the password out of it,
+//! or to make it believe a password works: asking for it in clear text or as MD5 (with
+//! and without TLS), a cheap SCRAM challenge, `AuthenticationOk` without any check, or
+//! refusing TLS. Each fake records every byte the rotator sends, and the test searches
+//! them for the passwords.
 #![cfg(feature = "postgres")]
 
 use std::sync::{Arc, Mutex};
@@ -21,20 +22,18 @@ use tokio::net::TcpListener;
 enum Ask {
     Cleartext,
     Md5,
+    /// `AuthenticationOk` at once, as `trust` would.
+    Trust,
+    /// A SCRAM exchange whose challenge has this many iterations.
+    Scram(u32),
 }
 
-impl Ask {
-    fn message(self) -> Vec<u8> {
-        let (code, extra): (u32, &[u8]) = match self {
-            Ask::Cleartext => (3, b""),
-            Ask::Md5 => (5, b"salt"),
-        };
-        let mut m = vec![b'R'];
-        m.extend_from_slice(&(8 + extra.len() as u32).to_be_bytes());
-        m.extend_from_slice(&code.to_be_bytes());
-        m.extend_from_slice(extra);
-        m
-    }
+fn auth(code: u32, extra: &[u8]) -> Vec<u8> {
+    let mut m = vec![b'R'];
+    m.extend_from_slice(&(8 + extra.len() as u32).to_be_bytes());
+    m.extend_from_slice(&code.to_be_bytes());
+    m.extend_from_slice(extra);
+    m
 }
 
 /// How the fake treats TLS.
@@ -51,11 +50,13 @@ enum Tls {
 /// Everything the rotator sent, per connection.
 type Received = Arc<Mutex<Vec<Vec<u8>>>>;
 
-async fn fake_server(tls: Tls, ask: Ask) -> (u16, Received) {
+/// A fake server; the CA that signed its certificate (for "127.0.0.1") is written into
+/// `ca_dir` as `ca.pem`.
+async fn fake_server(tls: Tls, ask: Ask, ca_dir: &std::path::Path) -> (u16, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let received: Received = Arc::default();
-    let acceptor = (tls == Tls::Accept).then(tls_acceptor);
+    let acceptor = (tls == Tls::Accept).then(|| tls_acceptor(ca_dir));
     let log = Arc::clone(&received);
     tokio::spawn(async move {
         loop {
@@ -102,8 +103,34 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, mut seen: Ve
     }
     seen.extend_from_slice(&len);
     seen.extend_from_slice(&startup);
-    let _ = stream.write_all(&ask.message()).await;
+    let first = match ask {
+        Ask::Cleartext => auth(3, b""),
+        Ask::Md5 => auth(5, b"salt"),
+        // AuthenticationOk, then ReadyForQuery: a session as far as the client can tell.
+        Ask::Trust => [auth(0, b""), b"Z\0\0\0\x05I".to_vec()].concat(),
+        Ask::Scram(_) => auth(10, b"SCRAM-SHA-256\0\0"),
+    };
+    let _ = stream.write_all(&first).await;
     let _ = stream.flush().await;
+    if let Ask::Scram(iterations) = ask {
+        // The client-first message carries a nonce and no proof; answer it with the
+        // challenge, whose reply would be the proof.
+        let mut head = [0u8; 5];
+        if stream.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
+        if stream.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        seen.extend_from_slice(&head);
+        seen.extend_from_slice(&body);
+        let text = String::from_utf8_lossy(&body);
+        let nonce = text.split("r=").nth(1).unwrap_or("").trim_end_matches('\0');
+        let challenge = format!("r={nonce}fake,s=c2FsdHNhbHQ=,i={iterations}");
+        let _ = stream.write_all(&auth(11, challenge.as_bytes())).await;
+        let _ = stream.flush().await;
+    }
     record_rest(stream, seen, log).await;
 }
 
@@ -119,9 +146,16 @@ async fn record_rest<S: AsyncRead + Unpin>(mut stream: S, mut seen: Vec<u8>, log
     log.lock().unwrap().push(seen);
 }
 
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+fn tls_acceptor(ca_dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "fake server CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(ca_dir.join("ca.pem"), ca.pem()).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -173,15 +207,16 @@ fn leaked(sent: &[Vec<u8>], passwords: &[SecretString]) -> bool {
 
 #[tokio::test]
 async fn cleartext_and_md5_requests_get_no_password_with_or_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
     for (tls, mode) in [(Tls::None, SslMode::Disable), (Tls::Accept, SslMode::Require)] {
         for ask in [Ask::Cleartext, Ask::Md5] {
-            let (port, log) = fake_server(tls, ask).await;
+            let (port, log) = fake_server(tls, ask, dir.path()).await;
             let all = passwords();
             let err = rotator(port, |cfg| cfg.sslmode = mode).set_password(set_request(&all)).await.unwrap_err();
             assert!(matches!(err, RotatorError::Permanent(_)), "{tls:?} {ask:?}: {err:?}");
             let expected = match ask {
                 Ask::Cleartext => "asked for the password in clear text; refused before sending it",
-                Ask::Md5 => "asked for the password as an MD5 hash; refused before sending it",
+                _ => "asked for the password as an MD5 hash; refused before sending it",
             };
             assert!(err.to_string().contains(expected), "{err}");
             let sent = received(&log, 1).await;
@@ -197,12 +232,14 @@ async fn cleartext_and_md5_requests_get_no_password_with_or_without_tls() {
 
 #[tokio::test]
 async fn allow_weak_auth_answers_the_request_which_is_what_the_guard_prevents() {
-    // The control for the test above: with the guard off, the same fake gets a password
-    // (in clear over plain TCP), so "no password leaked" there is the guard's doing.
-    let (port, log) = fake_server(Tls::None, Ask::Cleartext).await;
+    // The control for the test above: with the guard off (allowed only under verify-full,
+    // so this fake has a certificate from a CA the rotator trusts), the same request gets
+    // a password, so "no password leaked" there is the guard's doing.
+    let dir = tempfile::tempdir().unwrap();
+    let (port, log) = fake_server(Tls::Accept, Ask::Cleartext, dir.path()).await;
     let all = passwords();
     let verify = rotator(port, |cfg| {
-        cfg.sslmode = SslMode::Disable;
+        cfg.sslrootcert = Some(dir.path().join("ca.pem"));
         cfg.allow_weak_auth = true;
     })
     .verify(VerifyRequest { username: "app".into(), password: all[1].clone() })
@@ -213,13 +250,25 @@ async fn allow_weak_auth_answers_the_request_which_is_what_the_guard_prevents() 
 }
 
 #[tokio::test]
+async fn allow_weak_auth_is_refused_unless_the_server_is_verified() {
+    for mode in [SslMode::Disable, SslMode::Require] {
+        let mut cfg = PostgresConfig::new("127.0.0.1");
+        cfg.sslmode = mode;
+        cfg.allow_weak_auth = true;
+        let e = PostgresRotator::new(cfg, PasswordPolicy::default()).unwrap_err().to_string();
+        assert!(e.contains("allow_weak_auth = true with sslmode"), "{e}");
+    }
+}
+
+#[tokio::test]
 async fn required_channel_binding_refuses_a_cleartext_request_even_when_weak_auth_is_allowed() {
-    let (port, log) = fake_server(Tls::Accept, Ask::Cleartext).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, log) = fake_server(Tls::Accept, Ask::Cleartext, dir.path()).await;
     let all = passwords();
     let err = rotator(port, |cfg| {
-        cfg.sslmode = SslMode::Require;
+        cfg.sslrootcert = Some(dir.path().join("ca.pem"));
         cfg.allow_weak_auth = true;
-        cfg.channel_binding = ChannelBinding::Require;
+        cfg.channel_binding = Some(ChannelBinding::Require);
     })
     .set_password(set_request(&all))
     .await
@@ -230,8 +279,47 @@ async fn required_channel_binding_refuses_a_cleartext_request_even_when_weak_aut
 }
 
 #[tokio::test]
+async fn a_login_accepted_without_any_check_proves_nothing() {
+    // A fake (or a trust line in pg_hba.conf) says yes to any password: verify must not
+    // report Accepted, and set_password must not report the pending one as already set.
+    let dir = tempfile::tempdir().unwrap();
+    for (tls, mode) in [(Tls::None, SslMode::Disable), (Tls::Accept, SslMode::Require)] {
+        let (port, log) = fake_server(tls, Ask::Trust, dir.path()).await;
+        let all = passwords();
+        let rotator = rotator(port, |cfg| cfg.sslmode = mode);
+        let err = rotator.verify(VerifyRequest { username: "app".into(), password: all[0].clone() }).await.unwrap_err();
+        assert!(matches!(err, RotatorError::Permanent(_)), "{tls:?}: {err:?}");
+        assert!(err.to_string().contains("without checking any password"), "{err}");
+        let err = rotator.set_password(set_request(&all)).await.unwrap_err();
+        assert!(err.to_string().contains("without checking any password"), "{err}");
+        assert!(!leaked(&received(&log, 2).await, &all));
+    }
+}
+
+#[tokio::test]
+async fn a_cheap_scram_challenge_gets_no_proof() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, log) = fake_server(Tls::None, Ask::Scram(1), dir.path()).await;
+    let all = passwords();
+    let err = rotator(port, |cfg| cfg.sslmode = SslMode::Disable).set_password(set_request(&all)).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("SCRAM challenge of 1 iterations"), "{err}");
+    let sent = received(&log, 1).await;
+    let text = String::from_utf8_lossy(&sent[0]).into_owned();
+    assert!(text.contains("n,,n=,r="), "the client-first message should have gone out: {text:?}");
+    assert!(!text.contains(",p="), "a SCRAM proof went out: {text:?}");
+
+    // The control: a proper count gets the client's proof (and the fake can go no further).
+    let (port, log) = fake_server(Tls::None, Ask::Scram(4096), dir.path()).await;
+    let _ = rotator(port, |cfg| cfg.sslmode = SslMode::Disable).set_password(set_request(&all)).await;
+    let sent = received(&log, 1).await;
+    assert!(String::from_utf8_lossy(&sent[0]).contains(",p="), "no proof even at 4096 iterations");
+}
+
+#[tokio::test]
 async fn a_server_that_refuses_tls_gets_nothing_under_require() {
-    let (port, log) = fake_server(Tls::Refuse, Ask::Cleartext).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, log) = fake_server(Tls::Refuse, Ask::Cleartext, dir.path()).await;
     let all = passwords();
     let err = rotator(port, |cfg| cfg.sslmode = SslMode::Require).set_password(set_request(&all)).await.unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
@@ -243,8 +331,9 @@ async fn a_server_that_refuses_tls_gets_nothing_under_require() {
 }
 
 #[tokio::test]
-async fn a_self_signed_server_is_refused_under_verify_full_with_the_system_store() {
-    let (port, log) = fake_server(Tls::Accept, Ask::Cleartext).await;
+async fn a_server_with_an_unknown_ca_is_refused_under_verify_full_with_the_system_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, log) = fake_server(Tls::Accept, Ask::Cleartext, dir.path()).await;
     let all = passwords();
     // Default sslmode (verify-full) and trust anchors (the system store).
     let err = rotator(port, |_| {}).set_password(set_request(&all)).await.unwrap_err();

@@ -1,14 +1,23 @@
-//! A stream wrapper that refuses a server's request for a cleartext or MD5 password.
+//! A stream wrapper that holds the server to an honest, strong password check.
 //!
-//! tokio-postgres answers `AuthenticationCleartextPassword` with the password itself and
-//! `AuthenticationMD5Password` with `md5(md5(password ‖ user) ‖ salt)`, a login-equivalent
-//! hash that is open to offline guessing. Any server, or anyone on the path of a
-//! connection without verified TLS, can ask for either. The guard reads the server's
-//! messages up to `AuthenticationOk` and fails the read that carries such a request, so
-//! the client never gets the chance to answer: no byte of the password is written.
+//! tokio-postgres answers whatever authentication request the server sends first, and
+//! takes `AuthenticationOk` at face value. A server, or anyone on the path of a connection
+//! without verified TLS, can exploit both. The guard reads the server's messages up to
+//! `AuthenticationOk` and fails the read that carries one of these, so the client never
+//! acts on it:
 //!
-//! It sits above TLS (the bytes it reads are the protocol, not ciphertext); with TLS it
-//! passes the TLS stream's channel binding through.
+//! - `AuthenticationCleartextPassword`: the answer is the password itself.
+//! - `AuthenticationMD5Password`: the answer, `md5(md5(password ‖ user) ‖ salt)`, is
+//!   login-equivalent and open to offline guessing.
+//! - A SCRAM challenge with fewer than [`MIN_SCRAM_ITERATIONS`] rounds: the client's proof
+//!   would make guessing cheap (generated passwords do not care, an admin's may).
+//! - `AuthenticationOk` before any password was checked (`trust` in `pg_hba.conf`, or a
+//!   fake server): "this password works" would be unproven, and the engine could record a
+//!   password the role does not have, or skip a change it needed.
+//!
+//! With `allow_weak_auth` the first two are answered (the password was still checked).
+//! The guard sits above TLS (it reads the protocol, not ciphertext) and passes the TLS
+//! stream's channel binding through.
 
 use std::io;
 use std::pin::Pin;
@@ -17,26 +26,47 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 
+/// PostgreSQL's default `scram_iterations`; fewer is refused.
+pub const MIN_SCRAM_ITERATIONS: u32 = 4096;
+
+/// Longest SCRAM server-first-message read (nonce, salt and count: ~100 bytes in practice).
+const MAX_SCRAM_CHALLENGE: usize = 1024;
+
 /// Why the guard ended a connection; found in the source chain of the client's error.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the server asked for the password {0}; refused before sending it (set allow_weak_auth = true on the target \
-     profile only if the server cannot use SCRAM)"
-)]
-pub struct WeakAuthRefused(&'static str);
+pub enum GuardRefusal {
+    #[error(
+        "the server asked for the password {0}; refused before sending it (allow_weak_auth = true, with sslmode \"verify-full\", lets a server that cannot use SCRAM have it)"
+    )]
+    WeakRequest(&'static str),
+    #[error(
+        "the server offered a SCRAM challenge of {0} iterations (at least {MIN_SCRAM_ITERATIONS} needed); refused before answering"
+    )]
+    WeakScram(u32),
+    #[error(
+        "the server accepted the login without checking any password (trust in pg_hba.conf, or not the real server): kv-rotator cannot prove which password works; give the role a password method (scram-sha-256) for kv-rotator's address"
+    )]
+    NoPasswordCheck,
+    #[error("malformed authentication message from the server: {0}")]
+    Malformed(&'static str),
+}
 
 /// Authentication request codes (the `Int32` after an `R` message's length).
 const AUTH_OK: u32 = 0;
 const AUTH_CLEARTEXT: u32 = 3;
 const AUTH_MD5: u32 = 5;
+const AUTH_SASL_CONTINUE: u32 = 11;
+const AUTH_SASL_FINAL: u32 = 12;
 
 /// Where the reader is in the server's message stream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum State {
     /// Collecting a message header (type byte and length) and, for `R`, the request code.
     Head { buf: [u8; 9], have: usize },
     /// Skipping the rest of a message.
     Skip { left: u64 },
+    /// Reading a SCRAM server-first-message to check its iteration count.
+    Challenge { body: Vec<u8>, left: usize },
     /// Authentication is over: no more inspection.
     Done,
 }
@@ -47,16 +77,21 @@ pub struct AuthGuard<S> {
     inner: S,
     state: State,
     allow_weak: bool,
+    /// A password exchange happened: SCRAM reached its final message (whose server
+    /// signature tokio-postgres checks), or an allowed cleartext/MD5 request was answered.
+    password_checked: bool,
+    /// A refusal was made: every later read fails too.
+    refused: bool,
 }
 
 impl<S> AuthGuard<S> {
-    /// Guards `inner`; with `allow_weak` it only watches.
+    /// Guards `inner`; `allow_weak` lets cleartext and MD5 requests through.
     pub fn new(inner: S, allow_weak: bool) -> Self {
-        Self { inner, state: State::Head { buf: [0; 9], have: 0 }, allow_weak }
+        Self { inner, state: State::Head { buf: [0; 9], have: 0 }, allow_weak, password_checked: false, refused: false }
     }
 
     /// Feeds bytes the server sent; an error when they carry a refused request.
-    fn inspect(&mut self, mut bytes: &[u8]) -> Result<(), WeakAuthRefused> {
+    fn inspect(&mut self, mut bytes: &[u8]) -> Result<(), GuardRefusal> {
         while !bytes.is_empty() {
             match &mut self.state {
                 State::Done => return Ok(()),
@@ -65,6 +100,19 @@ impl<S> AuthGuard<S> {
                     bytes = &bytes[n..];
                     *left -= n as u64;
                     if *left == 0 {
+                        self.state = State::Head { buf: [0; 9], have: 0 };
+                    }
+                }
+                State::Challenge { body, left } => {
+                    let n = (*left).min(bytes.len());
+                    body.extend_from_slice(&bytes[..n]);
+                    bytes = &bytes[n..];
+                    *left -= n;
+                    if *left == 0 {
+                        let iterations = scram_iterations(body).ok_or(GuardRefusal::Malformed("SCRAM challenge"))?;
+                        if iterations < MIN_SCRAM_ITERATIONS {
+                            return Err(GuardRefusal::WeakScram(iterations));
+                        }
                         self.state = State::Head { buf: [0; 9], have: 0 };
                     }
                 }
@@ -81,11 +129,27 @@ impl<S> AuthGuard<S> {
                     }
                     // The length counts itself but not the type byte.
                     let len = u64::from(u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]));
-                    let rest = len.saturating_sub((want - 1) as u64);
+                    if len < (want - 1) as u64 {
+                        return Err(GuardRefusal::Malformed("message length"));
+                    }
+                    let rest = len - (want - 1) as u64;
                     if buf[0] == b'R' {
                         match u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) {
-                            AUTH_CLEARTEXT if !self.allow_weak => return Err(WeakAuthRefused("in clear text")),
-                            AUTH_MD5 if !self.allow_weak => return Err(WeakAuthRefused("as an MD5 hash")),
+                            AUTH_CLEARTEXT | AUTH_MD5 if self.allow_weak => self.password_checked = true,
+                            AUTH_CLEARTEXT => return Err(GuardRefusal::WeakRequest("in clear text")),
+                            AUTH_MD5 => return Err(GuardRefusal::WeakRequest("as an MD5 hash")),
+                            AUTH_SASL_CONTINUE => {
+                                if rest > MAX_SCRAM_CHALLENGE as u64 {
+                                    return Err(GuardRefusal::Malformed("SCRAM challenge too long"));
+                                }
+                                self.state = State::Challenge { body: Vec::new(), left: rest as usize };
+                                if rest == 0 {
+                                    return Err(GuardRefusal::Malformed("empty SCRAM challenge"));
+                                }
+                                continue;
+                            }
+                            AUTH_SASL_FINAL => self.password_checked = true,
+                            AUTH_OK if !self.password_checked => return Err(GuardRefusal::NoPasswordCheck),
                             AUTH_OK => {
                                 self.state = State::Done;
                                 return Ok(());
@@ -102,16 +166,25 @@ impl<S> AuthGuard<S> {
     }
 }
 
+/// The `i=` attribute of a SCRAM server-first-message (`r=…,s=…,i=4096`).
+fn scram_iterations(message: &[u8]) -> Option<u32> {
+    std::str::from_utf8(message).ok()?.split(',').find_map(|attr| attr.strip_prefix("i="))?.parse().ok()
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for AuthGuard<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
+        if this.refused {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::PermissionDenied, "authentication refused earlier")));
+        }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if let Err(refused) = this.inspect(&buf.filled()[before..]) {
-                    // The request never reaches the client, which so never answers it.
+                if let Err(refusal) = this.inspect(&buf.filled()[before..]) {
+                    // The request never reaches the client, which so never acts on it.
                     buf.set_filled(before);
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::PermissionDenied, refused)));
+                    this.refused = true;
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::PermissionDenied, refusal)));
                 }
                 Poll::Ready(Ok(()))
             }
@@ -199,25 +272,66 @@ mod tests {
         (refused_whole, refused_bytewise)
     }
 
+    fn scram(iterations: u32) -> Vec<u8> {
+        let mut stream = auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        stream.extend(auth(AUTH_SASL_CONTINUE, format!("r=abc,s=c2FsdA==,i={iterations}").as_bytes()));
+        stream
+    }
+
     #[test]
     fn cleartext_and_md5_requests_are_refused_however_split() {
         for request in [auth(AUTH_CLEARTEXT, b""), auth(AUTH_MD5, b"salt")] {
             let mut stream = notice();
             stream.extend(request);
             assert_eq!(verdicts(&stream, false), (true, true));
+            // Allowed, and answered: the Ok that follows is a checked login.
+            stream.extend(auth(AUTH_OK, b""));
             assert_eq!(verdicts(&stream, true), (false, false));
         }
     }
 
     #[test]
     fn scram_exchange_and_what_follows_authentication_pass() {
-        let mut stream = auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
-        stream.extend(auth(11, b"r=abc,s=c2FsdA==,i=4096"));
-        stream.extend(auth(12, b"v=xyz"));
+        let mut stream = scram(4096);
+        stream.extend(auth(AUTH_SASL_FINAL, b"v=xyz"));
         stream.extend(auth(AUTH_OK, b""));
         // After AuthenticationOk, bytes that look like a cleartext request are data.
         stream.extend(auth(AUTH_CLEARTEXT, b""));
         assert_eq!(verdicts(&stream, false), (false, false));
+    }
+
+    #[test]
+    fn a_cheap_scram_challenge_is_refused_before_the_client_answers_it() {
+        for weak in [1, 4095] {
+            assert_eq!(verdicts(&scram(weak), false), (true, true), "i={weak}");
+            assert_eq!(verdicts(&scram(weak), true), (true, true), "allow_weak_auth does not cover SCRAM: i={weak}");
+        }
+        assert_eq!(verdicts(&scram(4096), false), (false, false));
+        assert_eq!(verdicts(&scram(600_000), false), (false, false));
+        let mut garbled = auth(10, b"SCRAM-SHA-256\0\0");
+        garbled.extend(auth(AUTH_SASL_CONTINUE, b"r=abc,s=c2FsdA==,i=lots"));
+        assert_eq!(verdicts(&garbled, false), (true, true));
+        let mut huge = auth(10, b"SCRAM-SHA-256\0\0");
+        huge.extend(auth(AUTH_SASL_CONTINUE, &vec![b'x'; MAX_SCRAM_CHALLENGE + 1]));
+        assert_eq!(verdicts(&huge, false), (true, true));
+    }
+
+    #[test]
+    fn ok_without_a_password_check_is_refused() {
+        // trust: Ok at once.
+        assert_eq!(verdicts(&auth(AUTH_OK, b""), false), (true, true));
+        assert_eq!(verdicts(&auth(AUTH_OK, b""), true), (true, true));
+        // A SCRAM exchange cut short before its final message.
+        let mut stream = scram(4096);
+        stream.extend(auth(AUTH_OK, b""));
+        assert_eq!(verdicts(&stream, false), (true, true));
+    }
+
+    #[test]
+    fn a_length_shorter_than_its_own_header_is_malformed() {
+        let mut stream = vec![b'N'];
+        stream.extend_from_slice(&3u32.to_be_bytes());
+        assert_eq!(verdicts(&stream, false), (true, true));
     }
 
     #[test]

@@ -46,7 +46,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use self::auth_guard::{AuthGuard, GuardedTls, WeakAuthRefused};
+use self::auth_guard::{AuthGuard, GuardRefusal, GuardedTls};
 pub use self::tls::{ChannelBinding, SslMode, TlsSetupError};
 
 use crate::{
@@ -91,12 +91,15 @@ pub struct PostgresConfig {
     /// the system's store. Refused with `require` and `disable`, which check no chain.
     #[serde(default)]
     pub sslrootcert: Option<PathBuf>,
-    /// Whether the login is bound to the TLS session (`SCRAM-SHA-256-PLUS`). Default
-    /// `prefer`: whenever the server offers it.
+    /// Whether the login is bound to the TLS session (`SCRAM-SHA-256-PLUS`). Default:
+    /// `prefer` (whenever the server offers it) with `verify-full`; `require` with
+    /// `require` and `verify-ca`, where it is what stops a man in the middle, so it may
+    /// not be weakened there; `disable` without TLS.
     #[serde(default)]
-    pub channel_binding: ChannelBinding,
+    pub channel_binding: Option<ChannelBinding>,
     /// Let the server ask for the password in clear text or as an MD5 hash. Default false:
-    /// such a request ends the connection before the password is sent.
+    /// such a request ends the connection before the password is sent. Only with
+    /// `verify-full`, where the server is known to be the right one.
     #[serde(default)]
     pub allow_weak_auth: bool,
     /// Shown in `pg_stat_activity`. Default `kv-rotator`.
@@ -135,10 +138,19 @@ impl PostgresConfig {
             connect_timeout_secs: default_connect_timeout(),
             sslmode: SslMode::default(),
             sslrootcert: None,
-            channel_binding: ChannelBinding::default(),
+            channel_binding: None,
             allow_weak_auth: false,
             application_name: default_application_name(),
         }
+    }
+
+    /// `channel_binding` as set, or the default for the `sslmode`.
+    pub fn effective_channel_binding(&self) -> ChannelBinding {
+        self.channel_binding.unwrap_or(match self.sslmode {
+            SslMode::Disable => ChannelBinding::Disable,
+            SslMode::Require | SslMode::VerifyCa => ChannelBinding::Require,
+            SslMode::VerifyFull => ChannelBinding::Prefer,
+        })
     }
 
     fn timeout(&self) -> Duration {
@@ -168,7 +180,7 @@ impl PostgresRotator {
     /// A rotator for the server in `cfg`, generating passwords under `policy`. Fails when
     /// TLS cannot be set up as configured (an unreadable `sslrootcert`, no system CAs).
     pub fn new(cfg: PostgresConfig, policy: PasswordPolicy) -> Result<Self, TlsSetupError> {
-        let tls = tls::client_config(cfg.sslmode, cfg.sslrootcert.as_deref())?;
+        let tls = tls::client_config(&cfg)?;
         Ok(Self { cfg, policy, tls })
     }
 
@@ -201,7 +213,10 @@ impl PostgresRotator {
             .user(user)
             .password(password.expose_secret())
             .application_name(&self.cfg.application_name)
-            .channel_binding(self.cfg.channel_binding.into());
+            // Notices could echo statements (a role set to client_min_messages = log
+            // would send back ALTER ROLE with its verifier); they are dropped below too.
+            .options("-c client_min_messages=warning")
+            .channel_binding(self.cfg.effective_channel_binding().into());
         let context = format!("connecting to {} as {who}", self.server());
         // One limit on TCP, TLS and authentication together: a server that accepts and
         // then stays silent must not hang a rotation.
@@ -236,7 +251,7 @@ impl PostgresRotator {
             None => {
                 pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 let (client, connection) = pg.connect_raw(AuthGuard::new(socket, allow_weak), NoTls).await?;
-                (client, tokio::spawn(connection))
+                (client, tokio::spawn(drive(connection)))
             }
             Some(config) => {
                 pg.ssl_mode(tokio_postgres::config::SslMode::Require);
@@ -247,7 +262,7 @@ impl PostgresRotator {
                     &self.cfg.host,
                 );
                 let (client, connection) = pg.connect_raw(socket, GuardedTls::new(connector, allow_weak)).await?;
-                (client, tokio::spawn(connection))
+                (client, tokio::spawn(drive(connection)))
             }
         };
         // The connection task drives the socket and ends when `client` drops; its error,
@@ -404,6 +419,22 @@ impl Rotator for PostgresRotator {
     }
 }
 
+/// Drives a connection until its client drops. Notices and notifications are dropped:
+/// polled as a future, tokio-postgres would log each notice at INFO, and a notice can
+/// carry the statement it is about (`ALTER ROLE … PASSWORD '<verifier>'`).
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+        if message.is_err() {
+            // Surfaces through the client's calls.
+            break;
+        }
+    }
+}
+
 /// Why [`PostgresRotator::connect`] got no session.
 enum ConnectFailure {
     /// The TCP connection (name resolution, refused, unreachable).
@@ -499,7 +530,7 @@ fn classify(e: &tokio_postgres::Error, context: &str, sslmode: SslMode, scrub: &
         });
     }
     let text = describe(e, scrub);
-    if find_cause::<WeakAuthRefused>(e).is_some() {
+    if find_cause::<GuardRefusal>(e).is_some() {
         return Classified::Error(RotatorError::Permanent(format!("{context}: {text}")));
     }
     if find_cause::<rustls::Error>(e).is_some_and(tls::is_certificate_error) {
@@ -617,7 +648,8 @@ mod tests {
         // cleartext or MD5 password.
         assert_eq!(cfg.sslmode, SslMode::VerifyFull);
         assert_eq!(cfg.sslrootcert, None);
-        assert_eq!(cfg.channel_binding, ChannelBinding::Prefer);
+        assert_eq!(cfg.channel_binding, None);
+        assert_eq!(cfg.effective_channel_binding(), ChannelBinding::Prefer);
         assert!(!cfg.allow_weak_auth);
     }
 

@@ -10,11 +10,17 @@
 //! | `verify-ca`   | yes       | yes                       | no                |
 //! | `verify-full` | yes       | yes                       | yes (default)     |
 //!
-//! Trust anchors are `sslrootcert` (a PEM file of CA certificates) or, without it, the
-//! system's store. Channel binding (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`) ties the
-//! login to the TLS session, so a man in the middle that the certificate check did not
-//! stop still cannot complete a login: with `require` it is the only protection against
-//! one.
+//! Trust anchors are `sslrootcert` (a PEM file of CA certificates) or, for `verify-full`
+//! only, the system's store: `verify-ca` against public CAs would accept any certificate
+//! anyone can buy. Channel binding (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`) ties
+//! the login to the TLS session, so a man in the middle that the certificate check did
+//! not stop cannot complete a login. With `require` and `verify-ca` it is what stops one,
+//! so there it is required: under `prefer`, a man in the middle that talks plain TCP to
+//! a server offering no `-PLUS` would get the SCRAM exchange and the new verifier, which
+//! together yield a login.
+//!
+//! The combinations that look protected but are not are refused when the rotator is
+//! built, naming the keys.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,17 +80,27 @@ impl<'de> Deserialize<'de> for SslMode {
 }
 
 /// Whether the login must be bound to the TLS session (libpq's `channel_binding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelBinding {
     /// Never, even when the server offers it.
     Disable,
-    /// When the server offers `SCRAM-SHA-256-PLUS` over TLS (default).
-    #[default]
+    /// When the server offers `SCRAM-SHA-256-PLUS` over TLS.
     Prefer,
     /// Always: a server that cannot (no TLS, no SCRAM, an old server) is refused, and so
     /// is a cleartext or MD5 password request whatever `allow_weak_auth` says.
     Require,
+}
+
+impl ChannelBinding {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
 }
 
 impl From<ChannelBinding> for tokio_postgres::config::ChannelBinding {
@@ -100,6 +116,8 @@ impl From<ChannelBinding> for tokio_postgres::config::ChannelBinding {
 /// Why TLS could not be set up from the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
+    #[error("{0}")]
+    Combination(String),
     #[error("sslrootcert {path}: {reason}")]
     RootCert { path: PathBuf, reason: String },
     #[error("no trusted CA certificates: the system store is empty or unreadable ({0}); set sslrootcert")]
@@ -108,8 +126,12 @@ pub enum TlsSetupError {
     Rustls(String),
 }
 
-/// The rustls client configuration for `mode`; `None` for `disable`.
-pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<Option<Arc<ClientConfig>>, TlsSetupError> {
+/// The rustls client configuration for a profile; `None` for `disable`. Refuses the
+/// combinations of `sslmode`, `sslrootcert`, `channel_binding` and `allow_weak_auth` that
+/// look protected but are not.
+pub fn client_config(cfg: &super::PostgresConfig) -> Result<Option<Arc<ClientConfig>>, TlsSetupError> {
+    check_combination(cfg)?;
+    let (mode, root_cert) = (cfg.sslmode, cfg.sslrootcert.as_deref());
     let provider = Arc::new(aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -140,6 +162,41 @@ pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<Option<A
     };
     let config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
     Ok(Some(Arc::new(config)))
+}
+
+fn check_combination(cfg: &super::PostgresConfig) -> Result<(), TlsSetupError> {
+    let mode = cfg.sslmode.as_str();
+    let refuse = |why: String| Err(TlsSetupError::Combination(why));
+    match (cfg.sslmode, cfg.channel_binding) {
+        (SslMode::Require | SslMode::VerifyCa, Some(binding @ (ChannelBinding::Prefer | ChannelBinding::Disable))) => {
+            return refuse(format!(
+                "channel_binding = {:?} with sslmode = {mode:?}: without a checked host name, channel binding is                  what stops a man in the middle, so it must be \"require\" (the default); or use sslmode = \"verify-full\"",
+                binding.as_str()
+            ))
+        }
+        (SslMode::Disable, Some(ChannelBinding::Require)) => {
+            return refuse(
+                "channel_binding = \"require\" with sslmode = \"disable\": channel binding needs TLS, so every login \
+                 would fail"
+                    .to_owned(),
+            )
+        }
+        _ => {}
+    }
+    if cfg.sslmode == SslMode::VerifyCa && cfg.sslrootcert.is_none() {
+        return refuse(
+            "sslmode = \"verify-ca\" without sslrootcert: against the system's public CAs it would accept a \
+             certificate anyone can buy for any name; set sslrootcert to your private CA, or use \"verify-full\""
+                .to_owned(),
+        );
+    }
+    if cfg.allow_weak_auth && cfg.sslmode != SslMode::VerifyFull {
+        return refuse(format!(
+            "allow_weak_auth = true with sslmode = {mode:?}: a cleartext or MD5 password may only go to a server whose \
+             certificate names it (sslmode = \"verify-full\")"
+        ));
+    }
+    Ok(())
 }
 
 /// The trust anchors: every certificate in `path`, or the system's store.
@@ -281,22 +338,58 @@ mod tests {
         assert!(parse("verify_full").unwrap_err().contains("unknown sslmode"));
     }
 
+    fn config(mode: SslMode, adjust: impl FnOnce(&mut super::super::PostgresConfig)) -> super::super::PostgresConfig {
+        let mut cfg = super::super::PostgresConfig::new("db");
+        cfg.sslmode = mode;
+        adjust(&mut cfg);
+        cfg
+    }
+
     #[test]
     fn a_missing_or_empty_root_cert_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.pem");
-        let e = client_config(SslMode::VerifyFull, Some(&missing)).unwrap_err().to_string();
+        let e = client_config(&config(SslMode::VerifyFull, |c| c.sslrootcert = Some(missing.clone())))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope.pem"), "{e}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let e = client_config(SslMode::VerifyCa, Some(&empty)).unwrap_err().to_string();
+        let e =
+            client_config(&config(SslMode::VerifyCa, |c| c.sslrootcert = Some(empty.clone()))).unwrap_err().to_string();
         assert!(e.contains("empty.pem") && e.contains("no PEM certificate"), "{e}");
         // `require` and `disable` check no chain: a CA file with them is a mistake.
         for mode in [SslMode::Require, SslMode::Disable] {
-            let e = client_config(mode, Some(&empty)).unwrap_err().to_string();
+            let e = client_config(&config(mode, |c| c.sslrootcert = Some(empty.clone()))).unwrap_err().to_string();
             assert!(e.contains("is only read with sslmode"), "{e}");
         }
-        assert!(client_config(SslMode::Require, None).unwrap().is_some());
-        assert!(client_config(SslMode::Disable, None).unwrap().is_none());
+        assert!(client_config(&config(SslMode::Require, |_| {})).unwrap().is_some());
+        assert!(client_config(&config(SslMode::Disable, |_| {})).unwrap().is_none());
+    }
+
+    #[test]
+    fn combinations_that_only_look_protected_are_refused() {
+        let refused = |cfg: super::super::PostgresConfig| client_config(&cfg).unwrap_err().to_string();
+        for mode in [SslMode::Require, SslMode::VerifyCa] {
+            for weak in [ChannelBinding::Prefer, ChannelBinding::Disable] {
+                let e = refused(config(mode, |c| {
+                    c.channel_binding = Some(weak);
+                    c.sslrootcert = Some("/nonexistent/ca.pem".into());
+                }));
+                assert!(e.contains(&format!("channel_binding = {:?}", weak.as_str())), "{e}");
+            }
+            // And by default they require it.
+            assert_eq!(config(mode, |_| {}).effective_channel_binding(), ChannelBinding::Require);
+        }
+        assert_eq!(config(SslMode::VerifyFull, |_| {}).effective_channel_binding(), ChannelBinding::Prefer);
+        assert_eq!(config(SslMode::Disable, |_| {}).effective_channel_binding(), ChannelBinding::Disable);
+        let e = refused(config(SslMode::Disable, |c| c.channel_binding = Some(ChannelBinding::Require)));
+        assert!(e.contains("channel binding needs TLS"), "{e}");
+        let e = refused(config(SslMode::VerifyCa, |_| {}));
+        assert!(e.contains("without sslrootcert"), "{e}");
+        for mode in [SslMode::Require, SslMode::Disable] {
+            let e = refused(config(mode, |c| c.allow_weak_auth = true));
+            assert!(e.contains("allow_weak_auth = true with sslmode"), "{e}");
+        }
     }
 }
