@@ -28,15 +28,47 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
 
 /// Like [`load`], over a base layer of defaults (e.g. the embedded dev vault's URL).
 pub fn load_onto(base: Figment, file: Option<&Path>) -> Result<Config, ConfigError> {
-    let mut figment = base;
     if let Some(path) = file {
         if !path.is_file() {
             return Err(ConfigError::Parse(format!("config file {} does not exist", path.display())));
         }
+    }
+    from_figment(layers(base, file))
+}
+
+/// `base`, then the TOML `file` (if given), then the `KV_ROTATOR_*` environment.
+fn layers(base: Figment, file: Option<&Path>) -> Figment {
+    let mut figment = base;
+    if let Some(path) = file {
         figment = figment.merge(Toml::file_exact(path));
     }
-    figment = figment.merge(Env::prefixed("KV_ROTATOR_").split("__"));
-    from_figment(figment)
+    figment.merge(Env::prefixed("KV_ROTATOR_").split("__"))
+}
+
+/// The names of the environment variables that the configuration in `file` (if given)
+/// and the environment reads secrets from: `vault.credential.secret_env` (client-secret),
+/// `vault.credential.password_env` (client-certificate), `webhook.auth.key.env` and
+/// `webhook.auth.previous_key.env` (shared-key).
+///
+/// Nothing else is read or checked: the worker calls this before its runtime starts, to
+/// take those variables out of its environment while it has a single thread, and the
+/// full [`load`] that follows reports whatever is wrong with the configuration. A part
+/// that does not parse names nothing.
+pub fn secret_env_names(file: Option<&Path>) -> Vec<String> {
+    let figment = layers(Figment::new(), file);
+    let mut names = Vec::new();
+    match figment.extract_inner::<CredentialConfig>("vault.credential") {
+        Ok(CredentialConfig::ClientSecret { secret_env, .. }) => names.push(secret_env),
+        Ok(CredentialConfig::ClientCertificate { password_env: Some(name), .. }) => names.push(name),
+        _ => {}
+    }
+    if let Ok(WebhookAuthConfig::SharedKey { key, previous_key, .. }) =
+        figment.extract_inner::<WebhookAuthConfig>("webhook.auth")
+    {
+        names.extend(key.env);
+        names.extend(previous_key.and_then(|source| source.env));
+    }
+    names
 }
 
 /// Extracts and validates a configuration from any figment (tests, embedded defaults).

@@ -177,3 +177,33 @@ fn the_admin_listener_is_loopback_by_default_and_apart_from_the_webhook() {
         jailed(|| load(Some(f.path()))).unwrap_or_else(|e| panic!("{admin}: {e}"));
     }
 }
+
+#[test]
+fn secret_env_names_come_from_the_file_and_the_environment_without_a_full_load() {
+    use kv_rotator_config::load::secret_env_names;
+    let client_secret = file(
+        "[vault]\ncredential = { kind = \"client-secret\", tenant_id = \"t\", client_id = \"c\" }\n\
+         [webhook]\nauth = { mode = \"shared-key\", key = { env = \"HOOK_KEY\" }, previous_key = { env = \"OLD_HOOK_KEY\" } }\n",
+    );
+    // No vault.url: a full load would refuse this file, the names are still found.
+    assert_eq!(
+        jailed(|| secret_env_names(Some(client_secret.path()))),
+        ["AZURE_CLIENT_SECRET", "HOOK_KEY", "OLD_HOOK_KEY"]
+    );
+    let certificate = file(
+        "[vault]\ncredential = { kind = \"client-certificate\", tenant_id = \"t\", client_id = \"c\", \
+         certificate_file = \"/c.pfx\", password_env = \"PFX_PASSWORD\" }\n\
+         [webhook]\nauth = { mode = \"shared-key\", key = { file = \"/run/key\" } }\n",
+    );
+    assert_eq!(jailed(|| secret_env_names(Some(certificate.path()))), ["PFX_PASSWORD"]);
+    assert!(jailed(|| secret_env_names(Some(file(FULL).path()))).is_empty());
+    assert!(jailed(|| secret_env_names(None)).is_empty());
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("KV_ROTATOR_VAULT__CREDENTIAL__KIND", "client-secret");
+        jail.set_env("KV_ROTATOR_VAULT__CREDENTIAL__SECRET_ENV", "SP_SECRET");
+        jail.set_env("KV_ROTATOR_VAULT__CREDENTIAL__TENANT_ID", "t");
+        jail.set_env("KV_ROTATOR_VAULT__CREDENTIAL__CLIENT_ID", "c");
+        assert_eq!(secret_env_names(None), ["SP_SECRET"]);
+        Ok(())
+    });
+}

@@ -5,9 +5,14 @@
 //! be offline (ids present, files readable and of the right format, environment
 //! variables set), and every error names the setting at fault. Secrets (client secret,
 //! certificate password) come from environment variables named in the configuration,
-//! so the file holds none, and they are never part of an error message.
+//! so the file holds none, and they are never part of an error message; `main` takes
+//! those variables out of the environment before any thread starts
+//! ([`crate::hardening`]). The developer credentials spawn `az` and `azd`: they run
+//! through [`HelperExecutor`], with only the variables in [`HELPER_ENV`].
 
+use std::ffi::OsStr;
 use std::path::Path;
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +20,15 @@ use anyhow::{bail, Context};
 use azure_core::credentials::{Secret, SecretBytes, TokenCredential};
 use azure_identity::{
     AzureCliCredential, AzureCliCredentialOptions, ClientSecretCredential, DeveloperToolsCredential,
-    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
-    WorkloadIdentityCredentialOptions,
+    DeveloperToolsCredentialOptions, Executor, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
+    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 #[cfg(feature = "client-certificate")]
 use azure_identity::{ClientCertificateCredential, ClientCertificateCredentialOptions};
 use kv_rotator_config::{CredentialConfig, VaultConfig};
 use kv_rotator_keyvault::azure::DevVaultCredential;
 use kv_rotator_keyvault::pipeline::{ClientSettings, RateLimit};
+use secrecy::ExposeSecret;
 
 /// The client settings of `[vault]`; keys left out keep [`ClientSettings::default`].
 pub fn client_settings(vault: &VaultConfig) -> ClientSettings {
@@ -132,11 +138,16 @@ pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCred
             )
         }
         CredentialConfig::AzureCli { tenant_id } => {
-            let options = AzureCliCredentialOptions { tenant_id: tenant_id.clone(), ..Default::default() };
+            let options = AzureCliCredentialOptions {
+                tenant_id: tenant_id.clone(),
+                executor: Some(Arc::new(HelperExecutor)),
+                ..Default::default()
+            };
             AzureCliCredential::new(Some(options)).context("vault.credential (azure-cli)")?
         }
         CredentialConfig::DeveloperTools => {
-            DeveloperToolsCredential::new(None).context("vault.credential (developer-tools)")?
+            let options = DeveloperToolsCredentialOptions { executor: Some(Arc::new(HelperExecutor)) };
+            DeveloperToolsCredential::new(Some(options)).context("vault.credential (developer-tools)")?
         }
         CredentialConfig::DevVault => DevVaultCredential::new(),
     })
@@ -152,13 +163,72 @@ fn require<'a>(kind: &str, fields: impl IntoIterator<Item = (&'a str, &'a String
     Ok(())
 }
 
-/// Reads a secret from the environment variable a setting names; the value never
-/// appears in an error.
+/// Reads a secret from the environment variable a setting names (taken out of the
+/// environment at startup, [`crate::hardening`]); the value never appears in an error.
 fn env_secret(kind: &str, key: &str, name: &str) -> anyhow::Result<String> {
-    match std::env::var(name) {
-        Ok(value) if !value.is_empty() => Ok(value),
+    match crate::hardening::secret_var(name) {
+        Ok(value) if !value.expose_secret().is_empty() => Ok(value.expose_secret().to_owned()),
         Ok(_) => bail!("vault.credential.{key} ({kind}): environment variable {name} is empty"),
-        Err(_) => bail!("vault.credential.{key} ({kind}): environment variable {name} is not set"),
+        Err(e) => bail!("vault.credential.{key} ({kind}): environment variable {name} {e}"),
+    }
+}
+
+/// Runs the Azure CLI and Azure Developer CLI token helpers (`az`, `azd`, through
+/// `/bin/sh`) with a cleared environment plus [`HELPER_ENV`], instead of the SDK's
+/// default executor, which lets them inherit the whole environment of the worker.
+#[derive(Debug)]
+pub struct HelperExecutor;
+
+/// What `az` and `azd` need: where programs and their logins are, locale, temporary
+/// files, proxies and CA bundles; on Windows, the system's own variables.
+pub const HELPER_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "XDG_CONFIG_HOME",
+    "XDG_CACHE_HOME",
+    "AZURE_CONFIG_DIR",
+    "AZURE_EXTENSION_DIR",
+    "AZD_CONFIG_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "SYSTEMROOT",
+    "WINDIR",
+    "COMSPEC",
+    "PATHEXT",
+    "USERPROFILE",
+    "APPDATA",
+    "LOCALAPPDATA",
+    "PROGRAMFILES",
+    "TEMP",
+    "TMP",
+];
+
+#[async_trait::async_trait]
+impl Executor for HelperExecutor {
+    async fn run(&self, program: &OsStr, args: &[&OsStr]) -> std::io::Result<Output> {
+        let env = HELPER_ENV.iter().filter_map(|name| std::env::var_os(name).map(|value| (*name, value)));
+        tokio::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
     }
 }
 

@@ -7,6 +7,8 @@
 //!   set, test, finish, delete the journal — with retries and per-secret locking.
 //! - [`targets`]: builds one [`Rotator`](kv_rotator_rotators::Rotator) per target profile.
 //! - [`credentials`]: picks the Entra ID credential the configuration names.
+//! - [`hardening`]: before the runtime starts: secret variables out of the
+//!   environment, core dumps off.
 //! - [`sweeper`]: resumes unfinished journals and enqueues secrets near expiry.
 //! - [`metrics`]: Prometheus counters and histograms, `GET /metrics`.
 //! - [`admin`]: the admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`.
@@ -24,6 +26,7 @@ pub mod alerts;
 pub mod cli;
 pub mod credentials;
 pub mod engine;
+pub mod hardening;
 pub mod lease;
 pub mod listener;
 pub mod logging;

@@ -316,8 +316,11 @@ fn webhook_auth(config: Option<&WebhookAuthConfig>) -> anyhow::Result<kv_rotator
 /// Reads a key from its environment variable or file; errors name the source, never the value.
 fn read_secret(setting: &str, source: &SecretSource) -> anyhow::Result<SecretString> {
     let value = match (&source.env, &source.file) {
-        (Some(env), None) => std::env::var(env)
-            .map_err(|_| anyhow::anyhow!("{setting}: environment variable {env} is not set or not UTF-8"))?,
+        // Taken out of the environment at startup (crate::hardening).
+        (Some(env), None) => {
+            return crate::hardening::secret_var(env)
+                .map_err(|e| anyhow::anyhow!("{setting}: environment variable {env} {e}"))
+        }
         (None, Some(path)) => std::fs::read_to_string(path)
             .with_context(|| format!("{setting}: cannot read {}", path.display()))?
             .trim_end_matches(['\r', '\n'])

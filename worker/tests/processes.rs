@@ -43,20 +43,6 @@ fn dev_store(url: &str, ca_pem: String, addr: std::net::SocketAddr) -> Arc<dyn S
     )
 }
 
-async fn wait_healthy(proc: &mut Proc, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        proc.assert_running();
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "webhook not healthy within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Polls until the latest version of `secret` differs from `old`.
 async fn wait_new_version(
     store: &dyn SecretStore,
@@ -130,7 +116,7 @@ async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
     std::fs::write(&config_path, config).unwrap();
 
     let mut proc = spawn(&["serve", "--config", config_path.to_str().unwrap()]);
-    wait_healthy(&mut proc, port).await;
+    proc.wait_healthy(port).await;
     let body = kv_rotator::cli::seed::near_expiry_delivery(
         "opsvault",
         &vault.host(),

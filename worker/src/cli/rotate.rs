@@ -76,6 +76,7 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
     if !args.all && !args.resume && args.secrets.is_empty() {
         bail!("name at least one secret, or pass --all or --resume");
     }
+    crate::hardening::log_state();
     let config = kv_rotator_config::load(args.config.as_deref())?;
     let store = service::connect_store(&config.vault)?;
     let lease = claim_lease(store.clone(), args.allow_concurrent_engine, &config.lease).await?;

@@ -16,6 +16,7 @@ use crate::targets::Targets;
 
 /// Loads the configuration, connects, and serves until Ctrl-C or SIGTERM.
 pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    crate::hardening::log_state();
     let config = kv_rotator_config::load(config_path.as_deref())?;
     if config.targets.is_empty() {
         warn!("no [targets.*] profile configured: every managed secret will fail to rotate");

@@ -72,6 +72,22 @@ impl Proc {
         }
     }
 
+    /// Waits until the webhook on 127.0.0.1:`port` answers `/healthz` with 200, at most
+    /// 60 s; panics with the output if it exits first.
+    pub async fn wait_healthy(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.assert_running();
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "webhook not healthy within 60 s:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// SIGKILL (what `Child::kill` sends on Unix), then reap; returns its output.
     pub fn sigkill(mut self) -> String {
         let _ = self.child.kill();
