@@ -6,6 +6,8 @@
 //! - [`password`]: password policy and generation.
 //! - built-in rotators, one module per target, each behind a feature flag:
 //!   [`postgres`] (single-user strategy), [`htpasswd`] (bcrypt file, used by the demo).
+//! - [`scrub`]: removes a request's secrets from text (driver and server errors) before
+//!   it leaves a rotator; its copies are zeroized.
 //! - [`testkit`]: conformance checks every rotator must pass.
 //!
 //! Rotators know nothing of Key Vault or HTTP ingress: the engine hands them the
@@ -21,6 +23,7 @@ pub mod htpasswd;
 pub mod password;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod scrub;
 pub mod testkit;
 
 pub use password::PasswordPolicy;
