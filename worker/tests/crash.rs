@@ -37,7 +37,7 @@ use kv_rotator::engine::failpoints::POINTS;
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
-use rand::Rng;
+use rand::RngExt;
 use secrecy::SecretString;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
