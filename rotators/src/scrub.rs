@@ -48,6 +48,12 @@ impl Scrubber {
         Self::new(passwords.chain(req.admin.as_ref().map(|admin| &admin.password)).chain(&derived))
     }
 
+    /// The secrets held, e.g. to build a larger scrubber once more become known
+    /// (`Scrubber::new(more.iter().chain(scrub.secrets()))`).
+    pub fn secrets(&self) -> impl Iterator<Item = &SecretString> {
+        self.secrets.iter()
+    }
+
     /// `text` with every known secret replaced by [`REDACTED`]. The text given, and each
     /// intermediate copy, is zeroized.
     pub fn clean(&self, text: String) -> String {
@@ -78,6 +84,10 @@ mod tests {
         assert_eq!(s.clean("a hunter2hunter2 b hunter2 c".into()), "a [REDACTED] b [REDACTED] c");
         assert_eq!(s.clean("nothing secret".into()), "nothing secret");
         assert_eq!(format!("{s:?}"), "Scrubber(2 secrets)");
+
+        let more = [secret("hash-of-old-pw")];
+        let larger = Scrubber::new(more.iter().chain(s.secrets()));
+        assert_eq!(larger.clean("hunter2 hash-of-old-pw".into()), "[REDACTED] [REDACTED]");
     }
 
     #[test]
