@@ -81,7 +81,8 @@ async fn serve_keeps_secrets_from_its_children_and_dumps_no_core() {
     let config = format!(
         "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"azure-cli\" }}\n\n\
          [webhook]\nlisten = \"127.0.0.1:{port}\"\n\
-         auth = {{ mode = \"shared-key\", key = {{ env = \"KVR_TEST_HOOK_KEY\" }} }}\n",
+         auth = {{ mode = \"shared-key\", key = {{ env = \"KVR_TEST_HOOK_KEY\" }} }}\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
         vault.endpoint(),
         ca_file.display(),
         vault.local_addr(),
