@@ -42,8 +42,12 @@ fn layers(base: Figment, file: Option<&Path>) -> Figment {
     if let Some(path) = file {
         figment = figment.merge(Toml::file_exact(path));
     }
-    figment.merge(Env::prefixed("KV_ROTATOR_").split("__"))
+    figment.merge(Env::prefixed("KV_ROTATOR_").ignore(CLI_ONLY_ENV).split("__"))
 }
+
+/// `KV_ROTATOR_*` variables that are command-line options (clap's `env`), not
+/// configuration keys: read as keys they would be refused as unknown.
+const CLI_ONLY_ENV: &[&str] = &["CONFIG", "LOG_FORMAT"];
 
 /// The names of the environment variables that the configuration in `file` (if given)
 /// and the environment reads secrets from: `vault.credential.secret_env` (client-secret),

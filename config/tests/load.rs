@@ -149,6 +149,24 @@ fn environment_overrides_the_file() {
 }
 
 #[test]
+fn the_command_lines_own_variables_are_not_configuration_keys() {
+    // `--config` and `--log-format` can come from KV_ROTATOR_CONFIG and
+    // KV_ROTATOR_LOG_FORMAT (the README and the deploy manifests use them): the loader must
+    // not refuse them as unknown keys.
+    let f = file(FULL);
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("KV_ROTATOR_CONFIG", f.path().display().to_string());
+        jail.set_env("KV_ROTATOR_LOG_FORMAT", "json");
+        load(Some(f.path())).map_err(|e| e.to_string())?;
+        // A real unknown key still is refused.
+        jail.set_env("KV_ROTATOR_LOG_FORMATS", "json");
+        let e = load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("log_formats"), "{e}");
+        Ok(())
+    });
+}
+
+#[test]
 fn the_admin_listener_is_loopback_by_default_and_apart_from_the_webhook() {
     let vault = "[vault]\nurl = \"https://v.vault.azure.net/\"\n";
     let f = file(vault);
