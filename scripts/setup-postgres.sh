@@ -128,24 +128,10 @@ TLS_DIR="${KVR_TEST_PG_TLS_DIR:-/var/lib/postgresql/kvr-test-tls}"
 as_postgres() {
     if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1; then runuser -u postgres -- "$@"; else "$@"; fi
 }
-if ! [ -f "$TLS_DIR/server.pem" ] || ! openssl x509 -checkend 604800 -noout -in "$TLS_DIR/server.pem" >/dev/null 2>&1; then
-    mkdir -p "$TLS_DIR"
-    chown postgres: "$TLS_DIR" 2>/dev/null || true
-    work="$(mktemp -d)"
-    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
-        -subj "/CN=kv-rotator test CA" -keyout "$work/ca.key" -out "$work/ca.pem" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -subj "/CN=localhost" -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
-    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" "extendedKeyUsage=serverAuth" \
-        "basicConstraints=critical,CA:FALSE" >"$work/ext"
-    openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
-        -days 365 -extfile "$work/ext" -out "$work/server.pem" 2>/dev/null
-    install -m 0644 "$work/ca.pem" "$TLS_DIR/ca.pem"
-    install -m 0644 "$work/server.pem" "$TLS_DIR/server.pem"
-    install -m 0600 "$work/server.key" "$TLS_DIR/server.key"
-    chown postgres: "$TLS_DIR/server.key" "$TLS_DIR/server.pem" "$TLS_DIR/ca.pem" 2>/dev/null || true
-    rm -rf "$work"
+# shellcheck source=scripts/lib/test-tls.sh
+. "$(dirname "$0")/lib/test-tls.sh"
+make_test_certs "$TLS_DIR" postgres
+if [ "$TEST_CERTS_MADE" = 1 ]; then
     log "made a test CA and server certificate in $TLS_DIR"
 fi
 if [ "$(psql_admin -c 'SHOW ssl')" != on ] || [ "$(psql_admin -c 'SHOW ssl_cert_file')" != "$TLS_DIR/server.pem" ]; then

@@ -5,7 +5,10 @@
 //!   Requests and responses are structs so fields can be added without breaking plugins.
 //! - [`password`]: password policy and generation.
 //! - built-in rotators, one module per target, each behind a feature flag:
-//!   [`postgres`] (single-user strategy), [`htpasswd`] (bcrypt file, used by the demo).
+//!   [`postgres`], [`mariadb`] (MariaDB/MySQL), [`redis`] (ACL users) — single-user
+//!   strategy — and [`htpasswd`] (bcrypt file, used by the demo).
+//! - [`common`]: the `strategy` key and other pieces the network rotators share.
+//! - [`tls`]: the rustls client setup and certificate checks the network rotators share.
 //! - [`scrub`]: removes a request's secrets from text (driver and server errors) before
 //!   it leaves a rotator; its copies are zeroized.
 //! - [`testkit`]: conformance checks every rotator must pass.
@@ -18,13 +21,20 @@ use std::fmt;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
+pub mod common;
 #[cfg(feature = "htpasswd")]
 pub mod htpasswd;
+#[cfg(feature = "mariadb")]
+pub mod mariadb;
 pub mod password;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod scrub;
 pub mod testkit;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use password::PasswordPolicy;
 

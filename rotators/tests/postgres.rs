@@ -7,6 +7,8 @@
 //! The TLS tests use the certificate the same script gives the server (its own test CA).
 #![cfg(feature = "postgres")]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -358,17 +360,6 @@ async fn server_notices_never_reach_the_log() {
     }
 }
 
-/// A self-signed CA that did not sign the server's certificate.
-fn other_ca(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "not the test CA");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let path = dir.join("other-ca.pem");
-    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn a_wrong_ca_is_refused_permanently_before_any_login() {
     let (su, guard, prefix) = setup().await;
@@ -379,7 +370,7 @@ async fn a_wrong_ca_is_refused_permanently_before_any_login() {
     for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
         let rotator = rotator_with(|cfg| {
             cfg.sslmode = mode;
-            cfg.sslrootcert = Some(other_ca(dir.path()));
+            cfg.sslrootcert = Some(common::other_ca(dir.path()));
         });
         let err = rotator.verify(VerifyRequest { username: user.clone(), password: p0.clone() }).await.unwrap_err();
         assert!(matches!(err, RotatorError::Permanent(_)), "{mode:?}: {err:?}");
@@ -395,30 +386,13 @@ async fn a_wrong_ca_is_refused_permanently_before_any_login() {
     );
 }
 
-/// Forwards connections on `listen_ip` to the local server, so the rotator reaches it by
-/// a name its certificate does not carry.
-async fn forwarder(listen_ip: &str) -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind((listen_ip, 0)).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        loop {
-            let (mut inbound, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut outbound = tokio::net::TcpStream::connect((HOST, PORT)).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            });
-        }
-    });
-    (port, task)
-}
-
 #[tokio::test]
 async fn verify_ca_skips_the_host_name_and_verify_full_does_not() {
     let (su, guard, prefix) = setup().await;
     let user = format!("{prefix}_name");
     let p0 = policy().generate();
     create_role(&su, &guard, &user, &p0, "LOGIN").await;
-    let (port, task) = forwarder("127.0.0.2").await;
+    let (port, task) = common::forwarder("127.0.0.2", (HOST, PORT)).await;
     let on = |mode: SslMode| {
         rotator_with(|cfg| {
             cfg.host = "127.0.0.2".to_owned();
@@ -643,7 +617,7 @@ fn any_set_request() -> SetPasswordRequest {
 #[tokio::test]
 async fn refused_connection_is_transient() {
     // A port nobody listens on: bind, note it, close.
-    let port = std::net::TcpListener::bind((HOST, 0)).unwrap().local_addr().unwrap().port();
+    let port = common::unused_port(HOST);
     let rotator = rotator_on(port);
     let err =
         rotator.verify(VerifyRequest { username: "nobody".into(), password: policy().generate() }).await.unwrap_err();
@@ -656,15 +630,7 @@ async fn refused_connection_is_transient() {
 #[tokio::test]
 async fn silent_server_times_out_as_transient() {
     // Accepts TCP, never speaks: tokio-postgres's own connect_timeout does not cover this.
-    let listener = tokio::net::TcpListener::bind((HOST, 0)).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let (socket, _) = listener.accept().await.unwrap();
-            held.push(socket);
-        }
-    });
+    let (port, server) = common::silent_server(HOST).await;
     let started = Instant::now();
     let err = rotator_on(port)
         .verify(VerifyRequest { username: "nobody".into(), password: policy().generate() })

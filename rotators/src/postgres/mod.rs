@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -49,6 +49,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use self::auth_guard::{AuthGuard, GuardRefusal, GuardedTls};
 pub use self::tls::{ChannelBinding, SslMode, TlsSetupError};
 
+use crate::common::{after_change, changed_if_transient, find_cause, logins, no_login};
+use crate::scrub::Scrubber;
 use crate::{
     PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse,
     VerifyRequest, VerifyResponse,
@@ -82,7 +84,7 @@ pub struct PostgresConfig {
     pub database: String,
     /// Limit, in seconds, on establishing a connection (TCP and authentication) and on
     /// each statement. Default 10; at least 1.
-    #[serde(default = "default_connect_timeout", deserialize_with = "positive_secs")]
+    #[serde(default = "default_connect_timeout", deserialize_with = "crate::common::positive_secs")]
     pub connect_timeout_secs: u64,
     /// Transport security, as libpq names it. Default `verify-full`.
     #[serde(default)]
@@ -118,14 +120,6 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_application_name() -> String {
     "kv-rotator".to_owned()
-}
-
-fn positive_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let secs = u64::deserialize(d)?;
-    if secs == 0 {
-        return Err(serde::de::Error::custom("connect_timeout_secs must be at least 1"));
-    }
-    Ok(secs)
 }
 
 impl PostgresConfig {
@@ -326,7 +320,7 @@ impl Rotator for PostgresRotator {
             return Err(RotatorError::Refused("the pending password is empty".to_owned()));
         }
         let verifier = postgres_protocol::password::scram_sha_256(req.pending.expose_secret().as_bytes());
-        let scrub = Scrubber::for_request(&req, &verifier);
+        let scrub = Scrubber::for_request(&req, [verifier.as_str()]);
         let user = &req.username;
         let role = quote_ident(user);
 
@@ -336,84 +330,37 @@ impl Rotator for PostgresRotator {
             return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
         }
 
-        let mut logins: Vec<(&str, &SecretString, String, SetPasswordOutcome)> = vec![(
-            user,
-            &req.current,
-            format!("{role} with its current password"),
-            SetPasswordOutcome::ChangedWithCurrent,
-        )];
-        for (i, previous) in req.previous.iter().enumerate() {
-            logins.push((
-                user,
-                previous,
-                format!("{role} with previous password #{}", i + 1),
-                SetPasswordOutcome::ChangedWithPrevious,
-            ));
-        }
-        if let Some(admin) = &req.admin {
-            logins.push((
-                &admin.username,
-                &admin.password,
-                format!("admin {}", quote_ident(&admin.username)),
-                SetPasswordOutcome::ChangedWithAdmin,
-            ));
-        }
-
-        let mut tried = Vec::new();
-        let mut seen: Vec<(&str, &str)> = vec![(user.as_str(), req.pending.expose_secret())];
-        for (login_user, password, who, outcome) in logins {
-            // The same password twice is one more refused login for nothing.
-            if password.expose_secret().is_empty() || seen.contains(&(login_user, password.expose_secret())) {
-                continue;
-            }
-            seen.push((login_user, password.expose_secret()));
-            let Some(client) = self.login(login_user, password, &who, &scrub).await? else {
-                tried.push(who);
+        let mut refused = Vec::new();
+        for login in logins(&req, &role, quote_ident) {
+            let who = login.who;
+            let Some(client) = self.login(login.user, login.password, &who, &scrub).await? else {
+                refused.push(who);
                 continue;
             };
             // The verifier is base64 and `$:` only: nothing to escape inside '…'.
             debug_assert!(!verifier.contains(['\'', '\\']));
             let sql = format!("ALTER ROLE {role} PASSWORD '{verifier}'");
             let context = format!("changing the password of role {role} on {} as {who}", self.server());
-            // A transient failure once ALTER was sent (timeout, connection lost) leaves
-            // it unknown whether the change was applied: the target may have it.
-            self.execute(&client, &sql, &context, &scrub).await.map_err(|e| match e {
-                RotatorError::Transient(message) => RotatorError::NotYetVisible(message),
-                other => other,
-            })?;
+            self.execute(&client, &sql, &context, &scrub).await.map_err(changed_if_transient)?;
             drop(client);
 
             // A fresh connection proves the new password works end to end.
             let after_who = format!("{role} with the new password");
-            // Rejected here is not a refusal: ALTER succeeded, so the change is made and
-            // may only not show yet (a standby behind the balanced host, a pooler's own
-            // auth file). The engine retries, knows the target changed, and never
-            // replaces this password.
-            let after = self.check(user, &req.pending, &after_who, &scrub).await.map_err(|e| match e {
-                // ALTER succeeded: whatever keeps the check from answering, the target changed.
-                RotatorError::Transient(message) => RotatorError::NotYetVisible(message),
-                other => other,
-            });
-            return match after? {
-                VerifyResponse::Accepted => Ok(SetPasswordResponse { outcome }),
-                VerifyResponse::Rejected => Err(RotatorError::NotYetVisible(format!(
+            let after = self.check(user, &req.pending, &after_who, &scrub).await;
+            return after_change(after, login.outcome, || {
+                format!(
                     "the password of role {role} was changed as {who}, but the new password does not log in on {} yet \
                      (replication lag or a pooler; if it persists, check pg_hba.conf, the role's LOGIN and VALID UNTIL)",
                     self.server()
-                ))),
-            };
+                )
+            });
         }
-        let admin_note = if req.admin.is_none() { "; no admin credential configured" } else { "" };
-        Err(RotatorError::Permanent(format!(
-            "no known login could change the password of role {role} on {}: refused: {}{admin_note}",
-            self.server(),
-            tried.join(", ")
-        )))
+        Err(no_login(&format!("role {role}"), &self.server(), &refused, Vec::new(), req.admin.is_some()))
     }
 
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
         check_role_name(&req.username)?;
-        let scrub = Scrubber::new(vec![req.password.expose_secret().to_owned()]);
+        let scrub = Scrubber::new([&req.password]);
         let who = quote_ident(&req.username);
         self.check(&req.username, &req.password, &who, &scrub).await
     }
@@ -447,24 +394,6 @@ impl From<tokio_postgres::Error> for ConnectFailure {
     fn from(e: tokio_postgres::Error) -> Self {
         ConnectFailure::Postgres(e)
     }
-}
-
-/// The first error of type `T` in `e`'s chain, looking inside `io::Error`s too (whose
-/// `source` skips the error they wrap).
-fn find_cause<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        if let Some(wrapped) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            if let Some(found) = find_cause::<T>(wrapped) {
-                return Some(found);
-            }
-        }
-        next = e.source();
-    }
-    None
 }
 
 /// `name` as a PostgreSQL quoted identifier: in double quotes, inner double quotes doubled.
@@ -574,46 +503,6 @@ fn describe(e: &tokio_postgres::Error, scrub: &Scrubber) -> String {
     scrub.clean(text)
 }
 
-/// Removes known secrets from text that leaves the module. tokio-postgres and the server
-/// do not echo passwords, but an error message is no place to rely on that.
-struct Scrubber {
-    secrets: Vec<String>,
-}
-
-impl fmt::Debug for Scrubber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Scrubber({} secrets)", self.secrets.len())
-    }
-}
-
-impl Scrubber {
-    fn new(mut secrets: Vec<String>) -> Self {
-        secrets.retain(|s| !s.is_empty());
-        // Longest first, so a secret containing another is removed whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self { secrets }
-    }
-
-    fn for_request(req: &SetPasswordRequest, verifier: &str) -> Self {
-        let mut secrets =
-            vec![req.pending.expose_secret().to_owned(), req.current.expose_secret().to_owned(), verifier.to_owned()];
-        secrets.extend(req.previous.iter().map(|p| p.expose_secret().to_owned()));
-        if let Some(admin) = &req.admin {
-            secrets.push(admin.password.expose_secret().to_owned());
-        }
-        Self::new(secrets)
-    }
-
-    fn clean(&self, mut text: String) -> String {
-        for secret in &self.secrets {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), "[REDACTED]");
-            }
-        }
-        text
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,13 +555,6 @@ mod tests {
         assert!(e.contains("unknown variant `always`"), "{e}");
         let e = err(r#"{"host": "db", "sslmode": "disable", "connect_timeout_secs": 0}"#);
         assert!(e.contains("at least 1"), "{e}");
-    }
-
-    #[test]
-    fn scrubber_removes_every_secret() {
-        let s = Scrubber::new(vec!["hunter2hunter2".into(), String::new(), "hunter2".into()]);
-        assert_eq!(s.clean("a hunter2hunter2 b hunter2 c".into()), "a [REDACTED] b [REDACTED] c");
-        assert!(!format!("{s:?}").contains("hunter2"));
     }
 
     #[test]

@@ -22,16 +22,13 @@
 //! The combinations that look protected but are not are refused when the rotator is
 //! built, naming the keys.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{aws_lc_rs, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::ClientConfig;
 use serde::{Deserialize, Deserializer};
+
+use crate::tls::Verification;
+pub use crate::tls::{is_certificate_error, TlsSetupError};
 
 /// How the connection is protected, named as libpq names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,31 +110,15 @@ impl From<ChannelBinding> for tokio_postgres::config::ChannelBinding {
     }
 }
 
-/// Why TLS could not be set up from the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    #[error("{0}")]
-    Combination(String),
-    #[error("sslrootcert {path}: {reason}")]
-    RootCert { path: PathBuf, reason: String },
-    #[error("no trusted CA certificates: the system store is empty or unreadable ({0}); set sslrootcert")]
-    NoSystemRoots(String),
-    #[error("TLS setup: {0}")]
-    Rustls(String),
-}
-
 /// The rustls client configuration for a profile; `None` for `disable`. Refuses the
 /// combinations of `sslmode`, `sslrootcert`, `channel_binding` and `allow_weak_auth` that
 /// look protected but are not.
 pub fn client_config(cfg: &super::PostgresConfig) -> Result<Option<Arc<ClientConfig>>, TlsSetupError> {
     check_combination(cfg)?;
     let (mode, root_cert) = (cfg.sslmode, cfg.sslrootcert.as_deref());
-    let provider = Arc::new(aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
     if let (SslMode::Disable | SslMode::Require, Some(path)) = (mode, root_cert) {
         return Err(TlsSetupError::RootCert {
+            key: "sslrootcert",
             path: path.to_owned(),
             reason: format!(
                 "is only read with sslmode \"verify-ca\" or \"verify-full\", not {:?}: a CA that is never checked \
@@ -146,22 +127,13 @@ pub fn client_config(cfg: &super::PostgresConfig) -> Result<Option<Arc<ClientCon
             ),
         });
     }
-    let verifier: Arc<dyn ServerCertVerifier> = match mode {
+    let verification = match mode {
         SslMode::Disable => return Ok(None),
-        SslMode::Require => Arc::new(AnyCertificate(provider.signature_verification_algorithms)),
-        SslMode::VerifyCa | SslMode::VerifyFull => {
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(root_cert)?), provider)
-                .build()
-                .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
-            if mode == SslMode::VerifyCa {
-                Arc::new(AnyHostName(webpki))
-            } else {
-                webpki
-            }
-        }
+        SslMode::Require => Verification::AnyCertificate,
+        SslMode::VerifyCa => Verification::Chain,
+        SslMode::VerifyFull => Verification::Full,
     };
-    let config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
-    Ok(Some(Arc::new(config)))
+    crate::tls::client_config(verification, root_cert, "sslrootcert").map(Some)
 }
 
 fn check_combination(cfg: &super::PostgresConfig) -> Result<(), TlsSetupError> {
@@ -197,128 +169,6 @@ fn check_combination(cfg: &super::PostgresConfig) -> Result<(), TlsSetupError> {
         ));
     }
     Ok(())
-}
-
-/// The trust anchors: every certificate in `path`, or the system's store.
-fn roots(path: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
-    let mut store = RootCertStore::empty();
-    match path {
-        Some(path) => {
-            let fail = |reason: String| TlsSetupError::RootCert { path: path.to_owned(), reason };
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| fail(e.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fail(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(fail("holds no PEM certificate".to_owned()));
-            }
-            for cert in certs {
-                store.add(cert).map_err(|e| fail(format!("a certificate is not a usable CA: {e}")))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = store.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-                return Err(TlsSetupError::NoSystemRoots(errors.join("; ")));
-            }
-        }
-    }
-    Ok(store)
-}
-
-/// `require`: any certificate, but the handshake's signatures are still checked, so the
-/// session is with whoever holds the presented certificate's key (what channel binding
-/// then ties the login to).
-#[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the full WebPKI check, except that the certificate need not name the host.
-#[derive(Debug)]
-struct AnyHostName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyHostName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            // The name is checked last, after the chain, validity and usage: reaching it
-            // means everything else held.
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// Whether a TLS failure is the server's certificate being refused (a configuration
-/// mistake or an attack: retrying will not help).
-pub fn is_certificate_error(error: &rustls::Error) -> bool {
-    matches!(error, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
 }
 
 #[cfg(test)]

@@ -1,0 +1,243 @@
+//! Pieces the network rotators share.
+//!
+//! - [`Strategy`]: the `strategy` key of a target profile. Only `single-user` is built;
+//!   the others are refused by name, with why, so a profile written for them fails at
+//!   load instead of rotating the wrong way.
+//! - [`positive_secs`]: `connect_timeout_secs` and the like must be at least 1.
+//! - [`find_cause`]: the first error of a type in an error's chain, looking inside
+//!   `io::Error`s too (how a rustls certificate error is found under a driver's error).
+//! - [`chain_text`]: an error and its causes on one line, each said once.
+//! - [`logins`], [`changed_if_transient`], [`after_change`] and [`no_login`]: the parts of
+//!   the single-user `set_password` contract every network rotator follows the same way
+//!   (which logins, in which order; what an unanswered change means; the last word).
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use crate::{RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse, VerifyResponse};
+
+/// How a rotation keeps consumers working (`strategy = "…"` in a target profile).
+///
+/// Only [`Strategy::SingleUser`] exists today: the password of one account is changed in
+/// place, by the account itself or an admin. `alternating-users` and `multi-password`
+/// need engine support that is not built yet; each rotator's deserializer refuses them,
+/// saying whether its target could ever offer them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// One account, its password changed in place.
+    #[default]
+    SingleUser,
+}
+
+impl Strategy {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::SingleUser => "single-user",
+        }
+    }
+
+    /// Parses `value` for a rotator of `kind` that offers single-user only;
+    /// `multi_password` says why `multi-password` is refused for it.
+    pub fn single_user_only(value: &str, kind: &str, multi_password: &str) -> Result<Self, String> {
+        match value {
+            "single-user" => Ok(Strategy::SingleUser),
+            "multi-password" => {
+                Err(format!("strategy \"multi-password\" is refused for kind {kind:?}: {multi_password}"))
+            }
+            "alternating-users" => Err(format!(
+                "strategy \"alternating-users\" is not built yet for kind {kind:?}; only \"single-user\" is"
+            )),
+            other => Err(format!(
+                "unknown strategy {other:?}: expected \"single-user\" (\"alternating-users\" and \"multi-password\" \
+                 are not built yet)"
+            )),
+        }
+    }
+}
+
+/// A number of seconds that must be at least 1 (a zero timeout would fail every call).
+pub fn positive_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let secs = u64::deserialize(d)?;
+    if secs == 0 {
+        return Err(serde::de::Error::custom("connect_timeout_secs must be at least 1"));
+    }
+    Ok(secs)
+}
+
+/// The first error of type `T` in `e`'s chain, looking inside `io::Error`s too (whose
+/// `source` skips the error they wrap).
+pub fn find_cause<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(wrapped) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(found) = find_cause::<T>(wrapped) {
+                return Some(found);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// `e` and its causes, joined by `: `, leaving out a cause whose text the line already
+/// holds (`io::Error` repeats the error it wraps). Not scrubbed: callers scrub.
+pub fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    for cause in std::iter::successors(Some(e), |s| s.source()) {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// A login [`crate::Rotator::set_password`] may change the password with.
+#[derive(Debug)]
+pub struct Login<'r> {
+    /// Who logs in.
+    pub user: &'r str,
+    /// With this password.
+    pub password: &'r SecretString,
+    /// How messages name it: `"app" with its current password`, `admin "root"`.
+    pub who: String,
+    /// What a change made through it reports.
+    pub outcome: SetPasswordOutcome,
+}
+
+/// The logins of `req` in the contract's order — the user with its current password,
+/// with each previous one, then the admin — leaving out empty passwords and repeats (the
+/// pending password among them): the same password twice is one more refused login for
+/// nothing. `user` names the user in messages; `quote` quotes the admin's name.
+pub fn logins<'r>(req: &'r SetPasswordRequest, user: &str, quote: fn(&str) -> String) -> Vec<Login<'r>> {
+    let mut all = vec![Login {
+        user: &req.username,
+        password: &req.current,
+        who: format!("{user} with its current password"),
+        outcome: SetPasswordOutcome::ChangedWithCurrent,
+    }];
+    all.extend(req.previous.iter().enumerate().map(|(i, password)| Login {
+        user: &req.username,
+        password,
+        who: format!("{user} with previous password #{}", i + 1),
+        outcome: SetPasswordOutcome::ChangedWithPrevious,
+    }));
+    all.extend(req.admin.iter().map(|admin| Login {
+        user: &admin.username,
+        password: &admin.password,
+        who: format!("admin {}", quote(&admin.username)),
+        outcome: SetPasswordOutcome::ChangedWithAdmin,
+    }));
+    let mut seen: Vec<(&str, &str)> = vec![(&req.username, req.pending.expose_secret())];
+    all.retain(|login| {
+        let key = (login.user, login.password.expose_secret());
+        if key.1.is_empty() || seen.contains(&key) {
+            return false;
+        }
+        seen.push(key);
+        true
+    });
+    all
+}
+
+/// A transient failure once a change was sent (a timeout, a lost connection) leaves it
+/// unknown whether it was applied: the target may have the pending password.
+pub fn changed_if_transient(e: RotatorError) -> RotatorError {
+    match e {
+        RotatorError::Transient(message) => RotatorError::NotYetVisible(message),
+        other => other,
+    }
+}
+
+/// The end of a change: a fresh login with the pending password (`check`) decides.
+/// Whatever keeps it from answering, the change was made, so a transient error is
+/// [`RotatorError::NotYetVisible`], and so is a refusal (replication lag, a pooler's own
+/// auth file), with `not_yet` as its message: the engine retries and never replaces the
+/// pending password.
+pub fn after_change(
+    check: RotatorResult<VerifyResponse>,
+    outcome: SetPasswordOutcome,
+    not_yet: impl FnOnce() -> String,
+) -> RotatorResult<SetPasswordResponse> {
+    match check.map_err(changed_if_transient)? {
+        VerifyResponse::Accepted => Ok(SetPasswordResponse { outcome }),
+        VerifyResponse::Rejected => Err(RotatorError::NotYetVisible(not_yet())),
+    }
+}
+
+/// No login could change the password of `what` on `server`: a permanent error naming
+/// the logins refused and why the others could not (never a password).
+pub fn no_login(what: &str, server: &str, refused: &[String], cannot: Vec<String>, has_admin: bool) -> RotatorError {
+    let mut why = Vec::new();
+    if !refused.is_empty() {
+        why.push(format!("refused: {}", refused.join(", ")));
+    }
+    why.extend(cannot);
+    if !has_admin {
+        why.push("no admin credential configured".to_owned());
+    }
+    RotatorError::Permanent(format!(
+        "no known login could change the password of {what} on {server}: {}",
+        why.join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_single_user_is_accepted_and_the_others_say_why() {
+        assert_eq!(Strategy::single_user_only("single-user", "k", "n/a"), Ok(Strategy::SingleUser));
+        assert_eq!(Strategy::default().as_str(), "single-user");
+        let e = Strategy::single_user_only("multi-password", "mariadb", "no dual passwords").unwrap_err();
+        assert!(e.contains("\"mariadb\"") && e.contains("no dual passwords"), "{e}");
+        let e = Strategy::single_user_only("alternating-users", "redis", "").unwrap_err();
+        assert!(e.contains("not built yet"), "{e}");
+        let e = Strategy::single_user_only("single_user", "redis", "").unwrap_err();
+        assert!(e.contains("unknown strategy \"single_user\""), "{e}");
+    }
+
+    #[test]
+    fn logins_come_in_order_without_repeats() {
+        let secret = |s: &str| SecretString::from(s.to_owned());
+        let req = SetPasswordRequest {
+            username: "app".into(),
+            pending: secret("p"),
+            current: secret("c"),
+            previous: vec![secret("p"), secret(""), secret("o"), secret("c")],
+            admin: Some(crate::Credential { username: "root".into(), password: secret("c") }),
+        };
+        let who: Vec<String> = logins(&req, "\"app\"", |n| format!("<{n}>")).into_iter().map(|l| l.who).collect();
+        assert_eq!(who, ["\"app\" with its current password", "\"app\" with previous password #3", "admin <root>"]);
+        let e = no_login("role x", "db:5432", &["a".into()], vec!["b cannot".into()], false).to_string();
+        assert_eq!(e, "no known login could change the password of role x on db:5432: refused: a; b cannot; no admin credential configured");
+        let out = after_change(Ok(VerifyResponse::Rejected), SetPasswordOutcome::ChangedWithAdmin, || "lag".into());
+        assert!(matches!(out, Err(RotatorError::NotYetVisible(m)) if m == "lag"));
+        let out =
+            after_change(Err(RotatorError::Transient("t".into())), SetPasswordOutcome::ChangedWithAdmin, String::new);
+        assert!(matches!(out, Err(RotatorError::NotYetVisible(_))));
+    }
+
+    #[test]
+    fn causes_are_found_inside_io_errors() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner")]
+        struct Inner;
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other(Inner));
+        assert!(find_cause::<Inner>(&e).is_some());
+        assert!(find_cause::<std::fmt::Error>(&e).is_none());
+        assert_eq!(chain_text(&e), "outer: inner");
+    }
+}

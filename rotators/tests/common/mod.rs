@@ -1,0 +1,52 @@
+//! Helpers the rotators' integration tests share: a CA that signed nothing, a TCP
+//! forwarder (to reach a server by a name its certificate does not carry), a server that
+//! accepts and never speaks, and a port nobody listens on.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// A self-signed CA, written to `dir`, that did not sign any server's certificate.
+pub fn other_ca(dir: &Path) -> PathBuf {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "not the test CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let path = dir.join("other-ca.pem");
+    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+    path
+}
+
+/// Forwards connections on `listen_ip` (a port the OS picks, returned) to `to`.
+pub async fn forwarder(listen_ip: &str, to: (&'static str, u16)) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((listen_ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(to).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// A server on `host` that accepts connections and never says a word.
+pub async fn silent_server(host: &str) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+/// A port on `host` nobody listens on (bound, noted, closed).
+pub fn unused_port(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,586 @@
+//! The MariaDB rotator against the real server on 127.0.0.1:3306.
+//!
+//! Root logs in over TCP without a password (the test machines' setup) to create the
+//! test accounts, named `kvr_t_<random>…` and dropped by a guard, also when a test fails.
+//! `scripts/setup-mariadb.sh` turns TLS on with a certificate from its own test CA and
+//! installs the ed25519 plugin; the tests that need either fail (never skip) naming it.
+#![cfg(feature = "mariadb")]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_lc_rs::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY as SHA1};
+use kv_rotator_rotators::mariadb::{MariaDbConfig, MariaDbRotator, TlsMode};
+use kv_rotator_rotators::testkit::{contains_secret, run_conformance, ConformanceFixture};
+use kv_rotator_rotators::{
+    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, VerifyRequest,
+    VerifyResponse,
+};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use secrecy::{ExposeSecret, SecretString};
+
+const HOST: &str = "127.0.0.1";
+const PORT: u16 = 3306;
+const SETUP_HINT: &str = "run `sudo scripts/setup-mariadb.sh` (TLS with a test CA, the ed25519 plugin)";
+
+/// Identifier in backticks, written here rather than taken from the crate so that a
+/// broken quoting fails the rotator, not the fixture.
+fn ident(name: &str) -> String {
+    let mut quoted = String::from('`');
+    for c in name.chars() {
+        if c == '`' {
+            quoted.push('`');
+        }
+        quoted.push(c);
+    }
+    quoted.push('`');
+    quoted
+}
+
+/// `*` and upper-case hex of SHA1(SHA1(password)), computed here for the same reason.
+fn hash_of(password: &SecretString) -> String {
+    let stage1 = digest(&SHA1, password.expose_secret().as_bytes());
+    format!("*{}", hex::encode_upper(digest(&SHA1, stage1.as_ref())))
+}
+
+async fn root() -> Conn {
+    let opts = OptsBuilder::default().ip_or_hostname(HOST).tcp_port(PORT).user(Some("root")).prefer_socket(false);
+    Conn::new(opts)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect as root to {HOST}:{PORT}: {e}; is MariaDB running?"))
+}
+
+/// Drops every registered account (name, host) when the test ends, passed or failed.
+struct UserGuard {
+    users: Mutex<Vec<(String, String)>>,
+}
+
+impl UserGuard {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { users: Mutex::new(Vec::new()) })
+    }
+    fn register(&self, name: &str, host: &str) {
+        self.users.lock().unwrap().push((name.to_owned(), host.to_owned()));
+    }
+}
+
+impl Drop for UserGuard {
+    fn drop(&mut self) {
+        let users = std::mem::take(&mut *self.users.lock().unwrap_or_else(|p| p.into_inner()));
+        if users.is_empty() {
+            return;
+        }
+        // Drop may run on a runtime thread (even while unwinding): use a thread of its own.
+        let result = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut root = root().await;
+                for (name, host) in users.iter().rev() {
+                    let sql = format!("DROP USER IF EXISTS {}@{}", ident(name), ident(host));
+                    if let Err(e) = root.query_drop(sql).await {
+                        eprintln!("cleanup: could not drop {name:?}@{host:?}: {e}");
+                    }
+                }
+                let _ = root.disconnect().await;
+            })
+        })
+        .join();
+        if result.is_err() {
+            eprintln!("cleanup of test accounts panicked");
+        }
+    }
+}
+
+fn prefix() -> String {
+    format!("kvr_t_{:08x}", rand::random::<u32>())
+}
+
+fn policy() -> PasswordPolicy {
+    PasswordPolicy::default()
+}
+
+/// A rotator on the local server, without TLS (what most tests here need).
+fn rotator() -> MariaDbRotator {
+    rotator_with(|cfg| cfg.tls = TlsMode::Disable)
+}
+
+fn rotator_with(adjust: impl FnOnce(&mut MariaDbConfig)) -> MariaDbRotator {
+    let mut cfg = MariaDbConfig::new(HOST);
+    cfg.port = PORT;
+    adjust(&mut cfg);
+    MariaDbRotator::new(cfg, policy()).unwrap()
+}
+
+/// Creates `name`@`host` with the hash of `password` (the plain password is not sent).
+async fn create_user(root: &mut Conn, guard: &UserGuard, name: &str, host: &str, password: &SecretString) {
+    guard.register(name, host);
+    let sql = format!("CREATE USER {}@{} IDENTIFIED BY PASSWORD '{}'", ident(name), ident(host), hash_of(password));
+    root.query_drop(sql).await.unwrap_or_else(|e| panic!("creating test account {name:?}@{host:?}: {e}"));
+}
+
+/// What a user needs to change its own password through the rotator: to see that it
+/// has a single host entry.
+async fn allow_self_change(root: &mut Conn, name: &str, host: &str) {
+    let sql = format!("GRANT SELECT (User, Host) ON mysql.user TO {}@{}", ident(name), ident(host));
+    root.query_drop(sql).await.unwrap();
+}
+
+async fn create_admin(root: &mut Conn, guard: &UserGuard, name: &str) -> Credential {
+    let admin = Credential { username: name.to_owned(), password: policy().generate() };
+    create_user(root, guard, name, "%", &admin.password).await;
+    root.query_drop(format!("GRANT CREATE USER ON *.* TO {}@'%'", ident(name))).await.unwrap();
+    root.query_drop(format!("GRANT SELECT ON mysql.user TO {}@'%'", ident(name))).await.unwrap();
+    admin
+}
+
+/// Each entry's host and stored hash, by host.
+async fn stored(root: &mut Conn, name: &str) -> Vec<(String, String)> {
+    root.exec("SELECT Host, authentication_string FROM mysql.user WHERE User = ? ORDER BY Host", (name,)).await.unwrap()
+}
+
+async fn setup() -> (Conn, Arc<UserGuard>, String) {
+    (root().await, UserGuard::new(), prefix())
+}
+
+fn request(user: &str, pending: &SecretString, current: &SecretString) -> SetPasswordRequest {
+    SetPasswordRequest {
+        username: user.to_owned(),
+        pending: pending.clone(),
+        current: current.clone(),
+        previous: vec![],
+        admin: None,
+    }
+}
+
+fn verify(user: &str, password: &SecretString) -> VerifyRequest {
+    VerifyRequest { username: user.to_owned(), password: password.clone() }
+}
+
+struct MariaFixture {
+    root: Conn,
+    guard: Arc<UserGuard>,
+    prefix: String,
+    admin: Credential,
+    next: usize,
+}
+
+#[async_trait]
+impl ConformanceFixture for MariaFixture {
+    async fn create_user(&mut self, password: &SecretString) -> Result<String, String> {
+        self.next += 1;
+        let name = format!("{}_u{}", self.prefix, self.next);
+        create_user(&mut self.root, &self.guard, &name, "%", password).await;
+        allow_self_change(&mut self.root, &name, "%").await;
+        Ok(name)
+    }
+
+    fn admin(&self) -> Option<Credential> {
+        Some(self.admin.clone())
+    }
+}
+
+async fn conformance(rotator: MariaDbRotator) {
+    let (mut root, guard, prefix) = setup().await;
+    let admin = create_admin(&mut root, &guard, &format!("{prefix}_admin")).await;
+    let mut fixture = MariaFixture { root, guard: Arc::clone(&guard), prefix, admin, next: 0 };
+    let report = run_conformance(&rotator, &mut fixture).await.unwrap_or_else(|e| panic!("conformance: {e}"));
+    println!("{report}");
+    assert!(report.skipped.is_empty(), "mariadb must run every check: {report}");
+}
+
+#[tokio::test]
+async fn mariadb_passes_conformance() {
+    conformance(rotator()).await;
+}
+
+#[tokio::test]
+async fn every_host_entry_changes_together_or_none_does() {
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_multi");
+    let p0 = policy().generate();
+    for host in ["%", "localhost", "10.9.8.7"] {
+        create_user(&mut root, &guard, &user, host, &p0).await;
+    }
+    allow_self_change(&mut root, &user, "%").await;
+    let admin = create_admin(&mut root, &guard, &format!("{prefix}_admin")).await;
+    let before = stored(&mut root, &user).await;
+    assert_eq!(before.len(), 3);
+
+    // The user can change only the entry it logs in through: it must not, and says why.
+    let p1 = policy().generate();
+    let err = rotator().set_password(request(&user, &p1, &p0)).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("can change only its own host entry") && text.contains("has 3"), "{text}");
+    assert!(text.contains("no admin credential configured"), "{text}");
+    assert_eq!(stored(&mut root, &user).await, before, "nothing changed");
+
+    // The admin changes all three in one statement.
+    let mut req = request(&user, &p1, &p0);
+    req.admin = Some(admin);
+    let out = rotator().set_password(req).await.unwrap();
+    assert_eq!(out.outcome, SetPasswordOutcome::ChangedWithAdmin);
+    let after = stored(&mut root, &user).await;
+    assert_eq!(after.len(), 3);
+    for (host, hash) in &after {
+        assert_eq!(hash, &hash_of(&p1), "entry {host} was not changed");
+    }
+    assert_eq!(rotator().verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
+}
+
+#[tokio::test]
+async fn a_change_that_fails_part_way_is_undone() {
+    // MariaDB applies a multi-account ALTER USER entry by entry and keeps the entries
+    // before (and after) one that fails. The test hook names an entry that does not
+    // exist, between the real ones, as if it had been dropped after being read.
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_partial");
+    let p0 = policy().generate();
+    for host in ["%", "localhost", "10.9.8.7"] {
+        create_user(&mut root, &guard, &user, host, &p0).await;
+    }
+    let admin = create_admin(&mut root, &guard, &format!("{prefix}_admin")).await;
+    let before = stored(&mut root, &user).await;
+    let p1 = policy().generate();
+    let mut req = request(&user, &p1, &policy().generate());
+    req.admin = Some(admin.clone());
+    let rotator = rotator().with_phantom_host_entry("kvr-phantom.invalid");
+    let err = rotator.set_password(req.clone()).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("1396"), "{err}");
+    assert!(!err.to_string().contains("restoring the entries failed"), "{err}");
+    assert_eq!(stored(&mut root, &user).await, before, "every entry is back on the old password");
+    assert_eq!(rotator.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(rotator.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Rejected);
+    for secret in [&p0, &p1, &admin.password] {
+        assert!(!contains_secret(&format!("{err} {err:?}"), secret));
+    }
+    for (_, hash) in &before {
+        assert!(!err.to_string().contains(hash.as_str()), "an old hash in the error: {err}");
+    }
+}
+
+/// Turns the general query log on into a file of its own while alive; restores the
+/// server's settings when dropped.
+struct GeneralLog {
+    dir: tempfile::TempDir,
+    saved: (String, String),
+}
+
+impl GeneralLog {
+    async fn start(root: &mut Conn) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // mariadbd runs as mysql: let it write there.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let saved: (String, String) =
+            root.query_first("SELECT @@general_log, @@general_log_file").await.unwrap().unwrap();
+        let file = dir.path().join("general.log");
+        root.query_drop(format!("SET GLOBAL general_log_file = '{}'", file.display())).await.unwrap();
+        root.query_drop("SET GLOBAL general_log = ON").await.unwrap();
+        Self { dir, saved }
+    }
+
+    async fn stop(self, root: &mut Conn) -> String {
+        root.query_drop("SET GLOBAL general_log = OFF").await.unwrap();
+        let on = if self.saved.0 == "1" { "ON" } else { "OFF" };
+        root.query_drop(format!("SET GLOBAL general_log_file = '{}'", self.saved.1)).await.unwrap();
+        root.query_drop(format!("SET GLOBAL general_log = {on}")).await.unwrap();
+        std::fs::read_to_string(self.dir.path().join("general.log")).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_plain_password_never_reaches_the_general_query_log() {
+    let (mut root, guard, prefix) = setup().await;
+    let (self_user, admin_user) = (format!("{prefix}_self"), format!("{prefix}_byadmin"));
+    let (p0, q0) = (policy().generate(), policy().generate());
+    create_user(&mut root, &guard, &self_user, "%", &p0).await;
+    allow_self_change(&mut root, &self_user, "%").await;
+    create_user(&mut root, &guard, &admin_user, "%", &q0).await;
+    create_user(&mut root, &guard, &admin_user, "localhost", &q0).await;
+    let admin = create_admin(&mut root, &guard, &format!("{prefix}_admin")).await;
+
+    let log = GeneralLog::start(&mut root).await;
+    let (p1, q1) = (policy().generate(), policy().generate());
+    let by_self = rotator().set_password(request(&self_user, &p1, &p0)).await;
+    let mut req = request(&admin_user, &q1, &policy().generate());
+    req.admin = Some(admin.clone());
+    let by_admin = rotator().set_password(req).await;
+    let text = log.stop(&mut root).await;
+
+    assert_eq!(by_self.unwrap().outcome, SetPasswordOutcome::ChangedWithCurrent);
+    assert_eq!(by_admin.unwrap().outcome, SetPasswordOutcome::ChangedWithAdmin);
+    // The log caught the statements: the hashes are there (so a plain password would be).
+    assert!(text.contains(&format!("SET PASSWORD = '{}'", hash_of(&p1))), "no SET PASSWORD in the log:\n{text}");
+    assert!(text.contains("ALTER USER") && text.contains(&hash_of(&q1)), "no ALTER USER in the log:\n{text}");
+    for (i, secret) in [&p0, &p1, &q0, &q1, &admin.password].into_iter().enumerate() {
+        assert!(!contains_secret(&text, secret), "plain password #{i} in the general query log");
+    }
+}
+
+#[tokio::test]
+async fn an_account_on_another_plugin_is_refused_by_name() {
+    let (mut root, guard, prefix) = setup().await;
+    let active: Option<String> = root
+        .query_first("SELECT PLUGIN_STATUS FROM information_schema.PLUGINS WHERE PLUGIN_NAME = 'ed25519'")
+        .await
+        .unwrap();
+    assert_eq!(active.as_deref(), Some("ACTIVE"), "the ed25519 plugin is not installed: {SETUP_HINT}");
+    let user = format!("{prefix}_ed");
+    let p0 = policy().generate();
+    create_user(&mut root, &guard, &user, "%", &p0).await;
+    guard.register(&user, "localhost");
+    root.query_drop(format!("CREATE USER {}@'localhost' IDENTIFIED VIA ed25519 USING PASSWORD('x')", ident(&user)))
+        .await
+        .unwrap();
+    let admin = create_admin(&mut root, &guard, &format!("{prefix}_admin")).await;
+    let before = stored(&mut root, &user).await;
+    let mut req = request(&user, &policy().generate(), &policy().generate());
+    req.admin = Some(admin);
+    let err = rotator().set_password(req).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("uses plugin \"ed25519\""), "{err}");
+    assert_eq!(stored(&mut root, &user).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_locked_account_is_permanent_not_rejected() {
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_locked");
+    let p0 = policy().generate();
+    create_user(&mut root, &guard, &user, "%", &p0).await;
+    root.query_drop(format!("ALTER USER {}@'%' ACCOUNT LOCK", ident(&user))).await.unwrap();
+    let err = rotator().verify(verify(&user, &p0)).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("4151"), "{err}");
+}
+
+#[tokio::test]
+async fn admin_without_privilege_is_permanent_and_names_the_login() {
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_u");
+    let p0 = policy().generate();
+    create_user(&mut root, &guard, &user, "%", &p0).await;
+    let weak = Credential { username: format!("{prefix}_weak"), password: policy().generate() };
+    create_user(&mut root, &guard, &weak.username, "%", &weak.password).await;
+    let mut req = request(&user, &policy().generate(), &policy().generate());
+    req.admin = Some(weak.clone());
+    let secrets = [req.pending.clone(), req.current.clone(), weak.password.clone()];
+    let err = rotator().set_password(req).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("insufficient privilege") && text.contains(&weak.username), "{text}");
+    for s in &secrets {
+        assert!(!contains_secret(&text, s) && !contains_secret(&format!("{err:?}"), s));
+        assert!(!text.contains(&hash_of(s)), "a hash in the error: {text}");
+    }
+    assert_eq!(rotator().verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted, "unchanged");
+}
+
+#[tokio::test]
+async fn names_with_backticks_and_quotes_are_quoted() {
+    let (mut root, guard, prefix) = setup().await;
+    let tricky = format!("{prefix}`q' x");
+    let decoy = prefix.clone();
+    let (p0, p1, decoy_password) = (policy().generate(), policy().generate(), policy().generate());
+    create_user(&mut root, &guard, &tricky, "%", &p0).await;
+    allow_self_change(&mut root, &tricky, "%").await;
+    create_user(&mut root, &guard, &decoy, "%", &decoy_password).await;
+    let decoy_before = stored(&mut root, &decoy).await;
+    let out = rotator().set_password(request(&tricky, &p1, &p0)).await.unwrap();
+    assert_eq!(out.outcome, SetPasswordOutcome::ChangedWithCurrent);
+    assert_eq!(rotator().verify(verify(&tricky, &p1)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(stored(&mut root, &decoy).await, decoy_before, "another account was touched");
+    // And through the admin.
+    let admin = create_admin(&mut root, &guard, &format!("{prefix}`adm")).await;
+    let p2 = policy().generate();
+    let mut req = request(&tricky, &p2, &p0);
+    req.admin = Some(admin);
+    assert_eq!(rotator().set_password(req).await.unwrap().outcome, SetPasswordOutcome::ChangedWithAdmin);
+    assert_eq!(rotator().verify(verify(&tricky, &p2)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(stored(&mut root, &decoy).await, decoy_before, "another account was touched");
+}
+
+// ---- TLS (the setup script turns it on, with a certificate from its own test CA) ----
+
+fn test_ca() -> std::path::PathBuf {
+    let path = std::env::var_os("KVR_TEST_MARIADB_CA")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/mysql-kvr-test-tls/ca.pem"));
+    assert!(path.is_file(), "no test CA at {}: {SETUP_HINT}", path.display());
+    path
+}
+
+fn tls_rotator(host: &str) -> MariaDbRotator {
+    rotator_with(|cfg| {
+        cfg.host = host.to_owned();
+        cfg.tls = TlsMode::VerifyFull;
+        cfg.tls_ca_file = Some(test_ca());
+    })
+}
+
+#[tokio::test]
+async fn mariadb_passes_conformance_over_verify_full_tls() {
+    conformance(tls_rotator(HOST)).await;
+}
+
+#[tokio::test]
+async fn sessions_are_encrypted_and_the_host_name_form_verifies_too() {
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_tls");
+    let p0 = policy().generate();
+    create_user(&mut root, &guard, &user, "%", &p0).await;
+    allow_self_change(&mut root, &user, "%").await;
+    // An account that may log in only over TLS: its logins prove the rotator's are.
+    root.query_drop(format!("ALTER USER {}@'%' REQUIRE SSL", ident(&user))).await.unwrap();
+    assert!(
+        matches!(rotator().verify(verify(&user, &p0)).await, Ok(VerifyResponse::Rejected)),
+        "REQUIRE SSL refuses a plain login"
+    );
+    let p1 = policy().generate();
+    let rotator = tls_rotator("localhost");
+    let out = rotator.set_password(request(&user, &p1, &p0)).await.unwrap();
+    assert_eq!(out.outcome, SetPasswordOutcome::ChangedWithCurrent);
+    assert_eq!(rotator.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(rotator.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
+}
+
+#[tokio::test]
+async fn a_wrong_ca_is_refused_permanently_before_any_login() {
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_ca");
+    let p0 = policy().generate();
+    create_user(&mut root, &guard, &user, "%", &p0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rotator = rotator_with(|cfg| {
+        cfg.tls = TlsMode::VerifyFull;
+        cfg.tls_ca_file = Some(common::other_ca(dir.path()));
+    });
+    let err = rotator.verify(verify(&user, &p0)).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("certificate was refused") && text.contains("verify-full"), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    assert!(!contains_secret(&text, &p0), "{text}");
+    assert_eq!(tls_rotator(HOST).verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted);
+}
+
+#[tokio::test]
+async fn the_certificate_must_name_the_host_or_tls_server_name() {
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_name");
+    let p0 = policy().generate();
+    create_user(&mut root, &guard, &user, "%", &p0).await;
+    let (port, task) = common::forwarder("127.0.0.2", (HOST, PORT)).await;
+    let on = |server_name: Option<&str>| {
+        rotator_with(|cfg| {
+            cfg.host = "127.0.0.2".to_owned();
+            cfg.port = port;
+            cfg.tls = TlsMode::VerifyFull;
+            cfg.tls_ca_file = Some(test_ca());
+            cfg.tls_server_name = server_name.map(str::to_owned);
+        })
+    };
+    let err = on(None).verify(verify(&user, &p0)).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("not valid for name \"127.0.0.2\""), "{err}");
+    assert_eq!(err.to_string().matches("not valid for name").count(), 1, "said once: {err}");
+    let err = on(Some("db.example")).verify(verify(&user, &p0)).await.unwrap_err();
+    assert!(err.to_string().contains("not valid for name \"db.example\""), "{err}");
+    assert_eq!(on(Some("localhost")).verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted);
+    task.abort();
+}
+
+// ---- failures of the network ----
+
+fn rotator_on(port: u16) -> MariaDbRotator {
+    rotator_with(|cfg| {
+        cfg.port = port;
+        cfg.connect_timeout_secs = 1;
+        cfg.tls = TlsMode::Disable;
+    })
+}
+
+#[tokio::test]
+async fn refused_connection_is_transient() {
+    let port = common::unused_port(HOST);
+    let rotator = rotator_on(port);
+    let err = rotator.verify(verify("nobody", &policy().generate())).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains(&format!("{HOST}:{port}")), "{err}");
+    let err = rotator.set_password(request("nobody", &policy().generate(), &policy().generate())).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+}
+
+#[tokio::test]
+async fn silent_server_times_out_as_transient() {
+    let (port, server) = common::silent_server(HOST).await;
+    let started = Instant::now();
+    let err = rotator_on(port).verify(verify("nobody", &policy().generate())).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("no answer within 1s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_server_without_tls_is_refused_under_a_tls_mode() {
+    // A fake server that greets without the SSL capability: the rotator must not go on
+    // in plain text (no login, so no password exchange, reaches it).
+    let listener = tokio::net::TcpListener::bind((HOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let server = tokio::spawn({
+        let got = Arc::clone(&got);
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.write_all(&handshake_without_ssl()).await.unwrap();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    let rotator = rotator_with(|cfg| {
+        cfg.port = port;
+        cfg.tls = TlsMode::VerifyFull;
+        cfg.tls_ca_file = Some(test_ca());
+        cfg.connect_timeout_secs = 2;
+    });
+    let password = policy().generate();
+    let err = rotator.verify(verify("app", &password)).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("needs TLS on the server"), "{err}");
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let got = got.lock().unwrap().clone();
+    assert!(!got.windows(3).any(|w| w == b"app"), "the client went on to log in: {got:?}");
+}
+
+/// A protocol-10 greeting from a "server" with mysql_native_password and no CLIENT_SSL.
+fn handshake_without_ssl() -> Vec<u8> {
+    let mut body = vec![10u8];
+    body.extend_from_slice(b"10.11.0-fake\0");
+    body.extend_from_slice(&1u32.to_le_bytes()); // connection id
+    body.extend_from_slice(b"abcdefgh\0"); // scramble, first part
+    let caps: u32 = 0x0000_0001 | 0x0000_0200 | 0x0000_8000 | 0x0008_0000; // long password, 4.1, secure conn, plugin auth
+    body.extend_from_slice(&(caps as u16).to_le_bytes());
+    body.push(33); // charset
+    body.extend_from_slice(&2u16.to_le_bytes()); // status
+    body.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    body.push(21); // auth data length
+    body.extend_from_slice(&[0u8; 10]);
+    body.extend_from_slice(b"ijklmnopqrst\0"); // scramble, second part
+    body.extend_from_slice(b"mysql_native_password\0");
+    let mut packet = (body.len() as u32).to_le_bytes()[..3].to_vec();
+    packet.push(0);
+    packet.extend_from_slice(&body);
+    packet
+}

@@ -1,0 +1,558 @@
+//! The Redis rotator against the real server on 127.0.0.1:6379 (and its TLS port 6380,
+//! which `scripts/setup-redis.sh` opens with a certificate from its own test CA), and
+//! against servers these tests start themselves with an ACL file (the machine's server
+//! keeps nothing on disk).
+//!
+//! The machine's `default` user has no password: the fixture administers through it.
+//! Test users are named `kvr_t_<random>…` and deleted by a guard, also when a test fails.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_lc_rs::digest::{digest, SHA256};
+use kv_rotator_rotators::redis::{AclSave, RedisConfig, RedisRotator, TlsMode};
+use kv_rotator_rotators::testkit::{contains_secret, run_conformance, ConformanceFixture};
+use kv_rotator_rotators::{
+    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, VerifyRequest,
+    VerifyResponse,
+};
+use redis::aio::MultiplexedConnection;
+use secrecy::{ExposeSecret, SecretString};
+
+const HOST: &str = "127.0.0.1";
+const PORT: u16 = 6379;
+const TLS_PORT: u16 = 6380;
+const SETUP_HINT: &str = "run `sudo scripts/setup-redis.sh` (TLS on port 6380 with a test CA)";
+
+/// SHA-256 hex, computed here rather than taken from the crate.
+fn hash_of(password: &SecretString) -> String {
+    hex::encode(digest(&SHA256, password.expose_secret().as_bytes()).as_ref())
+}
+
+async fn admin_connection(port: u16) -> MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://{HOST}:{port}/")).unwrap();
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to Redis at {HOST}:{port}: {e}; is it running?"))
+}
+
+async fn acl(conn: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd("ACL");
+    for arg in args {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(conn).await.unwrap_or_else(|e| panic!("ACL {}: {e}", args[0]))
+}
+
+/// Deletes every registered user when the test ends, passed or failed.
+struct UserGuard {
+    port: u16,
+    users: Mutex<Vec<String>>,
+}
+
+impl UserGuard {
+    fn new(port: u16) -> Arc<Self> {
+        Arc::new(Self { port, users: Mutex::new(Vec::new()) })
+    }
+    fn register(&self, name: &str) {
+        self.users.lock().unwrap().push(name.to_owned());
+    }
+}
+
+impl Drop for UserGuard {
+    fn drop(&mut self) {
+        let users = std::mem::take(&mut *self.users.lock().unwrap_or_else(|p| p.into_inner()));
+        if users.is_empty() {
+            return;
+        }
+        let port = self.port;
+        // Drop may run on a runtime thread (even while unwinding): use a thread of its own.
+        let result = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let Ok(client) = redis::Client::open(format!("redis://{HOST}:{port}/")) else { return };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+                for user in &users {
+                    let deleted: redis::RedisResult<redis::Value> =
+                        redis::cmd("ACL").arg("DELUSER").arg(user).query_async(&mut conn).await;
+                    if let Err(e) = deleted {
+                        eprintln!("cleanup: could not delete user {user:?}: {e}");
+                    }
+                }
+            })
+        })
+        .join();
+        if result.is_err() {
+            eprintln!("cleanup of test users panicked");
+        }
+    }
+}
+
+fn prefix() -> String {
+    format!("kvr_t_{:08x}", rand::random::<u32>())
+}
+
+fn policy() -> PasswordPolicy {
+    PasswordPolicy::default()
+}
+
+fn rotator_with(adjust: impl FnOnce(&mut RedisConfig)) -> RedisRotator {
+    let mut cfg = RedisConfig::new(HOST);
+    cfg.port = PORT;
+    cfg.tls = TlsMode::Disable;
+    // The machine's server has no ACL file (tests that need one start their own).
+    cfg.acl_save = AclSave::Never;
+    adjust(&mut cfg);
+    RedisRotator::new(cfg, policy()).unwrap()
+}
+
+fn rotator() -> RedisRotator {
+    rotator_with(|_| {})
+}
+
+/// Rules a user may change its own password with.
+const SELF_CHANGE: &str = "+acl|setuser +acl|getuser";
+
+async fn create_user(
+    conn: &mut MultiplexedConnection,
+    guard: &UserGuard,
+    name: &str,
+    password: &SecretString,
+    rules: &str,
+) {
+    guard.register(name);
+    let hash = format!("#{}", hash_of(password));
+    let mut args = vec!["SETUSER", name, "reset", "on", hash.as_str()];
+    args.extend(rules.split_whitespace());
+    acl(conn, &args).await;
+}
+
+async fn create_admin(conn: &mut MultiplexedConnection, guard: &UserGuard, name: &str) -> Credential {
+    let admin = Credential { username: name.to_owned(), password: policy().generate() };
+    create_user(conn, guard, name, &admin.password, "+acl +config|get +ping").await;
+    admin
+}
+
+/// The user's `ACL LIST` line.
+async fn acl_line(conn: &mut MultiplexedConnection, name: &str) -> String {
+    let lines: Vec<String> = redis::cmd("ACL").arg("LIST").query_async(conn).await.unwrap();
+    lines.into_iter().find(|l| l.starts_with(&format!("user {name} "))).unwrap_or_default()
+}
+
+fn request(user: &str, pending: &SecretString, current: &SecretString) -> SetPasswordRequest {
+    SetPasswordRequest {
+        username: user.to_owned(),
+        pending: pending.clone(),
+        current: current.clone(),
+        previous: vec![],
+        admin: None,
+    }
+}
+
+fn verify(user: &str, password: &SecretString) -> VerifyRequest {
+    VerifyRequest { username: user.to_owned(), password: password.clone() }
+}
+
+struct RedisFixture {
+    conn: MultiplexedConnection,
+    guard: Arc<UserGuard>,
+    prefix: String,
+    admin: Credential,
+    next: usize,
+}
+
+#[async_trait]
+impl ConformanceFixture for RedisFixture {
+    async fn create_user(&mut self, password: &SecretString) -> Result<String, String> {
+        self.next += 1;
+        let name = format!("{}_u{}", self.prefix, self.next);
+        create_user(&mut self.conn, &self.guard, &name, password, &format!("~kvr:* +get +set {SELF_CHANGE}")).await;
+        Ok(name)
+    }
+
+    fn admin(&self) -> Option<Credential> {
+        Some(self.admin.clone())
+    }
+}
+
+async fn setup() -> (MultiplexedConnection, Arc<UserGuard>, String) {
+    (admin_connection(PORT).await, UserGuard::new(PORT), prefix())
+}
+
+async fn conformance(rotator: RedisRotator) {
+    let (mut conn, guard, prefix) = setup().await;
+    let admin = create_admin(&mut conn, &guard, &format!("{prefix}_admin")).await;
+    let mut fixture = RedisFixture { conn, guard: Arc::clone(&guard), prefix, admin, next: 0 };
+    let report = run_conformance(&rotator, &mut fixture).await.unwrap_or_else(|e| panic!("conformance: {e}"));
+    println!("{report}");
+    assert!(report.skipped.is_empty(), "redis must run every check: {report}");
+}
+
+#[tokio::test]
+async fn redis_passes_conformance() {
+    conformance(rotator()).await;
+}
+
+/// Forwards connections on `listen_ip` to `port`, recording what clients send.
+async fn recording_forwarder(listen_ip: &str, port: u16) -> (u16, Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((listen_ip, 0)).await.unwrap();
+    let local = listener.local_addr().unwrap().port();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let task = tokio::spawn({
+        let sent = Arc::clone(&sent);
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (inbound, _) = listener.accept().await.unwrap();
+                let sent = Arc::clone(&sent);
+                tokio::spawn(async move {
+                    let outbound = tokio::net::TcpStream::connect((HOST, port)).await.unwrap();
+                    let (mut in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, mut out_write) = outbound.into_split();
+                    let up = async move {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = in_read.read(&mut buf).await {
+                            if n == 0 || out_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            sent.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        }
+    });
+    (local, sent, task)
+}
+
+#[tokio::test]
+async fn only_hashes_are_sent_and_the_other_acl_rules_stay() {
+    let (mut conn, guard, prefix) = setup().await;
+    let user = format!("{prefix}_rules");
+    let p0 = policy().generate();
+    let rules = "~app:* %R~ro:* &news:* +@read +set -flushall resetchannels &alerts";
+    create_user(&mut conn, &guard, &user, &p0, rules).await;
+    acl(&mut conn, &["SETUSER", &user, "(~other:* +get)"]).await; // a selector
+    let admin = create_admin(&mut conn, &guard, &format!("{prefix}_admin")).await;
+    let before = acl_line(&mut conn, &user).await;
+    assert!(before.contains(&hash_of(&p0)), "{before}");
+
+    let (port, sent, task) = recording_forwarder(HOST, PORT).await;
+    let rotator = rotator_with(|cfg| cfg.port = port);
+    let p1 = policy().generate();
+    let mut req = request(&user, &p1, &policy().generate());
+    req.admin = Some(admin);
+    assert_eq!(rotator.set_password(req).await.unwrap().outcome, SetPasswordOutcome::ChangedWithAdmin);
+    task.abort();
+
+    let after = acl_line(&mut conn, &user).await;
+    assert_eq!(after.replace(&hash_of(&p1), &hash_of(&p0)), before, "only the password changed");
+    // On the wire: the new password in plain only after AUTH (logging in has no other
+    // form); the change itself carried the hash.
+    let sent = sent.lock().unwrap().clone();
+    let text = String::from_utf8_lossy(&sent);
+    assert!(text.contains("resetpass") && text.contains(&format!("#{}", hash_of(&p1))), "no hashed SETUSER sent");
+    let plain = p1.expose_secret();
+    let mut seen = 0;
+    for (at, _) in text.match_indices(plain) {
+        seen += 1;
+        let command_start = text[..at].rfind('*').unwrap();
+        assert!(
+            text[command_start..at].contains("AUTH"),
+            "the plain password outside AUTH: {}",
+            &text[command_start..at]
+        );
+    }
+    assert!(seen > 0, "the new password never logged in through the forwarder");
+}
+
+#[tokio::test]
+async fn a_user_without_acl_rights_is_changed_by_the_admin() {
+    let (mut conn, guard, prefix) = setup().await;
+    let user = format!("{prefix}_plain");
+    let p0 = policy().generate();
+    create_user(&mut conn, &guard, &user, &p0, "~app:* +get").await;
+    let p1 = policy().generate();
+    let err = rotator().set_password(request(&user, &p1, &p0)).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("may not read ACLs") && text.contains("no admin credential configured"), "{text}");
+    assert_eq!(rotator().verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted, "unchanged");
+    let mut req = request(&user, &p1, &p0);
+    req.admin = Some(create_admin(&mut conn, &guard, &format!("{prefix}_admin")).await);
+    assert_eq!(rotator().set_password(req).await.unwrap().outcome, SetPasswordOutcome::ChangedWithAdmin);
+    assert_eq!(rotator().verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
+}
+
+#[tokio::test]
+async fn a_user_that_takes_any_password_is_no_proof() {
+    // The machine's default user has nopass: every password "works".
+    let _ = setup().await;
+    let err = rotator().verify(verify("default", &policy().generate())).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("accepted a random password too"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_and_disabled_users_are_permanent_and_nothing_is_created() {
+    let (mut conn, guard, prefix) = setup().await;
+    let admin = create_admin(&mut conn, &guard, &format!("{prefix}_admin")).await;
+    let ghost = format!("{prefix}_ghost");
+    let mut req = request(&ghost, &policy().generate(), &policy().generate());
+    req.admin = Some(admin.clone());
+    let err = rotator().set_password(req).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)) && err.to_string().contains("no such user"), "{err:?}");
+    assert_eq!(acl(&mut conn, &["GETUSER", &ghost]).await, redis::Value::Nil, "the user was created");
+
+    let off = format!("{prefix}_off");
+    let p0 = policy().generate();
+    create_user(&mut conn, &guard, &off, &p0, "+get").await;
+    acl(&mut conn, &["SETUSER", &off, "off"]).await;
+    assert_eq!(rotator().verify(verify(&off, &p0)).await.unwrap(), VerifyResponse::Rejected);
+    let before = acl_line(&mut conn, &off).await;
+    let mut req = request(&off, &policy().generate(), &p0);
+    req.admin = Some(admin);
+    let err = rotator().set_password(req).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)) && err.to_string().contains("the user is off"), "{err:?}");
+    assert_eq!(acl_line(&mut conn, &off).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn acl_save_required_refuses_a_server_without_an_acl_file() {
+    let (mut conn, guard, prefix) = setup().await;
+    let user = format!("{prefix}_nosave");
+    let p0 = policy().generate();
+    create_user(&mut conn, &guard, &user, &p0, "+get").await;
+    let mut req = request(&user, &policy().generate(), &p0);
+    req.admin = Some(create_admin(&mut conn, &guard, &format!("{prefix}_admin")).await);
+    let before = acl_line(&mut conn, &user).await;
+    let err = rotator_with(|cfg| cfg.acl_save = AclSave::Required).set_password(req).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("no ACL file") && err.to_string().contains("acl_save = \"never\""), "{err}");
+    assert_eq!(acl_line(&mut conn, &user).await, before, "nothing changed");
+}
+
+/// A Redis server of the test's own, with an ACL file, killed when dropped.
+struct OwnServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OwnServer {
+    async fn start(dir: tempfile::TempDir, users: &str) -> Self {
+        let aclfile = dir.path().join("acl").join("users.acl");
+        std::fs::create_dir_all(aclfile.parent().unwrap()).unwrap();
+        if !aclfile.exists() {
+            std::fs::write(&aclfile, users).unwrap();
+        }
+        let port = common::unused_port(HOST);
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", HOST, "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--aclfile")
+            .arg(&aclfile)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect((HOST, port)).await.is_err() {
+            assert!(Instant::now() < deadline, "own redis-server did not start on {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, port, dir }
+    }
+
+    fn aclfile(&self) -> PathBuf {
+        self.dir.path().join("acl").join("users.acl")
+    }
+
+    async fn restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        OwnServer::start(dir, "").await
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[tokio::test]
+async fn changes_are_saved_to_the_acl_file_and_survive_a_restart() {
+    let (admin, p0) = (policy().generate(), policy().generate());
+    let users = format!(
+        "user default off\nuser kvr_admin on #{} +acl +config|get\nuser app on #{} ~app:* +get\n",
+        hash_of(&admin),
+        hash_of(&p0)
+    );
+    let server = OwnServer::start(tempfile::tempdir().unwrap(), &users).await;
+    let on = |port: u16| {
+        rotator_with(|cfg| {
+            cfg.port = port;
+            cfg.acl_save = AclSave::Required;
+        })
+    };
+    let admin = Credential { username: "kvr_admin".into(), password: admin };
+    let p1 = policy().generate();
+    let mut req = request("app", &p1, &policy().generate());
+    req.admin = Some(admin.clone());
+    assert_eq!(on(server.port).set_password(req).await.unwrap().outcome, SetPasswordOutcome::ChangedWithAdmin);
+    let saved = read(&server.aclfile());
+    assert!(saved.contains(&hash_of(&p1)) && !saved.contains(&hash_of(&p0)), "{saved}");
+    assert!(!contains_secret(&saved, &p1));
+
+    let server = server.restart().await;
+    assert_eq!(on(server.port).verify(verify("app", &p1)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(on(server.port).verify(verify("app", &p0)).await.unwrap(), VerifyResponse::Rejected);
+
+    // A save that fails (its directory is gone) is reported: the change is in memory only.
+    std::fs::remove_dir_all(server.aclfile().parent().unwrap()).unwrap();
+    let p2 = policy().generate();
+    let mut req = request("app", &p2, &p1);
+    req.admin = Some(admin);
+    let err = on(server.port).set_password(req).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("changed in the server's memory, but not saved"), "{err}");
+    for secret in [&p1, &p2] {
+        assert!(!contains_secret(&err.to_string(), secret));
+    }
+}
+
+// ---- TLS (the setup script opens port 6380 with a certificate from its own test CA) ----
+
+fn test_ca() -> PathBuf {
+    let path = std::env::var_os("KVR_TEST_REDIS_CA")
+        .map(Into::into)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/redis/kvr-test-tls/ca.pem"));
+    assert!(path.is_file(), "no test CA at {}: {SETUP_HINT}", path.display());
+    path
+}
+
+fn tls_rotator(adjust: impl FnOnce(&mut RedisConfig)) -> RedisRotator {
+    rotator_with(|cfg| {
+        cfg.port = TLS_PORT;
+        cfg.tls = TlsMode::VerifyFull;
+        cfg.tls_ca_file = Some(test_ca());
+        adjust(cfg);
+    })
+}
+
+#[tokio::test]
+async fn redis_passes_conformance_over_verify_full_tls() {
+    conformance(tls_rotator(|_| {})).await;
+}
+
+#[tokio::test]
+async fn certificates_are_checked_and_refusals_are_permanent() {
+    let (mut conn, guard, prefix) = setup().await;
+    let user = format!("{prefix}_tls");
+    let p0 = policy().generate();
+    create_user(&mut conn, &guard, &user, &p0, "+get").await;
+    let dir = tempfile::tempdir().unwrap();
+    let permanent = |err: RotatorError, want: &str| {
+        assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+        assert!(err.to_string().contains(want), "{err}");
+        assert!(!contains_secret(&err.to_string(), &p0));
+    };
+    for mode in [TlsMode::VerifyFull, TlsMode::VerifyCa] {
+        let wrong = tls_rotator(|cfg| {
+            cfg.tls = mode;
+            cfg.tls_ca_file = Some(common::other_ca(dir.path()));
+        });
+        permanent(wrong.verify(verify(&user, &p0)).await.unwrap_err(), "UnknownIssuer");
+    }
+    // A port that answers in plain text under a TLS mode: no handshake, no AUTH.
+    let listener = tokio::net::TcpListener::bind((HOST, 0)).await.unwrap();
+    let plain_port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let plain = tokio::spawn({
+        let got = Arc::clone(&got);
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap();
+            got.lock().unwrap().extend_from_slice(&buf[..n]);
+            let _ = socket.write_all(b"-ERR unknown command\r\n").await;
+            while let Ok(n) = socket.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    let err = tls_rotator(|cfg| cfg.port = plain_port).verify(verify(&user, &p0)).await.unwrap_err();
+    permanent(err, "no TLS handshake");
+    let _ = tokio::time::timeout(Duration::from_secs(2), plain).await;
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.first(), Some(&0x16), "a TLS ClientHello first");
+    assert!(!got.windows(4).any(|w| w == b"AUTH"), "AUTH sent without TLS");
+
+    // By a name the certificate does not carry: verify-full refuses, verify-ca and
+    // tls_server_name accept.
+    let (port, _, task) = recording_forwarder("127.0.0.2", TLS_PORT).await;
+    let by = |mode: TlsMode, name: Option<&str>| {
+        tls_rotator(|cfg| {
+            cfg.host = "127.0.0.2".into();
+            cfg.port = port;
+            cfg.tls = mode;
+            cfg.tls_server_name = name.map(str::to_owned);
+        })
+    };
+    permanent(by(TlsMode::VerifyFull, None).verify(verify(&user, &p0)).await.unwrap_err(), "not valid for name");
+    assert_eq!(by(TlsMode::VerifyCa, None).verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted);
+    let named = by(TlsMode::VerifyFull, Some("localhost"));
+    assert_eq!(named.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted);
+    task.abort();
+}
+
+// ---- failures of the network ----
+
+#[tokio::test]
+async fn refused_connection_is_transient() {
+    let port = common::unused_port(HOST);
+    let rotator = rotator_with(|cfg| cfg.port = port);
+    let err = rotator.verify(verify("nobody", &policy().generate())).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains(&format!("{HOST}:{port}")), "{err}");
+    let err = rotator.set_password(request("nobody", &policy().generate(), &policy().generate())).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+}
+
+#[tokio::test]
+async fn silent_server_times_out_as_transient() {
+    let (port, server) = common::silent_server(HOST).await;
+    let started = Instant::now();
+    let rotator = rotator_with(|cfg| {
+        cfg.port = port;
+        cfg.connect_timeout_secs = 1;
+    });
+    let err = rotator.verify(verify("nobody", &policy().generate())).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("no answer within 1s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    server.abort();
+}
