@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use kv_rotator_rotators::htpasswd::HtpasswdConfig;
+use kv_rotator_rotators::mariadb::MariaDbConfig;
 use kv_rotator_rotators::postgres::PostgresConfig;
+use kv_rotator_rotators::redis::RedisConfig;
 use kv_rotator_rotators::PasswordPolicy;
 
 /// The whole configuration.
@@ -533,6 +535,11 @@ pub struct AdminRef {
 pub enum TargetKind {
     /// PostgreSQL, single-user strategy.
     Postgres(PostgresConfig),
+    /// MariaDB or MySQL (`kind = "mysql"` is the same), single-user strategy.
+    #[serde(alias = "mysql")]
+    Mariadb(MariaDbConfig),
+    /// Redis ACL users, single-user strategy.
+    Redis(RedisConfig),
     /// An Apache htpasswd file (bcrypt).
     Htpasswd(HtpasswdConfig),
 }

@@ -22,6 +22,8 @@ fn the_readme_configuration_example_loads() {
     assert_eq!(config.vault.url, "https://my-vault.vault.azure.net/");
     assert_eq!(config.vault.credential, CredentialConfig::default(), "managed identity");
     assert!(matches!(config.targets["orders-db"].target, TargetKind::Postgres(_)));
+    assert!(matches!(config.targets["shop-db"].target, TargetKind::Mariadb(_)));
+    assert!(matches!(config.targets["sessions-cache"].target, TargetKind::Redis(_)));
     assert!(matches!(config.targets["intranet"].target, TargetKind::Htpasswd(_)));
     assert_eq!(config.engine.max_attempts, 5);
     assert!(config.admin.enabled && config.admin.listen.ip().is_loopback(), "the admin listener on loopback");

@@ -7,10 +7,11 @@
 //! - [`find_cause`]: the first error of a type in an error's chain, looking inside
 //!   `io::Error`s too (how a rustls certificate error is found under a driver's error).
 //! - [`chain_text`]: an error and its causes on one line, each said once.
-//! - [`logins`], [`changed_if_transient`], [`after_change`] and [`no_login`]: the parts of
+//! - [`logins`], [`request_hashes`], [`changed_if_transient`], [`after_change`] and [`no_login`]: the parts of
 //!   the single-user `set_password` contract every network rotator follows the same way
 //!   (which logins, in which order; what an unanswered change means; the last word).
 
+use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
@@ -146,6 +147,20 @@ pub fn logins<'r>(req: &'r SetPasswordRequest, user: &str, quote: fn(&str) -> St
         true
     });
     all
+}
+
+/// `hash` of every password of `req`, the pending one first: what a rotator sends or
+/// reads back instead of the password, to scrub with the passwords.
+pub fn request_hashes(
+    req: &SetPasswordRequest,
+    hash: fn(&SecretString) -> Zeroizing<String>,
+) -> Vec<Zeroizing<String>> {
+    [&req.pending, &req.current]
+        .into_iter()
+        .chain(&req.previous)
+        .chain(req.admin.iter().map(|a| &a.password))
+        .map(hash)
+        .collect()
 }
 
 /// A transient failure once a change was sent (a timeout, a lost connection) leaves it

@@ -72,7 +72,9 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
-use crate::common::{after_change, chain_text, changed_if_transient, find_cause, logins, no_login, Strategy};
+use crate::common::{
+    after_change, chain_text, changed_if_transient, find_cause, logins, no_login, request_hashes, Strategy,
+};
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
@@ -533,12 +535,7 @@ impl Rotator for MariaDbRotator {
         if req.pending.expose_secret().is_empty() {
             return Err(RotatorError::Refused("the pending password is empty".to_owned()));
         }
-        let hashes: Vec<Zeroizing<String>> = [&req.pending, &req.current]
-            .into_iter()
-            .chain(&req.previous)
-            .chain(req.admin.as_ref().map(|a| &a.password))
-            .map(native_hash)
-            .collect();
+        let hashes = request_hashes(&req, native_hash);
         let scrub = Scrubber::for_request(&req, hashes.iter().map(|h| h.as_str()));
         let hash = hashes[0].as_str();
         let user = &req.username;

@@ -70,7 +70,7 @@ use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{after_change, chain_text, find_cause, logins, no_login, Strategy};
+use crate::common::{after_change, chain_text, find_cause, logins, no_login, request_hashes, Strategy};
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
@@ -468,12 +468,7 @@ impl Rotator for RedisRotator {
         if req.pending.expose_secret().is_empty() {
             return Err(RotatorError::Refused("the pending password is empty".to_owned()));
         }
-        let hashes: Vec<Zeroizing<String>> = [&req.pending, &req.current]
-            .into_iter()
-            .chain(&req.previous)
-            .chain(req.admin.as_ref().map(|a| &a.password))
-            .map(acl_hash)
-            .collect();
+        let hashes = request_hashes(&req, acl_hash);
         let scrub = Scrubber::for_request(&req, hashes.iter().map(|h| h.as_str()));
         let hash = hashes[0].as_str();
         let user = &req.username;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
 use kv_rotator_rotators::htpasswd::HtpasswdRotator;
+use kv_rotator_rotators::mariadb::MariaDbRotator;
 use kv_rotator_rotators::postgres::PostgresRotator;
+use kv_rotator_rotators::redis::RedisRotator;
 use kv_rotator_rotators::Rotator;
 
 /// The configured targets, by profile name.
@@ -46,6 +48,14 @@ impl Targets {
             let rotator: Arc<dyn Rotator> = match &profile.target {
                 TargetKind::Postgres(cfg) => Arc::new(
                     PostgresRotator::new(cfg.clone(), profile.password.clone())
+                        .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?,
+                ),
+                TargetKind::Mariadb(cfg) => Arc::new(
+                    MariaDbRotator::new(cfg.clone(), profile.password.clone())
+                        .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?,
+                ),
+                TargetKind::Redis(cfg) => Arc::new(
+                    RedisRotator::new(cfg.clone(), profile.password.clone())
                         .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?,
                 ),
                 TargetKind::Htpasswd(cfg) => Arc::new(HtpasswdRotator::new(cfg.clone(), profile.password.clone())),

@@ -1,12 +1,15 @@
 //! No log filter makes a dependency print password material: `kv-rotator rotate --all`
 //! run at `RUST_LOG=trace` (then again with every dependency named at `trace`) rotates a
 //! secret on every built-in rotator (PostgreSQL, through the user's own login and through
-//! the admin's; htpasswd), and its whole output (stdout and stderr) holds none of the
-//! passwords used — initial, new, admin — and no verifier (`SCRAM-SHA-256$…`, bcrypt
+//! the admin's; MariaDB through the user's own; Redis through the admin's; htpasswd), and
+//! its whole output (stdout and stderr) holds none of the passwords used — initial, new,
+//! admin — nor their MariaDB and Redis hashes, and no verifier (`SCRAM-SHA-256$…`, bcrypt
 //! `$2a$`/`$2b$`/`$2y$`), while kv-rotator's own trace output is there and the rotations
 //! really happened (new versions in the vault that log in; the old passwords do not).
 //!
-//! Needs PostgreSQL on 127.0.0.1:5432 prepared by `scripts/setup-postgres.sh`.
+//! Needs PostgreSQL on 127.0.0.1:5432 prepared by `scripts/setup-postgres.sh`, MariaDB on
+//! 3306 (root without a password, managed with the `mariadb` client) and Redis on 6379
+//! (the default user without a password, managed with `redis-cli`).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -19,18 +22,23 @@ use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
+use kv_rotator_rotators::mariadb::{native_hash, MariaDbConfig, MariaDbRotator};
+use kv_rotator_rotators::redis::{acl_hash, AclSave, RedisConfig, RedisRotator};
+use kv_rotator_rotators::tls::TlsMode;
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
 use secrecy::{ExposeSecret, SecretString};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 const HTPASSWD_USER: &str = "svc-site";
 const ADMIN_SECRET: &str = "pg-admin-password";
+const REDIS_ADMIN_SECRET: &str = "redis-admin-password";
 
 /// `RUST_LOG` values tried: everything at trace, and every dependency named at trace.
 const FILTERS: [&str; 2] = [
     "trace",
     "kv_rotator=trace,tokio_postgres=trace,postgres_protocol=trace,hyper=trace,hyper_util=trace,reqwest=trace,\
-     h2=trace,rustls=trace,azure_core=trace,azure_identity=trace,typespec_client_core=trace",
+     h2=trace,rustls=trace,azure_core=trace,azure_identity=trace,typespec_client_core=trace,mysql_async=trace,\
+     mysql_common=trace,redis=trace",
 ];
 
 /// Verifier material: PostgreSQL's SCRAM verifier and bcrypt hashes (htpasswd).
@@ -67,6 +75,45 @@ fn leaking_lines(output: &str, secrets: &[(String, SecretString)]) -> Vec<String
     found
 }
 
+/// Runs a client command of the machine (`mariadb`, `redis-cli`); panics on failure.
+fn client(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !said.starts_with("ERR"),
+        "{program} {}: {said}{}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mariadb(sql: &str) {
+    client("mariadb", &["-uroot", "-h127.0.0.1", "-P3306", "-e", sql]);
+}
+
+fn redis_cli(args: &[&str]) {
+    let mut all = vec!["-h", "127.0.0.1", "-p", "6379"];
+    all.extend_from_slice(args);
+    client("redis-cli", &all);
+}
+
+/// A MariaDB account and Redis users of this test, dropped when it ends.
+struct OtherTargets {
+    maria: String,
+    redis: Vec<String>,
+}
+
+impl Drop for OtherTargets {
+    fn drop(&mut self) {
+        let _ = Command::new("mariadb")
+            .args(["-uroot", "-h127.0.0.1", "-P3306", "-e", &format!("DROP USER IF EXISTS `{}`@'%'", self.maria)])
+            .output();
+        for user in &self.redis {
+            let _ = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379", "ACL", "DELUSER", user]).output();
+        }
+    }
+}
+
 /// A managed secret, and what its target accepts now.
 struct Managed {
     secret: &'static str,
@@ -78,15 +125,33 @@ struct Managed {
     on_target: SecretString,
 }
 
+/// Checks a password on the target of each kind but PostgreSQL's.
+struct Checkers {
+    site: HtpasswdRotator,
+    maria: MariaDbRotator,
+    redis: RedisRotator,
+}
+
 impl Managed {
-    async fn accepts(&self, site: &HtpasswdRotator, password: &SecretString) -> bool {
-        if self.account == HTPASSWD_USER {
-            let req = VerifyRequest { username: self.account.clone(), password: password.clone() };
-            site.verify(req).await.unwrap() == VerifyResponse::Accepted
-        } else {
-            logs_in(&self.account, password).await
-        }
+    async fn accepts(&self, check: &Checkers, password: &SecretString) -> bool {
+        let req = VerifyRequest { username: self.account.clone(), password: password.clone() };
+        let on: &dyn Rotator = match self.secret {
+            "site-password" => &check.site,
+            "maria-password" => &check.maria,
+            "redis-password" => &check.redis,
+            _ => return logs_in(&self.account, password).await,
+        };
+        on.verify(req).await.unwrap() == VerifyResponse::Accepted
     }
+}
+
+/// A password and its MariaDB and Redis hashes, labelled.
+fn with_hashes(label: String, password: &SecretString) -> [(String, SecretString); 3] {
+    [
+        (format!("MariaDB hash of the {label}"), SecretString::from(native_hash(password).to_string())),
+        (format!("Redis hash of the {label}"), SecretString::from(acl_hash(password).to_string())),
+        (label, password.clone()),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +166,35 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
     let site_initial = policy.generate();
     htpasswd::add_user(&htpasswd_path, HTPASSWD_USER, &site_initial, 4).unwrap();
     let site = HtpasswdRotator::new(HtpasswdConfig::new(&htpasswd_path), policy.clone());
+
+    // MariaDB: one account that changes its own password. Redis: one user that only the
+    // admin (another user) can change.
+    let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let others = OtherTargets {
+        maria: format!("kvr_logleak_{tag}_m"),
+        redis: vec![format!("kvr_logleak_{tag}_r"), format!("kvr_logleak_{tag}_radmin")],
+    };
+    let (maria_initial, redis_initial, redis_admin) = (policy.generate(), policy.generate(), policy.generate());
+    let maria_user = others.maria.clone();
+    mariadb(&format!(
+        "CREATE USER `{maria_user}`@'%' IDENTIFIED BY PASSWORD '{}'; \
+         GRANT SELECT (User, Host) ON mysql.user TO `{maria_user}`@'%'",
+        native_hash(&maria_initial).as_str()
+    ));
+    let [redis_user, redis_admin_user] = [&others.redis[0], &others.redis[1]];
+    let hash = |p: &SecretString| format!("#{}", acl_hash(p).as_str());
+    redis_cli(&["ACL", "SETUSER", redis_user, "reset", "on", &hash(&redis_initial), "~app:*", "+get"]);
+    redis_cli(&["ACL", "SETUSER", redis_admin_user, "reset", "on", &hash(&redis_admin), "+acl"]);
+    put(store.as_ref(), REDIS_ADMIN_SECRET, &redis_admin, &[]).await;
+    let mut maria_cfg = MariaDbConfig::new("127.0.0.1");
+    maria_cfg.tls = TlsMode::Disable;
+    let mut redis_cfg = RedisConfig::new("127.0.0.1");
+    (redis_cfg.tls, redis_cfg.acl_save) = (TlsMode::Disable, AclSave::Never);
+    let check = Checkers {
+        site,
+        maria: MariaDbRotator::new(maria_cfg, policy.clone()).unwrap(),
+        redis: RedisRotator::new(redis_cfg, policy.clone()).unwrap(),
+    };
 
     // PostgreSQL: `own` changes its password with its own login; `stale`'s secret holds a
     // password the server never had, so only the admin (`admin`) can change it.
@@ -122,11 +216,20 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
         (format!("stale password of {stale} in the vault"), stale_in_vault.clone()),
         (format!("password of the admin {admin}"), admin_password.clone()),
     ];
+    for (label, password) in [
+        (format!("initial password of {maria_user}"), &maria_initial),
+        (format!("initial password of {redis_user}"), &redis_initial),
+        (format!("password of the admin {redis_admin_user}"), &redis_admin),
+    ] {
+        passwords.extend(with_hashes(label, password));
+    }
     let mut managed = Vec::new();
     for (secret, rotator, account, in_vault, on_target) in [
         ("site-password", "site", HTPASSWD_USER, &site_initial, &site_initial),
         ("pg-own-password", "pg", own.as_str(), own_initial, own_initial),
         ("pg-stale-password", "pg", stale.as_str(), &stale_in_vault, stale_initial),
+        ("maria-password", "maria", maria_user.as_str(), &maria_initial, &maria_initial),
+        ("redis-password", "redis", redis_user.as_str(), &redis_initial, &redis_initial),
     ] {
         let version = put(store.as_ref(), secret, in_vault, &[("rotator", rotator), ("CredentialId", account)]).await;
         managed.push(Managed { secret, account: account.to_owned(), version, on_target: on_target.clone() });
@@ -142,7 +245,10 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
              [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\n\
              [targets.site]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\naccounts = [\"{HTPASSWD_USER}\"]\n\
              [targets.pg]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = 5432\nsslmode = \"disable\"\n\
-             accounts = [\"{own}\", \"{stale}\"]\nadmin = {{ username = \"{admin}\", secret = \"{ADMIN_SECRET}\" }}\n",
+             accounts = [\"{own}\", \"{stale}\"]\nadmin = {{ username = \"{admin}\", secret = \"{ADMIN_SECRET}\" }}\n\
+             [targets.maria]\nkind = \"mariadb\"\nhost = \"127.0.0.1\"\ntls = \"disable\"\naccounts = [\"{maria_user}\"]\n\
+             [targets.redis]\nkind = \"redis\"\nhost = \"127.0.0.1\"\ntls = \"disable\"\nacl_save = \"never\"\n\
+             accounts = [\"{redis_user}\"]\nadmin = {{ username = \"{redis_admin_user}\", secret = \"{REDIS_ADMIN_SECRET}\" }}\n",
             vault.endpoint(),
             ca.display(),
             vault.local_addr(),
@@ -161,16 +267,17 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let output = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "RUST_LOG={filter}: rotate failed; stdout:\n{stdout}");
+        let stderr_tail: Vec<&str> = output.lines().rev().take(20).collect();
+        assert!(out.status.success(), "RUST_LOG={filter}: rotate failed; stdout:\n{stdout}\nlast lines:\n{stderr_tail:#?}");
 
         // The rotations happened: a new version of each secret, which logs in on its
         // target, where the password before it no longer does.
         for m in &mut managed {
             let latest = store.get_latest(m.secret).await.unwrap();
             assert_ne!(latest.version, m.version, "RUST_LOG={filter}: {} not rotated; stdout:\n{stdout}", m.secret);
-            assert!(m.accepts(&site, &latest.value).await, "the new password of {} does not log in", m.secret);
-            assert!(!m.accepts(&site, &m.on_target).await, "the old password of {} still logs in", m.secret);
-            passwords.push((format!("new password of {} ({})", m.secret, latest.version), latest.value.clone()));
+            assert!(m.accepts(&check, &latest.value).await, "the new password of {} does not log in", m.secret);
+            assert!(!m.accepts(&check, &m.on_target).await, "the old password of {} still logs in", m.secret);
+            passwords.extend(with_hashes(format!("new password of {} ({})", m.secret, latest.version), &latest.value));
             (m.version, m.on_target) = (latest.version, latest.value);
         }
 
@@ -187,8 +294,9 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
         let own_trace = output.lines().filter(|l| l.contains(" TRACE kv_rotator")).count();
         assert!(own_trace > 0, "RUST_LOG={filter}: no trace output from kv-rotator's own targets; stdout:\n{stdout}");
         let audits = output.lines().filter(|l| l.contains("rotation audit record")).count();
-        assert_eq!(audits, 3, "RUST_LOG={filter}: stdout:\n{stdout}");
+        assert_eq!(audits, 5, "RUST_LOG={filter}: stdout:\n{stdout}");
     }
     drop(roles);
+    drop(others);
     vault.shutdown().await;
 }

@@ -1,0 +1,68 @@
+//! Target profiles of every kind load, and a wrong key or value in one is named.
+
+use kv_rotator_config::figment::providers::{Format, Toml};
+use kv_rotator_config::figment::Figment;
+use kv_rotator_config::load::from_figment;
+use kv_rotator_config::{Config, TargetKind};
+use kv_rotator_rotators::redis::AclSave;
+use kv_rotator_rotators::tls::TlsMode;
+
+const VAULT: &str = "[vault]\nurl = \"https://v.vault.azure.net/\"\n";
+
+fn load(profile: &str) -> Result<Config, String> {
+    from_figment(Figment::from(Toml::string(&format!("{VAULT}{profile}")))).map_err(|e| e.to_string())
+}
+
+#[test]
+fn mariadb_and_mysql_profiles_load_with_verified_tls_by_default() {
+    for kind in ["mariadb", "mysql"] {
+        let config = load(&format!(
+            "[targets.shop]\nkind = \"{kind}\"\nhost = \"shop-db.internal\"\naccounts = [\"shop_*\"]\n\
+             admin = {{ username = \"rotation_admin\", secret = \"shop-admin\" }}\n"
+        ))
+        .unwrap();
+        let TargetKind::Mariadb(db) = &config.targets["shop"].target else { panic!("{kind}: wrong kind") };
+        assert_eq!((db.host.as_str(), db.port, db.tls), ("shop-db.internal", 3306, TlsMode::VerifyFull));
+    }
+    let config = load(
+        "[targets.shop]\nkind = \"mariadb\"\nhost = \"10.0.0.5\"\nport = 3307\ntls_ca_file = \"/etc/ca.pem\"\n\
+         tls_server_name = \"shop-db.internal\"\nstrategy = \"single-user\"\naccounts = [\"*\"]\n",
+    )
+    .unwrap();
+    let TargetKind::Mariadb(db) = &config.targets["shop"].target else { panic!("wrong kind") };
+    assert_eq!(db.tls_server_name.as_deref(), Some("shop-db.internal"));
+}
+
+#[test]
+fn redis_profiles_load_with_verified_tls_and_acl_save_by_default() {
+    let config =
+        load("[targets.cache]\nkind = \"redis\"\nhost = \"cache.internal\"\nport = 6380\naccounts = [\"app\"]\n")
+            .unwrap();
+    let TargetKind::Redis(redis) = &config.targets["cache"].target else { panic!("wrong kind") };
+    assert_eq!((redis.port, redis.tls, redis.acl_save), (6380, TlsMode::VerifyFull, AclSave::Required));
+    let config = load(
+        "[targets.cache]\nkind = \"redis\"\nhost = \"c\"\ntls = \"disable\"\nacl_save = \"never\"\naccounts = [\"*\"]\n",
+    )
+    .unwrap();
+    let TargetKind::Redis(redis) = &config.targets["cache"].target else { panic!("wrong kind") };
+    assert_eq!((redis.tls, redis.acl_save), (TlsMode::Disable, AclSave::Never));
+}
+
+#[test]
+fn wrong_keys_and_values_are_named() {
+    let cases = [
+        ("kind = \"mariadb\"\nhots = \"x\"\nhost = \"y\"", "hots"),
+        ("kind = \"redis\"\nhost = \"y\"\nacl_sav = \"never\"", "acl_sav"),
+        ("kind = \"mariadb\"\nhost = \"y\"\ntls = \"required\"", "tls \"required\" is refused"),
+        ("kind = \"redis\"\nhost = \"y\"\ntls = \"prefer\"", "tls \"prefer\" is refused"),
+        ("kind = \"redis\"\nhost = \"y\"\nacl_save = \"sometimes\"", "sometimes"),
+        ("kind = \"mariadb\"\nhost = \"y\"\nstrategy = \"multi-password\"", "RETAIN CURRENT PASSWORD"),
+        ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"alternating-users\"", "not built yet"),
+        ("kind = \"mariadb\"\nhost = \"y\"\nconnect_timeout_secs = 0", "at least 1"),
+        ("kind = \"postgre\"\nhost = \"y\"", "postgre"),
+    ];
+    for (profile, want) in cases {
+        let e = load(&format!("[targets.t]\n{profile}\naccounts = [\"*\"]\n")).unwrap_err();
+        assert!(e.contains(want), "{profile:?}: {e}");
+    }
+}
