@@ -381,24 +381,6 @@ fn bad_environment_variables_are_named() {
     }
 }
 
-/// Known bug: the CLI reads `KV_ROTATOR_CONFIG` and `KV_ROTATOR_LOG_FORMAT` (clap `env`,
-/// shown in `--help`), and the loader takes every `KV_ROTATOR_*` variable as a key, so
-/// `KV_ROTATOR_CONFIG=/etc/kv-rotator.toml kv-rotator serve` stops with "unknown field:
-/// found `config`". The loader should ignore the CLI's own variables.
-#[test]
-#[ignore = "known bug: KV_ROTATOR_CONFIG / KV_ROTATOR_LOG_FORMAT are refused as configuration keys (config/src/load.rs)"]
-fn the_clis_own_variables_are_not_configuration_keys() {
-    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    f.write_all(VAULT.as_bytes()).unwrap();
-    for (name, value) in [("KV_ROTATOR_CONFIG", f.path().to_str().unwrap()), ("KV_ROTATOR_LOG_FORMAT", "json")] {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env(name, value);
-            load(Some(f.path())).unwrap_or_else(|e| panic!("{name}: {e}"));
-            Ok(())
-        });
-    }
-}
-
 /// Known bug: durations are accepted up to `i64::MAX` seconds, but the clock arithmetic
 /// that uses them panics on overflow: `lease.ttl_secs = 9223372036854775807` makes
 /// `kv-rotator serve`/`dev` panic while claiming the lease ("overflow adding duration to

@@ -56,7 +56,7 @@ param image string
 @description('Name of an Azure Container Registry in this resource group holding the image: the worker identity gets AcrPull on it. Empty: the image is pulled anonymously (a public registry).')
 param containerRegistryName string = ''
 
-@description('Configuration appended to the generated file (which sets [vault], [webhook] and [webhook.auth]): TOML sections such as [targets.NAME], [engine], [sweeper], [alerts], [lease]. It must not repeat the generated sections; override their keys with KV_ROTATOR_<SECTION>__<KEY> variables instead. No password belongs here: an admin credential is a Key Vault secret name.')
+@description('Configuration appended to the generated file (which sets [vault], [webhook], [webhook.auth] and [admin]): TOML sections such as [targets.NAME], [engine], [sweeper], [alerts], [lease]. It must not repeat the generated sections; override their keys with KV_ROTATOR_<SECTION>__<KEY> variables instead. No password belongs here: an admin credential is a Key Vault secret name.')
 param extraConfigToml string = ''
 
 @description('Key Vault secrets of this vault given to the container as environment variables, e.g. [{ "env": "KVR_ALERT_TOKEN", "secret": "alert-token" }]. Container Apps reads them with the worker identity and refreshes them within 30 minutes of a new version.')
@@ -222,6 +222,12 @@ var configToml = join(concat([
   'mode = "entra-id"'
   'tenant_id = "${webhookTenantId}"'
   'audience = [${audienceToml}]'
+  ''
+  '# The admin listener (/metrics, /healthz, /readyz) stays on loopback: Container Apps'
+  '# has no scraper to reach it and its probes use the webhook port; a sidecar in the'
+  '# same replica can scrape it (docs/deploy.md, "Logs and metrics"). Never behind the ingress.'
+  '[admin]'
+  'listen = "127.0.0.1:9464"'
   ''
 ], [
   extraConfigToml

@@ -15,7 +15,9 @@
 #   3. the built image is saved, its layers unpacked into one folder, and the image's
 #      own files run there through chroot as the image's user (65532), with nothing from
 #      the host: `kv-rotator --version`, `kv-rotator demo`, and `kv-rotator dev` probed by
-#      the image's HEALTHCHECK command (healthy while it serves, unhealthy once stopped).
+#      the image's HEALTHCHECK command (healthy while it serves, unhealthy once stopped),
+#      its admin listener (/readyz, /metrics) on a port of its own, and the webhook's
+#      port answering no /metrics.
 # Needs root (chroot), podman (installed if missing) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -153,9 +155,11 @@ else
 fi
 
 step "HEALTHCHECK against kv-rotator dev"
-read -r listen vault_port < <(python3 -c '
+# Ports of this run's own (the admin listener too: its default, 127.0.0.1:9464, may be
+# taken by another process on this host).
+read -r listen vault_port admin_port < <(python3 -c '
 import socket
-s = [socket.socket() for _ in range(2)]
+s = [socket.socket() for _ in range(3)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*[x.getsockname()[1] for x in s])')
 # The image's HEALTHCHECK command with the URL pointed at this run's port.
@@ -169,7 +173,7 @@ in_image "${probe[@]}" 2>/dev/null && fail "healthy before the service started" 
 # exec: env, chroot and kv-rotator are one process, so $! is the service's pid.
 (exec env -i PATH=/usr/local/bin HOME=/home/nonroot "$chroot" --userspec=65532:65532 "$root" \
     /usr/local/bin/kv-rotator dev --state-dir /tmp/kvr-dev --listen "127.0.0.1:$listen" \
-    --vault-addr "127.0.0.1:$vault_port") >"$work/dev.log" 2>&1 &
+    --vault-addr "127.0.0.1:$vault_port" --admin-listen "127.0.0.1:$admin_port") >"$work/dev.log" 2>&1 &
 dev_pid=$!
 healthy=
 for _ in $(seq 1 120); do
@@ -178,6 +182,12 @@ for _ in $(seq 1 120); do
     sleep 0.5
 done
 if [ -n "$healthy" ]; then ok "healthy while kv-rotator dev serves"; else cat "$work/dev.log" >&2; fail "healthcheck"; fi
+# The admin listener, asked with the image's own binary (2xx or not).
+admin_ok() { in_image healthcheck --url "http://127.0.0.1:$admin_port$1" 2>/dev/null; }
+if admin_ok /readyz; then ok "admin /readyz ready"; else fail "admin /readyz"; fi
+if admin_ok /metrics; then ok "admin /metrics"; else fail "admin /metrics"; fi
+in_image healthcheck --url "http://127.0.0.1:$listen/metrics" 2>/dev/null &&
+    fail "the webhook's port serves /metrics" || ok "no /metrics on the webhook's port"
 kill -TERM "$dev_pid" 2>/dev/null || true
 wait "$dev_pid" 2>/dev/null || true
 dev_pid=

@@ -49,8 +49,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::auth::{AuthError, Authenticator};
 use crate::dedup::RecentSet;
 use crate::eventgrid::{
-    loggable_url, plan_cloud_event, plan_event, quote, same_name, AegEventType, Disposition, EventKind, PlannedEvent,
-    SubscriptionValidationData, ValidationResponse, AEG_EVENT_TYPE_HEADER,
+    is_cloud_event, loggable_url, plan_cloud_event, plan_event, quote, same_name, AegEventType, Disposition, EventKind,
+    PlannedEvent, SubscriptionValidationData, ValidationResponse, AEG_EVENT_TYPE_HEADER,
 };
 use crate::request::{RotationRequest, Trigger};
 use crate::source::SourceFilter;
@@ -394,11 +394,6 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
         return response;
     }
     notify(&state, planned)
-}
-
-/// A CloudEvents 1.0 event: it has `specversion` and no `eventType`.
-fn is_cloud_event(event: &Value) -> bool {
-    event.get("specversion").is_some() && event.get("eventType").is_none()
 }
 
 /// The CloudEvents abuse-protection handshake: an `OPTIONS` with

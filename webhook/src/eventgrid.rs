@@ -11,7 +11,8 @@
 //! - [`KeyVaultEventData`]: the `data` of a Key Vault event, read tolerantly, and
 //!   [`SecretRef`]: the secret it names, after cross-checking its fields.
 //! - [`plan_event`] / [`Disposition`]: the decision for one event.
-//! - [`CloudEvent`] / [`plan_cloud_event`]: the same for the CloudEvents 1.0 schema.
+//! - [`CloudEvent`] / [`plan_cloud_event`]: the same for the CloudEvents 1.0 schema;
+//!   [`plan_any_event`] picks the schema by the event's own shape.
 //! - [`EventError`]: why an event is dropped. Always permanent: a malformed event
 //!   never becomes valid on redelivery.
 //!
@@ -845,6 +846,22 @@ pub fn plan_event(index: usize, value: Value, source: &SourceFilter) -> PlannedE
         Err(e) => Disposition::Reject(EventError::Envelope(e.to_string())),
     };
     PlannedEvent { index, event_id, disposition }
+}
+
+/// A CloudEvents 1.0 event: it has `specversion` and no `eventType`.
+pub fn is_cloud_event(event: &Value) -> bool {
+    event.get("specversion").is_some() && event.get("eventType").is_none()
+}
+
+/// [`plan_cloud_event`] or [`plan_event`], by the event's own shape ([`is_cloud_event`]):
+/// for an event that arrives alone, without a delivery's content type to tell the schema
+/// (the Azure Functions Event Grid trigger hands its function one event of either schema).
+pub fn plan_any_event(index: usize, value: Value, source: &SourceFilter) -> PlannedEvent {
+    if is_cloud_event(&value) {
+        plan_cloud_event(index, value, source)
+    } else {
+        plan_event(index, value, source)
+    }
 }
 
 fn decide(event: EventGridEvent, source: &SourceFilter) -> Disposition {

@@ -142,6 +142,9 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
       // while the previous revision's holds the lease, so revisions are switched by
       // hand (docs/deploy.md, "Updating"): Multiple lets the old one be deactivated.
       activeRevisionsMode: 'Multiple'
+      // The webhook's port only. The admin listener (/metrics, /readyz) stays on the
+      // replica's loopback (127.0.0.1:9464, set in the generated configuration): never
+      // add it to the ingress (no additionalPortMappings), it is unauthenticated.
       ingress: {
         external: true
         targetPort: 8080
@@ -191,6 +194,9 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             cpu: json(cpu)
             memory: memory
           }
+          // All three on the webhook's /healthz (port 8080), none on the admin listener,
+          // which stays on loopback here, out of the probes' reach. Readiness in particular
+          // is not /readyz as on Kubernetes: see the comment of the Readiness probe.
           probes: [
             {
               // serve claims the engine lease (a few seconds) before it listens.
@@ -215,6 +221,10 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
               failureThreshold: 3
             }
             {
+              // Container Apps starts a new revision before it stops the old one, and the
+              // new serve cannot take the engine lease until the old one stops: a readiness
+              // that waits for the lease (/readyz) would deadlock an update that waits for
+              // readiness. This one answers as soon as the webhook listens.
               type: 'Readiness'
               httpGet: {
                 path: '/healthz'
