@@ -144,6 +144,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     validate_schedule(config, &mut problems);
+    validate_durations(config, &mut problems);
     if let Some(raw) = &config.alerts.webhook_url {
         match url::Url::parse(raw) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
@@ -198,6 +199,41 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 
 /// The sweeper's schedule and the due rule: combinations that would let a secret expire
 /// unrotated, or rotate it again before its policy says so, are refused.
+/// Longest duration any key may hold: ten years. Longer ones are mistakes, and near
+/// `u64::MAX` they overflow the clock arithmetic they feed (a panic at the first lease
+/// claim or unfinished rotation, not a configuration error).
+const MAX_DURATION_SECS: u64 = 10 * 366 * 86_400;
+
+fn validate_durations(config: &Config, problems: &mut Vec<String>) {
+    let (vault, webhook, engine) = (&config.vault, &config.webhook, &config.engine);
+    let secs = [
+        ("vault.read_timeout_secs", vault.read_timeout_secs.unwrap_or(0)),
+        ("webhook.header_read_timeout_secs", webhook.header_read_timeout_secs),
+        ("webhook.request_timeout_secs", webhook.request_timeout_secs),
+        ("webhook.shutdown_grace_secs", webhook.shutdown_grace_secs),
+        ("engine.min_rotation_interval_secs", engine.min_rotation_interval_secs),
+        ("engine.finish_retry_interval_secs", engine.finish_retry_interval_secs),
+        ("engine.finish_retry_for_secs", engine.finish_retry_for_secs),
+        ("sweeper.interval_secs", config.sweeper.interval_secs),
+        ("lease.ttl_secs", config.lease.ttl_secs),
+        ("alerts.repeat_after_secs", config.alerts.repeat_after_secs),
+    ];
+    let millis = [
+        ("vault.retry_initial_delay_ms", vault.retry_initial_delay_ms.unwrap_or(0)),
+        ("vault.retry_max_delay_ms", vault.retry_max_delay_ms.unwrap_or(0)),
+        ("engine.initial_backoff_ms", engine.initial_backoff_ms),
+        ("engine.max_backoff_ms", engine.max_backoff_ms),
+        ("lease.settle_ms", config.lease.settle_ms),
+        ("alerts.timeout_ms", config.alerts.timeout_ms),
+    ];
+    let too_long = secs.into_iter().filter(|(_, v)| *v > MAX_DURATION_SECS).map(|(k, v)| (k, v, "s")).chain(
+        millis.into_iter().filter(|(_, v)| *v / 1000 > MAX_DURATION_SECS).map(|(k, v)| (k, v, "ms")),
+    );
+    for (key, value, unit) in too_long {
+        problems.push(format!("{key} = {value} {unit}: longer than ten years ({MAX_DURATION_SECS} s)"));
+    }
+}
+
 fn validate_schedule(config: &Config, problems: &mut Vec<String>) {
     let (engine, sweeper) = (&config.engine, &config.sweeper);
     if sweeper.interval_secs == 0 {
