@@ -130,15 +130,11 @@ pub async fn start_with(
     let vault_name = store.vault_name().to_owned();
     let metrics = Arc::new(Metrics::default());
     let sweeper_config = background.sweeper.clone().unwrap_or_default();
-    let due_rule = DueRule::from_config(&engine_config, &sweeper_config);
     let mut engine =
-        Engine::new(store.clone(), targets, engine_config).with_metrics(metrics.clone()).with_due_rule(due_rule);
+        build_engine(store.clone(), targets, engine_config, &sweeper_config, &background.alerts, metrics.clone());
+    let due_rule = engine.due_rule();
     if let Some(lease) = &background.lease {
         engine = engine.with_lease(Arc::new(lease.clone()));
-    }
-    if let Some(url) = &background.alerts.webhook_url {
-        let sink = WebhookSink::new(url, Duration::from_millis(background.alerts.timeout_ms));
-        engine = engine.with_alert_sink(sink, Duration::from_secs(background.alerts.repeat_after_secs));
     }
     let engine_task = tokio::spawn(engine.clone().run(queue_rx));
     let sweeper_task = background
@@ -168,6 +164,26 @@ pub async fn start_with(
         sweeper_task,
         lease: background.lease,
     })
+}
+
+/// The engine of every service (`serve`, `dev`, `functions`): its metrics in `metrics`,
+/// versions judged due by the rule of `[engine]` and `sweeper` (the sweeper's rule too),
+/// failures past the retry cap sent to `[alerts]`. The caller adds the engine lease.
+pub fn build_engine(
+    store: Arc<dyn SecretStore>,
+    targets: Targets,
+    engine_config: EngineConfig,
+    sweeper: &SweeperConfig,
+    alerts: &AlertsConfig,
+    metrics: Arc<Metrics>,
+) -> Engine {
+    let due_rule = DueRule::from_config(&engine_config, sweeper);
+    let mut engine = Engine::new(store, targets, engine_config).with_metrics(metrics).with_due_rule(due_rule);
+    if let Some(url) = &alerts.webhook_url {
+        let sink = WebhookSink::new(url, Duration::from_millis(alerts.timeout_ms));
+        engine = engine.with_alert_sink(sink, Duration::from_secs(alerts.repeat_after_secs));
+    }
+    engine
 }
 
 impl RunningService {
@@ -256,15 +272,20 @@ pub fn webhook_state(
             }
         });
     }
-    let source = if config.allowed_vaults.is_empty() {
-        kv_rotator_webhook::SourceFilter::only([vault_name])
-    } else {
-        kv_rotator_webhook::SourceFilter::only(&config.allowed_vaults)
-    };
     Ok(kv_rotator_webhook::WebhookState::new(queue)
         .with_max_body_bytes(config.max_body_bytes)
         .with_auth(auth)
-        .with_source_filter(source))
+        .with_source_filter(source_filter(config, vault_name)))
+}
+
+/// Whose events are accepted: the vaults of `webhook.allowed_vaults`, else `vault_name`
+/// (the configured vault).
+pub fn source_filter(config: &WebhookConfig, vault_name: &str) -> kv_rotator_webhook::SourceFilter {
+    if config.allowed_vaults.is_empty() {
+        kv_rotator_webhook::SourceFilter::only([vault_name])
+    } else {
+        kv_rotator_webhook::SourceFilter::only(&config.allowed_vaults)
+    }
 }
 
 fn webhook_auth(config: Option<&WebhookAuthConfig>) -> anyhow::Result<kv_rotator_webhook::Authenticator> {
