@@ -2,25 +2,31 @@
 //! and `--resume`; one line per secret on stdout, a non-zero exit when any failed, and
 //! no password in the output.
 
+#[allow(dead_code)] // each suite uses some of the shared helpers
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::Arc;
 
-use kv_rotator_keyvault::azure::AzureSecretStore;
-use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
-use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
-use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
-use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
+use common::devsite::DevSite;
+use kv_rotator_keyvault::NewSecretVersion;
+use kv_rotator_rotators::htpasswd;
+use kv_rotator_rotators::PasswordPolicy;
 use secrecy::{ExposeSecret, SecretString};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 
 struct Site {
-    _dir: tempfile::TempDir,
-    vault: DevVault,
-    store: Arc<dyn SecretStore>,
+    dev: DevSite,
     config: std::path::PathBuf,
-    htpasswd: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Site {
+    type Target = DevSite;
+
+    fn deref(&self) -> &DevSite {
+        &self.dev
+    }
 }
 
 impl Site {
@@ -29,45 +35,19 @@ impl Site {
     }
 
     async fn with_min_interval(min_interval_secs: u64) -> Site {
-        let dir = tempfile::tempdir().unwrap();
-        let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
-        let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, vault.ca_certificate_pem()).unwrap();
-        let htpasswd = dir.path().join("site.htpasswd");
-        let config = dir.path().join("kv-rotator.toml");
+        let dev = DevSite::start().await;
+        let config = dev.dir.path().join("kv-rotator.toml");
         std::fs::write(
             &config,
             format!(
-                "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\
-                 [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\nmin_rotation_interval_secs = {}\n\
-                 [targets.site]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\naccounts = [\"*\"]\n",
-                vault.endpoint(),
-                ca.display(),
-                vault.local_addr(),
+                "{}[engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\nmin_rotation_interval_secs = {}\n{}",
+                dev.vault_toml(),
                 min_interval_secs,
-                htpasswd.display()
+                dev.htpasswd_target_toml()
             ),
         )
         .unwrap();
-        Site { _dir: dir, vault, store, config, htpasswd }
-    }
-
-    /// A user on the target and its managed secret; returns the first version.
-    async fn user(&self, secret: &str, user: &str) -> (String, SecretString) {
-        let password = PasswordPolicy::default().generate();
-        htpasswd::add_user(&self.htpasswd, user, &password, 4).unwrap();
-        let tags =
-            BTreeMap::from([("rotator".to_owned(), "site".to_owned()), ("CredentialId".to_owned(), user.to_owned())]);
-        let new =
-            NewSecretVersion { value: password.clone(), tags, content_type: None, expires: None, not_before: None };
-        (self.store.set_secret(secret, new).await.unwrap().version, password)
-    }
-
-    async fn logs_in(&self, user: &str, password: &SecretString) -> bool {
-        let rotator = HtpasswdRotator::new(HtpasswdConfig::new(&self.htpasswd), PasswordPolicy::default());
-        let req = VerifyRequest { username: user.into(), password: password.clone() };
-        rotator.verify(req).await.unwrap() == VerifyResponse::Accepted
+        Site { dev, config }
     }
 
     fn rotate(&self, args: &[&str]) -> (bool, String, String) {
@@ -111,7 +91,7 @@ async fn named_secrets_rotate_and_a_missing_one_fails_the_exit_code() {
     for text in [&stdout, &stderr] {
         assert!(!text.contains(latest.value.expose_secret()) && !text.contains(a_pw.expose_secret()));
     }
-    site.vault.shutdown().await;
+    site.dev.vault.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +117,7 @@ async fn all_rotates_every_managed_secret_and_nothing_else() {
         assert!(site.logs_in(user, &site.store.get_latest(secret).await.unwrap().value).await);
     }
     assert_eq!(site.store.list_versions("plain").await.unwrap().len(), 1);
-    site.vault.shutdown().await;
+    site.dev.vault.shutdown().await;
 }
 
 /// A secret written minutes ago is not rotated again by hand (a storm of triggers, an
@@ -160,7 +140,7 @@ async fn a_fresh_secret_is_rotated_by_hand_only_with_force() {
     assert!(stderr.contains("manual (forced) by cli"), "the audit record says it was forced:\n{stderr}");
     let latest = site.store.get_latest("alpha-password").await.unwrap();
     assert!(site.logs_in("alpha", &latest.value).await);
-    site.vault.shutdown().await;
+    site.dev.vault.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +176,7 @@ async fn resume_finishes_what_a_dead_process_left_and_then_has_nothing_to_do() {
     let (ok, stdout, _) = site.rotate(&["--resume"]);
     assert!(ok);
     assert_eq!(stdout.trim(), "nothing to do");
-    site.vault.shutdown().await;
+    site.dev.vault.shutdown().await;
 }
 
 #[test]

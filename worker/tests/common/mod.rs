@@ -1,4 +1,5 @@
 //! Helpers shared by the worker's integration suites.
 
+pub mod devsite;
 pub mod pg;
 pub mod proc;

@@ -1,0 +1,80 @@
+//! A dev vault and an htpasswd target for the suites that run the binary against them:
+//! the vault, a store over the real SDK, the vault's CA written into a temporary
+//! directory, and the configuration sections that point a process there.
+
+#![allow(dead_code)] // not every suite uses every helper
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kv_rotator_keyvault::azure::AzureSecretStore;
+use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
+use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
+use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
+use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
+use secrecy::SecretString;
+
+pub struct DevSite {
+    /// Holds `ca.pem`, the htpasswd file and whatever the suite writes.
+    pub dir: tempfile::TempDir,
+    pub vault: DevVault,
+    pub store: Arc<dyn SecretStore>,
+    /// The htpasswd target's file (created with its first user).
+    pub htpasswd: PathBuf,
+}
+
+impl DevSite {
+    pub async fn start() -> DevSite {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+        let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+        std::fs::write(dir.path().join("ca.pem"), vault.ca_certificate_pem()).unwrap();
+        let htpasswd = dir.path().join("site.htpasswd");
+        DevSite { dir, vault, store, htpasswd }
+    }
+
+    /// `[vault]`: this dev vault, through its CA and address.
+    pub fn vault_toml(&self) -> String {
+        format!(
+            "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n",
+            self.vault.endpoint(),
+            self.dir.path().join("ca.pem").display(),
+            self.vault.local_addr()
+        )
+    }
+
+    /// `[targets.site]`: the htpasswd file, every account.
+    pub fn htpasswd_target_toml(&self) -> String {
+        format!(
+            "[targets.site]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\naccounts = [\"*\"]\n",
+            self.htpasswd.display()
+        )
+    }
+
+    /// A user on the htpasswd target and its managed secret (no expiry: due at once);
+    /// returns the first version and the password.
+    pub async fn user(&self, secret: &str, user: &str) -> (String, SecretString) {
+        let password = PasswordPolicy::default().generate();
+        htpasswd::add_user(&self.htpasswd, user, &password, 4).unwrap();
+        (self.managed_secret(secret, "site", user, &password).await, password)
+    }
+
+    /// A secret managed by target profile `profile` for `account`, with no expiry.
+    pub async fn managed_secret(&self, secret: &str, profile: &str, account: &str, password: &SecretString) -> String {
+        let tags = BTreeMap::from([
+            ("rotator".to_owned(), profile.to_owned()),
+            ("CredentialId".to_owned(), account.to_owned()),
+        ]);
+        let new =
+            NewSecretVersion { value: password.clone(), tags, content_type: None, expires: None, not_before: None };
+        self.store.set_secret(secret, new).await.unwrap().version
+    }
+
+    /// Whether `password` logs in as `user` to the htpasswd target.
+    pub async fn logs_in(&self, user: &str, password: &SecretString) -> bool {
+        let rotator = HtpasswdRotator::new(HtpasswdConfig::new(&self.htpasswd), PasswordPolicy::default());
+        let req = VerifyRequest { username: user.into(), password: password.clone() };
+        rotator.verify(req).await.unwrap() == VerifyResponse::Accepted
+    }
+}
