@@ -496,13 +496,12 @@ async fn sql_shaped_names_of_no_role_are_refused_and_change_no_role() {
     }
 }
 
-// Known bug: the PostgreSQL rotator names roles in its errors with SQL quoting
+// The PostgreSQL rotator used to name roles in its errors with SQL quoting
 // (`quote_ident`), which leaves control characters as they are, so a `CredentialId` with
-// a line break or an ESC sequence puts them raw into the rotation's error: the text log
+// a line break or an ESC sequence put them raw into the rotation's error: the text log
 // format escapes its fields, but `kv-rotator rotate` prints the outcome to the operator's
-// terminal as it is. The htpasswd rotator quotes with `{:?}`, as the engine does.
+// terminal as it is. It now quotes with `{:?}`, as the engine and htpasswd do.
 #[tokio::test]
-#[ignore = "known bug: rotators/src/postgres/mod.rs shows role names with raw control characters in errors"]
 async fn control_characters_in_a_role_name_are_escaped_in_errors() {
     let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let admin = format!("kvi{tag}adm");

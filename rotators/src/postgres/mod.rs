@@ -322,7 +322,10 @@ impl Rotator for PostgresRotator {
         let verifier = postgres_protocol::password::scram_sha_256(req.pending.expose_secret().as_bytes());
         let scrub = Scrubber::for_request(&req, [verifier.as_str()]);
         let user = &req.username;
-        let role = quote_ident(user);
+        // `role_sql` goes into the statement; `role` into messages, with control
+        // characters escaped (a role name comes from a tag: it may hold a line break or
+        // a terminal escape sequence).
+        let (role_sql, role) = (quote_ident(user), shown(user));
 
         // Idempotency: a retry after a crash between ALTER and finish lands here.
         let pending_who = format!("{role} with the pending password");
@@ -331,7 +334,7 @@ impl Rotator for PostgresRotator {
         }
 
         let mut refused = Vec::new();
-        for login in logins(&req, &role, quote_ident) {
+        for login in logins(&req, &role, shown) {
             let who = login.who;
             let Some(client) = self.login(login.user, login.password, &who, &scrub).await? else {
                 refused.push(who);
@@ -339,7 +342,7 @@ impl Rotator for PostgresRotator {
             };
             // The verifier is base64 and `$:` only: nothing to escape inside '…'.
             debug_assert!(!verifier.contains(['\'', '\\']));
-            let sql = format!("ALTER ROLE {role} PASSWORD '{verifier}'");
+            let sql = format!("ALTER ROLE {role_sql} PASSWORD '{verifier}'");
             let context = format!("changing the password of role {role} on {} as {who}", self.server());
             self.execute(&client, &sql, &context, &scrub).await.map_err(changed_if_transient)?;
             drop(client);
@@ -361,7 +364,7 @@ impl Rotator for PostgresRotator {
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
         check_role_name(&req.username)?;
         let scrub = Scrubber::new([&req.password]);
-        let who = quote_ident(&req.username);
+        let who = shown(&req.username);
         self.check(&req.username, &req.password, &who, &scrub).await
     }
 }
@@ -401,6 +404,12 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `name` for messages: quoted as the engine and the other rotators quote, with control
+/// characters escaped, so a hostile name cannot forge lines or drive a terminal.
+fn shown(name: &str) -> String {
+    format!("{name:?}")
+}
+
 fn check_role_name(name: &str) -> RotatorResult<()> {
     if name.is_empty() {
         return Err(RotatorError::Permanent("the role name is empty".to_owned()));
@@ -411,7 +420,7 @@ fn check_role_name(name: &str) -> RotatorResult<()> {
     if name.len() > MAX_IDENTIFIER_BYTES {
         return Err(RotatorError::Permanent(format!(
             "role name {} is longer than {MAX_IDENTIFIER_BYTES} bytes: PostgreSQL would truncate it",
-            quote_ident(name)
+            shown(name)
         )));
     }
     Ok(())
