@@ -100,7 +100,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         Err(e) => problems.push(format!("vault.url {:?}: {e}", config.vault.url)),
     }
-    if config.vault.credential == CredentialConfig::DevVault && config.vault.connect_to.is_none() {
+    if config.vault.credential == (CredentialConfig::DevVault {}) && config.vault.connect_to.is_none() {
         problems.push(
             "vault.credential.kind = \"dev-vault\" only works against the dev vault: set vault.connect_to to its address"
                 .to_owned(),
@@ -226,9 +226,11 @@ fn validate_durations(config: &Config, problems: &mut Vec<String>) {
         ("lease.settle_ms", config.lease.settle_ms),
         ("alerts.timeout_ms", config.alerts.timeout_ms),
     ];
-    let too_long = secs.into_iter().filter(|(_, v)| *v > MAX_DURATION_SECS).map(|(k, v)| (k, v, "s")).chain(
-        millis.into_iter().filter(|(_, v)| *v / 1000 > MAX_DURATION_SECS).map(|(k, v)| (k, v, "ms")),
-    );
+    let too_long = secs
+        .into_iter()
+        .filter(|(_, v)| *v > MAX_DURATION_SECS)
+        .map(|(k, v)| (k, v, "s"))
+        .chain(millis.into_iter().filter(|(_, v)| *v / 1000 > MAX_DURATION_SECS).map(|(k, v)| (k, v, "ms")));
     for (key, value, unit) in too_long {
         problems.push(format!("{key} = {value} {unit}: longer than ten years ({MAX_DURATION_SECS} s)"));
     }

@@ -129,10 +129,12 @@ pub enum CredentialConfig {
         #[serde(default)]
         tenant_id: Option<String>,
     },
-    /// Azure CLI, then Azure Developer CLI, for local use.
-    DeveloperTools,
+    /// Azure CLI, then Azure Developer CLI, for local use. (Struct variants with no
+    /// field, not unit variants: serde lets a unit variant of a tagged enum ignore every
+    /// other key, so a stray `tenant_id` would be dropped silently.)
+    DeveloperTools {},
     /// A fixed token accepted by the dev vault only; requires `connect_to`.
-    DevVault,
+    DevVault {},
 }
 
 impl Default for CredentialConfig {

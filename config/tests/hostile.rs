@@ -95,12 +95,11 @@ fn unknown_keys_at_every_level_are_named_with_their_path() {
     ]);
 }
 
-/// Known gap: serde lets a unit variant of an internally tagged enum ignore every other
-/// key, so `vault.credential` of kind `developer-tools` or `dev-vault` accepts stray keys
-/// (an operator's `tenant_id` is silently dropped). `webhook.auth`'s `none` avoids this
-/// by being a struct variant (`None {}`); the credential kinds need the same.
+/// serde lets a unit variant of an internally tagged enum ignore every other key, so
+/// `vault.credential` of kind `developer-tools` or `dev-vault` used to drop an operator's
+/// `tenant_id` silently; they are struct variants with no field now, like
+/// `webhook.auth`'s `none`.
 #[test]
-#[ignore = "known gap: unit credential kinds ignore stray keys (make them struct variants in model.rs)"]
 fn stray_keys_of_unit_credential_kinds_are_named() {
     for kind in ["developer-tools", "dev-vault"] {
         let text = format!(

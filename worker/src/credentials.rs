@@ -145,11 +145,11 @@ pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCred
             };
             AzureCliCredential::new(Some(options)).context("vault.credential (azure-cli)")?
         }
-        CredentialConfig::DeveloperTools => {
+        CredentialConfig::DeveloperTools {} => {
             let options = DeveloperToolsCredentialOptions { executor: Some(Arc::new(HelperExecutor)) };
             DeveloperToolsCredential::new(Some(options)).context("vault.credential (developer-tools)")?
         }
-        CredentialConfig::DevVault => DevVaultCredential::new(),
+        CredentialConfig::DevVault {} => DevVaultCredential::new(),
     })
 }
 
@@ -220,7 +220,14 @@ pub const HELPER_ENV: &[&str] = &[
 #[async_trait::async_trait]
 impl Executor for HelperExecutor {
     async fn run(&self, program: &OsStr, args: &[&OsStr]) -> std::io::Result<Output> {
-        let env = HELPER_ENV.iter().filter_map(|name| std::env::var_os(name).map(|value| (*name, value)));
+        let env: Vec<_> =
+            HELPER_ENV.iter().filter_map(|name| std::env::var_os(name).map(|value| (*name, value))).collect();
+        #[cfg(feature = "leak-ledger")]
+        kv_rotator_leakscan::record_spawn(
+            "credential helper",
+            std::iter::once(program).chain(args.iter().copied()),
+            env.iter().map(|(name, value)| (name, value)),
+        );
         tokio::process::Command::new(program)
             .args(args)
             .env_clear()
@@ -329,8 +336,8 @@ mod tests {
                 secret_env: "KVR_TEST_BUILDS_SECRET".into(),
             },
             CredentialConfig::AzureCli { tenant_id: Some(TENANT.into()) },
-            CredentialConfig::DeveloperTools,
-            CredentialConfig::DevVault,
+            CredentialConfig::DeveloperTools {},
+            CredentialConfig::DevVault {},
         ];
         if cfg!(feature = "client-certificate") {
             kinds.push(certificate(&pfx(dir.path(), "plain.pfx", rsa(), ""), None));
