@@ -6,7 +6,7 @@
 //!   conventional ones ([`ALWAYS_TAKEN`]) — are moved into this process's memory and
 //!   removed from its environment, so no child process started later inherits them;
 //!   [`secret_var`] hands each out once, to the code that reads it.
-//! - [`disable_core_dumps`]: `serve` and `rotate` hold passwords; a crash must not
+//! - [`disable_core_dumps`]: `serve`, `rotate` and `functions` hold passwords; a crash must not
 //!   write them to a core file, and the process is made non-dumpable, which also keeps
 //!   other processes of the same user from reading its memory (ptrace,
 //!   `/proc/<pid>/mem`, `/proc/<pid>/environ`).
@@ -142,23 +142,21 @@ pub fn core_dumps_disabled() -> bool {
     limit_zero && not_dumpable
 }
 
-/// Everything `main` does before the runtime, for `command`: core dumps off for `serve`
-/// and `rotate` (an error if the kernel refuses), then the secret variables that
+/// Everything `main` does before the runtime, for `command`: core dumps off for `serve`,
+/// `rotate` and `functions` (an error if the kernel refuses), then the secret variables that
 /// `config_file` and the environment name taken out of the environment.
 pub fn at_startup(command: &crate::cli::Command) -> Result<(), String> {
     use crate::cli::Command;
-    let config_file = match command {
-        Command::Serve { config } => {
-            disable_core_dumps().map_err(|e| format!("cannot disable core dumps: {e}"))?;
-            config.as_deref()
-        }
-        Command::Rotate(args) => {
-            disable_core_dumps().map_err(|e| format!("cannot disable core dumps: {e}"))?;
-            args.config.as_deref()
-        }
-        Command::Dev(args) => args.config.as_deref(),
-        _ => None,
+    let (holds_passwords, config_file) = match command {
+        Command::Serve { config } => (true, config.as_deref()),
+        Command::Rotate(args) => (true, args.config.as_deref()),
+        Command::Functions(args) => (true, args.config.as_deref()),
+        Command::Dev(args) => (false, args.config.as_deref()),
+        _ => (false, None),
     };
+    if holds_passwords {
+        disable_core_dumps().map_err(|e| format!("cannot disable core dumps: {e}"))?;
+    }
     let names = kv_rotator_config::load::secret_env_names(config_file);
     take_secret_env(names.iter().map(String::as_str));
     Ok(())

@@ -17,7 +17,9 @@
 //! - [`lease`]: the engine lease in Key Vault: one engine per vault.
 //! - [`logging`]: log output; dependencies capped at INFO whatever `RUST_LOG` says.
 //! - [`service`]: runs the webhook, engine and sweeper together until shutdown.
-//! - [`cli`]: the `demo`, `dev`, `serve` and `rotate` commands.
+//! - [`functions`]: the Azure Functions custom handler: Event Grid, HTTP and timer
+//!   invocations run by the same engine, under an engine lease claimed per need.
+//! - [`cli`]: the `demo`, `dev`, `serve`, `rotate` and `functions` commands.
 //!
 //! See `docs/architecture.md` for the data flow and the invariant.
 
@@ -26,6 +28,7 @@ pub mod alerts;
 pub mod cli;
 pub mod credentials;
 pub mod engine;
+pub mod functions;
 pub mod hardening;
 pub mod lease;
 pub mod listener;

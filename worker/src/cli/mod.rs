@@ -1,14 +1,16 @@
-//! The command line: `demo`, `dev`, `serve` and `rotate`.
+//! The command line: `demo`, `dev`, `serve`, `rotate` and `functions`.
 //!
 //! - [`demo`]: one rotation end to end on embedded defaults, with a report.
 //! - [`dev`]: the service with the dev vault embedded, for local experiments.
 //! - [`serve`]: the service against a configured vault.
 //! - [`rotate`]: manual rotations (named secrets, `--all`, `--resume`), in-process.
+//! - [`functions`]: the Azure Functions custom handler (Event Grid, HTTP and timer triggers).
 //! - [`healthcheck`]: probes a running service's `/healthz` (container health checks).
 //! - [`seed`]: the demo target (an htpasswd file) and a real-shaped Event Grid delivery.
 
 pub mod demo;
 pub mod dev;
+pub mod functions;
 pub mod healthcheck;
 pub mod rotate;
 pub mod seed;
@@ -57,6 +59,8 @@ pub enum Command {
     Rotate(rotate::RotateArgs),
     /// Probe a running service's /healthz: exit 0 on a 2xx answer (for container health checks).
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Serve the Azure Functions host's invocations (custom handler) on FUNCTIONS_CUSTOMHANDLER_PORT.
+    Functions(functions::FunctionsArgs),
 }
 
 /// Runs the CLI; the exit code says whether the command succeeded.
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve { config } => serve::run(config).await,
             Command::Rotate(args) => rotate::run(args).await,
             Command::Healthcheck(args) => healthcheck::run(args).await,
+            Command::Functions(args) => functions::run(args).await,
         }
     });
     match result {
