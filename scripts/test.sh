@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command of the README: prepares the machine's services, then runs every test.
+# The test command of the README: prepares the machine's services, then runs every test,
+# then the leak scanner over everything the run captured.
 #   scripts/test.sh            all tests
 #   scripts/test.sh -p NAME    extra arguments go to `cargo test`
 set -euo pipefail
@@ -19,10 +20,36 @@ if ! pkg-config --exists openssl 2>/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
 fi
 
-cargo test --workspace --locked --features kv-rotator/client-certificate "$@"
+# The leak scanner (docs/security.md, "Leak scanner"): the suite runs as a `leak-ledger`
+# build, which records every password and verifier it generates or handles in a ledger and
+# captures what leaves kv-rotator (logs at every level, a child's output, argv and
+# environment, vault metadata, metrics, alerts) into a scan directory, beside the run's own
+# output (every test's prints and panics: RUST_TEST_NOCAPTURE). The scan comes last.
+leak_run=$(mktemp -d "${TMPDIR:-/tmp}/kvr-leak-scan.XXXXXX")
+trap 'rm -rf "$leak_run"' EXIT
+ledger="$leak_run/ledger" captured="$leak_run/captured"
+mkdir -p "$captured"
+export KVR_LEAK_LEDGER="$ledger" KVR_LEAK_SCAN_DIR="$captured" RUST_TEST_NOCAPTURE=1
+
+cargo test --workspace --locked --features kv-rotator/client-certificate,kv-rotator/leak-ledger "$@" 2>&1 \
+    | tee "$captured/cargo-test.log"
 
 # The crash matrix: the worker built with step-boundary failpoints (only this build has
 # them), killed 200 times (CRASH_MATRIX_KILLS); prints its counts.
 if [ $# -eq 0 ]; then
-    cargo test --locked -p kv-rotator --features failpoints,client-certificate --test crash -- --nocapture
+    cargo test --locked -p kv-rotator --features failpoints,client-certificate,leak-ledger --test crash -- --nocapture \
+        2>&1 | tee "$captured/crash-matrix.log"
+fi
+
+unset KVR_LEAK_LEDGER KVR_LEAK_SCAN_DIR RUST_TEST_NOCAPTURE
+# A full run must have captured every stream, or the scan would prove nothing there.
+require=()
+if [ $# -eq 0 ]; then
+    require=(--require cargo-test,crash-matrix,log,stdout,stderr,spawn,devvault,metrics,alerts)
+fi
+if ! cargo run --locked --quiet -p kv-rotator-leakscan --bin leak-scan -- \
+    --ledger "$ledger" --dir "$captured" "${require[@]}"; then
+    trap - EXIT
+    echo "leak scan failed: the ledger and the captured files are kept in $leak_run" >&2
+    exit 1
 fi

@@ -316,10 +316,13 @@ fn find_entry<'a>(text: &'a str, user: &str) -> Option<Entry<'a>> {
 }
 
 fn hash(password: &SecretString, cost: u32) -> RotatorResult<String> {
-    bcrypt::non_truncating_hash_with_result(password.expose_secret(), cost)
+    let hash = bcrypt::non_truncating_hash_with_result(password.expose_secret(), cost)
         .map(|parts| parts.format_for_version(bcrypt::Version::TwoY))
         // BcryptError names the cost or the length, never the password.
-        .map_err(|e| RotatorError::Permanent(format!("bcrypt hashing failed: {e}")))
+        .map_err(|e| RotatorError::Permanent(format!("bcrypt hashing failed: {e}")))?;
+    #[cfg(feature = "leak-ledger")]
+    kv_rotator_leakscan::record(kv_rotator_leakscan::Kind::Derived, &hash);
+    Ok(hash)
 }
 
 fn check_user_name(user: &str) -> RotatorResult<()> {

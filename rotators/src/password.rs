@@ -176,6 +176,8 @@ impl PasswordPolicy {
         // Fisher-Yates: the required characters must not always lead.
         buf.shuffle(&mut rng);
         let password = String::from_utf8(buf).expect("every alphabet is ASCII");
+        #[cfg(feature = "leak-ledger")]
+        kv_rotator_leakscan::record(kv_rotator_leakscan::Kind::Generated, &password);
         Ok(SecretString::from(password))
     }
 

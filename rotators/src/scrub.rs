@@ -36,6 +36,11 @@ impl Scrubber {
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a SecretString>) -> Self {
         let mut secrets: Vec<SecretString> =
             secrets.into_iter().filter(|s| !s.expose_secret().is_empty()).cloned().collect();
+        // Test builds: every secret a rotator guards is one the leak scanner searches for.
+        #[cfg(feature = "leak-ledger")]
+        for secret in &secrets {
+            kv_rotator_leakscan::record(kv_rotator_leakscan::Kind::Handled, secret.expose_secret());
+        }
         secrets.sort_by_key(|s| std::cmp::Reverse(s.expose_secret().len()));
         Self { secrets }
     }
@@ -44,6 +49,10 @@ impl Scrubber {
     /// secrets the rotator computed from them (e.g. the verifier it sends).
     pub fn for_request<'a>(req: &SetPasswordRequest, derived: impl IntoIterator<Item = &'a str>) -> Self {
         let derived: Vec<SecretString> = derived.into_iter().map(|s| SecretString::from(s.to_owned())).collect();
+        #[cfg(feature = "leak-ledger")]
+        for secret in &derived {
+            kv_rotator_leakscan::record(kv_rotator_leakscan::Kind::Derived, secret.expose_secret());
+        }
         let passwords = [&req.pending, &req.current].into_iter().chain(&req.previous);
         Self::new(passwords.chain(req.admin.as_ref().map(|admin| &admin.password)).chain(&derived))
     }

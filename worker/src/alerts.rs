@@ -103,10 +103,13 @@ impl WebhookSink {
 
     /// Sends one alert.
     pub async fn send(&self, alert: &Alert) -> Result<(), AlertError> {
+        let body = alert.to_json();
+        #[cfg(feature = "leak-ledger")]
+        kv_rotator_leakscan::capture("alerts", &body.to_string());
         let response = self
             .client
             .post(&self.url)
-            .json(&alert.to_json())
+            .json(&body)
             .send()
             .await
             .map_err(|e| AlertError::Unreachable { url: self.url.clone(), detail: e.without_url().to_string() })?;

@@ -67,7 +67,12 @@ pub fn init(format: LogFormat, default_filter: &str) {
     // Colours only for a person at a terminal who has not asked for none (NO_COLOR).
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let layer = format_layer(format, std::io::stderr, ansi);
-    if tracing_subscriber::registry().with(layer.with_filter(filter)).try_init().is_ok() {
+    let subscriber = tracing_subscriber::registry().with(layer.with_filter(filter));
+    // Test builds (`leak-ledger`): every event the cap lets through, whatever `RUST_LOG`
+    // says, to the leak scanner too.
+    #[cfg(feature = "leak-ledger")]
+    let subscriber = subscriber.with(kv_rotator_leakscan::log_layer(dependency_cap()));
+    if subscriber.try_init().is_ok() {
         tracing::trace!(
             filter = %shown,
             dependency_max_level = %DEPENDENCY_MAX_LEVEL,

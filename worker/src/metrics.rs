@@ -128,7 +128,18 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        #[cfg(feature = "leak-ledger")]
+        kv_rotator_leakscan::capture("metrics", &out);
         out
+    }
+}
+
+/// Test builds (`leak-ledger`): every registry's last exposition goes to the leak scanner,
+/// scraped or not.
+#[cfg(feature = "leak-ledger")]
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        let _ = self.render();
     }
 }
 

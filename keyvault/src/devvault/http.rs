@@ -118,6 +118,18 @@ fn ok_json(body: &impl Serialize) -> Response {
     json_response(StatusCode::OK, serde_json::to_vec(body).unwrap_or_default())
 }
 
+/// The answer to a write. Test builds with `leak-ledger` also capture what the write left
+/// on the secret — name, tags, content type, attributes; never the value, which holds a
+/// password by design — for the leak scanner.
+fn written(bundle: Bundle) -> Response {
+    #[cfg(feature = "leak-ledger")]
+    kv_rotator_leakscan::capture(
+        "devvault",
+        &serde_json::to_string(&Bundle { value: None, ..bundle.clone() }).unwrap_or_default(),
+    );
+    ok_json(&bundle)
+}
+
 /// The headers every answer of the service carries (see the recordings).
 fn add_service_headers(headers: &mut HeaderMap, peer: Option<SocketAddr>) {
     let fixed = [
@@ -328,14 +340,14 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
         }
         Op::Set(name) => {
             let params: SetParams = json_body(body).await?;
-            shared.change(|vault| vault.set(name, params)).map(|b| ok_json(&b))
+            shared.change(|vault| vault.set(name, params)).map(written)
         }
         Op::Get(name, version) => shared.vault().get(name, version).map(|b| ok_json(&b)),
         Op::Update(name, version) => {
             let params: UpdateParams = json_body(body).await?;
-            shared.change(|vault| vault.update(name, version, params)).map(|b| ok_json(&b))
+            shared.change(|vault| vault.update(name, version, params)).map(written)
         }
-        Op::Delete(name) => shared.change(|vault| vault.delete(name)).map(|b| ok_json(&b)),
+        Op::Delete(name) => shared.change(|vault| vault.delete(name)).map(written),
         Op::GetDeleted(name) => shared.vault().get_deleted(name).map(|b| ok_json(&b)),
         Op::Purge(name) => {
             shared.change(|vault| vault.purge(name))?;
@@ -344,7 +356,7 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
             *response.status_mut() = StatusCode::NO_CONTENT;
             Ok(response)
         }
-        Op::Recover(name) => shared.change(|vault| vault.recover(name)).map(|b| ok_json(&b)),
+        Op::Recover(name) => shared.change(|vault| vault.recover(name)).map(written),
         Op::Backup(name) => {
             let blob = shared.vault().backup(name)?;
             Ok(ok_json(&BlobBody { value: Some(base64::encode_url_safe(blob)) }))
@@ -355,7 +367,7 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
             let encoded = value.ok_or_else(|| ApiError::bad_parameter("Property 'value' is required."))?;
             let blob = base64::decode_url_safe(encoded)
                 .map_err(|_| ApiError::bad_parameter("The backup blob is invalid or corrupt."))?;
-            shared.change(|vault| vault.restore(&blob)).map(|b| ok_json(&b))
+            shared.change(|vault| vault.restore(&blob)).map(written)
         }
     };
     if drop_answer {

@@ -104,6 +104,9 @@ impl fmt::Debug for DevVault {
 impl DevVault {
     /// Generates the certificates, binds `opts.bind` and serves in a background task.
     pub async fn start(opts: DevVaultOptions) -> Result<DevVault, DevVaultError> {
+        // Test builds: a test process's log events go to the leak scanner from here on.
+        #[cfg(feature = "leak-ledger")]
+        kv_rotator_leakscan::ensure_log_capture();
         let label = opts.vault_name.to_ascii_lowercase();
         let label_ok = (1..=63).contains(&label.len())
             && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
