@@ -15,8 +15,8 @@
 //     SecretNearExpiry and SecretExpired to the webhook with Microsoft Entra authentication.
 //
 // Before deploying: the webhook's Entra app registration (docs/deploy.md, step 2), and
-// the image pushed to a registry. The Functions variant (a second entry point) is not
-// built yet.
+// the image pushed to a registry. The Azure Functions variant is the second entry point,
+// functions.bicep (docs/deploy.md, section 8).
 
 targetScope = 'resourceGroup'
 
@@ -178,6 +178,7 @@ module network 'modules/network.bicep' = if (privateNetworking) {
     appsSubnetPrefix: appsSubnetPrefix
     privateEndpointsSubnetPrefix: privateEndpointsSubnetPrefix
     vaultDnsZoneName: vaultDnsZoneName
+    extraDnsZoneNames: []
   }
 }
 
@@ -203,7 +204,8 @@ module vaultEndpoint 'modules/private-endpoint.bicep' = if (privateNetworking) {
     name: '${vaultName}-pe'
     location: location
     tags: tags
-    vaultId: vault.outputs.id
+    targetId: vault.outputs.id
+    groupId: 'vault'
     subnetId: privateNetworking ? network.outputs.privateEndpointsSubnetId : ''
     dnsZoneId: privateNetworking ? network.outputs.vaultDnsZoneId : ''
   }
@@ -281,6 +283,7 @@ module events 'modules/eventgrid.bicep' = {
     tags: tags
     vaultId: vault.outputs.id
     deploySubscription: deployEventSubscription
+    functionId: ''
     webhookUrl: worker.outputs.webhookUrl
     webhookTenantId: webhookTenantId
     webhookAppIdOrUri: webhookAppIdOrUri

@@ -1,10 +1,13 @@
 // Event Grid: the vault's system topic and one subscription delivering SecretNearExpiry
-// and SecretExpired to kv-rotator's webhook with Microsoft Entra authentication, a retry
-// policy, and dead-lettering to blob storage with the topic's own managed identity.
-//
-// Creating the subscription runs Event Grid's validation handshake against the webhook:
-// the Container App must be up, and the Entra app registration ready (docs/deploy.md),
-// before this module deploys.
+// and SecretExpired to kv-rotator, a retry policy, and dead-lettering to blob storage with
+// the topic's own managed identity. The destination is either
+//   - kv-rotator's webhook with Microsoft Entra authentication (main.bicep, Container Apps):
+//     creating the subscription runs Event Grid's validation handshake against the webhook,
+//     so the Container App must be up, and the Entra app registration ready (docs/deploy.md);
+//   - or an Event Grid-triggered function (functionId, functions.bicep): endpoint type
+//     AzureFunction, which Event Grid authenticates with the Event Grid extension's system
+//     key it fetches itself (the template holds no key); the function must already be
+//     deployed in the app, or the subscription is refused (destination endpoint not found).
 
 @description('Name of the system topic.')
 param topicName string
@@ -21,16 +24,19 @@ param vaultId string
 @description('false: the topic only (and its dead-letter role), no subscription; deploy it once the webhook answers.')
 param deploySubscription bool
 
-@description('HTTPS URL of the webhook, https://HOST/api/eventgrid.')
+@description('Resource id of an Event Grid-triggered function, FUNCTION_APP_ID/functions/NAME: the subscription delivers to it (endpoint type AzureFunction) and the webhook parameters are ignored. Empty: deliver to the webhook.')
+param functionId string
+
+@description('Without functionId: HTTPS URL of the webhook, https://HOST/api/eventgrid.')
 param webhookUrl string
 
-@description('Microsoft Entra tenant of the webhook\'s app registration.')
+@description('Without functionId: Microsoft Entra tenant of the webhook\'s app registration.')
 param webhookTenantId string
 
-@description('Application (client) id or App ID URI of the webhook\'s app registration: the audience of the tokens Event Grid sends.')
+@description('Without functionId: application (client) id or App ID URI of the webhook\'s app registration, the audience of the tokens Event Grid sends.')
 param webhookAppIdOrUri string
 
-@description('Events per delivery (1-5000). kv-rotator queues each event and answers at once; a full queue answers 503 and Event Grid retries the batch.')
+@description('Events per delivery (1-5000). The webhook queues each event and answers at once; a full queue answers 503 and Event Grid retries the batch. To a function, 1 keeps each event\'s delivery (and redelivery) its own.')
 @minValue(1)
 @maxValue(5000)
 param maxEventsPerBatch int
@@ -53,6 +59,27 @@ param deadLetterContainerName string
 
 // Storage Blob Data Contributor: write the dead-lettered events as blobs.
 var blobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+
+var webhookDestination = {
+  endpointType: 'WebHook'
+  properties: {
+    endpointUrl: webhookUrl
+    azureActiveDirectoryTenantId: webhookTenantId
+    azureActiveDirectoryApplicationIdOrUri: webhookAppIdOrUri
+    maxEventsPerBatch: maxEventsPerBatch
+    preferredBatchSizeInKilobytes: 64
+  }
+}
+
+// No key and no URL: Event Grid resolves the function and its system key itself.
+var functionDestination = {
+  endpointType: 'AzureFunction'
+  properties: {
+    resourceId: functionId
+    maxEventsPerBatch: maxEventsPerBatch
+    preferredBatchSizeInKilobytes: 64
+  }
+}
 
 resource deadLetterAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: deadLetterAccountName
@@ -98,16 +125,7 @@ resource deliveries 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06
   name: 'kv-rotator'
   properties: {
     eventDeliverySchema: 'EventGridSchema'
-    destination: {
-      endpointType: 'WebHook'
-      properties: {
-        endpointUrl: webhookUrl
-        azureActiveDirectoryTenantId: webhookTenantId
-        azureActiveDirectoryApplicationIdOrUri: webhookAppIdOrUri
-        maxEventsPerBatch: maxEventsPerBatch
-        preferredBatchSizeInKilobytes: 64
-      }
-    }
+    destination: empty(functionId) ? webhookDestination : functionDestination
     filter: {
       includedEventTypes: [
         'Microsoft.KeyVault.SecretNearExpiry'

@@ -1,7 +1,8 @@
-// Private connectivity: a virtual network with a subnet for the Container Apps
-// environment (delegated to Microsoft.App/environments) and one for private endpoints,
-// and the private DNS zone that makes the vault's name resolve to its private endpoint
-// inside the network.
+// Private connectivity: a virtual network with a subnet delegated to
+// Microsoft.App/environments (the Container Apps environment of main.bicep, or the Flex
+// Consumption function app's virtual network integration of functions.bicep) and one for
+// private endpoints, the private DNS zone that makes the vault's name resolve to its
+// private endpoint inside the network, and any further zones (extraDnsZoneNames).
 
 @description('Name of the virtual network.')
 param name string
@@ -15,7 +16,7 @@ param tags object
 @description('Address space of the virtual network.')
 param addressPrefix string
 
-@description('Subnet of the Container Apps environment (workload profiles environment: /27 or larger), delegated to Microsoft.App/environments.')
+@description('Subnet delegated to Microsoft.App/environments: the Container Apps environment\'s (workload profiles environment: /27 or larger), or the Flex Consumption function app\'s virtual network integration (one address per instance).')
 param appsSubnetPrefix string
 
 @description('Subnet of the private endpoints (the vault\'s, and any you add for targets): /28 or larger.')
@@ -23,6 +24,9 @@ param privateEndpointsSubnetPrefix string
 
 @description('Private DNS zone of Key Vault private endpoints: privatelink.vaultcore.azure.net in Azure public cloud (privatelink.vaultcore.usgovcloudapi.net, privatelink.vaultcore.azure.cn elsewhere).')
 param vaultDnsZoneName string
+
+@description('Further private DNS zones created and linked to the network, e.g. [\'privatelink.blob.core.windows.net\'] for the Functions host storage\'s private endpoint. Empty: none.')
+param extraDnsZoneNames array
 
 // Empty network security groups: Azure's default rules (virtual network and load
 // balancer in, virtual network and internet out). Add your own rules here, e.g. to
@@ -106,10 +110,29 @@ resource vaultDnsZoneLink 'Microsoft.Network/privateDnsZones/virtualNetworkLinks
   }
 }
 
+resource extraDnsZones 'Microsoft.Network/privateDnsZones@2020-06-01' = [for zoneName in extraDnsZoneNames: {
+  name: zoneName
+  location: 'global'
+  tags: tags
+}]
+
+resource extraDnsZoneLinks 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2020-06-01' = [for (zoneName, i) in extraDnsZoneNames: {
+  parent: extraDnsZones[i]
+  name: '${name}-link'
+  location: 'global'
+  tags: tags
+  properties: {
+    registrationEnabled: false
+    virtualNetwork: {
+      id: vnet.id
+    }
+  }
+}]
+
 @description('Resource id of the virtual network.')
 output vnetId string = vnet.id
 
-@description('Resource id of the Container Apps environment\'s subnet.')
+@description('Resource id of the subnet delegated to Microsoft.App/environments.')
 output appsSubnetId string = vnet.properties.subnets[0].id
 
 @description('Resource id of the private endpoints\' subnet.')
@@ -117,3 +140,6 @@ output privateEndpointsSubnetId string = vnet.properties.subnets[1].id
 
 @description('Resource id of the vault\'s private DNS zone.')
 output vaultDnsZoneId string = vaultDnsZone.id
+
+@description('Resource ids of the extraDnsZoneNames zones, in the same order.')
+output extraDnsZoneIds array = [for (zoneName, i) in extraDnsZoneNames: extraDnsZones[i].id]

@@ -1,6 +1,7 @@
-// The vault's private endpoint in the private endpoints subnet, registered in the
-// privatelink.vaultcore.azure.net zone so NAME.vault.azure.net resolves to its private
-// address inside the virtual network.
+// A private endpoint in the private endpoints subnet, registered in its private DNS zone
+// so the resource's public name resolves to its private address inside the virtual
+// network: the vault's (group vault, zone privatelink.vaultcore.azure.net) and, for the
+// Functions variant, the host storage's blob endpoint (group blob, privatelink.blob...).
 
 @description('Name of the private endpoint.')
 param name string
@@ -11,13 +12,16 @@ param location string
 @description('Tags set on every resource.')
 param tags object
 
-@description('Resource id of the vault.')
-param vaultId string
+@description('Resource id of the resource the endpoint connects to (the vault, a storage account).')
+param targetId string
+
+@description('Private link sub-resource (group id) of the target: vault for a Key Vault; blob, queue or table for a storage account.')
+param groupId string
 
 @description('Resource id of the subnet the endpoint gets its address from.')
 param subnetId string
 
-@description('Resource id of the privatelink.vaultcore.azure.net private DNS zone.')
+@description('Resource id of the private DNS zone of that group: privatelink.vaultcore.azure.net (vault), privatelink.blob.core.windows.net (blob), ...')
 param dnsZoneId string
 
 resource endpoint 'Microsoft.Network/privateEndpoints@2023-11-01' = {
@@ -30,11 +34,11 @@ resource endpoint 'Microsoft.Network/privateEndpoints@2023-11-01' = {
     }
     privateLinkServiceConnections: [
       {
-        name: 'vault'
+        name: groupId
         properties: {
-          privateLinkServiceId: vaultId
+          privateLinkServiceId: targetId
           groupIds: [
-            'vault'
+            groupId
           ]
         }
       }
@@ -48,7 +52,7 @@ resource dnsZoneGroup 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2
   properties: {
     privateDnsZoneConfigs: [
       {
-        name: 'vault'
+        name: groupId
         properties: {
           privateDnsZoneId: dnsZoneId
         }
