@@ -27,8 +27,14 @@
 //! `redis.conf` (or with `requirepass`) brings the old password back when it restarts.
 //! With `acl_save = "required"` (the default) the changing login first checks that the
 //! server has an ACL file (`CONFIG GET aclfile`, so it needs `+config|get`) and refuses
-//! to change anything otherwise, and runs `ACL SAVE` after the change; a failed save is
-//! a permanent error saying the password is changed in memory only. `acl_save = "never"`
+//! to change anything otherwise, and runs `ACL SAVE` after the change (as the admin when
+//! the changing login may not save), and again when a retry finds the pending password
+//! already in force (a save that failed, a crash before it). A failed save does not undo
+//! the change: the old password is refused already and the new one is what works, so the
+//! outcome stands (Key Vault gets the new password) and the failure is a WARN log naming
+//! the server and the user (the engine's span adds the vault and the secret) — the old
+//! password comes back when the server restarts unless an operator fixes the ACL file
+//! and runs `ACL SAVE`. `acl_save = "never"`
 //! is for servers whose users are kept some other way (a managed service, a
 //! configuration manager) or that keep nothing (tests).
 //!
@@ -397,17 +403,74 @@ impl RedisRotator {
             Err(Refusal::Other(RotatorError::Transient(m))) => return Err(RotatorError::NotYetVisible(m)),
             Err(e) => return Err(e.into_error(&context)),
         }
-        if self.cfg.acl_save == AclSave::Required {
-            let context = format!("saving the ACL file on {server} as {who}");
-            if let Err(e) = cmds.run(::redis::cmd("ACL").arg("SAVE"), &context, scrub).await {
-                return Err(RotatorError::Permanent(format!(
-                    "the password of user {name} is changed in the server's memory, but not saved: {}; fix the ACL \
-                     file and run ACL SAVE, or the old password comes back when the server restarts",
-                    e.into_error(&context)
-                )));
+        Ok(None)
+    }
+
+    /// `ACL SAVE` once the password is changed (or found changed), when `acl_save` is
+    /// `required`: through `first` (the session that changed it, or the user's own with
+    /// the pending password), then as the admin when that one may not save. A failure
+    /// does not undo the change: the password in force is the new one, which Key Vault
+    /// must get, so it is logged as a warning (the old password comes back when the
+    /// server restarts) and the outcome stands.
+    async fn save(
+        &self,
+        first: Option<(Commands, String)>,
+        first_is_admin: bool,
+        req: &SetPasswordRequest,
+        scrub: &Scrubber,
+    ) {
+        if self.cfg.acl_save != AclSave::Required {
+            return;
+        }
+        let mut why = Vec::new();
+        if let Some((mut cmds, who)) = first {
+            match self.save_on(&mut cmds, &who, scrub).await {
+                Ok(()) => return,
+                Err(Refusal::NoPerm(text)) if !first_is_admin => why.push(format!("{who} may not save ACLs: {text}")),
+                Err(e) => {
+                    return self.unsaved(req, &e.into_error(&format!("saving the ACL file as {who}")).to_string())
+                }
             }
         }
-        Ok(None)
+        match req.admin.as_ref().filter(|_| !first_is_admin) {
+            None if why.is_empty() => why.push("no login to save with".to_owned()),
+            None => why.push("no admin credential configured".to_owned()),
+            Some(admin) => {
+                let who = format!("admin {}", quote(&admin.username));
+                let saved = async {
+                    let Some(stream) = self.login(&admin.username, &admin.password, &who, scrub).await? else {
+                        return Err(RotatorError::Permanent(format!("{who}: refused")));
+                    };
+                    let context = format!("opening a session on {} as {who}", self.server());
+                    let mut cmds = self.commands(stream, &context, scrub).await?;
+                    self.save_on(&mut cmds, &who, scrub)
+                        .await
+                        .map_err(|e| e.into_error(&format!("saving the ACL file as {who}")))
+                };
+                match saved.await {
+                    Ok(()) => return,
+                    Err(e) => why.push(e.to_string()),
+                }
+            }
+        }
+        self.unsaved(req, &why.join("; "))
+    }
+
+    async fn save_on(&self, cmds: &mut Commands, who: &str, scrub: &Scrubber) -> Result<(), Refusal> {
+        let context = format!("saving the ACL file on {} as {who}", self.server());
+        cmds.run(::redis::cmd("ACL").arg("SAVE"), &context, scrub).await.map(drop)
+    }
+
+    /// The loud report of a change that is not saved.
+    fn unsaved(&self, req: &SetPasswordRequest, why: &str) {
+        tracing::warn!(
+            server = %self.server(),
+            user = %quote(&req.username),
+            error = %why,
+            "the password of the Redis user is changed in the server's memory but NOT saved to its ACL file: the \
+             old password comes back when the server restarts, and Key Vault holds the new one; fix the ACL file \
+             (space, permissions) and run ACL SAVE on the server"
+        );
     }
 }
 
@@ -476,7 +539,15 @@ impl Rotator for RedisRotator {
 
         // Idempotency: a retry after a crash between the change and finish lands here.
         let pending_who = format!("user {name} with the pending password");
-        if self.check(user, &req.pending, &pending_who, &scrub).await? == VerifyResponse::Accepted {
+        if let Some(stream) = self.login(user, &req.pending, &pending_who, &scrub).await? {
+            // The change may be in memory only (a save that failed, a crash before it).
+            if self.cfg.acl_save == AclSave::Required {
+                let context = format!("opening a session on {} as {pending_who}", self.server());
+                match self.commands(stream, &context, &scrub).await {
+                    Ok(cmds) => self.save(Some((cmds, pending_who)), false, &req, &scrub).await,
+                    Err(_) => self.save(None, false, &req, &scrub).await,
+                }
+            }
             return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
         }
 
@@ -490,12 +561,11 @@ impl Rotator for RedisRotator {
             let context = format!("opening a session on {} as {who}", self.server());
             let mut cmds = self.commands(stream, &context, &scrub).await?;
             let as_admin = login.outcome == SetPasswordOutcome::ChangedWithAdmin;
-            let why_not = self.change(&mut cmds, user, hash, &who, as_admin, &scrub).await;
-            drop(cmds);
-            if let Some(why_not) = why_not? {
+            if let Some(why_not) = self.change(&mut cmds, user, hash, &who, as_admin, &scrub).await? {
                 cannot.push(why_not);
                 continue;
             }
+            self.save(Some((cmds, who.clone())), as_admin, &req, &scrub).await;
             // A fresh connection proves the new password works end to end.
             let after_who = format!("user {name} with the new password");
             let after = self.check(user, &req.pending, &after_who, &scrub).await;

@@ -426,18 +426,117 @@ async fn changes_are_saved_to_the_acl_file_and_survive_a_restart() {
     let server = server.restart().await;
     assert_eq!(on(server.port).verify(verify("app", &p1)).await.unwrap(), VerifyResponse::Accepted);
     assert_eq!(on(server.port).verify(verify("app", &p0)).await.unwrap(), VerifyResponse::Rejected);
+}
 
-    // A save that fails (its directory is gone) is reported: the change is in memory only.
-    std::fs::remove_dir_all(server.aclfile().parent().unwrap()).unwrap();
+/// The WARN events logged on this thread while it is the default subscriber.
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl Warnings {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0 += &format!("{}={value:?} ", field.name());
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A save that fails after the change does not undo it: the old password is refused
+/// already, so the outcome stands (Key Vault must get the new one) and the failure is a
+/// warning. A retry that finds the pending password in force saves again.
+#[tokio::test]
+async fn a_failed_save_is_still_a_change_and_a_retry_saves_again() {
+    let warnings = Warnings::default();
+    let _logs = tracing::subscriber::set_default(warnings.clone());
+    let (admin, p0) = (policy().generate(), policy().generate());
+    let users = format!(
+        "user default off\nuser kvr_admin on #{} +acl +config|get\nuser app on #{} ~app:* +get {SELF_CHANGE} \
+         +config|get\n",
+        hash_of(&admin),
+        hash_of(&p0)
+    );
+    let server = OwnServer::start(tempfile::tempdir().unwrap(), &users).await;
+    let on = |port: u16| {
+        rotator_with(|cfg| {
+            cfg.port = port;
+            cfg.acl_save = AclSave::Required;
+        })
+    };
+    let admin = Credential { username: "kvr_admin".into(), password: admin };
+    let p1 = policy().generate();
+    // The user changes its own password but may not save (+acl|save): the admin saves.
+    let mut req = request("app", &p1, &p0);
+    req.admin = Some(admin.clone());
+    let acl_dir = server.aclfile().parent().unwrap().to_owned();
+    let moved = server.dir.path().join("acl.moved");
+    let no_secret = |text: &str| {
+        for secret in [&p0, &p1, &admin.password] {
+            assert!(!contains_secret(text, secret), "{text}");
+            assert!(!text.contains(&hash_of(secret)), "{text}");
+        }
+    };
+
+    // The save fails (its directory is gone: a full disk, a read-only mount…).
+    std::fs::rename(&acl_dir, &moved).unwrap();
+    let first = on(server.port).set_password(req.clone()).await.unwrap();
+    assert_eq!(first.outcome, SetPasswordOutcome::ChangedWithCurrent, "a change, for the engine to finish");
+    assert_eq!(on(server.port).verify(verify("app", &p0)).await.unwrap(), VerifyResponse::Rejected);
+    let logged = warnings.take();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].contains("NOT saved") && logged[0].contains("user=\"app\""), "{logged:?}");
+    assert!(logged[0].contains(&format!("{HOST}:{}", server.port)), "{logged:?}");
+    assert!(logged[0].contains("may not save ACLs"), "the user may not, the admin tried: {logged:?}");
+    no_secret(&logged[0]);
+
+    // Still failing at the retry: AlreadySet, warned again.
+    assert_eq!(on(server.port).set_password(req.clone()).await.unwrap().outcome, SetPasswordOutcome::AlreadySet);
+    let logged = warnings.take();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    no_secret(&logged[0]);
+
+    // The disk recovers: the retry saves, and a restart keeps the new password.
+    std::fs::rename(&moved, &acl_dir).unwrap();
+    assert!(!read(&server.aclfile()).contains(&hash_of(&p1)));
+    assert_eq!(on(server.port).set_password(req.clone()).await.unwrap().outcome, SetPasswordOutcome::AlreadySet);
+    assert!(warnings.take().is_empty());
+    let saved = read(&server.aclfile());
+    assert!(saved.contains(&hash_of(&p1)) && !saved.contains(&hash_of(&p0)), "{saved}");
+    let server = server.restart().await;
+    assert_eq!(on(server.port).verify(verify("app", &p1)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(on(server.port).verify(verify("app", &p0)).await.unwrap(), VerifyResponse::Rejected);
+
+    // With acl_save = "never", nothing is saved and nothing is said.
     let p2 = policy().generate();
     let mut req = request("app", &p2, &p1);
     req.admin = Some(admin);
-    let err = on(server.port).set_password(req).await.unwrap_err();
-    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
-    assert!(err.to_string().contains("changed in the server's memory, but not saved"), "{err}");
-    for secret in [&p1, &p2] {
-        assert!(!contains_secret(&err.to_string(), secret));
-    }
+    let never = rotator_with(|cfg| cfg.port = server.port);
+    assert_eq!(never.set_password(req.clone()).await.unwrap().outcome, SetPasswordOutcome::ChangedWithCurrent);
+    assert_eq!(never.set_password(req).await.unwrap().outcome, SetPasswordOutcome::AlreadySet);
+    assert!(!read(&server.aclfile()).contains(&hash_of(&p2)));
+    assert!(warnings.take().is_empty());
 }
 
 // ---- TLS (the setup script opens port 6380 with a certificate from its own test CA) ----
