@@ -60,7 +60,9 @@
 //! Error mapping: `WRONGPASS` is "this login does not work" ([`VerifyResponse::Rejected`],
 //! or the next login). Refused connections, timeouts, `LOADING`, `BUSY` and `TRYAGAIN`
 //! are [`RotatorError::Transient`]; anything else the server refuses is permanent,
-//! naming the login used. Every message is scrubbed of the passwords and their hashes.
+//! naming the login used. Every message is scrubbed of the passwords and their hashes;
+//! text from the server or a library is scrubbed whole, then cut to 200 characters, then
+//! escaped (`{:?}`, like user names), so no line break or terminal escape reaches a log.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -281,7 +283,7 @@ impl RedisRotator {
     ) -> Result<Box<dyn Stream>, Failure> {
         let socket = TcpStream::connect((self.cfg.host.as_str(), self.cfg.port))
             .await
-            .map_err(|e| RotatorError::Transient(format!("{context}: {}", scrub.clean(e.to_string()))))?;
+            .map_err(|e| RotatorError::Transient(format!("{context}: {}", shown_text(scrub, e.to_string()))))?;
         let _ = socket.set_nodelay(true);
         let mut stream: Box<dyn Stream> = match &self.tls {
             None => Box::new(socket),
@@ -289,7 +291,8 @@ impl RedisRotator {
                 connector.connect(name.clone(), socket).await.map_err(|e| self.tls_failure(e, context, scrub))?,
             ),
         };
-        let io = |e: std::io::Error| RotatorError::Transient(format!("{context}: {}", scrub.clean(e.to_string())));
+        let io =
+            |e: std::io::Error| RotatorError::Transient(format!("{context}: {}", shown_text(scrub, e.to_string())));
         auth(&mut stream, user, password).await.map_err(io)?;
         match read_line(&mut stream).await.map_err(io)? {
             line if line.as_str() == "+OK" => {}
@@ -311,7 +314,7 @@ impl RedisRotator {
     }
 
     fn tls_failure(&self, e: std::io::Error, context: &str, scrub: &Scrubber) -> RotatorError {
-        let text = scrub.clean(chain_text(&e));
+        let text = shown_text(scrub, chain_text(&e));
         let mode = self.cfg.tls.as_str();
         match find_cause::<rustls::Error>(&e) {
             Some(tls) if crate::tls::is_certificate_error(tls) => RotatorError::Permanent(format!(
@@ -510,7 +513,7 @@ impl Commands {
                 self.timeout.as_secs()
             )))),
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if e.code() == Some("NOPERM") => Err(Refusal::NoPerm(scrub.clean(e.to_string()))),
+            Ok(Err(e)) if e.code() == Some("NOPERM") => Err(Refusal::NoPerm(shown_text(scrub, e.to_string()))),
             Ok(Err(e)) => Err(Refusal::Other(classify(&e, context, scrub))),
         }
     }
@@ -626,8 +629,9 @@ async fn read_line(stream: &mut Box<dyn Stream>) -> std::io::Result<Zeroizing<St
 
 /// A reply to `AUTH` that is neither `+OK` nor `-WRONGPASS`.
 fn reply_error(line: &str, context: &str, scrub: &Scrubber) -> RotatorError {
-    let text = scrub.clean(line.chars().take(200).collect());
-    let code = text.trim_start_matches('-').split(' ').next().unwrap_or_default();
+    let clean = Zeroizing::new(scrub.clean(line.to_owned()));
+    let code = clean.trim_start_matches('-').split(' ').next().unwrap_or_default();
+    let text = shown_text(scrub, clean.to_string());
     if is_transient_code(code) {
         RotatorError::Transient(format!("{context}: {text}"))
     } else {
@@ -640,7 +644,7 @@ fn is_transient_code(code: &str) -> bool {
 }
 
 fn classify(e: &::redis::RedisError, context: &str, scrub: &Scrubber) -> RotatorError {
-    let text = scrub.clean(e.to_string());
+    let text = shown_text(scrub, e.to_string());
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.code().is_some_and(is_transient_code) {
         RotatorError::Transient(format!("{context}: {text}"))
     } else {
@@ -680,6 +684,18 @@ fn text_of(value: &Value) -> Option<String> {
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     }
+}
+
+/// Longest text from the server (or a library's error) a message keeps.
+const MAX_SHOWN_TEXT: usize = 200;
+
+/// Text from the server, or a library's error, as messages show it: scrubbed whole, then
+/// cut (cut first, a password echoed across the cut would leave its prefix), then
+/// escaped like names (no line break or terminal escape of a server's reaches a log).
+fn shown_text(scrub: &Scrubber, text: String) -> String {
+    let clean = Zeroizing::new(scrub.clean(text));
+    let cut = Zeroizing::new(clean.chars().take(MAX_SHOWN_TEXT).collect::<String>());
+    format!("{:?}", cut.as_str())
 }
 
 /// A user name in messages.

@@ -655,3 +655,102 @@ async fn silent_server_times_out_as_transient() {
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     server.abort();
 }
+
+// ---- what a hostile server says ----
+
+/// The RESP array frames in `bytes`, as lists of their bulk strings.
+fn frames(bytes: &[u8]) -> Vec<Vec<String>> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines = text.split("\r\n");
+    let mut all = Vec::new();
+    while let Some(head) = lines.next() {
+        let Some(n) = head.strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) else { continue };
+        let parts: Vec<String> = (0..n).filter_map(|_| lines.nth(1).map(str::to_owned)).collect();
+        all.push(parts);
+    }
+    all
+}
+
+/// A server that takes `password` for `user` (and refuses every other `AUTH`), and
+/// answers every other command with `-{reply(command's arguments)}`.
+async fn scripted_server(
+    user: &'static str,
+    password: SecretString,
+    reply: fn(&[String]) -> String,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((HOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let password = password.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    for frame in frames(&buf[..n]) {
+                        let answer = match frame.first().map(String::as_str) {
+                            Some("AUTH") if frame[1] == user && frame[2] == password.expose_secret() => {
+                                "+OK".to_owned()
+                            }
+                            Some("AUTH") => "-WRONGPASS invalid username-password pair".to_owned(),
+                            _ => format!("-{}", reply(&frame)),
+                        };
+                        if socket.write_all(format!("{answer}\r\n").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+/// A reply echoing the password across the 200-character cut: scrubbed before the cut,
+/// nothing of it is left; and a server's line break or terminal escape is escaped.
+#[tokio::test]
+async fn echoed_passwords_are_scrubbed_before_the_cut_and_server_text_is_escaped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((HOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap();
+            let password = frames(&buf[..n])[0][2].clone();
+            // The cut would fall 20 characters into the password.
+            let pad = "x".repeat(200 - 5 - 20);
+            let reply = format!("-ERR {pad}{password} \n2026-01-01 INFO forged\x1b[2J\r\n");
+            socket.write_all(reply.as_bytes()).await.unwrap();
+        }
+    });
+    let rotator = rotator_with(|cfg| cfg.port = port);
+    let password = policy().generate();
+    let err = rotator.verify(verify("app", &password)).await.unwrap_err().to_string();
+    server.abort();
+    assert!(!err.contains(&password.expose_secret()[..8]), "{err}");
+    assert!(!err.contains(['\n', '\x1b']), "{err:?}");
+    assert!(err.contains("ERR xxx"), "{err}");
+}
+
+/// Errors of commands (after the login) are escaped too, and so are user names (a
+/// control character in one is refused before anything is sent).
+#[tokio::test]
+async fn command_errors_and_user_names_are_escaped() {
+    let current = policy().generate();
+    let (port, server) = scripted_server("app\"evil", current.clone(), |frame| {
+        format!("ERR no {} today\n2026-01-01 INFO forged\x1b[2J", frame.join(" "))
+    })
+    .await;
+    let rotator = rotator_with(|cfg| cfg.port = port);
+    let err = rotator.set_password(request("app\"evil", &policy().generate(), &current)).await.unwrap_err().to_string();
+    server.abort();
+    assert!(!err.contains(['\n', '\x1b']), "{err:?}");
+    assert!(err.contains(r#"no ACL GETUSER app\"evil today\n2026"#), "the server's text, escaped: {err}");
+    assert!(err.contains(r#"user "app\"evil" with its current password"#), "{err}");
+}
