@@ -72,6 +72,8 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+mod auth_guard;
+
 use crate::common::{
     after_change, chain_text, changed_if_transient, find_cause, logins, no_login, request_hashes, Strategy,
 };
@@ -217,7 +219,10 @@ impl MariaDbRotator {
                      like protection"
                         .to_owned(),
                 )),
-                TlsMode::Disable => None,
+                TlsMode::Disable => {
+                    crate::tls::plaintext_only_on_loopback("tls", &cfg.host, "tls_ca_file")?;
+                    None
+                }
                 // mysql_async's own "skip the name" check no longer matches rustls's error,
                 // so it would refuse every name anyway; a name to check is the safer answer.
                 TlsMode::VerifyCa => {
@@ -263,9 +268,11 @@ impl MariaDbRotator {
         format!("{context}: no answer within {}s{tail}", self.cfg.connect_timeout_secs)
     }
 
-    fn opts(&self, user: &str, password: &SecretString) -> Opts {
+    /// The driver's options; `socket`: the guard's relay to connect to instead of `host`.
+    fn opts(&self, user: &str, password: &SecretString, socket: Option<&std::path::Path>) -> Opts {
         OptsBuilder::default()
             .ip_or_hostname(self.cfg.host.clone())
+            .socket(socket.map(|path| path.to_string_lossy().into_owned()))
             .tcp_port(self.cfg.port)
             .user(Some(user))
             .pass(Some(password.expose_secret()))
@@ -289,39 +296,52 @@ impl MariaDbRotator {
             return Err(RotatorError::Permanent("mariadb target has an empty host".to_owned()));
         }
         let context = format!("connecting to {} as {who}", self.server());
-        let mut conn = match tokio::time::timeout(self.cfg.timeout(), Conn::new(self.opts(user, password))).await {
+        let attempt = async {
+            if self.ssl.is_some() {
+                return Ok((Conn::new(self.opts(user, password, None)).await, None));
+            }
+            // Plaintext (loopback only): through the guard, which refuses every plugin
+            // but mysql_native_password before mysql_async can answer it.
+            let tcp = tokio::net::TcpStream::connect((self.cfg.host.as_str(), self.cfg.port)).await?;
+            let relay = auth_guard::connect(tcp, self.cfg.timeout())?;
+            Ok::<_, std::io::Error>((
+                Conn::new(self.opts(user, password, Some(&relay.socket))).await,
+                Some(relay.verdict),
+            ))
+        };
+        let mut conn = match tokio::time::timeout(self.cfg.timeout(), attempt).await {
             Err(_) => return Err(RotatorError::Transient(self.timeout_message(&context, ""))),
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
+            Ok(Err(e)) => return Err(RotatorError::Transient(format!("{context}: {}", scrub.clean(e.to_string())))),
+            Ok(Ok((Ok(conn), _))) => conn,
+            Ok(Ok((Err(e), verdict))) => {
+                if let Some(why) = verdict.and_then(|v| v.refusal()) {
+                    return Err(RotatorError::Permanent(format!("{context}: {}", scrub.clean(why))));
+                }
                 return match classify_login(&e, &context, self.cfg.tls, scrub) {
                     Classified::AuthRefused => Ok(None),
                     Classified::Error(err) => Err(err),
-                }
+                };
             }
         };
         let context = format!("reading the grants of {who} on {}", self.server());
-        let grants: Option<String> =
-            self.run(&mut conn, &context, scrub, |c| c.query_first("SHOW GRANTS FOR CURRENT_USER()")).await?;
-        let grants = Zeroizing::new(grants.unwrap_or_default());
+        let rows: Vec<String> =
+            self.run(&mut conn, &context, scrub, |c| c.query("SHOW GRANTS FOR CURRENT_USER()")).await?;
+        let rows: Vec<Zeroizing<String>> = rows.into_iter().map(Zeroizing::new).collect();
         let hash = native_hash(password);
         let quoted = Zeroizing::new(format!("'{}'", hash.as_str()));
-        let unproven = if grants.contains(" IDENTIFIED ") {
-            !grants.contains(quoted.as_str())
-        } else {
-            // MySQL never prints the hash; a real MariaDB prints it for every account a
-            // non-empty password logs in to.
-            let version: Option<String> =
-                self.run(&mut conn, &context, scrub, |c| c.query_first("SELECT VERSION()")).await?;
-            version.unwrap_or_default().contains("MariaDB")
-        };
-        if unproven {
+        // The account's own row (`GRANT … ON *.* TO …`), whichever place it has among the
+        // others (a granted role's row may come first). Required always: a proxy or a fake
+        // server claiming to be MySQL (which never prints the hash) proves nothing.
+        let own = rows.iter().find(|row| is_global_grant(row));
+        let Some(own) = own.filter(|row| row.contains(quoted.as_str())) else {
             disconnect(conn).await;
             return Err(RotatorError::Permanent(format!(
-                "{context}: the server let {who} in, but the account's stored hash is not this password's (another \
-                 plugin, or not the real server: a proxy answering for it); kv-rotator cannot prove which password works"
+                "{context}: the server let {who} in, but SHOW GRANTS does not show this password's stored hash \
+                 (another plugin, MySQL rather than MariaDB, or not the real server: a proxy answering for it); \
+                 kv-rotator cannot prove which password works"
             )));
-        }
-        let native_only = grants.contains(&format!(" IDENTIFIED BY PASSWORD {}", quoted.as_str()));
+        };
+        let native_only = own.contains(&format!(" IDENTIFIED BY PASSWORD {}", quoted.as_str()));
         Ok(Some(Session { conn, native_only }))
     }
 
@@ -600,6 +620,15 @@ pub fn native_hash(password: &SecretString) -> Zeroizing<String> {
     Zeroizing::new(format!("*{}", hex::encode_upper(stage2.as_ref())))
 }
 
+/// Whether a row of `SHOW GRANTS` is the account's own global one,
+/// `GRANT <privileges> ON *.* TO `user`@`host` …` (privilege names have no backticks,
+/// so a role named "x ON *.* TO y", shown in backticks, cannot pass for it).
+fn is_global_grant(row: &str) -> bool {
+    row.strip_prefix("GRANT ")
+        .and_then(|rest| rest.split_once(" ON *.* TO "))
+        .is_some_and(|(privileges, _)| !privileges.contains('`'))
+}
+
 /// `name` as a MariaDB identifier: in backticks, inner backticks doubled (no backslash
 /// escapes apply inside backticks, whatever `sql_mode` says).
 pub fn quote_ident(name: &str) -> String {
@@ -728,6 +757,16 @@ mod tests {
     }
 
     #[test]
+    fn only_the_accounts_own_global_row_counts_as_its_grants() {
+        assert!(is_global_grant("GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*AB'"));
+        assert!(is_global_grant("GRANT SELECT, CREATE USER ON *.* TO `a b`@`localhost`"));
+        assert!(!is_global_grant("GRANT `r` TO `app`@`%`"));
+        assert!(!is_global_grant("GRANT `x ON *.* TO y` TO `app`@`%`"), "a role's name");
+        assert!(!is_global_grant("GRANT SELECT ON `db`.* TO `app`@`%`"));
+        assert!(!is_global_grant("grant USAGE ON *.* TO `app`@`%`"));
+    }
+
+    #[test]
     fn quote_ident_doubles_backticks() {
         assert_eq!(quote_ident("app"), "`app`");
         assert_eq!(quote_ident("a`b"), "`a``b`");
@@ -783,6 +822,15 @@ mod tests {
             c.tls_server_name = Some("db.example".into());
         });
         assert!(e.contains("tls_server_name with tls = \"disable\""), "{e}");
+        // Plaintext only to this machine: a sniffer would combine the login with the hash
+        // SHOW GRANTS returns, and a fake server would ask for the password.
+        let e = refused(&|c| c.tls = TlsMode::Disable);
+        assert!(e.starts_with("tls = \"disable\" is refused for host \"db\"") && e.contains("loopback"), "{e}");
+        for host in ["127.0.0.1", "localhost", "::1"] {
+            let mut cfg = MariaDbConfig::new(host);
+            cfg.tls = TlsMode::Disable;
+            MariaDbRotator::new(cfg, PasswordPolicy::default()).unwrap();
+        }
     }
 
     #[test]

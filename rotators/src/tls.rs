@@ -7,6 +7,9 @@
 //!   and Redis profiles. PostgreSQL keeps libpq's `sslmode` names (`postgres::tls`).
 //! - [`is_certificate_error`]: whether a TLS failure was the certificate being refused
 //!   (permanent: a configuration mistake or an attack).
+//! - [`plaintext_only_on_loopback`] and [`is_loopback_host`]: the rule every rotator
+//!   applies to its plaintext mode (`tls = "disable"`, `sslmode = "disable"`): accepted
+//!   only for a host on this machine.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -202,6 +205,51 @@ pub fn check_ca_file(mode: TlsMode, ca_file: Option<&Path>) -> Result<(), TlsSet
     }
 }
 
+/// Whether `host` names this machine: `localhost` (any case, with or without the final
+/// dot), an IPv4 address in 127.0.0.0/8, or `::1` (bracketed or not, also as the
+/// IPv4-mapped `::ffff:127.x.y.z`). Nothing is resolved: another name is not loopback,
+/// whatever it resolves to today.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.trim_end_matches('.').eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(std::net::IpAddr::V6(v6)) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        Err(_) => false,
+    }
+}
+
+/// The one rule for plaintext, shared by every rotator: a profile whose transport
+/// setting is plaintext (`key = "disable"`: `tls` for MariaDB and Redis, `sslmode` for
+/// PostgreSQL) is accepted only when `host` is loopback ([`is_loopback_host`]), and
+/// refused at construction for any other host.
+///
+/// Why: without TLS a passive listener on the path reads the login exchange and what
+/// kv-rotator sends or reads back (the Redis `AUTH` password itself; the MariaDB hash that,
+/// with a sniffed `mysql_native_password` login, logs in; the PostgreSQL SCRAM verifier
+/// that, with the next login's proof, does the same), and an active one answers in the
+/// server's place and asks for the password. "A trusted private network" is not a
+/// property kv-rotator can check; the local machine is.
+///
+/// Call it from the rotator's constructor with the profile's key name and `host`
+/// whenever the mode is plaintext, and return its error (for example, in
+/// `RedisRotator::new`: `if cfg.tls == TlsMode::Disable {
+/// crate::tls::plaintext_only_on_loopback("tls", &cfg.host, "tls_ca_file")?; }`).
+/// `ca_key` names the CA file setting in the advice.
+pub fn plaintext_only_on_loopback(key: &str, host: &str, ca_key: &str) -> Result<(), TlsSetupError> {
+    if is_loopback_host(host) {
+        return Ok(());
+    }
+    Err(TlsSetupError::Combination(format!(
+        "{key} = \"disable\" is refused for host {host:?}: without TLS anyone on the path reads the login and the \
+         password hashes kv-rotator sends and reads back (enough to log in as the account or the admin), or answers \
+         in the server's place and asks for the password; plaintext is accepted only for a loopback host \
+         (127.0.0.0/8, ::1, \"localhost\"); use {key} = \"verify-full\" ({ca_key} naming the CA when it is a private one)"
+    )))
+}
+
 /// Any certificate, but the handshake's signatures are still checked, so the session is
 /// with whoever holds the presented certificate's key (what channel binding then ties
 /// the login to).
@@ -317,6 +365,29 @@ mod tests {
         assert!(e.contains("tls_ca_file /etc/ca.pem") && e.contains("never"), "{e}");
         check_ca_file(TlsMode::VerifyFull, None).unwrap();
         check_ca_file(TlsMode::VerifyCa, Some(Path::new("/etc/ca.pem"))).unwrap();
+    }
+
+    #[test]
+    fn plaintext_is_accepted_only_for_loopback_hosts() {
+        for host in
+            ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST", "localhost.", "::ffff:127.0.0.1"]
+        {
+            assert!(is_loopback_host(host), "{host}");
+            plaintext_only_on_loopback("tls", host, "tls_ca_file").unwrap();
+        }
+        for host in ["db", "10.0.0.1", "128.0.0.1", "::2", "localhost.example", "127.0.0.1.nip.io", "0.0.0.0", ""] {
+            assert!(!is_loopback_host(host), "{host}");
+            let e = plaintext_only_on_loopback("sslmode", host, "sslrootcert").unwrap_err().to_string();
+            assert!(e.starts_with("sslmode = \"disable\" is refused for host"), "{e}");
+            assert!(
+                e.contains(&format!("{host:?}"))
+                    && e.contains("loopback")
+                    && e.contains("\"verify-full\" (sslrootcert"),
+                "{e}"
+            );
+        }
+        let e = plaintext_only_on_loopback("tls", "db\n\x1b[2J", "tls_ca_file").unwrap_err().to_string();
+        assert!(!e.contains('\n') && !e.contains('\x1b'), "{e}");
     }
 
     #[test]

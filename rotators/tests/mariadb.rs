@@ -322,6 +322,25 @@ async fn the_plain_password_never_reaches_the_general_query_log() {
     }
 }
 
+/// SHOW GRANTS lists a granted role's row first: the proof must find the account's own.
+#[tokio::test]
+async fn an_account_with_a_granted_role_is_proven() {
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_rl");
+    let role = format!("{prefix}_role");
+    let (p0, p1) = (policy().generate(), policy().generate());
+    create_user(&mut root, &guard, &user, "%", &p0).await;
+    allow_self_change(&mut root, &user, "%").await;
+    root.query_drop(format!("CREATE ROLE {}", ident(&role))).await.unwrap();
+    root.query_drop(format!("GRANT {} TO {}@'%'", ident(&role), ident(&user))).await.unwrap();
+    let verified = rotator().verify(verify(&user, &p0)).await;
+    let changed = rotator().set_password(request(&user, &p1, &p0)).await;
+    root.query_drop(format!("DROP ROLE {}", ident(&role))).await.unwrap();
+    assert_eq!(verified.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(changed.unwrap().outcome, SetPasswordOutcome::ChangedWithCurrent);
+    assert_eq!(stored(&mut root, &user).await, [("%".to_owned(), hash_of(&p1))]);
+}
+
 #[tokio::test]
 async fn an_account_on_another_plugin_is_refused_by_name() {
     let (mut root, guard, prefix) = setup().await;

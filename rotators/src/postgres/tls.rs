@@ -110,7 +110,8 @@ impl From<ChannelBinding> for tokio_postgres::config::ChannelBinding {
     }
 }
 
-/// The rustls client configuration for a profile; `None` for `disable`. Refuses the
+/// The rustls client configuration for a profile; `None` for `disable` (accepted only for
+/// a loopback host: [`crate::tls::plaintext_only_on_loopback`]). Refuses the
 /// combinations of `sslmode`, `sslrootcert`, `channel_binding` and `allow_weak_auth` that
 /// look protected but are not.
 pub fn client_config(cfg: &super::PostgresConfig) -> Result<Option<Arc<ClientConfig>>, TlsSetupError> {
@@ -128,7 +129,10 @@ pub fn client_config(cfg: &super::PostgresConfig) -> Result<Option<Arc<ClientCon
         });
     }
     let verification = match mode {
-        SslMode::Disable => return Ok(None),
+        SslMode::Disable => {
+            crate::tls::plaintext_only_on_loopback("sslmode", &cfg.host, "sslrootcert")?;
+            return Ok(None);
+        }
         SslMode::Require => Verification::AnyCertificate,
         SslMode::VerifyCa => Verification::Chain,
         SslMode::VerifyFull => Verification::Full,
@@ -214,7 +218,18 @@ mod tests {
             assert!(e.contains("is only read with sslmode"), "{e}");
         }
         assert!(client_config(&config(SslMode::Require, |_| {})).unwrap().is_some());
-        assert!(client_config(&config(SslMode::Disable, |_| {})).unwrap().is_none());
+        let local = |host: &str| config(SslMode::Disable, |c| c.host = host.to_owned());
+        assert!(client_config(&local("127.0.0.1")).unwrap().is_none());
+        assert!(client_config(&local("localhost")).unwrap().is_none());
+    }
+
+    #[test]
+    fn plaintext_is_refused_for_a_host_that_is_not_loopback() {
+        // A passive listener would get the verifier in ALTER ROLE and the next login's
+        // proof: together, a login.
+        let e = client_config(&config(SslMode::Disable, |_| {})).unwrap_err().to_string();
+        assert!(e.starts_with("sslmode = \"disable\" is refused for host \"db\""), "{e}");
+        assert!(e.contains("loopback") && e.contains("sslmode = \"verify-full\" (sslrootcert"), "{e}");
     }
 
     #[test]
