@@ -399,22 +399,30 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-#[tokio::test]
-async fn changes_are_saved_to_the_acl_file_and_survive_a_restart() {
-    let (admin, p0) = (policy().generate(), policy().generate());
+/// An own server with an ACL file: admin `kvr_admin` (returned) and user `app` with
+/// `app_rules` and the password returned.
+async fn server_with_app(app_rules: &str) -> (OwnServer, Credential, SecretString) {
+    let admin = Credential { username: "kvr_admin".into(), password: policy().generate() };
+    let p0 = policy().generate();
     let users = format!(
-        "user default off\nuser kvr_admin on #{} +acl +config|get\nuser app on #{} ~app:* +get\n",
-        hash_of(&admin),
+        "user default off\nuser kvr_admin on #{} +acl +config|get\nuser app on #{} {app_rules}\n",
+        hash_of(&admin.password),
         hash_of(&p0)
     );
-    let server = OwnServer::start(tempfile::tempdir().unwrap(), &users).await;
-    let on = |port: u16| {
-        rotator_with(|cfg| {
-            cfg.port = port;
-            cfg.acl_save = AclSave::Required;
-        })
-    };
-    let admin = Credential { username: "kvr_admin".into(), password: admin };
+    (OwnServer::start(tempfile::tempdir().unwrap(), &users).await, admin, p0)
+}
+
+/// A rotator for an own server, saving every change.
+fn on(port: u16) -> RedisRotator {
+    rotator_with(|cfg| {
+        cfg.port = port;
+        cfg.acl_save = AclSave::Required;
+    })
+}
+
+#[tokio::test]
+async fn changes_are_saved_to_the_acl_file_and_survive_a_restart() {
+    let (server, admin, p0) = server_with_app("~app:* +get").await;
     let p1 = policy().generate();
     let mut req = request("app", &p1, &policy().generate());
     req.admin = Some(admin.clone());
@@ -471,21 +479,7 @@ impl tracing::Subscriber for Warnings {
 async fn a_failed_save_is_still_a_change_and_a_retry_saves_again() {
     let warnings = Warnings::default();
     let _logs = tracing::subscriber::set_default(warnings.clone());
-    let (admin, p0) = (policy().generate(), policy().generate());
-    let users = format!(
-        "user default off\nuser kvr_admin on #{} +acl +config|get\nuser app on #{} ~app:* +get {SELF_CHANGE} \
-         +config|get\n",
-        hash_of(&admin),
-        hash_of(&p0)
-    );
-    let server = OwnServer::start(tempfile::tempdir().unwrap(), &users).await;
-    let on = |port: u16| {
-        rotator_with(|cfg| {
-            cfg.port = port;
-            cfg.acl_save = AclSave::Required;
-        })
-    };
-    let admin = Credential { username: "kvr_admin".into(), password: admin };
+    let (server, admin, p0) = server_with_app(&format!("~app:* +get {SELF_CHANGE} +config|get")).await;
     let p1 = policy().generate();
     // The user changes its own password but may not save (+acl|save): the admin saves.
     let mut req = request("app", &p1, &p0);
