@@ -441,8 +441,12 @@ impl MariaDbRotator {
         Ok(None)
     }
 
-    /// Changes every entry of the account in one `ALTER USER`, as the admin; restores them
-    /// if it fails part-way.
+    /// Changes every entry of the account in one `ALTER USER`, as the admin. For a fresh
+    /// change (`repair` false) it restores the entries if the statement fails part-way.
+    /// With `repair` (the pending password already logs in through some entry, so it is
+    /// journaled and in use), it rolls forward: `Ok(false)` without a statement when
+    /// every entry already has the pending hash, and no restore on failure.
+    /// `Ok(true)`: the statement ran.
     async fn change_as_admin(
         &self,
         conn: &mut Conn,
@@ -450,7 +454,8 @@ impl MariaDbRotator {
         hash: &str,
         who: &str,
         scrub: &Scrubber,
-    ) -> RotatorResult<()> {
+        repair: bool,
+    ) -> RotatorResult<bool> {
         let account = quote_ident(user);
         let context = format!("reading the host entries of {account} on {} as {who}", self.server());
         let Some(entries) = self.entries(conn, user, true, &context, scrub).await? else {
@@ -470,6 +475,34 @@ impl MariaDbRotator {
                 other.plugin
             )));
         }
+        // `IDENTIFIED VIA mysql_native_password … OR unix_socket` shows as the first method
+        // alone in mysql.user, and ALTER USER … IDENTIFIED BY PASSWORD would drop the others.
+        let sql = "SELECT Host FROM mysql.global_priv WHERE User = ? AND JSON_EXTRACT(Priv, '$.auth_or') IS NOT NULL \
+                   ORDER BY Host";
+        let with_alternatives: Vec<String> =
+            match tokio::time::timeout(self.cfg.timeout(), conn.exec(sql, (user.to_owned(),))).await {
+                Err(_) => return Err(RotatorError::Transient(self.timeout_message(&context, ""))),
+                Ok(Ok(hosts)) => hosts,
+                Ok(Err(mysql_async::Error::Server(e))) if is_privilege_code(e.code) => {
+                    return Err(RotatorError::Permanent(format!(
+                        "{context}: insufficient privilege: the admin needs SELECT on mysql.global_priv to see whether \
+                         an entry has other authentication methods (IDENTIFIED VIA … OR …), which the change would \
+                         remove"
+                    )))
+                }
+                Ok(Err(e)) => return Err(classify_statement(&e, &context, self.cfg.tls, scrub)),
+            };
+        if let Some(host) = with_alternatives.first() {
+            return Err(RotatorError::Permanent(format!(
+                "{context}: entry {}@{} authenticates by {NATIVE_PLUGIN} OR another method (IDENTIFIED VIA … OR …); \
+                 kv-rotator refuses it: ALTER USER would silently remove the other methods",
+                shown(user),
+                shown(host)
+            )));
+        }
+        if repair && entries.iter().all(|e| e.auth.as_str() == hash) {
+            return Ok(false);
+        }
         // Old hashes are secrets too: scrub them from what follows.
         let olds: Vec<SecretString> = entries.iter().map(|e| SecretString::from(e.auth.to_string())).collect();
         let scrub = Scrubber::new(scrub.secrets().chain(&olds));
@@ -484,14 +517,67 @@ impl MariaDbRotator {
         ));
         let context = format!("changing the password of {} on {} as {who}", targets.join(", "), self.server());
         let failure = match self.run(conn, &context, &scrub, |c| c.query_drop(sql.as_str())).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err(e @ RotatorError::Transient(_)) => return Err(changed_if_transient(e)),
+            Err(e) if repair => return Err(e),
             Err(e) => e,
         };
+        // Entries left differing: some may have the pending password, so the engine must
+        // keep it and retry (the next attempt rolls forward), never drop it.
         self.restore(conn, user, &entries, hash, who, &scrub).await.map_err(|left| {
-            RotatorError::Permanent(format!("{failure}; and restoring the entries failed, so they differ: {left}"))
+            RotatorError::NotYetVisible(format!(
+                "{failure}; and restoring the entries failed, so they differ: {left} (the next attempt sets them all to \
+                 the pending password)"
+            ))
         })?;
         Err(failure)
+    }
+
+    /// The pending password logs in through one host entry, and the account has others (or
+    /// the user cannot see whether it does): a crash mid-change or mid-restore may have left
+    /// them on older passwords. `AlreadySet` only once the admin has read every entry's
+    /// hash and all are the pending one; otherwise the admin sets them all (rolling
+    /// forward: the pending password is journaled and already in use). Every failure is
+    /// [`RotatorError::NotYetVisible`]: the target may use the pending password, which the
+    /// engine must keep.
+    async fn roll_forward(
+        &self,
+        req: &SetPasswordRequest,
+        hash: &str,
+        scrub: &Scrubber,
+    ) -> RotatorResult<SetPasswordResponse> {
+        let user = &req.username;
+        let account = quote_ident(user);
+        let not_yet = |why: String| {
+            RotatorError::NotYetVisible(format!(
+                "the pending password logs in as {} on {}, but the account may have other host entries on older \
+                 passwords: {why}",
+                shown(user),
+                self.server()
+            ))
+        };
+        let Some(admin) = &req.admin else {
+            return Err(not_yet(
+                "no admin credential is configured to read and set them all (the user alone can prove only the \
+                 entry it logs in through)"
+                    .to_owned(),
+            ));
+        };
+        let who = format!("admin {}", shown(&admin.username));
+        let strip = |e: RotatorError| not_yet(e.to_string());
+        let Some(mut session) = self.login(&admin.username, &admin.password, &who, scrub).await.map_err(strip)? else {
+            return Err(not_yet(format!("{who} was refused")));
+        };
+        let changed = self.change_as_admin(&mut session.conn, user, hash, &who, scrub, true).await;
+        disconnect(session.conn).await;
+        if !changed.map_err(strip)? {
+            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+        }
+        let after_who = format!("{account} with the new password");
+        let after = self.check(user, &req.pending, &after_who, scrub).await;
+        after_change(after, SetPasswordOutcome::ChangedWithAdmin, || {
+            format!("{who} set every host entry of {account} to the pending password, but it does not log in yet")
+        })
     }
 
     /// After a failed `ALTER USER`: puts back the hash each entry had; `Err` says which
@@ -563,8 +649,15 @@ impl Rotator for MariaDbRotator {
 
         // Idempotency: a retry after a crash between the change and finish lands here.
         let pending_who = format!("{account} with the pending password");
-        if self.check(user, &req.pending, &pending_who, &scrub).await? == VerifyResponse::Accepted {
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+        if let Some(mut session) = self.login(user, &req.pending, &pending_who, &scrub).await? {
+            let context = format!("listing the host entries of {account} on {} as {pending_who}", self.server());
+            let seen = self.entries(&mut session.conn, user, false, &context, &scrub).await;
+            disconnect(session.conn).await;
+            // One entry, the one just logged in through: proven.
+            if seen?.is_some_and(|entries| entries.len() == 1) {
+                return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+            }
+            return self.roll_forward(&req, hash, &scrub).await;
         }
 
         let (mut refused, mut cannot) = (Vec::new(), Vec::new());
@@ -575,7 +668,7 @@ impl Rotator for MariaDbRotator {
                 continue;
             };
             if login.outcome == SetPasswordOutcome::ChangedWithAdmin {
-                let changed = self.change_as_admin(&mut session.conn, user, hash, &who, &scrub).await;
+                let changed = self.change_as_admin(&mut session.conn, user, hash, &who, &scrub, false).await;
                 disconnect(session.conn).await;
                 changed?;
             } else {
@@ -627,6 +720,12 @@ fn is_global_grant(row: &str) -> bool {
     row.strip_prefix("GRANT ")
         .and_then(|rest| rest.split_once(" ON *.* TO "))
         .is_some_and(|(privileges, _)| !privileges.contains('`'))
+}
+
+/// A name as messages show it: in double quotes, control characters and quotes escaped
+/// (`quote_ident` is for SQL only: it keeps line breaks and escape sequences raw).
+fn shown(name: &str) -> String {
+    format!("{name:?}")
 }
 
 /// `name` as a MariaDB identifier: in backticks, inner backticks doubled (no backslash

@@ -134,6 +134,7 @@ async fn create_admin(root: &mut Conn, guard: &UserGuard, name: &str) -> Credent
     create_user(root, guard, name, "%", &admin.password).await;
     root.query_drop(format!("GRANT CREATE USER ON *.* TO {}@'%'", ident(name))).await.unwrap();
     root.query_drop(format!("GRANT SELECT ON mysql.user TO {}@'%'", ident(name))).await.unwrap();
+    root.query_drop(format!("GRANT SELECT ON mysql.global_priv TO {}@'%'", ident(name))).await.unwrap();
     admin
 }
 
@@ -320,6 +321,66 @@ async fn the_plain_password_never_reaches_the_general_query_log() {
     for (i, secret) in [&p0, &p1, &q0, &q1, &admin.password].into_iter().enumerate() {
         assert!(!contains_secret(&text, secret), "plain password #{i} in the general query log");
     }
+}
+
+/// A crash mid-restore (or a DBA) leaves `'%'` on the old password while the entry the
+/// worker's address matches has the pending one: one login with the pending password
+/// proves only that entry, so the admin reads them all and rolls the others forward.
+#[tokio::test]
+async fn already_set_is_proven_for_every_host_entry() {
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_ent");
+    let (p0, p1) = (policy().generate(), policy().generate());
+    create_user(&mut root, &guard, &user, "%", &p0).await;
+    for host in ["localhost", "127.0.0.1"] {
+        create_user(&mut root, &guard, &user, host, &p1).await;
+        allow_self_change(&mut root, &user, host).await;
+    }
+    // Without an admin nothing can read or set '%': not finished, and the pending
+    // password is kept (NotYetVisible, never a refusal or a permanent error).
+    let err = rotator().set_password(request(&user, &p1, &p0)).await.unwrap_err();
+    assert!(matches!(err, RotatorError::NotYetVisible(_)), "{err:?}");
+    assert!(err.to_string().contains("no admin credential"), "{err}");
+    let mut req = request(&user, &p1, &p0);
+    req.admin = Some(create_admin(&mut root, &guard, &format!("{prefix}_admin")).await);
+    let done = rotator().set_password(req.clone()).await.unwrap();
+    assert_eq!(done.outcome, SetPasswordOutcome::ChangedWithAdmin);
+    let all: Vec<(String, String)> =
+        ["%", "127.0.0.1", "localhost"].iter().map(|h| (h.to_string(), hash_of(&p1))).collect();
+    assert_eq!(stored(&mut root, &user).await, all);
+    // Now every entry has it: a retry is AlreadySet, and changes nothing.
+    assert_eq!(rotator().set_password(req).await.unwrap().outcome, SetPasswordOutcome::AlreadySet);
+    assert_eq!(stored(&mut root, &user).await, all);
+}
+
+/// `IDENTIFIED VIA mysql_native_password … OR unix_socket`: mysql.user shows only the
+/// first method, and the admin's ALTER USER would remove the other.
+#[tokio::test]
+async fn an_account_with_alternative_methods_is_refused_by_name() {
+    let (mut root, guard, prefix) = setup().await;
+    let user = format!("{prefix}_or");
+    let p0 = policy().generate();
+    guard.register(&user, "%");
+    root.query_drop(format!(
+        "CREATE USER {}@'%' IDENTIFIED VIA mysql_native_password USING '{}' OR unix_socket",
+        ident(&user),
+        hash_of(&p0)
+    ))
+    .await
+    .unwrap();
+    allow_self_change(&mut root, &user, "%").await;
+    let before: Vec<String> = root.query(format!("SHOW CREATE USER {}@'%'", ident(&user))).await.unwrap();
+    let mut req = request(&user, &policy().generate(), &p0);
+    req.admin = Some(create_admin(&mut root, &guard, &format!("{prefix}_admin")).await);
+    let err = rotator().set_password(req).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("entry {user:?}@\"%\" authenticates by mysql_native_password OR")),
+        "{err}"
+    );
+    let after: Vec<String> = root.query(format!("SHOW CREATE USER {}@'%'", ident(&user))).await.unwrap();
+    assert_eq!(after, before, "nothing changed");
+    assert!(after[0].contains("unix_socket"));
 }
 
 /// SHOW GRANTS lists a granted role's row first: the proof must find the account's own.
