@@ -50,7 +50,8 @@
 //! as before; it adds one entry to `ACL LOG`.
 //!
 //! **TLS** (`tls`, [`TlsMode`]): `verify-full` by default, `verify-ca` with
-//! `tls_ca_file`, or `disable`; trust anchors from `tls_ca_file` or the system's store;
+//! `tls_ca_file`, or `disable`, for a loopback host only (`AUTH` would send every
+//! password tried in clear; [`crate::tls::plaintext_only_on_loopback`]); trust anchors from `tls_ca_file` or the system's store;
 //! `tls_server_name` when the certificate does not carry `host`. kv-rotator opens the
 //! socket and the TLS session itself (rustls) and hands the stream to the `redis` crate,
 //! which is built without TLS, cluster or Sentinel support and so logs nothing. A
@@ -96,7 +97,7 @@ const MAX_AUTH_REPLY: usize = 512;
 /// kind = "redis"
 /// host = "cache.internal.example"
 /// port = 6380
-/// tls = "verify-full"            # the default; also "verify-ca" (with tls_ca_file), "disable"
+/// tls = "verify-full"            # the default; also "verify-ca" (with tls_ca_file), "disable" (loopback only)
 /// # tls_ca_file = "/etc/kv-rotator/cache-ca.pem"   # default: the system's CA store
 /// acl_save = "required"          # the default: ACL SAVE to the server's aclfile; or "never"
 /// ```
@@ -112,7 +113,7 @@ pub struct RedisConfig {
     /// command. Default 10; at least 1.
     #[serde(default = "default_connect_timeout", deserialize_with = "crate::common::positive_secs")]
     pub connect_timeout_secs: u64,
-    /// Transport security. Default `verify-full`.
+    /// Transport security. Default `verify-full`; `disable` only for a loopback host.
     #[serde(default)]
     pub tls: TlsMode,
     /// PEM file of the CA certificates `verify-ca` and `verify-full` trust. Default: the
@@ -229,7 +230,11 @@ impl RedisRotator {
                      like protection"
                         .to_owned(),
                 )),
-                None => None,
+                None => {
+                    // `AUTH` sends the password itself.
+                    crate::tls::plaintext_only_on_loopback("tls", &cfg.host, "tls_ca_file")?;
+                    None
+                }
                 Some(verification) => {
                     let config = crate::tls::client_config(verification, cfg.tls_ca_file.as_deref(), "tls_ca_file")?;
                     let name = cfg.tls_server_name.as_deref().unwrap_or(&cfg.host);
@@ -759,6 +764,13 @@ mod tests {
             c.tls_ca_file = Some("/nonexistent/ca.pem".into());
         });
         assert!(e.contains("tls_ca_file"), "{e}");
+        let e = refused(&|c| c.tls = TlsMode::Disable);
+        assert!(e.contains("loopback"), "plaintext AUTH to another host: {e}");
+        for host in ["127.0.0.1", "localhost", "::1"] {
+            let mut cfg = RedisConfig::new(host);
+            cfg.tls = TlsMode::Disable;
+            assert!(RedisRotator::new(cfg, PasswordPolicy::default()).is_ok(), "{host}");
+        }
     }
 
     #[test]
