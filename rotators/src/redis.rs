@@ -51,8 +51,9 @@
 //!
 //! **TLS** (`tls`, [`TlsMode`]): `verify-full` by default, `verify-ca` with
 //! `tls_ca_file`, or `disable`, for a loopback host only (`AUTH` would send every
-//! password tried in clear; [`crate::tls::plaintext_only_on_loopback`]); trust anchors from `tls_ca_file` or the system's store;
-//! `tls_server_name` when the certificate does not carry `host`. kv-rotator opens the
+//! password tried in clear; [`crate::tls::plaintext_only_on_loopback`]); trust anchors
+//! from `tls_ca_file` or the system's store; `tls_server_name` when the certificate does
+//! not carry `host`. kv-rotator opens the
 //! socket and the TLS session itself (rustls) and hands the stream to the `redis` crate,
 //! which is built without TLS, cluster or Sentinel support and so logs nothing. A
 //! refused certificate, and a port that does not speak TLS under a TLS mode, are
