@@ -531,15 +531,33 @@ pub struct AdminRef {
     pub secret: String,
 }
 
+/// `kind = "mysql"`, refused naming the kind: the MariaDB rotator relies on MariaDB's SQL
+/// (`mysql.user.is_role`, `mysql.global_priv`, `ALTER USER … IDENTIFIED BY PASSWORD`, the
+/// stored hash in `SHOW GRANTS` that proves a login), which MySQL does not have. It has
+/// no value: loading always fails.
+#[derive(Debug, Clone)]
+pub enum MysqlNotSupported {}
+
+impl<'de> Deserialize<'de> for MysqlNotSupported {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "kind \"mysql\" is not supported yet (MariaDB only): the rotator uses MariaDB's SQL and proves each login \
+             by the hash MariaDB prints in SHOW GRANTS, which MySQL does not; use kind = \"mariadb\" for a MariaDB \
+             server",
+        ))
+    }
+}
+
 /// Kind-specific target settings; each rotator module owns its config type.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum TargetKind {
     /// PostgreSQL, single-user strategy.
     Postgres(PostgresConfig),
-    /// MariaDB or MySQL (`kind = "mysql"` is the same), single-user strategy.
-    #[serde(alias = "mysql")]
+    /// MariaDB, single-user strategy.
     Mariadb(MariaDbConfig),
+    /// `kind = "mysql"`: refused when loaded ([`MysqlNotSupported`]); no value exists.
+    Mysql(MysqlNotSupported),
     /// Redis ACL users, single-user strategy.
     Redis(RedisConfig),
     /// An Apache htpasswd file (bcrypt).

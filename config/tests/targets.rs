@@ -14,16 +14,20 @@ fn load(profile: &str) -> Result<Config, String> {
 }
 
 #[test]
-fn mariadb_and_mysql_profiles_load_with_verified_tls_by_default() {
-    for kind in ["mariadb", "mysql"] {
-        let config = load(&format!(
+fn mariadb_profiles_load_with_verified_tls_by_default_and_mysql_is_refused() {
+    let profile = |kind: &str| {
+        format!(
             "[targets.shop]\nkind = \"{kind}\"\nhost = \"shop-db.internal\"\naccounts = [\"shop_*\"]\n\
              admin = {{ username = \"rotation_admin\", secret = \"shop-admin\" }}\n"
-        ))
-        .unwrap();
-        let TargetKind::Mariadb(db) = &config.targets["shop"].target else { panic!("{kind}: wrong kind") };
-        assert_eq!((db.host.as_str(), db.port, db.tls), ("shop-db.internal", 3306, TlsMode::VerifyFull));
-    }
+        )
+    };
+    let config = load(&profile("mariadb")).unwrap();
+    let TargetKind::Mariadb(db) = &config.targets["shop"].target else { panic!("wrong kind") };
+    assert_eq!((db.host.as_str(), db.port, db.tls), ("shop-db.internal", 3306, TlsMode::VerifyFull));
+    // MySQL lacks the SQL (is_role, IDENTIFIED BY PASSWORD in ALTER USER) and the hash in
+    // SHOW GRANTS that proves a login.
+    let e = load(&profile("mysql")).unwrap_err();
+    assert!(e.contains("kind \"mysql\" is not supported yet (MariaDB only)"), "{e}");
     let config = load(
         "[targets.shop]\nkind = \"mariadb\"\nhost = \"10.0.0.5\"\nport = 3307\ntls_ca_file = \"/etc/ca.pem\"\n\
          tls_server_name = \"shop-db.internal\"\nstrategy = \"single-user\"\naccounts = [\"*\"]\n",

@@ -59,6 +59,7 @@ impl Targets {
                         .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?,
                 ),
                 TargetKind::Htpasswd(cfg) => Arc::new(HtpasswdRotator::new(cfg.clone(), profile.password.clone())),
+                TargetKind::Mysql(never) => match *never {},
             };
             targets.insert(name, rotator, profile.admin.clone());
             targets.set_accounts(name, Accounts::new(&profile.accounts, profile.allow_admin_account));
