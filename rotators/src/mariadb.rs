@@ -261,7 +261,7 @@ impl MariaDbRotator {
     }
 
     fn server(&self) -> String {
-        format!("{}:{}", self.cfg.host, self.cfg.port)
+        format!("{}:{}", escape_controls(&self.cfg.host), self.cfg.port)
     }
 
     fn timeout_message(&self, context: &str, tail: &str) -> String {
@@ -416,14 +416,14 @@ impl MariaDbRotator {
         who: &str,
         scrub: &Scrubber,
     ) -> RotatorResult<Option<String>> {
-        let context = format!("listing the host entries of {} on {} as {who}", quote_ident(user), self.server());
+        let context = format!("listing the host entries of {} on {} as {who}", shown(user), self.server());
         let Some(entries) = self.entries(&mut session.conn, user, false, &context, scrub).await? else {
             return Ok(Some(format!(
                 "{who} cannot see the account's host entries (GRANT SELECT (User, Host) ON mysql.user to it)"
             )));
         };
         if entries.len() != 1 {
-            let hosts: Vec<String> = entries.iter().map(|e| quote_ident(&e.host)).collect();
+            let hosts: Vec<String> = entries.iter().map(|e| shown(&e.host)).collect();
             return Ok(Some(format!(
                 "{who} can change only its own host entry, and the account has {}: {}",
                 entries.len(),
@@ -433,7 +433,7 @@ impl MariaDbRotator {
         if !session.native_only {
             return Ok(Some(format!("{who}'s entry does not authenticate by {NATIVE_PLUGIN} alone")));
         }
-        let context = format!("changing the password of {} on {} as {who}", quote_ident(user), self.server());
+        let context = format!("changing the password of {} on {} as {who}", shown(user), self.server());
         let sql = Zeroizing::new(format!("SET PASSWORD = '{hash}'"));
         self.run(&mut session.conn, &context, scrub, |c| c.query_drop(sql.as_str()))
             .await
@@ -456,7 +456,7 @@ impl MariaDbRotator {
         scrub: &Scrubber,
         repair: bool,
     ) -> RotatorResult<bool> {
-        let account = quote_ident(user);
+        let account = shown(user);
         let context = format!("reading the host entries of {account} on {} as {who}", self.server());
         let Some(entries) = self.entries(conn, user, true, &context, scrub).await? else {
             return Err(RotatorError::Permanent(format!(
@@ -471,7 +471,7 @@ impl MariaDbRotator {
                 "{context}: entry {account}@{} uses plugin {:?}; kv-rotator changes only {NATIVE_PLUGIN} accounts, \
                  whose hash it can send (another plugin would need the plain password in the statement, or would be \
                  replaced)",
-                quote_ident(&other.host),
+                shown(&other.host),
                 other.plugin
             )));
         }
@@ -510,12 +510,14 @@ impl MariaDbRotator {
         if let Some(phantom) = &self.phantom_host {
             hosts.insert(hosts.len() / 2, phantom);
         }
-        let targets: Vec<String> = hosts.iter().map(|host| format!("{account}@{}", quote_ident(host))).collect();
+        let targets: Vec<String> =
+            hosts.iter().map(|host| format!("{}@{}", quote_ident(user), quote_ident(host))).collect();
         let sql = Zeroizing::new(format!(
             "ALTER USER {}",
             targets.iter().map(|t| format!("{t} IDENTIFIED BY PASSWORD '{hash}'")).collect::<Vec<_>>().join(", ")
         ));
-        let context = format!("changing the password of {} on {} as {who}", targets.join(", "), self.server());
+        let shown_targets: Vec<String> = hosts.iter().map(|host| format!("{account}@{}", shown(host))).collect();
+        let context = format!("changing the password of {} on {} as {who}", shown_targets.join(", "), self.server());
         let failure = match self.run(conn, &context, &scrub, |c| c.query_drop(sql.as_str())).await {
             Ok(()) => return Ok(true),
             Err(e @ RotatorError::Transient(_)) => return Err(changed_if_transient(e)),
@@ -547,7 +549,7 @@ impl MariaDbRotator {
         scrub: &Scrubber,
     ) -> RotatorResult<SetPasswordResponse> {
         let user = &req.username;
-        let account = quote_ident(user);
+        let account = shown(user);
         let not_yet = |why: String| {
             RotatorError::NotYetVisible(format!(
                 "the pending password logs in as {} on {}, but the account may have other host entries on older \
@@ -591,12 +593,13 @@ impl MariaDbRotator {
         who: &str,
         scrub: &Scrubber,
     ) -> Result<(), String> {
-        let account = quote_ident(user);
+        let account = shown(user);
         let context = format!("restoring the host entries of {account} on {} as {who}", self.server());
         let mut problems = Vec::new();
         for entry in before {
             let sql = Zeroizing::new(format!(
-                "ALTER USER {account}@{} IDENTIFIED BY PASSWORD '{}'",
+                "ALTER USER {}@{} IDENTIFIED BY PASSWORD '{}'",
+                quote_ident(user),
                 quote_ident(&entry.host),
                 entry.auth.as_str()
             ));
@@ -609,11 +612,8 @@ impl MariaDbRotator {
             Ok(None) => return Err(format!("{context}: the entries cannot be read back")),
             Err(e) => return Err(e.to_string()),
         };
-        let changed: Vec<String> = now
-            .iter()
-            .filter(|e| e.auth.as_str() == hash)
-            .map(|e| format!("{account}@{}", quote_ident(&e.host)))
-            .collect();
+        let changed: Vec<String> =
+            now.iter().filter(|e| e.auth.as_str() == hash).map(|e| format!("{account}@{}", shown(&e.host))).collect();
         if changed.is_empty() {
             return Ok(());
         }
@@ -645,7 +645,7 @@ impl Rotator for MariaDbRotator {
         let scrub = Scrubber::for_request(&req, hashes.iter().map(|h| h.as_str()));
         let hash = hashes[0].as_str();
         let user = &req.username;
-        let account = quote_ident(user);
+        let account = shown(user);
 
         // Idempotency: a retry after a crash between the change and finish lands here.
         let pending_who = format!("{account} with the pending password");
@@ -661,7 +661,7 @@ impl Rotator for MariaDbRotator {
         }
 
         let (mut refused, mut cannot) = (Vec::new(), Vec::new());
-        for login in logins(&req, &account, quote_ident) {
+        for login in logins(&req, &account, shown) {
             let who = login.who;
             let Some(mut session) = self.login(login.user, login.password, &who, &scrub).await? else {
                 refused.push(who);
@@ -699,7 +699,7 @@ impl Rotator for MariaDbRotator {
         let hash = native_hash(&req.password);
         let hash = SecretString::from(hash.to_string());
         let scrub = Scrubber::new([&req.password, &hash]);
-        self.check(&req.username, &req.password, &quote_ident(&req.username), &scrub).await
+        self.check(&req.username, &req.password, &shown(&req.username), &scrub).await
     }
 }
 
@@ -728,6 +728,20 @@ fn shown(name: &str) -> String {
     format!("{name:?}")
 }
 
+/// `text` (a server's message, a host name) with its control characters escaped (`\n`,
+/// `\u{1b}`), so it cannot forge log lines or drive a terminal; the rest as is.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `name` as a MariaDB identifier: in backticks, inner backticks doubled (no backslash
 /// escapes apply inside backticks, whatever `sql_mode` says).
 pub fn quote_ident(name: &str) -> String {
@@ -744,7 +758,7 @@ fn check_user_name(name: &str) -> RotatorResult<()> {
     if name.chars().count() > MAX_USER_NAME_CHARS {
         return Err(RotatorError::Permanent(format!(
             "user name {} is longer than {MAX_USER_NAME_CHARS} characters",
-            quote_ident(name)
+            shown(name)
         )));
     }
     Ok(())
@@ -841,7 +855,7 @@ fn describe(e: &mysql_async::Error, scrub: &Scrubber) -> String {
         }
         _ => chain_text(e),
     };
-    scrub.clean(text)
+    escape_controls(&scrub.clean(text))
 }
 
 #[cfg(test)]
@@ -863,6 +877,14 @@ mod tests {
         assert!(!is_global_grant("GRANT `x ON *.* TO y` TO `app`@`%`"), "a role's name");
         assert!(!is_global_grant("GRANT SELECT ON `db`.* TO `app`@`%`"));
         assert!(!is_global_grant("grant USAGE ON *.* TO `app`@`%`"));
+    }
+
+    #[test]
+    fn messages_escape_control_characters() {
+        assert_eq!(shown("app\n2026 INFO forged\x1b[2J"), "\"app\\n2026 INFO forged\\u{1b}[2J\"");
+        assert_eq!(escape_controls("Access denied\r\nfake line\u{7}é"), "Access denied\\r\\nfake line\\u{7}é");
+        let e = check_user_name(&format!("{}\n", "u".repeat(81))).unwrap_err().to_string();
+        assert!(!e.contains('\n') && e.contains("\\n"), "{e}");
     }
 
     #[test]

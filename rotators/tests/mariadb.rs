@@ -664,3 +664,13 @@ fn handshake_without_ssl() -> Vec<u8> {
     packet.extend_from_slice(&body);
     packet
 }
+
+/// A user name with a line break and an escape sequence is shown escaped in messages.
+#[tokio::test]
+async fn messages_carry_no_raw_control_characters() {
+    let port = common::unused_port(HOST);
+    let name = "app\n2026-01-01 INFO forged\x1b[2J";
+    let e = rotator_on(port).verify(verify(name, &policy().generate())).await.unwrap_err().to_string();
+    assert!(!e.contains('\n') && !e.contains('\x1b'), "{e:?}");
+    assert!(e.contains(r#""app\n2026-01-01 INFO forged\u{1b}[2J""#), "{e}");
+}
