@@ -1,7 +1,8 @@
-//! MariaDB/MySQL rotator, single-user strategy.
+//! MariaDB rotator, single-user strategy (MySQL is not supported: `kind = "mysql"` is
+//! refused when the configuration loads).
 //!
 //! - [`MariaDbConfig`]: where the server is and how the connection is protected (a target
-//!   profile with `kind = "mariadb"`, or `"mysql"`).
+//!   profile with `kind = "mariadb"`).
 //! - [`MariaDbRotator`]: the [`Rotator`]. `verify` opens a fresh connection as the user;
 //!   `set_password` logs in as the user with its current password, then each previous
 //!   one, then as the admin, and changes the password with the first login that can
@@ -12,15 +13,23 @@
 //! is given `SET PASSWORD = '*…'` (the user itself) or
 //! `ALTER USER `app`@`%` IDENTIFIED BY PASSWORD '*…', `app`@`localhost` IDENTIFIED BY PASSWORD '*…'`
 //! (the admin), so the plain password never reaches the general query log, the slow log,
-//! the binary log or `SHOW PROCESSLIST`. Logins use `mysql_native_password`, whose
-//! exchange does not carry the password either; a server asking for it in clear
-//! (`mysql_clear_password`) is refused, and so is `mysql_old_password`. Accounts on
-//! another plugin (`ed25519`, `caching_sha2_password`, `unix_socket`, `pam`…) are refused
-//! by name: changing them would send the plain password or change the plugin. A server
-//! whose `strict_password_validation` refuses hashes (a password validation plugin is
-//! loaded) is a permanent error: kv-rotator does not fall back to the plain password.
-//! The hash is still a secret (with a sniffed login, it yields one): over anything but a
-//! trusted private network, use TLS.
+//! the binary log or `SHOW PROCESSLIST`. Accounts on another plugin (`ed25519`,
+//! `caching_sha2_password`, `unix_socket`, `pam`…), or with alternatives
+//! (`IDENTIFIED VIA mysql_native_password … OR unix_socket`, which `ALTER USER` would
+//! drop), are refused by name. A server whose `strict_password_validation` refuses hashes
+//! (a password validation plugin is loaded) is a permanent error: kv-rotator does not
+//! fall back to the plain password.
+//!
+//! **Logins.** A `mysql_native_password` login sends a challenge response derived from
+//! the password (SHA1(password) masked with the server's challenge and the stored hash):
+//! not the password, but whoever holds the stored hash and sees the exchange recovers
+//! SHA1(password), which logs in. And mysql_async answers any plugin the server names,
+//! `caching_sha2_password`'s full authentication included (the password itself, RSA-
+//! encrypted with a key the server sends). Hence: `tls = "disable"` only for a loopback
+//! host ([`crate::tls::plaintext_only_on_loopback`]), where the logins go through
+//! `auth_guard`, which cuts the connection before mysql_async sees a request for any
+//! other plugin; anywhere else `verify-full`, whose certificate check proves the server
+//! is the target.
 //!
 //! **Every host entry or none.** An account is all the rows of `mysql.user` with its
 //! name (`'app'@'%'`, `'app'@'localhost'`, …); consumers log in through whichever
@@ -30,7 +39,8 @@
 //! dropped meanwhile) leaves the others changed. Then the rotator restores every entry
 //! it changed to the hash it read before, checks that it did, and reports the failure
 //! as nothing changed; if the restore fails too, the error names the entries left on
-//! each password (permanent: an operator must look). The user itself can change only
+//! each password ([`RotatorError::NotYetVisible`]: some entries may have the pending
+//! password, and the next attempt rolls them all forward). The user itself can change only
 //! the entry it logged in through (`SET PASSWORD`), so it does so only when it can see
 //! that this is the account's only entry: that takes
 //! `GRANT SELECT (User, Host) ON mysql.user TO 'app'@'%'` (no password hash is readable
@@ -40,10 +50,20 @@
 //! `SHOW GRANTS FOR CURRENT_USER()`, which MariaDB prints with the stored hash, and
 //! requires it to be the hash of the password it logged in with. A proxy or a fake
 //! server that answers for the target cannot produce it, so "this password works" is
-//! never taken from a server that did not check it (MySQL does not print the hash: there
-//! the engine's canary is the only such check).
+//! never taken from a server that did not check it (a server that does not print the hash,
+//! MySQL or a fake claiming to be, proves nothing: a permanent error). The row read is the
+//! account's own `GRANT … ON *.* TO …`, wherever it comes (a granted role's row may be
+//! first).
 //!
-//! **TLS** (`tls`, [`TlsMode`]): `verify-full` (the default) or `disable`; trust anchors
+//! **Already set?** A first login with the pending password proves only the host entry
+//! the worker's address matches. `AlreadySet` needs that entry to be the account's only
+//! one (seen by the user), or the admin to have read every entry's hash as the pending
+//! one; otherwise the admin sets every entry (rolling forward: the pending password is
+//! journaled and in use), and any failure on that path is
+//! [`RotatorError::NotYetVisible`], so the engine keeps the pending password.
+//!
+//! **TLS** (`tls`, [`TlsMode`]): `verify-full` (the default) or `disable` (loopback hosts
+//! only, refused at construction for any other host); trust anchors
 //! from `tls_ca_file` or the system's store; `tls_server_name` when the certificate does
 //! not carry `host`. `verify-ca` is refused for this kind: mysql_async's "any name"
 //! check no longer recognises rustls's name error. A refused certificate and a server
