@@ -421,6 +421,12 @@ pub struct LeaseConfig {
     /// 1500 two simultaneous claims are not told apart. Default 3000.
     #[serde(default = "default_lease_settle")]
     pub settle_ms: u64,
+    /// `serve` only: when another live engine holds the lease at startup, wait for it in
+    /// standby (listeners up, `/readyz` 503, deliveries 503 with `Retry-After`, the claim
+    /// retried every quarter TTL) and take over when it is free. Default true; false
+    /// exits at once, naming the holder. `rotate` and `dev` always refuse at once.
+    #[serde(default = "default_true")]
+    pub standby: bool,
 }
 
 fn default_lease_ttl() -> u64 {
@@ -432,7 +438,7 @@ fn default_lease_settle() -> u64 {
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        Self { ttl_secs: default_lease_ttl(), settle_ms: default_lease_settle() }
+        Self { ttl_secs: default_lease_ttl(), settle_ms: default_lease_settle(), standby: true }
     }
 }
 

@@ -5,6 +5,7 @@
 //!   `GET /healthz` (unauthenticated).
 //! - [`WebhookState`]: the queue the rotations go to, authentication, the source
 //!   filter, the memory of recent events, and the limits.
+//! - [`Intake`]: whether rotations are taken now; a service in standby closes it.
 //! - The delivery handler: authenticates, checks the content type (Event Grid schema
 //!   `application/json`, CloudEvents `application/cloudevents+json` and
 //!   `application/cloudevents-batch+json`) and size, answers the subscription
@@ -25,7 +26,8 @@
 //!   dropped, since they can never become valid, a failure would make Event Grid
 //!   redeliver the good ones too, and a 400 would drop the good ones with them. A
 //!   validation handshake whose event is malformed gets 400 with the reason.
-//! - 503 with `Retry-After` when the queue is full or closed: transient, retried.
+//! - 503 with `Retry-After` when the queue is full or closed, or the [`Intake`] is
+//!   closed (a service in standby) and the delivery holds a rotation: transient, retried.
 //! - 400 only for a body that is not a delivery at all (not JSON, not an array,
 //!   wrong content type, a validation event inside a batch); 413 for an oversize body.
 //! - 401/403 only for authentication failures; 503 when the signing keys cannot be
@@ -79,6 +81,51 @@ pub struct WebhookState {
     recent: Arc<Mutex<Recent>>,
     dedup: (Duration, usize),
     coalesce: (Duration, usize),
+    intake: Intake,
+}
+
+/// Whether deliveries holding rotations are taken now. Open unless closed; a service in
+/// standby (another process holds the engine lease, so nothing here would rotate) closes
+/// it, and a delivery that would queue a rotation then gets 503 with the given
+/// `Retry-After`, so Event Grid delivers it again later: never a 200 for an event that
+/// will not be processed, and nothing remembered (a redelivery after [`Intake::open`] is
+/// not taken for a duplicate). Validation handshakes, and deliveries with nothing to
+/// rotate, are answered as usual. Cheap to clone: every clone is the same switch.
+#[derive(Debug, Clone, Default)]
+pub struct Intake {
+    closed: Arc<Mutex<Option<Closed>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Closed {
+    message: String,
+    retry_after: Duration,
+}
+
+impl Intake {
+    /// Refuses rotations from now on: 503 with `message` (sent to the caller, so nothing
+    /// internal) and `Retry-After: retry_after` (whole seconds, rounded up, at least 1).
+    pub fn close(&self, message: impl Into<String>, retry_after: Duration) {
+        *self.lock() = Some(Closed { message: message.into(), retry_after });
+    }
+
+    /// Takes rotations again.
+    pub fn open(&self) {
+        *self.lock() = None;
+    }
+
+    /// Whether rotations are taken now.
+    pub fn is_open(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    fn closed(&self) -> Option<Closed> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Closed>> {
+        self.closed.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What was enqueued lately: event ids and (vault, secret, version) keys.
@@ -153,6 +200,7 @@ impl WebhookState {
             recent: Self::recent(dedup, coalesce),
             dedup,
             coalesce,
+            intake: Intake::default(),
         }
     }
 
@@ -180,6 +228,12 @@ impl WebhookState {
     pub fn with_coalesce_window(mut self, window: Duration) -> Self {
         self.coalesce.0 = window;
         self.recent = Self::recent(self.dedup, self.coalesce);
+        self
+    }
+
+    /// Takes rotations only while `intake` is open (default: always).
+    pub fn with_intake(mut self, intake: Intake) -> Self {
+        self.intake = intake;
         self
     }
 
@@ -237,8 +291,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn unavailable(state: &WebhookState, message: &str) -> Response {
+    unavailable_for(state.retry_after, message)
+}
+
+fn unavailable_for(retry_after: Duration, message: &str) -> Response {
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
-    let seconds = state.retry_after.as_secs() + u64::from(state.retry_after.subsec_nanos() > 0);
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     response
 }
@@ -494,6 +552,14 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
         }
     }
 
+    if rotations > 0 {
+        if let Some(closed) = state.intake.closed() {
+            // Nothing remembered: the redelivery is taken once the intake opens.
+            tracing::info!(rotations, reason = %closed.message, "delivery refused with 503: rotations not taken now");
+            return unavailable_for(closed.retry_after, &closed.message);
+        }
+    }
+
     // Check, enqueue and remember under one lock, so two concurrent deliveries of the
     // same event cannot both pass the check. `try_send` never waits.
     let now = Instant::now();
@@ -732,5 +798,47 @@ mod tests {
         let (status, headers, _) = call(state, post("/", "application/json", &event.to_string())).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(headers[header::RETRY_AFTER], "2");
+    }
+
+    #[tokio::test]
+    async fn a_closed_intake_refuses_rotations_with_503_remembers_nothing_and_still_answers_the_rest() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let intake = Intake::default();
+        intake.close("standby, retry later", Duration::from_millis(14_200));
+        let state = WebhookState::new(tx).with_intake(intake.clone());
+        let delivery = |id: &str| post("/", "application/json", &json!([expired_event(id)]).to_string());
+
+        let (status, headers, reply) = call(state.clone(), delivery("e-1")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "15");
+        assert_eq!(reply, json!({"error": "standby, retry later"}));
+        assert!(rx.try_recv().is_err(), "nothing queued");
+        // The general path (CloudEvents) too.
+        let cloud = json!({"specversion": "1.0", "id": "c-1", "source": expired_event("c-1")["topic"],
+            "type": crate::eventgrid::SECRET_EXPIRED, "data": expired_event("c-1")["data"]});
+        let (status, _, _) = call(state.clone(), post("/", "application/cloudevents+json", &cloud.to_string())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        // Nothing to rotate: answered as always.
+        let (status, _, reply) = call(state.clone(), post("/", "application/json", "[]")).await;
+        assert_eq!((status, reply), (StatusCode::OK, json!({"queued": 0, "ignored": 0, "rejected": 0})));
+        // The handshake is answered.
+        let handshake = Request::post(EVENTGRID_PATH)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(AEG_EVENT_TYPE, "SubscriptionValidation")
+            .body(Body::from(
+                json!([{"id": "v-1", "eventType": crate::eventgrid::SUBSCRIPTION_VALIDATION_EVENT,
+                    "data": {"validationCode": "code-1"}}])
+                .to_string(),
+            ))
+            .unwrap();
+        let (status, _, reply) = call(state.clone(), handshake).await;
+        assert_eq!((status, reply), (StatusCode::OK, json!({"validationResponse": "code-1"})));
+
+        // Open: the redelivery of the refused event is taken, not a duplicate.
+        intake.open();
+        assert!(intake.is_open());
+        let (status, _, reply) = call(state, delivery("e-1")).await;
+        assert_eq!((status, reply), (StatusCode::OK, json!({"queued": 1, "ignored": 0, "rejected": 0})));
+        assert!(rx.try_recv().is_ok());
     }
 }

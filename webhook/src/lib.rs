@@ -9,7 +9,8 @@
 //! - [`source`]: which vaults' events are accepted; topic, `VaultName` and `Id` must agree.
 //! - [`dedup`]: bounded, time-limited memory of event ids and requested rotations.
 //! - [`app`]: the axum [`Router`](axum::Router): validation handshake, routing of
-//!   `SecretNearExpiry`/`SecretExpired` into the queue, acknowledgement of the rest.
+//!   `SecretNearExpiry`/`SecretExpired` into the queue (while its [`Intake`] is open),
+//!   acknowledgement of the rest.
 //!
 //! The webhook knows no rotator and no credential.
 
@@ -21,7 +22,7 @@ pub mod fastpath;
 pub mod request;
 pub mod source;
 
-pub use app::{router, WebhookState};
+pub use app::{router, Intake, WebhookState};
 pub use auth::{AuthError, Authenticator, EntraId, EntraIdConfig, JwksLocation, SharedKey};
 pub use request::{RotationRequest, Trigger};
 pub use source::SourceFilter;

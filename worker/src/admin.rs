@@ -5,7 +5,7 @@
 //!   ([`crate::metrics`]), `GET /healthz` (the process answers) and `GET /readyz`
 //!   ([`Readiness`]). The authenticated admin API will add its routes here.
 //! - [`Readiness`]: ready while the engine takes requests off a queue with room (and holds
-//!   the engine lease, when it was given one).
+//!   the engine lease, when it was given one); not in standby ([`crate::standby`]).
 //! - [`bind`]: the listener of `[admin]` (loopback by default), or none when disabled.
 //!
 //! [`crate::service`] serves it with the webhook's hardened listener
@@ -29,6 +29,7 @@ use tracing::warn;
 
 use crate::lease::LeaseGuard;
 use crate::metrics::Metrics;
+use crate::standby::StandbyStatus;
 
 /// The readiness path.
 pub const READYZ_PATH: &str = "/readyz";
@@ -42,20 +43,28 @@ pub struct AdminState {
     pub readiness: Readiness,
 }
 
-/// Whether the service can take rotation requests now: the engine is running (its end of
-/// the queue is open), the queue has room (else the webhook answers 503), and the engine
+/// Whether the service can take rotation requests now: not in standby (another engine
+/// holds the lease: `standby: lease held by …`), the engine is running (its end of the
+/// queue is open), the queue has room (else the webhook answers 503), and the engine
 /// lease, if the service holds one, is held (else rotations wait). A weak handle on the
 /// queue: readiness never keeps the engine from draining at shutdown.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     queue: mpsc::WeakSender<RotationRequest>,
     lease: Option<LeaseGuard>,
+    standby: Option<StandbyStatus>,
 }
 
 impl Readiness {
     /// Readiness of the engine behind `queue`, holding `lease` if given.
     pub fn new(queue: &mpsc::Sender<RotationRequest>, lease: Option<LeaseGuard>) -> Self {
-        Self { queue: queue.downgrade(), lease }
+        Self { queue: queue.downgrade(), lease, standby: None }
+    }
+
+    /// Not ready while `standby` waits for the lease; then the lease it took is checked.
+    pub fn with_standby(mut self, standby: StandbyStatus) -> Self {
+        self.standby = Some(standby);
+        self
     }
 
     /// `Ok` when ready, else why not.
@@ -63,13 +72,17 @@ impl Readiness {
         let Some(queue) = self.queue.upgrade() else {
             return Err("shutting down: no more rotation requests are taken".to_owned());
         };
+        if let Some(standby) = &self.standby {
+            standby.check()?;
+        }
         if queue.is_closed() {
             return Err("the engine is not running".to_owned());
         }
         if queue.capacity() == 0 {
             return Err(format!("the rotation queue is full ({} requests)", queue.max_capacity()));
         }
-        match self.lease.as_ref().map(LeaseGuard::check) {
+        let lease = self.lease.clone().or_else(|| self.standby.as_ref().and_then(StandbyStatus::lease));
+        match lease.as_ref().map(LeaseGuard::check) {
             Some(Err(why)) => Err(format!("the engine lease is not held ({why}): rotations wait")),
             _ => Ok(()),
         }

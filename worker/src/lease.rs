@@ -488,7 +488,9 @@ pub async fn claim(
 /// replica or a cron `rotate` does not add a version per try. Judged on this host's
 /// clock with half a TTL of slack — and not at all when a listed heartbeat is "from the
 /// future" (this host's clock is behind): the written claim stays the authority.
-async fn refuse_if_freshly_held(store: &dyn SecretStore, timings: &LeaseTimings) -> Result<(), ClaimError> {
+/// [`claim`] is this, then [`claim_by_writing`]; public so that a standby
+/// ([`crate::standby`]) can stop between the two, before it wrote anything.
+pub async fn refuse_if_freshly_held(store: &dyn SecretStore, timings: &LeaseTimings) -> Result<(), ClaimError> {
     let versions = match store.list_versions(LEASE_SECRET).await {
         Ok(versions) => versions,
         Err(StoreError::NotFound { .. }) => return Ok(()),

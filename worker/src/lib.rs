@@ -17,11 +17,18 @@
 //! - [`lease`]: the engine lease in Key Vault: one engine per vault.
 //! - [`logging`]: log output; dependencies capped at INFO whatever `RUST_LOG` says.
 //! - [`service`]: runs the webhook, engine and sweeper together until shutdown.
+//! - [`standby`]: a `serve` that finds the engine lease held waits for it, listening.
 //! - [`functions`]: the Azure Functions custom handler: Event Grid, HTTP and timer
 //!   invocations run by the same engine, under an engine lease claimed per need.
 //! - [`cli`]: the `demo`, `dev`, `serve`, `rotate` and `functions` commands.
 //!
 //! See `docs/architecture.md` for the data flow and the invariant.
+
+// Test-only features never reach a binary that ships: a release build of either fails.
+#[cfg(all(feature = "failpoints", not(debug_assertions)))]
+compile_error!("the failpoints feature pauses rotations on an environment variable: test builds only");
+#[cfg(all(feature = "leak-ledger", not(debug_assertions)))]
+compile_error!("the leak-ledger feature records every password to a file: test builds only");
 
 pub mod admin;
 pub mod alerts;
@@ -35,5 +42,6 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod service;
+pub mod standby;
 pub mod sweeper;
 pub mod targets;

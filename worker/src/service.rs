@@ -4,7 +4,9 @@
 //! sink and the admin listener (`/metrics`, `/healthz`, `/readyz`: [`crate::admin`]), and
 //! [`RunningService::shutdown`] stops them gracefully (the webhook first, the admin
 //! listener once the engine drained, then the engine lease the service was given is
-//! released).
+//! released). A service given a [`Standby`] instead of a lease serves its listeners at
+//! once and starts the engine and the sweeper only when its claims win the lease
+//! ([`RunningService::run_until`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use kv_rotator_config::{AlertsConfig, EngineConfig, SweeperConfig, VaultConfig, 
 use kv_rotator_config::{SecretSource, WebhookAuthConfig};
 use kv_rotator_keyvault::azure::{AzureSecretStore, TransportOverrides};
 use kv_rotator_keyvault::SecretStore;
+use kv_rotator_webhook::{Intake, RotationRequest};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +33,7 @@ use crate::engine::Engine;
 use crate::lease::LeaseGuard;
 use crate::listener::Limits;
 use crate::metrics::Metrics;
+use crate::standby::{ClaimLoop, Standby, StandbyStatus};
 use crate::sweeper::Sweeper;
 use crate::targets::Targets;
 
@@ -60,9 +64,21 @@ pub struct RunningService {
     pub admin_addr: Option<SocketAddr>,
     webhook: Server,
     admin: Option<Server>,
-    engine_task: JoinHandle<()>,
+    /// `None` while in standby.
+    engine_task: Option<JoinHandle<()>>,
     sweeper_task: Option<JoinHandle<()>>,
     lease: Option<LeaseGuard>,
+    standby: Option<Waiting>,
+}
+
+/// What a service in standby starts once its claims win the lease.
+#[derive(Debug)]
+struct Waiting {
+    claims: ClaimLoop,
+    status: StandbyStatus,
+    queue: mpsc::Receiver<RotationRequest>,
+    sweeper: Option<Sweeper>,
+    intake: Intake,
 }
 
 /// One HTTP listener served by [`crate::listener::serve`], and how to stop it.
@@ -99,6 +115,10 @@ pub struct Background {
     /// The engine lease this service holds (see [`crate::lease`]): released at shutdown;
     /// its loss ends [`RunningService::run_until`] with an error.
     pub lease: Option<LeaseGuard>,
+    /// Instead of `lease`: start in standby ([`crate::standby`]): the listeners serve,
+    /// `/readyz` and the webhook's rotations answer 503, and the engine and the sweeper
+    /// start when the standby's claims win the lease (in [`RunningService::run_until`]).
+    pub standby: Option<Standby>,
     /// The admin listener ([`crate::admin`]: `/metrics`, `/healthz`, `/readyz`), bound
     /// by the caller (see [`crate::admin::bind`]); `None`: no admin listener.
     pub admin: Option<TcpListener>,
@@ -126,6 +146,10 @@ pub async fn start_with(
     background: Background,
     listener: TcpListener,
 ) -> anyhow::Result<RunningService> {
+    anyhow::ensure!(
+        background.lease.is_none() || background.standby.is_none(),
+        "a service holds the engine lease or waits for it in standby, not both"
+    );
     let (queue_tx, queue_rx) = mpsc::channel(engine_config.queue_capacity);
     let vault_name = store.vault_name().to_owned();
     let metrics = Arc::new(Metrics::default());
@@ -136,12 +160,20 @@ pub async fn start_with(
     if let Some(lease) = &background.lease {
         engine = engine.with_lease(Arc::new(lease.clone()));
     }
-    let engine_task = tokio::spawn(engine.clone().run(queue_rx));
-    let sweeper_task = background
-        .sweeper
-        .map(|config| tokio::spawn(Sweeper::new(store, queue_tx.clone(), config, due_rule, metrics.clone()).run()));
-    let readiness = Readiness::new(&queue_tx, background.lease.clone());
-    let state = webhook_state(queue_tx, webhook_config, &vault_name)?;
+    let standby_status = background.standby.as_ref().map(Standby::status);
+    if let Some(status) = &standby_status {
+        // Rotates nothing until the standby took the lease over.
+        engine = engine.with_lease(Arc::new(status.clone()));
+    }
+    let sweeper =
+        background.sweeper.map(|config| Sweeper::new(store, queue_tx.clone(), config, due_rule, metrics.clone()));
+    let mut readiness = Readiness::new(&queue_tx, background.lease.clone());
+    let intake = Intake::default();
+    if let (Some(standby), Some(status)) = (&background.standby, &standby_status) {
+        readiness = readiness.with_standby(status.clone());
+        intake.close(crate::standby::WEBHOOK_MESSAGE, standby.retry_every());
+    }
+    let state = webhook_state(queue_tx, webhook_config, &vault_name)?.with_intake(intake.clone());
     let webhook_addr = listener.local_addr().context("webhook listener")?;
     let admin_addr = background.admin.as_ref().map(TcpListener::local_addr).transpose().context("admin listener")?;
     let limits = Limits::from_config(webhook_config);
@@ -154,6 +186,13 @@ pub async fn start_with(
     if let Some(admin_addr) = admin_addr {
         info!(%admin_addr, "admin listener (/metrics, /healthz, /readyz) listening");
     }
+    let (engine_task, sweeper_task, standby) = match (background.standby, standby_status) {
+        (Some(standby), Some(status)) => {
+            let waiting = Waiting { claims: standby.spawn(), status, queue: queue_rx, sweeper, intake };
+            (None, None, Some(waiting))
+        }
+        _ => (Some(tokio::spawn(engine.clone().run(queue_rx))), sweeper.map(|s| tokio::spawn(s.run())), None),
+    };
     Ok(RunningService {
         engine,
         webhook_addr,
@@ -163,6 +202,7 @@ pub async fn start_with(
         engine_task,
         sweeper_task,
         lease: background.lease,
+        standby,
     })
 }
 
@@ -188,8 +228,24 @@ pub fn build_engine(
 
 impl RunningService {
     /// Runs until `signal` completes, then shuts down; or until the engine lease is lost
-    /// for good, then shuts down and returns that error (a restart claims again).
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    /// for good, then shuts down and returns that error (a restart claims again). In
+    /// standby, first waits for the standby's claims to win the lease, and then starts
+    /// the engine as a fresh start would: the sweeper's first pass (resume of unfinished
+    /// journals, due secrets) and the queue, and the webhook takes rotations again.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(signal);
+        if let Some(waiting) = self.standby.as_mut() {
+            tokio::select! {
+                _ = &mut signal => return self.shutdown().await,
+                won = waiting.claims.won() => match won {
+                    Ok(lease) => self.take_over(lease),
+                    Err(err) => {
+                        self.shutdown().await?;
+                        return Err(err);
+                    }
+                },
+            }
+        }
         let lease = self.lease.clone();
         let lost = async {
             match &lease {
@@ -206,16 +262,52 @@ impl RunningService {
         }
     }
 
-    /// The engine lease this service holds, if it was given one.
+    /// The engine lease this service holds, if it was given one (or took it over).
     pub fn lease(&self) -> Option<&LeaseGuard> {
         self.lease.as_ref()
+    }
+
+    /// Whether the service still waits for the engine lease in standby.
+    pub fn in_standby(&self) -> bool {
+        self.standby.is_some()
+    }
+
+    /// The standby's claims won `lease`: the engine, the sweeper (its first pass resumes
+    /// unfinished journals, as at any start) and the webhook's rotations start.
+    fn take_over(&mut self, lease: LeaseGuard) {
+        let Some(waiting) = self.standby.take() else { return };
+        // First, so that the engine's lease check passes when its first request comes.
+        waiting.status.took_over(lease.clone());
+        self.engine_task = Some(tokio::spawn(self.engine.clone().run(waiting.queue)));
+        self.sweeper_task = waiting.sweeper.map(|sweeper| tokio::spawn(sweeper.run()));
+        waiting.intake.open();
+        info!(
+            vault = %lease.vault(),
+            version = %lease.version(),
+            standby_secs = waiting.status.since().elapsed().as_secs(),
+            "standby over: this process holds the engine lease; the engine starts (resume of unfinished journals, \
+             sweeper, queue) and the webhook takes rotations"
+        );
+        self.lease = Some(lease);
     }
 
     /// Stops accepting deliveries, lets queued rotations finish, and returns. Open HTTP
     /// connections get `webhook.shutdown_grace_secs` to finish, then are closed. The
     /// admin listener serves until the engine has drained (`/readyz` says it is shutting
     /// down), so the last rotations are still scraped.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// In standby, the claims stop (an attempt in flight reaches its verdict and what it
+    /// won is released), then the listeners; no engine ran.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(waiting) = self.standby.take() {
+            waiting.claims.stop().await;
+            drop((waiting.queue, waiting.sweeper));
+            self.webhook.stop().await?;
+            if let Some(admin) = self.admin {
+                admin.stop().await?;
+            }
+            info!("stopped in standby: this process never held the engine lease");
+            return Ok(());
+        }
         if let Some(sweeper) = self.sweeper_task {
             // It holds a sender of the queue: the engine drains only once it is gone.
             sweeper.abort();
@@ -223,7 +315,9 @@ impl RunningService {
         }
         self.webhook.stop().await?;
         // The router, and with it the queue's sender, is gone: the engine drains and ends.
-        self.engine_task.await.context("engine task")?;
+        if let Some(engine_task) = self.engine_task {
+            engine_task.await.context("engine task")?;
+        }
         if let Some(admin) = self.admin {
             admin.stop().await?;
         }

@@ -128,10 +128,11 @@ impl World {
         World { _dir: dir, vault, store, managed, _roles: roles, bin, rotate_config, resume_config }
     }
 
-    /// `rotate --all` and a second `serve`, started while a `serve` holds the engine
-    /// lease, are refused and change nothing. (The holder keeps rotating its other
-    /// secrets meanwhile, so what is checked is that the refused ones wrote nothing.)
-    async fn assert_second_engine_refused(&self, context: &str) {
+    /// `rotate --all`, started while a `serve` holds the engine lease, is refused and
+    /// changes nothing; a second `serve` waits in standby and, SIGTERMed, exits having
+    /// written nothing. (The holder keeps rotating its other secrets meanwhile, so what
+    /// is checked is that the refused and the waiting ones wrote nothing.)
+    async fn assert_second_engine_kept_out(&self, context: &str) {
         let rotate = Command::new(&self.bin)
             .args(["rotate", "--all", "--force", "--config"])
             .arg(&self.rotate_config)
@@ -147,14 +148,24 @@ impl World {
         }
         let mut serve = spawn(&self.bin, &self.rotate_config, None);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while serve.exited().is_none() {
-            assert!(Instant::now() < deadline, "{context}: a second serve kept running:\n{}", serve.output());
+        while !serve.output().contains("standby: another engine holds the engine lease") {
+            if let Some(status) = serve.exited() {
+                panic!(
+                    "{context}: a second serve exited ({status}) instead of waiting in standby:\n{}",
+                    serve.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{context}: a second serve did not wait in standby:\n{}",
+                serve.output()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let output = serve.output();
-        assert!(output.contains("engine lease"), "{context}: a second serve was not refused by the lease:\n{output}");
-        for wrote in ["journal record written", "new version written"] {
-            assert!(!output.contains(wrote), "{context}: a refused serve wrote ({wrote})");
+        let (status, output) = serve.sigterm();
+        assert!(status.success() && output.contains("stopped in standby"), "{context}: {status}:\n{output}");
+        for wrote in ["journal record written", "new version written", "engine lease claimed", "standby over"] {
+            assert!(!output.contains(wrote), "{context}: a serve in standby wrote ({wrote})");
         }
     }
 
@@ -316,7 +327,7 @@ async fn sigkill_at_every_step_boundary_and_at_random_instants_never_loses_a_pas
                         // A second engine beside one paused mid-rotation (the emergency
                         // `rotate --all`, a second replica) is refused, touching nothing.
                         if failpoint_kills % 10 == 1 {
-                            w.assert_second_engine_refused(&context).await;
+                            w.assert_second_engine_kept_out(&context).await;
                             second_engines_refused += 2;
                         }
                         break;
@@ -374,7 +385,7 @@ async fn sigkill_at_every_step_boundary_and_at_random_instants_never_loses_a_pas
     println!("  recoveries (kills that left a journal to finish): {recoveries}");
     println!("  kills of a process started with journals left by the previous kill: {killed_while_resuming}");
     println!("  rotations written (new versions): {rotations}, across {SECRETS} secrets");
-    println!("  second engines (rotate --all, serve) refused beside a paused one: {second_engines_refused}");
+    println!("  second engines beside a paused one (rotate --all refused, serve in standby): {second_engines_refused}");
     println!("  invariant checked at {kills} kill instants and after {recovered_checks} recoveries: held");
     assert_eq!(not_reached, 0, "every armed step boundary must be reached");
     if failpoint_kills >= POINTS.len() {

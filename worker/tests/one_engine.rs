@@ -1,8 +1,9 @@
 //! One engine per vault (`worker/src/lease.rs`), as operators run it: `serve` and
 //! `rotate` as separate processes against one dev vault (run here, in the test process,
-//! so it outlives every kill), with SIGKILLs and SIGTERMs; and the lease module itself
+//! so it outlives every kill), with SIGKILLs and SIGTERMs; a second `serve` waiting in
+//! standby (`worker/src/standby.rs`) and taking over; and the lease module itself
 //! against simultaneous claims, a heartbeat, an operator breaking the lease and a vault
-//! refusing renewals. Either only one engine runs, or the second is refused.
+//! refusing renewals. Either only one engine runs, or the second is refused or waits.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,6 +34,11 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
     Proc::spawn(Command::new(BIN).args(args).envs(env.iter().copied()).env("KVR_LEASE_SETTLE_MS", SETTLE_MS))
 }
 
+/// A lease TTL for the standby tests: claims retried every 2 s (a quarter of it).
+const STANDBY_TTL_MS: &str = "8000";
+/// The claim interval that TTL gives.
+const CLAIM_EVERY: Duration = Duration::from_secs(2);
+
 /// Waits until the webhook answers (`Ok`) or the process exits (`Err`, with its status).
 async fn started(proc: &mut Proc, port: u16) -> Result<(), ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -52,6 +58,57 @@ async fn started(proc: &mut Proc, port: u16) -> Result<(), ExitStatus> {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET `url`: status and body.
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// A `serve` whose admin listener is on a port of its own, to ask its `/readyz`.
+struct Served {
+    proc: Proc,
+    port: u16,
+    admin: u16,
+}
+
+impl Served {
+    async fn readyz(&self) -> (u16, String) {
+        get(&format!("http://127.0.0.1:{}/readyz", self.admin)).await
+    }
+
+    /// Waits until `/readyz` answers 200; panics after `within`.
+    async fn wait_ready(&mut self, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            self.proc.assert_running();
+            if self.readyz().await.0 == 200 {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "not ready within {within:?}: {:?}\n{}",
+                self.readyz().await,
+                self.proc.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POSTs `body` as an Event Grid notification: status, `Retry-After`, body.
+    async fn deliver(&self, body: &serde_json::Value) -> (u16, Option<String>, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/api/eventgrid", self.port))
+            .header("aeg-event-type", "Notification")
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        (status, retry_after, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
 }
 
 /// A dev vault, an htpasswd target and configuration files for processes.
@@ -96,6 +153,46 @@ impl Site {
     fn serve(&self, env: &[(&str, &str)]) -> (Proc, u16) {
         let port = free_port();
         (spawn(&["serve", "--config", &self.config(port)], env), port)
+    }
+
+    /// A `serve` with its admin listener on a known port, once its webhook answers.
+    async fn served(&self, env: &[(&str, &str)]) -> Served {
+        let admin = free_port();
+        let listen = format!("127.0.0.1:{admin}");
+        let mut env = env.to_vec();
+        env.push((common::proc::ADMIN_LISTEN_ENV, &listen));
+        let (mut proc, port) = self.serve(&env);
+        started(&mut proc, port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", proc.output()));
+        Served { proc, port, admin }
+    }
+
+    /// A `SecretNearExpiry` delivery for `secret`'s latest version (event id `id`).
+    async fn due_event(&self, secret: &str, id: &str) -> serde_json::Value {
+        let latest = self.store.get_latest(secret).await.unwrap();
+        let mut body = kv_rotator::cli::seed::near_expiry_delivery(
+            "onevault",
+            &self.vault.host(),
+            secret,
+            &latest.version,
+            time::OffsetDateTime::now_utc(),
+        );
+        body[0]["id"] = id.into();
+        body
+    }
+
+    /// Every secret but the lease, each version with what a write would change.
+    async fn snapshot(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for secret in self.store.list_secrets().await.unwrap() {
+            if secret.name == LEASE_SECRET {
+                continue;
+            }
+            for v in self.store.list_versions(&secret.name).await.unwrap() {
+                out.push(format!("{} {:?} {} {:?} {:?}", v.name, v.version, v.enabled, v.updated, v.tags));
+            }
+        }
+        out.sort();
+        out
     }
 
     /// `kv-rotator rotate ARGS` to its end.
@@ -148,7 +245,157 @@ fn text(out: &Output) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_serve_on_the_same_vault_is_refused_naming_the_first() {
+async fn a_second_serve_waits_in_standby_then_takes_over_when_the_first_stops() {
+    let env = [("KVR_LEASE_TTL_MS", STANDBY_TTL_MS)];
+    let site = Site::new().await;
+    let alpha = site.user("alpha-password", "alpha").await;
+    let mut first = site.served(&env).await;
+    first.wait_ready(Duration::from_secs(10)).await;
+    let held = site.enabled_leases().await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].tags[TAG_PID], first.proc.pid());
+
+    // The second: up (its webhook answered /healthz to `served`), not ready, naming the holder.
+    let mut second = site.served(&env).await;
+    let holder = format!("`kv-rotator serve` (pid {} on host", first.proc.pid());
+    let (status, body) = second.readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: standby: lease held by ") && body.contains(&holder), "{body}");
+    assert_eq!(get(&format!("http://127.0.0.1:{}/healthz", second.admin)).await.0, 200);
+    // A due event: 503 with Retry-After (the claim interval), the body naming no process.
+    let event = site.due_event("alpha-password", "standby-event-1").await;
+    let (status, retry_after, reply) = second.deliver(&event).await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("2")), "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.starts_with("standby") && !error.contains("pid"), "{reply}");
+    // Two claim intervals later: still waiting, nothing rotated, no claim written (the
+    // holder's heartbeat is fresh, so every retry is refused before it writes).
+    tokio::time::sleep(CLAIM_EVERY * 2).await;
+    assert_eq!(second.readyz().await.0, 503);
+    assert_eq!(site.store.list_versions("alpha-password").await.unwrap().len(), 1);
+    assert_eq!(site.lease_versions().await.len(), 1, "a standby wrote a claim while the holder renewed");
+    let output = second.proc.output();
+    assert_eq!(output.matches("standby: another engine holds the engine lease").count(), 1, "logged once:\n{output}");
+    assert!(output.contains(&holder), "{output}");
+
+    // The holder stops: the standby takes over within a claim interval (+ jitter and the settle delay).
+    let first_pid = first.proc.pid();
+    first.proc.terminate();
+    let stopped = Instant::now();
+    let limit = CLAIM_EVERY.mul_f64(1.2) + Duration::from_millis(1500) + Duration::from_secs(3);
+    second.wait_ready(limit).await;
+    let took = stopped.elapsed();
+    assert_eq!(second.readyz().await, (200, "ready".to_owned()));
+    let live = site.enabled_leases().await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].tags[TAG_PID], second.proc.pid());
+    // The event refused in standby, delivered again (same id: not taken for a duplicate), rotates.
+    let (status, _, reply) = second.deliver(&event).await;
+    assert_eq!((status, &reply["queued"]), (200, &serde_json::json!(1)), "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while site.store.list_versions("alpha-password").await.unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "not rotated:\n{}", second.proc.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let latest = site.store.get_latest("alpha-password").await.unwrap();
+    assert!(site.logs_in("alpha", &latest.value).await && !site.logs_in("alpha", &alpha).await);
+    let output = second.proc.output();
+    assert_eq!(output.matches("standby over").count(), 1, "{output}");
+    println!(
+        "second serve: standby (readyz 503 naming pid {}, due event 503 + Retry-After 2), took over {:.1} s after \
+         the holder's SIGTERM (claims every {CLAIM_EVERY:?}), then rotated the redelivered event",
+        first_pid,
+        took.as_secs_f64()
+    );
+    second.proc.terminate();
+    assert!(site.enabled_leases().await.is_empty(), "SIGTERM releases the lease");
+    site.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_gets_sigterm_exits_promptly_and_wrote_nothing() {
+    let env = [("KVR_LEASE_TTL_MS", STANDBY_TTL_MS)];
+    let site = Site::new().await;
+    site.user("alpha-password", "alpha").await;
+    let first = site.served(&env).await;
+    let before = site.snapshot().await;
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "kv_rotator=debug"));
+    let second = site.served(&env).await;
+    assert_eq!(second.readyz().await.0, 503);
+    // A due event while waiting: refused, so nothing to finish at shutdown.
+    let (status, _, _) = second.deliver(&site.due_event("alpha-password", "standby-event-2").await).await;
+    assert_eq!(status, 503);
+    // Let it retry its claim a few times.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.proc.output().matches("standby: another engine holds").count() < 3 {
+        assert!(Instant::now() < deadline, "no claim retried:\n{}", second.proc.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = Instant::now();
+    let (status, output) = second.proc.sigterm();
+    let exited = sent.elapsed();
+    assert!(status.success(), "{output}");
+    assert!(exited < Duration::from_secs(3), "SIGTERM to exit took {exited:?}:\n{output}");
+    assert!(output.contains("stopped in standby"), "{output}");
+    for wrote in ["journal record written", "new version written", "engine lease claimed", "standby over"] {
+        assert!(!output.contains(wrote), "{wrote:?} in:\n{output}");
+    }
+    // The vault as it was, but for the holder's own heartbeats.
+    assert_eq!(site.snapshot().await, before);
+    let leases = site.lease_versions().await;
+    assert!(leases.iter().all(|v| v.tags[TAG_PID] == first.proc.pid()), "{leases:?}");
+    let retries = output.matches("standby: another engine holds").count() - 1;
+    println!("standby SIGTERMed after {retries} claim retries: exited in {:.2} s, wrote nothing", exited.as_secs_f64());
+    first.proc.terminate();
+    site.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_standbys_one_takes_over_and_the_other_waits_naming_it() {
+    let env = [("KVR_LEASE_TTL_MS", STANDBY_TTL_MS)];
+    let site = Site::new().await;
+    let first = site.served(&env).await;
+    let mut standbys = vec![site.served(&env).await, site.served(&env).await];
+    for standby in &standbys {
+        assert_eq!(standby.readyz().await.0, 503);
+    }
+    first.proc.terminate();
+    let stopped = Instant::now();
+    let (winner, loser) = loop {
+        let ready = [standbys[0].readyz().await.0 == 200, standbys[1].readyz().await.0 == 200];
+        match ready {
+            [true, true] => panic!("both standbys took over"),
+            [true, false] => break (standbys.remove(0), standbys.remove(0)),
+            [false, true] => break (standbys.remove(1), standbys.remove(0)),
+            [false, false] => {}
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(15), "no takeover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = stopped.elapsed();
+    // A few claim intervals: the other keeps waiting, now naming the new holder.
+    tokio::time::sleep(CLAIM_EVERY * 3).await;
+    let (status, body) = loser.readyz().await;
+    let holder = format!("`kv-rotator serve` (pid {} on host", winner.proc.pid());
+    assert!(status == 503 && body.contains(&holder), "{status} {body}");
+    assert_eq!(winner.readyz().await.0, 200);
+    let live = site.enabled_leases().await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].tags[TAG_PID], winner.proc.pid());
+    let claims = site.lease_versions().await.len() - 1;
+    println!(
+        "two standbys: one took over {:.1} s after the holder's SIGTERM, the other waits naming it; \
+         {claims} claim(s) written in all",
+        took.as_secs_f64()
+    );
+    loser.proc.terminate();
+    winner.proc.terminate();
+    site.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_standby_off_a_second_serve_is_refused_naming_the_first() {
     let site = Site::new().await;
     let (mut first, first_port) = site.serve(&[]);
     started(&mut first, first_port).await.unwrap_or_else(|s| panic!("first serve exited {s}:\n{}", first.output()));
@@ -156,7 +403,7 @@ async fn a_second_serve_on_the_same_vault_is_refused_naming_the_first() {
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].tags[TAG_PID], first.pid());
 
-    let (mut second, second_port) = site.serve(&[]);
+    let (mut second, second_port) = site.serve(&[("KV_ROTATOR_LEASE__STANDBY", "false")]);
     let status = started(&mut second, second_port).await.expect_err("the second serve must be refused");
     let output = second.output();
     assert!(!status.success(), "{output}");
@@ -216,37 +463,29 @@ async fn rotate_all_beside_serve_is_refused_and_rotates_nothing_unless_allowed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_sigkill_successors_are_refused_until_the_heartbeat_is_a_ttl_old() {
+async fn after_a_sigkill_a_standby_successor_takes_over_once_the_heartbeat_is_a_ttl_old() {
     const TTL_S: i64 = 4;
     let env = [("KVR_LEASE_TTL_MS", "4000")];
     let site = Site::new().await;
     site.user("alpha-password", "alpha").await;
-    let (mut holder, port) = site.serve(&env);
-    started(&mut holder, port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", holder.output()));
-    let dead_pid = holder.pid();
+    let mut holder = site.served(&env).await;
+    holder.wait_ready(Duration::from_secs(10)).await;
+    let dead_pid = holder.proc.pid();
     let dead_id = site.enabled_leases().await[0].tags[TAG_HOLDER].clone();
     // A few heartbeats (every TTL/4 = 1 s).
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    holder.sigkill();
+    holder.proc.sigkill();
     let killed = Instant::now();
 
     let out = site.rotate(&["--all"]);
     assert!(!out.status.success() && text(&out).contains(&format!("pid {dead_pid} ")), "{}", text(&out));
     assert_eq!(site.store.list_versions("alpha-password").await.unwrap().len(), 1);
 
-    let mut refused = 0;
-    let successor = loop {
-        let (mut next, port) = site.serve(&env);
-        match started(&mut next, port).await {
-            Ok(()) => break next,
-            Err(status) => {
-                let output = next.output();
-                assert!(!status.success() && output.contains(&format!("pid {dead_pid} ")), "{output}");
-                refused += 1;
-            }
-        }
-        assert!(killed.elapsed() < Duration::from_secs(60), "no takeover within 60 s");
-    };
+    // The successor waits in standby, naming the dead holder, until its lease lapses.
+    let mut successor = site.served(&env).await;
+    let (status, body) = successor.readyz().await;
+    assert!(status == 503 && body.contains(&format!("pid {dead_pid} ")), "{status} {body}");
+    successor.wait_ready(Duration::from_secs(30)).await;
     let took_over = killed.elapsed();
     // In the service's time: the successor's claim came more than a TTL (plus the
     // allowance) after the dead holder's last heartbeat.
@@ -255,16 +494,18 @@ async fn after_a_sigkill_successors_are_refused_until_the_heartbeat_is_a_ttl_old
     let renewals: u64 = dead.tags["kv-rotator-lease-renewals"].parse().unwrap();
     let live = site.enabled_leases().await;
     assert_eq!(live.len(), 2, "the dead holder's version and the successor's");
-    let new = live.iter().find(|v| v.tags[TAG_PID] == successor.pid()).expect("the successor holds");
+    let new = live.iter().find(|v| v.tags[TAG_PID] == successor.proc.pid()).expect("the successor holds");
     let gap = (new.created.unwrap() - dead.updated.unwrap()).whole_seconds();
     assert!(gap > TTL_S + 2, "taken over {gap} s after the last heartbeat");
-    assert!(refused >= 1, "the first successor came while the heartbeat was fresh");
+    // Claims written while the dead holder still counted were refused and disabled.
+    let refused = versions.iter().filter(|v| v.tags[TAG_PID] == successor.proc.pid() && !v.enabled).count();
     println!(
-        "SIGKILL of the holder after {renewals} heartbeats: rotate --all refused, {refused} serve(s) refused, \
-         takeover {:.1} s after the kill, {gap} s after the last heartbeat (TTL {TTL_S} s + 2 s allowance)",
+        "SIGKILL of the holder after {renewals} heartbeats: rotate --all refused, the standby successor wrote \
+         {refused} refused claim(s) and took over {:.1} s after the kill, {gap} s after the last heartbeat \
+         (TTL {TTL_S} s + 2 s allowance)",
         took_over.as_secs_f64()
     );
-    successor.terminate();
+    successor.proc.terminate();
     site.vault.shutdown().await;
 }
 

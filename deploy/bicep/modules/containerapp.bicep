@@ -1,8 +1,8 @@
 // The Container Apps environment (logs to Log Analytics; in the virtual network with
 // private connectivity) and the kv-rotator Container App: HTTPS ingress for Event Grid,
-// the worker identity, /healthz probes, one replica, the configuration file mounted
-// from a Container Apps secret, and Key Vault secrets referenced as environment
-// variables.
+// the worker identity, /healthz probes, one replica in single revision mode (an update
+// needs no step by hand), the configuration file mounted from a Container Apps secret,
+// and Key Vault secrets referenced as environment variables.
 
 @description('Name of the Container Apps environment.')
 param environmentName string
@@ -138,10 +138,12 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
     environmentId: managedEnvironment.id
     workloadProfileName: 'Consumption'
     configuration: {
-      // One engine per vault (the engine lease): a new revision's replica is refused
-      // while the previous revision's holds the lease, so revisions are switched by
-      // hand (docs/deploy.md, "Updating"): Multiple lets the old one be deactivated.
-      activeRevisionsMode: 'Multiple'
+      // One engine per vault (the engine lease): a new revision's replica waits in
+      // standby (listening, /healthz up, rotating nothing) while the previous revision's
+      // holds the lease. Single: once the new revision is ready, Container Apps moves the
+      // traffic to it and stops the old one, whose SIGTERM releases the lease; the new
+      // one takes over at its next claim (docs/deploy.md, "Updating").
+      activeRevisionsMode: 'Single'
       // The webhook's port only. The admin listener (/metrics, /readyz) stays on the
       // replica's loopback (127.0.0.1:9464, set in the generated configuration): never
       // add it to the ingress (no additionalPortMappings), it is unauthenticated.
@@ -150,12 +152,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
         targetPort: 8080
         transport: 'http'
         allowInsecure: false
-        traffic: [
-          {
-            latestRevision: true
-            weight: 100
-          }
-        ]
+        // No traffic weights: in Single mode the traffic goes to the latest ready revision.
         ipSecurityRestrictions: ipRules
       }
       registries: empty(registryName) ? [] : [
@@ -199,7 +196,8 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
           // is not /readyz as on Kubernetes: see the comment of the Readiness probe.
           probes: [
             {
-              // serve claims the engine lease (a few seconds) before it listens.
+              // serve claims the engine lease (a few seconds when it is free, at once
+              // into standby when another replica holds it) before it listens.
               type: 'Startup'
               httpGet: {
                 path: '/healthz'
@@ -221,10 +219,11 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
               failureThreshold: 3
             }
             {
-              // Container Apps starts a new revision before it stops the old one, and the
-              // new serve cannot take the engine lease until the old one stops: a readiness
-              // that waits for the lease (/readyz) would deadlock an update that waits for
-              // readiness. This one answers as soon as the webhook listens.
+              // Container Apps stops the old revision only once the new one is ready, and
+              // the new serve holds the engine lease only once the old one stopped: a
+              // readiness that waited for the lease (/readyz) would hold every update
+              // forever. This one answers as soon as the webhook listens, in standby too
+              // (where deliveries get 503 + Retry-After and Event Grid retries them).
               type: 'Readiness'
               httpGet: {
                 path: '/healthz'
@@ -244,7 +243,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
         }
       ]
       // Exactly one replica: one engine per vault is enforced by the engine lease (a
-      // second replica would exit, refused), and the sweeper and the resumption of
+      // second replica would only wait in standby), and the sweeper and the resumption of
       // unfinished journals run in the background, so the app never scales to zero.
       scale: {
         minReplicas: 1

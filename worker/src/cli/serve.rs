@@ -1,8 +1,10 @@
 //! `kv-rotator serve`: the service against the configured vault.
 //!
-//! It first claims the vault's engine lease ([`crate::lease`]) and refuses to start
-//! while another engine holds it; it keeps the lease for its lifetime and releases it
-//! when it stops.
+//! It first claims the vault's engine lease ([`crate::lease`]). While another live engine
+//! holds it, `serve` waits in standby ([`crate::standby`]: listening, not ready, claiming
+//! again every quarter TTL) and takes over when the lease is free; with `[lease] standby
+//! = false` it refuses to start instead. It keeps the lease for its lifetime and releases
+//! it when it stops.
 
 use std::path::PathBuf;
 
@@ -12,6 +14,7 @@ use tracing::warn;
 
 use crate::lease::{self, ClaimError, LeaseGuard, LeaseTimings};
 use crate::service;
+use crate::standby::Standby;
 use crate::targets::Targets;
 
 /// Loads the configuration, connects, and serves until Ctrl-C or SIGTERM.
@@ -34,7 +37,14 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ),
         Some(_) => {}
     }
-    let lease = claim_lease(store.clone(), "serve", &config.lease).await?;
+    let timings = LeaseTimings::from_config(&config.lease)?;
+    let (lease, standby) = match lease::claim(store.clone(), "serve", timings).await {
+        Ok(lease) => (Some(lease), None),
+        Err(ClaimError::Held(held)) if config.lease.standby => {
+            (None, Some(Standby::new(store.clone(), "serve", timings, &held)))
+        }
+        Err(err) => return Err(refusal(err)),
+    };
     let started = async {
         let listener = TcpListener::bind(config.webhook.listen)
             .await
@@ -42,7 +52,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let background = service::Background {
             sweeper: Some(config.sweeper.clone()),
             alerts: config.alerts.clone(),
-            lease: Some(lease.clone()),
+            lease: lease.clone(),
+            standby,
             admin: crate::admin::bind(&config.admin, None).await?,
         };
         service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await
@@ -50,7 +61,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     match started.await {
         Ok(running) => running.run_until(service::shutdown_signal()).await,
         Err(err) => {
-            lease.release().await;
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
             Err(err)
         }
     }
@@ -64,10 +77,15 @@ pub(crate) async fn claim_lease(
     config: &kv_rotator_config::LeaseConfig,
 ) -> anyhow::Result<LeaseGuard> {
     let timings = LeaseTimings::from_config(config)?;
-    lease::claim(store, command, timings).await.map_err(|err| match err {
+    lease::claim(store, command, timings).await.map_err(refusal)
+}
+
+/// Why a service does not start without the lease, naming the holder when there is one.
+fn refusal(err: ClaimError) -> anyhow::Error {
+    match err {
         ClaimError::Held(held) => anyhow::anyhow!(
             "refusing to start: {held}. One engine per vault: stop that one first, or wait until its lease lapses"
         ),
         other => anyhow::Error::new(other).context("refusing to start without the engine lease"),
-    })
+    }
 }
