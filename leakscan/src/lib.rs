@@ -23,6 +23,12 @@
 //!
 //! With neither variable set every hook does nothing.
 
+// A ledger holds every password of a run: it must never be in a binary that ships.
+#[cfg(not(debug_assertions))]
+compile_error!(
+    "kv-rotator-leakscan records every password to a file: it is for test builds only (leak-ledger), never a release build"
+);
+
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;

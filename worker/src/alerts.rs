@@ -72,7 +72,8 @@ pub enum AlertError {
     /// The sink could not be reached or timed out.
     #[error("alert webhook {url} unreachable: {detail}")]
     Unreachable {
-        /// The sink's URL.
+        /// The sink's origin (scheme, host, port): never its path or query, which often
+        /// carry its credential (a Logic Apps `sig=`, a Slack token).
         url: String,
         /// What failed.
         detail: String,
@@ -80,7 +81,7 @@ pub enum AlertError {
     /// The sink answered with a non-success status.
     #[error("alert webhook {url} answered {status}")]
     Refused {
-        /// The sink's URL.
+        /// The sink's origin, as above.
         url: String,
         /// The HTTP status.
         status: u16,
@@ -92,13 +93,18 @@ pub enum AlertError {
 pub struct WebhookSink {
     client: reqwest::Client,
     url: String,
+    /// What messages show of `url`.
+    origin: String,
 }
 
 impl WebhookSink {
     /// A sink POSTing to `url`, each request bounded by `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Self {
         let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
-        Self { client, url: url.to_owned() }
+        let origin = reqwest::Url::parse(url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| "(unparsable URL)".to_owned());
+        Self { client, url: url.to_owned(), origin }
     }
 
     /// Sends one alert.
@@ -106,18 +112,56 @@ impl WebhookSink {
         let body = alert.to_json();
         #[cfg(feature = "leak-ledger")]
         kv_rotator_leakscan::capture("alerts", &body.to_string());
-        let response = self
-            .client
-            .post(&self.url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| AlertError::Unreachable { url: self.url.clone(), detail: e.without_url().to_string() })?;
+        let response =
+            self.client.post(&self.url).json(&body).send().await.map_err(|e| AlertError::Unreachable {
+                url: self.origin.clone(),
+                detail: e.without_url().to_string(),
+            })?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(AlertError::Refused { url: self.url.clone(), status: status.as_u16() })
+            Err(AlertError::Refused { url: self.origin.clone(), status: status.as_u16() })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn delivery_errors_name_the_sinks_origin_never_its_credential() {
+        // A sink that answers 500 to everything.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let alert = Alert {
+            vault: "v".into(),
+            secret: "s".into(),
+            rotation_id: None,
+            version: None,
+            trigger: "manual".into(),
+            attempts: 1,
+            error: "e".into(),
+            unfinished_journal: None,
+            at: OffsetDateTime::now_utc(),
+        };
+        let secret_url = format!("http://127.0.0.1:{port}/workflows/abc/triggers/manual/paths/invoke?sig=S3CRETsig");
+        let err = WebhookSink::new(&secret_url, Duration::from_secs(5)).send(&alert).await.unwrap_err().to_string();
+        assert_eq!(err, format!("alert webhook http://127.0.0.1:{port} answered 500"));
+        // Nobody listens here: the transport error must not carry the URL either.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let unreachable = format!("http://127.0.0.1:{closed}/hooks/T000/B000/XXXXSECRETTOKEN");
+        let err = WebhookSink::new(&unreachable, Duration::from_secs(5)).send(&alert).await.unwrap_err().to_string();
+        assert!(err.starts_with(&format!("alert webhook http://127.0.0.1:{closed} unreachable")), "{err}");
+        assert!(!err.contains("SECRETTOKEN") && !err.contains("hooks"), "{err}");
     }
 }

@@ -117,7 +117,7 @@ impl<'writer> FormatFields<'writer> for EscapedFields {
 /// the others as `\u{..}`.
 pub fn escape_controls(text: &str, out: &mut impl fmt::Write) -> fmt::Result {
     let mut rest = text;
-    while let Some(at) = rest.find(|c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
+    while let Some(at) = rest.find(is_unsafe_char) {
         out.write_str(&rest[..at])?;
         let c = rest[at..].chars().next().expect("found at this index");
         match c {
@@ -131,11 +131,62 @@ pub fn escape_controls(text: &str, out: &mut impl fmt::Write) -> fmt::Result {
     out.write_str(rest)
 }
 
+/// Characters that can forge or hide text on a line or a terminal: control characters
+/// (line breaks, ESC, C1 such as the 8-bit CSI), the Unicode line and paragraph
+/// separators, and the invisible direction marks and overrides that make a viewer show
+/// text in another order than it is (Trojan Source, CVE-2021-42574).
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// Longest error text an outcome keeps: what a target or Key Vault says goes into every
+/// attempt's log line, the audit record, the alert and `rotate`'s output.
+pub const MAX_ERROR_CHARS: usize = 2048;
+
+/// `text` from outside (a target's or Key Vault's error message, a tag value) made safe
+/// for every place it goes, whatever that place escapes: unsafe characters escaped (as
+/// [`escape_controls`] does) and, past `max` characters, the middle cut out (an error's
+/// context is at its start, its cause often at its end), saying how much.
+pub fn sanitized(text: &str, max: usize) -> String {
+    let mut escaped = String::with_capacity(text.len().min(4 * max));
+    let _ = escape_controls(text, &mut escaped);
+    let chars = escaped.chars().count();
+    if chars <= max {
+        return escaped;
+    }
+    let byte_at = |n: usize| escaped.char_indices().nth(n).map_or(escaped.len(), |(i, _)| i);
+    let (head_end, tail_start) = (byte_at(max / 2), byte_at(chars - max / 2));
+    format!(
+        "{} … ({} bytes cut) … {}",
+        &escaped[..head_end],
+        tail_start - head_end,
+        &escaped[tail_start..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use tracing::Level;
 
     use super::*;
+
+    #[test]
+    fn direction_overrides_are_escaped_and_long_text_is_clipped() {
+        let mut out = String::new();
+        escape_controls("db\u{202e}drowssap\u{2066}x\u{2069}\u{200f}", &mut out).unwrap();
+        assert_eq!(out, r"db\u{202e}drowssap\u{2066}x\u{2069}\u{200f}");
+        assert_eq!(sanitized("short\nline", 100), r"short\nline");
+        let long = format!("start {} cause\u{1b}[2J", "é".repeat(3000));
+        let clipped = sanitized(&long, MAX_ERROR_CHARS);
+        assert!(clipped.starts_with("start éé"), "{}", &clipped[..20]);
+        assert!(clipped.ends_with(r"éé cause\u{1b}[2J"), "{}", &clipped[clipped.len() - 40..]);
+        assert!(clipped.contains(" … (1946 bytes cut) … "), "{clipped}");
+        assert_eq!(clipped.chars().count(), MAX_ERROR_CHARS + " … (1946 bytes cut) … ".chars().count());
+        assert!(!clipped.contains('\u{1b}'));
+    }
 
     #[test]
     fn control_characters_are_escaped() {

@@ -18,12 +18,12 @@ use std::time::Duration;
 use crate::engine::due::{Due, DueRule};
 use kv_rotator_config::SweeperConfig;
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
-use kv_rotator_webhook::{RotationRequest, Trigger};
+use kv_rotator_webhook::{eventgrid, RotationRequest, Trigger};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::engine::journal::{TAG_JOURNAL_FOR, TAG_ROTATED_FROM};
+use crate::engine::journal::{JOURNAL_PREFIX, TAG_JOURNAL_FOR, TAG_ROTATED_FROM};
 use crate::engine::protocol::TAG_ROTATOR;
 use crate::metrics::Metrics;
 
@@ -74,10 +74,23 @@ pub fn due(properties: &SecretProperties, now: OffsetDateTime, rule: &DueRule) -
     }
 }
 
-/// The resume request a journal record stands for, if it is one.
+/// The resume request a journal record stands for, if it is one: named like a journal
+/// record, and naming a valid secret and version. Tags are anyone's to write: without
+/// these checks a tag could put line breaks and terminal escapes into the logs and the
+/// operator's terminal, or `/` and `..` into the secret path asked of Key Vault.
 pub fn journal_request(vault_name: &str, properties: &SecretProperties) -> Option<RotationRequest> {
+    if !properties.name.starts_with(JOURNAL_PREFIX) {
+        return None;
+    }
     let secret = properties.tags.get(TAG_JOURNAL_FOR)?;
     let version = properties.tags.get(TAG_ROTATED_FROM)?;
+    if !eventgrid::is_secret_name(secret) || !eventgrid::is_version(version) {
+        warn!(
+            journal = %properties.name,
+            "journal record names an invalid secret or version in its tags: not resumed; an operator must check it"
+        );
+        return None;
+    }
     Some(RotationRequest {
         vault_name: vault_name.to_owned(),
         secret_name: secret.clone(),
@@ -226,5 +239,30 @@ mod tests {
         assert_eq!((r.secret_name.as_str(), r.version.as_deref()), ("db-password", Some("v1")));
         p.tags.remove(TAG_ROTATED_FROM);
         assert!(journal_request("vault", &p).is_none());
+    }
+
+    #[test]
+    fn journal_tags_on_other_secrets_or_with_hostile_values_make_no_request() {
+        let journal = |name: &str, secret: &str, version: &str| {
+            let mut p = props(None, true);
+            p.name = name.into();
+            p.tags.insert(TAG_JOURNAL_FOR.into(), secret.into());
+            p.tags.insert(TAG_ROTATED_FROM.into(), version.into());
+            journal_request("vault", &p)
+        };
+        assert!(journal("kv-rotator-pending-abc", "db-password", "0123abcd").is_some());
+        // Tags copied onto a secret that is not a journal record.
+        assert!(journal("innocent", "db-password", "0123abcd").is_none());
+        for (secret, version) in [
+            ("x\u{1b}]0;pwned\u{7}\u{1b}[2K\rdb-password: rotated", "0123abcd"),
+            ("db\u{202e}password", "0123abcd"),
+            ("../deletedsecrets/x", "0123abcd"),
+            ("db trigger=manual", "0123abcd"),
+            ("db-password", "v1?api-version=1"),
+            ("db-password", "../x"),
+            (&"a".repeat(128), "0123abcd"),
+        ] {
+            assert!(journal("kv-rotator-pending-abc", secret, version).is_none(), "{secret:?} {version:?}");
+        }
     }
 }

@@ -61,9 +61,12 @@ pub fn rotation_id(vault: &str, secret: &str, source_version: &str) -> String {
     hex::encode(&hasher.finalize()[..16])
 }
 
+/// What every journal record's name starts with.
+pub const JOURNAL_PREFIX: &str = "kv-rotator-pending-";
+
 /// The journal secret's name for a rotation id (a valid Key Vault secret name).
 pub fn journal_name(rotation_id: &str) -> String {
-    format!("kv-rotator-pending-{rotation_id}")
+    format!("{JOURNAL_PREFIX}{rotation_id}")
 }
 
 #[cfg(test)]

@@ -546,7 +546,10 @@ impl Engine {
             })
             .retry(backoff)
             .when(RotationError::is_transient)
-            .notify(|err, delay| warn!(error = %err, retry_in = ?delay, "rotation attempt failed; retrying"))
+            .notify(|err, delay| {
+                let error = crate::logging::sanitized(&err.to_string(), crate::logging::MAX_ERROR_CHARS);
+                warn!(error = %error, retry_in = ?delay, "rotation attempt failed; retrying")
+            })
             .await;
             result = match (steps.target_touched(), result) {
                 (Some(journal), Err(first)) if first.is_transient() => {
@@ -560,10 +563,16 @@ impl Engine {
                 Ok(done) => (done.rotation_id, done.outcome),
                 Err(err) => {
                     let unfinished_journal = steps.target_touched();
+                    // The error carries what targets and Key Vault said: escaped and clipped
+                    // once, here, for the log, the audit record, the alert, `rotate`'s
+                    // output and the Functions host's logs alike.
+                    let error = crate::logging::sanitized(&err.to_string(), crate::logging::MAX_ERROR_CHARS);
                     match &unfinished_journal {
-                        None => error!(error = %err, attempts, "rotation failed; the current password stays in place"),
+                        None => {
+                            error!(error = %error, attempts, "rotation failed; the current password stays in place")
+                        }
                         Some(journal) => error!(
-                            error = %err, attempts, %journal,
+                            error = %error, attempts, %journal,
                             "rotation failed after the target may have taken the new password: it is only in the \
                              journal record, and the latest version may not log in until the sweeper resumes it"
                         ),
@@ -572,7 +581,7 @@ impl Engine {
                         .version
                         .as_deref()
                         .map(|v| journal::rotation_id(self.store.vault_name(), &request.secret_name, v));
-                    (rotation_id, Outcome::Failed { error: err.to_string(), attempts, unfinished_journal })
+                    (rotation_id, Outcome::Failed { error, attempts, unfinished_journal })
                 }
             };
             let report = RotationReport {
@@ -632,7 +641,10 @@ impl Engine {
             last = protocol::attempt(self, request, steps).await;
             match &last {
                 Ok(_) => break,
-                Err(err) if err.is_transient() => warn!(error = %err, "finishing attempt failed; retrying"),
+                Err(err) if err.is_transient() => {
+                    let error = crate::logging::sanitized(&err.to_string(), crate::logging::MAX_ERROR_CHARS);
+                    warn!(error = %error, "finishing attempt failed; retrying")
+                }
                 Err(_) => break,
             }
         }
