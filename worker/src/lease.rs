@@ -215,11 +215,17 @@ impl HolderInfo {
 }
 
 impl std::fmt::Display for HolderInfo {
+    /// The tags are read from the vault, where anyone who can write secrets can set them:
+    /// shown escaped and clipped (they reach `rotate`'s stderr and `/readyz`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |text: &str| crate::logging::sanitized(text, 128);
         write!(
             f,
             "`kv-rotator {}` (pid {} on host {}, holder id {})",
-            self.command, self.pid, self.host, self.holder_id
+            shown(&self.command),
+            shown(&self.pid),
+            shown(&self.host),
+            shown(&self.holder_id)
         )
     }
 }
@@ -749,6 +755,19 @@ impl crate::engine::EngineLease for LeaseGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_from_hostile_tags_is_shown_escaped_and_clipped() {
+        let tags = BTreeMap::from([
+            (TAG_HOLDER.to_owned(), "id".to_owned()),
+            (TAG_COMMAND.to_owned(), "serve\u{1b}[2K\rerror: nothing to see".to_owned()),
+            (TAG_HOST.to_owned(), format!("h\u{202e}{}", "x".repeat(1000))),
+        ]);
+        let shown = HolderInfo::from_tags(&tags).to_string();
+        assert!(!shown.chars().any(crate::logging::is_unsafe_char), "{shown}");
+        assert!(shown.contains(r"serve\u{1b}[2K\rerror") && shown.contains("pid ?"), "{shown}");
+        assert!(shown.len() < 400, "{} bytes", shown.len());
+    }
 
     fn v(version: &str, created: i64, updated: i64, enabled: bool) -> SecretProperties {
         SecretProperties {
