@@ -1,9 +1,10 @@
-//! The command line: `demo`, `dev`, `serve`, `rotate` and `functions`.
+//! The command line: `demo`, `dev`, `serve`, `rotate`, `status` and `functions`.
 //!
 //! - [`demo`]: one rotation end to end on embedded defaults, with a report.
 //! - [`dev`]: the service with the dev vault embedded, for local experiments.
 //! - [`serve`]: the service against a configured vault.
 //! - [`rotate`]: manual rotations (named secrets, `--all`, `--resume`), in-process.
+//! - [`status`]: `status` and `rotate --dry-run`, read-only views of the vault.
 //! - [`functions`]: the Azure Functions custom handler (Event Grid, HTTP and timer triggers).
 //! - [`healthcheck`]: probes a running service's `/healthz` (container health checks).
 //! - [`seed`]: the demo target (an htpasswd file) and a real-shaped Event Grid delivery.
@@ -15,6 +16,7 @@ pub mod healthcheck;
 pub mod rotate;
 pub mod seed;
 pub mod serve;
+pub mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +59,9 @@ pub enum Command {
     },
     /// Rotate secrets now, in this process: named ones, --all managed ones, or --resume unfinished ones.
     Rotate(rotate::RotateArgs),
+    /// Show every managed secret (profile, account, age, expiry, next due, last failure) and
+    /// unfinished journal records; read-only.
+    Status(status::StatusArgs),
     /// Probe a running service's /healthz: exit 0 on a 2xx answer (for container health checks).
     Healthcheck(healthcheck::HealthcheckArgs),
     /// Serve the Azure Functions host's invocations (custom handler) on FUNCTIONS_CUSTOMHANDLER_PORT.
@@ -67,7 +72,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     let default_filter = match cli.command {
         // The demo's output is its report; logs only when something is wrong.
-        Command::Demo | Command::Healthcheck(_) => "warn",
+        Command::Demo | Command::Healthcheck(_) | Command::Status(_) => "warn",
+        Command::Rotate(ref args) if args.dry_run => "warn",
         _ => "info",
     };
     crate::logging::init(cli.log_format, default_filter);
@@ -84,6 +90,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Serve { config } => serve::run(config).await,
             Command::Rotate(args) => rotate::run(args).await,
+            Command::Status(args) => status::status(args).await,
             Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Functions(args) => functions::run(args).await,
         }

@@ -4,6 +4,7 @@
 //! - `rotate --config F --all`: rotate every managed secret (tag `rotator`) — an emergency.
 //! - `rotate --config F --resume`: finish every unfinished journal now.
 //! - `--force`: rotate even within `engine.min_rotation_interval_secs` of the last write.
+//! - `--dry-run`: print the plan only ([`super::status::dry_run`]): no lease, no write, no target.
 //!
 //! Each secret's latest version is read at trigger time and named in the request, so
 //! triggers of the same state (a delivery, the sweeper, a second operator) converge on
@@ -50,6 +51,10 @@ pub struct RotateArgs {
     /// UNSAFE: two engines rotating the same secret at once can lose its password.
     #[arg(long)]
     pub allow_concurrent_engine: bool,
+    /// Print the plan only (profile, account, latest version, expiry, what the engine would
+    /// decide and why): no lease claimed, nothing written, no target contacted.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Names of the secrets to rotate.
     pub secrets: Vec<String>,
 }
@@ -75,6 +80,9 @@ pub async fn manual_request(
 pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
     if !args.all && !args.resume && args.secrets.is_empty() {
         bail!("name at least one secret, or pass --all or --resume");
+    }
+    if args.dry_run {
+        return super::status::dry_run(args).await;
     }
     crate::hardening::log_state();
     let config = kv_rotator_config::load(args.config.as_deref())?;

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretRecord, StoreError};
+use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, StoreError};
 use kv_rotator_rotators::{Credential, Rotator, RotatorError, SetPasswordRequest, VerifyRequest, VerifyResponse};
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
@@ -32,7 +32,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
-use super::due::Due;
+use super::due::{Due, DueRule};
 use super::failpoints;
 use super::journal::{
     self, JOURNAL_CONTENT_TYPE, RESERVED_PREFIX, STEP_PENDING, STEP_TARGET_SET, TAG_ACCOUNT, TAG_ATTEMPTS, TAG_FAILED,
@@ -242,35 +242,67 @@ async fn fence(
 /// forced manual one respects the minimum interval since the latest version was written.
 async fn gate(engine: &Engine, schedule: Schedule, latest: &SecretRecord) -> Result<Option<Outcome>, RotationError> {
     let now = OffsetDateTime::now_utc();
-    let rule = &engine.due_rule;
-    let version = latest.version.clone();
-    let (scheduled, forced) = (schedule == Schedule::Due, schedule == Schedule::Forced);
-    if scheduled {
-        match rule.check(&latest.properties, now) {
-            Due::NoExpiry | Due::Expired | Due::NearExpiry => {}
-            Due::NotYet { due_at } => {
+    match gate_rule(&engine.due_rule, schedule, &latest.version, &latest.properties, now) {
+        GateRule::Open => Ok(None),
+        GateRule::Closed(outcome) => {
+            if let Outcome::NotDue { version, due_at: Some(due_at) } = &outcome {
                 info!(%version, due_at = %due_at.format(&Rfc3339).unwrap_or_default(), "version not due yet; nothing to do");
-                return Ok(Some(Outcome::NotDue { version, due_at: Some(due_at) }));
             }
-            Due::Disabled => return Ok(Some(Outcome::NotDue { version, due_at: None })),
+            Ok(Some(outcome))
+        }
+        GateRule::TooSoonIfRotatedBefore(outcome) => {
+            // A secret with a single version was never rotated: onboarding it is not a storm.
+            // (`created` is the service's own clock; no tag can move it.)
+            if engine.store.list_versions(&latest.name).await?.len() <= 1 {
+                return Ok(None);
+            }
+            info!(version = %latest.version, "latest version is younger than engine.min_rotation_interval_secs; nothing to do");
+            Ok(Some(outcome))
         }
     }
-    if forced {
-        return Ok(None);
+}
+
+/// What [`gate`] decides from the latest version alone ([`gate_rule`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GateRule {
+    /// A new rotation may start.
+    Open,
+    /// The request ends here with this outcome.
+    Closed(Outcome),
+    /// Too soon ([`Outcome::TooSoon`]) if the secret has more than one version; a
+    /// secret's first rotation is never capped.
+    TooSoonIfRotatedBefore(Outcome),
+}
+
+/// The pure part of [`gate`], shared with `rotate --dry-run`: the due rule for scheduled
+/// triggers, then the minimum interval for all but forced ones.
+pub(crate) fn gate_rule(
+    rule: &DueRule,
+    schedule: Schedule,
+    version: &str,
+    properties: &SecretProperties,
+    now: OffsetDateTime,
+) -> GateRule {
+    let version = version.to_owned();
+    if schedule == Schedule::Due {
+        match rule.check(properties, now) {
+            Due::NoExpiry | Due::Expired | Due::NearExpiry => {}
+            Due::NotYet { due_at } => return GateRule::Closed(Outcome::NotDue { version, due_at: Some(due_at) }),
+            Due::Disabled => return GateRule::Closed(Outcome::NotDue { version, due_at: None }),
+        }
     }
-    let Some(allowed_at) = rule.too_soon(&latest.properties, now) else { return Ok(None) };
-    // A secret with a single version was never rotated: onboarding it is not a storm.
-    // (`created` is the service's own clock; no tag can move it.)
-    if engine.store.list_versions(&latest.name).await?.len() <= 1 {
-        return Ok(None);
+    if schedule == Schedule::Forced {
+        return GateRule::Open;
     }
-    info!(%version, "latest version is younger than engine.min_rotation_interval_secs; nothing to do");
-    Ok(Some(Outcome::TooSoon { version, allowed_at }))
+    match rule.too_soon(properties, now) {
+        None => GateRule::Open,
+        Some(allowed_at) => GateRule::TooSoonIfRotatedBefore(Outcome::TooSoon { version, allowed_at }),
+    }
 }
 
 /// What a new rotation must respect ([`gate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Schedule {
+pub(crate) enum Schedule {
     /// Events, the sweeper, resumes: the version must be due, and the minimum interval past.
     Due,
     /// A manual request: the minimum interval past.
@@ -280,7 +312,7 @@ enum Schedule {
 }
 
 impl Schedule {
-    fn of(trigger: &Trigger) -> Self {
+    pub(crate) fn of(trigger: &Trigger) -> Self {
         match trigger {
             Trigger::Manual { force: true, .. } => Schedule::Forced,
             Trigger::Manual { force: false, .. } => Schedule::Manual,
