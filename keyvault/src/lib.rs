@@ -9,6 +9,12 @@
 //! - [`devvault`]: the dev vault, a local TLS-serving implementation of the Key Vault
 //!   secrets REST API used by `kv-rotator dev`, the demo and every test.
 
+// A test-only feature never reaches a binary that ships (see `kv-rotator-leakscan`).
+#[cfg(all(feature = "leak-ledger", not(debug_assertions)))]
+compile_error!(
+    "the leak-ledger feature copies logs and vault metadata to files for the leak scanner: test builds only"
+);
+
 pub mod azure;
 pub mod devvault;
 pub mod pipeline;

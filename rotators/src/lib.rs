@@ -16,6 +16,10 @@
 //! Rotators know nothing of Key Vault or HTTP ingress: the engine hands them the
 //! passwords it read, and keeps the protocol (journal, fencing, finish) to itself.
 
+// A test-only feature never reaches a binary that ships (see `kv-rotator-leakscan`).
+#[cfg(all(feature = "leak-ledger", not(debug_assertions)))]
+compile_error!("the leak-ledger feature records every password to a file: test builds only");
+
 use std::fmt;
 
 use async_trait::async_trait;
