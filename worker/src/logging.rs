@@ -159,12 +159,7 @@ pub fn sanitized(text: &str, max: usize) -> String {
     }
     let byte_at = |n: usize| escaped.char_indices().nth(n).map_or(escaped.len(), |(i, _)| i);
     let (head_end, tail_start) = (byte_at(max / 2), byte_at(chars - max / 2));
-    format!(
-        "{} … ({} bytes cut) … {}",
-        &escaped[..head_end],
-        tail_start - head_end,
-        &escaped[tail_start..]
-    )
+    format!("{} … ({} bytes cut) … {}", &escaped[..head_end], tail_start - head_end, &escaped[tail_start..])
 }
 
 #[cfg(test)]

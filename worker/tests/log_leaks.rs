@@ -268,7 +268,10 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let output = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
         let stderr_tail: Vec<&str> = output.lines().rev().take(20).collect();
-        assert!(out.status.success(), "RUST_LOG={filter}: rotate failed; stdout:\n{stdout}\nlast lines:\n{stderr_tail:#?}");
+        assert!(
+            out.status.success(),
+            "RUST_LOG={filter}: rotate failed; stdout:\n{stdout}\nlast lines:\n{stderr_tail:#?}"
+        );
 
         // The rotations happened: a new version of each secret, which logs in on its
         // target, where the password before it no longer does.
