@@ -47,8 +47,8 @@ require=()
 if [ $# -eq 0 ]; then
     require=(--require cargo-test,crash-matrix,log,stdout,stderr,spawn,devvault,metrics,alerts)
 fi
-# `--bin` without `-p`: the scanner is linked against what the suite's build compiled.
-if ! cargo run --locked --quiet --bin leak-scan -- --ledger "$ledger" --dir "$captured" "${require[@]}"; then
+# The scanner is outside the default members (so `cargo run -- demo` finds one binary).
+if ! cargo run --locked --quiet -p kv-rotator-leakscan --bin leak-scan -- --ledger "$ledger" --dir "$captured" "${require[@]}"; then
     trap - EXIT
     echo "leak scan failed: the ledger and the captured files are kept in $leak_run" >&2
     exit 1
