@@ -146,7 +146,7 @@ fn check_combination(cfg: &super::PostgresConfig) -> Result<(), TlsSetupError> {
     match (cfg.sslmode, cfg.channel_binding) {
         (SslMode::Require | SslMode::VerifyCa, Some(binding @ (ChannelBinding::Prefer | ChannelBinding::Disable))) => {
             return refuse(format!(
-                "channel_binding = {:?} with sslmode = {mode:?}: without a checked host name, channel binding is                  what stops a man in the middle, so it must be \"require\" (the default); or use sslmode = \"verify-full\"",
+                "channel_binding = {:?} with sslmode = {mode:?}: without a checked host name, channel binding is what stops a man in the middle, so it must be \"require\" (the default); or use sslmode = \"verify-full\"",
                 binding.as_str()
             ))
         }

@@ -77,6 +77,12 @@ pub enum RotationError {
     LeaseLapsed,
 }
 
+/// An attempt's error as logs, outcomes, audit records and alerts show it: it carries what
+/// targets and Key Vault said, so it is escaped and middle-clipped (`logging::sanitized`).
+fn shown(err: &RotationError) -> String {
+    crate::logging::sanitized(&err.to_string(), crate::logging::MAX_ERROR_CHARS)
+}
+
 impl RotationError {
     /// Whether retrying the rotation later can succeed.
     pub fn is_transient(&self) -> bool {
@@ -547,7 +553,7 @@ impl Engine {
             .retry(backoff)
             .when(RotationError::is_transient)
             .notify(|err, delay| {
-                let error = crate::logging::sanitized(&err.to_string(), crate::logging::MAX_ERROR_CHARS);
+                let error = shown(&err);
                 warn!(error = %error, retry_in = ?delay, "rotation attempt failed; retrying")
             })
             .await;
@@ -563,10 +569,9 @@ impl Engine {
                 Ok(done) => (done.rotation_id, done.outcome),
                 Err(err) => {
                     let unfinished_journal = steps.target_touched();
-                    // The error carries what targets and Key Vault said: escaped and clipped
-                    // once, here, for the log, the audit record, the alert, `rotate`'s
+                    // Shown once, for the log, the audit record, the alert, `rotate`'s
                     // output and the Functions host's logs alike.
-                    let error = crate::logging::sanitized(&err.to_string(), crate::logging::MAX_ERROR_CHARS);
+                    let error = shown(&err);
                     match &unfinished_journal {
                         None => {
                             error!(error = %error, attempts, "rotation failed; the current password stays in place")
@@ -622,7 +627,7 @@ impl Engine {
         let interval = Duration::from_secs(self.settings.finish_retry_interval_secs.max(1));
         let deadline = Instant::now() + Duration::from_secs(self.settings.finish_retry_for_secs);
         error!(
-            error = %first, %journal, retry_every = ?interval, for_at_most = ?Duration::from_secs(self.settings.finish_retry_for_secs),
+            error = %shown(&first), %journal, retry_every = ?interval, for_at_most = ?Duration::from_secs(self.settings.finish_retry_for_secs),
             "the target may already use the new password but Key Vault is not finished: it is only in the journal \
              record, and consumers reading the latest version are refused; still finishing"
         );
@@ -642,7 +647,7 @@ impl Engine {
             match &last {
                 Ok(_) => break,
                 Err(err) if err.is_transient() => {
-                    let error = crate::logging::sanitized(&err.to_string(), crate::logging::MAX_ERROR_CHARS);
+                    let error = shown(&err);
                     warn!(error = %error, "finishing attempt failed; retrying")
                 }
                 Err(_) => break,
