@@ -197,8 +197,6 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
 }
 
-/// The sweeper's schedule and the due rule: combinations that would let a secret expire
-/// unrotated, or rotate it again before its policy says so, are refused.
 /// Longest duration any key may hold: ten years. Longer ones are mistakes, and near
 /// `u64::MAX` they overflow the clock arithmetic they feed (a panic at the first lease
 /// claim or unfinished rotation, not a configuration error).
@@ -236,6 +234,8 @@ fn validate_durations(config: &Config, problems: &mut Vec<String>) {
     }
 }
 
+/// The sweeper's schedule and the due rule: combinations that would let a secret expire
+/// unrotated, or rotate it again before its policy says so, are refused.
 fn validate_schedule(config: &Config, problems: &mut Vec<String>) {
     let (engine, sweeper) = (&config.engine, &config.sweeper);
     if sweeper.interval_secs == 0 {

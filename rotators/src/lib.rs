@@ -5,7 +5,7 @@
 //!   Requests and responses are structs so fields can be added without breaking plugins.
 //! - [`password`]: password policy and generation.
 //! - built-in rotators, one module per target, each behind a feature flag:
-//!   [`postgres`], [`mariadb`] (MariaDB/MySQL), [`redis`] (ACL users) — single-user
+//!   [`postgres`], [`mariadb`] (MariaDB; MySQL not yet), [`redis`] (ACL users) — single-user
 //!   strategy — and [`htpasswd`] (bcrypt file, used by the demo).
 //! - [`common`]: the `strategy` key and other pieces the network rotators share.
 //! - [`tls`]: the rustls client setup and certificate checks the network rotators share.

@@ -110,11 +110,12 @@ const MAX_USER_NAME_CHARS: usize = 80;
 /// The plugin whose hash kv-rotator computes.
 const NATIVE_PLUGIN: &str = "mysql_native_password";
 
-/// Connection settings of a MariaDB or MySQL target.
+/// Connection settings of a MariaDB target (MySQL is not supported yet: `kind = "mysql"`
+/// is refused).
 ///
 /// ```toml
 /// [targets.shop-db]
-/// kind = "mariadb"               # or "mysql"
+/// kind = "mariadb"
 /// host = "shop-db.internal.example"
 /// tls = "verify-full"            # the default; or "disable"
 /// # tls_ca_file = "/etc/kv-rotator/shop-ca.pem"   # default: the system's CA store
@@ -186,7 +187,7 @@ impl MariaDbConfig {
     }
 }
 
-/// Rotates MariaDB/MySQL account passwords in place (single-user strategy); see the
+/// Rotates MariaDB account passwords in place (single-user strategy); see the
 /// [module docs](self).
 ///
 /// Every operation opens its own connections, so one rotator serves concurrent

@@ -20,7 +20,8 @@
 //! - [`standby`]: a `serve` that finds the engine lease held waits for it, listening.
 //! - [`functions`]: the Azure Functions custom handler: Event Grid, HTTP and timer
 //!   invocations run by the same engine, under an engine lease claimed per need.
-//! - [`cli`]: the `demo`, `dev`, `serve`, `rotate` and `functions` commands.
+//! - [`cli`]: the `demo`, `dev`, `serve`, `rotate`, `status`, `functions` and
+//!   `healthcheck` commands.
 //!
 //! See `docs/architecture.md` for the data flow and the invariant.
 

@@ -1,4 +1,5 @@
-//! The command line: `demo`, `dev`, `serve`, `rotate`, `status` and `functions`.
+//! The command line: `demo`, `dev`, `serve`, `rotate`, `status`, `functions` and
+//! `healthcheck`.
 //!
 //! - [`demo`]: one rotation end to end on embedded defaults, with a report.
 //! - [`dev`]: the service with the dev vault embedded, for local experiments.
