@@ -553,7 +553,7 @@ impl Engine {
             .retry(backoff)
             .when(RotationError::is_transient)
             .notify(|err, delay| {
-                let error = shown(&err);
+                let error = shown(err);
                 warn!(error = %error, retry_in = ?delay, "rotation attempt failed; retrying")
             })
             .await;
@@ -647,7 +647,7 @@ impl Engine {
             match &last {
                 Ok(_) => break,
                 Err(err) if err.is_transient() => {
-                    let error = shown(&err);
+                    let error = shown(err);
                     warn!(error = %error, "finishing attempt failed; retrying")
                 }
                 Err(_) => break,
