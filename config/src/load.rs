@@ -5,6 +5,8 @@ use std::path::Path;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 
+use kv_rotator_rotators::common::Strategy;
+
 use crate::model::{AdminConfig, Config, CredentialConfig, SecretSource, WebhookAuthConfig, WebhookConfig};
 
 /// A configuration that cannot be used, with where and why.
@@ -175,6 +177,27 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             if let Err(e) = glob::Pattern::new(pattern) {
                 problems.push(format!("targets.{name}.accounts: {pattern:?} is not a glob pattern: {e}"));
             }
+        }
+        if let Err(why) = profile.target.offers(profile.strategy) {
+            problems.push(format!(
+                "targets.{name}.strategy {:?} is refused for kind {:?}: {why}",
+                profile.strategy.as_str(),
+                profile.target.name()
+            ));
+        }
+        match (profile.grace_period_secs, profile.strategy) {
+            (Some(_), s) if s != Strategy::MultiPassword => problems.push(format!(
+                "targets.{name}.grace_period_secs applies to strategy \"multi-password\" only (this profile's is {:?})",
+                s.as_str()
+            )),
+            (Some(0), _) => problems.push(format!(
+                "targets.{name}.grace_period_secs must be at least 1: the old password must outlive the rotation \
+                 that replaced it"
+            )),
+            (Some(secs), _) if secs > MAX_DURATION_SECS => {
+                problems.push(format!("targets.{name}.grace_period_secs {secs} is more than ten years"))
+            }
+            _ => {}
         }
         if let Some(admin) = &profile.admin {
             if !is_secret_name(&admin.secret) {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::htpasswd::HtpasswdConfig;
 use kv_rotator_rotators::mariadb::MariaDbConfig;
 use kv_rotator_rotators::postgres::PostgresConfig;
@@ -525,6 +526,28 @@ pub struct TargetProfile {
     /// Policy for generated passwords.
     #[serde(default)]
     pub password: PasswordPolicy,
+    /// How a rotation keeps consumers working: `single-user` (the default),
+    /// `alternating-users` or `multi-password`; the kind must offer it
+    /// ([`TargetKind::offers`]).
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// `multi-password` only: how long, in seconds, the old password keeps working after
+    /// a rotation before it is retired. Default [`DEFAULT_GRACE_PERIOD_SECS`] (one day).
+    #[serde(default)]
+    pub grace_period_secs: Option<u64>,
+}
+
+/// The default `grace_period_secs` of a `multi-password` profile: one day, so that a
+/// consumer that read the old value at the start of a working day (a Power Automate
+/// flow, a nightly job) finishes with it.
+pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 86_400;
+
+impl TargetProfile {
+    /// The grace period of a `multi-password` profile; `None` for other strategies.
+    pub fn grace_period(&self) -> Option<std::time::Duration> {
+        (self.strategy == Strategy::MultiPassword)
+            .then(|| std::time::Duration::from_secs(self.grace_period_secs.unwrap_or(DEFAULT_GRACE_PERIOD_SECS)))
+    }
 }
 
 /// The admin login of a target: a user name, and the Key Vault secret holding its password.
@@ -554,17 +577,52 @@ impl<'de> Deserialize<'de> for MysqlNotSupported {
     }
 }
 
+impl TargetKind {
+    /// Whether this kind offers `strategy`; if not, why (for the configuration error).
+    pub fn offers(&self, strategy: Strategy) -> Result<(), &'static str> {
+        use Strategy::{AlternatingUsers, MultiPassword, SingleUser};
+        match (self, strategy) {
+            (_, SingleUser) | (TargetKind::Redis(_), MultiPassword) => Ok(()),
+            (TargetKind::Postgres(_) | TargetKind::Mariadb(_), AlternatingUsers) => {
+                Err("alternating-users is not built yet for this kind (planned); use single-user")
+            }
+            (TargetKind::Postgres(_), MultiPassword) => Err("PostgreSQL keeps one password per role"),
+            (TargetKind::Mariadb(_), MultiPassword) => {
+                Err("MariaDB keeps one password per account (MySQL 8's RETAIN CURRENT PASSWORD has no MariaDB \
+                 equivalent, and kv-rotator has no MySQL 8 server to test it against)")
+            }
+            (TargetKind::Redis(_), AlternatingUsers) => {
+                Err("Redis ACL users hold several passwords, so use multi-password: one account, no user name for \
+                 consumers to learn")
+            }
+            (TargetKind::Htpasswd(_), _) => Err("an htpasswd file keeps one password per user"),
+            (TargetKind::Mysql(never), _) => match *never {},
+        }
+    }
+
+    /// The `kind` spelling.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TargetKind::Postgres(_) => "postgres",
+            TargetKind::Mariadb(_) => "mariadb",
+            TargetKind::Mysql(_) => "mysql",
+            TargetKind::Redis(_) => "redis",
+            TargetKind::Htpasswd(_) => "htpasswd",
+        }
+    }
+}
+
 /// Kind-specific target settings; each rotator module owns its config type.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum TargetKind {
-    /// PostgreSQL, single-user strategy.
+    /// PostgreSQL.
     Postgres(PostgresConfig),
-    /// MariaDB, single-user strategy.
+    /// MariaDB.
     Mariadb(MariaDbConfig),
     /// `kind = "mysql"`: refused when loaded ([`MysqlNotSupported`]); no value exists.
     Mysql(MysqlNotSupported),
-    /// Redis ACL users, single-user strategy.
+    /// Redis ACL users.
     Redis(RedisConfig),
     /// An Apache htpasswd file (bcrypt).
     Htpasswd(HtpasswdConfig),

@@ -53,6 +53,19 @@ fn redis_profiles_load_with_verified_tls_and_acl_save_by_default() {
 }
 
 #[test]
+fn multi_password_profiles_get_a_grace_period() {
+    let profile = |extra: &str| {
+        format!("[targets.cache]\nkind = \"redis\"\nhost = \"c\"\naccounts = [\"*\"]\nstrategy = \"multi-password\"\n{extra}")
+    };
+    let config = load(&profile("")).unwrap();
+    assert_eq!(config.targets["cache"].grace_period(), Some(std::time::Duration::from_secs(86_400)));
+    let config = load(&profile("grace_period_secs = 90\n")).unwrap();
+    assert_eq!(config.targets["cache"].grace_period(), Some(std::time::Duration::from_secs(90)));
+    let config = load("[targets.db]\nkind = \"postgres\"\nhost = \"h\"\naccounts = [\"*\"]\n").unwrap();
+    assert_eq!(config.targets["db"].grace_period(), None, "single-user has no grace period");
+}
+
+#[test]
 fn wrong_keys_and_values_are_named() {
     let cases = [
         ("kind = \"mariadb\"\nhots = \"x\"\nhost = \"y\"", "hots"),
@@ -61,7 +74,11 @@ fn wrong_keys_and_values_are_named() {
         ("kind = \"redis\"\nhost = \"y\"\ntls = \"prefer\"", "tls \"prefer\" is refused"),
         ("kind = \"redis\"\nhost = \"y\"\nacl_save = \"sometimes\"", "sometimes"),
         ("kind = \"mariadb\"\nhost = \"y\"\nstrategy = \"multi-password\"", "RETAIN CURRENT PASSWORD"),
-        ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"alternating-users\"", "not built yet"),
+        ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"alternating-users\"", "use multi-password"),
+        ("kind = \"postgres\"\nhost = \"y\"\nstrategy = \"multi-password\"", "one password per role"),
+        ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"multi_password\"", "unknown strategy \"multi_password\""),
+        ("kind = \"redis\"\nhost = \"y\"\ngrace_period_secs = 60", "applies to strategy \"multi-password\" only"),
+        ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"multi-password\"\ngrace_period_secs = 0", "at least 1"),
         ("kind = \"mariadb\"\nhost = \"y\"\nconnect_timeout_secs = 0", "at least 1"),
         ("kind = \"postgre\"\nhost = \"y\"", "postgre"),
     ];

@@ -1,8 +1,7 @@
 //! Pieces the network rotators share.
 //!
-//! - [`Strategy`]: the `strategy` key of a target profile. Only `single-user` is built;
-//!   the others are refused by name, with why, so a profile written for them fails at
-//!   load instead of rotating the wrong way.
+//! - [`Strategy`]: the `strategy` key of a target profile (the configuration checks
+//!   that the profile's kind offers it).
 //! - [`positive_secs`]: `connect_timeout_secs` and the like must be at least 1.
 //! - [`find_cause`]: the first error of a type in an error's chain, looking inside
 //!   `io::Error`s too (how a rustls certificate error is found under a driver's error).
@@ -17,43 +16,54 @@ use serde::{Deserialize, Deserializer};
 
 use crate::{RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse, VerifyResponse};
 
-/// How a rotation keeps consumers working (`strategy = "…"` in a target profile).
-///
-/// Only [`Strategy::SingleUser`] exists today: the password of one account is changed in
-/// place, by the account itself or an admin. `alternating-users` and `multi-password`
-/// need engine support that is not built yet; each rotator's deserializer refuses them,
-/// saying whether its target could ever offer them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a rotation keeps consumers working (`strategy = "…"` in a target profile; the
+/// configuration checks that the profile's kind offers it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum Strategy {
     /// One account, its password changed in place.
     #[default]
     SingleUser,
+    /// Two accounts: each rotation resets the idle one and makes it the active one.
+    AlternatingUsers,
+    /// One account holding the old and the new password together for a grace period,
+    /// after which the old one is retired ([`crate::Rotator::retire_passwords`]).
+    MultiPassword,
 }
 
 impl Strategy {
+    /// Every strategy, in the order messages list them.
+    pub const ALL: [Strategy; 3] = [Strategy::SingleUser, Strategy::AlternatingUsers, Strategy::MultiPassword];
+
     /// The configuration spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::SingleUser => "single-user",
+            Strategy::AlternatingUsers => "alternating-users",
+            Strategy::MultiPassword => "multi-password",
         }
     }
+}
 
-    /// Parses `value` for a rotator of `kind` that offers single-user only;
-    /// `multi_password` says why `multi-password` is refused for it.
-    pub fn single_user_only(value: &str, kind: &str, multi_password: &str) -> Result<Self, String> {
-        match value {
-            "single-user" => Ok(Strategy::SingleUser),
-            "multi-password" => {
-                Err(format!("strategy \"multi-password\" is refused for kind {kind:?}: {multi_password}"))
-            }
-            "alternating-users" => Err(format!(
-                "strategy \"alternating-users\" is not built yet for kind {kind:?}; only \"single-user\" is"
-            )),
-            other => Err(format!(
-                "unknown strategy {other:?}: expected \"single-user\" (\"alternating-users\" and \"multi-password\" \
-                 are not built yet)"
-            )),
-        }
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        Strategy::ALL.into_iter().find(|s| s.as_str() == value).ok_or_else(|| {
+            let known: Vec<String> = Strategy::ALL.iter().map(|s| format!("{:?}", s.as_str())).collect();
+            format!("unknown strategy {value:?}: expected one of {}", known.join(", "))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Strategy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -210,15 +220,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_single_user_is_accepted_and_the_others_say_why() {
-        assert_eq!(Strategy::single_user_only("single-user", "k", "n/a"), Ok(Strategy::SingleUser));
-        assert_eq!(Strategy::default().as_str(), "single-user");
-        let e = Strategy::single_user_only("multi-password", "mariadb", "no dual passwords").unwrap_err();
-        assert!(e.contains("\"mariadb\"") && e.contains("no dual passwords"), "{e}");
-        let e = Strategy::single_user_only("alternating-users", "redis", "").unwrap_err();
-        assert!(e.contains("not built yet"), "{e}");
-        let e = Strategy::single_user_only("single_user", "redis", "").unwrap_err();
-        assert!(e.contains("unknown strategy \"single_user\""), "{e}");
+    fn strategies_parse_by_their_configuration_names() {
+        for strategy in Strategy::ALL {
+            assert_eq!(strategy.as_str().parse::<Strategy>(), Ok(strategy));
+        }
+        assert_eq!(Strategy::default(), Strategy::SingleUser);
+        let e = "single_user".parse::<Strategy>().unwrap_err();
+        assert!(e.contains("unknown strategy \"single_user\"") && e.contains("\"multi-password\""), "{e}");
     }
 
     #[test]

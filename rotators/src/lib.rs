@@ -159,6 +159,56 @@ pub enum VerifyResponse {
     Rejected,
 }
 
+/// Multi-password strategy: remove the passwords an account no longer needs, once the
+/// grace period after a rotation has passed. Only removes: a password that is not among
+/// the account's passwords is skipped, and `keep` must keep working.
+#[derive(Debug, Clone)]
+pub struct RetirePasswordsRequest {
+    /// The account.
+    pub username: String,
+    /// The password consumers use now (the secret's latest version): never removed, and
+    /// the login the rotator uses first.
+    pub keep: SecretString,
+    /// Passwords to remove (older versions' values), newest first; some may be gone already.
+    pub retire: Vec<SecretString>,
+    /// The profile's admin login, when it has one.
+    pub admin: Option<Credential>,
+}
+
+/// Response of [`Rotator::retire_passwords`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetirePasswordsResponse {
+    /// How many of the passwords to retire the account still had, and no longer has.
+    pub removed: usize,
+}
+
+/// Alternating-users strategy: make `twin` (the second account of the pair) ready to
+/// take over from `primary` (the account the secret's `CredentialId` names, whose grants
+/// are the reference). Called before every rotation of the pair, through the admin login.
+#[derive(Debug, Clone)]
+pub struct SyncTwinRequest {
+    /// The reference account (the secret's `CredentialId`).
+    pub primary: String,
+    /// The other account of the pair.
+    pub twin: String,
+    /// The password to create `twin` with, if it does not exist (the rotation's pending
+    /// password, already journaled).
+    pub password_if_created: SecretString,
+    /// The profile's admin login (required by this strategy).
+    pub admin: Credential,
+}
+
+/// Response of [`Rotator::sync_twin`]. Texts name grants and roles, never passwords.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncTwinResponse {
+    /// `twin` did not exist and was created, with `primary`'s grants and memberships.
+    pub created: bool,
+    /// Differences from `primary` that were repaired on `twin`.
+    pub repaired: Vec<String>,
+    /// Differences that could not be repaired (reported to the operator).
+    pub drift: Vec<String>,
+}
+
 /// A target system whose passwords kv-rotator rotates.
 ///
 /// Implementations hold their connection settings (from a target profile) and must be
@@ -183,4 +233,19 @@ pub trait Rotator: Send + Sync + fmt::Debug {
     /// trusts the worker, a proxy that answers for the target): a target that accepts
     /// the canary fails the rotation before anything is written.
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse>;
+
+    /// Multi-password strategy only: removes old passwords; see [`RetirePasswordsRequest`].
+    /// The configuration offers the strategy only for kinds that implement this.
+    async fn retire_passwords(&self, req: RetirePasswordsRequest) -> RotatorResult<RetirePasswordsResponse> {
+        let _ = req;
+        Err(RotatorError::Permanent(format!("kind {:?} keeps one password per account", self.kind())))
+    }
+
+    /// Alternating-users strategy only: creates or repairs the pair's second account; see
+    /// [`SyncTwinRequest`]. The configuration offers the strategy only for kinds that
+    /// implement this.
+    async fn sync_twin(&self, req: SyncTwinRequest) -> RotatorResult<SyncTwinResponse> {
+        let _ = req;
+        Err(RotatorError::Permanent(format!("kind {:?} has no alternating-users support", self.kind())))
+    }
 }

@@ -94,9 +94,7 @@ use serde::{Deserialize, Deserializer};
 
 mod auth_guard;
 
-use crate::common::{
-    after_change, chain_text, changed_if_transient, find_cause, logins, no_login, request_hashes, Strategy,
-};
+use crate::common::{after_change, chain_text, changed_if_transient, find_cause, logins, no_login, request_hashes};
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
@@ -120,7 +118,6 @@ const NATIVE_PLUGIN: &str = "mysql_native_password";
 /// tls = "verify-full"            # the default; or "disable"
 /// # tls_ca_file = "/etc/kv-rotator/shop-ca.pem"   # default: the system's CA store
 /// # tls_server_name = "shop-db.example"           # default: host
-/// # strategy = "single-user"     # the only one built
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,9 +142,6 @@ pub struct MariaDbConfig {
     /// reached by an IP address or an alias). Default: `host`.
     #[serde(default)]
     pub tls_server_name: Option<String>,
-    /// Rotation strategy: `single-user` (the default and the only one).
-    #[serde(default, deserialize_with = "strategy")]
-    pub strategy: Strategy,
 }
 
 fn default_port() -> u16 {
@@ -155,17 +149,6 @@ fn default_port() -> u16 {
 }
 fn default_connect_timeout() -> u64 {
     10
-}
-
-fn strategy<'de, D: Deserializer<'de>>(d: D) -> Result<Strategy, D::Error> {
-    let value = String::deserialize(d)?;
-    Strategy::single_user_only(
-        &value,
-        "mariadb",
-        "MariaDB keeps one password per account (MySQL 8's RETAIN CURRENT PASSWORD has no MariaDB equivalent, and \
-         kv-rotator has no MySQL 8 server to test it against)",
-    )
-    .map_err(serde::de::Error::custom)
 }
 
 impl MariaDbConfig {
@@ -178,7 +161,6 @@ impl MariaDbConfig {
             tls: TlsMode::default(),
             tls_ca_file: None,
             tls_server_name: None,
-            strategy: Strategy::default(),
         }
     }
 
@@ -931,15 +913,10 @@ mod tests {
         assert_eq!(cfg, MariaDbConfig::new("db"));
         assert_eq!(cfg.port, 3306);
         assert_eq!(cfg.tls, TlsMode::VerifyFull, "verified TLS unless told otherwise");
-        assert_eq!(cfg.strategy, Strategy::SingleUser);
         let err = |json: &str| serde_json::from_str::<MariaDbConfig>(json).unwrap_err().to_string();
         assert!(err(r#"{"host": "db", "prot": 1}"#).contains("unknown field `prot`"));
         assert!(err(r#"{"host": "db", "tls": "required"}"#).contains("tls \"required\" is refused"));
-        let e = err(r#"{"host": "db", "strategy": "multi-password"}"#);
-        assert!(e.contains("RETAIN CURRENT PASSWORD"), "{e}");
         assert!(err(r#"{"host": "db", "connect_timeout_secs": 0}"#).contains("at least 1"));
-        let single: MariaDbConfig = serde_json::from_str(r#"{"host": "db", "strategy": "single-user"}"#).unwrap();
-        assert_eq!(single.strategy, Strategy::SingleUser);
     }
 
     #[test]

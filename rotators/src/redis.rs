@@ -80,7 +80,7 @@ use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{after_change, chain_text, find_cause, logins, no_login, request_hashes, Strategy};
+use crate::common::{after_change, chain_text, find_cause, logins, no_login, request_hashes};
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
@@ -127,9 +127,6 @@ pub struct RedisConfig {
     /// Whether changes are saved with `ACL SAVE`. Default `required`.
     #[serde(default)]
     pub acl_save: AclSave,
-    /// Rotation strategy: `single-user` (the default and the only one for now).
-    #[serde(default, deserialize_with = "strategy")]
-    pub strategy: Strategy,
 }
 
 /// The `acl_save` key; see the [module docs](self).
@@ -150,17 +147,6 @@ fn default_connect_timeout() -> u64 {
     10
 }
 
-fn strategy<'de, D: Deserializer<'de>>(d: D) -> Result<Strategy, D::Error> {
-    let value = String::deserialize(d)?;
-    Strategy::single_user_only(
-        &value,
-        "redis",
-        "not built yet (ACL users can hold two passwords, but retiring the old one after a grace period needs the \
-         engine's support)",
-    )
-    .map_err(serde::de::Error::custom)
-}
-
 impl RedisConfig {
     /// A configuration with the defaults for everything but the host.
     pub fn new(host: impl Into<String>) -> Self {
@@ -172,7 +158,6 @@ impl RedisConfig {
             tls_ca_file: None,
             tls_server_name: None,
             acl_save: AclSave::default(),
-            strategy: Strategy::default(),
         }
     }
 
@@ -744,7 +729,6 @@ mod tests {
         assert!(err(r#"{"host": "c", "acl_sav": "never"}"#).contains("unknown field `acl_sav`"));
         assert!(err(r#"{"host": "c", "acl_save": "sometimes"}"#).contains("unknown variant `sometimes`"));
         assert!(err(r#"{"host": "c", "tls": "require"}"#).contains("tls \"require\" is refused"));
-        assert!(err(r#"{"host": "c", "strategy": "multi-password"}"#).contains("not built yet"));
     }
 
     #[test]

@@ -108,6 +108,8 @@ impl Harness {
                 password: Default::default(),
                 accounts: vec!["kvr_e2e*".to_owned()],
                 allow_admin_account: false,
+                strategy: Default::default(),
+                grace_period_secs: None,
             },
         )]);
         let engine = EngineConfig {

@@ -41,6 +41,8 @@ fn pg_targets(port: u16) -> Targets {
             password: Default::default(),
             accounts: vec!["*".to_owned()],
             allow_admin_account: false,
+            strategy: Default::default(),
+            grace_period_secs: None,
         },
     )]);
     Targets::from_profiles(&profiles).unwrap()
