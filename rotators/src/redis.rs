@@ -1,4 +1,4 @@
-//! Redis rotator for ACL users (Redis 6 and later), single-user strategy.
+//! Redis rotator for ACL users (Redis 6 and later): single-user and multi-password.
 //!
 //! - [`RedisConfig`]: where the server is, how the connection is protected, and whether
 //!   changes are saved to the server's ACL file (a target profile with `kind = "redis"`).
@@ -13,6 +13,15 @@
 //! sends the password itself, so outside a trusted private network use TLS.
 //! `resetpass` drops the user's other passwords (and `nopass`) and nothing else: its
 //! `on`/`off` state, commands, keys, channels and selectors stay as they were.
+//!
+//! **Multi-password** ([`RedisRotator::with_multi_password`], `strategy =
+//! "multi-password"`): an ACL user holds any number of passwords, so `set_password`
+//! adds the new hash without `resetpass`, and consumers holding the old value keep
+//! working. After the profile's grace period the engine calls
+//! [`Rotator::retire_passwords`]: it logs in with the latest version's password (which
+//! must work, or nothing is removed), reads the user's hashes (`ACL GETUSER`) and removes
+//! those of the old versions it still has in one `ACL SETUSER … !<hash>…`, then saves as
+//! above and proves the current password still logs in. Only hashes travel here too.
 //!
 //! **Who may change a password.** `ACL SETUSER` needs the `acl` permission, which lets
 //! whoever holds it grant itself everything: in practice the admin login changes
@@ -76,7 +85,7 @@ use async_trait::async_trait;
 use rustls::pki_types::ServerName;
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -84,8 +93,8 @@ use crate::common::{after_change, chain_text, find_cause, logins, no_login, requ
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
-    PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse,
-    VerifyRequest, VerifyResponse,
+    Credential, PasswordPolicy, RetirePasswordsRequest, RetirePasswordsResponse, Rotator, RotatorError, RotatorResult,
+    SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse, VerifyRequest, VerifyResponse,
 };
 
 /// Longest reply line read during authentication.
@@ -175,6 +184,8 @@ impl RedisConfig {
 pub struct RedisRotator {
     cfg: RedisConfig,
     policy: PasswordPolicy,
+    /// Multi-password strategy: a new password is added beside the others (no `resetpass`).
+    keep_old_passwords: bool,
     /// Built once from `tls` and `tls_ca_file`; `None` for `disable`.
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
 }
@@ -230,7 +241,15 @@ impl RedisRotator {
                     Some((tokio_rustls::TlsConnector::from(config), name))
                 }
             };
-        Ok(Self { cfg, policy, tls })
+        Ok(Self { cfg, policy, keep_old_passwords: false, tls })
+    }
+
+    /// For a profile with `strategy = "multi-password"`: `set_password` adds the new
+    /// password and leaves the user's others in force; [`Rotator::retire_passwords`]
+    /// removes the old ones after the grace period.
+    pub fn with_multi_password(mut self) -> Self {
+        self.keep_old_passwords = true;
+        self
     }
 
     /// Its connection settings.
@@ -389,7 +408,11 @@ impl RedisRotator {
         let context = format!("changing the password of user {name} on {server} as {who}");
         let setuser = Zeroizing::new(format!("#{hash}"));
         let mut cmd = ::redis::cmd("ACL");
-        cmd.arg("SETUSER").arg(user).arg("resetpass").arg(setuser.as_str());
+        cmd.arg("SETUSER").arg(user);
+        if !self.keep_old_passwords {
+            cmd.arg("resetpass");
+        }
+        cmd.arg(setuser.as_str());
         match cmds.run(&cmd, &context, scrub).await {
             Ok(_) => {}
             Err(Refusal::NoPerm(text)) if !as_admin => return Ok(Some(format!("{who} may not change ACLs: {text}"))),
@@ -398,6 +421,41 @@ impl RedisRotator {
             Err(e) => return Err(e.into_error(&context)),
         }
         Ok(None)
+    }
+
+    /// Removes those of `hashes` that `user` still has (`ACL GETUSER`, then one
+    /// `ACL SETUSER … !<hash>…`: removing a hash the user lacks is an error in Redis);
+    /// how many it removed.
+    async fn remove_hashes(
+        &self,
+        cmds: &mut Commands,
+        user: &str,
+        hashes: &[Zeroizing<String>],
+        who: &str,
+        scrub: &Scrubber,
+    ) -> Result<usize, Refusal> {
+        let context = format!("reading user {} on {} as {who}", quote(user), self.server());
+        let present = match cmds.run(::redis::cmd("ACL").arg("GETUSER").arg(user), &context, scrub).await? {
+            Value::Nil => {
+                return Err(Refusal::Other(RotatorError::Permanent(format!("{context}: no such user"))));
+            }
+            value => passwords_of(&value),
+        };
+        let gone: Vec<&Zeroizing<String>> =
+            hashes.iter().filter(|h| present.iter().any(|p| p.as_str() == h.as_str())).collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = ::redis::cmd("ACL");
+        cmd.arg("SETUSER").arg(user);
+        let removals: Vec<Zeroizing<String>> =
+            gone.iter().map(|h| Zeroizing::new(format!("!{}", h.as_str()))).collect();
+        for removal in &removals {
+            cmd.arg(removal.as_str());
+        }
+        let context = format!("retiring old passwords of user {} on {} as {who}", quote(user), self.server());
+        // Sent, then no answer: they may be gone or not; the next call reads them again.
+        cmds.run(&cmd, &context, scrub).await.map(|_| gone.len())
     }
 
     /// `ACL SAVE` once the password is changed (or found changed), when `acl_save` is
@@ -410,7 +468,7 @@ impl RedisRotator {
         &self,
         first: Option<(Commands, String)>,
         first_is_admin: bool,
-        req: &SetPasswordRequest,
+        (user, admin): (&str, Option<&Credential>),
         scrub: &Scrubber,
     ) {
         if self.cfg.acl_save != AclSave::Required {
@@ -422,11 +480,11 @@ impl RedisRotator {
                 Ok(()) => return,
                 Err(Refusal::NoPerm(text)) if !first_is_admin => why.push(format!("{who} may not save ACLs: {text}")),
                 Err(e) => {
-                    return self.unsaved(req, &e.into_error(&format!("saving the ACL file as {who}")).to_string())
+                    return self.unsaved(user, &e.into_error(&format!("saving the ACL file as {who}")).to_string())
                 }
             }
         }
-        match req.admin.as_ref().filter(|_| !first_is_admin) {
+        match admin.filter(|_| !first_is_admin) {
             None if why.is_empty() => why.push("no login to save with".to_owned()),
             None => why.push("no admin credential configured".to_owned()),
             Some(admin) => {
@@ -447,7 +505,7 @@ impl RedisRotator {
                 }
             }
         }
-        self.unsaved(req, &why.join("; "))
+        self.unsaved(user, &why.join("; "))
     }
 
     async fn save_on(&self, cmds: &mut Commands, who: &str, scrub: &Scrubber) -> Result<(), Refusal> {
@@ -456,10 +514,10 @@ impl RedisRotator {
     }
 
     /// The loud report of a change that is not saved.
-    fn unsaved(&self, req: &SetPasswordRequest, why: &str) {
+    fn unsaved(&self, user: &str, why: &str) {
         tracing::warn!(
             server = %self.server(),
-            user = %quote(&req.username),
+            user = %quote(user),
             error = %why,
             "the password of the Redis user is changed in the server's memory but NOT saved to its ACL file: the \
              old password comes back when the server restarts, and Key Vault holds the new one; fix the ACL file \
@@ -538,8 +596,8 @@ impl Rotator for RedisRotator {
             if self.cfg.acl_save == AclSave::Required {
                 let context = format!("opening a session on {} as {pending_who}", self.server());
                 match self.commands(stream, &context, &scrub).await {
-                    Ok(cmds) => self.save(Some((cmds, pending_who)), false, &req, &scrub).await,
-                    Err(_) => self.save(None, false, &req, &scrub).await,
+                    Ok(cmds) => self.save(Some((cmds, pending_who)), false, (user, req.admin.as_ref()), &scrub).await,
+                    Err(_) => self.save(None, false, (user, req.admin.as_ref()), &scrub).await,
                 }
             }
             return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
@@ -559,7 +617,7 @@ impl Rotator for RedisRotator {
                 cannot.push(why_not);
                 continue;
             }
-            self.save(Some((cmds, who.clone())), as_admin, &req, &scrub).await;
+            self.save(Some((cmds, who.clone())), as_admin, (user, req.admin.as_ref()), &scrub).await;
             // A fresh connection proves the new password works end to end.
             let after_who = format!("user {name} with the new password");
             let after = self.check(user, &req.pending, &after_who, &scrub).await;
@@ -579,6 +637,80 @@ impl Rotator for RedisRotator {
         let hash = SecretString::from(acl_hash(&req.password).to_string());
         let scrub = Scrubber::new([&req.password, &hash]);
         self.check(&req.username, &req.password, &format!("user {}", quote(&req.username)), &scrub).await
+    }
+
+    async fn retire_passwords(&self, req: RetirePasswordsRequest) -> RotatorResult<RetirePasswordsResponse> {
+        check_user_name(&req.username)?;
+        let keep_hash = acl_hash(&req.keep);
+        let retire: Vec<Zeroizing<String>> =
+            req.retire.iter().map(acl_hash).filter(|h| h.as_str() != keep_hash.as_str()).collect();
+        let derived: Vec<SecretString> =
+            std::iter::once(&keep_hash).chain(&retire).map(|h| SecretString::from(h.to_string())).collect();
+        let scrub = Scrubber::new(
+            [&req.keep].into_iter().chain(&req.retire).chain(req.admin.as_ref().map(|a| &a.password)).chain(&derived),
+        );
+        let user = req.username.as_str();
+        let name = quote(user);
+        // The password consumers use now must work before anything is removed, and is
+        // the first login: a user that may change its own ACL retires its own passwords.
+        let keep_who = format!("user {name} with its current password");
+        let own = self.login(user, &req.keep, &keep_who, &scrub).await?;
+        if own.is_none() {
+            return Err(RotatorError::Permanent(format!(
+                "user {name} on {}: the password of the secret's latest version does not log in, so no older \
+                 password is retired (consumers may still depend on one)",
+                self.server()
+            )));
+        }
+        let mut sessions = vec![(own, keep_who, false)];
+        if let Some(admin) = &req.admin {
+            sessions.push((None, format!("admin {}", quote(&admin.username)), true));
+        }
+        let mut cannot = Vec::new();
+        for (stream, who, as_admin) in sessions {
+            let stream = match stream {
+                Some(stream) => stream,
+                None => {
+                    let admin = req.admin.as_ref().expect("an admin session only with an admin");
+                    match self.login(&admin.username, &admin.password, &who, &scrub).await? {
+                        Some(stream) => stream,
+                        None => {
+                            cannot.push(format!("{who}: refused"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let context = format!("opening a session on {} as {who}", self.server());
+            let mut cmds = self.commands(stream, &context, &scrub).await?;
+            match self.remove_hashes(&mut cmds, user, &retire, &who, &scrub).await {
+                Ok(0) => return Ok(RetirePasswordsResponse { removed: 0 }),
+                Ok(removed) => {
+                    self.save(Some((cmds, who)), as_admin, (user, req.admin.as_ref()), &scrub).await;
+                    // Removing others never touches `keep`; a fresh login proves it.
+                    let after =
+                        self.check(user, &req.keep, &format!("user {name} with its current password"), &scrub).await;
+                    return match after? {
+                        VerifyResponse::Accepted => Ok(RetirePasswordsResponse { removed }),
+                        VerifyResponse::Rejected => Err(RotatorError::Permanent(format!(
+                            "user {name} on {}: old passwords were retired, and now the current one does not log in \
+                             either (changed by someone else meanwhile?)",
+                            self.server()
+                        ))),
+                    };
+                }
+                Err(Refusal::NoPerm(text)) if !as_admin => cannot.push(format!("{who} may not change ACLs: {text}")),
+                Err(e) => return Err(e.into_error(&format!("retiring old passwords of user {name} as {who}"))),
+            }
+        }
+        if req.admin.is_none() {
+            cannot.push("no admin credential configured".to_owned());
+        }
+        Err(RotatorError::Permanent(format!(
+            "no login could retire old passwords of user {name} on {}: {}",
+            self.server(),
+            cannot.join("; ")
+        )))
     }
 }
 
@@ -648,6 +780,18 @@ fn flags_of(value: &Value) -> Vec<String> {
     field(value, "flags")
         .and_then(|flags| match flags {
             Value::Array(items) | Value::Set(items) => Some(items.iter().filter_map(text_of).collect()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// The password hashes of an `ACL GETUSER` reply (lower-case hex SHA-256).
+fn passwords_of(value: &Value) -> Vec<Zeroizing<String>> {
+    field(value, "passwords")
+        .and_then(|list| match list {
+            Value::Array(items) | Value::Set(items) => {
+                Some(items.iter().filter_map(text_of).map(|h| Zeroizing::new(h.to_ascii_lowercase())).collect())
+            }
             _ => None,
         })
         .unwrap_or_default()

@@ -748,3 +748,97 @@ async fn command_errors_and_user_names_are_escaped() {
     assert!(err.contains(r#"no ACL GETUSER app\"evil today\n2026"#), "the server's text, escaped: {err}");
     assert!(err.contains(r#"user "app\"evil" with its current password"#), "{err}");
 }
+
+fn retire(user: &str, keep: &SecretString, retire: &[&SecretString]) -> kv_rotator_rotators::RetirePasswordsRequest {
+    kv_rotator_rotators::RetirePasswordsRequest {
+        username: user.to_owned(),
+        keep: keep.clone(),
+        retire: retire.iter().map(|p| (*p).clone()).collect(),
+        admin: None,
+    }
+}
+
+/// Multi-password: the new password is added, the old one keeps working until it is
+/// retired, and then only the new one logs in. Retiring again finds nothing to remove.
+#[tokio::test]
+async fn multi_password_keeps_the_old_password_until_it_is_retired() {
+    let (mut conn, guard, prefix) = setup().await;
+    let user = format!("{prefix}_multi");
+    let p0 = policy().generate();
+    create_user(&mut conn, &guard, &user, &p0, &format!("~kvr:* +get {SELF_CHANGE}")).await;
+    let multi = rotator().with_multi_password();
+    let p1 = policy().generate();
+    assert_eq!(
+        multi.set_password(request(&user, &p1, &p0)).await.unwrap().outcome,
+        SetPasswordOutcome::ChangedWithCurrent
+    );
+    for (password, what) in [(&p0, "old"), (&p1, "new")] {
+        assert_eq!(multi.verify(verify(&user, password)).await.unwrap(), VerifyResponse::Accepted, "{what} password");
+    }
+    // The other rules stay, and only hashes are in the ACL.
+    let line = acl_line(&mut conn, &user).await;
+    assert!(line.contains(&hash_of(&p0)) && line.contains(&hash_of(&p1)) && line.contains("~kvr:*"), "{line}");
+
+    let done = multi.retire_passwords(retire(&user, &p1, &[&p0])).await.unwrap();
+    assert_eq!(done.removed, 1);
+    assert_eq!(multi.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected, "old password retired");
+    assert_eq!(multi.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted, "new password stays");
+    let again = multi.retire_passwords(retire(&user, &p1, &[&p0])).await.unwrap();
+    assert_eq!(again.removed, 0, "a repeated retirement (after a crash) finds nothing left");
+    // Asked to retire the password it keeps, it keeps it.
+    assert_eq!(multi.retire_passwords(retire(&user, &p1, &[&p1])).await.unwrap().removed, 0);
+    assert_eq!(multi.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted);
+}
+
+/// Nothing is retired unless the password consumers use now logs in: they may still
+/// depend on an old one. A user without ACL rights has its passwords retired by the admin.
+#[tokio::test]
+async fn retirement_needs_a_working_current_password_and_falls_back_to_the_admin() {
+    let (mut conn, guard, prefix) = setup().await;
+    let user = format!("{prefix}_plainmulti");
+    let (p0, p1) = (policy().generate(), policy().generate());
+    create_user(&mut conn, &guard, &user, &p0, "~app:* +get").await;
+    acl(&mut conn, &["SETUSER", &user, &format!("#{}", hash_of(&p1))]).await;
+    let multi = rotator().with_multi_password();
+    let stranger = policy().generate();
+    let err = multi.retire_passwords(retire(&user, &stranger, &[&p0])).await.unwrap_err();
+    assert!(
+        matches!(err, RotatorError::Permanent(_)) && err.to_string().contains("no older password is retired"),
+        "{err}"
+    );
+    assert_eq!(multi.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted, "nothing removed");
+
+    let err = multi.retire_passwords(retire(&user, &p1, &[&p0])).await.unwrap_err();
+    assert!(err.to_string().contains("may not change ACLs") && err.to_string().contains("no admin"), "{err}");
+    let mut req = retire(&user, &p1, &[&p0]);
+    req.admin = Some(create_admin(&mut conn, &guard, &format!("{prefix}_admin")).await);
+    assert_eq!(multi.retire_passwords(req.clone()).await.unwrap().removed, 1);
+    assert_eq!(multi.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
+    assert_eq!(multi.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted);
+    for text in [format!("{err:?}"), err.to_string(), format!("{req:?}")] {
+        for secret in [&p0, &p1, &stranger] {
+            assert!(!contains_secret(&text, secret), "a password in {text}");
+            assert!(!text.contains(&hash_of(secret)), "a hash in {text}");
+        }
+    }
+}
+
+/// Retirement is saved to the ACL file: a restart does not bring the old password back.
+#[tokio::test]
+async fn retirement_is_saved_to_the_acl_file() {
+    let (server, admin, p0) = server_with_app("~app:* +get").await;
+    let multi = on(server.port).with_multi_password();
+    let p1 = policy().generate();
+    let mut req = request("app", &p1, &p0);
+    req.admin = Some(admin.clone());
+    assert_eq!(multi.set_password(req).await.unwrap().outcome, SetPasswordOutcome::ChangedWithAdmin);
+    let saved = read(&server.aclfile());
+    assert!(saved.contains(&hash_of(&p0)) && saved.contains(&hash_of(&p1)), "both saved: {saved}");
+    let mut req = retire("app", &p1, &[&p0]);
+    req.admin = Some(admin);
+    assert_eq!(multi.retire_passwords(req).await.unwrap().removed, 1);
+    let server = server.restart().await;
+    let multi = on(server.port).with_multi_password();
+    assert_eq!(multi.verify(verify("app", &p0)).await.unwrap(), VerifyResponse::Rejected);
+    assert_eq!(multi.verify(verify("app", &p1)).await.unwrap(), VerifyResponse::Accepted);
+}

@@ -361,7 +361,7 @@ fn http_response(status: StatusCode, body: &Value, retry_after: Option<u64>) -> 
 fn manual_status(fate: &Fate) -> StatusCode {
     match fate {
         Fate::Done(report) => match report.outcome {
-            Outcome::Rotated { .. } | Outcome::AlreadyRotated { .. } => StatusCode::OK,
+            Outcome::Rotated { .. } | Outcome::AlreadyRotated { .. } | Outcome::Retired { .. } => StatusCode::OK,
             Outcome::NotFound => StatusCode::NOT_FOUND,
             Outcome::NotManaged => StatusCode::UNPROCESSABLE_ENTITY,
             Outcome::Stale { .. } | Outcome::TooSoon { .. } | Outcome::NotDue { .. } => StatusCode::CONFLICT,

@@ -4,7 +4,9 @@
 //!   names its secret (`kv-rotator-journal-for`) and source version (`rotated-from`),
 //!   so resuming is just requesting that rotation again — and (2) managed secrets (tag
 //!   `rotator`) whose latest version is due under the engine's rule ([`DueRule`]: within
-//!   the lead before `exp`, expired, or without `exp`), each naming the version it saw.
+//!   the lead before `exp`, expired, or without `exp`), each naming the version it saw,
+//!   and (3) multi-password secrets whose old passwords' grace period is over
+//!   ([`crate::engine::retire`]), even with the due scan off: it finishes a rotation.
 //! - [`Sweeper`]: runs [`scan`] at startup and every `sweeper.interval_secs`, and
 //!   enqueues what it finds. Event Grid drops undeliverable events after 24 h and fires
 //!   NearExpiry once per version: this is what makes a missed event harmless.
@@ -25,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::engine::journal::{JOURNAL_PREFIX, TAG_JOURNAL_FOR, TAG_ROTATED_FROM};
 use crate::engine::protocol::TAG_ROTATOR;
+use crate::engine::retire::retirement_hint_due;
 use crate::metrics::Metrics;
 
 /// Why the sweeper enqueued a secret.
@@ -38,6 +41,8 @@ pub enum Reason {
     Expired,
     /// The latest version has no `exp`.
     NoExpiry,
+    /// Multi-password: the old passwords' grace period is over ([`crate::engine::retire`]).
+    Retirement,
 }
 
 impl Reason {
@@ -48,6 +53,7 @@ impl Reason {
             Reason::NearExpiry => "near_expiry",
             Reason::Expired => "expired",
             Reason::NoExpiry => "no_expiry",
+            Reason::Retirement => "retirement",
         }
     }
 }
@@ -99,8 +105,18 @@ pub fn journal_request(vault_name: &str, properties: &SecretProperties) -> Optio
     })
 }
 
-/// Lists the vault once: journals to resume always; secrets due under `rule` when it is
-/// `Some`.
+/// Why a managed secret's latest version (as listed or read) needs a request: its
+/// old passwords' retirement has come (always looked for: it finishes a rotation), or it
+/// is due under `rule` (when the due scan is on).
+fn wanted(properties: &SecretProperties, now: OffsetDateTime, rule: Option<&DueRule>) -> Option<Reason> {
+    if retirement_hint_due(&properties.tags, now) {
+        return Some(Reason::Retirement);
+    }
+    rule.and_then(|rule| due(properties, now, rule))
+}
+
+/// Lists the vault once: journals to resume and retirements whose time has come always;
+/// secrets due under `rule` when it is `Some`.
 pub async fn scan(store: &dyn SecretStore, rule: Option<&DueRule>) -> Result<Scan, StoreError> {
     let now = OffsetDateTime::now_utc();
     let mut scan = Scan::default();
@@ -113,12 +129,11 @@ pub async fn scan(store: &dyn SecretStore, rule: Option<&DueRule>) -> Result<Sca
             continue;
         }
         scan.managed += 1;
-        let Some(rule) = rule else { continue };
-        let Some(reason) = due(&properties, now, rule) else { continue };
+        let Some(reason) = wanted(&properties, now, rule) else { continue };
         // The listing names no version: read the latest to name the one seen, and judge
         // that version (a rotation may have written a new one since the listing).
         match store.get_latest(&properties.name).await {
-            Ok(latest) if due(&latest.properties, now, rule).is_none() => {}
+            Ok(latest) if wanted(&latest.properties, now, rule).is_none() => {}
             Ok(latest) => scan.requests.push((
                 RotationRequest {
                     vault_name: store.vault_name().to_owned(),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
+use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::htpasswd::HtpasswdRotator;
 use kv_rotator_rotators::mariadb::MariaDbRotator;
 use kv_rotator_rotators::postgres::PostgresRotator;
@@ -16,6 +17,8 @@ pub struct Targets {
     rotators: BTreeMap<String, Arc<dyn Rotator>>,
     admins: BTreeMap<String, AdminRef>,
     accounts: BTreeMap<String, Accounts>,
+    /// Multi-password profiles' grace periods.
+    grace_periods: BTreeMap<String, std::time::Duration>,
 }
 
 /// Which accounts a profile may rotate: `accounts` patterns, and whether its admin's own.
@@ -54,15 +57,22 @@ impl Targets {
                     MariaDbRotator::new(cfg.clone(), profile.password.clone())
                         .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?,
                 ),
-                TargetKind::Redis(cfg) => Arc::new(
-                    RedisRotator::new(cfg.clone(), profile.password.clone())
-                        .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?,
-                ),
+                TargetKind::Redis(cfg) => {
+                    let rotator = RedisRotator::new(cfg.clone(), profile.password.clone())
+                        .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?;
+                    match profile.strategy {
+                        Strategy::MultiPassword => Arc::new(rotator.with_multi_password()),
+                        _ => Arc::new(rotator),
+                    }
+                }
                 TargetKind::Htpasswd(cfg) => Arc::new(HtpasswdRotator::new(cfg.clone(), profile.password.clone())),
                 TargetKind::Mysql(never) => match *never {},
             };
             targets.insert(name, rotator, profile.admin.clone());
             targets.set_accounts(name, Accounts::new(&profile.accounts, profile.allow_admin_account));
+            if let Some(grace) = profile.grace_period() {
+                targets.set_grace_period(name, grace);
+            }
         }
         Ok(targets)
     }
@@ -104,6 +114,17 @@ impl Targets {
             Some(admin) => self.admins.insert(name.to_owned(), admin),
             None => self.admins.remove(name),
         };
+    }
+
+    /// Makes profile `name` multi-password: old passwords are retired `grace` after a
+    /// rotation (its rotator must add passwords rather than replace them).
+    pub fn set_grace_period(&mut self, name: &str, grace: std::time::Duration) {
+        self.grace_periods.insert(name.to_owned(), grace);
+    }
+
+    /// The grace period of profile `name`, if it is multi-password.
+    pub fn grace_period(&self, name: &str) -> Option<std::time::Duration> {
+        self.grace_periods.get(name).copied()
     }
 
     /// The rotator of profile `name`.

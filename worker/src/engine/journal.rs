@@ -42,6 +42,10 @@ pub const RESERVED_PREFIX: &str = "kv-rotator-";
 /// Tag on a managed secret's latest version: a rotation failed past the retry cap
 /// (value: when, attempts, rotation id). Removed by the next successful rotation.
 pub const TAG_FAILED: &str = "kv-rotator-failed";
+/// Tag on a new version of a multi-password profile: the passwords of the versions
+/// before it are still valid on the target and will be retired after the grace period
+/// (value: when, RFC 3339; see `engine::retire`). Removed once they are.
+pub const TAG_RETIRE_AFTER: &str = "kv-rotator-retire-after";
 /// Journal step: the record is written, the target may not have the password yet.
 pub const STEP_PENDING: &str = "pending";
 /// Journal step: the target accepts the pending password; Key Vault not finished.

@@ -8,6 +8,7 @@
 //!   canary, create (journal), re-fence, set, test, re-fence, finish — one function each.
 //! - [`due`]: when a version is due (for the sweeper and events alike) and the
 //!   minimum interval between rotations.
+//! - [`retire`]: multi-password retirement of old passwords after the grace period.
 //! - [`planner`]: the protocol's pure decisions (fence, journal, stale journals).
 //! - [`journal`]: rotation ids, journal record naming and tags.
 //! - [`locks`]: per-secret mutual exclusion.
@@ -21,6 +22,7 @@ pub mod journal;
 pub mod locks;
 pub mod planner;
 pub mod protocol;
+pub mod retire;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -141,6 +143,14 @@ pub enum Outcome {
         /// When a rotation is allowed again (or now, with `rotate --force`).
         allowed_at: OffsetDateTime,
     },
+    /// Multi-password: the grace period after `version` had passed, and the passwords of
+    /// the versions before it were retired; no rotation was due.
+    Retired {
+        /// The latest version, whose password stays.
+        version: String,
+        /// Passwords the target still had and no longer has.
+        removed: usize,
+    },
     /// The request names another vault than the one this worker manages.
     OtherVault,
     /// Every attempt failed.
@@ -167,6 +177,7 @@ impl Outcome {
             Outcome::NotFound => "not_found",
             Outcome::NotDue { .. } => "not_due",
             Outcome::TooSoon { .. } => "too_soon",
+            Outcome::Retired { .. } => "retired",
             Outcome::OtherVault => "other_vault",
             Outcome::Failed { unfinished_journal: None, .. } => "failed",
             Outcome::Failed { unfinished_journal: Some(_), .. } => "failed_unfinished",
@@ -353,6 +364,10 @@ impl fmt::Display for Outcome {
                 f,
                 "version {version} is younger than engine.min_rotation_interval_secs: next rotation allowed at {} (or use --force)",
                 allowed_at.format(&Rfc3339).unwrap_or_default()
+            ),
+            Outcome::Retired { version, removed } => write!(
+                f,
+                "grace period over: {removed} old password(s) retired, version {version} stays; not due for rotation"
             ),
             Outcome::OtherVault => f.write_str("request for another vault"),
             Outcome::Failed { error, attempts, unfinished_journal: None } => {

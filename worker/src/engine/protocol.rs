@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, StoreError};
-use kv_rotator_rotators::{Credential, Rotator, RotatorError, SetPasswordRequest, VerifyRequest, VerifyResponse};
+use kv_rotator_rotators::{Rotator, RotatorError, SetPasswordRequest, VerifyRequest, VerifyResponse};
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 use time::format_description::well_known::Rfc3339;
@@ -36,8 +36,8 @@ use super::due::{Due, DueRule};
 use super::failpoints;
 use super::journal::{
     self, JOURNAL_CONTENT_TYPE, RESERVED_PREFIX, STEP_PENDING, STEP_TARGET_SET, TAG_ACCOUNT, TAG_ATTEMPTS, TAG_FAILED,
-    TAG_JOURNAL_FOR, TAG_PROFILE, TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP, TAG_TRIGGER,
-    TRIGGER_MANUAL, TRIGGER_SCHEDULED,
+    TAG_JOURNAL_FOR, TAG_PROFILE, TAG_RETIRE_AFTER, TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP,
+    TAG_TRIGGER, TRIGGER_MANUAL, TRIGGER_SCHEDULED,
 };
 use super::planner::{self, Fence, Latest, StaleJournal, Target};
 use super::{Engine, Outcome, RotationError, StepLog};
@@ -82,6 +82,8 @@ struct Plan {
     username: String,
     validity_days: u32,
     new_tags: BTreeMap<String, String>,
+    /// Multi-password: how long the old password stays valid after finish.
+    grace_period: Option<std::time::Duration>,
 }
 
 /// The journal record this attempt works with: its password, and the version of the
@@ -115,10 +117,17 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
         Ok(fenced) => fenced,
         Err(done) => return Ok(done),
     };
+    // Multi-password: the passwords the grace period kept go first, so a request that
+    // is not a rotation (the sweeper's, for this) ends with them retired.
+    let retired = timed(steps, "retire", super::retire::retire_if_due(engine, &fenced.latest)).await?;
+    let retired_or = |outcome: Outcome| match retired {
+        Some(removed) => Outcome::Retired { version: fenced.latest.version.clone(), removed },
+        None => outcome,
+    };
     let existing = timed(steps, "journal-read", read_journal(engine, &fenced)).await?;
     if existing.is_none() {
         if let Some(outcome) = gate(engine, Schedule::of(&request.trigger), &fenced.latest).await? {
-            return Ok(Done::new(Some(&fenced.rotation_id), outcome));
+            return Ok(Done::new(Some(&fenced.rotation_id), retired_or(outcome)));
         }
     }
     let plan = plan(engine, &fenced)?;
@@ -147,7 +156,7 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
                 // planted): a fresh one is journaled over it.
                 let schedule = Schedule::of_journal(&request.trigger, &record);
                 if let Some(outcome) = gate(engine, schedule, &fenced.latest).await? {
-                    return Ok(Done::new(Some(&fenced.rotation_id), outcome));
+                    return Ok(Done::new(Some(&fenced.rotation_id), retired_or(outcome)));
                 }
                 Journaled::Unused(record)
             }
@@ -369,15 +378,19 @@ fn plan(engine: &Engine, fenced: &Fenced) -> Result<Plan, RotationError> {
     new_tags.remove(TAG_FAILED);
     new_tags.insert(TAG_ROTATION_ID.to_owned(), fenced.rotation_id.clone());
     new_tags.insert(TAG_ROTATED_FROM.to_owned(), latest.version.clone());
-    // rotated-at is added at finish; count it now.
-    let count = new_tags.len() + usize::from(!new_tags.contains_key(TAG_ROTATED_AT));
+    let grace_period = engine.targets.grace_period(&profile);
+    // Written at finish (multi-password: the old password's retirement is outstanding).
+    new_tags.remove(TAG_RETIRE_AFTER);
+    let added_at_finish = [Some(TAG_ROTATED_AT), grace_period.map(|_| TAG_RETIRE_AFTER)];
+    let count = new_tags.len() + added_at_finish.iter().flatten().filter(|t| !new_tags.contains_key(**t)).count();
     if count > MAX_TAGS {
         return Err(RotationError::Misconfigured(format!(
-            "secret {name:?} has {} tags; kv-rotator adds {TAG_ROTATION_ID:?}, {TAG_ROTATED_AT:?} and {TAG_ROTATED_FROM:?} and Key Vault allows {MAX_TAGS}: remove some tags",
-            tags.len() - usize::from(tags.contains_key(TAG_FAILED))
+            "secret {name:?} has {} tags; kv-rotator adds {TAG_ROTATION_ID:?}, {TAG_ROTATED_AT:?} and {TAG_ROTATED_FROM:?}{} and Key Vault allows {MAX_TAGS}: remove some tags",
+            tags.len() - [TAG_FAILED, TAG_RETIRE_AFTER].iter().filter(|t| tags.contains_key(**t)).count(),
+            if grace_period.is_some() { format!(" (and {TAG_RETIRE_AFTER:?}: multi-password)") } else { String::new() },
         )));
     }
-    Ok(Plan { profile, username, validity_days, new_tags })
+    Ok(Plan { profile, username, validity_days, new_tags, grace_period })
 }
 
 /// Step 3: a random password must be refused. A target that accepts anything (`trust`
@@ -410,7 +423,7 @@ async fn prove_target_checks_passwords(
 }
 
 /// Whether the target refuses a random password for `username` (the canary).
-async fn refuses_a_random_password(rotator: &dyn Rotator, username: &str) -> Result<bool, RotatorError> {
+pub(super) async fn refuses_a_random_password(rotator: &dyn Rotator, username: &str) -> Result<bool, RotatorError> {
     let canary = rotator.password_policy().generate();
     let verdict = rotator.verify(VerifyRequest { username: username.to_owned(), password: canary }).await?;
     Ok(verdict == VerifyResponse::Rejected)
@@ -633,13 +646,7 @@ async fn set(
     fenced: &Fenced,
     pending: &Pending,
 ) -> Result<(), RotationError> {
-    let admin = match engine.targets.admin(&plan.profile) {
-        Some(admin) => {
-            let record = engine.store.get_latest(&admin.secret).await?;
-            Some(Credential { username: admin.username.clone(), password: record.value })
-        }
-        None => None,
-    };
+    let admin = super::retire::admin_credential(engine, &plan.profile).await?;
     let request = SetPasswordRequest {
         username: plan.username.clone(),
         pending: pending.value.clone(),
@@ -698,6 +705,9 @@ async fn finish(
     let expires = now + time::Duration::days(i64::from(plan.validity_days));
     let mut tags = plan.new_tags;
     tags.insert(TAG_ROTATED_AT.to_owned(), now.format(&Rfc3339).unwrap_or_default());
+    if let Some(grace) = plan.grace_period {
+        tags.insert(TAG_RETIRE_AFTER.to_owned(), super::retire::retire_tag(now, grace));
+    }
     let new = NewSecretVersion {
         value: pending.value,
         tags,
