@@ -10,8 +10,8 @@
 //! - **When**: the version's `created` attribute (the service's clock, which no tag can
 //!   move) plus the profile's `grace_period_secs`. The tag only says "outstanding"; its
 //!   value is for operators and is a hint for the sweeper.
-//! - **What**: the values of enabled versions created before the latest, never the
-//!   latest's own value. Removing a password can never leave a working password that Key
+//! - **What**: the values of the other enabled versions (the latest is read again after
+//!   they are listed, so they are all older), never the latest's own value. Removing a password can never leave a working password that Key
 //!   Vault does not hold, so the invariant is untouched; what matters is not to cut off
 //!   the consumers, so the rotator removes nothing unless the latest value logs in first,
 //!   and proves it still does after.
@@ -114,11 +114,13 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
     Ok(Some(removed))
 }
 
-/// The values of up to [`RETIRE_LOOKBACK`] enabled versions created before `latest`,
-/// newest first, without `latest`'s own value.
+/// The values of up to [`RETIRE_LOOKBACK`] enabled versions other than `latest`, newest
+/// first, without `latest`'s own value. Key Vault's `created` has one-second resolution,
+/// so a version written in the same second as `latest` cannot be told apart by time:
+/// instead the latest is read again after the listing, and while it is still `latest`
+/// every other version is older.
 async fn older_passwords(engine: &Engine, latest: &SecretRecord) -> Result<Vec<SecretString>, RotationError> {
     let store = engine.store.as_ref();
-    let Some(latest_created) = latest.properties.created else { return Ok(Vec::new()) };
     let mut versions = store.list_versions(&latest.name).await?;
     versions.sort_by_key(|v| std::cmp::Reverse(v.created));
     let mut passwords = Vec::new();
@@ -126,14 +128,21 @@ async fn older_passwords(engine: &Engine, latest: &SecretRecord) -> Result<Vec<S
         if passwords.len() == RETIRE_LOOKBACK {
             break;
         }
-        let (Some(id), Some(created)) = (version.version.as_deref(), version.created) else { continue };
-        if created >= latest_created || id.eq_ignore_ascii_case(&latest.version) || !version.enabled {
+        let Some(id) = version.version.as_deref() else { continue };
+        if id.eq_ignore_ascii_case(&latest.version) || !version.enabled {
             continue;
         }
         let record = store.get_version(&latest.name, id).await?;
         if record.value.expose_secret() != latest.value.expose_secret() {
             passwords.push(record.value);
         }
+    }
+    let now_latest = store.get_latest(&latest.name).await?;
+    if !now_latest.version.eq_ignore_ascii_case(&latest.version) {
+        return Err(RotationError::Raced(format!(
+            "version {} of {:?} was written while its old passwords were being retired",
+            now_latest.version, latest.name
+        )));
     }
     Ok(passwords)
 }

@@ -1,0 +1,310 @@
+//! End to end against the machine's MariaDB (127.0.0.1:3306) and Redis (127.0.0.1:6379,
+//! TLS on 6380): an account with a known password, its secret in the dev vault with
+//! rotation tags, a `SecretNearExpiry` delivery over HTTP to the webhook — then a client
+//! holding the latest Key Vault value connects, and the old value is refused: at once
+//! for MariaDB (single-user), and for Redis (multi-password) only once the grace period
+//! has ended, when the service's sweeper has the engine retire it.
+//!
+//! Needs `scripts/setup-mariadb.sh` and `scripts/setup-redis.sh` (TLS with their test
+//! CAs: the rotators run with `verify-full`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_rotator::engine::{Outcome, RotationReport};
+use kv_rotator::service::{self, Background, RunningService};
+use kv_rotator::targets::Targets;
+use kv_rotator_config::{AdminRef, EngineConfig, SweeperConfig, TargetKind, TargetProfile, WebhookConfig};
+use kv_rotator_keyvault::azure::AzureSecretStore;
+use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
+use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
+use kv_rotator_rotators::common::Strategy;
+use kv_rotator_rotators::PasswordPolicy;
+use mysql_async::prelude::Queryable;
+use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+const GRACE_SECS: u64 = 4;
+
+fn ca(var: &str, default: &str) -> String {
+    let path = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    assert!(std::path::Path::new(&path).is_file(), "no test CA at {path}: run the setup scripts (scripts/test.sh)");
+    path
+}
+
+fn profile(target: TargetKind, admin: Option<AdminRef>, strategy: Strategy, grace: Option<u64>) -> TargetProfile {
+    TargetProfile {
+        target,
+        admin,
+        password: Default::default(),
+        accounts: vec!["kvr_e2e*".to_owned()],
+        allow_admin_account: false,
+        strategy,
+        grace_period_secs: grace,
+    }
+}
+
+struct Harness {
+    vault: DevVault,
+    store: Arc<dyn SecretStore>,
+    service: RunningService,
+    reports: broadcast::Receiver<RotationReport>,
+}
+
+impl Harness {
+    async fn start(db_admin: &str) -> Harness {
+        let vault = DevVault::start(DevVaultOptions::default()).await.expect("dev vault");
+        let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).expect("store"));
+        let mariadb = serde_json::from_value(serde_json::json!({
+            "host": "127.0.0.1", "tls": "verify-full",
+            "tls_ca_file": ca("KVR_TEST_MARIADB_CA", "/var/lib/mysql-kvr-test-tls/ca.pem"),
+        }))
+        .unwrap();
+        let redis = serde_json::from_value(serde_json::json!({
+            "host": "127.0.0.1", "port": 6380, "tls": "verify-full", "acl_save": "never",
+            "tls_ca_file": ca("KVR_TEST_REDIS_CA", "/var/lib/redis/kvr-test-tls/ca.pem"),
+        }))
+        .unwrap();
+        let admin = AdminRef { username: "kvr_e2e_admin".into(), secret: "redis-admin".into() };
+        let db_admin = AdminRef { username: db_admin.into(), secret: "db-admin".into() };
+        let profiles = BTreeMap::from([
+            ("db".to_owned(), profile(TargetKind::Mariadb(mariadb), Some(db_admin), Strategy::SingleUser, None)),
+            (
+                "cache".to_owned(),
+                profile(TargetKind::Redis(redis), Some(admin), Strategy::MultiPassword, Some(GRACE_SECS)),
+            ),
+        ]);
+        let engine = EngineConfig {
+            initial_backoff_ms: 50,
+            max_backoff_ms: 200,
+            min_rotation_interval_secs: 0,
+            ..Default::default()
+        };
+        // The sweeper runs every second with its due scan off: it only resumes journals
+        // and asks for retirements, so every rotation here is the delivery's.
+        let background = Background {
+            sweeper: Some(SweeperConfig { enabled: false, interval_secs: 1, ..Default::default() }),
+            ..Default::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let service = service::start_with(
+            store.clone(),
+            Targets::from_profiles(&profiles).unwrap(),
+            engine,
+            &WebhookConfig::default(),
+            background,
+            listener,
+        )
+        .await
+        .expect("service");
+        let reports = service.engine.subscribe();
+        Harness { vault, store, service, reports }
+    }
+
+    async fn seed(&self, name: &str, value: &SecretString, tags: &[(&str, &str)]) -> String {
+        let new = NewSecretVersion {
+            value: value.clone(),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            content_type: None,
+            expires: Some(OffsetDateTime::now_utc() + time::Duration::days(3)),
+            not_before: None,
+        };
+        self.store.set_secret(name, new).await.expect("seed secret").version
+    }
+
+    async fn deliver(&self, secret: &str, version: &str) -> reqwest::StatusCode {
+        let body = kv_rotator::cli::seed::near_expiry_delivery(
+            self.store.vault_name(),
+            &self.vault.host(),
+            secret,
+            version,
+            OffsetDateTime::now_utc(),
+        );
+        reqwest::Client::new()
+            .post(format!("http://{}/api/eventgrid", self.service.webhook_addr))
+            .header("aeg-event-type", "Notification")
+            .json(&body)
+            .send()
+            .await
+            .expect("POST to webhook")
+            .status()
+    }
+
+    /// The next report for `secret`, within `within`.
+    async fn report_for(&mut self, secret: &str, within: Duration) -> RotationReport {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let report = tokio::time::timeout(left, self.reports.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no report for {secret} within {within:?}"))
+                .expect("engine alive");
+            if report.request.secret_name == secret {
+                return report;
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.service.shutdown().await.unwrap();
+        self.vault.shutdown().await;
+    }
+}
+
+fn suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+// ---- MariaDB ----
+
+async fn mariadb_root() -> mysql_async::Conn {
+    let opts = mysql_async::OptsBuilder::default().ip_or_hostname("127.0.0.1").tcp_port(3306).user(Some("root"));
+    mysql_async::Conn::new(opts.prefer_socket(false)).await.expect("MariaDB must run on 127.0.0.1:3306")
+}
+
+/// Whether a client with `password` connects as `user` (over TCP, so as `user@'%'` or
+/// `user@'localhost'`, whichever the server matches).
+async fn mariadb_logs_in(user: &str, password: &SecretString) -> bool {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(3306)
+        .user(Some(user))
+        .pass(Some(password.expose_secret()))
+        .prefer_socket(false);
+    match mysql_async::Conn::new(opts).await {
+        Ok(mut conn) => conn.query_drop("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_expiry_event_rotates_a_mariadb_account_on_every_host_entry() {
+    let user = format!("kvr_e2e_{}", suffix());
+    let p0 = PasswordPolicy::default().generate();
+    let mut root = mariadb_root().await;
+    for host in ["%", "localhost"] {
+        root.query_drop(format!("CREATE USER '{user}'@'{host}' IDENTIFIED BY '{}'", p0.expose_secret())).await.unwrap();
+    }
+    // An account with two host entries is changed by the admin (a user may change only
+    // its own entry), whose password is in Key Vault.
+    let admin = format!("kvr_e2e_dba_{}", suffix());
+    let admin_password = PasswordPolicy::default().generate();
+    root.query_drop(format!("CREATE USER '{admin}'@'%' IDENTIFIED BY '{}'", admin_password.expose_secret()))
+        .await
+        .unwrap();
+    root.query_drop(format!("GRANT CREATE USER ON *.* TO '{admin}'@'%'")).await.unwrap();
+    for table in ["user", "global_priv"] {
+        root.query_drop(format!("GRANT SELECT ON mysql.{table} TO '{admin}'@'%'")).await.unwrap();
+    }
+    let drop_users = || async {
+        let mut root = mariadb_root().await;
+        for (name, host) in [(&user, "%"), (&user, "localhost"), (&admin, "%")] {
+            let _ = root.query_drop(format!("DROP USER IF EXISTS '{name}'@'{host}'")).await;
+        }
+    };
+    assert!(mariadb_logs_in(&user, &p0).await);
+    let mut h = Harness::start(&admin).await;
+    h.seed("db-admin", &admin_password, &[]).await;
+    let secret = format!("db-{}", user.replace('_', "-"));
+    let v1 = h.seed(&secret, &p0, &[("rotator", "db"), ("CredentialId", &user), ("ValidityPeriodDays", "7")]).await;
+
+    assert_eq!(h.deliver(&secret, &v1).await, 200);
+    let report = h.report_for(&secret, Duration::from_secs(60)).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let latest = h.store.get_latest(&secret).await.unwrap();
+    assert!(mariadb_logs_in(&user, &latest.value).await, "a client holding the new Key Vault value connects");
+    assert!(!mariadb_logs_in(&user, &p0).await, "the old value is refused");
+    // Both host entries changed together: each carries the hash of the new value.
+    let hashes: Vec<(String, String)> = root
+        .exec("SELECT host, authentication_string FROM mysql.user WHERE user = ? ORDER BY host", (user.as_str(),))
+        .await
+        .unwrap();
+    assert_eq!(hashes.len(), 2);
+    assert_eq!(hashes[0].1, hashes[1].1, "every host entry has the same new hash: {hashes:?}");
+    assert!(latest.properties.tags.get("kv-rotator-retire-after").is_none(), "single-user retires nothing");
+    h.stop().await;
+    drop_users().await;
+}
+
+// ---- Redis ----
+
+async fn redis_admin_connection() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+    client.get_multiplexed_async_connection().await.expect("Redis must run on 127.0.0.1:6379")
+}
+
+fn sha256_hex(password: &SecretString) -> String {
+    use std::fmt::Write;
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(password.expose_secret().as_bytes());
+    digest.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Whether a client sending `AUTH user password` is let in.
+async fn redis_logs_in(user: &str, password: &SecretString) -> bool {
+    let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
+    let auth: redis::RedisResult<()> =
+        redis::cmd("AUTH").arg(user).arg(password.expose_secret()).query_async(&mut conn).await;
+    auth.is_ok()
+}
+
+async fn redis_acl(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) {
+    let mut cmd = redis::cmd("ACL");
+    for arg in args {
+        cmd.arg(*arg);
+    }
+    let _: redis::Value = cmd.query_async(conn).await.unwrap_or_else(|e| panic!("ACL {}: {e}", args[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_password_redis_keeps_the_old_value_until_the_grace_period_ends_and_not_after() {
+    let suffix = suffix();
+    let user = format!("kvr_e2e_{suffix}");
+    let admin_user = "kvr_e2e_admin";
+    let (p0, admin_password) = (PasswordPolicy::default().generate(), PasswordPolicy::default().generate());
+    let mut conn = redis_admin_connection().await;
+    // The consumer may read and write its keys, nothing of the ACL; the admin changes it.
+    redis_acl(&mut conn, &["SETUSER", &user, "reset", "on", &format!("#{}", sha256_hex(&p0)), "~app:*", "+get"]).await;
+    redis_acl(&mut conn, &["SETUSER", admin_user, "on", &format!("#{}", sha256_hex(&admin_password)), "+acl"]).await;
+    let mut h = Harness::start("kvr_e2e_dba_unused").await;
+    h.seed("redis-admin", &admin_password, &[]).await;
+    let secret = format!("cache-{}", user.replace('_', "-"));
+    let v1 = h.seed(&secret, &p0, &[("rotator", "cache"), ("CredentialId", &user)]).await;
+
+    assert_eq!(h.deliver(&secret, &v1).await, 200);
+    let report = h.report_for(&secret, Duration::from_secs(60)).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let rotated_at = Instant::now();
+    let latest = h.store.get_latest(&secret).await.unwrap();
+    assert!(latest.properties.tags.contains_key("kv-rotator-retire-after"), "{:?}", latest.properties.tags);
+    // Within the grace period: a consumer mid-run with the old value still gets in, and
+    // one that read the new value does too.
+    assert!(redis_logs_in(&user, &latest.value).await, "the new value logs in");
+    assert!(redis_logs_in(&user, &p0).await, "the old value keeps working during the grace period");
+
+    // The sweeper (every second) has the engine retire it once the grace period is over.
+    let retired = h.report_for(&secret, Duration::from_secs(GRACE_SECS + 20)).await;
+    assert!(
+        rotated_at.elapsed() >= Duration::from_secs(GRACE_SECS) - Duration::from_millis(500),
+        "retired before the grace period ended: {retired:?}"
+    );
+    assert!(matches!(retired.outcome, Outcome::Retired { removed: 1, .. }), "{retired:?}");
+    assert!(!redis_logs_in(&user, &p0).await, "the old value is refused after the grace period");
+    assert!(redis_logs_in(&user, &latest.value).await, "the new value still logs in");
+    let after = h.store.get_latest(&secret).await.unwrap();
+    assert_eq!(after.version, latest.version, "retiring writes no version");
+    assert!(!after.properties.tags.contains_key("kv-rotator-retire-after"), "the marker is cleared");
+    // Nothing more happens at the next sweeps.
+    let more = tokio::time::timeout(Duration::from_millis(2500), h.reports.recv()).await;
+    assert!(more.is_err(), "nothing more to do: {more:?}");
+
+    h.stop().await;
+    for name in [user.as_str(), admin_user] {
+        redis_acl(&mut conn, &["DELUSER", name]).await;
+    }
+}
