@@ -35,9 +35,10 @@ cargo test --workspace --locked --features kv-rotator/client-certificate,kv-rota
     | tee "$captured/cargo-test.log"
 
 # The crash matrix: the worker built with step-boundary failpoints (only this build has
-# them), killed 200 times (CRASH_MATRIX_KILLS); prints its counts.
+# them), killed 200 times (CRASH_MATRIX_KILLS) against PostgreSQL, and at every step of a
+# multi-password rotation and its retirement against Redis; each prints its counts.
 if [ $# -eq 0 ]; then
-    cargo test --locked -p kv-rotator --features failpoints,client-certificate,leak-ledger --test crash -- --nocapture \
+    cargo test --locked -p kv-rotator --features failpoints,client-certificate,leak-ledger --test crash --test crash_multi_password -- --nocapture \
         2>&1 | tee "$captured/crash-matrix.log"
 fi
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::pg::{logs_in, Roles};
-use common::proc::Proc;
+use common::proc::{failpoint_binary, spawn_serve as spawn, MARKER};
 use kv_rotator::engine::failpoints::POINTS;
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
@@ -40,36 +40,8 @@ use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
 use rand::RngExt;
 use secrecy::SecretString;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
-const MARKER: &str = "kv-rotator failpoint reached";
-
-/// A private copy of the binary, taken at once: another `cargo build` of the workspace
-/// without the feature would replace `target/debug/kv-rotator` under a running suite.
-fn failpoint_binary(dir: &Path) -> PathBuf {
-    let copy = dir.join("kv-rotator");
-    std::fs::copy(BIN, &copy).expect("copy the kv-rotator binary");
-    let bytes = std::fs::read(&copy).unwrap();
-    assert!(
-        bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
-        "{BIN} was built without the failpoints feature (or replaced by another build): \
-         run `cargo test -p kv-rotator --features failpoints --test crash`"
-    );
-    copy
-}
 const SECRETS: usize = 4;
 const JOURNAL_FOR: &str = "kv-rotator-journal-for";
-
-/// A `serve` process with `config`, the failpoint armed or not. One engine runs at a
-/// time here, so claims need no settle delay.
-fn spawn(bin: &Path, config: &Path, failpoint: Option<&str>) -> Proc {
-    let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--config"]).arg(config).env("RUST_LOG", "info,kv_rotator::audit=warn");
-    cmd.env("KVR_LEASE_SETTLE_MS", "0").env_remove("KVR_FAILPOINT");
-    if let Some(point) = failpoint {
-        cmd.env("KVR_FAILPOINT", point);
-    }
-    Proc::spawn(&mut cmd)
-}
 
 struct World {
     _dir: tempfile::TempDir,

@@ -26,6 +26,10 @@ pub const POINTS: &[&str] = &[
     "after-journal-delete",
 ];
 
+/// Multi-password only: the target's old passwords are retired, the version's
+/// `kv-rotator-retire-after` tag not yet cleared (`engine::retire`).
+pub const RETIRE_POINTS: &[&str] = &["after-retire"];
+
 /// Marks arrival at step boundary `name`.
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]

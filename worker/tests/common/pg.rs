@@ -3,6 +3,8 @@
 //! `scripts/setup-postgres.sh` sets that up) dropped at the end, and a TCP proxy that
 //! can take "the target" down and bring it back.
 
+#![allow(dead_code)] // not every suite uses every helper
+
 use std::sync::{Arc, Mutex};
 
 use secrecy::{ExposeSecret, SecretString};

@@ -128,3 +128,33 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// What a `failpoints` build prints when a rotation reaches the armed point.
+pub const MARKER: &str = "kv-rotator failpoint reached";
+
+/// A private copy of the binary, taken at once: another `cargo build` of the workspace
+/// without the feature would replace `target/debug/kv-rotator` under a running suite.
+pub fn failpoint_binary(dir: &std::path::Path) -> std::path::PathBuf {
+    const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
+    let copy = dir.join("kv-rotator");
+    std::fs::copy(BIN, &copy).expect("copy the kv-rotator binary");
+    let bytes = std::fs::read(&copy).unwrap();
+    assert!(
+        bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+        "{BIN} was built without the failpoints feature (or replaced by another build): \
+         run `cargo test -p kv-rotator --features failpoints --test crash`"
+    );
+    copy
+}
+
+/// A `serve` process with `config`, the failpoint armed or not. One engine runs at a
+/// time in the crash suites, so claims need no settle delay.
+pub fn spawn_serve(bin: &std::path::Path, config: &std::path::Path, failpoint: Option<&str>) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--config"]).arg(config).env("RUST_LOG", "info,kv_rotator::audit=warn");
+    cmd.env("KVR_LEASE_SETTLE_MS", "0").env_remove("KVR_FAILPOINT");
+    if let Some(point) = failpoint {
+        cmd.env("KVR_FAILPOINT", point);
+    }
+    Proc::spawn(&mut cmd)
+}
