@@ -54,7 +54,7 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start(db_admin: &str) -> Harness {
+    async fn start(db_admin: &str, redis_admin: &str) -> Harness {
         let vault = DevVault::start(DevVaultOptions::default()).await.expect("dev vault");
         let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).expect("store"));
         let mariadb = serde_json::from_value(serde_json::json!({
@@ -67,7 +67,7 @@ impl Harness {
             "tls_ca_file": ca("KVR_TEST_REDIS_CA", "/var/lib/redis/kvr-test-tls/ca.pem"),
         }))
         .unwrap();
-        let admin = AdminRef { username: "kvr_e2e_admin".into(), secret: "redis-admin".into() };
+        let admin = AdminRef { username: redis_admin.into(), secret: "redis-admin".into() };
         let db_admin = AdminRef { username: db_admin.into(), secret: "db-admin".into() };
         let profiles = BTreeMap::from([
             ("db".to_owned(), profile(TargetKind::Mariadb(mariadb), Some(db_admin), Strategy::SingleUser, None)),
@@ -205,7 +205,7 @@ async fn near_expiry_event_rotates_a_mariadb_account_on_every_host_entry() {
         }
     };
     assert!(mariadb_logs_in(&user, &p0).await);
-    let mut h = Harness::start(&admin).await;
+    let mut h = Harness::start(&admin, "kvr_e2e_adm_unused").await;
     h.seed("db-admin", &admin_password, &[]).await;
     let secret = format!("db-{}", user.replace('_', "-"));
     let v1 = h.seed(&secret, &p0, &[("rotator", "db"), ("CredentialId", &user), ("ValidityPeriodDays", "7")]).await;
@@ -261,42 +261,66 @@ async fn redis_acl(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) 
     let _: redis::Value = cmd.query_async(conn).await.unwrap_or_else(|e| panic!("ACL {}: {e}", args[0]));
 }
 
+/// A Redis user the consumer logs in as (its keys only, nothing of the ACL), an admin
+/// that may change it (its password in Key Vault), and the user's secret.
+struct RedisSetup {
+    user: String,
+    admin: String,
+    p0: SecretString,
+    secret: String,
+    v1: String,
+}
+
+impl RedisSetup {
+    async fn new(h: &Harness, admin: &str) -> RedisSetup {
+        let (user, admin) = (format!("kvr_e2e_{}", suffix()), admin.to_owned());
+        let (p0, admin_password) = (PasswordPolicy::default().generate(), PasswordPolicy::default().generate());
+        let mut conn = redis_admin_connection().await;
+        let hash = format!("#{}", sha256_hex(&p0));
+        redis_acl(&mut conn, &["SETUSER", &user, "reset", "on", &hash, "~app:*", "+get"]).await;
+        redis_acl(&mut conn, &["SETUSER", &admin, "on", &format!("#{}", sha256_hex(&admin_password)), "+acl"]).await;
+        h.seed("redis-admin", &admin_password, &[]).await;
+        let secret = format!("cache-{}", user.replace('_', "-"));
+        let v1 = h.seed(&secret, &p0, &[("rotator", "cache"), ("CredentialId", &user)]).await;
+        RedisSetup { user, admin, p0, secret, v1 }
+    }
+
+    async fn remove(self) {
+        let mut conn = redis_admin_connection().await;
+        for name in [self.user.as_str(), self.admin.as_str()] {
+            redis_acl(&mut conn, &["DELUSER", name]).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_password_redis_keeps_the_old_value_until_the_grace_period_ends_and_not_after() {
-    let suffix = suffix();
-    let user = format!("kvr_e2e_{suffix}");
-    let admin_user = "kvr_e2e_admin";
-    let (p0, admin_password) = (PasswordPolicy::default().generate(), PasswordPolicy::default().generate());
-    let mut conn = redis_admin_connection().await;
-    // The consumer may read and write its keys, nothing of the ACL; the admin changes it.
-    redis_acl(&mut conn, &["SETUSER", &user, "reset", "on", &format!("#{}", sha256_hex(&p0)), "~app:*", "+get"]).await;
-    redis_acl(&mut conn, &["SETUSER", admin_user, "on", &format!("#{}", sha256_hex(&admin_password)), "+acl"]).await;
-    let mut h = Harness::start("kvr_e2e_dba_unused").await;
-    h.seed("redis-admin", &admin_password, &[]).await;
-    let secret = format!("cache-{}", user.replace('_', "-"));
-    let v1 = h.seed(&secret, &p0, &[("rotator", "cache"), ("CredentialId", &user)]).await;
+    let admin = format!("kvr_e2e_adm_{}", suffix());
+    let mut h = Harness::start("kvr_e2e_dba_unused", &admin).await;
+    let setup = RedisSetup::new(&h, &admin).await;
+    let (user, p0, secret, v1) = (setup.user.as_str(), &setup.p0, setup.secret.as_str(), setup.v1.as_str());
 
-    assert_eq!(h.deliver(&secret, &v1).await, 200);
-    let report = h.report_for(&secret, Duration::from_secs(60)).await;
+    assert_eq!(h.deliver(secret, v1).await, 200);
+    let report = h.report_for(secret, Duration::from_secs(60)).await;
     assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
     let rotated_at = Instant::now();
-    let latest = h.store.get_latest(&secret).await.unwrap();
+    let latest = h.store.get_latest(secret).await.unwrap();
     assert!(latest.properties.tags.contains_key("kv-rotator-retire-after"), "{:?}", latest.properties.tags);
     // Within the grace period: a consumer mid-run with the old value still gets in, and
     // one that read the new value does too.
-    assert!(redis_logs_in(&user, &latest.value).await, "the new value logs in");
-    assert!(redis_logs_in(&user, &p0).await, "the old value keeps working during the grace period");
+    assert!(redis_logs_in(user, &latest.value).await, "the new value logs in");
+    assert!(redis_logs_in(user, p0).await, "the old value keeps working during the grace period");
 
     // The sweeper (every second) has the engine retire it once the grace period is over.
-    let retired = h.report_for(&secret, Duration::from_secs(GRACE_SECS + 20)).await;
+    let retired = h.report_for(secret, Duration::from_secs(GRACE_SECS + 20)).await;
     assert!(
         rotated_at.elapsed() >= Duration::from_secs(GRACE_SECS) - Duration::from_millis(500),
         "retired before the grace period ended: {retired:?}"
     );
     assert!(matches!(retired.outcome, Outcome::Retired { removed: 1, .. }), "{retired:?}");
-    assert!(!redis_logs_in(&user, &p0).await, "the old value is refused after the grace period");
-    assert!(redis_logs_in(&user, &latest.value).await, "the new value still logs in");
-    let after = h.store.get_latest(&secret).await.unwrap();
+    assert!(!redis_logs_in(user, p0).await, "the old value is refused after the grace period");
+    assert!(redis_logs_in(user, &latest.value).await, "the new value still logs in");
+    let after = h.store.get_latest(secret).await.unwrap();
     assert_eq!(after.version, latest.version, "retiring writes no version");
     assert!(!after.properties.tags.contains_key("kv-rotator-retire-after"), "the marker is cleared");
     // Nothing more happens at the next sweeps.
@@ -304,7 +328,54 @@ async fn multi_password_redis_keeps_the_old_value_until_the_grace_period_ends_an
     assert!(more.is_err(), "nothing more to do: {more:?}");
 
     h.stop().await;
-    for name in [user.as_str(), admin_user] {
-        redis_acl(&mut conn, &["DELUSER", name]).await;
+    setup.remove().await;
+}
+
+/// The retirement marker is only a hint: a tag moved into the past does not cut the
+/// grace period short (the version's own creation time counts). A second rotation within
+/// the grace period keeps all three values working until its own grace period ends, and
+/// then both older ones go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_retirement_tag_does_not_shorten_the_grace_period_and_overlapping_rotations_retire_together() {
+    let admin = format!("kvr_e2e_adm_{}", suffix());
+    let mut h = Harness::start("kvr_e2e_dba_unused", &admin).await;
+    let setup = RedisSetup::new(&h, &admin).await;
+    let (user, p0, secret) = (setup.user.as_str(), &setup.p0, setup.secret.as_str());
+    assert_eq!(h.deliver(secret, &setup.v1).await, 200);
+    let report = h.report_for(secret, Duration::from_secs(60)).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let v2 = h.store.get_latest(secret).await.unwrap();
+    let mut tags = v2.properties.tags.clone();
+    tags.insert("kv-rotator-retire-after".into(), "1970-01-01T00:00:00Z".into());
+    let update = kv_rotator_keyvault::PropertiesUpdate { tags: Some(tags), ..Default::default() };
+    h.store.update_properties(secret, Some(&v2.version), update).await.unwrap();
+    // The sweeper asks at once (the hint is past); the engine retires nothing yet.
+    let asked = h.report_for(secret, Duration::from_secs(5)).await;
+    assert!(!matches!(asked.outcome, Outcome::Retired { .. }), "retired on a tag's word: {asked:?}");
+    assert!(redis_logs_in(user, p0).await, "the old value keeps working through the grace period");
+
+    let manual = kv_rotator_webhook::RotationRequest {
+        vault_name: h.store.vault_name().to_owned(),
+        secret_name: secret.to_owned(),
+        version: None,
+        trigger: kv_rotator_webhook::Trigger::Manual { requested_by: "test".into(), force: true },
+    };
+    let report = h.service.engine.rotate(manual).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let v3 = h.store.get_latest(secret).await.unwrap();
+    for (password, which) in [(p0, "v1"), (&v2.value, "v2"), (&v3.value, "v3")] {
+        assert!(redis_logs_in(user, password).await, "{which} works within the grace period");
     }
+    let deadline = Instant::now() + Duration::from_secs(GRACE_SECS + 20);
+    let retired = loop {
+        let report = h.report_for(secret, deadline.saturating_duration_since(Instant::now())).await;
+        if matches!(report.outcome, Outcome::Retired { .. }) {
+            break report;
+        }
+    };
+    assert!(matches!(retired.outcome, Outcome::Retired { removed: 2, .. }), "{retired:?}");
+    assert!(!redis_logs_in(user, p0).await && !redis_logs_in(user, &v2.value).await, "both older values retired");
+    assert!(redis_logs_in(user, &v3.value).await);
+    h.stop().await;
+    setup.remove().await;
 }

@@ -109,7 +109,8 @@ pub fn journal_request(vault_name: &str, properties: &SecretProperties) -> Optio
 /// old passwords' retirement has come (always looked for: it finishes a rotation), or it
 /// is due under `rule` (when the due scan is on).
 fn wanted(properties: &SecretProperties, now: OffsetDateTime, rule: Option<&DueRule>) -> Option<Reason> {
-    if retirement_hint_due(&properties.tags, now) {
+    // A disabled latest version cannot be read: an operator disabled it on purpose.
+    if properties.enabled && retirement_hint_due(&properties.tags, now) {
         return Some(Reason::Retirement);
     }
     rule.and_then(|rule| due(properties, now, rule))
