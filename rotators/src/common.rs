@@ -9,12 +9,16 @@
 //! - [`logins`], [`request_hashes`], [`changed_if_transient`], [`after_change`] and [`no_login`]: the parts of
 //!   the single-user `set_password` contract every network rotator follows the same way
 //!   (which logins, in which order; what an unanswered change means; the last word).
+//! - [`check_twin_pair`]: what every `sync_twin` refuses before logging in.
 
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
-use crate::{RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse, VerifyResponse};
+use crate::{
+    RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse, SyncTwinRequest,
+    VerifyResponse,
+};
 
 /// How a rotation keeps consumers working (`strategy = "…"` in a target profile; the
 /// configuration checks that the profile's kind offers it).
@@ -171,6 +175,30 @@ pub fn request_hashes(
         .chain(req.admin.iter().map(|a| &a.password))
         .map(hash)
         .collect()
+}
+
+/// The checks every `sync_twin` makes before logging in: both names acceptable to the
+/// target (`check_name`), two different accounts, neither the admin's. `what` names an
+/// account in messages (`role`, `account`); `shown` quotes a name.
+pub fn check_twin_pair(
+    req: &SyncTwinRequest,
+    what: &str,
+    check_name: fn(&str) -> RotatorResult<()>,
+    shown: fn(&str) -> String,
+) -> RotatorResult<()> {
+    check_name(&req.primary)?;
+    check_name(&req.twin)?;
+    let (primary, twin) = (shown(&req.primary), shown(&req.twin));
+    if req.primary == req.twin {
+        return Err(RotatorError::Permanent(format!("the twin of {what} {primary} is the {what} itself")));
+    }
+    if req.admin.username == req.primary || req.admin.username == req.twin {
+        return Err(RotatorError::Permanent(format!(
+            "the admin login {} is one of the pair {primary}/{twin}: the pair must be application {what}s",
+            shown(&req.admin.username)
+        )));
+    }
+    Ok(())
 }
 
 /// A transient failure once a change was sent (a timeout, a lost connection) leaves it

@@ -93,13 +93,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 mod auth_guard;
+mod twin;
 
 use crate::common::{after_change, chain_text, changed_if_transient, find_cause, logins, no_login, request_hashes};
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
     PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse,
-    VerifyRequest, VerifyResponse,
+    SyncTwinRequest, SyncTwinResponse, VerifyRequest, VerifyResponse,
 };
 
 /// Longest user name MariaDB keeps (MySQL: 32).
@@ -703,6 +704,9 @@ impl Rotator for MariaDbRotator {
         let hash = SecretString::from(hash.to_string());
         let scrub = Scrubber::new([&req.password, &hash]);
         self.check(&req.username, &req.password, &shown(&req.username), &scrub).await
+    }
+    async fn sync_twin(&self, req: SyncTwinRequest) -> RotatorResult<SyncTwinResponse> {
+        twin::sync(self, req).await
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! - [`ConformanceFixture`]: what a test provides: a way to create a user with a known
 //!   password on a real target, and the target's admin login if it has one.
+//! - [`TwinFixture`] and [`run_twin_conformance`]: the same for the alternating-users
+//!   strategy's [`Rotator::sync_twin`] (the checks are listed on the function).
 //! - [`run_conformance`]: drives a [`Rotator`] through the contract written on
 //!   [`SetPasswordRequest`] and [`Rotator::verify`], and returns a
 //!   [`ConformanceReport`] or the first failed check.
@@ -29,8 +31,8 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    Credential, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse, VerifyRequest,
-    VerifyResponse,
+    Credential, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse, SyncTwinRequest,
+    SyncTwinResponse, VerifyRequest, VerifyResponse,
 };
 
 /// The target side of a conformance run.
@@ -75,14 +77,9 @@ pub async fn run_conformance(
     rotator: &dyn Rotator,
     fixture: &mut dyn ConformanceFixture,
 ) -> Result<ConformanceReport, String> {
-    let mut run = Run { rotator, secrets: Vec::new(), texts: Vec::new(), report: ConformanceReport::default() };
+    let mut run = Run::new(rotator);
     let result = run.all(fixture).await;
-    // The leak check runs even after a failure: a failure message is text too.
-    let leak = run.leak_check(result.as_ref().err());
-    result?;
-    leak?;
-    run.report.passed.push("no password in any Debug/Display text of requests, responses and errors".to_owned());
-    Ok(run.report)
+    run.finish(result, "requests, responses and errors")
 }
 
 struct Run<'a> {
@@ -94,7 +91,21 @@ struct Run<'a> {
     report: ConformanceReport,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(rotator: &'a dyn Rotator) -> Self {
+        Run { rotator, secrets: Vec::new(), texts: Vec::new(), report: ConformanceReport::default() }
+    }
+
+    /// The report, once the leak check passed over every text of the run (`of` says
+    /// which); it runs after a failure too: a failure message is text too.
+    fn finish(mut self, result: Result<(), String>, of: &str) -> Result<ConformanceReport, String> {
+        let leak = self.leak_check(result.as_ref().err());
+        result?;
+        leak?;
+        self.report.passed.push(format!("no password in any Debug/Display text of {of}"));
+        Ok(self.report)
+    }
+
     fn password(&mut self) -> SecretString {
         let p = self.rotator.password_policy().generate();
         self.secrets.push(p.clone());
@@ -323,4 +334,164 @@ impl Run<'_> {
 pub fn contains_secret(text: &str, secret: &SecretString) -> bool {
     let s = secret.expose_secret();
     !s.is_empty() && text.contains(s)
+}
+
+/// The target side of an alternating-users run ([`run_twin_conformance`]).
+#[async_trait]
+pub trait TwinFixture: Send {
+    /// The admin login `sync_twin` is given.
+    fn admin(&self) -> Credential;
+
+    /// Creates a new account whose password is `password`, with a privilege only it holds
+    /// (e.g. `SELECT` on a table granted to it alone), and returns its name.
+    async fn create_primary(&mut self, password: &SecretString) -> Result<String, String>;
+
+    /// A fresh name, for an account that does not exist yet (the fixture drops it at the
+    /// end if the rotator created it).
+    fn fresh_name(&mut self) -> String;
+
+    /// Logs in as `user` with `password` and uses the primary's privilege; `Err` says
+    /// why it could not.
+    async fn use_primary_privilege(&mut self, user: &str, password: &SecretString) -> Result<(), String>;
+
+    /// Gives `primary` something its twin then lacks (a grant, a role, an attribute),
+    /// and returns a word the next `sync_twin`'s repaired or drift text must contain.
+    async fn grow_primary(&mut self, primary: &str) -> Result<String, String>;
+
+    /// Gives `twin` a privilege `primary` lacks, and returns a word the drift text must
+    /// contain.
+    async fn grow_twin(&mut self, twin: &str) -> Result<String, String>;
+}
+
+/// Runs the alternating-users checks of [`Rotator::sync_twin`] against `rotator`:
+///
+/// 1. refusals: the twin named as the primary, a primary that does not exist, a name
+///    too long for any target → permanent errors;
+/// 2. a missing twin is created (`created`), logs in with the password it was created
+///    with, and can use the primary's privilege; `set_password` with that password
+///    (what the engine calls next) is `AlreadySet`;
+/// 3. a second call changes nothing: not created, nothing repaired, no drift, and the
+///    password it offers is not set;
+/// 4. what the primary gains is repaired (then a further call is a no-op) or reported;
+/// 5. a privilege only the twin has is reported as drift, and again at the next call
+///    (it was not revoked);
+/// 6. no password, in any text.
+pub async fn run_twin_conformance(
+    rotator: &dyn Rotator,
+    fixture: &mut dyn TwinFixture,
+) -> Result<ConformanceReport, String> {
+    let mut run = Run::new(rotator);
+    let result = run.twin(fixture).await;
+    run.finish(result, "sync_twin requests, responses and errors")
+}
+
+impl Run<'_> {
+    async fn sync(&mut self, req: SyncTwinRequest) -> Result<SyncTwinResponse, RotatorError> {
+        self.texts.push(format!("{req:?}"));
+        let result = self.rotator.sync_twin(req).await;
+        self.texts.push(format!("{result:?}"));
+        match &result {
+            Ok(resp) => self.texts.extend(resp.repaired.iter().chain(&resp.drift).cloned()),
+            Err(e) => self.texts.push(e.to_string()),
+        }
+        result
+    }
+
+    async fn expect_sync(&mut self, req: SyncTwinRequest, check: &str) -> Result<SyncTwinResponse, String> {
+        self.sync(req).await.map_err(|e| format!("{check}: sync_twin failed: {e}"))
+    }
+
+    async fn expect_sync_refused(&mut self, req: SyncTwinRequest, check: &str) -> Result<(), String> {
+        match self.sync(req).await {
+            Err(RotatorError::Permanent(_)) => Ok(()),
+            other => Err(format!("{check}: expected a permanent error, got {other:?}")),
+        }
+    }
+
+    async fn twin(&mut self, fixture: &mut dyn TwinFixture) -> Result<(), String> {
+        let admin = fixture.admin();
+        self.secrets.push(admin.password.clone());
+        let p0 = self.password();
+        let primary = fixture.create_primary(&p0).await.map_err(|e| format!("fixture: creating the primary: {e}"))?;
+        let twin = fixture.fresh_name();
+        let request = |run: &mut Self, primary: &str, twin: &str| SyncTwinRequest {
+            primary: primary.to_owned(),
+            twin: twin.to_owned(),
+            password_if_created: run.password(),
+            admin: admin.clone(),
+        };
+
+        // 1. refusals
+        let req = request(self, &primary, &primary);
+        self.expect_sync_refused(req, "twin = primary").await?;
+        let ghost = fixture.fresh_name();
+        let req = request(self, &ghost, &twin);
+        self.expect_sync_refused(req, "a primary that does not exist").await?;
+        let req = request(self, &primary, &"t".repeat(200));
+        self.expect_sync_refused(req, "a twin name too long").await?;
+        self.pass("sync_twin refuses twin = primary, a missing primary, and a name the target would refuse");
+
+        // 2. creation
+        let req = request(self, &primary, &twin);
+        let t0 = req.password_if_created.clone();
+        let resp = self.expect_sync(req, "create").await?;
+        if !resp.created || !resp.repaired.is_empty() || !resp.drift.is_empty() {
+            return Err(format!("create: expected created and nothing else, got {resp:?}"));
+        }
+        self.expect_verify(&twin, &t0, VerifyResponse::Accepted, "the password it was created with").await?;
+        fixture
+            .use_primary_privilege(&twin, &t0)
+            .await
+            .map_err(|e| format!("the new twin lacks the primary's privilege: {e}"))?;
+        let set = SetPasswordRequest {
+            username: twin.clone(),
+            pending: t0.clone(),
+            current: self.password(),
+            previous: vec![],
+            admin: Some(admin.clone()),
+        };
+        self.expect_set(set, SetPasswordOutcome::AlreadySet, "set_password after creation").await?;
+        self.pass("a missing twin is created with the password and the primary's privileges");
+
+        // 3. idempotent
+        let req = request(self, &primary, &twin);
+        let unused = req.password_if_created.clone();
+        let resp = self.expect_sync(req, "repeat").await?;
+        if resp != SyncTwinResponse::default() {
+            return Err(format!("repeat: expected no change, got {resp:?}"));
+        }
+        self.expect_verify(&twin, &unused, VerifyResponse::Rejected, "a password offered to an existing twin").await?;
+        self.expect_verify(&twin, &t0, VerifyResponse::Accepted, "its password after a repeat").await?;
+        self.pass("a second sync_twin changes nothing");
+
+        // 4. the primary grows
+        let word = fixture.grow_primary(&primary).await.map_err(|e| format!("fixture: growing the primary: {e}"))?;
+        let req = request(self, &primary, &twin);
+        let resp = self.expect_sync(req, "after the primary grew").await?;
+        let named = |texts: &[String]| texts.iter().any(|t| t.contains(&word));
+        if named(&resp.repaired) {
+            let req = request(self, &primary, &twin);
+            let again = self.expect_sync(req, "after a repair").await?;
+            if again != SyncTwinResponse::default() {
+                return Err(format!("after a repair: expected no change, got {again:?}"));
+            }
+            self.pass("what the primary gains is repaired on the twin, once");
+        } else if named(&resp.drift) {
+            self.pass("what the primary gains is reported as drift");
+        } else {
+            return Err(format!("after the primary grew ({word:?}): neither repaired nor reported: {resp:?}"));
+        }
+
+        // 5. the twin has more
+        let word = fixture.grow_twin(&twin).await.map_err(|e| format!("fixture: growing the twin: {e}"))?;
+        for check in ["an extra privilege of the twin", "the extra privilege again"] {
+            let req = request(self, &primary, &twin);
+            let resp = self.expect_sync(req, check).await?;
+            if !resp.drift.iter().any(|t| t.contains(&word)) || !resp.repaired.is_empty() {
+                return Err(format!("{check} ({word:?}): expected drift naming it, nothing repaired: {resp:?}"));
+            }
+        }
+        self.pass("a privilege only the twin has is reported, not revoked");
+        Ok(())
+    }
 }

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use aws_lc_rs::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY as SHA1};
 use kv_rotator_rotators::mariadb::{MariaDbConfig, MariaDbRotator, TlsMode};
-use kv_rotator_rotators::testkit::{contains_secret, run_conformance, ConformanceFixture};
+use kv_rotator_rotators::testkit::{
+    contains_secret, run_conformance, run_twin_conformance, ConformanceFixture, TwinFixture,
+};
 use kv_rotator_rotators::{
-    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, VerifyRequest,
-    VerifyResponse,
+    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, SyncTwinRequest,
+    VerifyRequest, VerifyResponse,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
@@ -56,22 +58,27 @@ async fn root() -> Conn {
 
 /// Drops every registered account (name, host) when the test ends, passed or failed.
 struct UserGuard {
-    users: Mutex<Vec<(String, String)>>,
+    /// The statements that drop what a test made, in the order it was made.
+    drops: Mutex<Vec<String>>,
 }
 
 impl UserGuard {
     fn new() -> Arc<Self> {
-        Arc::new(Self { users: Mutex::new(Vec::new()) })
+        Arc::new(Self { drops: Mutex::new(Vec::new()) })
     }
     fn register(&self, name: &str, host: &str) {
-        self.users.lock().unwrap().push((name.to_owned(), host.to_owned()));
+        self.register_drop(format!("DROP USER IF EXISTS {}@{}", ident(name), ident(host)));
+    }
+    /// Any other statement to run at the end (`DROP ROLE …`, `DROP DATABASE …`).
+    fn register_drop(&self, sql: String) {
+        self.drops.lock().unwrap().push(sql);
     }
 }
 
 impl Drop for UserGuard {
     fn drop(&mut self) {
-        let users = std::mem::take(&mut *self.users.lock().unwrap_or_else(|p| p.into_inner()));
-        if users.is_empty() {
+        let drops = std::mem::take(&mut *self.drops.lock().unwrap_or_else(|p| p.into_inner()));
+        if drops.is_empty() {
             return;
         }
         // Drop may run on a runtime thread (even while unwinding): use a thread of its own.
@@ -79,10 +86,9 @@ impl Drop for UserGuard {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let mut root = root().await;
-                for (name, host) in users.iter().rev() {
-                    let sql = format!("DROP USER IF EXISTS {}@{}", ident(name), ident(host));
+                for sql in drops.iter().rev() {
                     if let Err(e) = root.query_drop(sql).await {
-                        eprintln!("cleanup: could not drop {name:?}@{host:?}: {e}");
+                        eprintln!("cleanup: {sql}: {e}");
                     }
                 }
                 let _ = root.disconnect().await;
@@ -673,4 +679,207 @@ async fn messages_carry_no_raw_control_characters() {
     let e = rotator_on(port).verify(verify(name, &policy().generate())).await.unwrap_err().to_string();
     assert!(!e.contains('\n') && !e.contains('\x1b'), "{e:?}");
     assert!(e.contains(r#""app\n2026-01-01 INFO forged\u{1b}[2J""#), "{e}");
+}
+
+// ---- Alternating users: the twin ----
+
+/// Host entries of every primary here: two, so "every entry or none" is exercised.
+const TWIN_HOSTS: [&str; 2] = ["%", "localhost"];
+
+struct MariaTwinFixture {
+    root: Conn,
+    guard: Arc<UserGuard>,
+    prefix: String,
+    admin: Credential,
+    next: usize,
+}
+
+impl MariaTwinFixture {
+    /// An admin that may copy what the primaries here get: privileges on the test
+    /// database with grant option, the test role with admin option, SHOW GRANTS of others.
+    async fn new() -> Self {
+        let (mut root, guard, prefix) = setup().await;
+        let admin = create_admin(&mut root, &guard, &format!("{prefix}_admin")).await;
+        let (db, role, admin_sql) =
+            (ident(&format!("{prefix}_db")), ident(&format!("{prefix}_role")), ident(&admin.username));
+        guard.register_drop(format!("DROP DATABASE IF EXISTS {db}"));
+        guard.register_drop(format!("DROP ROLE IF EXISTS {role}"));
+        for sql in [
+            format!("CREATE DATABASE {db}"),
+            format!("CREATE TABLE {db}.t (x int)"),
+            format!("INSERT INTO {db}.t VALUES (1)"),
+            format!("CREATE ROLE {role}"),
+            format!("GRANT {role} TO {admin_sql}@'%' WITH ADMIN OPTION"),
+            format!("GRANT SELECT ON mysql.* TO {admin_sql}@'%'"),
+            format!("GRANT SELECT, INSERT, DELETE ON {db}.* TO {admin_sql}@'%' WITH GRANT OPTION"),
+        ] {
+            root.query_drop(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        Self { root, guard, prefix, admin, next: 0 }
+    }
+
+    fn db(&self) -> String {
+        ident(&format!("{}_db", self.prefix))
+    }
+
+    async fn on_every_host(&mut self, user: &str, sql: impl Fn(&str) -> String) -> Result<(), String> {
+        for host in TWIN_HOSTS {
+            let sql = sql(&format!("{}@{}", ident(user), ident(host)));
+            self.root.query_drop(&sql).await.map_err(|e| format!("{sql}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn request(&self, primary: &str, twin: &str) -> SyncTwinRequest {
+        SyncTwinRequest {
+            primary: primary.to_owned(),
+            twin: twin.to_owned(),
+            password_if_created: policy().generate(),
+            admin: self.admin.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl TwinFixture for MariaTwinFixture {
+    fn admin(&self) -> Credential {
+        self.admin.clone()
+    }
+
+    async fn create_primary(&mut self, password: &SecretString) -> Result<String, String> {
+        self.next += 1;
+        let name = format!("{}_app{}", self.prefix, self.next);
+        for host in TWIN_HOSTS {
+            create_user(&mut self.root, &self.guard, &name, host, password).await;
+        }
+        let (db, role) = (self.db(), ident(&format!("{}_role", self.prefix)));
+        self.on_every_host(&name, |account| {
+            format!("GRANT SELECT ON {db}.t TO {account} WITH MAX_QUERIES_PER_HOUR 900")
+        })
+        .await?;
+        self.on_every_host(&name, |account| format!("GRANT {role} TO {account}")).await?;
+        Ok(name)
+    }
+
+    fn fresh_name(&mut self) -> String {
+        self.next += 1;
+        let name = format!("{}_twin{}", self.prefix, self.next);
+        for host in TWIN_HOSTS {
+            self.guard.register(&name, host);
+        }
+        name
+    }
+
+    async fn use_primary_privilege(&mut self, user: &str, password: &SecretString) -> Result<(), String> {
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(HOST)
+            .tcp_port(PORT)
+            .user(Some(user))
+            .pass(Some(password.expose_secret()))
+            .prefer_socket(false);
+        let mut conn = Conn::new(opts).await.map_err(|e| e.to_string())?;
+        let x: Option<i32> =
+            conn.query_first(format!("SELECT x FROM {}.t", self.db())).await.map_err(|e| e.to_string())?;
+        let _ = conn.disconnect().await;
+        if x != Some(1) {
+            return Err(format!("read {x:?}"));
+        }
+        Ok(())
+    }
+
+    async fn grow_primary(&mut self, primary: &str) -> Result<String, String> {
+        let db = self.db();
+        self.on_every_host(primary, |account| format!("GRANT INSERT ON {db}.* TO {account}")).await?;
+        Ok("INSERT".into())
+    }
+
+    async fn grow_twin(&mut self, twin: &str) -> Result<String, String> {
+        let sql = format!("GRANT DELETE ON {}.t TO {}@'%'", self.db(), ident(twin));
+        self.root.query_drop(&sql).await.map_err(|e| e.to_string())?;
+        Ok("DELETE".into())
+    }
+}
+
+/// A `SHOW GRANTS` row without its `IDENTIFIED BY PASSWORD '…'` clause.
+fn without_hash(row: String) -> String {
+    match row.split_once(" IDENTIFIED BY PASSWORD '") {
+        Some((head, rest)) => format!("{head}{}", rest.split_once('\'').map_or("", |(_, tail)| tail)),
+        None => row,
+    }
+}
+
+/// Each entry's grants, with the grantee's name replaced by `<who>` so two accounts compare.
+async fn grants_by_host(root: &mut Conn, name: &str) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for host in TWIN_HOSTS {
+        let rows: Vec<String> = root.query(format!("SHOW GRANTS FOR {}@{}", ident(name), ident(host))).await.unwrap();
+        let mut rows: Vec<String> =
+            rows.into_iter().map(|r| r.replace(&ident(name), "<who>")).map(without_hash).collect();
+        rows.sort();
+        all.push(rows);
+    }
+    all
+}
+
+#[tokio::test]
+async fn mariadb_passes_twin_conformance() {
+    let mut fixture = MariaTwinFixture::new().await;
+    let report =
+        run_twin_conformance(&rotator(), &mut fixture).await.unwrap_or_else(|e| panic!("twin conformance: {e}"));
+    println!("{report}");
+    // Every host entry of the twin has the primary's grants (the twin's extra DELETE on
+    // '%' aside), its options and default role, and one hash.
+    let (primary, twin) = (format!("{}_app1", fixture.prefix), format!("{}_twin2", fixture.prefix));
+    let (p, mut t) =
+        (grants_by_host(&mut fixture.root, &primary).await, grants_by_host(&mut fixture.root, &twin).await);
+    for row in &mut t[0] {
+        *row = row.replace("SELECT, DELETE ON", "SELECT ON");
+    }
+    assert_eq!(p, t);
+    let hashes: std::collections::BTreeSet<String> =
+        stored(&mut fixture.root, &twin).await.into_iter().map(|(_, h)| h).collect();
+    assert_eq!(hashes.len(), 1, "one password on every entry");
+}
+
+#[tokio::test]
+async fn a_twin_cut_short_between_host_entries_is_completed() {
+    let mut fixture = MariaTwinFixture::new().await;
+    let primary = fixture.create_primary(&policy().generate()).await.unwrap();
+    let twin = fixture.fresh_name();
+    // As if a crash came after the first entry of a creation.
+    let password = policy().generate();
+    create_user(&mut fixture.root, &fixture.guard, &twin, "%", &password).await;
+    // A default role, which this admin (no UPDATE on mysql.*) cannot set for others.
+    let role = ident(&format!("{}_role", fixture.prefix));
+    fixture.on_every_host(&primary, |account| format!("SET DEFAULT ROLE {role} FOR {account}")).await.unwrap();
+    let out = rotator().sync_twin(fixture.request(&primary, &twin)).await.unwrap();
+    assert!(!out.created, "{out:?}");
+    assert_eq!(out.drift.len(), 2, "the default role, on each entry: {out:?}");
+    assert!(out.drift.iter().all(|d| d.contains("default role") && d.contains("UPDATE on mysql.*")), "{out:?}");
+    fixture.root.query_drop(format!("SET DEFAULT ROLE {role} FOR {}@'%'", ident(&twin))).await.unwrap();
+    fixture.root.query_drop(format!("SET DEFAULT ROLE {role} FOR {}@'localhost'", ident(&twin))).await.unwrap();
+    assert!(out.repaired.iter().any(|r| r.contains("created host entries \"localhost\"")), "{out:?}");
+    assert!(out.repaired.iter().any(|r| r.contains("SELECT ON")), "{out:?}");
+    let stored = stored(&mut fixture.root, &twin).await;
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|(_, hash)| *hash == hash_of(&password)), "the new entry has the twin's password");
+    assert_eq!(grants_by_host(&mut fixture.root, &primary).await, grants_by_host(&mut fixture.root, &twin).await);
+    let again = rotator().sync_twin(fixture.request(&primary, &twin)).await.unwrap();
+    assert_eq!(again, Default::default());
+}
+
+#[tokio::test]
+async fn a_twin_with_server_administration_or_a_role_name_is_refused() {
+    let mut fixture = MariaTwinFixture::new().await;
+    let primary = fixture.create_primary(&policy().generate()).await.unwrap();
+    let twin = fixture.fresh_name();
+    create_user(&mut fixture.root, &fixture.guard, &twin, "%", &policy().generate()).await;
+    fixture.root.query_drop(format!("GRANT CREATE USER ON *.* TO {}@'%'", ident(&twin))).await.unwrap();
+    let e = rotator().sync_twin(fixture.request(&primary, &twin)).await.unwrap_err();
+    assert!(matches!(&e, RotatorError::Permanent(m) if m.contains("CREATE USER")), "{e}");
+    assert_eq!(stored(&mut fixture.root, &twin).await.len(), 1, "nothing created for a refused twin");
+
+    let role = format!("{}_role", fixture.prefix);
+    let e = rotator().sync_twin(fixture.request(&primary, &role)).await.unwrap_err();
+    assert!(matches!(&e, RotatorError::Permanent(m) if m.contains("is a role")), "{e}");
 }

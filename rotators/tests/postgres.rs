@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kv_rotator_rotators::postgres::{ChannelBinding, PostgresConfig, PostgresRotator, SslMode};
-use kv_rotator_rotators::testkit::{contains_secret, run_conformance, ConformanceFixture};
+use kv_rotator_rotators::testkit::{
+    contains_secret, run_conformance, run_twin_conformance, ConformanceFixture, TwinFixture,
+};
 use kv_rotator_rotators::{
-    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, VerifyRequest,
-    VerifyResponse,
+    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, SyncTwinRequest,
+    VerifyRequest, VerifyResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::{Client, NoTls};
@@ -84,7 +86,13 @@ impl Drop for RoleGuard {
             rt.block_on(async {
                 let su = superuser().await;
                 for role in roles.iter().rev() {
-                    if let Err(e) = su.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(role))).await {
+                    let exists = su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role]).await;
+                    if !matches!(exists, Ok(Some(_))) {
+                        continue;
+                    }
+                    // DROP OWNED: what a test gave the role (a table) goes with it.
+                    let sql = format!("DROP OWNED BY {0}; DROP ROLE {0}", ident(role));
+                    if let Err(e) = su.batch_execute(&sql).await {
                         eprintln!("cleanup: could not drop role {role:?}: {e}");
                     }
                 }
@@ -640,4 +648,140 @@ async fn silent_server_times_out_as_transient() {
     assert!(err.to_string().contains("no answer within 1s"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     server.abort();
+}
+
+// ---- Alternating users: the twin ----
+
+struct PgTwinFixture {
+    su: Client,
+    guard: Arc<RoleGuard>,
+    prefix: String,
+    admin: Credential,
+    next: usize,
+}
+
+impl PgTwinFixture {
+    async fn new() -> Self {
+        let (su, guard, prefix) = setup().await;
+        let admin = Credential { username: format!("{prefix}_admin"), password: policy().generate() };
+        create_role(&su, &guard, &admin.username, &admin.password, "LOGIN CREATEROLE").await;
+        Self { su, guard, prefix, admin, next: 0 }
+    }
+
+    fn table(&self) -> String {
+        format!("{}_tbl", self.prefix)
+    }
+}
+
+#[async_trait]
+impl TwinFixture for PgTwinFixture {
+    fn admin(&self) -> Credential {
+        self.admin.clone()
+    }
+
+    async fn create_primary(&mut self, password: &SecretString) -> Result<String, String> {
+        let name = format!("{}_app", self.prefix);
+        create_role(&self.su, &self.guard, &name, password, "LOGIN CONNECTION LIMIT 7").await;
+        // Owned by the primary alone (dropped with it by the guard's DROP OWNED).
+        let table = ident(&self.table());
+        let sql = format!(
+            "CREATE TABLE {table} (x int); INSERT INTO {table} VALUES (1); ALTER TABLE {table} OWNER TO {}",
+            ident(&name)
+        );
+        self.su.batch_execute(&sql).await.map_err(|e| e.to_string())?;
+        Ok(name)
+    }
+
+    fn fresh_name(&mut self) -> String {
+        self.next += 1;
+        let name = format!("{}_twin{}", self.prefix, self.next);
+        self.guard.register(&name);
+        name
+    }
+
+    async fn use_primary_privilege(&mut self, user: &str, password: &SecretString) -> Result<(), String> {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host(HOST)
+            .port(PORT)
+            .user(user)
+            .password(password.expose_secret())
+            .dbname("postgres")
+            .connect(NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let row = client
+            .query_one(&format!("SELECT x FROM {}", ident(&self.table())), &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        if row.get::<_, i32>(0) != 1 {
+            return Err("wrong row".into());
+        }
+        Ok(())
+    }
+
+    async fn grow_primary(&mut self, primary: &str) -> Result<String, String> {
+        self.su.batch_execute(&format!("ALTER ROLE {} CREATEDB", ident(primary))).await.map_err(|e| e.to_string())?;
+        Ok("CREATEDB".into())
+    }
+
+    async fn grow_twin(&mut self, twin: &str) -> Result<String, String> {
+        let extra = format!("{}_extra", self.prefix);
+        self.guard.register(&extra);
+        let sql = format!("CREATE ROLE {0} NOLOGIN; GRANT {0} TO {1}", ident(&extra), ident(twin));
+        self.su.batch_execute(&sql).await.map_err(|e| e.to_string())?;
+        Ok(extra)
+    }
+}
+
+#[tokio::test]
+async fn postgres_passes_twin_conformance() {
+    let mut fixture = PgTwinFixture::new().await;
+    let guard = Arc::clone(&fixture.guard);
+    let report =
+        run_twin_conformance(&rotator(), &mut fixture).await.unwrap_or_else(|e| panic!("twin conformance: {e}"));
+    println!("{report}");
+    // The twin got the primary's attributes, membership carries the rest, and the
+    // verifier (not the password) was sent.
+    let twin = format!("{}_twin1", fixture.prefix);
+    let row = fixture
+        .su
+        .query_one(
+            "SELECT r.rolconnlimit, r.rolcreatedb, a.rolpassword LIKE 'SCRAM-SHA-256$%', \
+             pg_has_role(r.oid, $2::text, 'USAGE') FROM pg_roles r JOIN pg_authid a USING (oid) WHERE r.rolname = $1",
+            &[&twin, &format!("{}_app", fixture.prefix)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
+    assert!(row.get::<_, bool>(1) && row.get::<_, bool>(2) && row.get::<_, bool>(3));
+    drop(guard);
+}
+
+#[tokio::test]
+async fn a_twin_with_more_power_than_the_primary_or_a_group_role_is_refused() {
+    let mut fixture = PgTwinFixture::new().await;
+    let primary = fixture.create_primary(&policy().generate()).await.unwrap();
+    for (options, why) in [("NOLOGIN", "NOLOGIN"), ("LOGIN CREATEROLE", "CREATEROLE"), ("LOGIN SUPERUSER", "SUPERUSER")]
+    {
+        let twin = fixture.fresh_name();
+        create_role(&fixture.su, &fixture.guard, &twin, &policy().generate(), options).await;
+        let req = SyncTwinRequest {
+            primary: primary.clone(),
+            twin: twin.clone(),
+            password_if_created: policy().generate(),
+            admin: fixture.admin.clone(),
+        };
+        let e = rotator().sync_twin(req).await.unwrap_err();
+        assert!(matches!(&e, RotatorError::Permanent(m) if m.contains(why)), "{options}: {e}");
+        let members = fixture
+            .su
+            .query_opt(
+                "SELECT 1 FROM pg_auth_members WHERE member = $1::text::regrole AND roleid = $2::text::regrole",
+                &[&ident(&twin), &ident(&primary)],
+            )
+            .await
+            .unwrap();
+        assert!(members.is_none(), "{options}: a refused twin was changed");
+    }
 }

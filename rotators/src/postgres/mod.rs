@@ -33,6 +33,7 @@
 
 pub mod auth_guard;
 pub mod tls;
+mod twin;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -53,7 +54,7 @@ use crate::common::{after_change, changed_if_transient, find_cause, logins, no_l
 use crate::scrub::Scrubber;
 use crate::{
     PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse,
-    VerifyRequest, VerifyResponse,
+    SyncTwinRequest, SyncTwinResponse, VerifyRequest, VerifyResponse,
 };
 
 /// Longest role name PostgreSQL keeps (`NAMEDATALEN - 1`); longer ones are silently
@@ -273,15 +274,37 @@ impl PostgresRotator {
                 self.cfg.connect_timeout_secs
             ))),
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => match classify(&e, context, self.cfg.sslmode, scrub) {
-                // An authentication error after login: the server changed its mind; let
-                // the engine retry rather than guess.
-                Classified::AuthRefused => Err(RotatorError::Transient(format!(
-                    "{context}: authorization failed after login ({})",
-                    describe(&e, scrub)
-                ))),
-                Classified::Error(err) => Err(err),
-            },
+            Ok(Err(e)) => Err(self.statement_error(&e, context, scrub)),
+        }
+    }
+
+    /// Runs one query (extended protocol: `params` are bound, never spliced into the
+    /// text) with the operation timeout.
+    async fn query(
+        &self,
+        client: &Client,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        context: &str,
+        scrub: &Scrubber,
+    ) -> RotatorResult<Vec<tokio_postgres::Row>> {
+        match tokio::time::timeout(self.cfg.timeout(), client.query(sql, params)).await {
+            Err(_) => {
+                Err(RotatorError::Transient(format!("{context}: no answer within {}s", self.cfg.connect_timeout_secs)))
+            }
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(self.statement_error(&e, context, scrub)),
+        }
+    }
+
+    fn statement_error(&self, e: &tokio_postgres::Error, context: &str, scrub: &Scrubber) -> RotatorError {
+        match classify(e, context, self.cfg.sslmode, scrub) {
+            // An authentication error after login: the server changed its mind; let
+            // the engine retry rather than guess.
+            Classified::AuthRefused => {
+                RotatorError::Transient(format!("{context}: authorization failed after login ({})", describe(e, scrub)))
+            }
+            Classified::Error(err) => err,
         }
     }
 
@@ -366,6 +389,10 @@ impl Rotator for PostgresRotator {
         let scrub = Scrubber::new([&req.password]);
         let who = shown(&req.username);
         self.check(&req.username, &req.password, &who, &scrub).await
+    }
+
+    async fn sync_twin(&self, req: SyncTwinRequest) -> RotatorResult<SyncTwinResponse> {
+        twin::sync(self, req).await
     }
 }
 
