@@ -199,6 +199,24 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             }
             _ => {}
         }
+        match (&profile.twin_suffix, profile.strategy) {
+            (Some(_), s) if s != Strategy::AlternatingUsers => problems.push(format!(
+                "targets.{name}.twin_suffix applies to strategy \"alternating-users\" only (this profile's is {:?})",
+                s.as_str()
+            )),
+            (Some(suffix), _) if suffix.is_empty() || suffix.len() > 32 || !suffix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {
+                problems.push(format!(
+                    "targets.{name}.twin_suffix {suffix:?}: 1-32 of a-z A-Z 0-9 _ - (it becomes part of an account name)"
+                ))
+            }
+            _ => {}
+        }
+        if profile.strategy == Strategy::AlternatingUsers && profile.admin.is_none() {
+            problems.push(format!(
+                "targets.{name}: strategy \"alternating-users\" needs an admin login (admin = {{ username, secret }}): \
+                 the idle account is created and reset by it"
+            ));
+        }
         if let Some(admin) = &profile.admin {
             if !is_secret_name(&admin.secret) {
                 problems.push(format!(

@@ -535,7 +535,14 @@ pub struct TargetProfile {
     /// a rotation before it is retired. Default [`DEFAULT_GRACE_PERIOD_SECS`] (one day).
     #[serde(default)]
     pub grace_period_secs: Option<u64>,
+    /// `alternating-users` only: the twin of an account is its name plus this suffix.
+    /// Default [`DEFAULT_TWIN_SUFFIX`] (AWS's convention).
+    #[serde(default)]
+    pub twin_suffix: Option<String>,
 }
+
+/// The default `twin_suffix` of an `alternating-users` profile.
+pub const DEFAULT_TWIN_SUFFIX: &str = "_clone";
 
 /// The default `grace_period_secs` of a `multi-password` profile: one day, so that a
 /// consumer that read the old value at the start of a working day (a Power Automate
@@ -543,6 +550,12 @@ pub struct TargetProfile {
 pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 86_400;
 
 impl TargetProfile {
+    /// The twin suffix of an `alternating-users` profile; `None` for other strategies.
+    pub fn twin_suffix(&self) -> Option<&str> {
+        (self.strategy == Strategy::AlternatingUsers)
+            .then(|| self.twin_suffix.as_deref().unwrap_or(DEFAULT_TWIN_SUFFIX))
+    }
+
     /// The grace period of a `multi-password` profile; `None` for other strategies.
     pub fn grace_period(&self) -> Option<std::time::Duration> {
         (self.strategy == Strategy::MultiPassword)
@@ -582,10 +595,9 @@ impl TargetKind {
     pub fn offers(&self, strategy: Strategy) -> Result<(), &'static str> {
         use Strategy::{AlternatingUsers, MultiPassword, SingleUser};
         match (self, strategy) {
-            (_, SingleUser) | (TargetKind::Redis(_), MultiPassword) => Ok(()),
-            (TargetKind::Postgres(_) | TargetKind::Mariadb(_), AlternatingUsers) => {
-                Err("alternating-users is not built yet for this kind (planned); use single-user")
-            }
+            (_, SingleUser)
+            | (TargetKind::Redis(_), MultiPassword)
+            | (TargetKind::Postgres(_) | TargetKind::Mariadb(_), AlternatingUsers) => Ok(()),
             (TargetKind::Postgres(_), MultiPassword) => Err("PostgreSQL keeps one password per role"),
             (TargetKind::Mariadb(_), MultiPassword) => {
                 Err("MariaDB keeps one password per account (MySQL 8's RETAIN CURRENT PASSWORD has no MariaDB \

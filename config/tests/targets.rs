@@ -66,6 +66,20 @@ fn multi_password_profiles_get_a_grace_period() {
 }
 
 #[test]
+fn alternating_users_profiles_name_the_twin_by_a_suffix() {
+    let profile = |extra: &str| {
+        format!(
+            "[targets.db]\nkind = \"postgres\"\nhost = \"h\"\naccounts = [\"app*\"]\nstrategy = \"alternating-users\"\n\
+             admin = {{ username = \"rot\", secret = \"db-admin\" }}\n{extra}"
+        )
+    };
+    assert_eq!(load(&profile("")).unwrap().targets["db"].twin_suffix(), Some("_clone"));
+    assert_eq!(load(&profile("twin_suffix = \"_b\"\n")).unwrap().targets["db"].twin_suffix(), Some("_b"));
+    let single = load("[targets.db]\nkind = \"postgres\"\nhost = \"h\"\naccounts = [\"*\"]\n").unwrap();
+    assert_eq!(single.targets["db"].twin_suffix(), None);
+}
+
+#[test]
 fn wrong_keys_and_values_are_named() {
     let cases = [
         ("kind = \"mariadb\"\nhots = \"x\"\nhost = \"y\"", "hots"),
@@ -78,6 +92,13 @@ fn wrong_keys_and_values_are_named() {
         ("kind = \"postgres\"\nhost = \"y\"\nstrategy = \"multi-password\"", "one password per role"),
         ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"multi_password\"", "unknown strategy \"multi_password\""),
         ("kind = \"redis\"\nhost = \"y\"\ngrace_period_secs = 60", "applies to strategy \"multi-password\" only"),
+        ("kind = \"postgres\"\nhost = \"y\"\ntwin_suffix = \"_b\"", "applies to strategy \"alternating-users\" only"),
+        ("kind = \"postgres\"\nhost = \"y\"\nstrategy = \"alternating-users\"", "needs an admin login"),
+        (
+            "kind = \"mariadb\"\nhost = \"y\"\nstrategy = \"alternating-users\"\ntwin_suffix = \"'; DROP\"\n\
+             admin = { username = \"r\", secret = \"s\" }",
+            "twin_suffix \"'; DROP\": 1-32 of",
+        ),
         ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"multi-password\"\ngrace_period_secs = 0", "at least 1"),
         ("kind = \"mariadb\"\nhost = \"y\"\nconnect_timeout_secs = 0", "at least 1"),
         ("kind = \"postgre\"\nhost = \"y\"", "postgre"),

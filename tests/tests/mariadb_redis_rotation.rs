@@ -8,31 +8,20 @@
 //! Needs `scripts/setup-mariadb.sh` and `scripts/setup-redis.sh` (TLS with their test
 //! CAs: the rotators run with `verify-full`).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_rotator::engine::{Outcome, RotationReport};
-use kv_rotator::service::{self, Background, RunningService};
-use kv_rotator::targets::Targets;
-use kv_rotator_config::{AdminRef, EngineConfig, SweeperConfig, TargetKind, TargetProfile, WebhookConfig};
-use kv_rotator_keyvault::azure::AzureSecretStore;
-use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
-use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
+use common::{suffix, test_ca};
+use kv_rotator::engine::Outcome;
+use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
 use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::PasswordPolicy;
 use mysql_async::prelude::Queryable;
 use secrecy::{ExposeSecret, SecretString};
-use time::OffsetDateTime;
-use tokio::sync::broadcast;
 
 const GRACE_SECS: u64 = 4;
-
-fn ca(var: &str, default: &str) -> String {
-    let path = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    assert!(std::path::Path::new(&path).is_file(), "no test CA at {path}: run the setup scripts (scripts/test.sh)");
-    path
-}
 
 fn profile(target: TargetKind, admin: Option<AdminRef>, strategy: Strategy, grace: Option<u64>) -> TargetProfile {
     TargetProfile {
@@ -43,28 +32,37 @@ fn profile(target: TargetKind, admin: Option<AdminRef>, strategy: Strategy, grac
         allow_admin_account: false,
         strategy,
         grace_period_secs: grace,
+        twin_suffix: None,
     }
 }
 
-struct Harness {
-    vault: DevVault,
-    store: Arc<dyn SecretStore>,
-    service: RunningService,
-    reports: broadcast::Receiver<RotationReport>,
+struct Harness(common::Harness);
+
+impl std::ops::Deref for Harness {
+    type Target = common::Harness;
+    fn deref(&self) -> &common::Harness {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut common::Harness {
+        &mut self.0
+    }
 }
 
 impl Harness {
+    /// A MariaDB profile `db` (single-user, admin `db_admin`) and a Redis profile `cache`
+    /// (multi-password, admin `redis_admin`), both over verified TLS.
     async fn start(db_admin: &str, redis_admin: &str) -> Harness {
-        let vault = DevVault::start(DevVaultOptions::default()).await.expect("dev vault");
-        let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).expect("store"));
         let mariadb = serde_json::from_value(serde_json::json!({
             "host": "127.0.0.1", "tls": "verify-full",
-            "tls_ca_file": ca("KVR_TEST_MARIADB_CA", "/var/lib/mysql-kvr-test-tls/ca.pem"),
+            "tls_ca_file": test_ca("KVR_TEST_MARIADB_CA", "/var/lib/mysql-kvr-test-tls/ca.pem"),
         }))
         .unwrap();
         let redis = serde_json::from_value(serde_json::json!({
             "host": "127.0.0.1", "port": 6380, "tls": "verify-full", "acl_save": "never",
-            "tls_ca_file": ca("KVR_TEST_REDIS_CA", "/var/lib/redis/kvr-test-tls/ca.pem"),
+            "tls_ca_file": test_ca("KVR_TEST_REDIS_CA", "/var/lib/redis/kvr-test-tls/ca.pem"),
         }))
         .unwrap();
         let admin = AdminRef { username: redis_admin.into(), secret: "redis-admin".into() };
@@ -76,85 +74,12 @@ impl Harness {
                 profile(TargetKind::Redis(redis), Some(admin), Strategy::MultiPassword, Some(GRACE_SECS)),
             ),
         ]);
-        let engine = EngineConfig {
-            initial_backoff_ms: 50,
-            max_backoff_ms: 200,
-            min_rotation_interval_secs: 0,
-            ..Default::default()
-        };
-        // The sweeper runs every second with its due scan off: it only resumes journals
-        // and asks for retirements, so every rotation here is the delivery's.
-        let background = Background {
-            sweeper: Some(SweeperConfig { enabled: false, interval_secs: 1, ..Default::default() }),
-            ..Default::default()
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let service = service::start_with(
-            store.clone(),
-            Targets::from_profiles(&profiles).unwrap(),
-            engine,
-            &WebhookConfig::default(),
-            background,
-            listener,
-        )
-        .await
-        .expect("service");
-        let reports = service.engine.subscribe();
-        Harness { vault, store, service, reports }
-    }
-
-    async fn seed(&self, name: &str, value: &SecretString, tags: &[(&str, &str)]) -> String {
-        let new = NewSecretVersion {
-            value: value.clone(),
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            content_type: None,
-            expires: Some(OffsetDateTime::now_utc() + time::Duration::days(3)),
-            not_before: None,
-        };
-        self.store.set_secret(name, new).await.expect("seed secret").version
-    }
-
-    async fn deliver(&self, secret: &str, version: &str) -> reqwest::StatusCode {
-        let body = kv_rotator::cli::seed::near_expiry_delivery(
-            self.store.vault_name(),
-            &self.vault.host(),
-            secret,
-            version,
-            OffsetDateTime::now_utc(),
-        );
-        reqwest::Client::new()
-            .post(format!("http://{}/api/eventgrid", self.service.webhook_addr))
-            .header("aeg-event-type", "Notification")
-            .json(&body)
-            .send()
-            .await
-            .expect("POST to webhook")
-            .status()
-    }
-
-    /// The next report for `secret`, within `within`.
-    async fn report_for(&mut self, secret: &str, within: Duration) -> RotationReport {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let report = tokio::time::timeout(left, self.reports.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no report for {secret} within {within:?}"))
-                .expect("engine alive");
-            if report.request.secret_name == secret {
-                return report;
-            }
-        }
+        Harness(common::Harness::start(profiles).await)
     }
 
     async fn stop(self) {
-        self.service.shutdown().await.unwrap();
-        self.vault.shutdown().await;
+        self.0.stop().await
     }
-}
-
-fn suffix() -> String {
-    format!("{:08x}", rand::random::<u32>())
 }
 
 // ---- MariaDB ----
@@ -354,13 +279,7 @@ async fn a_hostile_retirement_tag_does_not_shorten_the_grace_period_and_overlapp
     assert!(!matches!(asked.outcome, Outcome::Retired { .. }), "retired on a tag's word: {asked:?}");
     assert!(redis_logs_in(user, p0).await, "the old value keeps working through the grace period");
 
-    let manual = kv_rotator_webhook::RotationRequest {
-        vault_name: h.store.vault_name().to_owned(),
-        secret_name: secret.to_owned(),
-        version: None,
-        trigger: kv_rotator_webhook::Trigger::Manual { requested_by: "test".into(), force: true },
-    };
-    let report = h.service.engine.rotate(manual).await;
+    let report = h.rotate_now(secret).await;
     assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
     let v3 = h.store.get_latest(secret).await.unwrap();
     for (password, which) in [(p0, "v1"), (&v2.value, "v2"), (&v3.value, "v3")] {

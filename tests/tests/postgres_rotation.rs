@@ -110,6 +110,7 @@ impl Harness {
                 allow_admin_account: false,
                 strategy: Default::default(),
                 grace_period_secs: None,
+                twin_suffix: None,
             },
         )]);
         let engine = EngineConfig {

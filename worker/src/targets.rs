@@ -11,6 +11,8 @@ use kv_rotator_rotators::postgres::PostgresRotator;
 use kv_rotator_rotators::redis::RedisRotator;
 use kv_rotator_rotators::Rotator;
 
+use crate::engine::value::Shape;
+
 /// The configured targets, by profile name.
 #[derive(Debug, Default)]
 pub struct Targets {
@@ -19,6 +21,8 @@ pub struct Targets {
     accounts: BTreeMap<String, Accounts>,
     /// Multi-password profiles' grace periods.
     grace_periods: BTreeMap<String, std::time::Duration>,
+    /// How each profile's secrets hold their login (plain unless alternating-users).
+    shapes: BTreeMap<String, Shape>,
 }
 
 /// Which accounts a profile may rotate: `accounts` patterns, and whether its admin's own.
@@ -73,6 +77,9 @@ impl Targets {
             if let Some(grace) = profile.grace_period() {
                 targets.set_grace_period(name, grace);
             }
+            if let Some(suffix) = profile.twin_suffix() {
+                targets.set_shape(name, Shape::Pair { twin_suffix: suffix.to_owned() });
+            }
         }
         Ok(targets)
     }
@@ -120,6 +127,16 @@ impl Targets {
     /// rotation (its rotator must add passwords rather than replace them).
     pub fn set_grace_period(&mut self, name: &str, grace: std::time::Duration) {
         self.grace_periods.insert(name.to_owned(), grace);
+    }
+
+    /// Makes profile `name` hold its secrets' login as `shape` (alternating-users: a pair).
+    pub fn set_shape(&mut self, name: &str, shape: Shape) {
+        self.shapes.insert(name.to_owned(), shape);
+    }
+
+    /// How profile `name`'s secrets hold their login.
+    pub fn shape(&self, name: &str) -> Shape {
+        self.shapes.get(name).cloned().unwrap_or(Shape::Plain)
     }
 
     /// The grace period of profile `name`, if it is multi-password.

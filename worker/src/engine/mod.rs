@@ -9,6 +9,7 @@
 //! - [`due`]: when a version is due (for the sweeper and events alike) and the
 //!   minimum interval between rotations.
 //! - [`retire`]: multi-password retirement of old passwords after the grace period.
+//! - [`value`]: what a secret's value holds (a password, or alternating-users' pair).
 //! - [`planner`]: the protocol's pure decisions (fence, journal, stale journals).
 //! - [`journal`]: rotation ids, journal record naming and tags.
 //! - [`locks`]: per-secret mutual exclusion.
@@ -23,6 +24,7 @@ pub mod locks;
 pub mod planner;
 pub mod protocol;
 pub mod retire;
+pub mod value;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -209,6 +211,8 @@ pub struct StepLog {
     canary_refused: std::sync::atomic::AtomicBool,
     /// The journal version this request wrote (trusted by its own later attempts).
     own_journal_version: Mutex<Option<String>>,
+    /// Alternating users: the idle account's canary was refused in this request.
+    idle_canary_refused: Mutex<Option<String>>,
 }
 
 impl StepLog {
@@ -228,6 +232,14 @@ impl StepLog {
     /// The target refused a random password earlier in this request.
     fn canary_refused(&self) -> bool {
         self.canary_refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn canary_refused_for(&self, account: &str) -> bool {
+        self.idle_canary_refused.lock().expect("step log poisoned").as_deref() == Some(account)
+    }
+
+    fn mark_canary_refused_for(&self, account: &str) {
+        *self.idle_canary_refused.lock().expect("step log poisoned") = Some(account.to_owned());
     }
 
     fn mark_canary_refused(&self) {

@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, StoreError};
-use kv_rotator_rotators::{Rotator, RotatorError, SetPasswordRequest, VerifyRequest, VerifyResponse};
+use kv_rotator_rotators::{
+    Credential, Rotator, RotatorError, SetPasswordRequest, SyncTwinRequest, VerifyRequest, VerifyResponse,
+};
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 use time::format_description::well_known::Rfc3339;
@@ -40,6 +42,7 @@ use super::journal::{
     TAG_TRIGGER, TRIGGER_MANUAL, TRIGGER_SCHEDULED,
 };
 use super::planner::{self, Fence, Latest, StaleJournal, Target};
+use super::value::{Login, Shape};
 use super::{Engine, Outcome, RotationError, StepLog};
 
 /// Tag naming the target profile (kv-rotator's own).
@@ -79,11 +82,43 @@ struct Fenced {
 /// The plan derived from the latest version before anything is written.
 struct Plan {
     profile: String,
+    /// The account whose password changes: the `CredentialId`, or with alternating
+    /// users the idle one of the pair.
     username: String,
+    /// How the secret's value holds its login ([`Shape`]).
+    shape: Shape,
+    /// Alternating users: the pair, as (primary, twin), and the account active now.
+    pair: Option<Pair>,
     validity_days: u32,
     new_tags: BTreeMap<String, String>,
     /// Multi-password: how long the old password stays valid after finish.
     grace_period: Option<std::time::Duration>,
+}
+
+impl Plan {
+    /// The secret's `CredentialId`: the account itself, or the pair's primary.
+    fn primary(&self) -> &str {
+        self.pair.as_ref().map_or(&self.username, |pair| &pair.primary)
+    }
+
+    /// The login `value` (the secret's or a journal record's) stands for.
+    fn login(&self, value: &SecretString) -> Result<Login, RotationError> {
+        self.shape.login_of(self.primary(), value).map_err(RotationError::Misconfigured)
+    }
+
+    /// A login check of `value` as the account this rotation changes; `None` when the
+    /// value stands for another account (the pair's active one: not this rotation's).
+    fn verify_request(&self, value: &SecretString) -> Option<VerifyRequest> {
+        let login = self.login(value).ok()?;
+        (login.user == self.username).then_some(VerifyRequest { username: login.user, password: login.password })
+    }
+}
+
+/// Alternating users: the two accounts, and which one consumers use now.
+struct Pair {
+    primary: String,
+    twin: String,
+    active: String,
 }
 
 /// The journal record this attempt works with: its password, and the version of the
@@ -369,6 +404,23 @@ fn plan(engine: &Engine, fenced: &Fenced) -> Result<Plan, RotationError> {
             "secret {name:?}: {why}; its {TAG_CREDENTIAL_ID:?} tag is refused and nothing was changed"
         )));
     }
+    let shape = engine.targets.shape(&profile);
+    let (username, pair) = match shape.twin(&username) {
+        None => (username, None),
+        Some(twin) => {
+            if let Some(why) = engine.targets.refuse_account(&profile, &twin) {
+                return Err(RotationError::Misconfigured(format!(
+                    "secret {name:?}: the twin of {username:?}: {why}; nothing was changed"
+                )));
+            }
+            let active = shape
+                .login_of(&username, &latest.value)
+                .map_err(|e| RotationError::Misconfigured(format!("secret {name:?}: {e}; nothing was changed")))?
+                .user;
+            let idle = if active == username { twin.clone() } else { username.clone() };
+            (idle, Some(Pair { primary: username, twin, active }))
+        }
+    };
     let validity_days = engine
         .due_rule
         .validity_days(&latest.properties)
@@ -390,7 +442,7 @@ fn plan(engine: &Engine, fenced: &Fenced) -> Result<Plan, RotationError> {
             if grace_period.is_some() { format!(" (and {TAG_RETIRE_AFTER:?}: multi-password)") } else { String::new() },
         )));
     }
-    Ok(Plan { profile, username, validity_days, new_tags, grace_period })
+    Ok(Plan { profile, username, shape, pair, validity_days, new_tags, grace_period })
 }
 
 /// Step 3: a random password must be refused. A target that accepts anything (`trust`
@@ -407,17 +459,24 @@ async fn prove_target_checks_passwords(
     if steps.canary_refused() {
         return Ok(());
     }
-    match refuses_a_random_password(rotator, &plan.username).await {
-        Ok(true) => {
-            steps.mark_canary_refused();
-            Ok(())
-        }
-        Err(source) => Err(RotationError::Target { profile: plan.profile.clone(), source }),
+    // Alternating users: the active account here (the idle one may not exist yet: it is
+    // asked in `set`, once the twin is synced).
+    let account = plan.pair.as_ref().map_or(&plan.username, |p| &p.active);
+    canary(rotator, &plan.profile, account, "nothing was written").await?;
+    steps.mark_canary_refused();
+    Ok(())
+}
+
+/// The canary for `account`: a random password must be refused; `consequence` says what
+/// a failure left undone.
+async fn canary(rotator: &dyn Rotator, profile: &str, account: &str, consequence: &str) -> Result<(), RotationError> {
+    match refuses_a_random_password(rotator, account).await {
+        Ok(true) => Ok(()),
+        Err(source) => Err(RotationError::Target { profile: profile.to_owned(), source }),
         Ok(false) => Err(RotationError::Misconfigured(format!(
-            "target {} accepted a random wrong password for {:?}: it does not check this account's password \
-             (e.g. trust in pg_hba.conf for the worker's address), so no login can prove which password works; \
-             nothing was written",
-            plan.profile, plan.username
+            "target {profile} accepted a random wrong password for {account:?}: it does not check this account's \
+             password (e.g. trust in pg_hba.conf for the worker's address), so no login can prove which password \
+             works; {consequence}"
         ))),
     }
 }
@@ -496,7 +555,7 @@ async fn journal_version_in_use(
     }
     let versions = journal_passwords(engine, &fenced.journal_name).await?;
     for record in &versions {
-        let request = VerifyRequest { username: plan.username.clone(), password: record.value.clone() };
+        let Some(request) = plan.verify_request(&record.value) else { continue };
         let verdict = rotator
             .verify(request)
             .await
@@ -556,9 +615,9 @@ async fn create(
             if let Some(trigger) = record.properties.tags.get(TAG_TRIGGER) {
                 tags.insert(TAG_TRIGGER.to_owned(), trigger.clone());
             }
-            journal_fresh_password(engine, steps, rotator, fenced, tags).await
+            journal_fresh_password(engine, steps, rotator, fenced, plan, tags).await
         }
-        Journaled::None => journal_fresh_password(engine, steps, rotator, fenced, tags).await,
+        Journaled::None => journal_fresh_password(engine, steps, rotator, fenced, plan, tags).await,
     }
 }
 
@@ -591,9 +650,12 @@ async fn journal_fresh_password(
     steps: &StepLog,
     rotator: &dyn Rotator,
     fenced: &Fenced,
+    plan: &Plan,
     tags: BTreeMap<String, String>,
 ) -> Result<Pending, RotationError> {
-    let value = rotator.password_policy().generate();
+    // The value finish will write: the password, or alternating users' pair.
+    let login = Login { user: plan.username.clone(), password: rotator.password_policy().generate() };
+    let value = plan.shape.value_for(&login, &fenced.latest.value);
     let new = NewSecretVersion {
         value: value.clone(),
         tags: tags.clone(),
@@ -647,11 +709,28 @@ async fn set(
     pending: &Pending,
 ) -> Result<(), RotationError> {
     let admin = super::retire::admin_credential(engine, &plan.profile).await?;
+    let pending_login = plan.login(&pending.value)?;
+    let older = previous_passwords(engine, &fenced.latest).await;
+    let (current, previous) = match &plan.pair {
+        None => (fenced.latest.value.clone(), older),
+        Some(pair) => {
+            sync_twin(rotator, plan, pair, &pending_login, admin.as_ref()).await?;
+            // The idle account exists now: it too must check passwords before `test` means anything.
+            if !steps.canary_refused_for(&plan.username) {
+                canary(rotator, &plan.profile, &plan.username, "the idle account was not changed").await?;
+                steps.mark_canary_refused_for(&plan.username);
+            }
+            // The idle account's own passwords: those of older versions that name it.
+            let mut own = older.iter().filter_map(|v| plan.login(v).ok()).filter(|l| l.user == plan.username);
+            let current = own.next().map(|l| l.password).unwrap_or_else(|| SecretString::from(String::new()));
+            (current, own.map(|l| l.password).collect())
+        }
+    };
     let request = SetPasswordRequest {
         username: plan.username.clone(),
-        pending: pending.value.clone(),
-        current: fenced.latest.value.clone(),
-        previous: previous_passwords(engine, &fenced.latest).await,
+        pending: pending_login.password,
+        current,
+        previous,
         admin,
     };
     match rotator.set_password(request).await {
@@ -670,6 +749,47 @@ async fn set(
     }
 }
 
+/// Alternating users: the twin exists and has the primary's grants before the idle
+/// account is set (created with the pending password when it is the idle one and
+/// missing). Drift that could not be repaired is a warning for the operator, not a failure:
+/// the account consumers use next keeps what it has.
+async fn sync_twin(
+    rotator: &dyn Rotator,
+    plan: &Plan,
+    pair: &Pair,
+    pending: &Login,
+    admin: Option<&Credential>,
+) -> Result<(), RotationError> {
+    let Some(admin) = admin.cloned() else {
+        return Err(RotationError::Misconfigured(format!(
+            "target {}: alternating-users needs the profile's admin login",
+            plan.profile
+        )));
+    };
+    // Created with the pending password only when it is the account being set.
+    let password_if_created =
+        if pending.user == pair.twin { pending.password.clone() } else { rotator.password_policy().generate() };
+    let request =
+        SyncTwinRequest { primary: pair.primary.clone(), twin: pair.twin.clone(), password_if_created, admin };
+    let synced = rotator
+        .sync_twin(request)
+        .await
+        .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
+    if synced.created {
+        info!(twin = %pair.twin, primary = %pair.primary, "twin account created with the primary's grants");
+    }
+    if !synced.repaired.is_empty() {
+        info!(twin = %pair.twin, repaired = %synced.repaired.join("; "), "twin's drift from the primary repaired");
+    }
+    if !synced.drift.is_empty() {
+        warn!(
+            twin = %pair.twin, primary = %pair.primary, drift = %synced.drift.join("; "),
+            "the twin differs from the primary in ways kv-rotator does not repair: an operator should align them"
+        );
+    }
+    Ok(())
+}
+
 /// The journal's step tag becomes `target-set` (for diagnosis only).
 async fn mark_target_set(engine: &Engine, fenced: &Fenced, pending: &Pending) {
     let mut tags = pending.tags.clone();
@@ -681,8 +801,11 @@ async fn mark_target_set(engine: &Engine, fenced: &Fenced, pending: &Pending) {
 /// Step 7: the pending password logs in. A refusal here is transient: replication lag
 /// or a pooler may hide a fresh password for a moment.
 async fn test(rotator: &dyn Rotator, plan: &Plan, pending: &Pending) -> Result<(), RotationError> {
+    let request = plan.verify_request(&pending.value).ok_or_else(|| {
+        RotationError::Misconfigured("the journaled value names another account than the one rotated".into())
+    })?;
     let verdict = rotator
-        .verify(VerifyRequest { username: plan.username.clone(), password: pending.value.clone() })
+        .verify(request)
         .await
         .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
     match verdict {
@@ -703,7 +826,7 @@ async fn finish(
     let store = engine.store.as_ref();
     let now = OffsetDateTime::now_utc();
     let expires = now + time::Duration::days(i64::from(plan.validity_days));
-    let mut tags = plan.new_tags;
+    let mut tags = plan.new_tags.clone();
     tags.insert(TAG_ROTATED_AT.to_owned(), now.format(&Rfc3339).unwrap_or_default());
     if let Some(grace) = plan.grace_period {
         tags.insert(TAG_RETIRE_AFTER.to_owned(), super::retire::retire_tag(now, grace));
@@ -721,8 +844,11 @@ async fn finish(
     failpoints::hit("after-finish");
     // The journal goes only once the target is seen using the version just written: if
     // anyone changed the password since the test step, the record may hold it.
-    let request = VerifyRequest { username: plan.username.clone(), password: written.value.clone() };
-    match rotator.verify(request).await {
+    let check = match plan.verify_request(&written.value) {
+        Some(request) => rotator.verify(request).await,
+        None => Err(RotatorError::Permanent("the written value names another account".into())),
+    };
+    match check {
         Ok(VerifyResponse::Accepted) => delete_journal(engine, &fenced.journal_name).await,
         other => warn!(
             journal = %fenced.journal_name, accepted = ?other.map_err(|e| e.to_string()),
@@ -889,7 +1015,11 @@ async fn probe<'a>(
     else {
         return cannot_tell;
     };
-    if engine.targets.refuse_account(profile, &user).is_some() {
+    // With alternating users the values name the primary or its twin; both are held to
+    // the profile's accounts.
+    let shape = engine.targets.shape(profile);
+    let accounts: Vec<String> = std::iter::once(user.clone()).chain(shape.twin(&user)).collect();
+    if accounts.iter().any(|account| engine.targets.refuse_account(profile, account).is_some()) {
         return cannot_tell;
     }
     // Every version of the record must be kv-rotator's, for this secret and this identity:
@@ -901,26 +1031,47 @@ async fn probe<'a>(
             && t.get(TAG_JOURNAL_FOR).is_some_and(|s| s.eq_ignore_ascii_case(&latest.name))
             && t.get(TAG_ROTATION_ID).is_some_and(|id| id == rotation_id)
             && same(TAG_PROFILE, profile)
-            && same(TAG_ACCOUNT, &user)
+            && t.get(TAG_ACCOUNT).is_none_or(|a| accounts.iter().any(|account| a.trim() == account))
     };
     if !journal.iter().all(ours) {
         return cannot_tell;
     }
     let Some(rotator) = engine.targets.rotator(profile) else { return cannot_tell };
     // Not the request's remembered canary: this verdict may delete a record.
-    if !matches!(refuses_a_random_password(rotator.as_ref(), &user).await, Ok(true)) {
-        return cannot_tell;
+    for account in &accounts {
+        if !matches!(refuses_a_random_password(rotator.as_ref(), account).await, Ok(true)) {
+            return cannot_tell;
+        }
     }
-    let try_login =
-        |password: &SecretString| rotator.verify(VerifyRequest { username: user.clone(), password: password.clone() });
-    match try_login(&latest.value).await {
-        Ok(VerifyResponse::Accepted) => return (Target::AcceptsLatest, None),
-        Ok(VerifyResponse::Rejected) => {}
-        Err(_) => return (Target::Unreachable, None),
+    let try_login = |value: &SecretString| {
+        let login = shape.login_of(&user, value);
+        let rotator = rotator.clone();
+        async move {
+            let login = login.map_err(RotatorError::Permanent)?;
+            rotator.verify(VerifyRequest { username: login.user, password: login.password }).await
+        }
+    };
+    // Where an account holds several passwords (multi-password) or the pair holds two
+    // accounts, the latest logging in does not rule out a journal's password also
+    // logging in: the record is asked first, so it is never deleted while it works.
+    let several = matches!(shape, Shape::Pair { .. }) || engine.targets.grace_period(profile).is_some();
+    if !several {
+        match try_login(&latest.value).await {
+            Ok(VerifyResponse::Accepted) => return (Target::AcceptsLatest, None),
+            Ok(VerifyResponse::Rejected) => {}
+            Err(_) => return (Target::Unreachable, None),
+        }
     }
     for record in journal {
         match try_login(&record.value).await {
             Ok(VerifyResponse::Accepted) => return (Target::AcceptsPending, Some(record)),
+            Ok(VerifyResponse::Rejected) => {}
+            Err(_) => return (Target::Unreachable, None),
+        }
+    }
+    if several {
+        match try_login(&latest.value).await {
+            Ok(VerifyResponse::Accepted) => return (Target::AcceptsLatest, None),
             Ok(VerifyResponse::Rejected) => {}
             Err(_) => return (Target::Unreachable, None),
         }

@@ -1,0 +1,250 @@
+//! Alternating users end to end, through the webhook and the dev vault, against the
+//! machine's PostgreSQL and MariaDB: a secret onboarded with the primary account's plain
+//! password; each rotation resets the idle account of the pair (creating the twin, with
+//! the primary's grants, the first time) and writes `{"username", "password"}` naming
+//! it, while the account consumers used until then keeps working — zero downtime.
+//!
+//! Needs `scripts/setup-postgres.sh` and `scripts/setup-mariadb.sh` (TLS with their test
+//! CAs: the rotators run verified).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{suffix, test_ca, Harness};
+use kv_rotator::engine::Outcome;
+use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
+use kv_rotator_keyvault::SecretStore;
+use kv_rotator_rotators::common::Strategy;
+use kv_rotator_rotators::PasswordPolicy;
+use mysql_async::prelude::Queryable;
+use secrecy::{ExposeSecret, SecretString};
+
+fn alternating(target: TargetKind, admin: AdminRef, accounts: &str) -> TargetProfile {
+    TargetProfile {
+        target,
+        admin: Some(admin),
+        password: Default::default(),
+        accounts: vec![accounts.to_owned()],
+        allow_admin_account: false,
+        strategy: Strategy::AlternatingUsers,
+        grace_period_secs: None,
+        twin_suffix: None,
+    }
+}
+
+/// The login a version's value names: `{"username", "password"}`.
+async fn login_in(store: &dyn SecretStore, secret: &str) -> (String, SecretString, String) {
+    let latest = store.get_latest(secret).await.unwrap();
+    let json: serde_json::Value = serde_json::from_str(latest.value.expose_secret()).expect("a JSON value");
+    let user = json["username"].as_str().expect("username").to_owned();
+    let password = SecretString::from(json["password"].as_str().expect("password").to_owned());
+    (user, password, latest.version)
+}
+
+// ---- PostgreSQL ----
+
+async fn pg_superuser() -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432");
+    tokio::spawn(conn);
+    client
+}
+
+/// Whether `password` logs in as `role` and may read `table`.
+async fn pg_reads(role: &str, password: &SecretString, table: &str) -> bool {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1").port(5432).user(role).password(password.expose_secret()).dbname("postgres");
+    match cfg.connect(tokio_postgres::NoTls).await {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            client.simple_query(&format!("SELECT count(*) FROM {table}")).await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pairs_flip_with_zero_downtime_and_the_twin_gets_the_primary_grants() {
+    let s = suffix();
+    let (primary, twin, admin, table) = (
+        format!("kvr_e2e_alt_{s}"),
+        format!("kvr_e2e_alt_{s}_clone"),
+        format!("kvr_e2e_rot_{s}"),
+        format!("kvr_e2e_t_{s}"),
+    );
+    let policy = PasswordPolicy::default();
+    let (p0, admin_password) = (policy.generate(), policy.generate());
+    let su = pg_superuser().await;
+    su.batch_execute(&format!(
+        "CREATE ROLE {admin} LOGIN CREATEROLE IN ROLE kvr_scram PASSWORD '{}';
+         CREATE ROLE {primary} LOGIN IN ROLE kvr_scram PASSWORD '{}';
+         CREATE TABLE {table} (v int); GRANT SELECT ON {table} TO {primary};",
+        admin_password.expose_secret(),
+        p0.expose_secret()
+    ))
+    .await
+    .expect("setup (run scripts/setup-postgres.sh first: it creates kvr_scram)");
+    let cleanup = || async {
+        let su = pg_superuser().await;
+        for statement in [
+            format!("DROP TABLE IF EXISTS {table}"),
+            format!("DROP ROLE IF EXISTS {twin}"),
+            format!("DROP ROLE IF EXISTS {primary}"),
+            format!("DROP ROLE IF EXISTS {admin}"),
+        ] {
+            let _ = su.batch_execute(&statement).await;
+        }
+    };
+    let pg = serde_json::from_value(serde_json::json!({
+        "host": "127.0.0.1", "sslmode": "verify-full", "channel_binding": "require",
+        "sslrootcert": test_ca("KVR_TEST_PG_CA", "/var/lib/postgresql/kvr-test-tls/ca.pem"),
+    }))
+    .unwrap();
+    let admin_ref = AdminRef { username: admin.clone(), secret: "pg-admin".into() };
+    let profiles =
+        BTreeMap::from([("db".to_owned(), alternating(TargetKind::Postgres(pg), admin_ref, "kvr_e2e_alt_*"))]);
+    let mut h = Harness::start(profiles).await;
+    h.seed("pg-admin", &admin_password, &[]).await;
+    let secret = format!("alt-{s}");
+    let v1 = h.seed(&secret, &p0, &[("rotator", "db"), ("CredentialId", &primary)]).await;
+
+    // 1. The event: the twin is created with the primary's grants and becomes active;
+    // the primary's password is untouched, so consumers that still hold it keep working.
+    assert_eq!(h.deliver(&secret, &v1).await, 200);
+    let report = h.report_for(&secret, Duration::from_secs(60)).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let (user1, p1, _) = login_in(h.store.as_ref(), &secret).await;
+    assert_eq!(user1, twin, "the twin is active");
+    assert!(pg_reads(&twin, &p1, &table).await, "the twin logs in and has the primary's grants");
+    assert!(pg_reads(&primary, &p0, &table).await, "the primary keeps its password: zero downtime");
+
+    // 2. The next rotation resets the primary and flips back; the twin still works.
+    let report = h.rotate_now(&secret).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let (user2, p2, _) = login_in(h.store.as_ref(), &secret).await;
+    assert_eq!(user2, primary);
+    assert!(pg_reads(&primary, &p2, &table).await);
+    assert!(!pg_reads(&primary, &p0, &table).await, "the primary's old password is gone");
+    assert!(pg_reads(&twin, &p1, &table).await, "the twin, active until now, keeps working");
+
+    // 3. Drift: the twin lost its membership in the primary; the next rotation (to the
+    // twin) repairs it before the twin is handed out again.
+    su.batch_execute(&format!("REVOKE {primary} FROM {twin}")).await.unwrap();
+    assert!(!pg_reads(&twin, &p1, &table).await, "the drift is real: the twin cannot read");
+    let report = h.rotate_now(&secret).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let (user3, p3, v3) = login_in(h.store.as_ref(), &secret).await;
+    assert_eq!(user3, twin);
+    assert!(pg_reads(&twin, &p3, &table).await, "repaired: the twin reads again");
+    assert!(!pg_reads(&twin, &p1, &table).await);
+
+    // 4. A value edited to name another account is refused; nothing changes.
+    let hostile = SecretString::from(format!("{{\"username\":\"{admin}\",\"password\":\"x\"}}"));
+    h.seed(&secret, &hostile, &[("rotator", "db"), ("CredentialId", &primary)]).await;
+    let report = h.rotate_now(&secret).await;
+    match &report.outcome {
+        Outcome::Failed { error, .. } => assert!(error.contains("neither the secret's CredentialId"), "{error}"),
+        other => panic!("not refused: {other:?}"),
+    }
+    assert!(pg_reads(&twin, &p3, &table).await && pg_reads(&primary, &p2, &table).await, "nothing changed");
+    assert!(pg_reads(&admin, &admin_password, "pg_roles").await, "the admin's password is untouched");
+    let versions = h.store.list_versions(&secret).await.unwrap().len();
+    assert_eq!(versions, 5, "v1, three rotations, the hostile one; none after it (v3 was {v3})");
+    h.stop().await;
+    cleanup().await;
+}
+
+// ---- MariaDB ----
+
+async fn mariadb_root() -> mysql_async::Conn {
+    let opts = mysql_async::OptsBuilder::default().ip_or_hostname("127.0.0.1").tcp_port(3306).user(Some("root"));
+    mysql_async::Conn::new(opts.prefer_socket(false)).await.expect("MariaDB must run on 127.0.0.1:3306")
+}
+
+/// Whether `password` logs in as `user` and may read `table`.
+async fn mariadb_reads(user: &str, password: &SecretString, table: &str) -> bool {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(3306)
+        .user(Some(user))
+        .pass(Some(password.expose_secret()))
+        .prefer_socket(false);
+    match mysql_async::Conn::new(opts).await {
+        Ok(mut conn) => conn.query_drop(format!("SELECT COUNT(*) FROM {table}")).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_pairs_flip_and_the_twin_gets_every_host_entry_and_grant() {
+    let s = suffix();
+    let (primary, twin, admin, db) = (
+        format!("kvr_e2e_alt_{s}"),
+        format!("kvr_e2e_alt_{s}_clone"),
+        format!("kvr_e2e_rot_{s}"),
+        format!("kvr_e2e_{s}"),
+    );
+    let table = format!("{db}.t");
+    let policy = PasswordPolicy::default();
+    let (p0, admin_password) = (policy.generate(), policy.generate());
+    let mut root = mariadb_root().await;
+    for statement in [
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE TABLE {table} (v INT)"),
+        format!("CREATE USER '{primary}'@'%' IDENTIFIED BY '{}'", p0.expose_secret()),
+        format!("CREATE USER '{primary}'@'localhost' IDENTIFIED BY '{}'", p0.expose_secret()),
+        format!("GRANT SELECT ON {db}.* TO '{primary}'@'%', '{primary}'@'localhost'"),
+        format!("CREATE USER '{admin}'@'%' IDENTIFIED BY '{}'", admin_password.expose_secret()),
+        format!("GRANT CREATE USER ON *.* TO '{admin}'@'%'"),
+        format!("GRANT SELECT ON mysql.* TO '{admin}'@'%'"),
+        format!("GRANT SELECT ON {db}.* TO '{admin}'@'%' WITH GRANT OPTION"),
+    ] {
+        root.query_drop(&statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let cleanup = || async {
+        let mut root = mariadb_root().await;
+        for (name, host) in
+            [(&primary, "%"), (&primary, "localhost"), (&twin, "%"), (&twin, "localhost"), (&admin, "%")]
+        {
+            let _ = root.query_drop(format!("DROP USER IF EXISTS '{name}'@'{host}'")).await;
+        }
+        let _ = root.query_drop(format!("DROP DATABASE IF EXISTS {db}")).await;
+    };
+    let mariadb = serde_json::from_value(serde_json::json!({
+        "host": "127.0.0.1", "tls": "verify-full",
+        "tls_ca_file": test_ca("KVR_TEST_MARIADB_CA", "/var/lib/mysql-kvr-test-tls/ca.pem"),
+    }))
+    .unwrap();
+    let admin_ref = AdminRef { username: admin.clone(), secret: "db-admin".into() };
+    let profiles =
+        BTreeMap::from([("db".to_owned(), alternating(TargetKind::Mariadb(mariadb), admin_ref, "kvr_e2e_alt_*"))]);
+    let mut h = Harness::start(profiles).await;
+    h.seed("db-admin", &admin_password, &[]).await;
+    let secret = format!("alt-{s}");
+    let v1 = h.seed(&secret, &p0, &[("rotator", "db"), ("CredentialId", &primary)]).await;
+
+    assert_eq!(h.deliver(&secret, &v1).await, 200);
+    let report = h.report_for(&secret, Duration::from_secs(60)).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let (user1, p1, _) = login_in(h.store.as_ref(), &secret).await;
+    assert_eq!(user1, twin);
+    assert!(mariadb_reads(&twin, &p1, &table).await, "the twin logs in and has the primary's grant");
+    assert!(mariadb_reads(&primary, &p0, &table).await, "the primary keeps its password: zero downtime");
+    let hosts: Vec<String> =
+        root.exec("SELECT host FROM mysql.user WHERE user = ? ORDER BY host", (twin.as_str(),)).await.unwrap();
+    assert_eq!(hosts, ["%", "localhost"], "the twin has every host entry the primary has");
+
+    let report = h.rotate_now(&secret).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let (user2, p2, _) = login_in(h.store.as_ref(), &secret).await;
+    assert_eq!(user2, primary);
+    assert!(mariadb_reads(&primary, &p2, &table).await);
+    assert!(!mariadb_reads(&primary, &p0, &table).await, "the primary's old password is gone");
+    assert!(mariadb_reads(&twin, &p1, &table).await, "the twin keeps working until its next turn");
+    h.stop().await;
+    cleanup().await;
+}
