@@ -4,6 +4,7 @@
 //!   password on a real target, and the target's admin login if it has one.
 //! - [`TwinFixture`] and [`run_twin_conformance`]: the same for the alternating-users
 //!   strategy's [`Rotator::sync_twin`] (the checks are listed on the function).
+//! - [`run_multi_password_conformance`]: the multi-password strategy's add and retire.
 //! - [`run_conformance`]: drives a [`Rotator`] through the contract written on
 //!   [`SetPasswordRequest`] and [`Rotator::verify`], and returns a
 //!   [`ConformanceReport`] or the first failed check.
@@ -31,8 +32,8 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    Credential, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse, SyncTwinRequest,
-    SyncTwinResponse, VerifyRequest, VerifyResponse,
+    Credential, RetirePasswordsRequest, RetirePasswordsResponse, Rotator, RotatorError, SetPasswordOutcome,
+    SetPasswordRequest, SetPasswordResponse, SyncTwinRequest, SyncTwinResponse, VerifyRequest, VerifyResponse,
 };
 
 /// The target side of a conformance run.
@@ -492,6 +493,98 @@ impl Run<'_> {
             }
         }
         self.pass("a privilege only the twin has is reported, not revoked");
+        Ok(())
+    }
+}
+
+/// Runs the multi-password checks of [`Rotator::set_password`] and
+/// [`Rotator::retire_passwords`] against `rotator` (built for that strategy), with users
+/// from `fixture`:
+///
+/// 1. `set_password` adds the new password: the old and the new one both log in;
+/// 2. retiring the old one (keeping the new) removes it: only the new one logs in, and a
+///    repeat (a crash before the engine recorded it) removes nothing;
+/// 3. a retirement whose password to keep does not log in is refused, and removes
+///    nothing (consumers may still use an old password);
+/// 4. asked to retire the password it keeps, it keeps it;
+/// 5. no password, in any text.
+pub async fn run_multi_password_conformance(
+    rotator: &dyn Rotator,
+    fixture: &mut dyn ConformanceFixture,
+) -> Result<ConformanceReport, String> {
+    let mut run = Run::new(rotator);
+    let result = run.multi_password(fixture).await;
+    run.finish(result, "multi-password requests, responses and errors")
+}
+
+impl Run<'_> {
+    async fn retire(&mut self, req: RetirePasswordsRequest) -> Result<RetirePasswordsResponse, RotatorError> {
+        self.texts.push(format!("{req:?}"));
+        let result = self.rotator.retire_passwords(req).await;
+        self.texts.push(format!("{result:?}"));
+        if let Err(e) = &result {
+            self.texts.push(e.to_string());
+        }
+        result
+    }
+
+    async fn expect_retired(&mut self, req: RetirePasswordsRequest, want: usize, check: &str) -> Result<(), String> {
+        match self.retire(req).await {
+            Ok(resp) if resp.removed == want => Ok(()),
+            Ok(resp) => Err(format!("{check}: expected {want} removed, got {}", resp.removed)),
+            Err(e) => Err(format!("{check}: retire_passwords failed: {e}")),
+        }
+    }
+
+    async fn multi_password(&mut self, fixture: &mut dyn ConformanceFixture) -> Result<(), String> {
+        let admin = fixture.admin();
+        if let Some(admin) = &admin {
+            self.secrets.push(admin.password.clone());
+        }
+        let (user, p0) = self.user(fixture).await?;
+        let retire = |keep: &SecretString, retire: &[&SecretString]| RetirePasswordsRequest {
+            username: user.clone(),
+            keep: keep.clone(),
+            retire: retire.iter().map(|p| (*p).clone()).collect(),
+            admin: admin.clone(),
+        };
+
+        // 1. added, not replaced
+        let p1 = self.password();
+        let req = SetPasswordRequest {
+            username: user.clone(),
+            pending: p1.clone(),
+            current: p0.clone(),
+            previous: vec![],
+            admin: admin.clone(),
+        };
+        match self.set(req).await {
+            Ok(resp) if resp.outcome != SetPasswordOutcome::AlreadySet => {}
+            other => return Err(format!("set_password (multi-password): expected a change, got {other:?}")),
+        }
+        self.expect_verify(&user, &p0, VerifyResponse::Accepted, "the old password, in its grace period").await?;
+        self.expect_verify(&user, &p1, VerifyResponse::Accepted, "the new password").await?;
+        self.pass("set_password adds the new password and the old one keeps working");
+
+        // 3. refused without a working password to keep (before 2, while p0 still works)
+        let stranger = self.password();
+        if self.retire(retire(&stranger, &[&p0])).await.is_ok() {
+            return Err("retire_passwords with a password to keep that does not log in: expected an error".into());
+        }
+        self.expect_verify(&user, &p0, VerifyResponse::Accepted, "the old password after a refused retirement").await?;
+        self.pass("nothing is retired unless the password to keep logs in");
+
+        // 2. retired, once
+        self.expect_retired(retire(&p1, &[&p0]), 1, "retiring the old password").await?;
+        self.expect_verify(&user, &p0, VerifyResponse::Rejected, "the retired password").await?;
+        self.expect_verify(&user, &p1, VerifyResponse::Accepted, "the kept password").await?;
+        self.expect_retired(retire(&p1, &[&p0]), 0, "retiring it again").await?;
+        self.pass("retire_passwords removes the old password, and a repeat removes nothing");
+
+        // 4. never the kept one
+        self.expect_retired(retire(&p1, &[&p1]), 0, "retiring the password it keeps").await?;
+        self.expect_verify(&user, &p1, VerifyResponse::Accepted, "the kept password").await?;
+        self.pass("the password to keep is never retired");
         Ok(())
     }
 }

@@ -196,6 +196,18 @@ async fn conformance(rotator: RedisRotator) {
 }
 
 #[tokio::test]
+async fn redis_passes_multi_password_conformance() {
+    let (mut conn, guard, prefix) = setup().await;
+    let admin = create_admin(&mut conn, &guard, &format!("{prefix}_admin")).await;
+    let mut fixture = RedisFixture { conn, guard: Arc::clone(&guard), prefix, admin, next: 0 };
+    let rotator = rotator().with_multi_password();
+    let report = kv_rotator_rotators::testkit::run_multi_password_conformance(&rotator, &mut fixture)
+        .await
+        .unwrap_or_else(|e| panic!("multi-password conformance: {e}"));
+    println!("{report}");
+}
+
+#[tokio::test]
 async fn redis_passes_conformance() {
     conformance(rotator()).await;
 }
