@@ -10,8 +10,8 @@
 #      is moved up):
 #        host all +kvr_scram 127.0.0.1/32 scram-sha-256
 #        host all +kvr_scram ::1/128      scram-sha-256
-#      so members of kvr_scram must present their password; everyone else (postgres
-#      included) keeps the existing rules;
+#      (and the same for one fixed test role name, below) so members of kvr_scram must
+#      present their password; everyone else (postgres included) keeps the existing rules;
 #   4. sets password_encryption = 'scram-sha-256' (ALTER SYSTEM) if it is not already;
 #   5. reloads the configuration and proves it worked: a probe member role logs in
 #      with its password and is refused with a wrong one;
@@ -64,20 +64,29 @@ END
 $$;
 SQL
 
-# 3. pg_hba.conf block, at the top, once.
+# 3. pg_hba.conf block, at the top, once. `kvr_e2e_ghost_clone` is a role a test drops
+# while a secret still names it: like a server that checks every role, it must meet a
+# password check (a fake SCRAM exchange) rather than trust when it does not exist.
 hba="$(psql_admin -c 'SHOW hba_file')"
 [ -f "$hba" ] || die "hba_file '$hba' is not a file"
-if [ "$(head -n 1 "$hba")" = "$MARK_BEGIN" ]; then
+block() {
+    printf '%s\n' "$MARK_BEGIN"
+    printf '%s\n' "host    all    +kvr_scram             127.0.0.1/32    scram-sha-256"
+    printf '%s\n' "host    all    +kvr_scram             ::1/128         scram-sha-256"
+    printf '%s\n' "host    all    kvr_e2e_ghost_clone    127.0.0.1/32    scram-sha-256"
+    printf '%s\n' "host    all    kvr_e2e_ghost_clone    ::1/128         scram-sha-256"
+    printf '%s\n' "$MARK_END"
+}
+if [ "$(head -n "$(block | wc -l)" "$hba")" = "$(block)" ]; then
     log "pg_hba.conf already starts with the kvr_scram block ($hba)"
 else
     tmp="$(mktemp "$hba.kvr.XXXXXX")"
     {
-        printf '%s\n' "$MARK_BEGIN"
-        printf '%s\n' "host    all    +kvr_scram    127.0.0.1/32    scram-sha-256"
-        printf '%s\n' "host    all    +kvr_scram    ::1/128         scram-sha-256"
-        printf '%s\n' "$MARK_END"
-        # An earlier block moved further down by hand is taken out, not duplicated.
-        awk -v b="$MARK_BEGIN" -v e="$MARK_END" '$0 == b { skip = 1 } !skip { print } $0 == e { skip = 0 }' "$hba"
+        block
+        # An earlier block (this one moved down by hand, or an older one) is taken out,
+        # not duplicated.
+        awk -v b="# >>> kv-rotator test roles" -v e="$MARK_END" \
+            'index($0, b) == 1 { skip = 1 } !skip { print } $0 == e { skip = 0 }' "$hba"
     } >"$tmp"
     # Copy over rather than rename: keeps the file's owner, mode and inode.
     cat "$tmp" >"$hba"

@@ -186,9 +186,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         match (profile.grace_period_secs, profile.strategy) {
-            (Some(_), s) if s != Strategy::MultiPassword => problems.push(format!(
-                "targets.{name}.grace_period_secs applies to strategy \"multi-password\" only (this profile's is {:?})",
-                s.as_str()
+            (Some(_), Strategy::SingleUser) => problems.push(format!(
+                "targets.{name}.grace_period_secs applies to strategies \"multi-password\" and \"alternating-users\" \
+                 only (this profile's is \"single-user\")"
             )),
             (Some(0), _) => problems.push(format!(
                 "targets.{name}.grace_period_secs must be at least 1: the old password must outlive the rotation \

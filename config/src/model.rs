@@ -531,8 +531,10 @@ pub struct TargetProfile {
     /// ([`TargetKind::offers`]).
     #[serde(default)]
     pub strategy: Strategy,
-    /// `multi-password` only: how long, in seconds, the old password keeps working after
-    /// a rotation before it is retired. Default [`DEFAULT_GRACE_PERIOD_SECS`] (one day).
+    /// `multi-password` and `alternating-users`: how long, in seconds, the previous value
+    /// keeps working after a rotation — multi-password retires its password then;
+    /// alternating users resets its account no sooner (the next rotation waits, unless
+    /// forced). Default [`DEFAULT_GRACE_PERIOD_SECS`] (one day).
     #[serde(default)]
     pub grace_period_secs: Option<u64>,
     /// `alternating-users` only: the twin of an account is its name plus this suffix.
@@ -556,9 +558,10 @@ impl TargetProfile {
             .then(|| self.twin_suffix.as_deref().unwrap_or(DEFAULT_TWIN_SUFFIX))
     }
 
-    /// The grace period of a `multi-password` profile; `None` for other strategies.
+    /// The grace period of a `multi-password` or `alternating-users` profile; `None` for
+    /// single-user.
     pub fn grace_period(&self) -> Option<std::time::Duration> {
-        (self.strategy == Strategy::MultiPassword)
+        (self.strategy != Strategy::SingleUser)
             .then(|| std::time::Duration::from_secs(self.grace_period_secs.unwrap_or(DEFAULT_GRACE_PERIOD_SECS)))
     }
 }

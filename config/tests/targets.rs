@@ -91,7 +91,7 @@ fn wrong_keys_and_values_are_named() {
         ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"alternating-users\"", "use multi-password"),
         ("kind = \"postgres\"\nhost = \"y\"\nstrategy = \"multi-password\"", "one password per role"),
         ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"multi_password\"", "unknown strategy \"multi_password\""),
-        ("kind = \"redis\"\nhost = \"y\"\ngrace_period_secs = 60", "applies to strategy \"multi-password\" only"),
+        ("kind = \"redis\"\nhost = \"y\"\ngrace_period_secs = 60", "applies to strategies \"multi-password\" and"),
         ("kind = \"postgres\"\nhost = \"y\"\ntwin_suffix = \"_b\"", "applies to strategy \"alternating-users\" only"),
         ("kind = \"postgres\"\nhost = \"y\"\nstrategy = \"alternating-users\"", "needs an admin login"),
         (

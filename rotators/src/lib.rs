@@ -159,9 +159,11 @@ pub enum VerifyResponse {
     Rejected,
 }
 
-/// Multi-password strategy: remove the passwords an account no longer needs, once the
-/// grace period after a rotation has passed. Only removes: a password that is not among
-/// the account's passwords is skipped, and `keep` must keep working.
+/// Multi-password strategy: once the grace period after a rotation has passed, leave the
+/// account only the passwords Key Vault says are in use — `keep` (the latest version's)
+/// and `also_keep` (an unfinished rotation's pending passwords) — removing every other
+/// one it has: older versions', disabled versions', and any a journal alone held. `keep`
+/// must log in first, or nothing is removed, and it must still log in after.
 #[derive(Debug, Clone)]
 pub struct RetirePasswordsRequest {
     /// The account.
@@ -169,8 +171,8 @@ pub struct RetirePasswordsRequest {
     /// The password consumers use now (the secret's latest version): never removed, and
     /// the login the rotator uses first.
     pub keep: SecretString,
-    /// Passwords to remove (older versions' values), newest first; some may be gone already.
-    pub retire: Vec<SecretString>,
+    /// Other passwords that stay (an unfinished rotation's pending passwords).
+    pub also_keep: Vec<SecretString>,
     /// The profile's admin login, when it has one.
     pub admin: Option<Credential>,
 }
@@ -178,7 +180,7 @@ pub struct RetirePasswordsRequest {
 /// Response of [`Rotator::retire_passwords`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetirePasswordsResponse {
-    /// How many of the passwords to retire the account still had, and no longer has.
+    /// How many passwords the account had beside those kept, and no longer has.
     pub removed: usize,
 }
 
@@ -196,6 +198,10 @@ pub struct SyncTwinRequest {
     pub password_if_created: SecretString,
     /// The profile's admin login (required by this strategy).
     pub admin: Credential,
+    /// Whether `twin` may exist already: this secret used it, or an earlier attempt of
+    /// this rotation may have created it. When false an existing account of that name is
+    /// someone else's, and is refused untouched (never taken over).
+    pub twin_known: bool,
 }
 
 /// Response of [`Rotator::sync_twin`]. Texts name grants and roles, never passwords.

@@ -423,14 +423,13 @@ impl RedisRotator {
         Ok(None)
     }
 
-    /// Removes those of `hashes` that `user` still has (`ACL GETUSER`, then one
-    /// `ACL SETUSER … !<hash>…`: removing a hash the user lacks is an error in Redis);
-    /// how many it removed.
+    /// Removes every password hash `user` has but `kept` (`ACL GETUSER`, then one
+    /// `ACL SETUSER … !<hash>…`); how many it removed.
     async fn remove_hashes(
         &self,
         cmds: &mut Commands,
         user: &str,
-        hashes: &[Zeroizing<String>],
+        kept: &[Zeroizing<String>],
         who: &str,
         scrub: &Scrubber,
     ) -> Result<usize, Refusal> {
@@ -442,10 +441,13 @@ impl RedisRotator {
             value => passwords_of(&value),
         };
         let gone: Vec<&Zeroizing<String>> =
-            hashes.iter().filter(|h| present.iter().any(|p| p.as_str() == h.as_str())).collect();
+            present.iter().filter(|p| !kept.iter().any(|k| k.as_str() == p.as_str())).collect();
         if gone.is_empty() {
             return Ok(0);
         }
+        // The hashes of passwords kv-rotator never knew are scrubbed from what the server says too.
+        let unknown: Vec<SecretString> = gone.iter().map(|h| SecretString::from(h.to_string())).collect();
+        let scrub = Scrubber::new(scrub.secrets().chain(&unknown));
         let mut cmd = ::redis::cmd("ACL");
         cmd.arg("SETUSER").arg(user);
         let removals: Vec<Zeroizing<String>> =
@@ -455,7 +457,7 @@ impl RedisRotator {
         }
         let context = format!("retiring old passwords of user {} on {} as {who}", quote(user), self.server());
         // Sent, then no answer: they may be gone or not; the next call reads them again.
-        cmds.run(&cmd, &context, scrub).await.map(|_| gone.len())
+        cmds.run(&cmd, &context, &scrub).await.map(|_| gone.len())
     }
 
     /// `ACL SAVE` once the password is changed (or found changed), when `acl_save` is
@@ -641,13 +643,14 @@ impl Rotator for RedisRotator {
 
     async fn retire_passwords(&self, req: RetirePasswordsRequest) -> RotatorResult<RetirePasswordsResponse> {
         check_user_name(&req.username)?;
-        let keep_hash = acl_hash(&req.keep);
-        let retire: Vec<Zeroizing<String>> =
-            req.retire.iter().map(acl_hash).filter(|h| h.as_str() != keep_hash.as_str()).collect();
-        let derived: Vec<SecretString> =
-            std::iter::once(&keep_hash).chain(&retire).map(|h| SecretString::from(h.to_string())).collect();
+        let kept: Vec<Zeroizing<String>> = std::iter::once(&req.keep).chain(&req.also_keep).map(acl_hash).collect();
+        let derived: Vec<SecretString> = kept.iter().map(|h| SecretString::from(h.to_string())).collect();
         let scrub = Scrubber::new(
-            [&req.keep].into_iter().chain(&req.retire).chain(req.admin.as_ref().map(|a| &a.password)).chain(&derived),
+            [&req.keep]
+                .into_iter()
+                .chain(&req.also_keep)
+                .chain(req.admin.as_ref().map(|a| &a.password))
+                .chain(&derived),
         );
         let user = req.username.as_str();
         let name = quote(user);
@@ -683,9 +686,10 @@ impl Rotator for RedisRotator {
             };
             let context = format!("opening a session on {} as {who}", self.server());
             let mut cmds = self.commands(stream, &context, &scrub).await?;
-            match self.remove_hashes(&mut cmds, user, &retire, &who, &scrub).await {
-                Ok(0) => return Ok(RetirePasswordsResponse { removed: 0 }),
+            match self.remove_hashes(&mut cmds, user, &kept, &who, &scrub).await {
                 Ok(removed) => {
+                    // Saved even when nothing was left to remove: a removal whose save was
+                    // cut short (a crash) would come back at the server's next restart.
                     self.save(Some((cmds, who)), as_admin, (user, req.admin.as_ref()), &scrub).await;
                     // Removing others never touches `keep`; a fresh login proves it.
                     let after =

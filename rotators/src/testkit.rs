@@ -372,7 +372,8 @@ pub trait TwinFixture: Send {
 ///    with, and can use the primary's privilege; `set_password` with that password
 ///    (what the engine calls next) is `AlreadySet`;
 /// 3. a second call changes nothing: not created, nothing repaired, no drift, and the
-///    password it offers is not set;
+///    password it offers is not set; one that says the secret never used the twin is
+///    refused (an existing account of that name is someone else's);
 /// 4. what the primary gains is repaired (then a further call is a no-op) or reported;
 /// 5. a privilege only the twin has is reported as drift, and again at the next call
 ///    (it was not revoked);
@@ -420,6 +421,7 @@ impl Run<'_> {
             twin: twin.to_owned(),
             password_if_created: run.password(),
             admin: admin.clone(),
+            twin_known: true,
         };
 
         // 1. refusals
@@ -465,6 +467,13 @@ impl Run<'_> {
         self.expect_verify(&twin, &t0, VerifyResponse::Accepted, "its password after a repeat").await?;
         self.pass("a second sync_twin changes nothing");
 
+        // 3b. an account this secret never used is not taken over
+        let mut req = request(self, &primary, &twin);
+        req.twin_known = false;
+        self.expect_sync_refused(req, "an existing account the secret never used").await?;
+        self.expect_verify(&twin, &t0, VerifyResponse::Accepted, "its password after the refusal").await?;
+        self.pass("an existing account the secret never used is refused, untouched");
+
         // 4. the primary grows
         let word = fixture.grow_primary(&primary).await.map_err(|e| format!("fixture: growing the primary: {e}"))?;
         let req = request(self, &primary, &twin);
@@ -502,11 +511,11 @@ impl Run<'_> {
 /// from `fixture`:
 ///
 /// 1. `set_password` adds the new password: the old and the new one both log in;
-/// 2. retiring the old one (keeping the new) removes it: only the new one logs in, and a
-///    repeat (a crash before the engine recorded it) removes nothing;
+/// 2. retiring keeps the current password and those also kept, and removes the others;
 /// 3. a retirement whose password to keep does not log in is refused, and removes
 ///    nothing (consumers may still use an old password);
-/// 4. asked to retire the password it keeps, it keeps it;
+/// 4. then only the current one remains, and a repeat (a crash before the engine
+///    recorded it) removes nothing;
 /// 5. no password, in any text.
 pub async fn run_multi_password_conformance(
     rotator: &dyn Rotator,
@@ -542,10 +551,10 @@ impl Run<'_> {
             self.secrets.push(admin.password.clone());
         }
         let (user, p0) = self.user(fixture).await?;
-        let retire = |keep: &SecretString, retire: &[&SecretString]| RetirePasswordsRequest {
+        let retire = |keep: &SecretString, also_keep: &[&SecretString]| RetirePasswordsRequest {
             username: user.clone(),
             keep: keep.clone(),
-            retire: retire.iter().map(|p| (*p).clone()).collect(),
+            also_keep: also_keep.iter().map(|p| (*p).clone()).collect(),
             admin: admin.clone(),
         };
 
@@ -568,23 +577,35 @@ impl Run<'_> {
 
         // 3. refused without a working password to keep (before 2, while p0 still works)
         let stranger = self.password();
-        if self.retire(retire(&stranger, &[&p0])).await.is_ok() {
+        if self.retire(retire(&stranger, &[])).await.is_ok() {
             return Err("retire_passwords with a password to keep that does not log in: expected an error".into());
         }
         self.expect_verify(&user, &p0, VerifyResponse::Accepted, "the old password after a refused retirement").await?;
         self.pass("nothing is retired unless the password to keep logs in");
 
-        // 2. retired, once
-        self.expect_retired(retire(&p1, &[&p0]), 1, "retiring the old password").await?;
+        // 2. the other passwords it keeps stay
+        let p2 = self.password();
+        let req = SetPasswordRequest {
+            username: user.clone(),
+            pending: p2.clone(),
+            current: p1.clone(),
+            previous: vec![],
+            admin: admin.clone(),
+        };
+        if let Err(e) = self.set(req).await {
+            return Err(format!("set_password of a third password: {e}"));
+        }
+        self.expect_retired(retire(&p1, &[&p2]), 1, "retiring all but two").await?;
         self.expect_verify(&user, &p0, VerifyResponse::Rejected, "the retired password").await?;
-        self.expect_verify(&user, &p1, VerifyResponse::Accepted, "the kept password").await?;
-        self.expect_retired(retire(&p1, &[&p0]), 0, "retiring it again").await?;
-        self.pass("retire_passwords removes the old password, and a repeat removes nothing");
+        self.expect_verify(&user, &p2, VerifyResponse::Accepted, "a password kept beside the current one").await?;
+        self.pass("retire_passwords removes every password but those kept");
 
-        // 4. never the kept one
-        self.expect_retired(retire(&p1, &[&p1]), 0, "retiring the password it keeps").await?;
+        // 4. then only the current one, once
+        self.expect_retired(retire(&p1, &[]), 1, "retiring all but the current one").await?;
+        self.expect_verify(&user, &p2, VerifyResponse::Rejected, "a password no longer kept").await?;
         self.expect_verify(&user, &p1, VerifyResponse::Accepted, "the kept password").await?;
-        self.pass("the password to keep is never retired");
+        self.expect_retired(retire(&p1, &[]), 0, "retiring again").await?;
+        self.pass("the current password is never retired, and a repeat removes nothing");
         Ok(())
     }
 }

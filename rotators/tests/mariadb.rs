@@ -736,6 +736,7 @@ impl MariaTwinFixture {
             twin: twin.to_owned(),
             password_if_created: policy().generate(),
             admin: self.admin.clone(),
+            twin_known: true,
         }
     }
 }

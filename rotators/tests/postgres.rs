@@ -771,6 +771,7 @@ async fn a_twin_with_more_power_than_the_primary_or_a_group_role_is_refused() {
             twin: twin.clone(),
             password_if_created: policy().generate(),
             admin: fixture.admin.clone(),
+            twin_known: true,
         };
         let e = rotator().sync_twin(req).await.unwrap_err();
         assert!(matches!(&e, RotatorError::Permanent(m) if m.contains(why)), "{options}: {e}");

@@ -761,11 +761,11 @@ async fn command_errors_and_user_names_are_escaped() {
     assert!(err.contains(r#"user "app\"evil" with its current password"#), "{err}");
 }
 
-fn retire(user: &str, keep: &SecretString, retire: &[&SecretString]) -> kv_rotator_rotators::RetirePasswordsRequest {
+fn retire(user: &str, keep: &SecretString, also_keep: &[&SecretString]) -> kv_rotator_rotators::RetirePasswordsRequest {
     kv_rotator_rotators::RetirePasswordsRequest {
         username: user.to_owned(),
         keep: keep.clone(),
-        retire: retire.iter().map(|p| (*p).clone()).collect(),
+        also_keep: also_keep.iter().map(|p| (*p).clone()).collect(),
         admin: None,
     }
 }
@@ -791,13 +791,13 @@ async fn multi_password_keeps_the_old_password_until_it_is_retired() {
     let line = acl_line(&mut conn, &user).await;
     assert!(line.contains(&hash_of(&p0)) && line.contains(&hash_of(&p1)) && line.contains("~kvr:*"), "{line}");
 
-    let done = multi.retire_passwords(retire(&user, &p1, &[&p0])).await.unwrap();
+    let done = multi.retire_passwords(retire(&user, &p1, &[])).await.unwrap();
     assert_eq!(done.removed, 1);
     assert_eq!(multi.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected, "old password retired");
     assert_eq!(multi.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted, "new password stays");
-    let again = multi.retire_passwords(retire(&user, &p1, &[&p0])).await.unwrap();
+    let again = multi.retire_passwords(retire(&user, &p1, &[])).await.unwrap();
     assert_eq!(again.removed, 0, "a repeated retirement (after a crash) finds nothing left");
-    // Asked to retire the password it keeps, it keeps it.
+    // Named in also_keep too, the current one is still kept.
     assert_eq!(multi.retire_passwords(retire(&user, &p1, &[&p1])).await.unwrap().removed, 0);
     assert_eq!(multi.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted);
 }
@@ -813,16 +813,16 @@ async fn retirement_needs_a_working_current_password_and_falls_back_to_the_admin
     acl(&mut conn, &["SETUSER", &user, &format!("#{}", hash_of(&p1))]).await;
     let multi = rotator().with_multi_password();
     let stranger = policy().generate();
-    let err = multi.retire_passwords(retire(&user, &stranger, &[&p0])).await.unwrap_err();
+    let err = multi.retire_passwords(retire(&user, &stranger, &[])).await.unwrap_err();
     assert!(
         matches!(err, RotatorError::Permanent(_)) && err.to_string().contains("no older password is retired"),
         "{err}"
     );
     assert_eq!(multi.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted, "nothing removed");
 
-    let err = multi.retire_passwords(retire(&user, &p1, &[&p0])).await.unwrap_err();
+    let err = multi.retire_passwords(retire(&user, &p1, &[])).await.unwrap_err();
     assert!(err.to_string().contains("may not change ACLs") && err.to_string().contains("no admin"), "{err}");
-    let mut req = retire(&user, &p1, &[&p0]);
+    let mut req = retire(&user, &p1, &[]);
     req.admin = Some(create_admin(&mut conn, &guard, &format!("{prefix}_admin")).await);
     assert_eq!(multi.retire_passwords(req.clone()).await.unwrap().removed, 1);
     assert_eq!(multi.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
@@ -846,7 +846,7 @@ async fn retirement_is_saved_to_the_acl_file() {
     assert_eq!(multi.set_password(req).await.unwrap().outcome, SetPasswordOutcome::ChangedWithAdmin);
     let saved = read(&server.aclfile());
     assert!(saved.contains(&hash_of(&p0)) && saved.contains(&hash_of(&p1)), "both saved: {saved}");
-    let mut req = retire("app", &p1, &[&p0]);
+    let mut req = retire("app", &p1, &[]);
     req.admin = Some(admin);
     assert_eq!(multi.retire_passwords(req).await.unwrap().removed, 1);
     let server = server.restart().await;

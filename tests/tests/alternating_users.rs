@@ -248,3 +248,117 @@ async fn mariadb_pairs_flip_and_the_twin_gets_every_host_entry_and_grant() {
     h.stop().await;
     cleanup().await;
 }
+
+/// The twin's name taken by an account this secret never used (someone else's) is not
+/// taken over, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_never_takes_over_a_stranger_twin() {
+    let s = suffix();
+    let (primary, twin, admin) =
+        (format!("kvr_e2e_alt_{s}"), format!("kvr_e2e_alt_{s}_clone"), format!("kvr_e2e_rot_{s}"));
+    let policy = PasswordPolicy::default();
+    let (p0, stranger_pw, admin_password) = (policy.generate(), policy.generate(), policy.generate());
+    let su = pg_superuser().await;
+    su.batch_execute(&format!(
+        "CREATE ROLE {admin} LOGIN CREATEROLE IN ROLE kvr_scram PASSWORD '{}';
+         CREATE ROLE {primary} LOGIN IN ROLE kvr_scram PASSWORD '{}';
+         CREATE ROLE {twin} LOGIN IN ROLE kvr_scram PASSWORD '{}';",
+        admin_password.expose_secret(),
+        p0.expose_secret(),
+        stranger_pw.expose_secret()
+    ))
+    .await
+    .expect("setup (run scripts/setup-postgres.sh first: it creates kvr_scram)");
+    let cleanup = || async {
+        let su = pg_superuser().await;
+        for role in [&twin, &primary, &admin] {
+            let _ = su.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
+        }
+    };
+    let pg = serde_json::from_value(serde_json::json!({
+        "host": "127.0.0.1", "sslmode": "verify-full", "channel_binding": "require",
+        "sslrootcert": test_ca("KVR_TEST_PG_CA", "/var/lib/postgresql/kvr-test-tls/ca.pem"),
+    }))
+    .unwrap();
+    let admin_ref = AdminRef { username: admin.clone(), secret: "pg-admin".into() };
+    let profiles =
+        BTreeMap::from([("db".to_owned(), alternating(TargetKind::Postgres(pg), admin_ref, "kvr_e2e_alt_*"))]);
+    let h = Harness::start(profiles).await;
+    h.seed("pg-admin", &admin_password, &[]).await;
+    let secret = format!("alt-{s}");
+    h.seed(&secret, &p0, &[("rotator", "db"), ("CredentialId", &primary)]).await;
+
+    let report = h.rotate_now(&secret).await;
+    match &report.outcome {
+        Outcome::Failed { error, .. } => assert!(error.contains("this secret never used it"), "{error}"),
+        other => panic!("a stranger's account was taken over: {other:?}"),
+    }
+    assert!(pg_reads(&twin, &stranger_pw, "pg_roles").await, "the stranger's account is untouched");
+    let member = su
+        .query_opt(
+            "SELECT 1 FROM pg_auth_members WHERE member = $1::text::regrole AND roleid = $2::text::regrole",
+            &[&twin, &primary],
+        )
+        .await
+        .unwrap();
+    assert!(member.is_none(), "no grant was given to it");
+
+    h.stop().await;
+    cleanup().await;
+}
+
+/// An active twin that was dropped is not recreated with a password no one has, and the
+/// primary is not reset either. (The fixed names: `scripts/setup-postgres.sh` gives this
+/// twin a password check while it does not exist, as a server that checks every role
+/// would; the machine trusts other unknown roles.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_does_not_recreate_a_dropped_active_twin() {
+    let (primary, twin, admin) = ("kvr_e2e_ghost", "kvr_e2e_ghost_clone", format!("kvr_e2e_rot_{}", suffix()));
+    let policy = PasswordPolicy::default();
+    let (p0, admin_password) = (policy.generate(), policy.generate());
+    let su = pg_superuser().await;
+    su.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {twin}; DROP ROLE IF EXISTS {primary};
+         CREATE ROLE {admin} LOGIN CREATEROLE IN ROLE kvr_scram PASSWORD '{}';
+         CREATE ROLE {primary} LOGIN IN ROLE kvr_scram PASSWORD '{}';",
+        admin_password.expose_secret(),
+        p0.expose_secret()
+    ))
+    .await
+    .expect("setup (run scripts/setup-postgres.sh first: it creates kvr_scram)");
+    let cleanup = || async {
+        let su = pg_superuser().await;
+        for role in [twin, primary, admin.as_str()] {
+            let _ = su.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
+        }
+    };
+    let pg = serde_json::from_value(serde_json::json!({
+        "host": "127.0.0.1", "sslmode": "verify-full", "channel_binding": "require",
+        "sslrootcert": test_ca("KVR_TEST_PG_CA", "/var/lib/postgresql/kvr-test-tls/ca.pem"),
+    }))
+    .unwrap();
+    let admin_ref = AdminRef { username: admin.clone(), secret: "pg-admin".into() };
+    let profiles =
+        BTreeMap::from([("db".to_owned(), alternating(TargetKind::Postgres(pg), admin_ref, "kvr_e2e_ghost*"))]);
+    let h = Harness::start(profiles).await;
+    h.seed("pg-admin", &admin_password, &[]).await;
+    let secret = format!("ghost-{}", suffix());
+    h.seed(&secret, &p0, &[("rotator", "db"), ("CredentialId", primary)]).await;
+    let report = h.rotate_now(&secret).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    let (active, _, _) = login_in(h.store.as_ref(), &secret).await;
+    assert_eq!(active, twin);
+    su.batch_execute(&format!("DROP ROLE {twin}")).await.unwrap();
+    let report = h.rotate_now(&secret).await;
+    match &report.outcome {
+        Outcome::Failed { error, .. } => {
+            assert!(error.contains("does not exist") && error.contains("not recreated"), "{error}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let exists = su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&twin]).await.unwrap();
+    assert!(exists.is_none(), "the dropped twin was not recreated");
+    assert!(pg_reads(primary, &p0, "pg_roles").await, "the primary was not reset either");
+    h.stop().await;
+    cleanup().await;
+}

@@ -19,8 +19,10 @@ pub struct Targets {
     rotators: BTreeMap<String, Arc<dyn Rotator>>,
     admins: BTreeMap<String, AdminRef>,
     accounts: BTreeMap<String, Accounts>,
-    /// Multi-password profiles' grace periods.
+    /// Grace periods (multi-password and alternating-users profiles).
     grace_periods: BTreeMap<String, std::time::Duration>,
+    /// Multi-password profiles.
+    multi_password: std::collections::BTreeSet<String>,
     /// How each profile's secrets hold their login (plain unless alternating-users).
     shapes: BTreeMap<String, Shape>,
 }
@@ -75,7 +77,7 @@ impl Targets {
             targets.insert(name, rotator, profile.admin.clone());
             targets.set_accounts(name, Accounts::new(&profile.accounts, profile.allow_admin_account));
             if let Some(grace) = profile.grace_period() {
-                targets.set_grace_period(name, grace);
+                targets.set_grace_period(name, grace, profile.strategy == Strategy::MultiPassword);
             }
             if let Some(suffix) = profile.twin_suffix() {
                 targets.set_shape(name, Shape::Pair { twin_suffix: suffix.to_owned() });
@@ -123,10 +125,22 @@ impl Targets {
         };
     }
 
-    /// Makes profile `name` multi-password: old passwords are retired `grace` after a
-    /// rotation (its rotator must add passwords rather than replace them).
-    pub fn set_grace_period(&mut self, name: &str, grace: std::time::Duration) {
+    /// Gives profile `name` a grace period: the previous value works until `grace` after
+    /// a rotation (no rotation but a forced one comes sooner). With `multi_password` its
+    /// old passwords are then retired (its rotator must add passwords, not replace them).
+    pub fn set_grace_period(&mut self, name: &str, grace: std::time::Duration, multi_password: bool) {
         self.grace_periods.insert(name.to_owned(), grace);
+        if multi_password {
+            self.multi_password.insert(name.to_owned());
+        } else {
+            self.multi_password.remove(name);
+        }
+    }
+
+    /// Whether profile `name` is multi-password: an account holds several passwords, and
+    /// old ones are retired after the grace period.
+    pub fn multi_password(&self, name: &str) -> bool {
+        self.multi_password.contains(name)
     }
 
     /// Makes profile `name` hold its secrets' login as `shape` (alternating-users: a pair).
@@ -139,7 +153,7 @@ impl Targets {
         self.shapes.get(name).cloned().unwrap_or(Shape::Plain)
     }
 
-    /// The grace period of profile `name`, if it is multi-password.
+    /// The grace period of profile `name` (multi-password, alternating users).
     pub fn grace_period(&self, name: &str) -> Option<std::time::Duration> {
         self.grace_periods.get(name).copied()
     }

@@ -43,6 +43,7 @@ fn pg_targets(port: u16) -> Targets {
             allow_admin_account: false,
             strategy: Default::default(),
             grace_period_secs: None,
+            twin_suffix: None,
         },
     )]);
     Targets::from_profiles(&profiles).unwrap()

@@ -579,3 +579,46 @@ async fn a_refused_pending_password_is_kept_when_the_current_one_no_longer_logs_
     assert!(kept, "the first password is still in the record");
     w.vault.shutdown().await;
 }
+
+/// A journal record written for another account — the secret's `CredentialId` tag was
+/// changed while a rotation was pending, after its `set` — holds the password that
+/// account now uses: it is kept for an operator, never journaled over, and nothing
+/// changes on the target.
+#[tokio::test]
+async fn a_journal_written_for_another_account_is_kept_and_nothing_is_journaled_over_it() {
+    let w = World::new(0, 1, &[]).await;
+    let pending = PasswordPolicy::default().generate();
+    let id = rotation_id(w.store.vault_name(), SECRET, &w.v1);
+    let tags = BTreeMap::from([
+        ("kv-rotator-journal-for".to_owned(), SECRET.to_owned()),
+        ("rotation-id".to_owned(), id),
+        ("kv-rotator-step".to_owned(), "target-set".to_owned()),
+        ("rotated-from".to_owned(), w.v1.clone()),
+        ("kv-rotator-account".to_owned(), "earlier-account".to_owned()),
+        ("kv-rotator-profile".to_owned(), PROFILE.to_owned()),
+    ]);
+    let new = NewSecretVersion {
+        value: pending.clone(),
+        tags,
+        content_type: Some("application/vnd.kv-rotator.pending-password".into()),
+        expires: None,
+        not_before: None,
+    };
+    w.store.set_secret(&w.journal(), new).await.unwrap();
+    let before = w.store.list_versions(&w.journal()).await.unwrap().len();
+    let path = w.rotator.inner.config().path.clone();
+    let target_before = std::fs::read(&path).unwrap();
+
+    let report = w.engine.rotate(w.request(Some(&w.v1))).await;
+    match &report.outcome {
+        Outcome::Failed { error, .. } => {
+            assert!(error.contains("was written for account \"earlier-account\""), "{error}")
+        }
+        other => panic!("expected the record to be kept for an operator, got {other:?}"),
+    }
+    assert_eq!(w.store.list_versions(&w.journal()).await.unwrap().len(), before, "nothing journaled over it");
+    assert_eq!(w.store.get_latest(&w.journal()).await.unwrap().value.expose_secret(), pending.expose_secret());
+    assert_eq!(std::fs::read(&path).unwrap(), target_before, "the target was not touched");
+    assert_eq!(w.store.list_versions(SECRET).await.unwrap().len(), 1, "no version written");
+    w.vault.shutdown().await;
+}

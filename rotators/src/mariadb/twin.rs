@@ -155,6 +155,13 @@ impl Sync<'_> {
             p_entries.iter().chain(&t_entries).map(|e| SecretString::from(e.auth.to_string())).collect();
         self.scrub = Scrubber::new(self.scrub.secrets().chain(&hashes));
 
+        if !t_entries.is_empty() && !req.twin_known {
+            return Err(RotatorError::Permanent(format!(
+                "account {} exists, but this secret never used it: kv-rotator does not take over an account it did \
+                 not create (it may be someone else's); drop or rename it, or choose another twin_suffix",
+                shown(&req.twin)
+            )));
+        }
         let mut out = SyncTwinResponse::default();
         let t_hosts: BTreeSet<&str> = t_entries.iter().map(|e| e.host.as_str()).collect();
         let p_hosts: BTreeSet<&str> = p_entries.iter().map(|e| e.host.as_str()).collect();

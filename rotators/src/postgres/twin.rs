@@ -130,6 +130,12 @@ pub(super) async fn sync(rotator: &PostgresRotator, req: SyncTwinRequest) -> Rot
         return Ok(out);
     };
 
+    if !req.twin_known {
+        return Err(RotatorError::Permanent(format!(
+            "{context}: role {twin} exists, but this secret never used it: kv-rotator does not take over an \
+             account it did not create (it may be someone else's); drop or rename it, or choose another twin_suffix"
+        )));
+    }
     let mut refusals = Vec::new();
     if !t.login {
         refusals.push(format!("{twin} cannot log in (NOLOGIN): a group role, not an account"));

@@ -164,7 +164,8 @@ async fn plan_one(
     let now = OffsetDateTime::now_utc();
     let due = rule.check(&latest.properties, now);
     if !journaled {
-        match gate_rule(rule, Schedule::of(trigger), &latest.version, &latest.properties, now) {
+        let grace = targets.grace_period(&profile);
+        match gate_rule(rule, Schedule::of(trigger), &latest.version, &latest.properties, grace, now) {
             GateRule::Open => {}
             GateRule::Closed(outcome) => return decide(line, "not-due", reason(&outcome.to_string())),
             GateRule::TooSoonIfRotatedBefore(outcome) => match store.list_versions(secret).await {

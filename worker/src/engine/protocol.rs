@@ -91,7 +91,7 @@ struct Plan {
     pair: Option<Pair>,
     validity_days: u32,
     new_tags: BTreeMap<String, String>,
-    /// Multi-password: how long the old password stays valid after finish.
+    /// Multi-password: how long the old password stays valid after finish (then retired).
     grace_period: Option<std::time::Duration>,
 }
 
@@ -127,6 +127,9 @@ struct Pending {
     value: SecretString,
     version: String,
     tags: BTreeMap<String, String>,
+    /// Journaled by this very attempt: no earlier attempt can have set it (or, with
+    /// alternating users, created the twin with it).
+    fresh: bool,
 }
 
 /// Runs `step` and records its duration in `steps` under `name`.
@@ -154,16 +157,32 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     };
     // Multi-password: the passwords the grace period kept go first, so a request that
     // is not a rotation (the sweeper's, for this) ends with them retired.
-    let retired = timed(steps, "retire", super::retire::retire_if_due(engine, &fenced.latest)).await?;
-    let retired_or = |outcome: Outcome| match retired {
-        Some(removed) => Outcome::Retired { version: fenced.latest.version.clone(), removed },
-        None => outcome,
+    // A failure is this request's outcome only if no rotation follows: a rotation writes
+    // a version whose own retirement covers these passwords, and must not be blocked by
+    // one (a `--force` after a password leak, a resume).
+    let retirement = match fenced.latest.properties.tags.contains_key(TAG_RETIRE_AFTER) {
+        true => timed(steps, "retire", super::retire::retire_if_due(engine, &fenced.latest)).await,
+        false => Ok(None),
+    };
+    if let Err(RotationError::LeaseLost | RotationError::LeaseLapsed) = retirement {
+        return Err(retirement.expect_err("matched an error"));
+    }
+    // The outcome of a request the gate ends: what the retirement did, or its failure.
+    let gated = |retirement: Result<Option<usize>, RotationError>, outcome: Outcome| -> Result<Done, RotationError> {
+        let outcome = match retirement? {
+            Some(removed) => Outcome::Retired { version: fenced.latest.version.clone(), removed },
+            None => outcome,
+        };
+        Ok(Done::new(Some(&fenced.rotation_id), outcome))
     };
     let existing = timed(steps, "journal-read", read_journal(engine, &fenced)).await?;
     if existing.is_none() {
         if let Some(outcome) = gate(engine, Schedule::of(&request.trigger), &fenced.latest).await? {
-            return Ok(Done::new(Some(&fenced.rotation_id), retired_or(outcome)));
+            return gated(retirement, outcome);
         }
+    }
+    if let Err(e) = &retirement {
+        warn!(error = %super::shown(e), "retiring old passwords failed; the rotation goes on, and its own retirement covers them");
     }
     let plan = plan(engine, &fenced)?;
     let rotator_arc = engine.targets.rotator(&plan.profile).ok_or_else(|| {
@@ -191,7 +210,7 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
                 // planted): a fresh one is journaled over it.
                 let schedule = Schedule::of_journal(&request.trigger, &record);
                 if let Some(outcome) = gate(engine, schedule, &fenced.latest).await? {
-                    return Ok(Done::new(Some(&fenced.rotation_id), retired_or(outcome)));
+                    return gated(retirement, outcome);
                 }
                 Journaled::Unused(record)
             }
@@ -286,7 +305,8 @@ async fn fence(
 /// forced manual one respects the minimum interval since the latest version was written.
 async fn gate(engine: &Engine, schedule: Schedule, latest: &SecretRecord) -> Result<Option<Outcome>, RotationError> {
     let now = OffsetDateTime::now_utc();
-    match gate_rule(&engine.due_rule, schedule, &latest.version, &latest.properties, now) {
+    let grace = latest.properties.tags.get(TAG_ROTATOR).and_then(|profile| engine.targets.grace_period(profile));
+    match gate_rule(&engine.due_rule, schedule, &latest.version, &latest.properties, grace, now) {
         GateRule::Open => Ok(None),
         GateRule::Closed(outcome) => {
             if let Outcome::NotDue { version, due_at: Some(due_at) } = &outcome {
@@ -300,7 +320,7 @@ async fn gate(engine: &Engine, schedule: Schedule, latest: &SecretRecord) -> Res
             if engine.store.list_versions(&latest.name).await?.len() <= 1 {
                 return Ok(None);
             }
-            info!(version = %latest.version, "latest version is younger than engine.min_rotation_interval_secs; nothing to do");
+            info!(version = %latest.version, outcome = %outcome, "too soon after the latest version; nothing to do");
             Ok(Some(outcome))
         }
     }
@@ -313,8 +333,8 @@ pub(crate) enum GateRule {
     Open,
     /// The request ends here with this outcome.
     Closed(Outcome),
-    /// Too soon ([`Outcome::TooSoon`]) if the secret has more than one version; a
-    /// secret's first rotation is never capped.
+    /// Too soon ([`Outcome::TooSoon`], or [`Outcome::NotDue`] within a grace period) if
+    /// the secret has more than one version; a secret's first rotation is never capped.
     TooSoonIfRotatedBefore(Outcome),
 }
 
@@ -325,9 +345,20 @@ pub(crate) fn gate_rule(
     schedule: Schedule,
     version: &str,
     properties: &SecretProperties,
+    grace: Option<std::time::Duration>,
     now: OffsetDateTime,
 ) -> GateRule {
     let version = version.to_owned();
+    // Multi-password and alternating users: the previous value works until `grace` after
+    // the latest was written; no rotation but a forced one replaces or resets it sooner
+    // (rotations faster than that would pile passwords up, or reset an account in use).
+    // A secret's first version has no previous value to protect: onboarding is not held.
+    if let (Some(grace), Some(created), false) = (grace, properties.created, schedule == Schedule::Forced) {
+        let until = created + grace;
+        if now < until {
+            return GateRule::TooSoonIfRotatedBefore(Outcome::NotDue { version, due_at: Some(until) });
+        }
+    }
     if schedule == Schedule::Due {
         match rule.check(properties, now) {
             Due::NoExpiry | Due::Expired | Due::NearExpiry => {}
@@ -408,6 +439,14 @@ fn plan(engine: &Engine, fenced: &Fenced) -> Result<Plan, RotationError> {
     let (username, pair) = match shape.twin(&username) {
         None => (username, None),
         Some(twin) => {
+            if let Shape::Pair { twin_suffix } = &shape {
+                if username.ends_with(twin_suffix.as_str()) {
+                    return Err(RotationError::Misconfigured(format!(
+                        "secret {name:?}: its {TAG_CREDENTIAL_ID:?} {username:?} ends with the profile's twin_suffix \
+                         {twin_suffix:?}: name the primary account, not a twin; nothing was changed"
+                    )));
+                }
+            }
             if let Some(why) = engine.targets.refuse_account(&profile, &twin) {
                 return Err(RotationError::Misconfigured(format!(
                     "secret {name:?}: the twin of {username:?}: {why}; nothing was changed"
@@ -430,7 +469,7 @@ fn plan(engine: &Engine, fenced: &Fenced) -> Result<Plan, RotationError> {
     new_tags.remove(TAG_FAILED);
     new_tags.insert(TAG_ROTATION_ID.to_owned(), fenced.rotation_id.clone());
     new_tags.insert(TAG_ROTATED_FROM.to_owned(), latest.version.clone());
-    let grace_period = engine.targets.grace_period(&profile);
+    let grace_period = engine.targets.grace_period(&profile).filter(|_| engine.targets.multi_password(&profile));
     // Written at finish (multi-password: the old password's retirement is outstanding).
     new_tags.remove(TAG_RETIRE_AFTER);
     let added_at_finish = [Some(TAG_ROTATED_AT), grace_period.map(|_| TAG_RETIRE_AFTER)];
@@ -516,7 +555,7 @@ async fn read_journal(engine: &Engine, fenced: &Fenced) -> Result<Option<SecretR
 /// Every enabled version of the journal record, newest first (none when there is no
 /// record): each may hold a password a target took (another engine's write over ours),
 /// so none is overlooked while the record exists.
-async fn journal_passwords(engine: &Engine, journal_name: &str) -> Result<Vec<SecretRecord>, RotationError> {
+pub(super) async fn journal_passwords(engine: &Engine, journal_name: &str) -> Result<Vec<SecretRecord>, RotationError> {
     let store = engine.store.as_ref();
     let versions = match store.list_versions(journal_name).await {
         Ok(versions) => versions,
@@ -554,6 +593,24 @@ async fn journal_version_in_use(
         return Ok((latest, touched));
     }
     let versions = journal_passwords(engine, &fenced.journal_name).await?;
+    // Every version must be for the account this rotation changes: a record written for
+    // another (the CredentialId tag or the strategy changed since) may hold a password
+    // that account uses; it is kept for an operator, never journaled over.
+    for record in &versions {
+        let tagged = record.properties.tags.get(TAG_ACCOUNT).map(|a| a.trim());
+        let named = plan.login(&record.value).ok().map(|login| login.user);
+        if tagged.is_some_and(|a| a != plan.username) || named.as_deref() != Some(plan.username.as_str()) {
+            return Err(RotationError::Misconfigured(format!(
+                "journal record {} (version {}) was written for account {:?}, and this rotation changes {:?} (the \
+                 secret's {TAG_CREDENTIAL_ID:?} tag or the profile's strategy changed since): it is kept, as it may \
+                 hold the password that account uses; finish it by hand, or restore the tag or strategy",
+                fenced.journal_name,
+                record.version,
+                tagged.unwrap_or("(not named)"),
+                plan.username
+            )));
+        }
+    }
     for record in &versions {
         let Some(request) = plan.verify_request(&record.value) else { continue };
         let verdict = rotator
@@ -638,7 +695,7 @@ async fn reuse_journal(
     let attempts = attempts_of(&record);
     tags.extend(record.properties.tags);
     tags.insert(TAG_ATTEMPTS.to_owned(), (attempts + 1).to_string());
-    let pending = Pending { value: record.value, version: record.version, tags };
+    let pending = Pending { value: record.value, version: record.version, tags, fresh: false };
     update_journal_tags(engine, &fenced.journal_name, &pending).await;
     Ok(pending)
 }
@@ -667,7 +724,7 @@ async fn journal_fresh_password(
         timed(steps, "create", async { Ok(engine.store.set_secret(&fenced.journal_name, new).await?) }).await?;
     info!(journal = %fenced.journal_name, "journal record written");
     steps.set_own_journal_version(&written.version);
-    Ok(Pending { value, version: written.version, tags })
+    Ok(Pending { value, version: written.version, tags, fresh: true })
 }
 
 /// Step 5: the secret's latest version is still the source, and the journal record's
@@ -714,7 +771,12 @@ async fn set(
     let (current, previous) = match &plan.pair {
         None => (fenced.latest.value.clone(), older),
         Some(pair) => {
-            sync_twin(rotator, plan, pair, &pending_login, admin.as_ref()).await?;
+            // The twin is this secret's if the latest or a recent version names it, or an
+            // earlier attempt of this rotation (its journal names it) may have created it.
+            let twin_known = pair.active == pair.twin
+                || !pending.fresh
+                || twin_in_history(engine, &fenced.latest, plan, pair).await?;
+            sync_twin(rotator, plan, pair, &pending_login, admin.as_ref(), twin_known).await?;
             // The idle account exists now: it too must check passwords before `test` means anything.
             if !steps.canary_refused_for(&plan.username) {
                 canary(rotator, &plan.profile, &plan.username, "the idle account was not changed").await?;
@@ -759,6 +821,7 @@ async fn sync_twin(
     pair: &Pair,
     pending: &Login,
     admin: Option<&Credential>,
+    twin_known: bool,
 ) -> Result<(), RotationError> {
     let Some(admin) = admin.cloned() else {
         return Err(RotationError::Misconfigured(format!(
@@ -766,15 +829,28 @@ async fn sync_twin(
             plan.profile
         )));
     };
-    // Created with the pending password only when it is the account being set.
-    let password_if_created =
-        if pending.user == pair.twin { pending.password.clone() } else { rotator.password_policy().generate() };
-    let request =
-        SyncTwinRequest { primary: pair.primary.clone(), twin: pair.twin.clone(), password_if_created, admin };
-    let synced = rotator
-        .sync_twin(request)
-        .await
-        .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
+    // Created only as the account being set, with the pending password (journaled): an
+    // active twin that is missing is an error, never recreated with a password no one has.
+    let twin_is_idle = pending.user == pair.twin;
+    let password_if_created = if twin_is_idle { pending.password.clone() } else { SecretString::from(String::new()) };
+    let request = SyncTwinRequest {
+        primary: pair.primary.clone(),
+        twin: pair.twin.clone(),
+        password_if_created,
+        admin,
+        twin_known,
+    };
+    let synced = match rotator.sync_twin(request).await {
+        Ok(synced) => synced,
+        Err(RotatorError::Refused(_)) if !twin_is_idle => {
+            return Err(RotationError::Misconfigured(format!(
+                "the secret's value names account {:?}, which does not exist on target {}: it is not recreated \
+                 (no one would have its password); restore it, or set the value to the primary's password",
+                pair.twin, plan.profile
+            )))
+        }
+        Err(source) => return Err(RotationError::Target { profile: plan.profile.clone(), source }),
+    };
     if synced.created {
         info!(twin = %pair.twin, primary = %pair.primary, "twin account created with the primary's grants");
     }
@@ -790,11 +866,32 @@ async fn sync_twin(
     Ok(())
 }
 
+/// Whether one of the versions before `latest` (a few, newest first) names the twin:
+/// then this secret made it, and it may exist.
+async fn twin_in_history(
+    engine: &Engine,
+    latest: &SecretRecord,
+    plan: &Plan,
+    pair: &Pair,
+) -> Result<bool, RotationError> {
+    const LOOKBACK: usize = 4;
+    let mut versions = engine.store.list_versions(&latest.name).await?;
+    versions.sort_by_key(|v| std::cmp::Reverse(v.created));
+    let ids = versions.iter().filter(|v| v.enabled).filter_map(|v| v.version.as_deref());
+    for id in ids.filter(|id| !id.eq_ignore_ascii_case(&latest.version)).take(LOOKBACK) {
+        let record = engine.store.get_version(&latest.name, id).await?;
+        if plan.login(&record.value).is_ok_and(|login| login.user == pair.twin) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The journal's step tag becomes `target-set` (for diagnosis only).
 async fn mark_target_set(engine: &Engine, fenced: &Fenced, pending: &Pending) {
     let mut tags = pending.tags.clone();
     tags.insert(TAG_STEP.to_owned(), STEP_TARGET_SET.to_owned());
-    let marked = Pending { value: pending.value.clone(), version: pending.version.clone(), tags };
+    let marked = Pending { value: pending.value.clone(), version: pending.version.clone(), tags, fresh: pending.fresh };
     update_journal_tags(engine, &fenced.journal_name, &marked).await;
 }
 
@@ -964,8 +1061,29 @@ async fn inspect_stale_journal(
     }
     // Probed even when the rotation finished: a second engine may have set another
     // password after it, which then lives only in this record.
-    let target = probe(engine, latest, rotation_id, &journal).await.0;
-    judge_stale_journal(engine, latest, rotation_id, journal_name, planner::stale_journal(finished, target)).await
+    let verdict = match probe(engine, latest, rotation_id, &journal).await {
+        // Where several passwords work (pairs, multi-password), the record's may be one a
+        // version also holds (a finished rotation's, left over): it is readable there.
+        (Target::AcceptsPending, Some(record)) if value_in_history(engine, latest, &record.value).await? => {
+            StaleJournal::Delete
+        }
+        (target, _) => planner::stale_journal(finished, target),
+    };
+    judge_stale_journal(engine, latest, rotation_id, journal_name, verdict).await
+}
+
+/// Whether one of the 20 newest enabled versions of `latest`'s secret holds `value`.
+async fn value_in_history(engine: &Engine, latest: &SecretRecord, value: &SecretString) -> Result<bool, RotationError> {
+    let mut versions = engine.store.list_versions(&latest.name).await?;
+    versions.sort_by_key(|v| std::cmp::Reverse(v.created));
+    for version in versions.iter().take(20) {
+        let (Some(id), true) = (version.version.as_deref(), version.enabled) else { continue };
+        let record = engine.store.get_version(&latest.name, id).await?;
+        if record.value.expose_secret() == value.expose_secret() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Carries out the planner's verdict on a journal that outlived its source version.
@@ -1054,7 +1172,7 @@ async fn probe<'a>(
     // Where an account holds several passwords (multi-password) or the pair holds two
     // accounts, the latest logging in does not rule out a journal's password also
     // logging in: the record is asked first, so it is never deleted while it works.
-    let several = matches!(shape, Shape::Pair { .. }) || engine.targets.grace_period(profile).is_some();
+    let several = matches!(shape, Shape::Pair { .. }) || engine.targets.multi_password(profile);
     if !several {
         match try_login(&latest.value).await {
             Ok(VerifyResponse::Accepted) => return (Target::AcceptsLatest, None),

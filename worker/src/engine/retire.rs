@@ -10,11 +10,14 @@
 //! - **When**: the version's `created` attribute (the service's clock, which no tag can
 //!   move) plus the profile's `grace_period_secs`. The tag only says "outstanding"; its
 //!   value is for operators and is a hint for the sweeper.
-//! - **What**: the values of the other enabled versions (the latest is read again after
-//!   they are listed, so they are all older), never the latest's own value. Removing a password can never leave a working password that Key
-//!   Vault does not hold, so the invariant is untouched; what matters is not to cut off
-//!   the consumers, so the rotator removes nothing unless the latest value logs in first,
-//!   and proves it still does after.
+//! - **What**: every password the account has but the latest version's and those of an
+//!   unfinished rotation of it (its journal record): older versions', disabled ones',
+//!   and any a journal alone ever held (a second engine's, a lost race), so what is left
+//!   is what Key Vault says is in use. Removing a password can never leave a working
+//!   password that Key Vault does not hold, so the invariant is untouched; what matters
+//!   is not to cut off the consumers, so the rotator removes nothing unless the latest
+//!   value logs in first, and proves it still does after, and the latest is read again
+//!   just before (a newer version's password would otherwise be among the others).
 //! - **Crashes**: removing is idempotent (the rotator removes only what the account still
 //!   has), and the tag is cleared only after the target is done, so a crash in between
 //!   repeats a removal that finds nothing left.
@@ -26,19 +29,15 @@ use std::time::Duration;
 
 use kv_rotator_keyvault::{PropertiesUpdate, SecretRecord};
 use kv_rotator_rotators::{Credential, RetirePasswordsRequest};
-use secrecy::{ExposeSecret, SecretString};
+
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::failpoints;
-use super::journal::TAG_RETIRE_AFTER;
+use super::journal::{self, TAG_RETIRE_AFTER};
 use super::protocol::{refuses_a_random_password, TAG_CREDENTIAL_ID, TAG_ROTATOR};
 use super::{Engine, RotationError};
-
-/// Versions before the latest whose passwords a retirement removes, newest first. Each
-/// retirement removes all of them, so one that was missed is caught by the next.
-const RETIRE_LOOKBACK: usize = 5;
 
 /// When the version `latest` may have its predecessors retired: `created` plus `grace`.
 pub fn retire_at(latest_created: OffsetDateTime, grace: Duration) -> OffsetDateTime {
@@ -69,8 +68,16 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
         return Ok(None);
     }
     let profile = tags.get(TAG_ROTATOR).cloned().unwrap_or_default();
-    let Some(grace) = engine.targets.grace_period(&profile) else {
-        // The profile is no longer multi-password: its set replaces every password.
+    let grace = engine.targets.grace_period(&profile).filter(|_| engine.targets.multi_password(&profile));
+    let Some(grace) = grace else {
+        // The profile is no longer multi-password (its set replaces every password): the
+        // marker goes, or the sweeper would ask again at every scan.
+        if engine.targets.rotator(&profile).is_some() {
+            let mut cleared = tags.clone();
+            cleared.remove(TAG_RETIRE_AFTER);
+            let update = PropertiesUpdate { tags: Some(cleared), ..Default::default() };
+            engine.store.update_properties(&latest.name, Some(&latest.version), update).await?;
+        }
         return Ok(None);
     };
     let Some(created) = latest.properties.created else {
@@ -98,10 +105,22 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
             "target {profile} accepted a random wrong password for {user:?}; old passwords are not retired"
         )));
     }
+    // An unfinished rotation of this version keeps its pending passwords (it may have
+    // set them already); the latest must still be the latest, or its successor's
+    // password would be among those removed.
+    let rotation = journal::rotation_id(engine.store.vault_name(), name, &latest.version);
+    let pending = super::protocol::journal_passwords(engine, &journal::journal_name(&rotation)).await?;
+    let now_latest = engine.store.get_latest(name).await?;
+    if !now_latest.version.eq_ignore_ascii_case(&latest.version) {
+        return Err(RotationError::Raced(format!(
+            "version {} of {name:?} was written while its old passwords were to be retired",
+            now_latest.version
+        )));
+    }
     let request = RetirePasswordsRequest {
         username: user,
         keep: latest.value.clone(),
-        retire: older_passwords(engine, latest).await?,
+        also_keep: pending.into_iter().map(|record| record.value).collect(),
         admin: admin_credential(engine, &profile).await?,
     };
     let removed = rotator.retire_passwords(request).await.map_err(target)?.removed;
@@ -112,39 +131,6 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
     engine.store.update_properties(name, Some(&latest.version), update).await?;
     info!(version = %latest.version, removed, "old passwords retired after the grace period");
     Ok(Some(removed))
-}
-
-/// The values of up to [`RETIRE_LOOKBACK`] enabled versions other than `latest`, newest
-/// first, without `latest`'s own value. Key Vault's `created` has one-second resolution,
-/// so a version written in the same second as `latest` cannot be told apart by time:
-/// instead the latest is read again after the listing, and while it is still `latest`
-/// every other version is older.
-async fn older_passwords(engine: &Engine, latest: &SecretRecord) -> Result<Vec<SecretString>, RotationError> {
-    let store = engine.store.as_ref();
-    let mut versions = store.list_versions(&latest.name).await?;
-    versions.sort_by_key(|v| std::cmp::Reverse(v.created));
-    let mut passwords = Vec::new();
-    for version in versions {
-        if passwords.len() == RETIRE_LOOKBACK {
-            break;
-        }
-        let Some(id) = version.version.as_deref() else { continue };
-        if id.eq_ignore_ascii_case(&latest.version) || !version.enabled {
-            continue;
-        }
-        let record = store.get_version(&latest.name, id).await?;
-        if record.value.expose_secret() != latest.value.expose_secret() {
-            passwords.push(record.value);
-        }
-    }
-    let now_latest = store.get_latest(&latest.name).await?;
-    if !now_latest.version.eq_ignore_ascii_case(&latest.version) {
-        return Err(RotationError::Raced(format!(
-            "version {} of {:?} was written while its old passwords were being retired",
-            now_latest.version, latest.name
-        )));
-    }
-    Ok(passwords)
 }
 
 /// The admin login of `profile`, its password read from Key Vault now.

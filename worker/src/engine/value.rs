@@ -45,13 +45,47 @@ impl std::fmt::Debug for Login {
     }
 }
 
-/// The JSON form, read leniently: other fields are kept as they are.
-#[derive(Deserialize)]
+/// The JSON form: `username` and `password` exactly once each (a duplicate, or a key
+/// that differs only in case, is refused: readers that take the last one, or ignore case,
+/// would see another login than kv-rotator); other fields are kept as they are.
 struct PairValue {
     username: String,
     password: SecretString,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, serde_json::Value>,
+    rest: Vec<(String, serde_json::Value)>,
+}
+
+impl<'de> Deserialize<'de> for PairValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = PairValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object with \"username\" and \"password\"")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PairValue, A::Error> {
+                use serde::de::Error;
+                let (mut username, mut password, mut rest) = (None, None, Vec::<(String, serde_json::Value)>::new());
+                while let Some(key) = map.next_key::<String>()? {
+                    let lower = key.to_ascii_lowercase();
+                    let seen = |k: &str| rest.iter().any(|(r, _)| r.eq_ignore_ascii_case(k));
+                    match key.as_str() {
+                        "username" if username.is_none() => username = Some(map.next_value::<String>()?),
+                        "password" if password.is_none() => password = Some(map.next_value::<SecretString>()?),
+                        _ if lower == "username" || lower == "password" => {
+                            return Err(A::Error::custom("\"username\" or \"password\" more than once"))
+                        }
+                        _ if seen(&key) => return Err(A::Error::custom("a field more than once")),
+                        _ => rest.push((key, map.next_value()?)),
+                    }
+                }
+                match (username, password) {
+                    (Some(username), Some(password)) => Ok(PairValue { username, password, rest }),
+                    _ => Err(A::Error::custom("\"username\" and \"password\" are both required")),
+                }
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 impl Shape {
@@ -64,15 +98,21 @@ impl Shape {
     }
 
     /// The login `value` stands for, in a secret whose `CredentialId` is `primary`.
+    /// Errors never quote the value: a field holding a password by mistake stays out.
     pub fn login_of(&self, primary: &str, value: &SecretString) -> Result<Login, String> {
         let plain = || Login { user: primary.to_owned(), password: value.clone() };
         let Some(twin) = self.twin(primary) else { return Ok(plain()) };
-        let Some(pair) = parse_pair(value) else { return Ok(plain()) };
+        let pair = match parse_pair(value) {
+            None => return Ok(plain()),
+            Some(Err(why)) => {
+                return Err(format!("the value is a JSON object kv-rotator cannot read as a login ({why})"))
+            }
+            Some(Ok(pair)) => pair,
+        };
         if pair.username != primary && pair.username != twin {
             return Err(format!(
-                "the value names account {:?}, which is neither the secret's CredentialId {primary:?} nor its twin \
-                 {twin:?}",
-                pair.username
+                "the value names an account (not shown) that is neither the secret's CredentialId {primary:?} nor \
+                 its twin {twin:?}"
             ));
         }
         Ok(Login { user: pair.username, password: pair.password })
@@ -84,14 +124,14 @@ impl Shape {
         match self {
             Shape::Plain => login.password.clone(),
             Shape::Pair { .. } => {
-                let rest = parse_pair(template).map(|p| p.rest).unwrap_or_default();
+                let rest = parse_pair(template).and_then(Result::ok).map(|p| p.rest).unwrap_or_default();
                 let mut text = Zeroizing::new(String::from("{"));
                 text.push_str(&format!("\"username\":{}", serde_json::Value::String(login.user.clone())));
                 let password =
                     Zeroizing::new(serde_json::to_string(login.password.expose_secret()).expect("a string serializes"));
                 text.push_str(",\"password\":");
                 text.push_str(&password);
-                for (key, value) in rest.iter().filter(|(k, _)| *k != "username" && *k != "password") {
+                for (key, value) in &rest {
                     text.push_str(&format!(",{}:{value}", serde_json::Value::String(key.clone())));
                 }
                 text.push('}');
@@ -101,12 +141,18 @@ impl Shape {
     }
 }
 
-fn parse_pair(value: &SecretString) -> Option<PairValue> {
+/// `None` for a value that is not a JSON object (a plain password); `Some(Err(why))` for
+/// one that looks like an object but is not a login kv-rotator can read (without the
+/// value in `why`: serde's messages here name the problem and a position only).
+fn parse_pair(value: &SecretString) -> Option<Result<PairValue, String>> {
     let text = value.expose_secret().trim_start();
     if !text.starts_with('{') {
         return None;
     }
-    serde_json::from_str(text).ok()
+    Some(serde_json::from_str(text).map_err(|e| {
+        let (line, column) = (e.line(), e.column());
+        format!("{:?} error at line {line} column {column}", e.classify())
+    }))
 }
 
 #[cfg(test)]
@@ -145,9 +191,20 @@ mod tests {
         );
         let back = shape.login_of("app", &value).unwrap();
         assert_eq!((back.user.as_str(), back.password.expose_secret()), ("app_clone", "n\"e\\w"));
-        let hostile = secret(r#"{"username":"postgres","password":"x"}"#);
+        let hostile = secret(r#"{"username":"postgres-pw-1","password":"x"}"#);
         let e = shape.login_of("app", &hostile).unwrap_err();
-        assert!(e.contains("\"postgres\"") && !e.contains("\"x\""), "{e}");
+        assert!(!e.contains("postgres-pw-1") && !e.contains("\"x\""), "the value is not quoted: {e}");
+        for unreadable in [
+            r#"{"username":"app","password":"x","username":"app_clone"}"#,
+            r#"{"username":"app","password":"x","Password":"stale"}"#,
+            r#"{"username":"app","password":"x","host":"a","host":"b"}"#,
+            r#"{"username":"app","password":7}"#,
+            r#"{"username":"app"}"#,
+            r#"{"username":"app","password":"x"} trailing"#,
+        ] {
+            let e = shape.login_of("app", &secret(unreadable)).unwrap_err();
+            assert!(e.contains("cannot read") && !e.contains("stale") && !e.contains("\"x\""), "{unreadable}: {e}");
+        }
         assert!(!format!("{back:?}").contains("n\\\"e"), "Debug shows no password");
     }
 }
