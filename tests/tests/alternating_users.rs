@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{suffix, test_ca, Harness};
+use common::{mariadb_root, mariadb_runs, mariadb_target, pg_runs, pg_superuser, pg_target, suffix, Harness};
 use kv_rotator::engine::Outcome;
 use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
 use kv_rotator_keyvault::SecretStore;
@@ -45,26 +45,9 @@ async fn login_in(store: &dyn SecretStore, secret: &str) -> (String, SecretStrin
 
 // ---- PostgreSQL ----
 
-async fn pg_superuser() -> tokio_postgres::Client {
-    let (client, conn) =
-        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL must run on 127.0.0.1:5432");
-    tokio::spawn(conn);
-    client
-}
-
 /// Whether `password` logs in as `role` and may read `table`.
 async fn pg_reads(role: &str, password: &SecretString, table: &str) -> bool {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1").port(5432).user(role).password(password.expose_secret()).dbname("postgres");
-    match cfg.connect(tokio_postgres::NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            client.simple_query(&format!("SELECT count(*) FROM {table}")).await.is_ok()
-        }
-        Err(_) => false,
-    }
+    pg_runs(role, password, &format!("SELECT count(*) FROM {table}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,14 +82,8 @@ async fn postgres_pairs_flip_with_zero_downtime_and_the_twin_gets_the_primary_gr
             let _ = su.batch_execute(&statement).await;
         }
     };
-    let pg = serde_json::from_value(serde_json::json!({
-        "host": "127.0.0.1", "sslmode": "verify-full", "channel_binding": "require",
-        "sslrootcert": test_ca("KVR_TEST_PG_CA", "/var/lib/postgresql/kvr-test-tls/ca.pem"),
-    }))
-    .unwrap();
     let admin_ref = AdminRef { username: admin.clone(), secret: "pg-admin".into() };
-    let profiles =
-        BTreeMap::from([("db".to_owned(), alternating(TargetKind::Postgres(pg), admin_ref, "kvr_e2e_alt_*"))]);
+    let profiles = BTreeMap::from([("db".to_owned(), alternating(pg_target(), admin_ref, "kvr_e2e_alt_*"))]);
     let mut h = Harness::start(profiles).await;
     h.seed("pg-admin", &admin_password, &[]).await;
     let secret = format!("alt-{s}");
@@ -160,23 +137,9 @@ async fn postgres_pairs_flip_with_zero_downtime_and_the_twin_gets_the_primary_gr
 
 // ---- MariaDB ----
 
-async fn mariadb_root() -> mysql_async::Conn {
-    let opts = mysql_async::OptsBuilder::default().ip_or_hostname("127.0.0.1").tcp_port(3306).user(Some("root"));
-    mysql_async::Conn::new(opts.prefer_socket(false)).await.expect("MariaDB must run on 127.0.0.1:3306")
-}
-
 /// Whether `password` logs in as `user` and may read `table`.
 async fn mariadb_reads(user: &str, password: &SecretString, table: &str) -> bool {
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(3306)
-        .user(Some(user))
-        .pass(Some(password.expose_secret()))
-        .prefer_socket(false);
-    match mysql_async::Conn::new(opts).await {
-        Ok(mut conn) => conn.query_drop(format!("SELECT COUNT(*) FROM {table}")).await.is_ok(),
-        Err(_) => false,
-    }
+    mariadb_runs(user, password, &format!("SELECT COUNT(*) FROM {table}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,14 +177,8 @@ async fn mariadb_pairs_flip_and_the_twin_gets_every_host_entry_and_grant() {
         }
         let _ = root.query_drop(format!("DROP DATABASE IF EXISTS {db}")).await;
     };
-    let mariadb = serde_json::from_value(serde_json::json!({
-        "host": "127.0.0.1", "tls": "verify-full",
-        "tls_ca_file": test_ca("KVR_TEST_MARIADB_CA", "/var/lib/mysql-kvr-test-tls/ca.pem"),
-    }))
-    .unwrap();
     let admin_ref = AdminRef { username: admin.clone(), secret: "db-admin".into() };
-    let profiles =
-        BTreeMap::from([("db".to_owned(), alternating(TargetKind::Mariadb(mariadb), admin_ref, "kvr_e2e_alt_*"))]);
+    let profiles = BTreeMap::from([("db".to_owned(), alternating(mariadb_target(), admin_ref, "kvr_e2e_alt_*"))]);
     let mut h = Harness::start(profiles).await;
     h.seed("db-admin", &admin_password, &[]).await;
     let secret = format!("alt-{s}");
@@ -275,14 +232,8 @@ async fn postgres_never_takes_over_a_stranger_twin() {
             let _ = su.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
         }
     };
-    let pg = serde_json::from_value(serde_json::json!({
-        "host": "127.0.0.1", "sslmode": "verify-full", "channel_binding": "require",
-        "sslrootcert": test_ca("KVR_TEST_PG_CA", "/var/lib/postgresql/kvr-test-tls/ca.pem"),
-    }))
-    .unwrap();
     let admin_ref = AdminRef { username: admin.clone(), secret: "pg-admin".into() };
-    let profiles =
-        BTreeMap::from([("db".to_owned(), alternating(TargetKind::Postgres(pg), admin_ref, "kvr_e2e_alt_*"))]);
+    let profiles = BTreeMap::from([("db".to_owned(), alternating(pg_target(), admin_ref, "kvr_e2e_alt_*"))]);
     let h = Harness::start(profiles).await;
     h.seed("pg-admin", &admin_password, &[]).await;
     let secret = format!("alt-{s}");
@@ -332,14 +283,8 @@ async fn postgres_does_not_recreate_a_dropped_active_twin() {
             let _ = su.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
         }
     };
-    let pg = serde_json::from_value(serde_json::json!({
-        "host": "127.0.0.1", "sslmode": "verify-full", "channel_binding": "require",
-        "sslrootcert": test_ca("KVR_TEST_PG_CA", "/var/lib/postgresql/kvr-test-tls/ca.pem"),
-    }))
-    .unwrap();
     let admin_ref = AdminRef { username: admin.clone(), secret: "pg-admin".into() };
-    let profiles =
-        BTreeMap::from([("db".to_owned(), alternating(TargetKind::Postgres(pg), admin_ref, "kvr_e2e_ghost*"))]);
+    let profiles = BTreeMap::from([("db".to_owned(), alternating(pg_target(), admin_ref, "kvr_e2e_ghost*"))]);
     let h = Harness::start(profiles).await;
     h.seed("pg-admin", &admin_password, &[]).await;
     let secret = format!("ghost-{}", suffix());

@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{suffix, test_ca};
+use common::{mariadb_root, mariadb_runs, mariadb_target, suffix, test_ca};
 use kv_rotator::engine::Outcome;
 use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
 use kv_rotator_rotators::common::Strategy;
@@ -55,11 +55,6 @@ impl Harness {
     /// A MariaDB profile `db` (single-user, admin `db_admin`) and a Redis profile `cache`
     /// (multi-password, admin `redis_admin`), both over verified TLS.
     async fn start(db_admin: &str, redis_admin: &str) -> Harness {
-        let mariadb = serde_json::from_value(serde_json::json!({
-            "host": "127.0.0.1", "tls": "verify-full",
-            "tls_ca_file": test_ca("KVR_TEST_MARIADB_CA", "/var/lib/mysql-kvr-test-tls/ca.pem"),
-        }))
-        .unwrap();
         let redis = serde_json::from_value(serde_json::json!({
             "host": "127.0.0.1", "port": 6380, "tls": "verify-full", "acl_save": "never",
             "tls_ca_file": test_ca("KVR_TEST_REDIS_CA", "/var/lib/redis/kvr-test-tls/ca.pem"),
@@ -68,7 +63,7 @@ impl Harness {
         let admin = AdminRef { username: redis_admin.into(), secret: "redis-admin".into() };
         let db_admin = AdminRef { username: db_admin.into(), secret: "db-admin".into() };
         let profiles = BTreeMap::from([
-            ("db".to_owned(), profile(TargetKind::Mariadb(mariadb), Some(db_admin), Strategy::SingleUser, None)),
+            ("db".to_owned(), profile(mariadb_target(), Some(db_admin), Strategy::SingleUser, None)),
             (
                 "cache".to_owned(),
                 profile(TargetKind::Redis(redis), Some(admin), Strategy::MultiPassword, Some(GRACE_SECS)),
@@ -84,24 +79,9 @@ impl Harness {
 
 // ---- MariaDB ----
 
-async fn mariadb_root() -> mysql_async::Conn {
-    let opts = mysql_async::OptsBuilder::default().ip_or_hostname("127.0.0.1").tcp_port(3306).user(Some("root"));
-    mysql_async::Conn::new(opts.prefer_socket(false)).await.expect("MariaDB must run on 127.0.0.1:3306")
-}
-
-/// Whether a client with `password` connects as `user` (over TCP, so as `user@'%'` or
-/// `user@'localhost'`, whichever the server matches).
+/// Whether a client with `password` connects as `user`.
 async fn mariadb_logs_in(user: &str, password: &SecretString) -> bool {
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(3306)
-        .user(Some(user))
-        .pass(Some(password.expose_secret()))
-        .prefer_socket(false);
-    match mysql_async::Conn::new(opts).await {
-        Ok(mut conn) => conn.query_drop("SELECT 1").await.is_ok(),
-        Err(_) => false,
-    }
+    mariadb_runs(user, password, "SELECT 1").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,46 +7,23 @@
 //! Needs `scripts/setup-postgres.sh` (roles in `kvr_scram` must use SCRAM, not trust;
 //! the server must have TLS with its test CA: the rotator runs with `verify-full`).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::pg_superuser;
 use kv_rotator::engine::{Outcome, RotationReport};
-use kv_rotator::service::{self, RunningService};
-use kv_rotator::targets::Targets;
-use kv_rotator_config::{AdminRef, EngineConfig, TargetKind, TargetProfile, WebhookConfig};
-use kv_rotator_keyvault::azure::AzureSecretStore;
-use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
-use kv_rotator_keyvault::{NewSecretVersion, SecretStore, StoreError};
-use kv_rotator_rotators::postgres::PostgresConfig;
+use kv_rotator_config::{AdminRef, TargetProfile};
+use kv_rotator_keyvault::StoreError;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 
 const PROFILE: &str = "pg-local";
 
-/// Superuser connection over TCP (trust for `postgres` on this machine).
-async fn superuser() -> tokio_postgres::Client {
-    let (client, conn) =
-        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL must run on 127.0.0.1:5432");
-    tokio::spawn(conn);
-    client
-}
-
 /// Whether `password` logs in as `role` over TCP.
 async fn logs_in(role: &str, password: &str) -> bool {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1").port(5432).user(role).password(password).dbname("postgres");
-    match cfg.connect(tokio_postgres::NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            client.simple_query("SELECT 1").await.is_ok()
-        }
-        Err(_) => false,
-    }
+    common::pg_runs(role, &SecretString::from(password.to_owned()), "SELECT 1").await
 }
 
 /// A login role in `kvr_scram`, dropped on drop.
@@ -57,7 +34,7 @@ struct TestRole {
 impl TestRole {
     async fn create(prefix: &str, password: &str, extra: &str) -> TestRole {
         let name = format!("{prefix}_{:08x}", rand::random::<u32>());
-        let su = superuser().await;
+        let su = pg_superuser().await;
         su.batch_execute(&format!("CREATE ROLE {name} LOGIN {extra} IN ROLE kvr_scram PASSWORD '{password}'"))
             .await
             .expect("create role (run scripts/setup-postgres.sh first: it creates kvr_scram)");
@@ -75,35 +52,29 @@ impl Drop for TestRole {
         // Drop on a fresh runtime thread: the test's runtime may be shutting down.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { superuser().await.batch_execute(&format!("DROP ROLE IF EXISTS {name}")).await })
+            rt.block_on(async { pg_superuser().await.batch_execute(&format!("DROP ROLE IF EXISTS {name}")).await })
         })
         .join();
     }
 }
 
-struct Harness {
-    vault: DevVault,
-    store: Arc<dyn SecretStore>,
-    service: RunningService,
-    reports: broadcast::Receiver<RotationReport>,
+struct Harness(common::Harness);
+
+impl std::ops::Deref for Harness {
+    type Target = common::Harness;
+    fn deref(&self) -> &common::Harness {
+        &self.0
+    }
 }
 
 impl Harness {
+    /// A single-user PostgreSQL profile over verified TLS (the production setting), with
+    /// `admin` when given.
     async fn start(admin: Option<AdminRef>) -> Harness {
-        let vault = DevVault::start(DevVaultOptions::default()).await.expect("dev vault");
-        let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).expect("store"));
-        // The production setting: verified TLS (the setup script's test CA) with every
-        // login bound to the session.
-        let ca = std::env::var("KVR_TEST_PG_CA").unwrap_or_else(|_| "/var/lib/postgresql/kvr-test-tls/ca.pem".into());
-        let pg: PostgresConfig = serde_json::from_value(serde_json::json!({
-            "host": "127.0.0.1", "port": 5432,
-            "sslmode": "verify-full", "sslrootcert": ca, "channel_binding": "require",
-        }))
-        .unwrap();
         let profiles = BTreeMap::from([(
             PROFILE.to_owned(),
             TargetProfile {
-                target: TargetKind::Postgres(pg),
+                target: common::pg_target(),
                 admin,
                 password: Default::default(),
                 accounts: vec!["kvr_e2e*".to_owned()],
@@ -113,73 +84,22 @@ impl Harness {
                 twin_suffix: None,
             },
         )]);
-        let engine = EngineConfig {
-            initial_backoff_ms: 50,
-            max_backoff_ms: 200,
-            min_rotation_interval_secs: 0,
-            ..Default::default()
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let service = service::start(
-            store.clone(),
-            Targets::from_profiles(&profiles).unwrap(),
-            engine,
-            &WebhookConfig::default(),
-            listener,
-        )
-        .await
-        .expect("service");
-        let reports = service.engine.subscribe();
-        Harness { vault, store, service, reports }
+        Harness(common::Harness::start(profiles).await)
     }
 
     async fn seed(&self, name: &str, value: &str, tags: &[(&str, &str)]) -> String {
-        let record = self
-            .store
-            .set_secret(
-                name,
-                NewSecretVersion {
-                    value: SecretString::from(value.to_owned()),
-                    tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                    content_type: Some("text/plain".into()),
-                    expires: Some(OffsetDateTime::now_utc() + time::Duration::days(3)),
-                    not_before: None,
-                },
-            )
-            .await
-            .expect("seed secret");
-        record.version
-    }
-
-    /// POSTs a SecretNearExpiry delivery for `secret` at `version`; returns the status.
-    async fn deliver(&self, secret: &str, version: &str) -> reqwest::StatusCode {
-        let body = kv_rotator::cli::seed::near_expiry_delivery(
-            self.store.vault_name(),
-            &self.vault.host(),
-            secret,
-            version,
-            OffsetDateTime::now_utc(),
-        );
-        reqwest::Client::new()
-            .post(format!("http://{}/api/eventgrid", self.service.webhook_addr))
-            .header("aeg-event-type", "Notification")
-            .json(&body)
-            .send()
-            .await
-            .expect("POST to webhook")
-            .status()
-    }
-
-    async fn stop(self) {
-        self.service.shutdown().await.unwrap();
-        self.vault.shutdown().await;
+        self.0.seed(name, &SecretString::from(value.to_owned()), tags).await
     }
 
     async fn next_report(&mut self) -> RotationReport {
-        tokio::time::timeout(Duration::from_secs(60), self.reports.recv())
+        tokio::time::timeout(Duration::from_secs(60), self.0.reports.recv())
             .await
             .expect("a report within 60 s")
             .expect("engine alive")
+    }
+
+    async fn stop(self) {
+        self.0.stop().await
     }
 }
 
@@ -245,7 +165,7 @@ async fn near_expiry_event_rotates_a_postgres_role_end_to_end() {
     // The same delivery again: acknowledged, and coalesced by the webhook (same secret
     // version within its window), so it reaches no engine and rotates nothing.
     assert_eq!(h.deliver(&secret, &v1).await, 200);
-    let again = tokio::time::timeout(Duration::from_secs(2), h.reports.recv()).await;
+    let again = tokio::time::timeout(Duration::from_secs(2), h.0.reports.recv()).await;
     assert!(again.is_err(), "no second rotation: {again:?}");
     let versions = h.store.list_versions(&secret).await.unwrap();
     assert_eq!(versions.len(), 2, "exactly one new version");

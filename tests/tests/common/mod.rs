@@ -69,12 +69,12 @@ impl Harness {
         Harness { vault, store, service, reports }
     }
 
-    /// Writes a version of `name`, expiring in three days.
+    /// Writes a version of `name` (content type `text/plain`), expiring in three days.
     pub async fn seed(&self, name: &str, value: &SecretString, tags: &[(&str, &str)]) -> String {
         let new = NewSecretVersion {
             value: value.clone(),
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            content_type: None,
+            content_type: Some("text/plain".into()),
             expires: Some(OffsetDateTime::now_utc() + time::Duration::days(3)),
             not_before: None,
         };
@@ -129,5 +129,74 @@ impl Harness {
     pub async fn stop(self) {
         self.service.shutdown().await.unwrap();
         self.vault.shutdown().await;
+    }
+}
+
+/// The machine's PostgreSQL as its superuser (trust for `postgres` over TCP here).
+pub async fn pg_superuser() -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432");
+    tokio::spawn(conn);
+    client
+}
+
+/// Whether `password` logs in as `role` and runs `query`.
+pub async fn pg_runs(role: &str, password: &SecretString, query: &str) -> bool {
+    use secrecy::ExposeSecret;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1").port(5432).user(role).password(password.expose_secret()).dbname("postgres");
+    match cfg.connect(tokio_postgres::NoTls).await {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            client.simple_query(query).await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// A PostgreSQL profile over verified TLS with channel binding, the setup script's CA.
+pub fn pg_target() -> kv_rotator_config::TargetKind {
+    kv_rotator_config::TargetKind::Postgres(
+        serde_json::from_value(serde_json::json!({
+            "host": "127.0.0.1", "sslmode": "verify-full", "channel_binding": "require",
+            "sslrootcert": test_ca("KVR_TEST_PG_CA", "/var/lib/postgresql/kvr-test-tls/ca.pem"),
+        }))
+        .unwrap(),
+    )
+}
+
+/// A MariaDB profile over verified TLS, the setup script's CA.
+pub fn mariadb_target() -> kv_rotator_config::TargetKind {
+    kv_rotator_config::TargetKind::Mariadb(
+        serde_json::from_value(serde_json::json!({
+            "host": "127.0.0.1", "tls": "verify-full",
+            "tls_ca_file": test_ca("KVR_TEST_MARIADB_CA", "/var/lib/mysql-kvr-test-tls/ca.pem"),
+        }))
+        .unwrap(),
+    )
+}
+
+/// The machine's MariaDB as root (no password here).
+pub async fn mariadb_root() -> mysql_async::Conn {
+    let opts = mysql_async::OptsBuilder::default().ip_or_hostname("127.0.0.1").tcp_port(3306).user(Some("root"));
+    mysql_async::Conn::new(opts.prefer_socket(false)).await.expect("MariaDB must run on 127.0.0.1:3306")
+}
+
+/// Whether a client with `password` connects as `user` over TCP (as `user@'%'` or
+/// `user@'localhost'`, whichever the server matches) and runs `query`.
+pub async fn mariadb_runs(user: &str, password: &SecretString, query: &str) -> bool {
+    use mysql_async::prelude::Queryable;
+    use secrecy::ExposeSecret;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(3306)
+        .user(Some(user))
+        .pass(Some(password.expose_secret()))
+        .prefer_socket(false);
+    match mysql_async::Conn::new(opts).await {
+        Ok(mut conn) => conn.query_drop(query).await.is_ok(),
+        Err(_) => false,
     }
 }
