@@ -95,7 +95,8 @@ use serde::{Deserialize, Deserializer};
 mod auth_guard;
 
 use crate::common::{
-    after_change, chain_text, changed_if_transient, find_cause, logins, no_login, request_hashes, Strategy,
+    after_change, already_set, chain_text, changed_if_transient, find_cause, logins, no_login, pending_may_work,
+    request_hashes, Strategy,
 };
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
@@ -594,7 +595,7 @@ impl MariaDbRotator {
         let changed = self.change_as_admin(&mut session.conn, user, hash, &who, scrub, true).await;
         disconnect(session.conn).await;
         if !changed.map_err(strip)? {
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+            return Ok(already_set());
         }
         let after_who = format!("{account} with the new password");
         let after = self.check(user, &req.pending, &after_who, scrub).await;
@@ -670,13 +671,15 @@ impl Rotator for MariaDbRotator {
 
         // Idempotency: a retry after a crash between the change and finish lands here.
         let pending_who = format!("{account} with the pending password");
-        if let Some(mut session) = self.login(user, &req.pending, &pending_who, &scrub).await? {
+        let pending_login =
+            if pending_may_work(&req) { self.login(user, &req.pending, &pending_who, &scrub).await? } else { None };
+        if let Some(mut session) = pending_login {
             let context = format!("listing the host entries of {account} on {} as {pending_who}", self.server());
             let seen = self.entries(&mut session.conn, user, false, &context, &scrub).await;
             disconnect(session.conn).await;
             // One entry, the one just logged in through: proven.
             if seen?.is_some_and(|entries| entries.len() == 1) {
-                return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+                return Ok(already_set());
             }
             return self.roll_forward(&req, hash, &scrub).await;
         }

@@ -80,7 +80,9 @@ use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{after_change, chain_text, find_cause, logins, no_login, request_hashes, Strategy};
+use crate::common::{
+    after_change, already_set, chain_text, find_cause, logins, no_login, pending_may_work, request_hashes, Strategy,
+};
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
@@ -548,7 +550,9 @@ impl Rotator for RedisRotator {
 
         // Idempotency: a retry after a crash between the change and finish lands here.
         let pending_who = format!("user {name} with the pending password");
-        if let Some(stream) = self.login(user, &req.pending, &pending_who, &scrub).await? {
+        let pending_login =
+            if pending_may_work(&req) { self.login(user, &req.pending, &pending_who, &scrub).await? } else { None };
+        if let Some(stream) = pending_login {
             // The change may be in memory only (a save that failed, a crash before it).
             if self.cfg.acl_save == AclSave::Required {
                 let context = format!("opening a session on {} as {pending_who}", self.server());
@@ -557,7 +561,7 @@ impl Rotator for RedisRotator {
                     Err(_) => self.save(None, false, &req, &scrub).await,
                 }
             }
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+            return Ok(already_set());
         }
 
         let (mut refused, mut cannot) = (Vec::new(), Vec::new());

@@ -646,6 +646,7 @@ async fn set(
         current: fenced.latest.value.clone(),
         previous: previous_passwords(engine, &fenced.latest).await,
         admin,
+        pending_is_new: false,
     };
     match rotator.set_password(request).await {
         Ok(set) => {
