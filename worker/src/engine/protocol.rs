@@ -13,8 +13,9 @@
 //!    generate a password and write the record to Key Vault *before* touching the target.
 //! 5. [`refence`] — the secret's latest version and the journal record are still the
 //!    ones this attempt started from (again before finish): another engine's write stops it.
-//! 6. [`set`] — the rotator makes the target accept the pending password (idempotent).
-//! 7. [`test`] — log in with the pending password.
+//! 6. [`set`] — the rotator makes the target accept the pending password (idempotent;
+//!    told when this attempt just journaled it, so it need not try it first).
+//! 7. [`test`] — log in with the pending password, unless `set` just proved it did.
 //! 8. [`finish`] — write the new version (tags carried over plus rotation metadata,
 //!    `exp = now + ValidityPeriodDays`), then delete the journal record if it is still ours.
 //!
@@ -90,6 +91,9 @@ struct Pending {
     value: SecretString,
     version: String,
     tags: BTreeMap<String, String>,
+    /// Generated and journaled by this attempt ([`journal_fresh_password`]): no target
+    /// can have it yet ([`SetPasswordRequest::pending_is_new`]).
+    new: bool,
 }
 
 /// Runs `step` and records its duration in `steps` under `name`.
@@ -156,12 +160,17 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     let pending = create(engine, steps, rotator, &fenced, &plan, request, journaled).await?;
     failpoints::hit("after-journal");
     refence(engine, &fenced, &pending, "set").await?;
-    timed(steps, "set", set(engine, steps, rotator, &plan, &fenced, &pending)).await?;
+    let proven = timed(steps, "set", set(engine, steps, rotator, &plan, &fenced, &pending)).await?;
     steps.mark_target_touched(&fenced.journal_name);
     failpoints::hit("after-set");
     mark_target_set(engine, &fenced, &pending).await;
     failpoints::hit("after-step-tag");
-    timed(steps, "test", test(rotator, &plan, &pending)).await?;
+    if proven {
+        // `set` ended with the login `test` would make; still a step of the audit record.
+        steps.record_proven("test", "set");
+    } else {
+        timed(steps, "test", test(rotator, &plan, &pending)).await?;
+    }
     failpoints::hit("after-test");
     refence(engine, &fenced, &pending, "finish").await?;
     finish(engine, steps, rotator, plan, fenced, pending).await
@@ -566,7 +575,7 @@ async fn reuse_journal(
     let attempts = attempts_of(&record);
     tags.extend(record.properties.tags);
     tags.insert(TAG_ATTEMPTS.to_owned(), (attempts + 1).to_string());
-    let pending = Pending { value: record.value, version: record.version, tags };
+    let pending = Pending { value: record.value, version: record.version, tags, new: false };
     update_journal_tags(engine, &fenced.journal_name, &pending).await;
     Ok(pending)
 }
@@ -592,7 +601,7 @@ async fn journal_fresh_password(
         timed(steps, "create", async { Ok(engine.store.set_secret(&fenced.journal_name, new).await?) }).await?;
     info!(journal = %fenced.journal_name, "journal record written");
     steps.set_own_journal_version(&written.version);
-    Ok(Pending { value, version: written.version, tags })
+    Ok(Pending { value, version: written.version, tags, new: true })
 }
 
 /// Step 5: the secret's latest version is still the source, and the journal record's
@@ -624,7 +633,8 @@ async fn refence(engine: &Engine, fenced: &Fenced, pending: &Pending, before: &s
 }
 
 /// Step 6: the rotator makes the target accept the pending password, logging in with the
-/// current password, then older ones, then the admin.
+/// current password, then older ones, then the admin. `Ok(true)`: the rotator proved the
+/// pending password logs in, after the change, as [`test`] would.
 async fn set(
     engine: &Engine,
     steps: &StepLog,
@@ -632,7 +642,7 @@ async fn set(
     plan: &Plan,
     fenced: &Fenced,
     pending: &Pending,
-) -> Result<(), RotationError> {
+) -> Result<bool, RotationError> {
     let admin = match engine.targets.admin(&plan.profile) {
         Some(admin) => {
             let record = engine.store.get_latest(&admin.secret).await?;
@@ -646,12 +656,14 @@ async fn set(
         current: fenced.latest.value.clone(),
         previous: previous_passwords(engine, &fenced.latest).await,
         admin,
-        pending_is_new: false,
+        // Only a password this attempt journaled: a resumed one may already be set, and
+        // must be tried first.
+        pending_is_new: pending.new,
     };
     match rotator.set_password(request).await {
         Ok(set) => {
             info!(outcome = ?set.outcome, "target accepts the pending password");
-            Ok(())
+            Ok(set.pending_verified)
         }
         Err(source) => {
             if source.may_have_changed() {
@@ -668,7 +680,7 @@ async fn set(
 async fn mark_target_set(engine: &Engine, fenced: &Fenced, pending: &Pending) {
     let mut tags = pending.tags.clone();
     tags.insert(TAG_STEP.to_owned(), STEP_TARGET_SET.to_owned());
-    let marked = Pending { value: pending.value.clone(), version: pending.version.clone(), tags };
+    let marked = Pending { value: pending.value.clone(), version: pending.version.clone(), tags, new: pending.new };
     update_journal_tags(engine, &fenced.journal_name, &marked).await;
 }
 
