@@ -18,10 +18,9 @@
 //! a shared machine hits both alike, and the best round (lowest median) of three counts.
 //! The dev vault's throttle and the client's rate limiter are off: paced, both sides would
 //! measure the limiter. Logins per rotation are counted once, untimed, through a TCP proxy
-//! that counts connections.
+//! that counts connections (the suites' `tests/common/pg.rs`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +34,11 @@ use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore, Store
 use kv_rotator_rotators::PasswordPolicy;
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
+
+// The suites' PostgreSQL helpers: throwaway kvr_scram roles, the counting proxy.
+#[allow(dead_code)]
+#[path = "../tests/common/pg.rs"]
+mod pg;
 
 const ROUNDS: usize = 3;
 const WARM_UP: usize = 3;
@@ -51,33 +55,25 @@ async fn bench() {
     let vault = DevVault::start(DevVaultOptions { rate_limit: None, ..Default::default() }).await.expect("dev vault");
     let settings = ClientSettings { rate_limit: None, ..Default::default() };
     let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault_with(&vault, settings).expect("store"));
-    let su = superuser().await;
-    let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let (engine_role, floor_role) = (format!("kvr_bench_{tag}_e"), format!("kvr_bench_{tag}_f"));
-    for role in [&engine_role, &floor_role] {
-        let password = PasswordPolicy::default().generate();
-        su.batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN IN ROLE kvr_scram PASSWORD '{}'",
-            password.expose_secret()
-        ))
-        .await
-        .expect("create role (scripts/setup-postgres.sh creates kvr_scram)");
-        seed(store.as_ref(), role, &password).await;
+    let roles = pg::Roles::create("kvr_bench", 2).await;
+    for (role, password) in &roles.0 {
+        seed(store.as_ref(), role, password).await;
     }
+    let (engine_role, floor_role) = (roles.0[0].0.clone(), roles.0[1].0.clone());
 
     let engine = Engine::new(store.clone(), targets(PG), engine_config());
     let floor = Floor { store: store.clone(), port: PG, role: floor_role.clone() };
 
     // Untimed: what one rotation asks of Key Vault and of PostgreSQL, each side.
-    let proxy = CountingProxy::start().await;
+    let proxy = pg::Proxy::start().await;
     let counting_engine = Engine::new(store.clone(), targets(proxy.port), engine_config());
     let counting_floor = Floor { port: proxy.port, ..floor.clone() };
-    let (before_kv, before_logins) = (vault.stats().requests, proxy.count());
+    let (before_kv, before_logins) = (vault.stats().requests, proxy.connections());
     rotate(&counting_engine, store.as_ref(), &engine_role).await;
-    let (engine_kv, engine_logins) = (vault.stats().requests - before_kv, proxy.count() - before_logins);
-    let (before_kv, before_logins) = (vault.stats().requests, proxy.count());
+    let (engine_kv, engine_logins) = (vault.stats().requests - before_kv, proxy.connections() - before_logins);
+    let (before_kv, before_logins) = (vault.stats().requests, proxy.connections());
     counting_floor.rotate().await;
-    let (floor_kv, floor_logins) = (vault.stats().requests - before_kv, proxy.count() - before_logins);
+    let (floor_kv, floor_logins) = (vault.stats().requests - before_kv, proxy.connections() - before_logins);
 
     for _ in 0..WARM_UP {
         rotate(&engine, store.as_ref(), &engine_role).await;
@@ -126,9 +122,6 @@ async fn bench() {
     let verdict = if ratio <= GOAL { "PASS" } else { "FAIL" };
     println!("ratio engine/floor (medians): {ratio:.2}x; goal <= {GOAL}x: {verdict}");
 
-    for role in [&engine_role, &floor_role] {
-        let _ = su.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
-    }
     vault.shutdown().await;
 }
 
@@ -289,44 +282,5 @@ impl Floor {
             Some(client) => client.batch_execute("SELECT 1").await.is_ok(),
             None => false,
         }
-    }
-}
-
-async fn superuser() -> tokio_postgres::Client {
-    let (client, connection) =
-        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL must run on 127.0.0.1:5432 (scripts/setup-postgres.sh)");
-    tokio::spawn(connection);
-    client
-}
-
-/// Forwards to PostgreSQL and counts connections (one per login attempt).
-struct CountingProxy {
-    port: u16,
-    accepted: Arc<AtomicU64>,
-}
-
-impl CountingProxy {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let accepted = Arc::new(AtomicU64::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", PG)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        CountingProxy { port, accepted }
-    }
-
-    fn count(&self) -> u64 {
-        self.accepted.load(Ordering::SeqCst)
     }
 }
