@@ -7,7 +7,9 @@
 //!   own password — by proving the current or a previous password against the file —
 //!   or, when `allow_admin_reset = true` and the request carries an admin credential,
 //!   resets it (write access to the file is the admin power here; the admin password
-//!   itself is not checked against anything). Then it rewrites the file atomically.
+//!   itself is not checked against anything). Then it rewrites the file atomically and
+//!   reads it back, which is `verify`'s own check (`pending_verified`). The pending
+//!   password is checked first unless the engine just journaled it (`pending_is_new`).
 //! - [`add_user`]: adds or replaces an entry; the demo seeds its file with it.
 //! - [`check_policy`]: whether a password policy fits bcrypt's 71-byte limit.
 //!

@@ -4,9 +4,11 @@
 //! - [`MariaDbConfig`]: where the server is and how the connection is protected (a target
 //!   profile with `kind = "mariadb"`).
 //! - [`MariaDbRotator`]: the [`Rotator`]. `verify` opens a fresh connection as the user;
-//!   `set_password` logs in as the user with its current password, then each previous
-//!   one, then as the admin, and changes the password with the first login that can
-//!   change every host entry of the account.
+//!   `set_password` tries the pending password first (unless the engine just journaled
+//!   it: `pending_is_new`), then logs in as the user with its current password, then each
+//!   previous one, then as the admin, and changes the password with the first login that
+//!   can change every host entry of the account; a fresh login with the new password ends
+//!   it (`pending_verified`).
 //!
 //! **Only hashes are sent.** The new password's `mysql_native_password` hash
 //! (`*` and the upper-case hex of SHA1(SHA1(password))) is computed here, and the server

@@ -3,9 +3,11 @@
 //! - [`RedisConfig`]: where the server is, how the connection is protected, and whether
 //!   changes are saved to the server's ACL file (a target profile with `kind = "redis"`).
 //! - [`RedisRotator`]: the [`Rotator`]. `verify` opens a fresh connection and sends
-//!   `AUTH <user> <password>`; `set_password` logs in as the user with its current
-//!   password, then each previous one, then as the admin, and runs
-//!   `ACL SETUSER <user> resetpass #<sha256 of the new password>`.
+//!   `AUTH <user> <password>`; `set_password` tries the pending password first (unless
+//!   the engine just journaled it: `pending_is_new`), then logs in as the user with its
+//!   current password, then each previous one, then as the admin, and runs
+//!   `ACL SETUSER <user> resetpass #<sha256 of the new password>`; a fresh login with the
+//!   new password ends it (`pending_verified`).
 //!
 //! **Only hashes are sent where one can be.** The new password goes to the server as its
 //! SHA-256 (`#<hex>`), which is what Redis stores, so it is never in a command's
