@@ -6,9 +6,11 @@
 //! - [`find_cause`]: the first error of a type in an error's chain, looking inside
 //!   `io::Error`s too (how a rustls certificate error is found under a driver's error).
 //! - [`chain_text`]: an error and its causes on one line, each said once.
-//! - [`logins`], [`request_hashes`], [`changed_if_transient`], [`after_change`] and [`no_login`]: the parts of
-//!   the single-user `set_password` contract every network rotator follows the same way
-//!   (which logins, in which order; what an unanswered change means; the last word).
+//! - [`logins`], [`request_hashes`], [`pending_may_work`], [`changed_if_transient`],
+//!   [`after_change`], [`already_set`] and [`no_login`]: the parts of the single-user
+//!   `set_password` contract every network rotator follows the same way (which logins, in
+//!   which order; when the pending password need not be tried first; what an unanswered
+//!   change means; the last word, which also proves what the engine's `test` step would).
 //! - [`check_twin_pair`]: what every `sync_twin` refuses before logging in.
 
 use secrecy::zeroize::Zeroizing;
@@ -201,6 +203,20 @@ pub fn check_twin_pair(
     Ok(())
 }
 
+/// Whether `set_password` must first try whether `pending` already logs in (the
+/// idempotency check). Not for a password this very attempt journaled
+/// ([`SetPasswordRequest::pending_is_new`]): nobody can have set it, so that login could
+/// only be refused.
+pub fn pending_may_work(req: &SetPasswordRequest) -> bool {
+    !req.pending_is_new
+}
+
+/// `pending` already logged in, within this call, on a fresh connection: nothing to
+/// change, and the login is the proof the engine's `test` step would make.
+pub fn already_set() -> SetPasswordResponse {
+    SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet, pending_verified: true }
+}
+
 /// A transient failure once a change was sent (a timeout, a lost connection) leaves it
 /// unknown whether it was applied: the target may have the pending password.
 pub fn changed_if_transient(e: RotatorError) -> RotatorError {
@@ -214,14 +230,15 @@ pub fn changed_if_transient(e: RotatorError) -> RotatorError {
 /// Whatever keeps it from answering, the change was made, so a transient error is
 /// [`RotatorError::NotYetVisible`], and so is a refusal (replication lag, a pooler's own
 /// auth file), with `not_yet` as its message: the engine retries and never replaces the
-/// pending password.
+/// pending password. An accepted login is the same proof as `verify`, so the response
+/// says `pending_verified` and the engine's `test` step does not log in again.
 pub fn after_change(
     check: RotatorResult<VerifyResponse>,
     outcome: SetPasswordOutcome,
     not_yet: impl FnOnce() -> String,
 ) -> RotatorResult<SetPasswordResponse> {
     match check.map_err(changed_if_transient)? {
-        VerifyResponse::Accepted => Ok(SetPasswordResponse { outcome }),
+        VerifyResponse::Accepted => Ok(SetPasswordResponse { outcome, pending_verified: true }),
         VerifyResponse::Rejected => Err(RotatorError::NotYetVisible(not_yet())),
     }
 }
@@ -266,11 +283,19 @@ mod tests {
             current: secret("c"),
             previous: vec![secret("p"), secret(""), secret("o"), secret("c")],
             admin: Some(crate::Credential { username: "root".into(), password: secret("c") }),
+            pending_is_new: false,
         };
         let who: Vec<String> = logins(&req, "\"app\"", |n| format!("<{n}>")).into_iter().map(|l| l.who).collect();
         assert_eq!(who, ["\"app\" with its current password", "\"app\" with previous password #3", "admin <root>"]);
         let e = no_login("role x", "db:5432", &["a".into()], vec!["b cannot".into()], false).to_string();
         assert_eq!(e, "no known login could change the password of role x on db:5432: refused: a; b cannot; no admin credential configured");
+        assert!(pending_may_work(&req));
+        assert!(!pending_may_work(&SetPasswordRequest { pending_is_new: true, ..req.clone() }));
+        let out = after_change(Ok(VerifyResponse::Accepted), SetPasswordOutcome::ChangedWithAdmin, String::new);
+        assert!(matches!(
+            out,
+            Ok(SetPasswordResponse { outcome: SetPasswordOutcome::ChangedWithAdmin, pending_verified: true })
+        ));
         let out = after_change(Ok(VerifyResponse::Rejected), SetPasswordOutcome::ChangedWithAdmin, || "lag".into());
         assert!(matches!(out, Err(RotatorError::NotYetVisible(m)) if m == "lag"));
         let out =

@@ -107,6 +107,9 @@ impl fmt::Debug for Credential {
 /// each of `previous`, then `admin`, and change the password with the first that works.
 /// If none works, return [`RotatorError::Permanent`] naming which logins were tried
 /// (never their values).
+///
+/// With [`SetPasswordRequest::pending_is_new`], the "does `pending` already work" login
+/// may be skipped: see there why that is safe.
 #[derive(Debug, Clone)]
 pub struct SetPasswordRequest {
     /// The account whose password changes (the secret's `CredentialId` tag).
@@ -119,6 +122,13 @@ pub struct SetPasswordRequest {
     pub previous: Vec<SecretString>,
     /// The profile's admin login, when it has one.
     pub admin: Option<Credential>,
+    /// `pending` was generated and journaled by this very attempt and no target has been
+    /// asked to take it: it cannot authenticate yet, so a rotator may skip the "does
+    /// `pending` already work" login (one refused login saved, and refused logins count
+    /// toward lockouts). Only the engine sets it, and only on that path; a resumed journal
+    /// record is never new. Even if it were wrongly set, nothing is lost: the change would
+    /// be made again (or fail with `pending` still journaled).
+    pub pending_is_new: bool,
 }
 
 /// How [`Rotator::set_password`] ended.
@@ -139,6 +149,10 @@ pub enum SetPasswordOutcome {
 pub struct SetPasswordResponse {
     /// What happened.
     pub outcome: SetPasswordOutcome,
+    /// The rotator proved, within this call and after any change, that `pending` logs in
+    /// exactly as [`Rotator::verify`] would check it (a fresh login, a working session).
+    /// The engine then does not log in again in its `test` step. `false` when unsure.
+    pub pending_verified: bool,
 }
 
 /// Check whether `password` logs in as `username` and has what consumers need.

@@ -4,9 +4,11 @@
 //! - [`MariaDbConfig`]: where the server is and how the connection is protected (a target
 //!   profile with `kind = "mariadb"`).
 //! - [`MariaDbRotator`]: the [`Rotator`]. `verify` opens a fresh connection as the user;
-//!   `set_password` logs in as the user with its current password, then each previous
-//!   one, then as the admin, and changes the password with the first login that can
-//!   change every host entry of the account.
+//!   `set_password` tries the pending password first (unless the engine just journaled
+//!   it: `pending_is_new`), then logs in as the user with its current password, then each
+//!   previous one, then as the admin, and changes the password with the first login that
+//!   can change every host entry of the account; a fresh login with the new password ends
+//!   it (`pending_verified`).
 //!
 //! **Only hashes are sent.** The new password's `mysql_native_password` hash
 //! (`*` and the upper-case hex of SHA1(SHA1(password))) is computed here, and the server
@@ -95,7 +97,10 @@ use serde::Deserialize;
 mod auth_guard;
 mod twin;
 
-use crate::common::{after_change, chain_text, changed_if_transient, find_cause, logins, no_login, request_hashes};
+use crate::common::{
+    after_change, already_set, chain_text, changed_if_transient, find_cause, logins, no_login, pending_may_work,
+    request_hashes,
+};
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
@@ -577,7 +582,7 @@ impl MariaDbRotator {
         let changed = self.change_as_admin(&mut session.conn, user, hash, &who, scrub, true).await;
         disconnect(session.conn).await;
         if !changed.map_err(strip)? {
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+            return Ok(already_set());
         }
         let after_who = format!("{account} with the new password");
         let after = self.check(user, &req.pending, &after_who, scrub).await;
@@ -653,13 +658,15 @@ impl Rotator for MariaDbRotator {
 
         // Idempotency: a retry after a crash between the change and finish lands here.
         let pending_who = format!("{account} with the pending password");
-        if let Some(mut session) = self.login(user, &req.pending, &pending_who, &scrub).await? {
+        let pending_login =
+            if pending_may_work(&req) { self.login(user, &req.pending, &pending_who, &scrub).await? } else { None };
+        if let Some(mut session) = pending_login {
             let context = format!("listing the host entries of {account} on {} as {pending_who}", self.server());
             let seen = self.entries(&mut session.conn, user, false, &context, &scrub).await;
             disconnect(session.conn).await;
             // One entry, the one just logged in through: proven.
             if seen?.is_some_and(|entries| entries.len() == 1) {
-                return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+                return Ok(already_set());
             }
             return self.roll_forward(&req, hash, &scrub).await;
         }

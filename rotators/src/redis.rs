@@ -3,9 +3,11 @@
 //! - [`RedisConfig`]: where the server is, how the connection is protected, and whether
 //!   changes are saved to the server's ACL file (a target profile with `kind = "redis"`).
 //! - [`RedisRotator`]: the [`Rotator`]. `verify` opens a fresh connection and sends
-//!   `AUTH <user> <password>`; `set_password` logs in as the user with its current
-//!   password, then each previous one, then as the admin, and runs
-//!   `ACL SETUSER <user> resetpass #<sha256 of the new password>`.
+//!   `AUTH <user> <password>`; `set_password` tries the pending password first (unless
+//!   the engine just journaled it: `pending_is_new`), then logs in as the user with its
+//!   current password, then each previous one, then as the admin, and runs
+//!   `ACL SETUSER <user> resetpass #<sha256 of the new password>`; a fresh login with the
+//!   new password ends it (`pending_verified`).
 //!
 //! **Only hashes are sent where one can be.** The new password goes to the server as its
 //! SHA-256 (`#<hex>`), which is what Redis stores, so it is never in a command's
@@ -89,7 +91,9 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{after_change, chain_text, find_cause, logins, no_login, request_hashes};
+use crate::common::{
+    after_change, already_set, chain_text, find_cause, logins, no_login, pending_may_work, request_hashes,
+};
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
@@ -593,7 +597,9 @@ impl Rotator for RedisRotator {
 
         // Idempotency: a retry after a crash between the change and finish lands here.
         let pending_who = format!("user {name} with the pending password");
-        if let Some(stream) = self.login(user, &req.pending, &pending_who, &scrub).await? {
+        let pending_login =
+            if pending_may_work(&req) { self.login(user, &req.pending, &pending_who, &scrub).await? } else { None };
+        if let Some(stream) = pending_login {
             // The change may be in memory only (a save that failed, a crash before it).
             if self.cfg.acl_save == AclSave::Required {
                 let context = format!("opening a session on {} as {pending_who}", self.server());
@@ -602,7 +608,7 @@ impl Rotator for RedisRotator {
                     Err(_) => self.save(None, false, (user, req.admin.as_ref()), &scrub).await,
                 }
             }
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+            return Ok(already_set());
         }
 
         let (mut refused, mut cannot) = (Vec::new(), Vec::new());

@@ -107,6 +107,7 @@ mod tests {
             current: secret("current-pw"),
             previous: vec![secret("previous-pw")],
             admin: Some(Credential { username: "admin".into(), password: secret("admin-pw") }),
+            pending_is_new: false,
         };
         let s = Scrubber::for_request(&req, ["SCRAM-SHA-256$4096:salt$key"]);
         let text = "pending-pw current-pw previous-pw admin-pw SCRAM-SHA-256$4096:salt$key app".to_owned();

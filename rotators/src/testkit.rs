@@ -15,14 +15,20 @@
 //!    the second half at every rotation (a random canary must be `Rejected`): a target
 //!    that accepts any password — `trust` in `pg_hba.conf`, a proxy answering for it —
 //!    can prove nothing, and fails here and in the engine before anything is written.
-//! 2. `set_password` with the right current password → `ChangedWithCurrent`; the pending
-//!    password then logs in and the old one no longer does.
-//! 3. The same request again → `AlreadySet`, and the password stays.
+//! 2. `set_password` with the right current password and a new pending password
+//!    (`pending_is_new`, as the engine sends a password it just journaled) →
+//!    `ChangedWithCurrent`; the pending password then logs in and the old one no longer does.
+//! 3. The same request again, not new (a resumed journal) → `AlreadySet`, and the
+//!    password stays: a resumed request must try the pending password first.
 //! 4. Current wrong, a previous one right → `ChangedWithPrevious`.
 //! 5. Only the admin login works → `ChangedWithAdmin` (when the fixture has an admin).
 //! 6. No known login → `Err(Permanent)`, and nothing changed; the same with a wrong
 //!    admin password when the fixture can offer one.
 //! 7. Two users rotated concurrently through one rotator both end up changed.
+//!
+//! Every response that says `pending_verified` is checked: `verify` must accept the
+//! pending password right after it (the engine's `test` step trusts that claim).
+//!
 //! 8. No `Debug` or `Display` text of any request, response or error contains any
 //!    password used.
 
@@ -164,9 +170,16 @@ impl<'a> Run<'a> {
         want: SetPasswordOutcome,
         check: &str,
     ) -> Result<(), String> {
-        let user = req.username.clone();
+        let (user, pending) = (req.username.clone(), req.pending.clone());
         match self.set(req).await {
-            Ok(resp) if resp.outcome == want => Ok(()),
+            Ok(resp) if resp.outcome == want => {
+                if resp.pending_verified {
+                    self.expect_verify(&user, &pending, VerifyResponse::Accepted, "a pending password said verified")
+                        .await
+                        .map_err(|e| format!("{check}: {e}"))?;
+                }
+                Ok(())
+            }
             Ok(resp) => Err(format!("{check}: set_password({user:?}) expected {want:?}, got {:?}", resp.outcome)),
             Err(e) => Err(format!("{check}: set_password({user:?}) expected {want:?}, got error: {e}")),
         }
@@ -205,16 +218,18 @@ impl<'a> Run<'a> {
             current: p0.clone(),
             previous: vec![],
             admin: None,
+            pending_is_new: true,
         };
         self.expect_set(req.clone(), SetPasswordOutcome::ChangedWithCurrent, "change with current").await?;
         self.expect_verify(&user, &p1, VerifyResponse::Accepted, "the new password").await?;
         self.expect_verify(&user, &p0, VerifyResponse::Rejected, "the replaced password").await?;
-        self.pass("set_password with the current password → ChangedWithCurrent; new accepted, old rejected");
+        self.pass("set_password of a new pending password with the current password → ChangedWithCurrent; new accepted, old rejected");
 
         // 3. idempotent
+        let req = SetPasswordRequest { pending_is_new: false, ..req };
         self.expect_set(req, SetPasswordOutcome::AlreadySet, "repeat").await?;
         self.expect_verify(&user, &p1, VerifyResponse::Accepted, "the password after a repeat").await?;
-        self.pass("repeating the same set_password → AlreadySet");
+        self.pass("repeating the same set_password, resumed (not new) → AlreadySet");
 
         // 4. change with previous
         let p2 = self.password();
@@ -226,6 +241,7 @@ impl<'a> Run<'a> {
             current: wrong_current,
             previous: vec![wrong_previous, p1.clone()],
             admin: None,
+            pending_is_new: false,
         };
         self.expect_set(req, SetPasswordOutcome::ChangedWithPrevious, "change with previous").await?;
         self.expect_verify(&user, &p2, VerifyResponse::Accepted, "the new password").await?;
@@ -242,6 +258,7 @@ impl<'a> Run<'a> {
                 current: self.password(),
                 previous: vec![self.password()],
                 admin: Some(admin),
+                pending_is_new: false,
             };
             self.expect_set(req, SetPasswordOutcome::ChangedWithAdmin, "change with admin").await?;
             self.expect_verify(&user, &p3, VerifyResponse::Accepted, "the new password").await?;
@@ -260,6 +277,7 @@ impl<'a> Run<'a> {
             current: self.password(),
             previous: vec![self.password()],
             admin: None,
+            pending_is_new: false,
         };
         self.expect_permanent(req, "no known login").await?;
         self.expect_verify(&user, &p4, VerifyResponse::Rejected, "the refused pending password").await?;
@@ -274,6 +292,7 @@ impl<'a> Run<'a> {
                 current: self.password(),
                 previous: vec![],
                 admin: Some(wrong_admin),
+                pending_is_new: false,
             };
             self.expect_permanent(req, "wrong admin password").await?;
             self.expect_verify(&user, &live, VerifyResponse::Accepted, "the untouched password").await?;
@@ -292,6 +311,7 @@ impl<'a> Run<'a> {
             current: a0,
             previous: vec![],
             admin: None,
+            pending_is_new: false,
         };
         let req_b = SetPasswordRequest {
             username: user_b.clone(),
@@ -299,6 +319,7 @@ impl<'a> Run<'a> {
             current: b0,
             previous: vec![],
             admin: None,
+            pending_is_new: false,
         };
         self.texts.push(format!("{req_a:?} {req_b:?}"));
         let (ra, rb) = tokio::join!(self.rotator.set_password(req_a), self.rotator.set_password(req_b));
@@ -452,6 +473,7 @@ impl Run<'_> {
             current: self.password(),
             previous: vec![],
             admin: Some(admin.clone()),
+            pending_is_new: false,
         };
         self.expect_set(set, SetPasswordOutcome::AlreadySet, "set_password after creation").await?;
         self.pass("a missing twin is created with the password and the primary's privileges");
@@ -566,6 +588,7 @@ impl Run<'_> {
             current: p0.clone(),
             previous: vec![],
             admin: admin.clone(),
+            pending_is_new: true,
         };
         match self.set(req).await {
             Ok(resp) if resp.outcome != SetPasswordOutcome::AlreadySet => {}
@@ -591,6 +614,7 @@ impl Run<'_> {
             current: p1.clone(),
             previous: vec![],
             admin: admin.clone(),
+            pending_is_new: true,
         };
         if let Err(e) = self.set(req).await {
             return Err(format!("set_password of a third password: {e}"));

@@ -95,6 +95,7 @@ async fn admin_credential_is_ignored_unless_allowed() {
         current: policy().generate(),
         previous: vec![],
         admin: Some(admin),
+        pending_is_new: false,
     };
     let err = rotator(&path, false).set_password(req.clone()).await.unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
@@ -128,6 +129,7 @@ async fn rewrite_keeps_other_bytes_and_mode_and_leaves_no_temp_file() {
             current: p0,
             previous: vec![],
             admin: None,
+            pending_is_new: false,
         })
         .await
         .unwrap();
@@ -161,6 +163,7 @@ async fn symlinked_path_replaces_the_target_and_keeps_the_link() {
             current: p0,
             previous: vec![],
             admin: None,
+            pending_is_new: false,
         })
         .await
         .unwrap();
@@ -182,6 +185,7 @@ async fn unknown_user_missing_file_and_foreign_hash_are_permanent() {
         current: policy().generate(),
         previous: vec![],
         admin: Some(Credential { username: "a".into(), password: policy().generate() }),
+        pending_is_new: false,
     };
     let verify = |user: &str| VerifyRequest { username: user.to_owned(), password: policy().generate() };
 
@@ -212,6 +216,7 @@ async fn pending_longer_than_bcrypt_takes_is_refused() {
             current: p0,
             previous: vec![],
             admin: None,
+            pending_is_new: false,
         })
         .await
         .unwrap_err();

@@ -152,6 +152,7 @@ fn request() -> SetPasswordRequest {
         current: password(),
         previous: vec![password()],
         admin: Some(Credential { username: "root".into(), password: password() }),
+        pending_is_new: false,
     }
 }
 

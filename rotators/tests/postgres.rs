@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -260,6 +261,7 @@ async fn the_host_name_form_verifies_too_and_sessions_are_encrypted() {
             pending: p1.clone(),
             previous: vec![],
             admin: None,
+            pending_is_new: false,
         })
         .await
         .unwrap();
@@ -356,6 +358,7 @@ async fn server_notices_never_reach_the_log() {
             pending: p1.clone(),
             previous: vec![],
             admin: None,
+            pending_is_new: false,
         })
         .await
         .unwrap();
@@ -445,6 +448,7 @@ async fn role_name_with_double_quote_and_space_is_quoted() {
             current: p0.clone(),
             previous: vec![],
             admin: None,
+            pending_is_new: false,
         })
         .await
         .unwrap();
@@ -465,6 +469,7 @@ async fn role_name_with_double_quote_and_space_is_quoted() {
             current: p0,
             previous: vec![],
             admin: Some(admin),
+            pending_is_new: false,
         })
         .await
         .unwrap();
@@ -486,6 +491,7 @@ async fn stored_password_is_a_scram_verifier() {
             current: p0,
             previous: vec![],
             admin: None,
+            pending_is_new: false,
         })
         .await
         .unwrap();
@@ -508,6 +514,7 @@ async fn admin_without_privilege_is_permanent_and_names_the_login() {
         current: policy().generate(),
         previous: vec![policy().generate()],
         admin: Some(weak.clone()),
+        pending_is_new: false,
     };
     let secrets = [req.pending.clone(), req.current.clone(), req.previous[0].clone(), weak.password.clone()];
     let err = rotator().set_password(req).await.unwrap_err();
@@ -550,6 +557,7 @@ async fn missing_role_via_admin_is_permanent_and_verify_says_so() {
             current: policy().generate(),
             previous: vec![],
             admin: Some(admin),
+            pending_is_new: false,
         })
         .await
         .unwrap_err();
@@ -579,6 +587,7 @@ async fn a_role_that_may_not_log_in_is_permanent_not_rejected() {
             current: p0,
             previous: vec![],
             admin: Some(admin),
+            pending_is_new: false,
         })
         .await
         .unwrap_err();
@@ -619,6 +628,7 @@ fn any_set_request() -> SetPasswordRequest {
         current: policy().generate(),
         previous: vec![],
         admin: None,
+        pending_is_new: false,
     }
 }
 
@@ -785,4 +795,52 @@ async fn a_twin_with_more_power_than_the_primary_or_a_group_role_is_refused() {
             .unwrap();
         assert!(members.is_none(), "{options}: a refused twin was changed");
     }
+}
+
+/// Issue #11: a pending password the engine has just journaled (`pending_is_new`) is not
+/// tried first, so a fresh change costs two logins — the current password, then the new
+/// one, which proves it (`pending_verified`). Any other request (a resumed journal) still
+/// tries the pending password first: one login when it already works, three when not.
+#[tokio::test]
+async fn a_new_pending_password_is_not_tried_first_and_a_resumed_one_is() {
+    let (su, guard, prefix) = setup().await;
+    let user = format!("{prefix}_fast");
+    let p0 = policy().generate();
+    create_role(&su, &guard, &user, &p0, "LOGIN").await;
+    let (port, logins, task) = common::counting_forwarder(HOST, (HOST, PORT)).await;
+    let proxied = rotator_on(port);
+    let counted = |before: usize| logins.load(Ordering::SeqCst) - before;
+
+    let p1 = policy().generate();
+    let fresh = SetPasswordRequest {
+        username: user.clone(),
+        pending: p1.clone(),
+        current: p0.clone(),
+        previous: vec![],
+        admin: None,
+        pending_is_new: true,
+    };
+    let before = logins.load(Ordering::SeqCst);
+    let set = proxied.set_password(fresh.clone()).await.unwrap();
+    assert_eq!((set.outcome, set.pending_verified), (SetPasswordOutcome::ChangedWithCurrent, true));
+    assert_eq!(counted(before), 2, "a new pending password: the current login and the proof, nothing else");
+
+    // The same password resumed (a crash after ALTER ROLE): tried first, and it works.
+    let before = logins.load(Ordering::SeqCst);
+    let set = proxied.set_password(SetPasswordRequest { pending_is_new: false, ..fresh.clone() }).await.unwrap();
+    assert_eq!((set.outcome, set.pending_verified), (SetPasswordOutcome::AlreadySet, true));
+    assert_eq!(counted(before), 1, "a resumed pending password that works: one login");
+
+    // A resumed password not set yet: tried first (refused), then the change and its proof.
+    let p2 = policy().generate();
+    let resumed = SetPasswordRequest { pending: p2.clone(), current: p1, pending_is_new: false, ..fresh };
+    let before = logins.load(Ordering::SeqCst);
+    let set = proxied.set_password(resumed).await.unwrap();
+    assert_eq!((set.outcome, set.pending_verified), (SetPasswordOutcome::ChangedWithCurrent, true));
+    assert_eq!(counted(before), 3, "a resumed pending password is tried before the change");
+    task.abort();
+    assert!(matches!(
+        rotator().verify(VerifyRequest { username: user, password: p2 }).await,
+        Ok(VerifyResponse::Accepted)
+    ));
 }

@@ -187,6 +187,7 @@ fn set_request([pending, current, previous, admin]: &[SecretString; 4]) -> SetPa
         current: current.clone(),
         previous: vec![previous.clone()],
         admin: Some(Credential { username: "admin".to_owned(), password: admin.clone() }),
+        pending_is_new: false,
     }
 }
 

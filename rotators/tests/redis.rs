@@ -153,6 +153,7 @@ fn request(user: &str, pending: &SecretString, current: &SecretString) -> SetPas
         current: current.clone(),
         previous: vec![],
         admin: None,
+        pending_is_new: false,
     }
 }
 

@@ -361,7 +361,7 @@ impl Rotator for Lagging {
     }
     async fn set_password(&self, req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
         if self.replica() == req.pending.expose_secret() {
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet, pending_verified: false });
         }
         {
             let mut state = self.state.lock().unwrap();
@@ -375,7 +375,10 @@ impl Rotator for Lagging {
             }
         }
         if self.replica() == req.pending.expose_secret() {
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::ChangedWithCurrent });
+            return Ok(SetPasswordResponse {
+                outcome: SetPasswordOutcome::ChangedWithCurrent,
+                pending_verified: false,
+            });
         }
         let msg = "the password was changed, but the new password does not log in".to_owned();
         Err(if self.report_as_permanent { RotatorError::Permanent(msg) } else { RotatorError::NotYetVisible(msg) })

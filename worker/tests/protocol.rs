@@ -468,7 +468,10 @@ impl Rotator for Slow {
         self.peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
-        Ok(SetPasswordResponse { outcome: kv_rotator_rotators::SetPasswordOutcome::ChangedWithCurrent })
+        Ok(SetPasswordResponse {
+            outcome: kv_rotator_rotators::SetPasswordOutcome::ChangedWithCurrent,
+            pending_verified: false,
+        })
     }
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
         let known = self.set.lock().unwrap().iter().any(|p| p == req.password.expose_secret());

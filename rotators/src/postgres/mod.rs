@@ -6,9 +6,12 @@
 //! - [`auth_guard`]: refuses a server's request for a cleartext or MD5 password before
 //!   any byte of it is sent (`allow_weak_auth` turns that off).
 //! - [`PostgresRotator`]: the [`Rotator`]. `verify` opens a fresh connection as the
-//!   user; `set_password` logs in as the user with its current password, then each
-//!   previous one, then as the admin, and runs
-//!   `ALTER ROLE "<user>" PASSWORD '<SCRAM-SHA-256 verifier>'`.
+//!   user; `set_password` first tries the pending password (unless the engine says it is
+//!   new, [`crate::SetPasswordRequest::pending_is_new`]), then logs in as the user with its
+//!   current password, then each previous one, then as the admin, and runs
+//!   `ALTER ROLE "<user>" PASSWORD '<SCRAM-SHA-256 verifier>'`; a fresh login with the new
+//!   password ends it, and its response says so (`pending_verified`), so the engine's
+//!   `test` step does not log in a second time. A fresh rotation costs two logins here.
 //!
 //! The verifier is computed client-side ([`postgres_protocol::password::scram_sha_256`]),
 //! so the plaintext never reaches the server: not its log (`log_statement = 'all'`), not
@@ -50,11 +53,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use self::auth_guard::{AuthGuard, GuardRefusal, GuardedTls};
 pub use self::tls::{ChannelBinding, SslMode, TlsSetupError};
 
-use crate::common::{after_change, changed_if_transient, find_cause, logins, no_login};
+use crate::common::{after_change, already_set, changed_if_transient, find_cause, logins, no_login, pending_may_work};
 use crate::scrub::Scrubber;
 use crate::{
-    PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse,
-    SyncTwinRequest, SyncTwinResponse, VerifyRequest, VerifyResponse,
+    PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordRequest, SetPasswordResponse, SyncTwinRequest,
+    SyncTwinResponse, VerifyRequest, VerifyResponse,
 };
 
 /// Longest role name PostgreSQL keeps (`NAMEDATALEN - 1`); longer ones are silently
@@ -350,10 +353,13 @@ impl Rotator for PostgresRotator {
         // a terminal escape sequence).
         let (role_sql, role) = (quote_ident(user), shown(user));
 
-        // Idempotency: a retry after a crash between ALTER and finish lands here.
+        // Idempotency: a retry after a crash between ALTER and finish lands here (not a
+        // password this attempt just journaled: nobody can have set it).
         let pending_who = format!("{role} with the pending password");
-        if self.check(user, &req.pending, &pending_who, &scrub).await? == VerifyResponse::Accepted {
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet });
+        if pending_may_work(&req)
+            && self.check(user, &req.pending, &pending_who, &scrub).await? == VerifyResponse::Accepted
+        {
+            return Ok(already_set());
         }
 
         let mut refused = Vec::new();

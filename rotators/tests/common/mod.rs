@@ -1,9 +1,12 @@
 //! Helpers the rotators' integration tests share: a CA that signed nothing, a TCP
-//! forwarder (to reach a server by a name its certificate does not carry), a server that
+//! forwarder (to reach a server by a name its certificate does not carry; one that
+//! counts connections, to count logins), a server that
 //! accepts and never speaks, and a port nobody listens on.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// A self-signed CA, written to `dir`, that did not sign any server's certificate.
 pub fn other_ca(dir: &Path) -> PathBuf {
@@ -18,18 +21,30 @@ pub fn other_ca(dir: &Path) -> PathBuf {
 
 /// Forwards connections on `listen_ip` (a port the OS picks, returned) to `to`.
 pub async fn forwarder(listen_ip: &str, to: (&'static str, u16)) -> (u16, tokio::task::JoinHandle<()>) {
+    let (port, _, task) = counting_forwarder(listen_ip, to).await;
+    (port, task)
+}
+
+/// [`forwarder`], counting the connections it accepted: one per login attempt.
+pub async fn counting_forwarder(
+    listen_ip: &str,
+    to: (&'static str, u16),
+) -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind((listen_ip, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     let task = tokio::spawn(async move {
         loop {
             let (mut inbound, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut outbound = tokio::net::TcpStream::connect(to).await.unwrap();
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             });
         }
     });
-    (port, task)
+    (port, accepted, task)
 }
 
 /// A server on `host` that accepts connections and never says a word.

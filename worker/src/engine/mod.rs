@@ -198,6 +198,8 @@ pub struct StepRecord {
     pub duration: Duration,
     /// Whether it succeeded.
     pub ok: bool,
+    /// The step that proved this one instead (`test` proven by `set`): it ran no I/O.
+    pub proven_by: Option<&'static str>,
 }
 
 /// The steps of every attempt of one request, in order, and whether the target may
@@ -258,7 +260,14 @@ impl StepLog {
 
     fn record(&self, step: &'static str, duration: Duration, ok: bool) {
         let attempt = self.attempt.load(std::sync::atomic::Ordering::SeqCst);
-        self.steps.lock().expect("step log poisoned").push(StepRecord { attempt, step, duration, ok });
+        self.steps.lock().expect("step log poisoned").push(StepRecord { attempt, step, duration, ok, proven_by: None });
+    }
+
+    /// `step` succeeded without running: `by` (an earlier step of this attempt) proved it.
+    fn record_proven(&self, step: &'static str, by: &'static str) {
+        let attempt = self.attempt.load(std::sync::atomic::Ordering::SeqCst);
+        let record = StepRecord { attempt, step, duration: Duration::ZERO, ok: true, proven_by: Some(by) };
+        self.steps.lock().expect("step log poisoned").push(record);
     }
 
     fn take(&self) -> (u32, Vec<StepRecord>) {
@@ -307,9 +316,15 @@ impl RotationReport {
             "detail": self.outcome.to_string(),
             "attempts": self.attempts,
             "durationMs": self.duration.as_millis() as u64,
-            "steps": self.steps.iter().map(|s| serde_json::json!({
-                "attempt": s.attempt, "step": s.step, "ms": s.duration.as_millis() as u64, "ok": s.ok,
-            })).collect::<Vec<_>>(),
+            "steps": self.steps.iter().map(|s| {
+                let mut step = serde_json::json!({
+                    "attempt": s.attempt, "step": s.step, "ms": s.duration.as_millis() as u64, "ok": s.ok,
+                });
+                if let Some(by) = s.proven_by {
+                    step["provenBy"] = by.into();
+                }
+                step
+            }).collect::<Vec<_>>(),
         })
     }
 }
@@ -693,7 +708,8 @@ impl Engine {
         );
         m.add("kv_rotator_rotation_attempts_total", &[], u64::from(report.attempts));
         m.observe("kv_rotator_rotation_duration_seconds", &[("outcome", outcome)], report.duration.as_secs_f64());
-        for step in &report.steps {
+        // A step another proved took no time of its own: it would only skew the histogram.
+        for step in report.steps.iter().filter(|s| s.proven_by.is_none()) {
             m.observe("kv_rotator_step_duration_seconds", &[("step", step.step)], step.duration.as_secs_f64());
         }
         info!(

@@ -13,8 +13,9 @@
 //!    generate a password and write the record to Key Vault *before* touching the target.
 //! 5. [`refence`] — the secret's latest version and the journal record are still the
 //!    ones this attempt started from (again before finish): another engine's write stops it.
-//! 6. [`set`] — the rotator makes the target accept the pending password (idempotent).
-//! 7. [`test`] — log in with the pending password.
+//! 6. [`set`] — the rotator makes the target accept the pending password (idempotent;
+//!    told when this attempt just journaled it, so it need not try it first).
+//! 7. [`test`] — log in with the pending password, unless `set` just proved it did.
 //! 8. [`finish`] — write the new version (tags carried over plus rotation metadata,
 //!    `exp = now + ValidityPeriodDays`), then delete the journal record if it is still ours.
 //!
@@ -127,9 +128,10 @@ struct Pending {
     value: SecretString,
     version: String,
     tags: BTreeMap<String, String>,
-    /// Journaled by this very attempt: no earlier attempt can have set it (or, with
-    /// alternating users, created the twin with it).
-    fresh: bool,
+    /// Generated and journaled by this attempt ([`journal_fresh_password`]): no target
+    /// can have it yet ([`SetPasswordRequest::pending_is_new`]), nor, with alternating
+    /// users, can an earlier attempt have created the twin with it.
+    new: bool,
 }
 
 /// Runs `step` and records its duration in `steps` under `name`.
@@ -219,12 +221,17 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
     let pending = create(engine, steps, rotator, &fenced, &plan, request, journaled).await?;
     failpoints::hit("after-journal");
     refence(engine, &fenced, &pending, "set").await?;
-    timed(steps, "set", set(engine, steps, rotator, &plan, &fenced, &pending)).await?;
+    let proven = timed(steps, "set", set(engine, steps, rotator, &plan, &fenced, &pending)).await?;
     steps.mark_target_touched(&fenced.journal_name);
     failpoints::hit("after-set");
     mark_target_set(engine, &fenced, &pending).await;
     failpoints::hit("after-step-tag");
-    timed(steps, "test", test(rotator, &plan, &pending)).await?;
+    if proven {
+        // `set` ended with the login `test` would make; still a step of the audit record.
+        steps.record_proven("test", "set");
+    } else {
+        timed(steps, "test", test(rotator, &plan, &pending)).await?;
+    }
     failpoints::hit("after-test");
     refence(engine, &fenced, &pending, "finish").await?;
     finish(engine, steps, rotator, plan, fenced, pending).await
@@ -695,7 +702,7 @@ async fn reuse_journal(
     let attempts = attempts_of(&record);
     tags.extend(record.properties.tags);
     tags.insert(TAG_ATTEMPTS.to_owned(), (attempts + 1).to_string());
-    let pending = Pending { value: record.value, version: record.version, tags, fresh: false };
+    let pending = Pending { value: record.value, version: record.version, tags, new: false };
     update_journal_tags(engine, &fenced.journal_name, &pending).await;
     Ok(pending)
 }
@@ -724,7 +731,7 @@ async fn journal_fresh_password(
         timed(steps, "create", async { Ok(engine.store.set_secret(&fenced.journal_name, new).await?) }).await?;
     info!(journal = %fenced.journal_name, "journal record written");
     steps.set_own_journal_version(&written.version);
-    Ok(Pending { value, version: written.version, tags, fresh: true })
+    Ok(Pending { value, version: written.version, tags, new: true })
 }
 
 /// Step 5: the secret's latest version is still the source, and the journal record's
@@ -756,7 +763,8 @@ async fn refence(engine: &Engine, fenced: &Fenced, pending: &Pending, before: &s
 }
 
 /// Step 6: the rotator makes the target accept the pending password, logging in with the
-/// current password, then older ones, then the admin.
+/// current password, then older ones, then the admin. `Ok(true)`: the rotator proved the
+/// pending password logs in, after the change, as [`test`] would.
 async fn set(
     engine: &Engine,
     steps: &StepLog,
@@ -764,19 +772,19 @@ async fn set(
     plan: &Plan,
     fenced: &Fenced,
     pending: &Pending,
-) -> Result<(), RotationError> {
+) -> Result<bool, RotationError> {
     let admin = super::retire::admin_credential(engine, &plan.profile).await?;
     let pending_login = plan.login(&pending.value)?;
     let older = previous_passwords(engine, &fenced.latest).await;
+    let mut created_with_pending = false;
     let (current, previous) = match &plan.pair {
         None => (fenced.latest.value.clone(), older),
         Some(pair) => {
             // The twin is this secret's if the latest or a recent version names it, or an
             // earlier attempt of this rotation (its journal names it) may have created it.
-            let twin_known = pair.active == pair.twin
-                || !pending.fresh
-                || twin_in_history(engine, &fenced.latest, plan, pair).await?;
-            sync_twin(rotator, plan, pair, &pending_login, admin.as_ref(), twin_known).await?;
+            let twin_known =
+                pair.active == pair.twin || !pending.new || twin_in_history(engine, &fenced.latest, plan, pair).await?;
+            created_with_pending = sync_twin(rotator, plan, pair, &pending_login, admin.as_ref(), twin_known).await?;
             // The idle account exists now: it too must check passwords before `test` means anything.
             if !steps.canary_refused_for(&plan.username) {
                 canary(rotator, &plan.profile, &plan.username, "the idle account was not changed").await?;
@@ -794,11 +802,14 @@ async fn set(
         current,
         previous,
         admin,
+        // Only a password this attempt journaled: a resumed one may already be set, and
+        // must be tried first (and so must a twin just created with it).
+        pending_is_new: pending.new && !created_with_pending,
     };
     match rotator.set_password(request).await {
         Ok(set) => {
             info!(outcome = ?set.outcome, "target accepts the pending password");
-            Ok(())
+            Ok(set.pending_verified)
         }
         Err(source) => {
             if source.may_have_changed() {
@@ -813,7 +824,7 @@ async fn set(
 
 /// Alternating users: the twin exists and has the primary's grants before the idle
 /// account is set (created with the pending password when it is the idle one and
-/// missing). Drift that could not be repaired is a warning for the operator, not a failure:
+/// missing: then `true`). Drift that could not be repaired is a warning for the operator, not a failure:
 /// the account consumers use next keeps what it has.
 async fn sync_twin(
     rotator: &dyn Rotator,
@@ -822,7 +833,7 @@ async fn sync_twin(
     pending: &Login,
     admin: Option<&Credential>,
     twin_known: bool,
-) -> Result<(), RotationError> {
+) -> Result<bool, RotationError> {
     let Some(admin) = admin.cloned() else {
         return Err(RotationError::Misconfigured(format!(
             "target {}: alternating-users needs the profile's admin login",
@@ -863,7 +874,8 @@ async fn sync_twin(
             "the twin differs from the primary in ways kv-rotator does not repair: an operator should align them"
         );
     }
-    Ok(())
+    // Created with the pending password: `set` must find it already set.
+    Ok(synced.created && twin_is_idle)
 }
 
 /// Whether one of the versions before `latest` (a few, newest first) names the twin:
@@ -891,7 +903,7 @@ async fn twin_in_history(
 async fn mark_target_set(engine: &Engine, fenced: &Fenced, pending: &Pending) {
     let mut tags = pending.tags.clone();
     tags.insert(TAG_STEP.to_owned(), STEP_TARGET_SET.to_owned());
-    let marked = Pending { value: pending.value.clone(), version: pending.version.clone(), tags, fresh: pending.fresh };
+    let marked = Pending { value: pending.value.clone(), version: pending.version.clone(), tags, new: pending.new };
     update_journal_tags(engine, &fenced.journal_name, &marked).await;
 }
 

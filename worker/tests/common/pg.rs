@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // not every suite uses every helper
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -78,18 +79,20 @@ impl Drop for Roles {
 }
 
 /// A TCP proxy to PostgreSQL whose port can be closed ("the target is down": new
-/// connections are refused, open ones cut) and reopened.
+/// connections are refused, open ones cut) and reopened. It counts the connections it
+/// accepted: one per login attempt.
 #[allow(dead_code)] // not every suite takes the target down
 pub struct Proxy {
     pub port: u16,
     tasks: Arc<Mutex<JoinSet<()>>>,
+    accepted: Arc<AtomicUsize>,
 }
 
 #[allow(dead_code)]
 impl Proxy {
     pub async fn start() -> Proxy {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let proxy = Proxy { port, tasks: Arc::new(Mutex::new(JoinSet::new())) };
+        let proxy = Proxy { port, tasks: Arc::new(Mutex::new(JoinSet::new())), accepted: Arc::default() };
         proxy.up().await;
         proxy
     }
@@ -99,8 +102,10 @@ impl Proxy {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind the proxy port");
         let tasks = self.tasks.clone();
         let inner = self.tasks.clone();
+        let accepted = self.accepted.clone();
         tasks.lock().unwrap().spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 inner.lock().unwrap().spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -108,6 +113,11 @@ impl Proxy {
                 });
             }
         });
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Closes the port and cuts every open connection.
