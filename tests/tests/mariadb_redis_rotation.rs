@@ -128,7 +128,7 @@ async fn near_expiry_event_rotates_a_mariadb_account_on_every_host_entry() {
         .unwrap();
     assert_eq!(hashes.len(), 2);
     assert_eq!(hashes[0].1, hashes[1].1, "every host entry has the same new hash: {hashes:?}");
-    assert!(latest.properties.tags.get("kv-rotator-retire-after").is_none(), "single-user retires nothing");
+    assert!(!latest.properties.tags.contains_key("kv-rotator-retire-after"), "single-user retires nothing");
     h.stop().await;
     drop_users().await;
 }

@@ -35,8 +35,8 @@ use kv_rotator_rotators::PasswordPolicy;
 use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 
-// The suites' PostgreSQL helpers: throwaway kvr_scram roles, the counting proxy.
-#[allow(dead_code)]
+// The suites' PostgreSQL helpers: throwaway kvr_scram roles, the counting proxy (the
+// module allows its own dead code).
 #[path = "../tests/common/pg.rs"]
 mod pg;
 
