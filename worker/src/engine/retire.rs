@@ -73,10 +73,7 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
         // The profile is no longer multi-password (its set replaces every password): the
         // marker goes, or the sweeper would ask again at every scan.
         if engine.targets.rotator(&profile).is_some() {
-            let mut cleared = tags.clone();
-            cleared.remove(TAG_RETIRE_AFTER);
-            let update = PropertiesUpdate { tags: Some(cleared), ..Default::default() };
-            engine.store.update_properties(&latest.name, Some(&latest.version), update).await?;
+            clear_marker(engine, latest).await?;
         }
         return Ok(None);
     };
@@ -125,12 +122,18 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
     };
     let removed = rotator.retire_passwords(request).await.map_err(target)?.removed;
     failpoints::hit("after-retire");
-    let mut cleared = tags.clone();
-    cleared.remove(TAG_RETIRE_AFTER);
-    let update = PropertiesUpdate { tags: Some(cleared), ..Default::default() };
-    engine.store.update_properties(name, Some(&latest.version), update).await?;
+    clear_marker(engine, latest).await?;
     info!(version = %latest.version, removed, "old passwords retired after the grace period");
     Ok(Some(removed))
+}
+
+/// Takes the retirement marker off `latest` (tags are replaced as a whole: the rest kept).
+async fn clear_marker(engine: &Engine, latest: &SecretRecord) -> Result<(), RotationError> {
+    let mut tags = latest.properties.tags.clone();
+    tags.remove(TAG_RETIRE_AFTER);
+    let update = PropertiesUpdate { tags: Some(tags), ..Default::default() };
+    engine.store.update_properties(&latest.name, Some(&latest.version), update).await?;
+    Ok(())
 }
 
 /// The admin login of `profile`, its password read from Key Vault now.
