@@ -166,7 +166,10 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
         true => timed(steps, "retire", super::retire::retire_if_due(engine, &fenced.latest)).await,
         false => Ok(None),
     };
-    if let Err(RotationError::LeaseLost | RotationError::LeaseLapsed) = retirement {
+    // A lost lease ends the request; so does what an operator must fix (a target that
+    // took the canary, an account the profile may not change): a rotation would not
+    // be safe either, and the canary this request remembers would skip the proof.
+    if let Err(RotationError::LeaseLost | RotationError::LeaseLapsed | RotationError::Misconfigured(_)) = retirement {
         return Err(retirement.expect_err("matched an error"));
     }
     // The outcome of a request the gate ends: what the retirement did, or its failure.
@@ -356,6 +359,13 @@ pub(crate) fn gate_rule(
     now: OffsetDateTime,
 ) -> GateRule {
     let version = version.to_owned();
+    if schedule == Schedule::Due {
+        match rule.check(properties, now) {
+            Due::NoExpiry | Due::Expired | Due::NearExpiry => {}
+            Due::NotYet { due_at } => return GateRule::Closed(Outcome::NotDue { version, due_at: Some(due_at) }),
+            Due::Disabled => return GateRule::Closed(Outcome::NotDue { version, due_at: None }),
+        }
+    }
     // Multi-password and alternating users: the previous value works until `grace` after
     // the latest was written; no rotation but a forced one replaces or resets it sooner
     // (rotations faster than that would pile passwords up, or reset an account in use).
@@ -364,13 +374,6 @@ pub(crate) fn gate_rule(
         let until = created + grace;
         if now < until {
             return GateRule::TooSoonIfRotatedBefore(Outcome::NotDue { version, due_at: Some(until) });
-        }
-    }
-    if schedule == Schedule::Due {
-        match rule.check(properties, now) {
-            Due::NoExpiry | Due::Expired | Due::NearExpiry => {}
-            Due::NotYet { due_at } => return GateRule::Closed(Outcome::NotDue { version, due_at: Some(due_at) }),
-            Due::Disabled => return GateRule::Closed(Outcome::NotDue { version, due_at: None }),
         }
     }
     if schedule == Schedule::Forced {
@@ -784,6 +787,11 @@ async fn set(
             // earlier attempt of this rotation (its journal names it) may have created it.
             let twin_known =
                 pair.active == pair.twin || !pending.new || twin_in_history(engine, &fenced.latest, plan, pair).await?;
+            // Creating the twin with the pending password changes the target: from here the
+            // journal may hold the only copy of a working password (the twin's).
+            if pending_login.user == pair.twin {
+                steps.mark_target_touched(&fenced.journal_name);
+            }
             created_with_pending = sync_twin(rotator, plan, pair, &pending_login, admin.as_ref(), twin_known).await?;
             // The idle account exists now: it too must check passwords before `test` means anything.
             if !steps.canary_refused_for(&plan.username) {
@@ -1192,7 +1200,9 @@ async fn probe<'a>(
             Err(_) => return (Target::Unreachable, None),
         }
     }
-    for record in journal {
+    // A record holding the latest's own value says nothing the latest does not.
+    let distinct = journal.iter().filter(|r| r.value.expose_secret() != latest.value.expose_secret());
+    for record in distinct {
         match try_login(&record.value).await {
             Ok(VerifyResponse::Accepted) => return (Target::AcceptsPending, Some(record)),
             Ok(VerifyResponse::Rejected) => {}
@@ -1237,4 +1247,39 @@ async fn previous_passwords(engine: &Engine, latest: &SecretRecord) -> Vec<Secre
         }
     }
     passwords
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grace period holds unforced rotations of a recent version, but never opens
+    /// what the due rule closes: a scheduled trigger for a version not yet due stays
+    /// closed however the grace period's own exemption (a first version) would go.
+    #[test]
+    fn the_grace_period_holds_unforced_rotations_and_never_skips_the_due_rule() {
+        let now = OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        let grace = Some(std::time::Duration::from_secs(86_400));
+        let props = |created: OffsetDateTime, expires: OffsetDateTime| SecretProperties {
+            created: Some(created),
+            expires: Some(expires),
+            enabled: true,
+            ..Default::default()
+        };
+        let rule = DueRule::default();
+        let recent_not_due = props(now - time::Duration::hours(1), now + 45 * day);
+        let gate = |schedule, p: &SecretProperties| gate_rule(&rule, schedule, "v", p, grace, now);
+        assert!(matches!(gate(Schedule::Due, &recent_not_due), GateRule::Closed(Outcome::NotDue { .. })));
+        let recent_due = props(now - time::Duration::hours(1), now + day);
+        assert!(matches!(
+            gate(Schedule::Due, &recent_due),
+            GateRule::TooSoonIfRotatedBefore(Outcome::NotDue { due_at: Some(_), .. })
+        ));
+        assert!(matches!(gate(Schedule::Manual, &recent_due), GateRule::TooSoonIfRotatedBefore(_)));
+        assert_eq!(gate(Schedule::Forced, &recent_due), GateRule::Open);
+        let old_due = props(now - 2 * day, now + day);
+        assert_eq!(gate_rule(&rule, Schedule::Due, "v", &old_due, grace, now), GateRule::Open);
+        assert_eq!(gate_rule(&rule, Schedule::Due, "v", &recent_due, None, now), GateRule::Open, "single-user");
+    }
 }

@@ -73,6 +73,7 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
         // The profile is no longer multi-password (its set replaces every password): the
         // marker goes, or the sweeper would ask again at every scan.
         if engine.targets.rotator(&profile).is_some() {
+            engine.check_lease()?;
             clear_marker(engine, latest).await?;
         }
         return Ok(None);
@@ -105,6 +106,7 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
     // An unfinished rotation of this version keeps its pending passwords (it may have
     // set them already); the latest must still be the latest, or its successor's
     // password would be among those removed.
+    let admin = admin_credential(engine, &profile).await?;
     let rotation = journal::rotation_id(engine.store.vault_name(), name, &latest.version);
     let pending = super::protocol::journal_passwords(engine, &journal::journal_name(&rotation)).await?;
     let now_latest = engine.store.get_latest(name).await?;
@@ -114,14 +116,18 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
             now_latest.version
         )));
     }
+    // Last, the lease: another engine may only rotate once this one no longer holds it,
+    // so a password it set is never among those removed here.
+    engine.check_lease()?;
     let request = RetirePasswordsRequest {
         username: user,
         keep: latest.value.clone(),
         also_keep: pending.into_iter().map(|record| record.value).collect(),
-        admin: admin_credential(engine, &profile).await?,
+        admin,
     };
     let removed = rotator.retire_passwords(request).await.map_err(target)?.removed;
     failpoints::hit("after-retire");
+    engine.check_lease()?;
     clear_marker(engine, latest).await?;
     info!(version = %latest.version, removed, "old passwords retired after the grace period");
     Ok(Some(removed))
