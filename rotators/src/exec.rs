@@ -342,7 +342,8 @@ impl ExecRotator {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| RotatorError::Permanent(format!("{who}: cannot start: {e}")))?;
-        let group = child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+        // Killed on every path out of here, a dropped (cancelled) call included.
+        let mut group = Group(child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)));
 
         let mut stdin = child.stdin.take();
         let writer = async move {
@@ -380,9 +381,7 @@ impl ExecRotator {
             }
         };
         // Whatever the plugin left running goes with it.
-        if let Some(group) = group {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
+        group.kill();
         let status = match ended {
             End::Exited(status) => status.map_err(|e| op.misbehaved(format!("{who}: wait: {e}")))?,
             End::TimedOut | End::TooLarge => {
@@ -487,6 +486,26 @@ impl std::io::Write for CountingWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// A plugin run's process group (its id is the leader's pid), killed once: by
+/// [`Group::kill`] right after the leader exits (the id is not reused while any member
+/// lives), or when dropped (a cancelled call: the leader is not even reaped yet).
+struct Group(Option<rustix::process::Pid>);
+
+impl Group {
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // ESRCH: every member is gone already.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

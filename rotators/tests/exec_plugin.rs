@@ -181,6 +181,25 @@ async fn a_hang_kills_the_whole_process_group() {
 }
 
 #[tokio::test]
+async fn a_cancelled_call_kills_the_process_group_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "sleep 300 &\necho $! > \"$dir/grandchild\"\nsleep 300";
+    let r = rotator(plugin(dir.path(), "hang.sh", body), 60);
+    let password = PasswordPolicy::default().generate();
+    let call = r.verify(VerifyRequest { username: "app".into(), password });
+    // The engine drops a call it no longer waits for (shutdown, its own timeout).
+    assert!(tokio::time::timeout(std::time::Duration::from_secs(2), call).await.is_err());
+    let pid: u32 = std::fs::read_to_string(dir.path().join("grandchild")).unwrap().trim().parse().unwrap();
+    for _ in 0..50 {
+        if gone(pid) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the grandchild {pid} outlived its cancelled call");
+}
+
+#[tokio::test]
 async fn a_crash_says_how_with_its_stderr_scrubbed() {
     let dir = tempfile::tempdir().unwrap();
     // The whole request, passwords and all, to stderr; then a crash.
