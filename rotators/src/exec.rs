@@ -73,7 +73,7 @@ pub struct ExecConfig {
     #[serde(default)]
     pub args: Vec<String>,
     /// Seconds one run may take before its process group is killed; at least 1.
-    #[serde(default = "default_timeout", deserialize_with = "crate::common::positive_secs")]
+    #[serde(default = "default_timeout", deserialize_with = "at_least_one_sec")]
     pub timeout_secs: u64,
     /// Passed to the plugin in every request. Not secret: keys that name one
     /// ([`SECRET_WORDS`]) are refused.
@@ -98,6 +98,13 @@ fn default_max_reply() -> usize {
 }
 fn default_max_stderr() -> usize {
     DEFAULT_MAX_STDERR_BYTES
+}
+
+fn at_least_one_sec<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("timeout_secs must be at least 1")),
+        secs => Ok(secs),
+    }
 }
 
 fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
@@ -821,7 +828,7 @@ mod tests {
         let e = parse(serde_json::json!({"command": "/p", "env": ["AZURE_CLIENT_SECRET"]})).unwrap_err();
         assert!(e.contains("looks like a secret"), "{e}");
         let e = parse(serde_json::json!({"command": "/p", "timeout_secs": 0})).unwrap_err();
-        assert!(e.contains("at least 1"), "{e}");
+        assert!(e.contains("timeout_secs must be at least 1"), "{e}");
         let e = parse(serde_json::json!({"command": "/p", "comand": "/q"})).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
     }

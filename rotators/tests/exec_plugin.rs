@@ -280,6 +280,10 @@ async fn a_strategy_the_plugin_does_not_declare_is_refused() {
         matches!(&e, RotatorError::Permanent(m) if m.contains("does not offer strategy \"multi-password\"")),
         "{e}"
     );
+
+    let r = rotator(dir.path().join("missing.sh"), 5);
+    let e = r.set_password(set_request()).await.unwrap_err();
+    assert!(matches!(&e, RotatorError::Permanent(m) if m.contains("(describe): cannot start: ")), "{e}");
 }
 
 #[tokio::test]
@@ -352,4 +356,20 @@ echo '{"protocol":1,"outcome":"already-set","verified":true}'"#;
     assert!(logged.contains("wrote to stderr") && logged.contains("[REDACTED]"), "{logged}");
     assert!(logged.contains("[…truncated]") && logged.len() < 2000, "{logged}");
     assert!(!all.iter().any(|s| logged.contains(s.as_str())), "a password in the log");
+}
+
+#[tokio::test]
+async fn a_policy_outside_the_plugins_constraints_is_refused_before_any_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.sh");
+    let describe = r#"{"protocol":1,"outcome":"described","strategies":["single-user"],"password":{"max_length":16}}"#;
+    std::fs::write(&path, format!("#!/bin/sh\ncat >/dev/null\necho '{describe}'\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = rotator(path, 5);
+    let e = r.verify(VerifyRequest { username: "app".into(), password: SecretString::from("x".to_owned()) }).await;
+    let e = e.unwrap_err();
+    assert!(
+        matches!(&e, RotatorError::Permanent(m) if m.contains("password.length = 32 is above the plugin's max_length 16")),
+        "{e}"
+    );
 }
