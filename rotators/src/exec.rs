@@ -289,7 +289,8 @@ impl ExecRotator {
             let Some(error) = reply.error else {
                 return Err(op.misbehaved(format!("{who}: outcome \"error\" without an \"error\" object")));
             };
-            let message = format!("{who}: {}", error.message.unwrap_or_default());
+            // Clipped: a message is for a log line and an alert, not a reply's worth of text.
+            let message = format!("{who}: {}", clip(error.message.as_deref().unwrap_or_default()));
             return Err(match error.class.as_deref() {
                 Some("transient") => RotatorError::Transient(message),
                 Some("not-yet-visible") => RotatorError::NotYetVisible(message),
@@ -464,12 +465,18 @@ fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-/// At most [`QUOTE_CHARS`] characters of already scrubbed text.
+/// At most [`QUOTE_CHARS`] characters of already scrubbed text, quoted.
 fn quote(text: &str) -> String {
+    let text = clip(text);
+    format!("{text:?}")
+}
+
+/// At most [`QUOTE_CHARS`] characters of already scrubbed text, trimmed.
+fn clip(text: &str) -> String {
     let text = text.trim();
     match text.char_indices().nth(QUOTE_CHARS) {
-        Some((cut, _)) => format!("{:?}…", &text[..cut]),
-        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
     }
 }
 
