@@ -4,17 +4,18 @@
 
 #![cfg(feature = "exec")]
 
+mod common;
+
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use common::{every_login_request, four_passwords};
 use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::exec::{ExecConfig, ExecRotator};
 use kv_rotator_rotators::testkit::{run_conformance, run_multi_password_conformance, ConformanceFixture};
-use kv_rotator_rotators::{
-    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordRequest, VerifyRequest, VerifyResponse,
-};
+use kv_rotator_rotators::{Credential, PasswordPolicy, Rotator, RotatorError, VerifyRequest, VerifyResponse};
 use secrecy::{ExposeSecret, SecretString};
 
 fn examples() -> PathBuf {
@@ -106,30 +107,12 @@ fn rotator(command: PathBuf, timeout_secs: u64) -> ExecRotator {
     ExecRotator::new(cfg, PasswordPolicy::default(), Strategy::SingleUser)
 }
 
-fn set_request() -> SetPasswordRequest {
-    let p = PasswordPolicy::default();
-    SetPasswordRequest {
-        username: "app".into(),
-        pending: p.generate(),
-        current: p.generate(),
-        previous: vec![p.generate()],
-        admin: Some(Credential { username: "root".into(), password: p.generate() }),
-        pending_is_new: false,
-    }
-}
-
-fn secrets(req: &SetPasswordRequest) -> Vec<String> {
-    let mut all = vec![req.pending.expose_secret().to_owned(), req.current.expose_secret().to_owned()];
-    all.extend(req.previous.iter().map(|p| p.expose_secret().to_owned()));
-    all.extend(req.admin.iter().map(|a| a.password.expose_secret().to_owned()));
-    all
-}
-
 /// The error of a `set` and of a `verify` through `body`, checked free of passwords.
 async fn both_errors(dir: &Path, name: &str, body: &str, timeout_secs: u64) -> (RotatorError, RotatorError) {
     let r = rotator(plugin(dir, name, body), timeout_secs);
-    let req = set_request();
-    let all = secrets(&req);
+    let passwords = four_passwords();
+    let all: Vec<String> = passwords.iter().map(|p| p.expose_secret().to_owned()).collect();
+    let req = every_login_request(&passwords);
     let set = r.set_password(req).await.expect_err("set must fail");
     let verify = r
         .verify(VerifyRequest { username: "app".into(), password: SecretString::from(all[0].clone()) })
@@ -263,7 +246,7 @@ async fn error_classes_map_to_the_trait() {
             "echo '{{\"protocol\":1,\"outcome\":\"error\",\"error\":{{\"class\":\"{class}\",\"message\":\"nope\"}}}}'"
         );
         let r = rotator(plugin(dir.path(), &format!("{class}.sh"), &body), 5);
-        let e = r.set_password(set_request()).await.unwrap_err();
+        let e = r.set_password(every_login_request(&four_passwords())).await.unwrap_err();
         assert!(check(&e) && e.to_string().contains("nope"), "{class}: {e:?}");
     }
 }
@@ -274,14 +257,14 @@ async fn a_strategy_the_plugin_does_not_declare_is_refused() {
     let mut cfg = ExecConfig::new(plugin(dir.path(), "single.sh", "exit 1"));
     cfg.timeout_secs = 5;
     let r = ExecRotator::new(cfg, PasswordPolicy::default(), Strategy::MultiPassword);
-    let e = r.set_password(set_request()).await.unwrap_err();
+    let e = r.set_password(every_login_request(&four_passwords())).await.unwrap_err();
     assert!(
         matches!(&e, RotatorError::Permanent(m) if m.contains("does not offer strategy \"multi-password\"")),
         "{e}"
     );
 
     let r = rotator(dir.path().join("missing.sh"), 5);
-    let e = r.set_password(set_request()).await.unwrap_err();
+    let e = r.set_password(every_login_request(&four_passwords())).await.unwrap_err();
     assert!(matches!(&e, RotatorError::Permanent(m) if m.contains("(describe): cannot start: ")), "{e}");
 }
 

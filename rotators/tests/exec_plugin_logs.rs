@@ -4,12 +4,15 @@
 
 #![cfg(feature = "exec")]
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::{Arc, Mutex};
 
+use common::{every_login_request, four_passwords};
 use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::exec::{ExecConfig, ExecRotator};
-use kv_rotator_rotators::{Credential, PasswordPolicy, Rotator, SetPasswordRequest};
+use kv_rotator_rotators::{PasswordPolicy, Rotator};
 use secrecy::ExposeSecret;
 
 /// Everything logged.
@@ -51,17 +54,8 @@ echo '{"protocol":1,"outcome":"already-set","verified":true}'
     cfg.max_stderr_bytes = 256;
     let r = ExecRotator::new(cfg, PasswordPolicy::default(), Strategy::SingleUser);
 
-    let p = PasswordPolicy::default();
-    let req = SetPasswordRequest {
-        username: "app".into(),
-        pending: p.generate(),
-        current: p.generate(),
-        previous: vec![p.generate()],
-        admin: Some(Credential { username: "root".into(), password: p.generate() }),
-        pending_is_new: false,
-    };
-    let mut all = vec![req.pending.clone(), req.current.clone(), req.previous[0].clone()];
-    all.extend(req.admin.iter().map(|a| a.password.clone()));
+    let all = four_passwords();
+    let req = every_login_request(&all);
     r.set_password(req).await.unwrap();
 
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
