@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use kv_rotator_rotators::common::Strategy;
+use kv_rotator_rotators::exec::ExecConfig;
 use kv_rotator_rotators::htpasswd::HtpasswdConfig;
 use kv_rotator_rotators::mariadb::MariaDbConfig;
 use kv_rotator_rotators::postgres::PostgresConfig;
@@ -599,7 +600,9 @@ impl TargetKind {
         use Strategy::{AlternatingUsers, MultiPassword, SingleUser};
         match (self, strategy) {
             (_, SingleUser)
-            | (TargetKind::Redis(_), MultiPassword)
+            // A plugin's strategies are known only when it describes itself: the
+            // rotator refuses then if the plugin does not declare the profile's.
+            | (TargetKind::Redis(_) | TargetKind::Exec(_), MultiPassword)
             | (TargetKind::Postgres(_) | TargetKind::Mariadb(_), AlternatingUsers) => Ok(()),
             (TargetKind::Postgres(_), MultiPassword) => Err("PostgreSQL keeps one password per role"),
             (TargetKind::Mariadb(_), MultiPassword) => {
@@ -611,6 +614,9 @@ impl TargetKind {
                  consumers to learn")
             }
             (TargetKind::Htpasswd(_), _) => Err("an htpasswd file keeps one password per user"),
+            (TargetKind::Exec(_), AlternatingUsers) => {
+                Err("exec plugins offer single-user and multi-password (protocol 1 has no twin account operation)")
+            }
             (TargetKind::Mysql(never), _) => match *never {},
         }
     }
@@ -623,6 +629,7 @@ impl TargetKind {
             TargetKind::Mysql(_) => "mysql",
             TargetKind::Redis(_) => "redis",
             TargetKind::Htpasswd(_) => "htpasswd",
+            TargetKind::Exec(_) => "exec",
         }
     }
 }
@@ -641,4 +648,6 @@ pub enum TargetKind {
     Redis(RedisConfig),
     /// An Apache htpasswd file (bcrypt).
     Htpasswd(HtpasswdConfig),
+    /// An out-of-process plugin: a program speaking JSON on stdin/stdout (docs/plugins.md).
+    Exec(ExecConfig),
 }

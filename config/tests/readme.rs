@@ -25,6 +25,7 @@ fn the_readme_configuration_example_loads() {
     assert!(matches!(config.targets["shop-db"].target, TargetKind::Mariadb(_)));
     assert!(matches!(config.targets["sessions-cache"].target, TargetKind::Redis(_)));
     assert!(matches!(config.targets["intranet"].target, TargetKind::Htpasswd(_)));
+    assert!(matches!(config.targets["legacy-app"].target, TargetKind::Exec(_)));
     assert_eq!(config.engine.max_attempts, 5);
     assert!(config.admin.enabled && config.admin.listen.ip().is_loopback(), "the admin listener on loopback");
 }

@@ -108,3 +108,29 @@ fn wrong_keys_and_values_are_named() {
         assert!(e.contains(want), "{profile:?}: {e}");
     }
 }
+
+#[test]
+fn exec_profiles_load_with_settings_and_refuse_secrets_and_twins() {
+    let config = load(
+        "[targets.legacy]\nkind = \"exec\"\ncommand = \"/opt/plugins/legacy.py\"\nargs = [\"--site\", \"eu\"]\n\
+         timeout_secs = 10\nenv = [\"HTTPS_PROXY\"]\naccounts = [\"*\"]\nstrategy = \"multi-password\"\n\
+         [targets.legacy.settings]\nurl = \"https://legacy.internal\"\nretries = 3\n",
+    )
+    .unwrap();
+    let TargetKind::Exec(exec) = &config.targets["legacy"].target else { panic!("wrong kind") };
+    assert_eq!(exec.command, std::path::Path::new("/opt/plugins/legacy.py"));
+    assert_eq!((exec.timeout_secs, exec.args.len(), exec.env.len()), (10, 2, 1));
+    assert_eq!(exec.settings["url"], "https://legacy.internal");
+    assert_eq!(exec.settings["retries"], 3);
+    assert_eq!(config.targets["legacy"].target.name(), "exec");
+
+    let profile = |extra: &str| format!("[targets.x]\nkind = \"exec\"\ncommand = \"/p\"\naccounts = [\"*\"]\n{extra}");
+    let e = load(&profile("settings = { admin_password = \"x\" }\n")).unwrap_err();
+    assert!(e.contains("settings.admin_password looks like a secret"), "{e}");
+    let e = load(&profile("strategy = \"alternating-users\"\n")).unwrap_err();
+    assert!(e.contains("exec plugins offer single-user and multi-password"), "{e}");
+    let e = load("[targets.x]\nkind = \"exec\"\ncommand = \"p.sh\"\naccounts = [\"*\"]\n").unwrap_err();
+    assert!(e.contains("absolute path"), "{e}");
+    let e = load(&profile("timeout = 5\n")).unwrap_err();
+    assert!(e.contains("timeout"), "{e}");
+}

@@ -7,6 +7,8 @@
 //! - built-in rotators, one module per target, each behind a feature flag:
 //!   [`postgres`], [`mariadb`] (MariaDB; MySQL not yet), [`redis`] (ACL users) — single-user
 //!   strategy — and [`htpasswd`] (bcrypt file, used by the demo).
+//! - [`exec`]: out-of-process plugins, a user program per operation speaking JSON on
+//!   stdin/stdout (docs/plugins.md).
 //! - [`common`]: the `strategy` key and other pieces the network rotators share.
 //! - [`tls`]: the rustls client setup and certificate checks the network rotators share.
 //! - [`scrub`]: removes a request's secrets from text (driver and server errors) before
@@ -26,6 +28,8 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 pub mod common;
+#[cfg(feature = "exec")]
+pub mod exec;
 #[cfg(feature = "htpasswd")]
 pub mod htpasswd;
 #[cfg(feature = "mariadb")]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
 use kv_rotator_rotators::common::Strategy;
+use kv_rotator_rotators::exec::ExecRotator;
 use kv_rotator_rotators::htpasswd::HtpasswdRotator;
 use kv_rotator_rotators::mariadb::MariaDbRotator;
 use kv_rotator_rotators::postgres::PostgresRotator;
@@ -72,6 +73,9 @@ impl Targets {
                     }
                 }
                 TargetKind::Htpasswd(cfg) => Arc::new(HtpasswdRotator::new(cfg.clone(), profile.password.clone())),
+                TargetKind::Exec(cfg) => {
+                    Arc::new(ExecRotator::new(cfg.clone(), profile.password.clone(), profile.strategy))
+                }
                 TargetKind::Mysql(never) => match *never {},
             };
             targets.insert(name, rotator, profile.admin.clone());

@@ -65,3 +65,24 @@ pub async fn silent_server(host: &str) -> (u16, tokio::task::JoinHandle<()>) {
 pub fn unused_port(host: &str) -> u16 {
     std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
 }
+
+/// Four fresh passwords under the default policy: pending, current, previous, admin.
+pub fn four_passwords() -> [secrecy::SecretString; 4] {
+    let policy = kv_rotator_rotators::PasswordPolicy::default();
+    [policy.generate(), policy.generate(), policy.generate(), policy.generate()]
+}
+
+/// A set request for `app` with every kind of login a rotator may try, from
+/// [`four_passwords`]'s order (admin `root`).
+pub fn every_login_request(
+    [pending, current, previous, admin]: &[secrecy::SecretString; 4],
+) -> kv_rotator_rotators::SetPasswordRequest {
+    kv_rotator_rotators::SetPasswordRequest {
+        username: "app".to_owned(),
+        pending: pending.clone(),
+        current: current.clone(),
+        previous: vec![previous.clone()],
+        admin: Some(kv_rotator_rotators::Credential { username: "root".to_owned(), password: admin.clone() }),
+        pending_is_new: false,
+    }
+}
