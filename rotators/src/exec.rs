@@ -16,7 +16,8 @@
 //! writes before it reaches a log or an error, and a reply that quotes one is refused.
 //!
 //! Each run is its own process group: a timeout, an oversized reply or the end of the
-//! run kills the whole group (children the plugin left behind included).
+//! run kills the whole group (children the plugin left behind in it included; one that
+//! started a session of its own escapes it: docs/plugins.md).
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -268,13 +269,30 @@ impl ExecRotator {
                 quote(&cleaned)
             )));
         }
+        // Encoders escape more than serde does (`\u003c`, `\/`, non-ASCII as `\uXXXX`):
+        // the reply is also checked in serde's own spelling of the same JSON.
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
+            let canonical = Zeroizing::new(value.to_string());
+            let cleaned = scrub.clean(canonical.to_string());
+            if cleaned != *canonical {
+                return Err(op.misbehaved(format!(
+                    "{who}: the reply contains a password of the request (scrubbed here), refused: {}",
+                    quote(&cleaned)
+                )));
+            }
+        }
         let reply: Reply = match serde_json::from_str(&text) {
             Ok(reply) => reply,
             Err(e) => {
+                // Not JSON, so not checkable in serde's spelling: shown only without escapes.
+                let shown = if text.contains('\\') {
+                    "(not shown: it has escapes the scrubber cannot follow)".to_owned()
+                } else {
+                    quote(&cleaned)
+                };
                 return Err(op.misbehaved(format!(
-                    "{who}: the reply is not the protocol's JSON ({e}; {}): {}{}",
+                    "{who}: the reply is not the protocol's JSON ({e}; {}): {shown}{}",
                     describe_status(run.status),
-                    quote(&cleaned),
                     stderr_note(&run.stderr)
                 )));
             }
@@ -578,9 +596,15 @@ async fn collect_stderr(task: tokio::task::JoinHandle<Captured>, scrub: &Scrubbe
         Ok(Ok(captured)) => captured,
         _ => return String::new(),
     };
-    let mut text = scrub.clean(String::from_utf8_lossy(&captured.bytes).into_owned());
+    let raw = String::from_utf8_lossy(&captured.bytes).into_owned();
+    let raw_len = raw.len();
+    let mut text = scrub.clean(raw);
     if text.len() > cap || captured.overflowed {
-        let mut cut = cap.min(text.len());
+        // A password the capture cut in half is not scrubbed; it begins past `cap` in the
+        // raw text, and scrubbing shifts it left by what the redactions saved: cut that
+        // much earlier, so none of it is kept.
+        let shift = raw_len.saturating_sub(text.len());
+        let mut cut = cap.saturating_sub(shift).min(text.len());
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }

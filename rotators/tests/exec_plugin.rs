@@ -120,7 +120,12 @@ async fn both_errors(dir: &Path, name: &str, body: &str, timeout_secs: u64) -> (
         .expect_err("verify must fail");
     for e in [&set, &verify] {
         let text = format!("{e} {e:?}");
-        assert!(!all.iter().any(|s| text.contains(s.as_str())), "a password in {text}");
+        // Not even a part: 8 characters of a password are as good as a leak.
+        for p in &all {
+            for start in 0..p.len().saturating_sub(7) {
+                assert!(!text.contains(&p[start..start + 8]), "8 characters of a password in {text}");
+            }
+        }
     }
     // A set that went wrong may have changed the password: the engine keeps it.
     assert!(matches!(set, RotatorError::NotYetVisible(_)), "{set:?}");
@@ -320,4 +325,37 @@ async fn a_policy_outside_the_plugins_constraints_is_refused_before_any_password
         matches!(&e, RotatorError::Permanent(m) if m.contains("password.length = 32 is above the plugin's max_length 16")),
         "{e}"
     );
+}
+
+/// A password the stderr cap cuts in half is not scrubbed (it is no longer whole), so it
+/// must fall outside what is kept: no 8 characters of any password survive, however the
+/// redactions before it shift the text.
+#[tokio::test]
+async fn stderr_cut_mid_password_keeps_no_part_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"pw=$(printf '%s' "$req" | sed -n 's/.*"\(pending\|password\)":"\([^"]*\)".*/\2/p')
+i=0; while [ $i -lt 40 ]; do printf '%s ' "$pw" >&2; i=$((i+1)); done
+exit 3"#;
+    // `both_errors` checks that no 8 characters of a password are in either error.
+    let (set, verify) = both_errors(dir.path(), "stderr.sh", body, 5).await;
+    for e in [set, verify] {
+        let text = format!("{e} {e:?}");
+        assert!(text.contains("[REDACTED]") && text.contains("truncated"), "the cap applied: {text}");
+    }
+}
+
+/// Encoders escape more than serde does: a password echoed with a `\uXXXX` escape in
+/// the reply is still seen, and the reply refused.
+#[tokio::test]
+async fn a_reply_echoing_a_password_in_another_escaping_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"pw=$(printf '%s' "$req" | sed -n 's/.*"\(pending\|password\)":"\([^"]*\)".*/\2/p')
+first=$(printf '%s' "$pw" | cut -c1); rest=$(printf '%s' "$pw" | cut -c2-)
+hex=$(printf '%s' "$first" | od -An -tx1 | tr -d ' \n')
+printf '{"protocol":1,"outcome":"error","error":{"class":"permanent","message":"bad \\u00%s%s"}}\n' "$hex" "$rest""#;
+    let (set, verify) = both_errors(dir.path(), "escaped.sh", body, 5).await;
+    for e in [set, verify] {
+        let text = e.to_string();
+        assert!(text.contains("contains a password of the request (scrubbed here), refused"), "{text}");
+    }
 }
