@@ -25,4 +25,9 @@ ln -sfn "$snapshot/crates" "$db/crates"
 touch -d "$snapshot_date" "$db/.git/FETCH_HEAD"
 echo "advisory snapshot: $snapshot_date ($(find -L "$db/crates" -name '*.md' | wc -l) advisories)"
 
+# cargo-deny reads the whole graph (`cargo metadata`), every platform's crates included;
+# a build fetches only this one's. Fetch the rest first (once per machine; the advisories
+# stay offline).
+cargo fetch --locked --quiet
+
 cargo deny --offline --locked check "$@"
