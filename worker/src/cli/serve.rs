@@ -37,6 +37,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ),
         Some(_) => {}
     }
+    // Before the lease is claimed: a SIGTERM while starting or in standby stops cleanly.
+    let shutdown = service::shutdown_signal();
     let timings = LeaseTimings::from_config(&config.lease)?;
     let (lease, standby) = match lease::claim(store.clone(), "serve", timings).await {
         Ok(lease) => (Some(lease), None),
@@ -59,7 +61,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await
     };
     match started.await {
-        Ok(running) => running.run_until(service::shutdown_signal()).await,
+        Ok(running) => running.run_until(shutdown).await,
         Err(err) => {
             if let Some(lease) = lease {
                 lease.release().await;
