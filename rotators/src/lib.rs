@@ -212,7 +212,8 @@ pub struct SyncTwinRequest {
     /// The other account of the pair.
     pub twin: String,
     /// The password to create `twin` with, if it does not exist (the rotation's pending
-    /// password, already journaled).
+    /// password, already journaled). Empty when `twin` is the active account: then a
+    /// missing twin is a permanent error, never created with a password no one has.
     pub password_if_created: SecretString,
     /// The profile's admin login (required by this strategy).
     pub admin: Credential,

@@ -178,7 +178,11 @@ impl Sync<'_> {
         let new_hash: Option<Zeroizing<String>> = match twin_hashes.len() {
             0 => {
                 if req.password_if_created.expose_secret().is_empty() {
-                    return Err(RotatorError::Refused("the password to create the twin with is empty".to_owned()));
+                    return Err(RotatorError::Permanent(format!(
+                        "account {} does not exist, and no password was given to create it (it is the active \
+                         account): it is not recreated, as no one would have its password",
+                        shown(&req.twin)
+                    )));
                 }
                 out.created = true;
                 Some(Zeroizing::new(created_hash.expose_secret().to_owned()))

@@ -111,7 +111,10 @@ pub(super) async fn sync(rotator: &PostgresRotator, req: SyncTwinRequest) -> Rot
             )));
         }
         if req.password_if_created.expose_secret().is_empty() {
-            return Err(RotatorError::Refused("the password to create the twin with is empty".to_owned()));
+            return Err(RotatorError::Permanent(format!(
+                "{context}: role {twin} does not exist, and no password was given to create it (it is the active \
+                 account): it is not recreated, as no one would have its password"
+            )));
         }
         // The verifier is base64 and `$:` only: nothing to escape inside '…'.
         let mut sql = format!("CREATE ROLE {t_sql} LOGIN INHERIT CONNECTION LIMIT {}", p.connlimit);

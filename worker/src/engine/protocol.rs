@@ -859,17 +859,10 @@ async fn sync_twin(
         admin,
         twin_known,
     };
-    let synced = match rotator.sync_twin(request).await {
-        Ok(synced) => synced,
-        Err(RotatorError::Refused(_)) if !twin_is_idle => {
-            return Err(RotationError::Misconfigured(format!(
-                "the secret's value names account {:?}, which does not exist on target {}: it is not recreated \
-                 (no one would have its password); restore it, or set the value to the primary's password",
-                pair.twin, plan.profile
-            )))
-        }
-        Err(source) => return Err(RotationError::Target { profile: plan.profile.clone(), source }),
-    };
+    let synced = rotator
+        .sync_twin(request)
+        .await
+        .map_err(|source| RotationError::Target { profile: plan.profile.clone(), source })?;
     if synced.created {
         info!(twin = %pair.twin, primary = %pair.primary, "twin account created with the primary's grants");
     }
