@@ -7,13 +7,14 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use std::any::Any;
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
 use kv_rotator_rotators::common::Strategy;
-use kv_rotator_rotators::exec::ExecConfig;
-use kv_rotator_rotators::htpasswd::HtpasswdConfig;
-use kv_rotator_rotators::mariadb::MariaDbConfig;
-use kv_rotator_rotators::postgres::PostgresConfig;
-use kv_rotator_rotators::redis::RedisConfig;
-use kv_rotator_rotators::PasswordPolicy;
+use kv_rotator_rotators::registry::{self, BuildError, KindSettings, ProfileContext};
+use kv_rotator_rotators::{PasswordPolicy, Rotator};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -577,77 +578,67 @@ pub struct AdminRef {
     pub secret: String,
 }
 
-/// `kind = "mysql"`, refused naming the kind: the MariaDB rotator relies on MariaDB's SQL
-/// (`mysql.user.is_role`, `mysql.global_priv`, `ALTER USER … IDENTIFIED BY PASSWORD`, the
-/// stored hash in `SHOW GRANTS` that proves a login), which MySQL does not have. It has
-/// no value: loading always fails.
-#[derive(Debug, Clone)]
-pub enum MysqlNotSupported {}
-
-impl<'de> Deserialize<'de> for MysqlNotSupported {
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom(
-            "kind \"mysql\" is not supported yet (MariaDB only): the rotator uses MariaDB's SQL and proves each login \
-             by the hash MariaDB prints in SHOW GRANTS, which MySQL does not; use kind = \"mariadb\" for a MariaDB \
-             server",
-        ))
-    }
+/// A profile's kind and its settings: `kind = "postgres"` and the keys that kind reads,
+/// parsed by the kind's registration in the process's [`registry`].
+#[derive(Clone)]
+pub struct TargetKind {
+    name: String,
+    settings: Arc<dyn KindSettings>,
 }
 
 impl TargetKind {
-    /// Whether this kind offers `strategy`; if not, why (for the configuration error).
-    pub fn offers(&self, strategy: Strategy) -> Result<(), &'static str> {
-        use Strategy::{AlternatingUsers, MultiPassword, SingleUser};
-        match (self, strategy) {
-            (_, SingleUser)
-            // A plugin's strategies are known only when it describes itself: the
-            // rotator refuses then if the plugin does not declare the profile's.
-            | (TargetKind::Redis(_) | TargetKind::Exec(_), MultiPassword)
-            | (TargetKind::Postgres(_) | TargetKind::Mariadb(_), AlternatingUsers) => Ok(()),
-            (TargetKind::Postgres(_), MultiPassword) => Err("PostgreSQL keeps one password per role"),
-            (TargetKind::Mariadb(_), MultiPassword) => {
-                Err("MariaDB keeps one password per account (MySQL 8's RETAIN CURRENT PASSWORD has no MariaDB \
-                 equivalent, and kv-rotator has no MySQL 8 server to test it against)")
-            }
-            (TargetKind::Redis(_), AlternatingUsers) => {
-                Err("Redis ACL users hold several passwords, so use multi-password: one account, no user name for \
-                 consumers to learn")
-            }
-            (TargetKind::Htpasswd(_), _) => Err("an htpasswd file keeps one password per user"),
-            (TargetKind::Exec(_), AlternatingUsers) => {
-                Err("exec plugins offer single-user and multi-password (protocol 1 has no twin account operation)")
-            }
-            (TargetKind::Mysql(never), _) => match *never {},
-        }
+    /// Kind `name` with `settings` (built by hand; a configuration file goes through the
+    /// registry).
+    pub fn new<S: KindSettings>(name: impl Into<String>, settings: S) -> Self {
+        Self { name: name.into(), settings: Arc::new(settings) }
+    }
+
+    /// Kind `name` with `settings` as a configuration file would give them, read by the
+    /// kind's registration in the process's registry; the error says what is wrong.
+    pub fn parse(name: &str, settings: serde_json::Value) -> Result<Self, String> {
+        let settings = registry::installed().parse(name, settings).map_err(|e| format!("kind {name:?}: {e}"))?;
+        Ok(Self { name: name.to_owned(), settings })
     }
 
     /// The `kind` spelling.
-    pub fn name(&self) -> &'static str {
-        match self {
-            TargetKind::Postgres(_) => "postgres",
-            TargetKind::Mariadb(_) => "mariadb",
-            TargetKind::Mysql(_) => "mysql",
-            TargetKind::Redis(_) => "redis",
-            TargetKind::Htpasswd(_) => "htpasswd",
-            TargetKind::Exec(_) => "exec",
-        }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this kind offers `strategy`; if not, why (for the configuration error).
+    pub fn offers(&self, strategy: Strategy) -> Result<(), Cow<'static, str>> {
+        self.settings.offers(strategy)
+    }
+
+    /// The settings, if they are an `S` (tests and tools that know the kind).
+    pub fn settings<S: KindSettings>(&self) -> Option<&S> {
+        let any: &dyn Any = self.settings.as_ref();
+        any.downcast_ref::<S>()
+    }
+
+    /// The rotator of the profile `name` with this kind.
+    pub fn build(&self, profile: &ProfileContext<'_>) -> Result<Arc<dyn Rotator>, BuildError> {
+        self.settings.build(profile)
     }
 }
 
-/// Kind-specific target settings; each rotator module owns its config type.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum TargetKind {
-    /// PostgreSQL.
-    Postgres(PostgresConfig),
-    /// MariaDB.
-    Mariadb(MariaDbConfig),
-    /// `kind = "mysql"`: refused when loaded ([`MysqlNotSupported`]); no value exists.
-    Mysql(MysqlNotSupported),
-    /// Redis ACL users.
-    Redis(RedisConfig),
-    /// An Apache htpasswd file (bcrypt).
-    Htpasswd(HtpasswdConfig),
-    /// An out-of-process plugin: a program speaking JSON on stdin/stdout (docs/plugins.md).
-    Exec(ExecConfig),
+impl fmt::Debug for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TargetKind").field("name", &self.name).field("settings", &self.settings).finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetKind {
+    /// Takes `kind` and hands every other key the profile does not read to that kind's
+    /// registration, which refuses unknown ones.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut keys = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let name = match keys.remove("kind") {
+            Some(serde_json::Value::String(name)) => name,
+            Some(other) => return Err(D::Error::custom(format!("kind must be a string, not {other}"))),
+            None => return Err(D::Error::missing_field("kind")),
+        };
+        Self::parse(&name, serde_json::Value::Object(keys)).map_err(D::Error::custom)
+    }
 }

@@ -5,7 +5,9 @@
 
 use std::io::Write;
 
-use kv_rotator_config::{load, ConfigError, CredentialConfig, TargetKind};
+use kv_rotator_config::{load, ConfigError, CredentialConfig};
+use kv_rotator_rotators::htpasswd::HtpasswdConfig;
+use kv_rotator_rotators::postgres::PostgresConfig;
 
 /// Runs `f` holding figment's process-wide lock on the environment, so the test that
 /// sets `KV_ROTATOR_*` variables cannot leak them into the others.
@@ -59,18 +61,15 @@ fn full_file_parses() {
     assert_eq!(config.engine.concurrency, 8, "default kept");
     assert!(matches!(config.vault.credential, CredentialConfig::WorkloadIdentity { client_id: Some(_), .. }));
     let db = &config.targets["orders-db"];
-    match &db.target {
-        TargetKind::Postgres(pg) => {
-            assert_eq!(pg.host, "db.example.internal");
-            assert_eq!(pg.port, 6432);
-        }
-        other => panic!("wrong kind {other:?}"),
-    }
+    let pg = db.target.settings::<PostgresConfig>().unwrap_or_else(|| panic!("wrong kind {:?}", db.target));
+    assert_eq!(db.target.name(), "postgres");
+    assert_eq!(pg.host, "db.example.internal");
+    assert_eq!(pg.port, 6432);
     assert_eq!(db.admin.as_ref().unwrap().secret, "orders-db-admin");
     assert_eq!(db.password.length, 24);
     assert_eq!(db.accounts, ["orders_app", "orders_report_*"]);
     assert!(!db.allow_admin_account, "the admin's own account is opt-in");
-    assert!(matches!(config.targets["intranet"].target, TargetKind::Htpasswd(_)));
+    assert!(config.targets["intranet"].target.settings::<HtpasswdConfig>().is_some());
 }
 
 fn error_of(text: &str) -> String {
@@ -141,9 +140,13 @@ fn environment_overrides_the_file() {
     figment::Jail::expect_with(|jail| {
         jail.set_env("KV_ROTATOR_WEBHOOK__LISTEN", "127.0.0.1:7777");
         jail.set_env("KV_ROTATOR_ENGINE__CONCURRENCY", "2");
+        // A kind's own key, read by its registration rather than by figment directly.
+        jail.set_env("KV_ROTATOR_TARGETS__ORDERS-DB__PORT", "5433");
         let config = load(Some(f.path())).map_err(|e| e.to_string())?;
         assert_eq!(config.webhook.listen.port(), 7777);
         assert_eq!(config.engine.concurrency, 2);
+        let pg = config.targets["orders-db"].target.settings::<PostgresConfig>().expect("postgres");
+        assert_eq!(pg.port, 5433);
         Ok(())
     });
 }

@@ -4,7 +4,12 @@
 use kv_rotator_config::figment::providers::{Format, Toml};
 use kv_rotator_config::figment::Figment;
 use kv_rotator_config::load::from_figment;
-use kv_rotator_config::{CredentialConfig, TargetKind};
+use kv_rotator_config::CredentialConfig;
+use kv_rotator_rotators::exec::ExecConfig;
+use kv_rotator_rotators::htpasswd::HtpasswdConfig;
+use kv_rotator_rotators::mariadb::MariaDbConfig;
+use kv_rotator_rotators::postgres::PostgresConfig;
+use kv_rotator_rotators::redis::RedisConfig;
 
 /// The first ```toml block after the "## Configuration" heading.
 fn readme_example() -> String {
@@ -21,11 +26,11 @@ fn the_readme_configuration_example_loads() {
         .unwrap_or_else(|e| panic!("README example does not load: {e}"));
     assert_eq!(config.vault.url, "https://my-vault.vault.azure.net/");
     assert_eq!(config.vault.credential, CredentialConfig::default(), "managed identity");
-    assert!(matches!(config.targets["orders-db"].target, TargetKind::Postgres(_)));
-    assert!(matches!(config.targets["shop-db"].target, TargetKind::Mariadb(_)));
-    assert!(matches!(config.targets["sessions-cache"].target, TargetKind::Redis(_)));
-    assert!(matches!(config.targets["intranet"].target, TargetKind::Htpasswd(_)));
-    assert!(matches!(config.targets["legacy-app"].target, TargetKind::Exec(_)));
+    assert!(config.targets["orders-db"].target.settings::<PostgresConfig>().is_some());
+    assert!(config.targets["shop-db"].target.settings::<MariaDbConfig>().is_some());
+    assert!(config.targets["sessions-cache"].target.settings::<RedisConfig>().is_some());
+    assert!(config.targets["intranet"].target.settings::<HtpasswdConfig>().is_some());
+    assert!(config.targets["legacy-app"].target.settings::<ExecConfig>().is_some());
     assert_eq!(config.engine.max_attempts, 5);
     assert!(config.admin.enabled && config.admin.listen.ip().is_loopback(), "the admin listener on loopback");
 }

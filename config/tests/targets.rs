@@ -3,8 +3,11 @@
 use kv_rotator_config::figment::providers::{Format, Toml};
 use kv_rotator_config::figment::Figment;
 use kv_rotator_config::load::from_figment;
-use kv_rotator_config::{Config, TargetKind};
+use kv_rotator_config::Config;
+use kv_rotator_rotators::exec::ExecConfig;
+use kv_rotator_rotators::mariadb::MariaDbConfig;
 use kv_rotator_rotators::redis::AclSave;
+use kv_rotator_rotators::redis::RedisConfig;
 use kv_rotator_rotators::tls::TlsMode;
 
 const VAULT: &str = "[vault]\nurl = \"https://v.vault.azure.net/\"\n";
@@ -22,18 +25,18 @@ fn mariadb_profiles_load_with_verified_tls_by_default_and_mysql_is_refused() {
         )
     };
     let config = load(&profile("mariadb")).unwrap();
-    let TargetKind::Mariadb(db) = &config.targets["shop"].target else { panic!("wrong kind") };
+    let db = config.targets["shop"].target.settings::<MariaDbConfig>().expect("wrong kind");
     assert_eq!((db.host.as_str(), db.port, db.tls), ("shop-db.internal", 3306, TlsMode::VerifyFull));
     // MySQL lacks the SQL (is_role, IDENTIFIED BY PASSWORD in ALTER USER) and the hash in
     // SHOW GRANTS that proves a login.
     let e = load(&profile("mysql")).unwrap_err();
-    assert!(e.contains("kind \"mysql\" is not supported yet (MariaDB only)"), "{e}");
+    assert!(e.contains("kind \"mysql\": not supported (MariaDB only)"), "{e}");
     let config = load(
         "[targets.shop]\nkind = \"mariadb\"\nhost = \"10.0.0.5\"\nport = 3307\ntls_ca_file = \"/etc/ca.pem\"\n\
          tls_server_name = \"shop-db.internal\"\nstrategy = \"single-user\"\naccounts = [\"*\"]\n",
     )
     .unwrap();
-    let TargetKind::Mariadb(db) = &config.targets["shop"].target else { panic!("wrong kind") };
+    let db = config.targets["shop"].target.settings::<MariaDbConfig>().expect("wrong kind");
     assert_eq!(db.tls_server_name.as_deref(), Some("shop-db.internal"));
 }
 
@@ -42,13 +45,13 @@ fn redis_profiles_load_with_verified_tls_and_acl_save_by_default() {
     let config =
         load("[targets.cache]\nkind = \"redis\"\nhost = \"cache.internal\"\nport = 6380\naccounts = [\"app\"]\n")
             .unwrap();
-    let TargetKind::Redis(redis) = &config.targets["cache"].target else { panic!("wrong kind") };
+    let redis = config.targets["cache"].target.settings::<RedisConfig>().expect("wrong kind");
     assert_eq!((redis.port, redis.tls, redis.acl_save), (6380, TlsMode::VerifyFull, AclSave::Required));
     let config = load(
         "[targets.cache]\nkind = \"redis\"\nhost = \"c\"\ntls = \"disable\"\nacl_save = \"never\"\naccounts = [\"*\"]\n",
     )
     .unwrap();
-    let TargetKind::Redis(redis) = &config.targets["cache"].target else { panic!("wrong kind") };
+    let redis = config.targets["cache"].target.settings::<RedisConfig>().expect("wrong kind");
     assert_eq!((redis.tls, redis.acl_save), (TlsMode::Disable, AclSave::Never));
 }
 
@@ -117,7 +120,7 @@ fn exec_profiles_load_with_settings_and_refuse_secrets_and_twins() {
          [targets.legacy.settings]\nurl = \"https://legacy.internal\"\nretries = 3\n",
     )
     .unwrap();
-    let TargetKind::Exec(exec) = &config.targets["legacy"].target else { panic!("wrong kind") };
+    let exec = config.targets["legacy"].target.settings::<ExecConfig>().expect("wrong kind");
     assert_eq!(exec.command, std::path::Path::new("/opt/plugins/legacy.py"));
     assert_eq!((exec.timeout_secs, exec.args.len(), exec.env.len()), (10, 2, 1));
     assert_eq!(exec.settings["url"], "https://legacy.internal");

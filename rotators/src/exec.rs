@@ -791,6 +791,25 @@ impl ReplyOf for RetirePasswordsResponse {
     }
 }
 
+impl crate::registry::KindSettings for ExecConfig {
+    /// A plugin's strategies are known only when it describes itself: the rotator refuses
+    /// then if the plugin does not declare the profile's.
+    fn offers(&self, strategy: crate::common::Strategy) -> Result<(), std::borrow::Cow<'static, str>> {
+        crate::registry::all_strategies_but(
+            strategy,
+            crate::common::Strategy::AlternatingUsers,
+            "exec plugins offer single-user and multi-password (protocol 1 has no twin account operation)",
+        )
+    }
+
+    fn build(
+        &self,
+        profile: &crate::registry::ProfileContext<'_>,
+    ) -> Result<std::sync::Arc<dyn Rotator>, crate::registry::BuildError> {
+        Ok(std::sync::Arc::new(ExecRotator::new(self.clone(), profile.password.clone(), profile.strategy)))
+    }
+}
+
 #[async_trait]
 impl Rotator for ExecRotator {
     fn kind(&self) -> &'static str {

@@ -141,6 +141,22 @@ impl HtpasswdRotator {
     }
 }
 
+impl crate::registry::KindSettings for HtpasswdConfig {
+    fn offers(&self, strategy: crate::common::Strategy) -> Result<(), std::borrow::Cow<'static, str>> {
+        match strategy {
+            crate::common::Strategy::SingleUser => Ok(()),
+            _ => Err("an htpasswd file keeps one password per user".into()),
+        }
+    }
+
+    fn build(
+        &self,
+        profile: &crate::registry::ProfileContext<'_>,
+    ) -> Result<Arc<dyn Rotator>, crate::registry::BuildError> {
+        Ok(Arc::new(HtpasswdRotator::new(self.clone(), profile.password.clone())))
+    }
+}
+
 #[async_trait]
 impl Rotator for HtpasswdRotator {
     fn kind(&self) -> &'static str {

@@ -9,6 +9,8 @@
 //!   strategy — and [`htpasswd`] (bcrypt file, used by the demo).
 //! - [`exec`]: out-of-process plugins, a user program per operation speaking JSON on
 //!   stdin/stdout (docs/plugins.md).
+//! - [`registry`]: the `kind = "…"` names, each a registration of a settings type that
+//!   builds its rotator; built-in and custom kinds alike.
 //! - [`common`]: the `strategy` key and other pieces the network rotators share.
 //! - [`tls`]: the rustls client setup and certificate checks the network rotators share.
 //! - [`scrub`]: removes a request's secrets from text (driver and server errors) before
@@ -39,6 +41,7 @@ pub mod password;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod registry;
 pub mod scrub;
 pub mod testkit;
 #[cfg(feature = "tls")]

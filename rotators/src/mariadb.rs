@@ -635,6 +635,24 @@ async fn disconnect(conn: Conn) {
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
 }
 
+impl crate::registry::KindSettings for MariaDbConfig {
+    fn offers(&self, strategy: crate::common::Strategy) -> Result<(), std::borrow::Cow<'static, str>> {
+        crate::registry::all_strategies_but(
+            strategy,
+            crate::common::Strategy::MultiPassword,
+            "MariaDB keeps one password per account (MySQL 8's RETAIN \
+                 CURRENT PASSWORD has no MariaDB equivalent, and kv-rotator has no MySQL 8 server to test it against)",
+        )
+    }
+
+    fn build(
+        &self,
+        profile: &crate::registry::ProfileContext<'_>,
+    ) -> Result<std::sync::Arc<dyn Rotator>, crate::registry::BuildError> {
+        Ok(std::sync::Arc::new(MariaDbRotator::new(self.clone(), profile.password.clone())?))
+    }
+}
+
 #[async_trait]
 impl Rotator for MariaDbRotator {
     fn kind(&self) -> &'static str {

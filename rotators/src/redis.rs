@@ -574,6 +574,28 @@ impl Commands {
     }
 }
 
+impl crate::registry::KindSettings for RedisConfig {
+    fn offers(&self, strategy: crate::common::Strategy) -> Result<(), std::borrow::Cow<'static, str>> {
+        crate::registry::all_strategies_but(
+            strategy,
+            crate::common::Strategy::AlternatingUsers,
+            "Redis ACL users hold several passwords, so use \
+                 multi-password: one account, no user name for consumers to learn",
+        )
+    }
+
+    fn build(
+        &self,
+        profile: &crate::registry::ProfileContext<'_>,
+    ) -> Result<std::sync::Arc<dyn Rotator>, crate::registry::BuildError> {
+        let rotator = RedisRotator::new(self.clone(), profile.password.clone())?;
+        Ok(match profile.strategy {
+            crate::common::Strategy::MultiPassword => std::sync::Arc::new(rotator.with_multi_password()),
+            _ => std::sync::Arc::new(rotator),
+        })
+    }
+}
+
 #[async_trait]
 impl Rotator for RedisRotator {
     fn kind(&self) -> &'static str {

@@ -55,19 +55,19 @@ impl Harness {
     /// A MariaDB profile `db` (single-user, admin `db_admin`) and a Redis profile `cache`
     /// (multi-password, admin `redis_admin`), both over verified TLS.
     async fn start(db_admin: &str, redis_admin: &str) -> Harness {
-        let redis = serde_json::from_value(serde_json::json!({
-            "host": "127.0.0.1", "port": 6380, "tls": "verify-full", "acl_save": "never",
-            "tls_ca_file": test_ca("KVR_TEST_REDIS_CA", "/var/lib/redis/kvr-test-tls/ca.pem"),
-        }))
+        let redis = TargetKind::parse(
+            "redis",
+            serde_json::json!({
+                "host": "127.0.0.1", "port": 6380, "tls": "verify-full", "acl_save": "never",
+                "tls_ca_file": test_ca("KVR_TEST_REDIS_CA", "/var/lib/redis/kvr-test-tls/ca.pem"),
+            }),
+        )
         .unwrap();
         let admin = AdminRef { username: redis_admin.into(), secret: "redis-admin".into() };
         let db_admin = AdminRef { username: db_admin.into(), secret: "db-admin".into() };
         let profiles = BTreeMap::from([
             ("db".to_owned(), profile(mariadb_target(), Some(db_admin), Strategy::SingleUser, None)),
-            (
-                "cache".to_owned(),
-                profile(TargetKind::Redis(redis), Some(admin), Strategy::MultiPassword, Some(GRACE_SECS)),
-            ),
+            ("cache".to_owned(), profile(redis, Some(admin), Strategy::MultiPassword, Some(GRACE_SECS))),
         ]);
         Harness(common::Harness::start(profiles).await)
     }

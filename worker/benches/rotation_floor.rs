@@ -162,10 +162,11 @@ fn engine_config() -> EngineConfig {
 }
 
 fn targets(port: u16) -> Targets {
-    let pg = serde_json::from_value(serde_json::json!({"host": "127.0.0.1", "port": port, "sslmode": "disable"}))
-        .expect("postgres profile");
+    let pg: kv_rotator_rotators::postgres::PostgresConfig =
+        serde_json::from_value(serde_json::json!({"host": "127.0.0.1", "port": port, "sslmode": "disable"}))
+            .expect("postgres profile");
     let profile = TargetProfile {
-        target: TargetKind::Postgres(pg),
+        target: TargetKind::new("postgres", pg),
         admin: None,
         password: Default::default(),
         accounts: vec!["kvr_bench_*".to_owned()],

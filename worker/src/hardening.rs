@@ -143,7 +143,7 @@ pub fn core_dumps_disabled() -> bool {
 }
 
 /// Everything `main` does before the runtime, for `command`: core dumps off for `serve`,
-/// `rotate` and `functions` (an error if the kernel refuses), then the secret variables that
+/// `rotate`, `functions` and `plugin test` (an error if the kernel refuses), then the secret variables that
 /// `config_file` and the environment name taken out of the environment.
 pub fn at_startup(command: &crate::cli::Command) -> Result<(), String> {
     use crate::cli::Command;
@@ -152,6 +152,9 @@ pub fn at_startup(command: &crate::cli::Command) -> Result<(), String> {
         Command::Rotate(args) => (true, args.config.as_deref()),
         Command::Functions(args) => (true, args.config.as_deref()),
         Command::Dev(args) => (false, args.config.as_deref()),
+        Command::Plugin(crate::cli::plugin::PluginArgs { command: crate::cli::plugin::PluginCommand::Test(args) }) => {
+            (true, args.config.as_deref())
+        }
         _ => (false, None),
     };
     if holds_passwords {

@@ -46,3 +46,30 @@ pub mod service;
 pub mod standby;
 pub mod sweeper;
 pub mod targets;
+
+/// The `kv-rotator` command line, with the rotator kinds of `registry`: the whole of the
+/// binary's `main`. A build with kinds of its own (`examples/custom-rotator/`) calls it
+/// with [`Registry::builtin`](kv_rotator_rotators::registry::Registry::builtin) plus them.
+pub fn main_with(registry: kv_rotator_rotators::registry::Registry) -> std::process::ExitCode {
+    use clap::Parser;
+    // Before anything reads a configuration, which looks kinds up there.
+    if kv_rotator_rotators::registry::install(registry).is_err() {
+        eprintln!("error: a rotator registry was installed already");
+        return std::process::ExitCode::FAILURE;
+    }
+    let cli = cli::Cli::parse();
+    // Test builds (`leak-ledger`): the argv and environment this process was started with,
+    // for the leak scanner, whoever started it.
+    #[cfg(feature = "leak-ledger")]
+    kv_rotator_leakscan::process_started();
+    // While this is the only thread: core dumps off, secret variables out of the
+    // environment (see `hardening`). The runtime starts in `cli::run`.
+    if let Err(e) = hardening::at_startup(&cli.command) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    // Test builds: stdout and stderr are copied to the leak scanner too, until `run` returns.
+    #[cfg(all(feature = "leak-ledger", unix))]
+    let _tee = kv_rotator_leakscan::tee_stdio();
+    cli::run(cli)
+}

@@ -3,13 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
+use kv_rotator_config::{AdminRef, TargetProfile};
 use kv_rotator_rotators::common::Strategy;
-use kv_rotator_rotators::exec::ExecRotator;
-use kv_rotator_rotators::htpasswd::HtpasswdRotator;
-use kv_rotator_rotators::mariadb::MariaDbRotator;
-use kv_rotator_rotators::postgres::PostgresRotator;
-use kv_rotator_rotators::redis::RedisRotator;
+use kv_rotator_rotators::registry::ProfileContext;
 use kv_rotator_rotators::Rotator;
 
 use crate::engine::value::Shape;
@@ -50,34 +46,13 @@ impl Accounts {
 }
 
 impl Targets {
-    /// Builds a rotator for every profile; fails, naming the profile, when one cannot be
-    /// set up (TLS trust anchors that cannot be read).
+    /// Builds a rotator for every profile, by its kind's registration; fails, naming the
+    /// profile, when one cannot be set up (TLS trust anchors that cannot be read).
     pub fn from_profiles(profiles: &BTreeMap<String, TargetProfile>) -> anyhow::Result<Self> {
         let mut targets = Targets::default();
         for (name, profile) in profiles {
-            let rotator: Arc<dyn Rotator> = match &profile.target {
-                TargetKind::Postgres(cfg) => Arc::new(
-                    PostgresRotator::new(cfg.clone(), profile.password.clone())
-                        .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?,
-                ),
-                TargetKind::Mariadb(cfg) => Arc::new(
-                    MariaDbRotator::new(cfg.clone(), profile.password.clone())
-                        .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?,
-                ),
-                TargetKind::Redis(cfg) => {
-                    let rotator = RedisRotator::new(cfg.clone(), profile.password.clone())
-                        .map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?;
-                    match profile.strategy {
-                        Strategy::MultiPassword => Arc::new(rotator.with_multi_password()),
-                        _ => Arc::new(rotator),
-                    }
-                }
-                TargetKind::Htpasswd(cfg) => Arc::new(HtpasswdRotator::new(cfg.clone(), profile.password.clone())),
-                TargetKind::Exec(cfg) => {
-                    Arc::new(ExecRotator::new(cfg.clone(), profile.password.clone(), profile.strategy))
-                }
-                TargetKind::Mysql(never) => match *never {},
-            };
+            let context = ProfileContext::new(name, &profile.password, profile.strategy);
+            let rotator = profile.target.build(&context).map_err(|e| anyhow::anyhow!("targets.{name}: {e}"))?;
             targets.insert(name, rotator, profile.admin.clone());
             targets.set_accounts(name, Accounts::new(&profile.accounts, profile.allow_admin_account));
             if let Some(grace) = profile.grace_period() {

@@ -29,14 +29,14 @@ use tokio::net::TcpListener;
 const JOURNAL_FOR: &str = "kv-rotator-journal-for";
 
 fn pg_targets(port: u16) -> Targets {
-    let pg = serde_json::from_value(
+    let pg: kv_rotator_rotators::postgres::PostgresConfig = serde_json::from_value(
         serde_json::json!({"host": "127.0.0.1", "port": port, "sslmode": "disable", "connect_timeout_secs": 2}),
     )
     .unwrap();
     let profiles = BTreeMap::from([(
         "pg".to_owned(),
         TargetProfile {
-            target: TargetKind::Postgres(pg),
+            target: TargetKind::new("postgres", pg),
             admin: None,
             password: Default::default(),
             accounts: vec!["*".to_owned()],

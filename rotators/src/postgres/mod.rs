@@ -330,6 +330,23 @@ impl PostgresRotator {
     }
 }
 
+impl crate::registry::KindSettings for PostgresConfig {
+    fn offers(&self, strategy: crate::common::Strategy) -> Result<(), std::borrow::Cow<'static, str>> {
+        crate::registry::all_strategies_but(
+            strategy,
+            crate::common::Strategy::MultiPassword,
+            "PostgreSQL keeps one password per role",
+        )
+    }
+
+    fn build(
+        &self,
+        profile: &crate::registry::ProfileContext<'_>,
+    ) -> Result<Arc<dyn Rotator>, crate::registry::BuildError> {
+        Ok(Arc::new(PostgresRotator::new(self.clone(), profile.password.clone())?))
+    }
+}
+
 #[async_trait]
 impl Rotator for PostgresRotator {
     fn kind(&self) -> &'static str {

@@ -158,24 +158,20 @@ pub async fn pg_runs(role: &str, password: &SecretString, query: &str) -> bool {
 
 /// A PostgreSQL profile over verified TLS with channel binding, the setup script's CA.
 pub fn pg_target() -> kv_rotator_config::TargetKind {
-    kv_rotator_config::TargetKind::Postgres(
-        serde_json::from_value(serde_json::json!({
-            "host": "127.0.0.1", "sslmode": "verify-full", "channel_binding": "require",
-            "sslrootcert": test_ca("KVR_TEST_PG_CA", "/var/lib/postgresql/kvr-test-tls/ca.pem"),
-        }))
-        .unwrap(),
-    )
+    let settings = serde_json::json!({
+        "host": "127.0.0.1", "sslmode": "verify-full", "channel_binding": "require",
+        "sslrootcert": test_ca("KVR_TEST_PG_CA", "/var/lib/postgresql/kvr-test-tls/ca.pem"),
+    });
+    kv_rotator_config::TargetKind::parse("postgres", settings).unwrap()
 }
 
 /// A MariaDB profile over verified TLS, the setup script's CA.
 pub fn mariadb_target() -> kv_rotator_config::TargetKind {
-    kv_rotator_config::TargetKind::Mariadb(
-        serde_json::from_value(serde_json::json!({
-            "host": "127.0.0.1", "tls": "verify-full",
-            "tls_ca_file": test_ca("KVR_TEST_MARIADB_CA", "/var/lib/mysql-kvr-test-tls/ca.pem"),
-        }))
-        .unwrap(),
-    )
+    let settings = serde_json::json!({
+        "host": "127.0.0.1", "tls": "verify-full",
+        "tls_ca_file": test_ca("KVR_TEST_MARIADB_CA", "/var/lib/mysql-kvr-test-tls/ca.pem"),
+    });
+    kv_rotator_config::TargetKind::parse("mariadb", settings).unwrap()
 }
 
 /// The machine's MariaDB as root (no password here).

@@ -1,5 +1,5 @@
-//! The command line: `demo`, `dev`, `serve`, `rotate`, `status`, `functions` and
-//! `healthcheck`.
+//! The command line: `demo`, `dev`, `serve`, `rotate`, `status`, `functions`, `plugin`
+//! and `healthcheck`.
 //!
 //! - [`demo`]: one rotation end to end on embedded defaults, with a report.
 //! - [`dev`]: the service with the dev vault embedded, for local experiments.
@@ -7,6 +7,7 @@
 //! - [`rotate`]: manual rotations (named secrets, `--all`, `--resume`), in-process.
 //! - [`status`]: `status` and `rotate --dry-run`, read-only views of the vault.
 //! - [`functions`]: the Azure Functions custom handler (Event Grid, HTTP and timer triggers).
+//! - [`plugin`]: `plugin test`, the conformance checks against a profile, for plugin authors.
 //! - [`healthcheck`]: probes a running service's `/healthz` (container health checks).
 //! - [`seed`]: the demo target (an htpasswd file) and a real-shaped Event Grid delivery.
 
@@ -14,6 +15,7 @@ pub mod demo;
 pub mod dev;
 pub mod functions;
 pub mod healthcheck;
+pub mod plugin;
 pub mod rotate;
 pub mod seed;
 pub mod serve;
@@ -65,6 +67,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Probe a running service's /healthz: exit 0 on a 2xx answer (for container health checks).
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Tools for rotator plugin authors: `plugin test` runs the conformance checks.
+    Plugin(plugin::PluginArgs),
     /// Serve the Azure Functions host's invocations (custom handler) on FUNCTIONS_CUSTOMHANDLER_PORT.
     Functions(functions::FunctionsArgs),
 }
@@ -94,6 +98,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status(args) => status::status(args).await,
             Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Functions(args) => functions::run(args).await,
+            Command::Plugin(args) => plugin::run(args).await,
         }
     });
     match result {
