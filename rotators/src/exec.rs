@@ -28,7 +28,7 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::common::Strategy;
 use crate::scrub::Scrubber;
@@ -45,6 +45,8 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_REPLY_BYTES: usize = 64 * 1024;
 /// Default `max_stderr_bytes`.
 pub const DEFAULT_MAX_STDERR_BYTES: usize = 16 * 1024;
+/// Default `max_concurrent`.
+pub const DEFAULT_MAX_CONCURRENT: usize = 4;
 /// The `PATH` a plugin gets (unless `env` passes the worker's own through).
 pub const PLUGIN_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Words that mark a setting key or an environment variable name as a secret: such
@@ -70,8 +72,9 @@ pub struct ExecConfig {
     /// The program, by absolute path (no `PATH` lookup).
     #[serde(deserialize_with = "absolute_path")]
     pub command: PathBuf,
-    /// Its arguments: visible to every local user (`ps`), so never secret.
-    #[serde(default)]
+    /// Its arguments: visible to every local user (`ps`), so never secret
+    /// (`--password=…`-like ones are refused).
+    #[serde(default, deserialize_with = "non_secret_args")]
     pub args: Vec<String>,
     /// Seconds one run may take before its process group is killed; at least 1.
     #[serde(default = "default_timeout", deserialize_with = "at_least_one_sec")]
@@ -89,6 +92,10 @@ pub struct ExecConfig {
     /// Largest stretch of stderr kept (and logged); the rest is read and dropped.
     #[serde(default = "default_max_stderr")]
     pub max_stderr_bytes: usize,
+    /// Most runs of this profile's program at once (the engine rotates several accounts
+    /// concurrently); more wait their turn. At least 1.
+    #[serde(default = "default_max_concurrent", deserialize_with = "at_least_one")]
+    pub max_concurrent: usize,
 }
 
 fn default_timeout() -> u64 {
@@ -99,6 +106,17 @@ fn default_max_reply() -> usize {
 }
 fn default_max_stderr() -> usize {
     DEFAULT_MAX_STDERR_BYTES
+}
+
+fn default_max_concurrent() -> usize {
+    DEFAULT_MAX_CONCURRENT
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("max_concurrent must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 fn at_least_one_sec<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -137,11 +155,33 @@ fn check_settings(settings: &serde_json::Map<String, serde_json::Value>) -> Resu
                  from Key Vault instead)"
             ));
         }
-        if let serde_json::Value::Object(inner) = value {
-            check_settings(inner).map_err(|e| e.replacen("settings.", &format!("settings.{key}."), 1))?;
-        }
+        check_setting_value(value).map_err(|e| e.replacen("settings.", &format!("settings.{key}."), 1))?;
     }
     Ok(())
+}
+
+/// Tables inside a setting, also those inside arrays (`[[settings.hosts]]`).
+fn check_setting_value(value: &serde_json::Value) -> Result<(), String> {
+    match value {
+        serde_json::Value::Object(inner) => check_settings(inner),
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_setting_value),
+        _ => Ok(()),
+    }
+}
+
+fn non_secret_args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let args = Vec::<String>::deserialize(d)?;
+    for arg in &args {
+        if let Some((name, _)) = arg.split_once('=') {
+            if looks_secret(name) {
+                return Err(serde::de::Error::custom(format!(
+                    "args: {name}=… looks like a secret, and arguments are visible to every local user (ps); \
+                     secrets reach a plugin on stdin only"
+                )));
+            }
+        }
+    }
+    Ok(args)
 }
 
 fn non_secret_env<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -170,6 +210,7 @@ impl ExecConfig {
             env: Vec::new(),
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             max_stderr_bytes: DEFAULT_MAX_STDERR_BYTES,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
         }
     }
 }
@@ -189,14 +230,23 @@ pub struct ExecRotator {
     cfg: ExecConfig,
     policy: PasswordPolicy,
     strategy: Strategy,
-    described: OnceCell<Description>,
+    /// The last description, and the command file it came from: a replaced program is
+    /// asked again.
+    described: Mutex<Option<(CommandFile, Description)>>,
+    /// At most `max_concurrent` runs at once.
+    runs: Semaphore,
 }
+
+/// Which file the command was when it was described: device, inode, size, change time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandFile(u64, u64, u64, i64, i64);
 
 impl ExecRotator {
     /// A rotator running `cfg.command` for a profile with `strategy` (single-user or
     /// multi-password; the plugin must declare it), passwords generated under `policy`.
     pub fn new(cfg: ExecConfig, policy: PasswordPolicy, strategy: Strategy) -> Self {
-        Self { cfg, policy, strategy, described: OnceCell::new() }
+        let runs = Semaphore::new(cfg.max_concurrent.max(1));
+        Self { cfg, policy, strategy, described: Mutex::new(None), runs }
     }
 
     /// Its settings.
@@ -204,10 +254,22 @@ impl ExecRotator {
         &self.cfg
     }
 
-    /// Asks the plugin to describe itself (once; a failure is asked again next time) and
-    /// checks that it fits: protocol, strategy, password constraints.
-    pub async fn describe(&self) -> RotatorResult<&Description> {
-        self.described.get_or_try_init(|| self.describe_uncached()).await
+    /// Checks the command file (see [`check_command_file`]), then asks the plugin to
+    /// describe itself — once per version of the file: a replaced or edited program is
+    /// asked again, a failure too — and checks that it fits: protocol, strategy, password
+    /// constraints.
+    pub async fn describe(&self) -> RotatorResult<Description> {
+        let file = check_command_file(&self.cfg.command)
+            .map_err(|why| RotatorError::Permanent(format!("plugin {}: {why}", self.cfg.command.display())))?;
+        let mut described = self.described.lock().await;
+        if let Some((seen, description)) = described.as_ref() {
+            if *seen == file {
+                return Ok(description.clone());
+            }
+        }
+        let description = self.describe_uncached().await?;
+        *described = Some((file, description.clone()));
+        Ok(description)
     }
 
     async fn describe_uncached(&self) -> RotatorResult<Description> {
@@ -331,6 +393,8 @@ impl ExecRotator {
     /// timeout, and kills the process group whatever happened.
     async fn run(&self, op: Op, body: &Body<'_>, scrub: &Scrubber) -> RotatorResult<Finished> {
         let who = format!("plugin {} ({})", self.cfg.command.display(), op.name());
+        // Never closed, so this only waits its turn.
+        let _turn = self.runs.acquire().await.map_err(|e| RotatorError::Permanent(format!("{who}: {e}")))?;
         let timeout = Duration::from_secs(self.cfg.timeout_secs);
         let deadline_ms = SystemTime::now().checked_add(timeout).and_then(|t| t.duration_since(UNIX_EPOCH).ok());
         let request = Request {
@@ -388,7 +452,7 @@ impl ExecRotator {
         let stderr_keep = self.cfg.max_stderr_bytes.saturating_add(longest);
         let mut stdout_task = tokio::spawn(read_capped(child.stdout.take(), max_reply, false));
         let stderr_task = tokio::spawn(read_capped(child.stderr.take(), stderr_keep, true));
-        tokio::spawn(writer);
+        let writer = tokio::spawn(writer);
 
         let sleep = tokio::time::sleep(timeout);
         tokio::pin!(sleep);
@@ -406,28 +470,37 @@ impl ExecRotator {
                 }
             }
         };
-        // Whatever the plugin left running goes with it.
+        // Whatever the plugin left running goes with it; so does a write still blocked on
+        // a pipe no one reads (its buffer is zeroized when dropped).
         group.kill();
+        writer.abort();
         let status = match ended {
             End::Exited(status) => status.map_err(|e| op.misbehaved(format!("{who}: wait: {e}")))?,
             End::TimedOut | End::TooLarge => {
                 let _ = child.wait().await;
                 let stderr = collect_stderr(stderr_task, scrub, self.cfg.max_stderr_bytes).await;
                 log_stderr(&who, &stderr);
-                let why = match ended {
-                    End::TimedOut => format!("no reply within {} s: process group killed", self.cfg.timeout_secs),
-                    _ => format!("reply larger than max_reply_bytes = {max_reply}: process group killed"),
-                };
                 let stderr = if stderr.is_empty() { String::new() } else { format!("; stderr: {stderr}") };
-                return Err(op.misbehaved(format!("{who}: {why}{stderr}")));
+                return Err(match ended {
+                    End::TimedOut => op.timed_out(format!(
+                        "{who}: no reply within {} s: process group killed{stderr}",
+                        self.cfg.timeout_secs
+                    )),
+                    _ => op.misbehaved(format!(
+                        "{who}: reply larger than max_reply_bytes = {max_reply}: process group killed{stderr}"
+                    )),
+                });
             }
         };
         let stdout = match stdout {
             Some(out) => out,
             // The group is dead, so the pipe ends are closed: this finishes at once.
-            None => match tokio::time::timeout(Duration::from_secs(5), stdout_task).await {
+            None => match tokio::time::timeout(Duration::from_secs(5), &mut stdout_task).await {
                 Ok(Ok(out)) => out,
-                _ => Captured::default(),
+                _ => {
+                    stdout_task.abort();
+                    Captured::default()
+                }
             },
         };
         if stdout.overflowed {
@@ -451,6 +524,47 @@ impl ExecRotator {
         }
         Ok(())
     }
+}
+
+/// The plugin program may be changed by no one but root and the worker's own user: it
+/// runs with the worker's identity and sees every password of its profile. So it must be
+/// a regular file owned by either, writable by neither group nor others, in a directory
+/// that is the same (or sticky, as `/tmp`: others cannot rename over a file there).
+/// Checked before every run; returns which file it is.
+pub fn check_command_file(path: &std::path::Path) -> Result<CommandFile, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the command file: {e}"))?;
+    if !meta.is_file() {
+        return Err("the command is not a regular file".to_owned());
+    }
+    check_owner_and_mode("the command file", &meta)?;
+    if let Some(dir) = path.parent() {
+        let dir_meta = std::fs::metadata(dir).map_err(|e| format!("cannot read its directory: {e}"))?;
+        if dir_meta.mode() & 0o1000 == 0 {
+            check_owner_and_mode(&format!("its directory {}", dir.display()), &dir_meta)?;
+        }
+    }
+    Ok(CommandFile(meta.dev(), meta.ino(), meta.len(), meta.ctime(), meta.ctime_nsec()))
+}
+
+fn check_owner_and_mode(what: &str, meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "{what} is owned by uid {}, neither root nor the worker's user (uid {me}): its owner could change what \
+             runs with the worker's identity and passwords",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{what} is writable by its group or by others (mode {:o}): they could change what runs with the \
+             worker's identity and passwords (chmod go-w)",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// Every password in `passwords` and its JSON-escaped form (what a reply would echo).
@@ -591,10 +705,13 @@ async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: usize, drain: bo
     }
 }
 
-async fn collect_stderr(task: tokio::task::JoinHandle<Captured>, scrub: &Scrubber, cap: usize) -> String {
-    let captured = match tokio::time::timeout(Duration::from_secs(5), task).await {
+async fn collect_stderr(mut task: tokio::task::JoinHandle<Captured>, scrub: &Scrubber, cap: usize) -> String {
+    let captured = match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
         Ok(Ok(captured)) => captured,
-        _ => return String::new(),
+        _ => {
+            task.abort();
+            return String::new();
+        }
     };
     let raw = String::from_utf8_lossy(&captured.bytes).into_owned();
     let raw_len = raw.len();
@@ -640,6 +757,16 @@ impl Op {
         match self {
             Op::Set => RotatorError::NotYetVisible(message),
             _ => RotatorError::Permanent(message),
+        }
+    }
+
+    /// A run killed at its timeout: a `set` may have changed the password
+    /// (`NotYetVisible`); elsewhere the target or the plugin's own network call was
+    /// probably slow, and a later try can succeed (`Transient`).
+    fn timed_out(self, message: String) -> RotatorError {
+        match self {
+            Op::Set => RotatorError::NotYetVisible(message),
+            _ => RotatorError::Transient(message),
         }
     }
 }
@@ -878,6 +1005,13 @@ mod tests {
         assert!(e.contains("looks like a secret"), "{e}");
         let e = parse(serde_json::json!({"command": "/p", "timeout_secs": 0})).unwrap_err();
         assert!(e.contains("timeout_secs must be at least 1"), "{e}");
+        let e = parse(serde_json::json!({"command": "/p", "args": ["--site=eu", "--db-password=x"]})).unwrap_err();
+        assert!(e.contains("args: --db-password=… looks like a secret"), "{e}");
+        let e = parse(serde_json::json!({"command": "/p", "settings": {"hosts": [{"name": "a", "api_key": "k"}]}}))
+            .unwrap_err();
+        assert!(e.contains("settings.hosts.api_key looks like a secret"), "{e}");
+        let e = parse(serde_json::json!({"command": "/p", "max_concurrent": 0})).unwrap_err();
+        assert!(e.contains("max_concurrent must be at least 1"), "{e}");
         let e = parse(serde_json::json!({"command": "/p", "comand": "/q"})).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
     }
