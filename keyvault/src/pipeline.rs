@@ -126,19 +126,41 @@ impl Default for ClientSettings {
     }
 }
 
+/// Why [`ClientSettings`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidClientSettings {
+    /// A rate limit under which no request could ever be sent.
+    #[error("rate limit {transactions} per {per:?} admits nothing")]
+    RateLimitAdmitsNothing {
+        /// Its transactions.
+        transactions: u32,
+        /// Its period.
+        per: Duration,
+    },
+    /// The first retry would wait longer than any retry may.
+    #[error("retry initial delay is longer than the maximum delay")]
+    InitialDelayOverMaximum,
+    /// A connect or read timeout of zero.
+    #[error("timeouts must be longer than zero")]
+    ZeroTimeout,
+}
+
 impl ClientSettings {
     /// Checks the values make sense together; errors name the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidClientSettings> {
         if let Some(limit) = &self.rate_limit {
             if limit.transactions == 0 || limit.per.is_zero() || limit.quota().is_none() {
-                return Err(format!("rate limit {} per {:?} admits nothing", limit.transactions, limit.per));
+                return Err(InvalidClientSettings::RateLimitAdmitsNothing {
+                    transactions: limit.transactions,
+                    per: limit.per,
+                });
             }
         }
         if self.retry.initial_delay > self.retry.max_delay {
-            return Err("retry initial delay is longer than the maximum delay".into());
+            return Err(InvalidClientSettings::InitialDelayOverMaximum);
         }
         if self.connect_timeout.is_zero() || self.read_timeout.is_zero() {
-            return Err("timeouts must be longer than zero".into());
+            return Err(InvalidClientSettings::ZeroTimeout);
         }
         Ok(())
     }
@@ -342,6 +364,8 @@ mod tests {
         assert!(RateLimit { transactions: 1, per: Duration::from_secs(1) }.quota().is_some());
         let settings =
             ClientSettings { rate_limit: Some(RateLimit { transactions: 0, ..limit }), ..Default::default() };
-        assert!(settings.validate().unwrap_err().contains("admits nothing"));
+        let e = settings.validate().unwrap_err();
+        assert!(matches!(e, InvalidClientSettings::RateLimitAdmitsNothing { transactions: 0, .. }), "{e}");
+        assert!(e.to_string().contains("admits nothing"), "{e}");
     }
 }

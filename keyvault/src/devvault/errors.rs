@@ -36,7 +36,7 @@ pub enum DevVaultError {
     Sdk(#[from] azure_core::Error),
     /// [`DevVault::seed`](super::DevVault::seed) refused its input.
     #[error("seed rejected: {0}")]
-    Seed(String),
+    Seed(#[from] super::state::SeedError),
     /// The state file of a persistent dev vault cannot be read or written.
     #[error("dev vault state file {path}: {detail}")]
     Persistence {

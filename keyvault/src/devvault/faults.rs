@@ -146,13 +146,32 @@ pub struct Faults {
     pub fail_nth: Option<(u64, Injected)>,
 }
 
+/// Why a set of [`Faults`] cannot be injected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidFaults {
+    /// A rate outside 0..=1.
+    #[error("fault rate {0} is not between 0 and 1")]
+    RateOutOfRange(f64),
+    /// The rates that apply to one operation add up to more than every call.
+    #[error("fault rates for {operation:?} add up to {total}, over 1")]
+    RatesOverOne {
+        /// The operation.
+        operation: Operation,
+        /// Their sum.
+        total: f64,
+    },
+    /// `fail_nth` of 0.
+    #[error("fail-the-Nth-call counts from 1")]
+    FailNthZero,
+}
+
 impl Faults {
     /// Checks that every rate is in 0..=1 and that the rates of any one operation add
     /// up to at most 1.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidFaults> {
         for rule in &self.errors {
             if !(0.0..=1.0).contains(&rule.rate) {
-                return Err(format!("fault rate {} is not between 0 and 1", rule.rate));
+                return Err(InvalidFaults::RateOutOfRange(rule.rate));
             }
         }
         let ops = [
@@ -167,11 +186,11 @@ impl Faults {
         for op in ops {
             let total: f64 = self.errors.iter().filter(|r| r.operation.is_none_or(|o| o == op)).map(|r| r.rate).sum();
             if total > 1.0 + 1e-9 {
-                return Err(format!("fault rates for {op:?} add up to {total}, over 1"));
+                return Err(InvalidFaults::RatesOverOne { operation: op, total });
             }
         }
         match self.fail_nth {
-            Some((0, _)) => Err("fail-the-Nth-call counts from 1".into()),
+            Some((0, _)) => Err(InvalidFaults::FailNthZero),
             _ => Ok(()),
         }
     }
@@ -357,7 +376,8 @@ mod tests {
         assert!("fetch:503=0.1".parse::<ErrorRule>().unwrap_err().contains("unknown operation"));
         let too_much =
             Faults { errors: vec!["503=0.6".parse().unwrap(), "get:429=0.6".parse().unwrap()], ..Default::default() };
-        assert!(too_much.validate().unwrap_err().contains("Get"));
+        let e = too_much.validate().unwrap_err();
+        assert!(matches!(e, InvalidFaults::RatesOverOne { operation: Operation::Get, .. }), "{e}");
     }
 
     #[test]

@@ -42,8 +42,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 pub use errors::DevVaultError;
-pub use faults::{parse_fail_nth, DevVaultStats, ErrorRule, Faults, Injected, Operation, RateLimit};
-pub use state::SeedSecret;
+pub use faults::{parse_fail_nth, DevVaultStats, ErrorRule, Faults, Injected, InvalidFaults, Operation, RateLimit};
+pub use state::{SeedError, SeedSecret, StateFileError};
 
 /// The bearer token kv-rotator's dev credential presents. The dev vault accepts any
 /// non-empty token; this one only makes logs and captures recognisable.
@@ -123,7 +123,7 @@ impl DevVault {
                 return Err(DevVaultError::InvalidOptions(format!("rate limit {limit:?} admits nothing")));
             }
         }
-        opts.faults.validate().map_err(DevVaultError::InvalidOptions)?;
+        opts.faults.validate().map_err(|e| DevVaultError::InvalidOptions(e.to_string()))?;
         let host = format!("{label}.vault.azure.net");
         let tls = tls::generate(&host)?;
         let (state_file, vault) = match &opts.state_file {
@@ -208,7 +208,7 @@ impl DevVault {
 
     /// Replaces the injected faults; the fail-the-Nth-call count restarts at 0.
     pub fn set_faults(&self, faults: Faults) -> Result<(), DevVaultError> {
-        faults.validate().map_err(DevVaultError::InvalidOptions)?;
+        faults.validate().map_err(|e| DevVaultError::InvalidOptions(e.to_string()))?;
         self.shared.gate.set_faults(faults);
         Ok(())
     }

@@ -32,7 +32,7 @@ impl StateFile {
         let vault = match std::fs::read(path) {
             Ok(bytes) => {
                 restrict_mode(path).map_err(|e| fail(format!("cannot set mode 0600: {e}")))?;
-                Vault::from_state_json(host, &bytes).map_err(fail)?
+                Vault::from_state_json(host, &bytes).map_err(|e| fail(e.to_string()))?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vault::new(host),
             Err(e) => return Err(fail(format!("cannot read: {e}"))),

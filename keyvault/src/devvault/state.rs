@@ -66,10 +66,49 @@ impl fmt::Debug for SecretVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretVersion")
             .field("id", &self.id)
-            .field("value", &"<redacted>")
+            .field("value", &"[REDACTED]")
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
     }
+}
+
+/// Why [`Vault::seed`] refused a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeedError {
+    /// Not 1-127 of `0-9 a-z A-Z -`.
+    #[error("invalid secret name {0:?}")]
+    InvalidName(String),
+    /// A given version id that is not 32 hex characters.
+    #[error("version id {0:?} is not 32 hex characters")]
+    InvalidVersion(String),
+    /// A secret of that name exists, live or deleted (and `add_version` was not asked).
+    #[error("a secret named {0:?} exists already")]
+    Exists(String),
+    /// `add_version` for a secret that is not there, or is deleted.
+    #[error("add_version needs a live secret named {0:?}")]
+    NoLiveSecret(String),
+    /// `add_version` with a version id the secret has.
+    #[error("secret {name:?} has a version {version} already")]
+    VersionExists {
+        /// The secret.
+        name: String,
+        /// The version id.
+        version: String,
+    },
+}
+
+/// Why a dev vault state file cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    /// Not the JSON a dev vault writes.
+    #[error("not a dev vault state file: {0}")]
+    NotAStateFile(#[source] serde_json::Error),
+    /// Another format version.
+    #[error("format {0:?}, expected {STATE_FORMAT:?}")]
+    Format(String),
+    /// A secret with an invalid name or without its latest version.
+    #[error("a secret in the file has an invalid name or no latest version")]
+    BrokenSecret,
 }
 
 /// A secret: its versions and which one is the latest (the last written).
@@ -116,8 +155,8 @@ pub(crate) struct Attributes {
 }
 
 /// SecretBundle, SecretItem, DeletedSecretBundle or DeletedSecretItem, with fields in
-/// the order the service writes them.
-#[derive(Debug, Clone, Serialize)]
+/// the order the service writes them. Its `Debug` leaves the value out.
+#[derive(Clone, Serialize)]
 pub(crate) struct Bundle {
     #[serde(rename = "recoveryId", skip_serializing_if = "Option::is_none")]
     pub recovery_id: Option<String>,
@@ -135,6 +174,18 @@ pub(crate) struct Bundle {
     pub attributes: Attributes,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, String>>,
+}
+
+impl fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bundle")
+            .field("id", &self.id)
+            .field("value", &self.value.as_ref().map(|_| "[REDACTED]"))
+            .field("deleted_date", &self.deleted_date)
+            .field("attributes", &self.attributes)
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a bundle shows: with or without the value, the version in the id or not.
@@ -274,7 +325,7 @@ impl fmt::Debug for SeedSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SeedSecret")
             .field("name", &self.name)
-            .field("value", &"<redacted>")
+            .field("value", &"[REDACTED]")
             .field("managed", &self.managed)
             .field("deleted_date", &self.deleted_date)
             .field("version", &self.version)
@@ -348,15 +399,14 @@ impl Vault {
     }
 
     /// A vault with the content of a state file written by [`Vault::to_state_json`].
-    pub fn from_state_json(host: String, json: &[u8]) -> Result<Self, String> {
-        let persisted: Persisted =
-            serde_json::from_slice(json).map_err(|e| format!("not a dev vault state file: {e}"))?;
+    pub fn from_state_json(host: String, json: &[u8]) -> Result<Self, StateFileError> {
+        let persisted: Persisted = serde_json::from_slice(json).map_err(StateFileError::NotAStateFile)?;
         if persisted.format != STATE_FORMAT {
-            return Err(format!("format {:?}, expected {STATE_FORMAT:?}", persisted.format));
+            return Err(StateFileError::Format(persisted.format));
         }
         let whole = |s: &Secret| valid_name(&s.name) && s.versions.contains_key(&s.latest);
         if !persisted.secrets.values().all(whole) || !persisted.deleted.values().all(|d| whole(&d.secret)) {
-            return Err("a secret in the file has an invalid name or no latest version".into());
+            return Err(StateFileError::BrokenSecret);
         }
         Ok(Self { host, secrets: persisted.secrets, deleted: persisted.deleted })
     }
@@ -545,22 +595,22 @@ impl Vault {
 
     /// Inserts a secret of one version, live or soft-deleted, or (with `add_version`) one
     /// more version of a live secret; returns the version id.
-    pub fn seed(&mut self, seed: SeedSecret) -> Result<String, String> {
+    pub fn seed(&mut self, seed: SeedSecret) -> Result<String, SeedError> {
         if !valid_name(&seed.name) {
-            return Err(format!("invalid secret name {:?}", seed.name));
+            return Err(SeedError::InvalidName(seed.name));
         }
         let id = match seed.version {
             Some(v) if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) => v.to_ascii_lowercase(),
-            Some(v) => return Err(format!("version id {v:?} is not 32 hex characters")),
+            Some(v) => return Err(SeedError::InvalidVersion(v)),
             None => new_version_id(),
         };
         let key = seed.name.to_ascii_lowercase();
         let existing = self.secrets.contains_key(&key);
         if self.deleted.contains_key(&key) || (existing && !seed.add_version) {
-            return Err(format!("a secret named {:?} exists already", seed.name));
+            return Err(SeedError::Exists(seed.name));
         }
         if seed.add_version && (!existing || seed.deleted_date.is_some()) {
-            return Err(format!("add_version needs a live secret named {:?}", seed.name));
+            return Err(SeedError::NoLiveSecret(seed.name));
         }
         let created = seed.created.unwrap_or_else(now);
         let version = SecretVersion {
@@ -577,7 +627,7 @@ impl Vault {
         };
         if let Some(secret) = self.secrets.get_mut(&key) {
             if secret.versions.contains_key(&id) {
-                return Err(format!("secret {:?} has a version {id} already", seed.name));
+                return Err(SeedError::VersionExists { name: seed.name, version: id });
             }
             secret.versions.insert(id.clone(), version);
             secret.latest = id.clone();
@@ -599,6 +649,17 @@ mod tests {
     fn set(vault: &mut Vault, name: &str, value: &str) -> Bundle {
         let params = SetParams { value: Some(value.into()), content_type: None, tags: None, attributes: None };
         vault.set(name, params).unwrap()
+    }
+
+    #[test]
+    fn debug_output_of_what_the_vault_holds_never_shows_a_value() {
+        let mut vault = Vault::new("v.vault.azure.net".into());
+        let bundle = set(&mut vault, "s", "hunter2-value-that-must-not-print");
+        let version = vault.get("s", None).unwrap();
+        for text in [format!("{bundle:?}"), format!("{version:?}"), format!("{:?}", vault.secrets)] {
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        assert!(format!("{bundle:?}").contains("[REDACTED]"));
     }
 
     #[test]
