@@ -64,6 +64,10 @@ fn a_registered_kind_loads_checks_its_keys_and_strategies_and_builds() {
     assert!(e.contains("unknown field `sight`") && e.contains("targets.legacy"), "{e}");
     let e = load(&profile.replace("site = \"eu\"\n", "")).unwrap_err();
     assert!(e.contains("missing field `site`"), "{e}");
+    // No kind's settings hold a secret, whatever its own type would accept.
+    let e = load(&profile.replace("site = \"eu\"", "site = \"eu\"\nhosts = [{ name = \"a\", api-token = \"x\" }]"))
+        .unwrap_err();
+    assert!(e.contains("hosts.api-token looks like a secret"), "{e}");
     // The kind's own strategy rule.
     let e = load(&format!("{profile}strategy = \"multi-password\"\n")).unwrap_err();
     assert!(e.contains("the legacy app has one password per user"), "{e}");

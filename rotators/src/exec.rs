@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::common::Strategy;
+use crate::registry::looks_secret;
 use crate::scrub::Scrubber;
 use crate::{
     Credential, PasswordPolicy, RetirePasswordsRequest, RetirePasswordsResponse, Rotator, RotatorError, RotatorResult,
@@ -49,9 +50,12 @@ pub const DEFAULT_MAX_STDERR_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_CONCURRENT: usize = 4;
 /// The `PATH` a plugin gets (unless `env` passes the worker's own through).
 pub const PLUGIN_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-/// Words that mark a setting key or an environment variable name as a secret: such
-/// values belong in Key Vault (the admin login), not in the configuration.
-pub const SECRET_WORDS: &[&str] = &["password", "passwd", "secret", "token", "credential", "private_key", "api_key"];
+/// Longest a `set` waits before its run starts — for the plugin's description and for a
+/// free run (`max_concurrent`) — before it gives up with a transient error, nothing run.
+/// The engine checked its lease just before calling `set`; a change that started long
+/// after could come after another engine took over (the lease's margin is 10 s by
+/// default). The engine checks the lease again on its retry.
+pub const SET_START_WAIT: Duration = Duration::from_secs(2);
 /// Longest stretch of a reply or stderr quoted in an error.
 const QUOTE_CHARS: usize = 400;
 
@@ -134,11 +138,6 @@ fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
     Ok(path)
 }
 
-fn looks_secret(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    SECRET_WORDS.iter().any(|w| name.contains(w))
-}
-
 fn non_secret_settings<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<serde_json::Map<String, serde_json::Value>, D::Error> {
@@ -172,13 +171,13 @@ fn check_setting_value(value: &serde_json::Value) -> Result<(), String> {
 fn non_secret_args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let args = Vec::<String>::deserialize(d)?;
     for arg in &args {
-        if let Some((name, _)) = arg.split_once('=') {
-            if looks_secret(name) {
-                return Err(serde::de::Error::custom(format!(
-                    "args: {name}=… looks like a secret, and arguments are visible to every local user (ps); \
-                     secrets reach a plugin on stdin only"
-                )));
-            }
+        // `--password=x`, or `--password` followed by its value.
+        let name = arg.split_once('=').map_or(arg.as_str(), |(name, _)| name);
+        if name.starts_with('-') && looks_secret(name) {
+            return Err(serde::de::Error::custom(format!(
+                "args: {name} looks like a secret option, and arguments are visible to every local user (ps); \
+                 secrets reach a plugin on stdin only"
+            )));
         }
     }
     Ok(args)
@@ -259,8 +258,10 @@ impl ExecRotator {
     /// asked again, a failure too — and checks that it fits: protocol, strategy, password
     /// constraints.
     pub async fn describe(&self) -> RotatorResult<Description> {
+        // Transient: a plugin being upgraded (a chmod after a copy) may pass in a moment;
+        // nothing has run, and a lasting problem is reported once the retries run out.
         let file = check_command_file(&self.cfg.command)
-            .map_err(|why| RotatorError::Permanent(format!("plugin {}: {why}", self.cfg.command.display())))?;
+            .map_err(|why| RotatorError::Transient(format!("plugin {}: {why}", self.cfg.command.display())))?;
         let mut described = self.described.lock().await;
         if let Some((seen, description)) = described.as_ref() {
             if *seen == file {
@@ -274,7 +275,7 @@ impl ExecRotator {
 
     async fn describe_uncached(&self) -> RotatorResult<Description> {
         let body = Body::Describe;
-        let reply: Reply = self.call(Op::Describe, &body, &Scrubber::new([])).await?;
+        let reply: Reply = self.call(Op::Describe, &body, &Scrubber::new([]), None).await?;
         let Reply { outcome, strategies, password, .. } = reply;
         if outcome.as_deref() != Some("described") {
             return Err(self.protocol_error(Op::Describe, "expected outcome \"described\""));
@@ -310,8 +311,14 @@ impl ExecRotator {
     }
 
     /// One run: request in, reply out, mapped to `T` unless it is an error reply.
-    async fn call<T: ReplyOf>(&self, op: Op, body: &Body<'_>, scrub: &Scrubber) -> RotatorResult<T> {
-        let run = self.run(op, body, scrub).await?;
+    async fn call<T: ReplyOf>(
+        &self,
+        op: Op,
+        body: &Body<'_>,
+        scrub: &Scrubber,
+        start_by: Option<tokio::time::Instant>,
+    ) -> RotatorResult<T> {
+        let run = self.run(op, body, scrub, start_by).await?;
         let who = format!("plugin {} ({})", self.cfg.command.display(), op.name());
         let stderr_note = |s: &str| if s.is_empty() { String::new() } else { format!("; stderr: {s}") };
         if run.stdout.iter().all(u8::is_ascii_whitespace) {
@@ -391,10 +398,25 @@ impl ExecRotator {
 
     /// Spawns the plugin, writes the request, collects stdout and stderr within the
     /// timeout, and kills the process group whatever happened.
-    async fn run(&self, op: Op, body: &Body<'_>, scrub: &Scrubber) -> RotatorResult<Finished> {
+    async fn run(
+        &self,
+        op: Op,
+        body: &Body<'_>,
+        scrub: &Scrubber,
+        start_by: Option<tokio::time::Instant>,
+    ) -> RotatorResult<Finished> {
         let who = format!("plugin {} ({})", self.cfg.command.display(), op.name());
-        // Never closed, so this only waits its turn.
-        let _turn = self.runs.acquire().await.map_err(|e| RotatorError::Permanent(format!("{who}: {e}")))?;
+        let turn = match start_by {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.runs.acquire()).await.map_err(|_| {
+                RotatorError::Transient(format!(
+                    "{who}: all {} runs of this plugin are busy; nothing was run",
+                    self.cfg.max_concurrent
+                ))
+            })?,
+            None => self.runs.acquire().await,
+        };
+        // The semaphore is never closed: `turn` is always a permit.
+        let _turn = turn.map_err(|e| RotatorError::Permanent(format!("{who}: {e}")))?;
         let timeout = Duration::from_secs(self.cfg.timeout_secs);
         let deadline_ms = SystemTime::now().checked_add(timeout).and_then(|t| t.duration_since(UNIX_EPOCH).ok());
         let request = Request {
@@ -433,7 +455,7 @@ impl ExecRotator {
             .spawn()
             .map_err(|e| RotatorError::Permanent(format!("{who}: cannot start: {e}")))?;
         // Killed on every path out of here, a dropped (cancelled) call included.
-        let mut group = Group(child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)));
+        let mut group = ProcessGroup::of(&child);
 
         let mut stdin = child.stdin.take();
         let writer = async move {
@@ -527,9 +549,14 @@ impl ExecRotator {
 }
 
 /// The plugin program may be changed by no one but root and the worker's own user: it
-/// runs with the worker's identity and sees every password of its profile. So it must be
-/// a regular file owned by either, writable by neither group nor others, in a directory
-/// that is the same (or sticky, as `/tmp`: others cannot rename over a file there).
+/// runs with the worker's identity and sees every password of its profile. So the file
+/// must be a regular file, and it and every directory above it up to `/` — along the path
+/// as configured and along the path its symlinks resolve to — owned by root or the
+/// worker's user and writable by neither group nor others. A sticky directory (`/tmp`)
+/// does not pass: others may add files there, and an interpreter such as Python imports
+/// modules from its script's directory. (With no one else able to write anywhere on the
+/// path, the file cannot be swapped between this check and the run.)
+///
 /// Checked before every run; returns which file it is.
 pub fn check_command_file(path: &std::path::Path) -> Result<CommandFile, String> {
     use std::os::unix::fs::MetadataExt as _;
@@ -537,11 +564,13 @@ pub fn check_command_file(path: &std::path::Path) -> Result<CommandFile, String>
     if !meta.is_file() {
         return Err("the command is not a regular file".to_owned());
     }
-    check_owner_and_mode("the command file", &meta)?;
-    if let Some(dir) = path.parent() {
-        let dir_meta = std::fs::metadata(dir).map_err(|e| format!("cannot read its directory: {e}"))?;
-        if dir_meta.mode() & 0o1000 == 0 {
-            check_owner_and_mode(&format!("its directory {}", dir.display()), &dir_meta)?;
+    let resolved = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve the command's path: {e}"))?;
+    check_owner_and_mode(&format!("the command file {}", resolved.display()), &meta)?;
+    for file in [path, resolved.as_path()] {
+        for dir in file.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
+            let dir_meta =
+                std::fs::metadata(dir).map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?;
+            check_owner_and_mode(&format!("directory {}", dir.display()), &dir_meta)?;
         }
     }
     Ok(CommandFile(meta.dev(), meta.ino(), meta.len(), meta.ctime(), meta.ctime_nsec()))
@@ -635,13 +664,22 @@ impl std::io::Write for CountingWriter {
     }
 }
 
-/// A plugin run's process group (its id is the leader's pid), killed once: by
-/// [`Group::kill`] right after the leader exits (the id is not reused while any member
-/// lives), or when dropped (a cancelled call: the leader is not even reaped yet).
-struct Group(Option<rustix::process::Pid>);
+/// A child's process group (the child started with `process_group(0)`; its id is the
+/// leader's pid), killed with `SIGKILL` once: by [`ProcessGroup::kill`] right after the
+/// leader exits (the id is not reused while any member lives), or when dropped (a
+/// cancelled call: the leader is not even reaped yet). Whatever the child left behind in
+/// the group goes too.
+#[derive(Debug)]
+pub struct ProcessGroup(Option<rustix::process::Pid>);
 
-impl Group {
-    fn kill(&mut self) {
+impl ProcessGroup {
+    /// The group `child` leads.
+    pub fn of(child: &tokio::process::Child) -> Self {
+        Self(child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)))
+    }
+
+    /// Kills every member now (once).
+    pub fn kill(&mut self) {
         if let Some(pid) = self.0.take() {
             // ESRCH: every member is gone already.
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
@@ -649,7 +687,7 @@ impl Group {
     }
 }
 
-impl Drop for Group {
+impl Drop for ProcessGroup {
     fn drop(&mut self) {
         self.kill();
     }
@@ -752,10 +790,14 @@ impl Op {
 
     /// A run without a usable reply. A `set` may have changed the password before it
     /// went wrong, so the engine must keep the pending password (`NotYetVisible`);
-    /// elsewhere nothing changed and the error is the plugin's (`Permanent`).
+    /// elsewhere nothing changed and the error is the plugin's (`Permanent`), but for
+    /// `describe` (`Transient`).
     fn misbehaved(self, message: String) -> RotatorError {
         match self {
             Op::Set => RotatorError::NotYetVisible(message),
+            // Nothing was asked of the target yet; a half-copied upgrade answers garbage
+            // for a moment. A lasting fault is reported once the retries run out.
+            Op::Describe => RotatorError::Transient(message),
             _ => RotatorError::Permanent(message),
         }
     }
@@ -948,7 +990,13 @@ impl Rotator for ExecRotator {
     }
 
     async fn set_password(&self, req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
-        self.describe().await?;
+        let start_by = tokio::time::Instant::now() + SET_START_WAIT;
+        tokio::time::timeout_at(start_by, self.describe()).await.map_err(|_| {
+            RotatorError::Transient(format!(
+                "plugin {} (set): its description took longer than {SET_START_WAIT:?}; nothing was run",
+                self.cfg.command.display()
+            ))
+        })??;
         let scrub = scrubber(
             [&req.pending, &req.current].into_iter().chain(&req.previous).chain(req.admin.iter().map(|a| &a.password)),
         );
@@ -960,14 +1008,14 @@ impl Rotator for ExecRotator {
             admin: req.admin.as_ref().map(LoginJson::of),
             pending_is_new: req.pending_is_new,
         };
-        self.call(Op::Set, &body, &scrub).await
+        self.call(Op::Set, &body, &scrub, Some(start_by)).await
     }
 
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
         self.describe().await?;
         let scrub = scrubber([&req.password]);
         let body = Body::Verify { username: &req.username, password: req.password.expose_secret() };
-        self.call(Op::Verify, &body, &scrub).await
+        self.call(Op::Verify, &body, &scrub, None).await
     }
 
     async fn retire_passwords(&self, req: RetirePasswordsRequest) -> RotatorResult<RetirePasswordsResponse> {
@@ -981,7 +1029,7 @@ impl Rotator for ExecRotator {
             also_keep: req.also_keep.iter().map(|p| p.expose_secret()).collect(),
             admin: req.admin.as_ref().map(LoginJson::of),
         };
-        self.call(Op::Retire, &body, &scrub).await
+        self.call(Op::Retire, &body, &scrub, None).await
     }
 }
 
@@ -1006,7 +1054,16 @@ mod tests {
         let e = parse(serde_json::json!({"command": "/p", "timeout_secs": 0})).unwrap_err();
         assert!(e.contains("timeout_secs must be at least 1"), "{e}");
         let e = parse(serde_json::json!({"command": "/p", "args": ["--site=eu", "--db-password=x"]})).unwrap_err();
-        assert!(e.contains("args: --db-password=… looks like a secret"), "{e}");
+        assert!(e.contains("args: --db-password looks like a secret option"), "{e}");
+        // The option and its value apart, other spellings, and what is only a location.
+        for args in [&["--password", "x"][..], &["--api-key=k"], &["--pass", "x"], &["-pwd=x"]] {
+            let e = parse(serde_json::json!({"command": "/p", "args": args})).unwrap_err();
+            assert!(e.contains("looks like a secret option"), "{args:?}: {e}");
+        }
+        let cfg = parse(serde_json::json!({"command": "/p", "args": ["--token-file=/run/t", "--password-env", "PW",
+            "--site", "eu"], "settings": {"api-key_path": "/x"}}))
+        .unwrap();
+        assert_eq!(cfg.args.len(), 5);
         let e = parse(serde_json::json!({"command": "/p", "settings": {"hosts": [{"name": "a", "api_key": "k"}]}}))
             .unwrap_err();
         assert!(e.contains("settings.hosts.api_key looks like a secret"), "{e}");

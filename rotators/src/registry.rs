@@ -27,6 +27,39 @@ use serde::de::DeserializeOwned;
 use crate::common::Strategy;
 use crate::{PasswordPolicy, Rotator};
 
+/// Words that mark a setting key or an environment variable name as a secret: such
+/// values belong in Key Vault (the admin login), not in the configuration.
+pub const SECRET_WORDS: &[&str] = &["password", "passwd", "secret", "token", "credential", "private_key", "api_key"];
+
+/// Whether a key, variable or option name names a secret: it contains one of
+/// [`SECRET_WORDS`] (any case, `-` read as `_`) or one of its words is `pass` or `pwd` —
+/// unless it names where a secret is kept (its last word is `file`, `path`, `dir` or
+/// `env`: `token_file`, `--password-env`), which is configuration.
+pub fn looks_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace('-', "_");
+    let words: Vec<&str> = name.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    if words.last().is_some_and(|last| ["file", "path", "dir", "env"].contains(last)) {
+        return false;
+    }
+    SECRET_WORDS.iter().any(|w| name.contains(w)) || words.iter().any(|w| ["pass", "pwd", "apikey"].contains(w))
+}
+
+/// The first key in `settings` (at any depth, tables inside arrays too) that
+/// [`looks_secret`], as a dotted path.
+pub fn secret_looking_key(settings: &serde_json::Value) -> Option<String> {
+    match settings {
+        serde_json::Value::Object(map) => map.iter().find_map(|(key, value)| {
+            if looks_secret(key) {
+                Some(key.clone())
+            } else {
+                secret_looking_key(value).map(|inner| format!("{key}.{inner}"))
+            }
+        }),
+        serde_json::Value::Array(items) => items.iter().find_map(secret_looking_key),
+        _ => None,
+    }
+}
+
 /// Why a rotator could not be built from valid settings (a CA file that cannot be read…).
 pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -179,7 +212,15 @@ impl Registry {
 
     /// Reads `settings` as kind `kind`'s, or says what is wrong (unknown kind, unknown or
     /// missing key, wrong type).
+    /// Every kind's keys are checked first: one that [`looks_secret`] is refused, since the
+    /// configuration holds no secret (a kind reads its passwords from Key Vault).
     pub fn parse(&self, kind: &str, settings: serde_json::Value) -> Result<Arc<dyn KindSettings>, String> {
+        if let Some(key) = secret_looking_key(&settings) {
+            return Err(format!(
+                "{key} looks like a secret: the configuration holds none (the profile's admin login comes from Key \
+                 Vault)"
+            ));
+        }
         match self.kinds.get(kind) {
             Some(registered) => (registered.parse)(settings),
             None => Err(format!(

@@ -64,7 +64,7 @@ impl ConformanceFixture for ToyFile {
 }
 
 async fn conformance(plugin: &str) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut toy = ToyFile::new(dir.path());
     let rotator = toy.rotator(examples().join(plugin), Strategy::SingleUser);
     let report = run_conformance(&rotator, &mut toy).await.unwrap();
@@ -149,7 +149,7 @@ fn gone(pid: u32) -> bool {
 
 #[tokio::test]
 async fn a_hang_kills_the_whole_process_group() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let body = "sleep 300 &\necho $! > \"$dir/grandchild.$$\"\nsleep 300";
     let started = std::time::Instant::now();
     let (set, verify) = both_errors(dir.path(), "hang.sh", body, 1).await;
@@ -175,7 +175,7 @@ async fn a_hang_kills_the_whole_process_group() {
 
 #[tokio::test]
 async fn a_cancelled_call_kills_the_process_group_too() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let body = "sleep 300 &\necho $! > \"$dir/grandchild\"\nsleep 300";
     let r = rotator(plugin(dir.path(), "hang.sh", body), 60);
     let password = PasswordPolicy::default().generate();
@@ -194,7 +194,7 @@ async fn a_cancelled_call_kills_the_process_group_too() {
 
 #[tokio::test]
 async fn a_crash_says_how_with_its_stderr_scrubbed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     // The whole request, passwords and all, to stderr; then a crash.
     let (set, verify) = both_errors(dir.path(), "crash.sh", "printf '%s\\n' \"$req\" >&2\nexit 3", 5).await;
     for e in [set, verify] {
@@ -207,7 +207,7 @@ async fn a_crash_says_how_with_its_stderr_scrubbed() {
 
 #[tokio::test]
 async fn garbage_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (set, _) = both_errors(dir.path(), "garbage.sh", "echo 'hello, world'", 5).await;
     assert!(set.to_string().contains("the reply is not the protocol's JSON"), "{set}");
     assert!(set.to_string().contains("\"hello, world\""), "{set}");
@@ -217,7 +217,7 @@ async fn garbage_is_refused() {
 
 #[tokio::test]
 async fn a_huge_reply_is_cut_off() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let body = "head -c 10000000 /dev/zero | tr '\\0' a\nsleep 300";
     let (set, _) = both_errors(dir.path(), "huge.sh", body, 20).await;
     assert!(set.to_string().contains("reply larger than max_reply_bytes = 4096"), "{set}");
@@ -225,14 +225,14 @@ async fn a_huge_reply_is_cut_off() {
 
 #[tokio::test]
 async fn exit_0_without_a_reply_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (set, _) = both_errors(dir.path(), "silent.sh", "exit 0", 5).await;
     assert!(set.to_string().contains("no reply (exit 0)"), "{set}");
 }
 
 #[tokio::test]
 async fn a_reply_echoing_a_password_is_refused_and_scrubbed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     // Quotes whatever follows "pending" or "password" (the request's first secret).
     let body = r#"pw=$(printf '%s' "$req" | sed -n 's/.*"\(pending\|password\)":"\([^"]*\)".*/\2/p')
 printf '{"protocol":1,"outcome":"error","error":{"class":"permanent","message":"bad %s"}}\n' "$pw""#;
@@ -246,7 +246,7 @@ printf '{"protocol":1,"outcome":"error","error":{"class":"permanent","message":"
 
 #[tokio::test]
 async fn error_classes_map_to_the_trait() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for (class, check) in [
         ("transient", (|e: &RotatorError| matches!(e, RotatorError::Transient(_))) as fn(&RotatorError) -> bool),
         ("not-yet-visible", |e| matches!(e, RotatorError::NotYetVisible(_))),
@@ -264,7 +264,7 @@ async fn error_classes_map_to_the_trait() {
 
 #[tokio::test]
 async fn a_strategy_the_plugin_does_not_declare_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut cfg = ExecConfig::new(plugin(dir.path(), "single.sh", "exit 1"));
     cfg.timeout_secs = 5;
     let r = ExecRotator::new(cfg, PasswordPolicy::default(), Strategy::MultiPassword);
@@ -277,14 +277,14 @@ async fn a_strategy_the_plugin_does_not_declare_is_refused() {
     let r = rotator(dir.path().join("missing.sh"), 5);
     let e = r.set_password(every_login_request(&four_passwords())).await.unwrap_err();
     assert!(
-        matches!(&e, RotatorError::Permanent(m) if m.contains("cannot read the command file: No such file")),
+        matches!(&e, RotatorError::Transient(m) if m.contains("cannot read the command file: No such file")),
         "{e}"
     );
 }
 
 #[tokio::test]
 async fn secrets_are_never_in_argv_or_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let body = r#"env > "$dir/env.$$"
 tr '\0' ' ' < /proc/$$/cmdline > "$dir/cmdline.$$"
 sleep 0.2 &
@@ -322,7 +322,7 @@ echo '{"protocol":1,"outcome":"accepted"}'"#;
 
 #[tokio::test]
 async fn a_policy_outside_the_plugins_constraints_is_refused_before_any_password() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("short.sh");
     let describe = r#"{"protocol":1,"outcome":"described","strategies":["single-user"],"password":{"max_length":16}}"#;
     std::fs::write(&path, format!("#!/bin/sh\ncat >/dev/null\necho '{describe}'\n")).unwrap();
@@ -341,7 +341,7 @@ async fn a_policy_outside_the_plugins_constraints_is_refused_before_any_password
 /// redactions before it shift the text.
 #[tokio::test]
 async fn stderr_cut_mid_password_keeps_no_part_of_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let body = r#"pw=$(printf '%s' "$req" | sed -n 's/.*"\(pending\|password\)":"\([^"]*\)".*/\2/p')
 i=0; while [ $i -lt 40 ]; do printf '%s ' "$pw" >&2; i=$((i+1)); done
 exit 3"#;
@@ -357,7 +357,7 @@ exit 3"#;
 /// the reply is still seen, and the reply refused.
 #[tokio::test]
 async fn a_reply_echoing_a_password_in_another_escaping_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let body = r#"pw=$(printf '%s' "$req" | sed -n 's/.*"\(pending\|password\)":"\([^"]*\)".*/\2/p')
 first=$(printf '%s' "$pw" | cut -c1); rest=$(printf '%s' "$pw" | cut -c2-)
 hex=$(printf '%s' "$first" | od -An -tx1 | tr -d ' \n')
@@ -388,38 +388,113 @@ fn verify_request() -> VerifyRequest {
 
 #[tokio::test]
 async fn a_command_others_could_change_is_refused_before_it_runs() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let ran = dir.path().join("ran");
     let body = format!("touch '{}'\necho '{{\"protocol\":1,\"outcome\":\"rejected\"}}'", ran.display());
     let path = plugin(dir.path(), "open.sh", &body);
     let r = rotator(path.clone(), 5);
+    let refused = |e: RotatorError, what: &str| {
+        // Transient: nothing ran, and an upgrade in progress may pass in a moment.
+        assert!(matches!(e, RotatorError::Transient(_)) && e.to_string().contains(what), "{what}: {e}");
+    };
     // Group-writable file.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o775)).unwrap();
-    let e = r.verify(verify_request()).await.unwrap_err();
-    assert!(
-        matches!(e, RotatorError::Permanent(_))
-            && e.to_string().contains("writable by its group or by others (mode 775)"),
-        "{e}"
-    );
-    // Its directory writable by others, and not sticky: the file could be renamed over.
+    refused(r.verify(verify_request()).await.unwrap_err(), "writable by its group or by others (mode 775)");
+    // Its directory writable by others: the file could be renamed over.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let e = r.verify(verify_request()).await.unwrap_err();
-    assert!(e.to_string().contains("its directory") && e.to_string().contains("mode 777"), "{e}");
-    assert!(!ran.exists(), "the program ran");
-    // Sticky, as /tmp: others cannot replace a file they do not own.
+    refused(r.verify(verify_request()).await.unwrap_err(), "mode 777");
+    // Sticky, as /tmp, is not enough: others can add files beside it (an interpreter's
+    // modules), and the directory's owner can replace it.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    refused(r.verify(verify_request()).await.unwrap_err(), "mode 1777");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A directory further up, through a symlink: the link's and the target's paths both count.
+    let open = dir.path().join("open");
+    let inner = open.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    let hidden = plugin(&inner, "hidden.sh", &body);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let link = dir.path().join("link.sh");
+    std::os::unix::fs::symlink(&hidden, &link).unwrap();
+    refused(rotator(link.clone(), 5).verify(verify_request()).await.unwrap_err(), "open is writable");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(!ran.exists(), "the program ran");
+    assert_eq!(rotator(link, 5).verify(verify_request()).await.unwrap(), VerifyResponse::Rejected);
     assert_eq!(r.verify(verify_request()).await.unwrap(), VerifyResponse::Rejected);
     assert!(ran.exists());
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     // Not a file at all.
-    let e = rotator(dir.path().to_owned(), 5).verify(verify_request()).await.unwrap_err();
-    assert!(e.to_string().contains("not a regular file"), "{e}");
+    refused(rotator(dir.path().to_owned(), 5).verify(verify_request()).await.unwrap_err(), "not a regular file");
+    // Under /tmp, as most temporary directories are: refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let under_tmp = plugin(tmp.path(), "tmp.sh", &body);
+    refused(rotator(under_tmp, 5).verify(verify_request()).await.unwrap_err(), "mode 1777");
+}
+
+#[tokio::test]
+async fn a_set_that_cannot_start_at_once_gives_up_without_running() {
+    // The engine checked its lease just before `set`: a change started long after could
+    // come after another engine took over. A set waiting for a busy plugin gives up.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let log = dir.path().join("log");
+    let body = format!(
+        "case \"$req\" in *'\"operation\":\"verify\"'*) sleep 6;; *) echo set >> '{}';; esac\n\
+         echo '{{\"protocol\":1,\"outcome\":\"rejected\"}}'",
+        log.display()
+    );
+    let mut cfg = ExecConfig::new(plugin(dir.path(), "busy.sh", &body));
+    cfg.max_concurrent = 1;
+    let r = ExecRotator::new(cfg, PasswordPolicy::default(), Strategy::SingleUser);
+    let slow = r.verify(verify_request());
+    let set = async {
+        // Let the verify take the only run first.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        r.set_password(every_login_request(&four_passwords())).await
+    };
+    let (_, set) = tokio::join!(slow, set);
+    let e = set.unwrap_err();
+    assert!(matches!(&e, RotatorError::Transient(m) if m.contains("busy; nothing was run")), "{e}");
+    assert!(!log.exists(), "the set ran after all");
+}
+
+/// A plugin that appends to `log` each time it describes itself.
+fn counting(dir: &Path, name: &str, log: &Path) -> PathBuf {
+    let body = "echo '{\"protocol\":1,\"outcome\":\"rejected\"}'";
+    let path = dir.join(name);
+    let script = format!(
+        "#!/bin/sh\nreq=$(cat)\ncase \"$req\" in *'\"operation\":\"describe\"'*)\n  echo d >> '{}'\n  \
+         echo '{{\"protocol\":1,\"outcome\":\"described\",\"strategies\":[\"single-user\"]}}'; exit 0;;\nesac\n{body}\n",
+        log.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_description_is_kept_until_the_file_changes() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let log = dir.path().join("described");
+    let path = counting(dir.path(), "plugin.sh", &log);
+    let r = rotator(path.clone(), 5);
+    let described = || std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+    for _ in 0..3 {
+        r.verify(verify_request()).await.unwrap();
+    }
+    assert_eq!(described(), 1, "asked once for three runs");
+    // Edited in place (same inode): asked again.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("# edited\n");
+    std::fs::write(&path, text).unwrap();
+    r.verify(verify_request()).await.unwrap();
+    assert_eq!(described(), 2);
+    r.verify(verify_request()).await.unwrap();
+    assert_eq!(described(), 2);
 }
 
 #[tokio::test]
 async fn a_replaced_plugin_is_described_again() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = describing(dir.path(), "plugin.sh", r#"["single-user"]"#);
     let r = ExecRotator::new(ExecConfig::new(path.clone()), PasswordPolicy::default(), Strategy::MultiPassword);
     let e = r.verify(verify_request()).await.unwrap_err();
@@ -433,7 +508,7 @@ async fn a_replaced_plugin_is_described_again() {
 
 #[tokio::test]
 async fn max_concurrent_runs_are_never_exceeded() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let log = dir.path().join("log");
     // Each verify notes its start and end, apart by a pause.
     let body = format!(

@@ -37,7 +37,7 @@ async fn stderr_is_logged_scrubbed_and_capped() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     // The request, passwords and all, then 100 kB more, to stderr; then a good reply.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("stderr.sh");
     let script = r#"#!/bin/sh
 req=$(cat)

@@ -54,7 +54,10 @@ pub fn main_with(registry: kv_rotator_rotators::registry::Registry) -> std::proc
     use clap::Parser;
     // Before anything reads a configuration, which looks kinds up there.
     if kv_rotator_rotators::registry::install(registry).is_err() {
-        eprintln!("error: a rotator registry was installed already");
+        eprintln!(
+            "error: the rotator kinds were fixed before main_with could install them (a registry installed, or a \
+             configuration read, earlier in main)"
+        );
         return std::process::ExitCode::FAILURE;
     }
     let cli = cli::Cli::parse();

@@ -39,7 +39,7 @@ struct Site {
 impl Site {
     /// A toy file with the user, its secret in the dev vault.
     async fn new() -> Site {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
         let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
         let honest =

@@ -95,22 +95,34 @@ impl Entry {
 pub struct LegacyUsersRotator {
     cfg: LegacyUsersConfig,
     policy: PasswordPolicy,
-    /// One change at a time: read, change, write back.
-    lock: tokio::sync::Mutex<()>,
 }
 
 impl LegacyUsersRotator {
     /// The rotator of `cfg`, generating passwords by `policy`.
     pub fn new(cfg: LegacyUsersConfig, policy: PasswordPolicy) -> Self {
-        Self { cfg, policy, lock: tokio::sync::Mutex::new(()) }
+        Self { cfg, policy }
     }
 
-    /// Adds or replaces `user` (tests and onboarding; rotations never create users).
+    /// Adds or replaces `user` (tests and onboarding; rotations never create users). A
+    /// missing file is started; one that cannot be read is an error, never overwritten.
     pub fn put_user(path: &Path, user: &str, password: &SecretString, admin: bool) -> std::io::Result<()> {
-        let mut file = read(path).unwrap_or_default();
+        let _lock = lock(path)?;
+        let mut file = match read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => UsersFile::default(),
+            other => other?,
+        };
         file.users.insert(user.to_owned(), Entry::new(password, admin));
         write(path, &file)
     }
+}
+
+/// An exclusive lock on `<file>.lock`, held while the file is read, changed and written
+/// back: two profiles, two workers or the application itself never lose each other's
+/// change. (A blocking call: users files are small and local.)
+fn lock(path: &Path) -> std::io::Result<std::fs::File> {
+    let lock = std::fs::OpenOptions::new().create(true).append(true).open(path.with_extension("lock"))?;
+    lock.lock()?;
+    Ok(lock)
 }
 
 fn read(path: &Path) -> std::io::Result<UsersFile> {
@@ -118,12 +130,19 @@ fn read(path: &Path) -> std::io::Result<UsersFile> {
     serde_json::from_slice(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// Written whole to a temporary file, then renamed over the old one: a crash leaves the
-/// old file or the new one, never half of one.
+/// Written whole to a temporary file, synced, renamed over the old one and the directory
+/// synced: a crash or a power loss leaves the old file or the new one, never half of one.
 fn write(path: &Path, file: &UsersFile) -> std::io::Result<()> {
+    use std::io::Write as _;
     let tmp = path.with_extension(format!("tmp-{:016x}", rand::random::<u64>()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(file)?)?;
-    std::fs::rename(&tmp, path)
+    let mut out = std::fs::File::create(&tmp)?;
+    out.write_all(&serde_json::to_vec_pretty(file)?)?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn unreadable(path: &Path, e: std::io::Error) -> RotatorError {
@@ -142,8 +161,8 @@ impl Rotator for LegacyUsersRotator {
     }
 
     async fn set_password(&self, req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
-        let _one_at_a_time = self.lock.lock().await;
         let path = &self.cfg.users_file;
+        let _one_at_a_time = lock(path).map_err(|e| unreadable(path, e))?;
         let mut file = read(path).map_err(|e| unreadable(path, e))?;
         let Some(entry) = file.users.get(&req.username) else {
             return Err(RotatorError::Permanent(format!("no user {:?} in {}", req.username, path.display())));
@@ -171,7 +190,9 @@ impl Rotator for LegacyUsersRotator {
         };
         let admin = entry.admin;
         file.users.insert(req.username.clone(), Entry::new(&req.pending, admin));
-        write(path, &file).map_err(|e| unreadable(path, e))?;
+        // Once the rename may have happened, the new password may be in use: say so
+        // (`NotYetVisible`), so that the engine keeps it and retries.
+        write(path, &file).map_err(|e| RotatorError::NotYetVisible(format!("users file {}: {e}", path.display())))?;
         // Read back, as `verify` would check: the engine then skips its own login.
         let verified = read(path).ok().and_then(|f| f.users.get(&req.username).map(|e| e.accepts(&req.pending)));
         Ok(SetPasswordResponse { outcome, pending_verified: verified == Some(true) })

@@ -24,14 +24,17 @@ use anyhow::{bail, Context};
 use async_trait::async_trait;
 use clap::{Args, Subcommand};
 use kv_rotator_rotators::common::Strategy;
-use kv_rotator_rotators::exec::ExecConfig;
+use kv_rotator_rotators::exec::{ExecConfig, ProcessGroup};
 use kv_rotator_rotators::registry::ProfileContext;
+use kv_rotator_rotators::scrub::Scrubber;
 use kv_rotator_rotators::testkit::{run_conformance, run_multi_password_conformance, ConformanceFixture};
 use kv_rotator_rotators::Credential;
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::targets::{Accounts, Targets};
 
 /// `kv-rotator plugin …`.
 #[derive(Debug, Args)]
@@ -63,9 +66,13 @@ pub struct TestArgs {
     /// An argument for the fixture (repeatable); never a secret (argv is visible to `ps`).
     #[arg(long = "fixture-arg", value_name = "ARG")]
     pub fixture_args: Vec<String>,
-    /// Seconds one fixture call may take.
+    /// Seconds one fixture call may take; then its process group is killed.
     #[arg(long, default_value_t = 60)]
     pub fixture_timeout_secs: u64,
+    /// An environment variable passed to the fixture (repeatable); it gets only `PATH`,
+    /// `LANG`, `HOME` and these.
+    #[arg(long = "fixture-env", value_name = "NAME")]
+    pub fixture_env: Vec<String>,
     /// The target profile to test (`[targets.NAME]`).
     pub profile: String,
 }
@@ -83,17 +90,31 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
         let known: Vec<_> = config.targets.keys().map(String::as_str).collect();
         bail!("no [targets.{}] profile; the configuration has: {}", args.profile, known.join(", "));
     };
+    let multi_password = match profile.strategy {
+        Strategy::SingleUser => false,
+        Strategy::MultiPassword => true,
+        Strategy::AlternatingUsers => bail!(
+            "plugin test runs the single-user and multi-password checks; alternating-users profiles are checked by \
+             the testkit's run_twin_conformance from Rust"
+        ),
+    };
     let context = ProfileContext::new(&args.profile, &profile.password, profile.strategy);
     let rotator = profile.target.build(&context).map_err(|e| anyhow::anyhow!("targets.{}: {e}", args.profile))?;
     let settings = profile.target.settings::<ExecConfig>().map(|exec| exec.settings.clone()).unwrap_or_default();
     let mut fixture = ProgramFixture {
         program: args.fixture,
         args: args.fixture_args,
+        env: args.fixture_env,
         timeout: Duration::from_secs(args.fixture_timeout_secs.max(1)),
         profile: args.profile.clone(),
         settings: serde_json::Value::Object(settings),
+        // The checks change the passwords of the users the fixture names: only users the
+        // profile may rotate, never its admin (`allow_admin_account` does not apply here).
+        rule: Targets::default(),
         admin: None,
     };
+    fixture.rule.insert(&args.profile, rotator.clone(), profile.admin.clone());
+    fixture.rule.set_accounts(&args.profile, Accounts::new(&profile.accounts, false));
     fixture.admin = fixture.ask_admin().await?;
     println!(
         "testing targets.{} (kind {:?}, strategy {}) with fixture {}",
@@ -102,13 +123,10 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
         profile.strategy,
         fixture.program.display()
     );
-    let result = match profile.strategy {
-        Strategy::SingleUser => run_conformance(rotator.as_ref(), &mut fixture).await,
-        Strategy::MultiPassword => run_multi_password_conformance(rotator.as_ref(), &mut fixture).await,
-        Strategy::AlternatingUsers => bail!(
-            "plugin test runs the single-user and multi-password checks; alternating-users profiles are checked by \
-             the testkit's run_twin_conformance from Rust"
-        ),
+    let result = if multi_password {
+        run_multi_password_conformance(rotator.as_ref(), &mut fixture).await
+    } else {
+        run_conformance(rotator.as_ref(), &mut fixture).await
     };
     match result {
         Ok(report) => {
@@ -129,23 +147,30 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The fixture program, run once per call.
+/// The fixture program, run once per call: in its own process group (killed after each
+/// call and on timeout), from `/`, with a cleared environment (`PATH`, `LANG`, `HOME` and
+/// `--fixture-env` names), its stderr scrubbed of the passwords it was given or gave.
 struct ProgramFixture {
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<String>,
     timeout: Duration,
     profile: String,
     settings: serde_json::Value,
+    /// Which users the checks may change: the profile's `accounts`, not its admin.
+    rule: Targets,
     admin: Option<Credential>,
 }
 
 /// A fixture's reply to `admin`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AdminReply {
     admin: Option<LoginReply>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LoginReply {
     username: String,
     password: SecretString,
@@ -153,12 +178,24 @@ struct LoginReply {
 
 /// A fixture's reply to `create-user`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UserReply {
     username: String,
 }
 
-/// The largest fixture reply read.
-const MAX_REPLY: u64 = 64 * 1024;
+/// A fixture request: the password borrowed, serialized straight into a wiped buffer.
+#[derive(Serialize)]
+struct FixtureRequest<'a> {
+    fixture: u32,
+    op: &'a str,
+    profile: &'a str,
+    settings: &'a serde_json::Value,
+    password: Option<&'a str>,
+}
+
+/// The largest fixture reply, and the most of its stderr shown.
+const MAX_REPLY: usize = 64 * 1024;
+const MAX_STDERR: usize = 16 * 1024;
 
 impl ProgramFixture {
     async fn ask_admin(&self) -> anyhow::Result<Option<Credential>> {
@@ -168,43 +205,80 @@ impl ProgramFixture {
 
     /// One run of the program: `op`'s request on stdin, its reply from stdout.
     async fn call<T: for<'de> Deserialize<'de>>(&self, op: &str, password: Option<&SecretString>) -> anyhow::Result<T> {
-        let request = serde_json::json!({
-            "fixture": 1,
-            "op": op,
-            "profile": self.profile,
-            "settings": self.settings,
-            "password": password.map(|p| p.expose_secret()),
-        });
-        let request = Zeroizing::new(serde_json::to_vec(&request)?);
+        let who = format!("fixture {} op {op}", self.program.display());
+        let request = FixtureRequest {
+            fixture: 1,
+            op,
+            profile: &self.profile,
+            settings: &self.settings,
+            password: password.map(|p| p.expose_secret()),
+        };
+        let mut buffer = Zeroizing::new(Vec::with_capacity(4096 + password.map_or(0, |p| 6 * p.expose_secret().len())));
+        serde_json::to_writer(&mut *buffer, &request)?;
+        buffer.push(b'\n');
+        let env = ["PATH", "LANG", "HOME"].iter().map(|n| n.to_string()).chain(self.env.iter().cloned());
         let mut child = tokio::process::Command::new(&self.program)
             .args(&self.args)
+            .env_clear()
+            .envs(env.filter_map(|name| std::env::var_os(&name).map(|value| (name, value))))
+            .current_dir("/")
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("fixture {}: cannot start it", self.program.display()))?;
+            .with_context(|| format!("{who}: cannot start it"))?;
+        let mut group = ProcessGroup::of(&child);
+        let (mut stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let run = async {
-            let mut stdin = child.stdin.take().context("no stdin")?;
-            stdin.write_all(&request).await?;
-            stdin.write_all(b"\n").await?;
-            drop(stdin);
-            let mut out = Zeroizing::new(Vec::new());
-            child.stdout.take().context("no stdout")?.take(MAX_REPLY).read_to_end(&mut out).await?;
-            let status = child.wait().await?;
-            anyhow::Ok((status, out))
+            let write = async {
+                if let Some(stdin) = stdin.as_mut() {
+                    // A fixture that exits without reading is judged by its reply.
+                    let _ = stdin.write_all(&buffer).await;
+                }
+                drop(stdin.take());
+            };
+            let read_out = async {
+                let mut out = Zeroizing::new(Vec::with_capacity(MAX_REPLY + 1));
+                if let Some(stdout) = stdout {
+                    stdout.take(MAX_REPLY as u64 + 1).read_to_end(&mut out).await?;
+                }
+                std::io::Result::Ok(out)
+            };
+            let read_err = async {
+                let mut err = Zeroizing::new(Vec::with_capacity(MAX_STDERR));
+                if let Some(stderr) = stderr {
+                    // Read to the end (a fixture must not block on a full pipe), keep the start.
+                    let mut rest = stderr.take(MAX_STDERR as u64);
+                    rest.read_to_end(&mut err).await?;
+                    tokio::io::copy(&mut rest.into_inner(), &mut tokio::io::sink()).await?;
+                }
+                std::io::Result::Ok(err)
+            };
+            let ((), out, err, status) = tokio::join!(write, read_out, read_err, child.wait());
+            anyhow::Ok((status?, out?, err?))
         };
-        let (status, out) = tokio::time::timeout(self.timeout, run).await.with_context(|| {
-            format!("fixture {} op {op}: no answer within {:?}", self.program.display(), self.timeout)
-        })??;
+        let finished = tokio::time::timeout(self.timeout, run).await;
+        group.kill();
+        let (status, out, err) = finished
+            .map_err(|_| anyhow::anyhow!("{who}: no answer within {:?}; process group killed", self.timeout))??;
+        let scrub = Scrubber::new(password.into_iter().chain(self.admin.iter().map(|a| &a.password)));
+        let err = scrub.clean(String::from_utf8_lossy(&err).into_owned());
+        if !err.trim().is_empty() {
+            eprintln!("{who}, stderr: {}", err.trim_end());
+        }
         if !status.success() {
-            bail!("fixture {} op {op}: {status}", self.program.display());
+            bail!("{who}: {status}");
+        }
+        if out.len() > MAX_REPLY {
+            bail!("{who}: reply larger than {MAX_REPLY} bytes");
         }
         // The reply may hold the admin password: the parse error names no value.
         serde_json::from_slice(&out).map_err(|e| {
             anyhow::anyhow!(
-                "fixture {} op {op}: its reply is not the expected JSON (line {}, column {}: {:?})",
-                self.program.display(),
+                "{who}: its reply is not the expected JSON (line {}, column {}: {:?}; docs/plugins.md, \"Testing a \
+                 plugin\")",
                 e.line(),
                 e.column(),
                 e.classify()
@@ -217,7 +291,12 @@ impl ProgramFixture {
 impl ConformanceFixture for ProgramFixture {
     async fn create_user(&mut self, password: &SecretString) -> Result<String, String> {
         let reply: UserReply = self.call("create-user", Some(password)).await.map_err(|e| format!("{e:#}"))?;
-        Ok(reply.username)
+        // The checks will change this user's password: it must be one the profile may
+        // rotate, and not its admin (whose password lives in Key Vault).
+        match self.rule.refuse_account(&self.profile, &reply.username) {
+            Some(why) => Err(format!("the fixture's new user is refused before any change: {why}")),
+            None => Ok(reply.username),
+        }
     }
 
     fn admin(&self) -> Option<Credential> {
