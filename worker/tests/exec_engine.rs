@@ -205,3 +205,30 @@ async fn a_plugin_accepting_any_password_is_caught_before_anything_is_written() 
     assert_eq!(latest.version, before.version);
     assert!(site.logs_in(&latest.value).await, "the toy file was changed");
 }
+
+#[tokio::test]
+async fn a_login_check_that_hangs_after_the_change_is_retried_and_the_change_kept() {
+    let site = Site::new().await;
+    let before = site.store.get_latest(SECRET).await.unwrap();
+    // The set works; the first login check after it hangs past the timeout (transient).
+    let (done, hung) = (site.dir.path().join("set-done"), site.dir.path().join("hung"));
+    let script = site.dir.path().join("slow-after-set.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nreq=$(cat)\ncase \"$req\" in\n  *'\"operation\":\"set\"'*) printf '%s' \"$req\" | '{plugin}'; \
+             : > '{done}'; exit 0;;\n  *'\"operation\":\"verify\"'*) if [ -e '{done}' ] && [ ! -e '{hung}' ]; then \
+             : > '{hung}'; sleep 30; fi;;\nesac\nprintf '%s' \"$req\" | '{plugin}'\n",
+            plugin = toy_plugin().display(),
+            done = done.display(),
+            hung = hung.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let outcome = site.rotate(&site.engine(script)).await;
+    assert!(matches!(outcome, Outcome::Rotated { .. }), "{outcome:?}");
+    assert!(hung.exists(), "the login check never hung");
+    assert!(site.latest_logs_in().await);
+    assert!(!site.logs_in(&before.value).await);
+}
