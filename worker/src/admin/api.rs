@@ -260,6 +260,55 @@ async fn names_of(store: &dyn SecretStore, selection: Selection) -> Result<Vec<S
         .collect())
 }
 
+/// Secrets' latest versions read at once, at most this many at a time.
+const RESOLVE_CONCURRENCY: usize = 16;
+
+/// Each of `names` with its latest version read now, in order: an entry for the job (queued,
+/// or failed when it cannot be read) and the requests to queue.
+async fn resolve(
+    store: &Arc<dyn SecretStore>,
+    names: &[String],
+    requested_by: &str,
+    force: bool,
+) -> (Vec<JobSecret>, Vec<RotationRequest>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(RESOLVE_CONCURRENCY));
+    let mut reads = tokio::task::JoinSet::new();
+    for (index, name) in names.iter().enumerate() {
+        let (store, permits, name, requested_by) =
+            (store.clone(), permits.clone(), name.clone(), requested_by.to_owned());
+        reads.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let read = crate::cli::rotate::manual_request(store.as_ref(), &name, &requested_by, force).await;
+            (index, read)
+        });
+    }
+    let mut read: Vec<Option<Result<RotationRequest, StoreError>>> = names.iter().map(|_| None).collect();
+    while let Some(done) = reads.join_next().await {
+        // A read that panicked leaves its slot empty: reported below, not dropped.
+        if let Ok((index, result)) = done {
+            read[index] = Some(result);
+        }
+    }
+    let mut entries = Vec::with_capacity(names.len());
+    let mut requests = Vec::with_capacity(names.len());
+    for (name, result) in names.iter().zip(read) {
+        match result {
+            Some(Ok(mut request)) => {
+                let version = request.version.as_deref().unwrap_or_default().to_ascii_lowercase();
+                request.version = Some(version.clone());
+                entries.push(JobSecret::queued(name, &version));
+                requests.push(request);
+            }
+            Some(Err(StoreError::NotFound { .. })) => {
+                entries.push(JobSecret::unreadable(name, "cannot read it: no such secret".to_owned()));
+            }
+            Some(Err(e)) => entries.push(JobSecret::unreadable(name, sanitized(&format!("cannot read it: {e}"), 500))),
+            None => entries.push(JobSecret::unreadable(name, "cannot read it: the read failed".to_owned())),
+        }
+    }
+    (entries, requests)
+}
+
 /// `POST /api/rotations`; see the [module docs](self).
 async fn post_rotations(
     State(state): State<ApiState>,
@@ -291,22 +340,7 @@ async fn post_rotations(
     };
     let id = Uuid::new_v4();
     let trigger_by = jobs::requested_by(&who, id);
-    let mut entries = Vec::with_capacity(names.len());
-    let mut requests = Vec::new();
-    for name in &names {
-        match crate::cli::rotate::manual_request(state.store.as_ref(), name, &trigger_by, force).await {
-            Ok(mut request) => {
-                let version = request.version.as_deref().unwrap_or_default().to_ascii_lowercase();
-                request.version = Some(version.clone());
-                entries.push(JobSecret::queued(name, &version));
-                requests.push(request);
-            }
-            Err(StoreError::NotFound { .. }) => {
-                entries.push(JobSecret::unreadable(name, "cannot read it: no such secret".to_owned()));
-            }
-            Err(e) => entries.push(JobSecret::unreadable(name, sanitized(&format!("cannot read it: {e}"), 500))),
-        }
-    }
+    let (entries, requests) = resolve(&state.store, &names, &trigger_by, force).await;
     let Some(queue) = state.queue.upgrade() else {
         return unavailable(json!({ "error": "the service is shutting down", "queued": [] }));
     };
