@@ -7,7 +7,9 @@ use figment::Figment;
 
 use kv_rotator_rotators::common::Strategy;
 
-use crate::model::{AdminConfig, Config, CredentialConfig, SecretSource, WebhookAuthConfig, WebhookConfig};
+use crate::model::{
+    AdminAuthConfig, AdminConfig, Config, CredentialConfig, SecretSource, WebhookAuthConfig, WebhookConfig,
+};
 
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,7 @@ const CLI_ONLY_ENV: &[&str] = &["CONFIG", "LOG_FORMAT"];
 /// The names of the environment variables that the configuration in `file` (if given)
 /// and the environment reads secrets from: `vault.credential.secret_env` (client-secret),
 /// `vault.credential.password_env` (client-certificate), `webhook.auth.key.env` and
-/// `webhook.auth.previous_key.env` (shared-key).
+/// `webhook.auth.previous_key.env` (shared-key), `admin.auth.token.env` (static-token).
 ///
 /// Nothing else is read or checked: the worker calls this before its runtime starts, to
 /// take those variables out of its environment while it has a single thread, and the
@@ -73,6 +75,9 @@ pub fn secret_env_names(file: Option<&Path>) -> Vec<String> {
     {
         names.extend(key.env);
         names.extend(previous_key.and_then(|source| source.env));
+    }
+    if let Ok(AdminAuthConfig::StaticToken { token }) = figment.extract_inner::<AdminAuthConfig>("admin.auth") {
+        names.extend(token.env);
     }
     names
 }
@@ -373,8 +378,10 @@ fn validate_webhook(webhook: &WebhookConfig, problems: &mut Vec<String>) {
 /// `[admin]`: when enabled, its address must not be one the webhook also listens on (the
 /// same port on the same address, or on the wildcard address of either), or `/metrics`
 /// would sit on the internet-facing port again — and one of the two binds would fail.
+/// `[admin.auth]`: `mode = "none"` only on a loopback address; a token from exactly one
+/// source; discovery or a key set, not both.
 fn validate_admin(config: &Config, problems: &mut Vec<String>) {
-    let AdminConfig { enabled, listen } = &config.admin;
+    let AdminConfig { enabled, listen, auth } = &config.admin;
     let webhook = config.webhook.listen;
     let overlaps = listen.port() != 0
         && listen.port() == webhook.port()
@@ -383,5 +390,30 @@ fn validate_admin(config: &Config, problems: &mut Vec<String>) {
         problems.push(format!(
             "admin.listen {listen} overlaps webhook.listen {webhook}: the admin listener needs its own port"
         ));
+    }
+    match auth {
+        Some(AdminAuthConfig::None {}) if !listen.ip().is_loopback() => problems.push(format!(
+            "admin.auth: mode = \"none\" is only allowed when admin.listen is a loopback address, not {listen}: \
+             anyone who reaches it could rotate every secret; use mode = \"static-token\" or \"entra-id\""
+        )),
+        Some(AdminAuthConfig::StaticToken { token }) => match (&token.env, &token.file) {
+            (Some(_), Some(_)) | (None, None) => {
+                problems.push("admin.auth.token: set exactly one of env or file".to_owned());
+            }
+            (Some(env), None) if env.is_empty() || env.starts_with("KV_ROTATOR_") => {
+                problems
+                    .push(format!("admin.auth.token.env {env:?}: must be non-empty and not start with KV_ROTATOR_"));
+            }
+            _ => {}
+        },
+        Some(AdminAuthConfig::EntraId { role, openid_configuration_url, jwks_url, .. }) => {
+            if openid_configuration_url.is_some() && jwks_url.is_some() {
+                problems.push("admin.auth: set openid_configuration_url or jwks_url, not both".to_owned());
+            }
+            if role.trim().is_empty() {
+                problems.push("admin.auth.role: name the app role callers must hold, e.g. KvRotator.Rotate".to_owned());
+            }
+        }
+        _ => {}
     }
 }

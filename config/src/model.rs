@@ -447,7 +447,7 @@ impl Default for LeaseConfig {
 
 /// `[admin]`: the admin listener, apart from the internet-facing webhook. It serves
 /// `GET /metrics` (rotation outcomes, failures, timings), `GET /healthz` and `GET /readyz`,
-/// and is where the authenticated admin API will live. Loopback by default: what it tells
+/// and, with `[admin.auth]`, the authenticated admin API (`/api/...`). Loopback by default: what it tells
 /// is for the host's scraper and probes, not for whoever can reach the webhook.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -460,7 +460,47 @@ pub struct AdminConfig {
     /// kubelet's probes and an in-cluster scraper) must still be kept off the ingress.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// How callers of the admin API (`/api/...`) authenticate (`[admin.auth]`). Unset: the
+    /// API is not served (404); `/metrics`, `/healthz` and `/readyz` never need it.
+    #[serde(default)]
+    pub auth: Option<AdminAuthConfig>,
 }
+
+/// `[admin.auth]`: who may call the admin API (trigger rotations, read their results and
+/// the managed secrets).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AdminAuthConfig {
+    /// No authentication: allowed only when `admin.listen` is a loopback address (anyone
+    /// on the host may then rotate). A struct variant so stray keys are refused.
+    None {},
+    /// `Authorization: Bearer <token>`, the token read from an environment variable or a
+    /// file (at least [`MIN_ADMIN_TOKEN_LEN`] characters), compared in constant time.
+    StaticToken {
+        /// Where the token is read from.
+        token: SecretSource,
+    },
+    /// A Microsoft Entra ID bearer token for the admin API's application, carrying `role`.
+    EntraId {
+        /// Directory (tenant) id.
+        tenant_id: String,
+        /// Accepted audiences: the admin API application's id and/or App ID URI.
+        audience: Vec<String>,
+        /// The app role the caller must hold, e.g. `KvRotator.Rotate`.
+        role: String,
+        /// OpenID discovery document (default: the tenant's on login.microsoftonline.com).
+        #[serde(default)]
+        openid_configuration_url: Option<String>,
+        /// The key set itself, instead of discovery.
+        #[serde(default)]
+        jwks_url: Option<String>,
+        #[serde(default)]
+        clock_skew_secs: Option<u64>,
+    },
+}
+
+/// Shortest static admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 /// The admin listener's default address: loopback, Prometheus exporters' customary port range.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
@@ -471,7 +511,7 @@ fn default_admin_listen() -> SocketAddr {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: default_admin_listen() }
+        Self { enabled: true, listen: default_admin_listen(), auth: None }
     }
 }
 

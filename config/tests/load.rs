@@ -228,3 +228,36 @@ fn secret_env_names_come_from_the_file_and_the_environment_without_a_full_load()
         Ok(())
     });
 }
+
+#[test]
+fn admin_auth_modes_are_checked_where_they_are_read() {
+    let vault = "[vault]\nurl = \"https://v.vault.azure.net/\"\n";
+    let f = file(vault);
+    assert!(jailed(|| load(Some(f.path()))).unwrap().admin.auth.is_none(), "no [admin.auth]: no admin API");
+    let token = file(&format!(
+        "{vault}[admin]\nlisten = \"0.0.0.0:9464\"\nauth = {{ mode = \"static-token\", token = {{ env = \"ADMIN_TOKEN\" }} }}\n"
+    ));
+    let config = jailed(|| load(Some(token.path()))).unwrap();
+    assert!(matches!(config.admin.auth, Some(kv_rotator_config::AdminAuthConfig::StaticToken { .. })));
+    assert_eq!(jailed(|| kv_rotator_config::load::secret_env_names(Some(token.path()))), ["ADMIN_TOKEN"]);
+    let entra = file(&format!(
+        "{vault}[admin.auth]\nmode = \"entra-id\"\ntenant_id = \"t\"\naudience = [\"api://kv-rotator-admin\"]\nrole = \"KvRotator.Rotate\"\n"
+    ));
+    jailed(|| load(Some(entra.path()))).unwrap();
+    let loopback_none = file(&format!("{vault}[admin]\nauth = {{ mode = \"none\" }}\n"));
+    jailed(|| load(Some(loopback_none.path()))).unwrap();
+
+    for (toml, expected) in [
+        ("listen = \"0.0.0.0:9464\"\nauth = { mode = \"none\" }", "only allowed when admin.listen is a loopback"),
+        ("auth = { mode = \"static-token\", token = {} }", "admin.auth.token: set exactly one of env or file"),
+        ("auth = { mode = \"static-token\", token = { env = \"A\", file = \"/b\" } }", "exactly one of env or file"),
+        ("auth = { mode = \"static-token\", token = \"in-the-file\" }", "admin"),
+        ("auth = { mode = \"static-token\", token = { env = \"T\" }, extra = 1 }", "extra"),
+        ("auth = { mode = \"entra-id\", tenant_id = \"t\", audience = [\"a\"] }", "role"),
+        ("auth = { mode = \"entra-id\", tenant_id = \"t\", audience = [\"a\"], role = \" \" }", "admin.auth.role"),
+        ("auth = { mode = \"basic\" }", "basic"),
+    ] {
+        let e = error_of(&format!("{vault}[admin]\n{toml}\n"));
+        assert!(e.contains(expected), "{toml}: {e}");
+    }
+}

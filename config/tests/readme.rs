@@ -33,4 +33,8 @@ fn the_readme_configuration_example_loads() {
     assert!(config.targets["legacy-app"].target.settings::<ExecConfig>().is_some());
     assert_eq!(config.engine.max_attempts, 5);
     assert!(config.admin.enabled && config.admin.listen.ip().is_loopback(), "the admin listener on loopback");
+    assert!(
+        matches!(config.admin.auth, Some(kv_rotator_config::AdminAuthConfig::StaticToken { .. })),
+        "the admin API with a static token"
+    );
 }

@@ -125,7 +125,7 @@ impl Authenticator {
         match self {
             Self::None => Ok(()),
             Self::SharedKey(key) => key.check(parts),
-            Self::EntraId(entra) => entra.check(parts).await,
+            Self::EntraId(entra) => entra.authenticate(parts).await.map(|_| ()),
         }
     }
 
@@ -247,7 +247,9 @@ pub struct EntraIdConfig {
     /// Accepted `aud` values: the webhook application's id and/or App ID URI.
     pub audiences: Vec<String>,
     /// Accepted `appid` (v1 tokens) / `azp` (v2 tokens); default [`EVENT_GRID_APP_ID`].
-    pub app_id: String,
+    /// `None`: any application, the role alone decides (the admin API, whose callers are
+    /// operators' tools and pipelines).
+    pub app_id: Option<String>,
     /// A role `roles` must contain; default [`DEFAULT_ROLE`].
     pub role: String,
     /// Where the signing keys are.
@@ -272,7 +274,7 @@ impl EntraIdConfig {
         Ok(Self {
             tenant_id: tenant_id.to_owned(),
             audiences,
-            app_id: EVENT_GRID_APP_ID.to_owned(),
+            app_id: Some(EVENT_GRID_APP_ID.to_owned()),
             role: DEFAULT_ROLE.to_owned(),
             jwks: JwksLocation::OpenIdConfiguration(discovery),
             clock_skew: Duration::from_secs(60),
@@ -339,8 +341,28 @@ impl fmt::Debug for EntraId {
     }
 }
 
-/// A verified token's `exp` and `nbf`, Unix seconds.
-type Validity = (u64, Option<u64>);
+/// A verified token's `exp` and `nbf` (Unix seconds), and whose it is.
+type Validity = (u64, Option<u64>, Caller);
+
+/// Who a verified token names, for logs: object id and application, never the token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// `oid`: the user's or service principal's object id.
+    pub oid: Option<String>,
+    /// `appid` (v1) or `azp` (v2): the client application.
+    pub app_id: Option<String>,
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Claims come from a verified token, but are quoted all the same.
+        let shown = |v: &Option<String>| match v {
+            Some(v) => format!("{:?}", v.chars().take(64).collect::<String>()),
+            None => "-".to_owned(),
+        };
+        write!(f, "entra oid={} appid={}", shown(&self.oid), shown(&self.app_id))
+    }
+}
 
 #[derive(Default)]
 struct KeyCache {
@@ -366,6 +388,8 @@ struct Claims {
     azp: Option<String>,
     #[serde(default)]
     roles: Vec<String>,
+    #[serde(default)]
+    oid: Option<String>,
 }
 
 impl EntraId {
@@ -422,7 +446,8 @@ impl EntraId {
         }
     }
 
-    async fn check(&self, parts: &Parts) -> Result<(), AuthError> {
+    /// Checks the request's bearer token; whose it is when it passes.
+    pub async fn authenticate(&self, parts: &Parts) -> Result<Caller, AuthError> {
         let token = bearer_token(parts)?;
         // Event Grid reuses one token for many deliveries: a token that passed every
         // check is remembered (by digest) until its own exp, so the RSA verification
@@ -430,9 +455,9 @@ impl EntraId {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
         let leeway = self.validation.leeway;
-        if let Some(&(exp, nbf)) = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+        if let Some((exp, nbf, caller)) = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
             if now <= exp.saturating_add(leeway) && nbf.is_none_or(|nbf| nbf <= now.saturating_add(leeway)) {
-                return Ok(());
+                return Ok(caller.clone());
             }
         }
         // Boxed: the verification (with its key fetch) is rare and its future large; every
@@ -443,8 +468,9 @@ impl EntraId {
             // Rare (a token lives about an hour): start over rather than track ages.
             verified.clear();
         }
-        verified.insert(digest, (claims.exp, claims.nbf));
-        Ok(())
+        let caller = Caller { oid: claims.oid.clone(), app_id: claims.appid.clone().or(claims.azp.clone()) };
+        verified.insert(digest, (claims.exp, claims.nbf, caller.clone()));
+        Ok(caller)
     }
 
     /// Full verification: header, signing key, signature, standard and Entra claims.
@@ -460,9 +486,16 @@ impl EntraId {
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
             .map_err(|e| AuthError::Invalid(describe(e.kind())))?;
         let claims = data.claims;
-        let apps: Vec<&String> = claims.appid.iter().chain(claims.azp.iter()).collect();
-        if apps.is_empty() || apps.iter().any(|app| !app.eq_ignore_ascii_case(&self.config.app_id)) {
-            return Err(AuthError::Forbidden("token is not issued to Event Grid (appid/azp)".to_owned()));
+        if let Some(app_id) = &self.config.app_id {
+            let apps: Vec<&String> = claims.appid.iter().chain(claims.azp.iter()).collect();
+            if apps.is_empty() || apps.iter().any(|app| !app.eq_ignore_ascii_case(app_id)) {
+                let whom = if app_id.eq_ignore_ascii_case(EVENT_GRID_APP_ID) {
+                    "Event Grid"
+                } else {
+                    "the accepted application"
+                };
+                return Err(AuthError::Forbidden(format!("token is not issued to {whom} (appid/azp)")));
+            }
         }
         if !claims.roles.iter().any(|r| r == &self.config.role) {
             return Err(AuthError::Forbidden(format!("token lacks the role {}", self.config.role)));

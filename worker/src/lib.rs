@@ -11,7 +11,8 @@
 //!   environment, core dumps off.
 //! - [`sweeper`]: resumes unfinished journals and enqueues secrets near expiry.
 //! - [`metrics`]: Prometheus counters and histograms, `GET /metrics`.
-//! - [`admin`]: the admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: the admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`,
+//!   and with `[admin.auth]` the authenticated admin API (`/api/...`).
 //! - [`listener`]: the hardened HTTP listener the webhook and the admin routes are served by.
 //! - [`alerts`]: the HTTP webhook alert sink for failed rotations.
 //! - [`lease`]: the engine lease in Key Vault: one engine per vault.

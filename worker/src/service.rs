@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::admin::api::ApiState;
+use crate::admin::jobs::Jobs;
 use crate::admin::{AdminState, Readiness};
 use crate::alerts::WebhookSink;
 use crate::engine::due::DueRule;
@@ -122,6 +124,9 @@ pub struct Background {
     /// The admin listener ([`crate::admin`]: `/metrics`, `/healthz`, `/readyz`), bound
     /// by the caller (see [`crate::admin::bind`]); `None`: no admin listener.
     pub admin: Option<TcpListener>,
+    /// How the admin API's callers authenticate (`[admin.auth]`); `None`: the API is not
+    /// served. Only with `admin`.
+    pub admin_auth: Option<crate::admin::auth::AdminAuth>,
 }
 
 /// Starts the engine and serves the webhook on `listener`, with no sweeper.
@@ -157,6 +162,11 @@ pub async fn start_with(
     let mut engine =
         build_engine(store.clone(), targets, engine_config, &sweeper_config, &background.alerts, metrics.clone());
     let due_rule = engine.due_rule();
+    // The admin API's jobs follow their requests through the engine.
+    let jobs = background.admin_auth.as_ref().filter(|_| background.admin.is_some()).map(|_| Arc::new(Jobs::default()));
+    if let Some(jobs) = &jobs {
+        engine = engine.with_observer(jobs.clone());
+    }
     if let Some(lease) = &background.lease {
         engine = engine.with_lease(Arc::new(lease.clone()));
     }
@@ -165,6 +175,7 @@ pub async fn start_with(
         // Rotates nothing until the standby took the lease over.
         engine = engine.with_lease(Arc::new(status.clone()));
     }
+    let api_store = store.clone();
     let sweeper =
         background.sweeper.map(|config| Sweeper::new(store, queue_tx.clone(), config, due_rule, metrics.clone()));
     let mut readiness = Readiness::new(&queue_tx, background.lease.clone());
@@ -173,18 +184,34 @@ pub async fn start_with(
         readiness = readiness.with_standby(status.clone());
         intake.close(crate::standby::WEBHOOK_MESSAGE, standby.retry_every());
     }
+    let api = match (background.admin_auth, jobs) {
+        (Some(auth), Some(jobs)) => Some(ApiState {
+            auth,
+            store: api_store,
+            queue: queue_tx.downgrade(),
+            readiness: readiness.clone(),
+            jobs,
+            due_rule,
+        }),
+        _ => None,
+    };
     let state = webhook_state(queue_tx, webhook_config, &vault_name)?.with_intake(intake.clone());
     let webhook_addr = listener.local_addr().context("webhook listener")?;
     let admin_addr = background.admin.as_ref().map(TcpListener::local_addr).transpose().context("admin listener")?;
     let limits = Limits::from_config(webhook_config);
     let webhook = Server::spawn("webhook", listener, kv_rotator_webhook::router(state), limits);
     info!(%webhook_addr, "webhook listening");
+    let api_mode = api.as_ref().map(|api| api.auth.mode());
     let admin = background.admin.map(|listener| {
-        let app = crate::admin::router(AdminState { metrics, readiness });
+        let app = crate::admin::router(AdminState { metrics, readiness, api });
         Server::spawn("admin", listener, app, limits)
     });
-    if let Some(admin_addr) = admin_addr {
-        info!(%admin_addr, "admin listener (/metrics, /healthz, /readyz) listening");
+    match (admin_addr, api_mode) {
+        (Some(admin_addr), None) => info!(%admin_addr, "admin listener (/metrics, /healthz, /readyz) listening"),
+        (Some(admin_addr), Some(auth)) => {
+            info!(%admin_addr, %auth, "admin listener (/metrics, /healthz, /readyz, admin API /api/...) listening")
+        }
+        (None, _) => {}
     }
     let (engine_task, sweeper_task, standby) = match (background.standby, standby_status) {
         (Some(standby), Some(status)) => {
@@ -397,7 +424,7 @@ pub fn source_filter(config: &WebhookConfig, vault_name: &str) -> kv_rotator_web
 }
 
 fn webhook_auth(config: Option<&WebhookAuthConfig>) -> anyhow::Result<kv_rotator_webhook::Authenticator> {
-    use kv_rotator_webhook::{Authenticator, EntraId, EntraIdConfig, JwksLocation, SharedKey};
+    use kv_rotator_webhook::{Authenticator, EntraId, SharedKey};
     Ok(match config {
         None | Some(WebhookAuthConfig::None {}) => Authenticator::None,
         Some(WebhookAuthConfig::SharedKey { key, previous_key, query_parameter, header }) => {
@@ -421,29 +448,44 @@ fn webhook_auth(config: Option<&WebhookAuthConfig>) -> anyhow::Result<kv_rotator
             jwks_url,
             clock_skew_secs,
         }) => {
-            let mut entra = EntraIdConfig::new(tenant_id, audience.clone())?;
+            let mut entra = entra_config(tenant_id, audience, openid_configuration_url, jwks_url, *clock_skew_secs)?;
             if let Some(app_id) = app_id {
-                entra.app_id = app_id.clone();
+                entra.app_id = Some(app_id.clone());
             }
             if let Some(role) = role {
                 entra.role = role.clone();
-            }
-            if let Some(url) = openid_configuration_url {
-                entra.jwks = JwksLocation::OpenIdConfiguration(url.parse().context("openid_configuration_url")?);
-            }
-            if let Some(url) = jwks_url {
-                entra.jwks = JwksLocation::Jwks(url.parse().context("jwks_url")?);
-            }
-            if let Some(secs) = clock_skew_secs {
-                entra.clock_skew = Duration::from_secs(*secs);
             }
             Authenticator::EntraId(Arc::new(EntraId::new(entra)?))
         }
     })
 }
 
+/// An Entra ID verifier's settings (the webhook's or the admin API's): the tenant's
+/// issuers, the audiences, where the signing keys are, the clock skew; the accepted
+/// application and role are the caller's to set.
+pub(crate) fn entra_config(
+    tenant_id: &str,
+    audience: &[String],
+    openid_configuration_url: &Option<String>,
+    jwks_url: &Option<String>,
+    clock_skew_secs: Option<u64>,
+) -> anyhow::Result<kv_rotator_webhook::EntraIdConfig> {
+    use kv_rotator_webhook::JwksLocation;
+    let mut entra = kv_rotator_webhook::EntraIdConfig::new(tenant_id, audience.to_vec())?;
+    if let Some(url) = openid_configuration_url {
+        entra.jwks = JwksLocation::OpenIdConfiguration(url.parse().context("openid_configuration_url")?);
+    }
+    if let Some(url) = jwks_url {
+        entra.jwks = JwksLocation::Jwks(url.parse().context("jwks_url")?);
+    }
+    if let Some(secs) = clock_skew_secs {
+        entra.clock_skew = Duration::from_secs(secs);
+    }
+    Ok(entra)
+}
+
 /// Reads a key from its environment variable or file; errors name the source, never the value.
-fn read_secret(setting: &str, source: &SecretSource) -> anyhow::Result<SecretString> {
+pub(crate) fn read_secret(setting: &str, source: &SecretSource) -> anyhow::Result<SecretString> {
     let value = match (&source.env, &source.file) {
         // Taken out of the environment at startup (crate::hardening).
         (Some(env), None) => {

@@ -27,6 +27,8 @@ use common::proc::Proc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 const HOOK_KEY: &str = "webhook-key-S3CRET-0123456789";
+/// The admin API's static token (`[admin.auth]`), taken out of the environment like the key.
+const ADMIN_TOKEN: &str = "admin-token-S3CRET-0123456789abcdefghij";
 const CLIENT_SECRET: &str = "client-secret-S3CRET-0123456789";
 const PFX_PASSWORD: &str = "pfx-password-S3CRET-0123456789";
 
@@ -82,7 +84,8 @@ async fn serve_keeps_secrets_from_its_children_and_dumps_no_core() {
         "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"azure-cli\" }}\n\n\
          [webhook]\nlisten = \"127.0.0.1:{port}\"\n\
          auth = {{ mode = \"shared-key\", key = {{ env = \"KVR_TEST_HOOK_KEY\" }} }}\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         auth = {{ mode = \"static-token\", token = {{ env = \"KVR_TEST_ADMIN_TOKEN\" }} }}\n",
         vault.endpoint(),
         ca_file.display(),
         vault.local_addr(),
@@ -97,6 +100,7 @@ async fn serve_keeps_secrets_from_its_children_and_dumps_no_core() {
             .env("PATH", path)
             .env("RUST_LOG", "info")
             .env("KVR_TEST_HOOK_KEY", HOOK_KEY)
+            .env("KVR_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("AZURE_CLIENT_SECRET", CLIENT_SECRET)
             .env("AZURE_CLIENT_CERTIFICATE_PASSWORD", PFX_PASSWORD)
             .env("KVR_TEST_NOT_FOR_HELPERS", "marker-not-on-the-allow-list"),
@@ -106,7 +110,14 @@ async fn serve_keeps_secrets_from_its_children_and_dumps_no_core() {
     // `az` ran (the engine lease needed a token) with the allow-list only.
     let az_env = std::fs::read_to_string(dir.path().join("az-env")).expect("the fake az ran");
     assert!(az_env.lines().any(|l| l.starts_with("PATH=")), "az needs PATH:\n{az_env}");
-    for absent in ["S3CRET", "KVR_TEST_HOOK_KEY", "AZURE_CLIENT_SECRET", "KVR_TEST_NOT_FOR_HELPERS", "RUST_LOG"] {
+    for absent in [
+        "S3CRET",
+        "KVR_TEST_HOOK_KEY",
+        "KVR_TEST_ADMIN_TOKEN",
+        "AZURE_CLIENT_SECRET",
+        "KVR_TEST_NOT_FOR_HELPERS",
+        "RUST_LOG",
+    ] {
         assert!(!az_env.contains(absent), "{absent} reached az:\n{az_env}");
     }
 
@@ -116,7 +127,9 @@ async fn serve_keeps_secrets_from_its_children_and_dumps_no_core() {
     assert_eq!(core.split_whitespace().collect::<Vec<_>>()[4..6], ["0", "0"], "{core}");
     let output = proc.output();
     assert!(output.contains("core dumps disabled"), "{output}");
-    for name in ["KVR_TEST_HOOK_KEY", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD"] {
+    for name in
+        ["KVR_TEST_HOOK_KEY", "KVR_TEST_ADMIN_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD"]
+    {
         assert!(output.contains(name), "{name} is reported as removed:\n{output}");
     }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::devsite::DevSite;
+use common::line_for;
 use kv_rotator_keyvault::NewSecretVersion;
 use kv_rotator_rotators::htpasswd;
 use kv_rotator_rotators::PasswordPolicy;
@@ -54,13 +55,6 @@ impl Site {
         let out = Command::new(BIN).arg("rotate").arg("--config").arg(&self.config).args(args).output().unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
     }
-}
-
-fn line_for<'a>(stdout: &'a str, secret: &str) -> &'a str {
-    stdout
-        .lines()
-        .find(|l| l.starts_with(&format!("{secret}: ")))
-        .unwrap_or_else(|| panic!("no line for {secret}:\n{stdout}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::devsite::DevSite;
+use common::line_for;
 use kv_rotator_keyvault::{NewSecretVersion, SecretProperties};
 use kv_rotator_rotators::PasswordPolicy;
 use secrecy::SecretString;
@@ -106,13 +107,6 @@ impl Site {
         }
         (state, std::fs::read(&self.dev.htpasswd).unwrap())
     }
-}
-
-fn line_for<'a>(stdout: &'a str, secret: &str) -> &'a str {
-    stdout
-        .lines()
-        .find(|l| l.starts_with(&format!("{secret}: ")))
-        .unwrap_or_else(|| panic!("no line for {secret}:\n{stdout}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,8 @@ pub enum Command {
         #[arg(long, short, env = "KV_ROTATOR_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Rotate secrets now, in this process: named ones, --all managed ones, or --resume unfinished ones.
+    /// Rotate secrets now: named ones, --all managed ones, or --resume unfinished ones; through the
+    /// running service's admin API when [admin.auth] is configured and it answers, else in this process.
     Rotate(rotate::RotateArgs),
     /// Show every managed secret (profile, account, age, expiry, next due, last failure) and
     /// unfinished journal records; read-only.

@@ -1,4 +1,4 @@
-//! `kv-rotator rotate`: manual rotations, run in this process.
+//! `kv-rotator rotate`: manual rotations, through the running service or in this process.
 //!
 //! - `rotate --config F SECRET...`: rotate the named secrets.
 //! - `rotate --config F --all`: rotate every managed secret (tag `rotator`) — an emergency.
@@ -10,9 +10,14 @@
 //! triggers of the same state (a delivery, the sweeper, a second operator) converge on
 //! one rotation. One line per secret on stdout; the exit code is non-zero if any failed.
 //!
-//! It runs as the vault's engine: it claims the engine lease ([`crate::lease`]) first and
-//! refuses to run while another engine (a `serve`) holds it, unless
-//! `--allow-concurrent-engine` is given; then it warns and runs without the lease.
+//! With `[admin.auth]` configured and a service answering on `[admin] listen`, named
+//! secrets and `--all` go through that service's admin API ([`crate::admin::client`]): the
+//! job is posted with `--reason` and `--force`, followed to its end, and printed the same
+//! way; the service's engine rotates, so one engine runs. Otherwise (no `[admin.auth]`,
+//! nothing answering, `--in-process`, `--resume`, `--allow-concurrent-engine`) it runs as
+//! the vault's engine: it claims the engine lease ([`crate::lease`]) first and refuses to
+//! run while another engine (a `serve`) holds it, unless `--allow-concurrent-engine` is
+//! given; then it warns and runs without the lease.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use kv_rotator_webhook::{RotationRequest, Trigger};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
+use crate::admin::client::Selection;
 use crate::engine::due::DueRule;
 use crate::engine::{Engine, Outcome};
 use crate::lease::{self, ClaimError, LeaseGuard, LeaseTimings};
@@ -55,6 +61,14 @@ pub struct RotateArgs {
     /// decide and why): no lease claimed, nothing written, no target contacted.
     #[arg(long)]
     pub dry_run: bool,
+    /// Rotate in this process (claiming the engine lease) even when a service's admin API
+    /// is configured: for a machine with no running service.
+    #[arg(long)]
+    pub in_process: bool,
+    /// Why, for the audit log (sent to the service's admin API; at most 200 characters).
+    /// Default: "kv-rotator rotate by $USER".
+    #[arg(long)]
+    pub reason: Option<String>,
     /// Names of the secrets to rotate.
     pub secrets: Vec<String>,
 }
@@ -86,6 +100,14 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
     }
     crate::hardening::log_state();
     let config = kv_rotator_config::load(args.config.as_deref())?;
+    if config.admin.auth.is_some() && !args.in_process && !args.resume && !args.allow_concurrent_engine {
+        if let Some(client) = crate::admin::client::connect(&config.admin).await? {
+            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+            let reason = args.reason.clone().unwrap_or_else(|| format!("kv-rotator rotate by {user}"));
+            let selection = if args.all { Selection::All } else { Selection::Named(&args.secrets) };
+            return client.rotate(selection, &reason, args.force).await;
+        }
+    }
     let store = service::connect_store(&config.vault)?;
     let lease = claim_lease(store.clone(), args.allow_concurrent_engine, &config.lease).await?;
     let result = rotations(args, config, store, lease.clone()).await;

@@ -51,12 +51,14 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let listener = TcpListener::bind(config.webhook.listen)
             .await
             .with_context(|| format!("webhook.listen {}: cannot bind", config.webhook.listen))?;
+        let admin = crate::admin::bind(&config.admin, None).await?;
         let background = service::Background {
             sweeper: Some(config.sweeper.clone()),
             alerts: config.alerts.clone(),
             lease: lease.clone(),
             standby,
-            admin: crate::admin::bind(&config.admin, None).await?,
+            admin_auth: crate::admin::api_auth(&config.admin, admin.as_ref())?,
+            admin,
         };
         service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await
     };

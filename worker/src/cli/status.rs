@@ -232,9 +232,10 @@ pub async fn dry_run(args: RotateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One row of `status`.
-#[derive(Debug)]
-struct SecretRow {
+/// One managed secret of `status` (and of the admin API's `GET /api/secrets`).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRow {
     kind: &'static str,
     secret: String,
     profile: String,
@@ -246,9 +247,10 @@ struct SecretRow {
     last_failure: Option<String>,
 }
 
-/// One unfinished journal record of `status`.
-#[derive(Debug)]
-struct JournalRow {
+/// One unfinished journal record of `status` (and of `GET /api/secrets`).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalRow {
     kind: &'static str,
     journal: String,
     secret: String,
@@ -259,11 +261,36 @@ struct JournalRow {
     resumable: bool,
 }
 
+/// What `status` shows: every managed secret and every unfinished journal record.
+#[derive(Debug, serde::Serialize)]
+pub struct StatusView {
+    /// Managed secrets, in the listing's order.
+    pub secrets: Vec<SecretRow>,
+    /// Unfinished journal records.
+    pub journals: Vec<JournalRow>,
+}
+
 /// `kv-rotator status`: managed secrets and unfinished journals, read-only.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let config = kv_rotator_config::load(args.config.as_deref())?;
     let store: Arc<dyn SecretStore> = service::connect_store(&config.vault)?;
     let rule = DueRule::from_config(&config.engine, &config.sweeper);
+    let StatusView { secrets, journals } = read_status(store.as_ref(), &rule).await?;
+    if args.json {
+        for r in &secrets {
+            println!("{}", serde_json::to_value(r)?);
+        }
+        for j in &journals {
+            println!("{}", serde_json::to_value(j)?);
+        }
+        return Ok(());
+    }
+    print_status(&secrets, &journals);
+    Ok(())
+}
+
+/// Reads what `status` shows, through the due `rule`; read-only.
+pub async fn read_status(store: &dyn SecretStore, rule: &DueRule) -> anyhow::Result<StatusView> {
     let now = OffsetDateTime::now_utc();
     let listing = store.list_secrets().await.context("cannot list the vault's secrets")?;
     let mut secrets = Vec::new();
@@ -303,24 +330,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             last_failure: p.tags.get(TAG_FAILED).map(|v| shown(v)),
         });
     }
-    if args.json {
-        for r in &secrets {
-            let json = serde_json::json!({
-                "kind": r.kind, "secret": r.secret, "profile": r.profile, "account": r.account,
-                "version": r.version, "age": r.age, "expires": r.expires, "nextDue": r.next_due,
-                "lastFailure": r.last_failure,
-            });
-            println!("{json}");
-        }
-        for j in &journals {
-            let json = serde_json::json!({
-                "kind": j.kind, "journal": j.journal, "secret": j.secret, "fromVersion": j.from_version,
-                "step": j.step, "created": j.created, "resumable": j.resumable,
-            });
-            println!("{json}");
-        }
-        return Ok(());
-    }
+    Ok(StatusView { secrets, journals })
+}
+
+fn print_status(secrets: &[SecretRow], journals: &[JournalRow]) {
     let header = ["SECRET", "PROFILE", "ACCOUNT", "VERSION", "AGE", "EXPIRES", "NEXT DUE", "LAST FAILURE"];
     let rows: Vec<[String; 8]> = secrets
         .iter()
@@ -356,7 +369,6 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             .collect();
         print_table(&header, &rows);
     }
-    Ok(())
 }
 
 fn journal_row(vault: &str, properties: &SecretProperties) -> JournalRow {

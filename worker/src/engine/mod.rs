@@ -429,6 +429,18 @@ pub struct Engine {
     permits: Arc<Semaphore>,
     /// Becomes true when the queue closes: finishing schedules stop waiting.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Told when each request starts and ends (the admin API's job records).
+    observer: Option<Arc<dyn RequestObserver>>,
+}
+
+/// Told of every request's start (its secret's lock and a slot taken) and end (its
+/// report), synchronously and in order, so nothing is missed the way a lagging broadcast
+/// receiver would. For bookkeeping only: it cannot change what the engine does.
+pub trait RequestObserver: Send + Sync + fmt::Debug {
+    /// `request` starts running (its version pinned).
+    fn started(&self, request: &RotationRequest);
+    /// `report` ends the request.
+    fn finished(&self, report: &RotationReport);
 }
 
 impl Engine {
@@ -456,7 +468,14 @@ impl Engine {
             alert_repeat: Duration::from_secs(3600),
             permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            observer: None,
         }
+    }
+
+    /// Tells `observer` of every request's start and end.
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Sends failures past the retry cap to `sink` too, the same secret's alert of the
@@ -582,6 +601,9 @@ impl Engine {
                     guard
                 }
             };
+            if let Some(observer) = &self.observer {
+                observer.started(&request);
+            }
             let steps = StepLog::default();
             let backoff = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(self.settings.initial_backoff_ms))
@@ -644,6 +666,9 @@ impl Engine {
             // engine may be at work on the vault.
             if matches!(report.outcome, Outcome::Failed { .. }) && !lease_lost {
                 self.report_failure(&report).await;
+            }
+            if let Some(observer) = &self.observer {
+                observer.finished(&report);
             }
             // No subscriber is fine: reports are also in the log.
             let _ = self.reports.send(report.clone());

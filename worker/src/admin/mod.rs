@@ -3,7 +3,11 @@
 //!
 //! - [`router`]: the admin routes over an [`AdminState`] — `GET /metrics`
 //!   ([`crate::metrics`]), `GET /healthz` (the process answers) and `GET /readyz`
-//!   ([`Readiness`]). The authenticated admin API will add its routes here.
+//!   ([`Readiness`]), unauthenticated; with `[admin.auth]`, the authenticated admin API
+//!   ([`api`]: rotation jobs, their results, the managed secrets, its OpenAPI document).
+//! - [`auth`]: who may call the API (static token, Entra ID app role, or none on loopback).
+//! - [`jobs`]: the API's rotation jobs, in memory, followed through the engine's reports.
+//! - [`client`]: `kv-rotator rotate` through a running service's API.
 //! - [`Readiness`]: ready while the engine takes requests off a queue with room (and holds
 //!   the engine lease, when it was given one); not in standby ([`crate::standby`]).
 //! - [`bind`]: the listener of `[admin]` (loopback by default), or none when disabled.
@@ -12,6 +16,11 @@
 //! ([`crate::listener`]) and limits, on its own port: metrics say which secrets fail and
 //! how rotations go, which is nobody's business who can merely reach the webhook. The
 //! webhook keeps its own `/healthz` (a liveness probe) and answers 404 to `/metrics`.
+
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod jobs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +50,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// What `/readyz` answers.
     pub readiness: Readiness,
+    /// The admin API, when `[admin.auth]` is set; `None`: `/api/...` answers 404.
+    pub api: Option<api::ApiState>,
 }
 
 /// Whether the service can take rotation requests now: not in standby (another engine
@@ -67,8 +78,8 @@ impl Readiness {
         self
     }
 
-    /// `Ok` when ready, else why not.
-    pub fn check(&self) -> Result<(), String> {
+    /// Whether the engine takes requests at all: not shutting down, not in standby, running.
+    pub fn takes_requests(&self) -> Result<mpsc::Sender<RotationRequest>, String> {
         let Some(queue) = self.queue.upgrade() else {
             return Err("shutting down: no more rotation requests are taken".to_owned());
         };
@@ -78,6 +89,12 @@ impl Readiness {
         if queue.is_closed() {
             return Err("the engine is not running".to_owned());
         }
+        Ok(queue)
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        let queue = self.takes_requests()?;
         if queue.capacity() == 0 {
             return Err(format!("the rotation queue is full ({} requests)", queue.max_capacity()));
         }
@@ -92,6 +109,7 @@ impl Readiness {
 /// The admin routes; see the [module docs](self).
 pub fn router(state: AdminState) -> Router {
     let readiness = state.readiness;
+    let api = state.api.map(api::router).unwrap_or_default();
     Router::new()
         .route(HEALTHZ_PATH, get(|| async { "ok" }))
         .route(
@@ -105,6 +123,7 @@ pub fn router(state: AdminState) -> Router {
             }),
         )
         .merge(crate::metrics::router(state.metrics))
+        .merge(api)
 }
 
 /// Binds `[admin] listen` (or `listen`, which overrides it and enables the listener);
@@ -121,6 +140,27 @@ pub async fn bind(config: &AdminConfig, listen: Option<SocketAddr>) -> anyhow::R
     }
     let listener = TcpListener::bind(addr).await.with_context(|| format!("admin.listen {addr}: cannot bind"))?;
     Ok(Some(listener))
+}
+
+/// The admin API's authentication for the listener `bound` (none: no API), from
+/// `[admin.auth]` (none: no API): the static token read now, `mode = "none"` refused unless
+/// the address actually bound is loopback (`--admin-listen` can move it).
+pub fn api_auth(config: &AdminConfig, bound: Option<&TcpListener>) -> anyhow::Result<Option<auth::AdminAuth>> {
+    let (Some(listener), Some(auth_config)) = (bound, &config.auth) else {
+        if config.auth.is_some() {
+            warn!("[admin.auth] is set but the admin listener is disabled: the admin API is not served");
+        }
+        return Ok(None);
+    };
+    let addr = listener.local_addr().context("admin listener")?;
+    if matches!(auth_config, kv_rotator_config::AdminAuthConfig::None {}) {
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "admin.auth: mode = \"none\" is only allowed on a loopback admin listener, not {addr}"
+        );
+        warn!(%addr, "admin.auth.mode = \"none\": anyone on this host can call the admin API and rotate secrets");
+    }
+    Ok(Some(auth::AdminAuth::from_config(auth_config, true)?))
 }
 
 #[cfg(test)]
@@ -155,9 +195,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(2);
         let metrics = Arc::new(Metrics::default());
         metrics.inc("kv_rotator_sweeps_total", &[("result", "ok")]);
-        let app = serve(router(AdminState { metrics, readiness: Readiness::new(&tx, None) })).await;
+        let app = serve(router(AdminState { metrics, readiness: Readiness::new(&tx, None), api: None })).await;
         assert_eq!(get(&app, READYZ_PATH).await, (StatusCode::OK, "ready".to_owned()));
         assert_eq!(get(&app, HEALTHZ_PATH).await, (StatusCode::OK, "ok".to_owned()));
+        assert_eq!(get(&app, "/api/secrets").await.0, StatusCode::NOT_FOUND, "no [admin.auth]: no API");
         let (status, body) = get(&app, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("kv_rotator_sweeps_total{result=\"ok\"} 1"), "{body}");

@@ -1,0 +1,473 @@
+//! The authenticated admin API, served on the admin listener when `[admin.auth]` is set.
+//!
+//! - `POST /api/rotations` ([`post_rotations`]): a job of manual rotations — named secrets,
+//!   the managed secrets carrying tags, or all of them — with a reason and a force flag.
+//!   Every secret's latest version is read now (as `rotate` does); the requests go on the
+//!   running engine's queue all together or not at all (503 with `Retry-After` when it has
+//!   no room), and the job is remembered ([`super::jobs`]). 202 with the job.
+//! - `GET /api/rotations/{id}`: the job, each secret's state as the engine reported it.
+//! - `GET /api/secrets`: the managed secrets and unfinished journal records, as `status`
+//!   reads them ([`crate::cli::status::read_status`]).
+//! - `GET /api/openapi.json`: the OpenAPI 3.1 document of these routes ([`OPENAPI`]).
+//!
+//! Every route needs the caller's credential ([`super::auth`]: 401, or 403 for a token
+//! without the role), and every call is logged under `kv_rotator::admin` with who made it,
+//! what it asked and the status; a rotation job's log line also has its reason. Request
+//! bodies must be `application/json` (415 otherwise: a web page cannot then post one
+//! cross-origin to a loopback listener without a CORS preflight, which is never answered).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use kv_rotator_keyvault::{SecretStore, StoreError};
+use kv_rotator_webhook::RotationRequest;
+use serde::Deserialize;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::auth::AdminAuth;
+use super::jobs::{self, Job, JobSecret, Jobs};
+use super::Readiness;
+use crate::engine::due::DueRule;
+use crate::engine::journal::{RESERVED_PREFIX, TAG_JOURNAL_FOR};
+use crate::engine::protocol::TAG_ROTATOR;
+use crate::logging::sanitized;
+
+/// The OpenAPI 3.1 document of the admin API, served at `GET /api/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route the API serves, as (method, path) — the router is built from this list,
+/// and a test checks it against [`OPENAPI`].
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/rotations"),
+    ("GET", "/api/rotations/{id}"),
+    ("GET", "/api/secrets"),
+    ("GET", "/api/openapi.json"),
+];
+
+/// Longest `reason`, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
+/// Largest request body.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+/// `Retry-After` of a 503.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// What the API routes read. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// Who may call.
+    pub auth: AdminAuth,
+    /// The vault the service rotates in.
+    pub store: Arc<dyn SecretStore>,
+    /// The engine's queue (weak: the API never keeps the engine from draining).
+    pub queue: mpsc::WeakSender<RotationRequest>,
+    /// Whether the engine takes requests (not in standby, not shutting down).
+    pub readiness: Readiness,
+    /// The jobs, also the engine's observer.
+    pub jobs: Arc<Jobs>,
+    /// When versions are due, for `GET /api/secrets`.
+    pub due_rule: DueRule,
+}
+
+/// The caller as authenticated, for handlers and the log.
+#[derive(Debug, Clone)]
+struct Caller(String);
+
+/// The API's routes; see the [module docs](self).
+pub fn router(state: ApiState) -> Router {
+    let mut router = Router::new();
+    for (method, path) in ROUTES {
+        router = match (*method, *path) {
+            ("POST", "/api/rotations") => router.route(path, post(post_rotations)),
+            ("GET", "/api/rotations/{id}") => router.route(path, get(get_rotation)),
+            ("GET", "/api/secrets") => router.route(path, get(get_secrets)),
+            ("GET", "/api/openapi.json") => router.route(path, get(get_openapi)),
+            _ => unreachable!("ROUTES lists a route without a handler: {method} {path}"),
+        };
+    }
+    router
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `{"error": message}` with `status`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// 503 with `Retry-After` and `body`.
+fn unavailable(body: serde_json::Value) -> Response {
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
+}
+
+/// Checks the credential before anything else runs, then logs the call with its caller.
+async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let path = sanitized(parts.uri.path(), 200);
+    let who = match state.auth.check(&parts).await {
+        Ok(who) => who,
+        Err(err) => {
+            warn!(target: "kv_rotator::admin", %method, %path, status = err.status().as_u16(), error = %err,
+                  "admin API call refused");
+            let mut response = error(err.status(), err.to_string());
+            if err.status() == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return response;
+        }
+    };
+    parts.extensions.insert(Caller(who.clone()));
+    let response = next.run(Request::from_parts(parts, body)).await;
+    info!(target: "kv_rotator::admin", %who, %method, %path, status = response.status().as_u16(), "admin API call");
+    response
+}
+
+/// The body of `POST /api/rotations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotationBody {
+    #[serde(default)]
+    secrets: Option<Vec<String>>,
+    #[serde(default)]
+    tag: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    all: Option<bool>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// Which secrets a job names.
+#[derive(Debug)]
+enum Selection {
+    Named(Vec<String>),
+    Tagged(BTreeMap<String, String>),
+    All,
+}
+
+impl Selection {
+    fn describe(&self) -> String {
+        match self {
+            Selection::Named(names) => format!("{} named secret(s)", names.len()),
+            Selection::Tagged(tags) => {
+                let tags: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("managed secrets tagged {}", sanitized(&tags.join(","), 200))
+            }
+            Selection::All => "all managed secrets".to_owned(),
+        }
+    }
+}
+
+/// Checks a body; the error says what is wrong and where.
+fn validate(body: RotationBody) -> Result<(Selection, String, bool), String> {
+    let reason = body.reason.ok_or("reason: required (why these secrets are rotated, for the audit log)")?;
+    if reason.trim().is_empty() {
+        return Err("reason: must not be empty".to_owned());
+    }
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(format!("reason: longer than {MAX_REASON_CHARS} characters"));
+    }
+    if let Some(at) = reason.chars().position(char::is_control) {
+        return Err(format!("reason: control character at position {at}"));
+    }
+    let selection = match (body.secrets, body.tag, body.all) {
+        (Some(names), None, None) => {
+            if names.is_empty() {
+                return Err("secrets: name at least one secret".to_owned());
+            }
+            let mut seen = HashSet::new();
+            for (i, name) in names.iter().enumerate() {
+                if !kv_rotator_config::load::is_secret_name(name) {
+                    return Err(format!(
+                        "secrets[{i}]: {:?} is not a Key Vault secret name (1-127 of 0-9 a-z A-Z -)",
+                        sanitized(name, 130)
+                    ));
+                }
+                // Key Vault names are case-insensitive.
+                if !seen.insert(name.to_ascii_lowercase()) {
+                    return Err(format!("secrets[{i}]: {name:?} is named twice"));
+                }
+            }
+            Selection::Named(names)
+        }
+        (None, Some(tags), None) => {
+            if tags.is_empty() {
+                return Err("tag: name at least one tag, as {\"key\": \"value\"}".to_owned());
+            }
+            for (key, value) in &tags {
+                if key.is_empty() || key.chars().count() > 512 || key.chars().any(char::is_control) {
+                    return Err(format!(
+                        "tag: {:?} is not a tag name (1-512 characters, no control characters)",
+                        sanitized(key, 100)
+                    ));
+                }
+                if value.chars().count() > 256 || value.chars().any(char::is_control) {
+                    return Err(format!("tag.{key}: not a tag value (at most 256 characters, no control characters)"));
+                }
+            }
+            Selection::Tagged(tags)
+        }
+        (None, None, Some(true)) => Selection::All,
+        (None, None, Some(false)) => return Err("all: must be true when given".to_owned()),
+        (None, None, None) => return Err("name the secrets: one of \"secrets\", \"tag\" or \"all\"".to_owned()),
+        _ => return Err("\"secrets\", \"tag\" and \"all\" exclude each other: give exactly one".to_owned()),
+    };
+    Ok((selection, reason, body.force))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The names `selection` stands for, read from the vault now.
+async fn names_of(store: &dyn SecretStore, selection: Selection) -> Result<Vec<String>, StoreError> {
+    let tags = match selection {
+        Selection::Named(names) => return Ok(names),
+        Selection::Tagged(tags) => tags,
+        Selection::All => BTreeMap::new(),
+    };
+    Ok(store
+        .list_secrets()
+        .await?
+        .into_iter()
+        .filter(|p| {
+            p.tags.contains_key(TAG_ROTATOR)
+                && !p.tags.contains_key(TAG_JOURNAL_FOR)
+                && !p.name.to_ascii_lowercase().starts_with(RESERVED_PREFIX)
+                && tags.iter().all(|(k, v)| p.tags.get(k) == Some(v))
+        })
+        .map(|p| p.name)
+        .collect())
+}
+
+/// Secrets' latest versions read at once, at most this many at a time.
+const RESOLVE_CONCURRENCY: usize = 16;
+
+/// Each of `names` with its latest version read now, in order: an entry for the job (queued,
+/// or failed when it cannot be read) and the requests to queue.
+async fn resolve(
+    store: &Arc<dyn SecretStore>,
+    names: &[String],
+    requested_by: &str,
+    force: bool,
+) -> (Vec<JobSecret>, Vec<RotationRequest>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(RESOLVE_CONCURRENCY));
+    let mut reads = tokio::task::JoinSet::new();
+    for (index, name) in names.iter().enumerate() {
+        let (store, permits, name, requested_by) =
+            (store.clone(), permits.clone(), name.clone(), requested_by.to_owned());
+        reads.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let read = crate::cli::rotate::manual_request(store.as_ref(), &name, &requested_by, force).await;
+            (index, read)
+        });
+    }
+    let mut read: Vec<Option<Result<RotationRequest, StoreError>>> = names.iter().map(|_| None).collect();
+    while let Some(done) = reads.join_next().await {
+        // A read that panicked leaves its slot empty: reported below, not dropped.
+        if let Ok((index, result)) = done {
+            read[index] = Some(result);
+        }
+    }
+    let mut entries = Vec::with_capacity(names.len());
+    let mut requests = Vec::with_capacity(names.len());
+    for (name, result) in names.iter().zip(read) {
+        match result {
+            Some(Ok(mut request)) => {
+                let version = request.version.as_deref().unwrap_or_default().to_ascii_lowercase();
+                request.version = Some(version.clone());
+                entries.push(JobSecret::queued(name, &version));
+                requests.push(request);
+            }
+            Some(Err(StoreError::NotFound { .. })) => {
+                entries.push(JobSecret::unreadable(name, "cannot read it: no such secret".to_owned()));
+            }
+            Some(Err(e)) => entries.push(JobSecret::unreadable(name, sanitized(&format!("cannot read it: {e}"), 500))),
+            None => entries.push(JobSecret::unreadable(name, "cannot read it: the read failed".to_owned())),
+        }
+    }
+    (entries, requests)
+}
+
+/// `POST /api/rotations`; see the [module docs](self).
+async fn post_rotations(
+    State(state): State<ApiState>,
+    Extension(Caller(who)): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !is_json(&headers) {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be JSON (Content-Type: application/json)");
+    }
+    let body: RotationBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {}", sanitized(&e.to_string(), 300))),
+    };
+    let (selection, reason, force) = match validate(body) {
+        Ok(valid) => valid,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    if let Err(why) = state.readiness.takes_requests() {
+        return unavailable(json!({ "error": format!("no rotation is taken now: {why}"), "queued": [] }));
+    }
+    let selected = selection.describe();
+    let names = match names_of(state.store.as_ref(), selection).await {
+        Ok(names) => names,
+        Err(e) => {
+            let why = sanitized(&format!("cannot list the vault's secrets: {e}"), 500);
+            return unavailable(json!({ "error": why, "queued": [] }));
+        }
+    };
+    let id = Uuid::new_v4();
+    let trigger_by = jobs::requested_by(&who, id);
+    let (entries, requests) = resolve(&state.store, &names, &trigger_by, force).await;
+    let Some(queue) = state.queue.upgrade() else {
+        return unavailable(json!({ "error": "the service is shutting down", "queued": [] }));
+    };
+    let permits = if requests.is_empty() {
+        None
+    } else if requests.len() > queue.max_capacity() {
+        let why = format!(
+            "{} secrets are more than the rotation queue holds (engine.queue_capacity = {}): split the job; nothing \
+             was queued",
+            requests.len(),
+            queue.max_capacity()
+        );
+        return error(StatusCode::PAYLOAD_TOO_LARGE, why);
+    } else {
+        match queue.try_reserve_many(requests.len()) {
+            Ok(permits) => Some(permits),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                let why = format!(
+                    "the rotation queue has room for {} of the {} requests: nothing was queued; retry later",
+                    queue.capacity(),
+                    requests.len()
+                );
+                warn!(target: "kv_rotator::admin", %who, job = %id, "{why}");
+                return unavailable(json!({ "error": why, "queued": [] }));
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return unavailable(json!({ "error": "the engine is not running", "queued": [] }));
+            }
+        }
+    };
+    let created = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+    let job =
+        Job { id, created, requested_by: who.clone(), reason: reason.clone(), force, done: false, secrets: entries };
+    // Remembered before the engine can report on it.
+    state.jobs.insert(job);
+    if let Some(permits) = permits {
+        for (permit, request) in permits.zip(requests) {
+            permit.send(request);
+        }
+    }
+    info!(
+        target: "kv_rotator::admin", %who, job = %id, reason = %reason, force, selection = %selected,
+        secrets = names.len(), "admin API: rotation job queued"
+    );
+    let job = state.jobs.get(&id).map(|job| json!(job)).unwrap_or_else(|| json!({ "id": id }));
+    let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/rotations/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// `GET /api/rotations/{id}`.
+async fn get_rotation(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Ok(uuid) = Uuid::parse_str(&id) else {
+        return error(StatusCode::BAD_REQUEST, "id: not a job id (a UUID)");
+    };
+    match state.jobs.get(&uuid) {
+        Some(job) => Json(job).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no job {uuid}: jobs are kept in this process's memory, the last {} only", jobs::MAX_JOBS),
+        ),
+    }
+}
+
+/// `GET /api/secrets`.
+async fn get_secrets(State(state): State<ApiState>) -> Response {
+    match crate::cli::status::read_status(state.store.as_ref(), &state.due_rule).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => unavailable(json!({ "error": sanitized(&format!("{e:#}"), 1000) })),
+    }
+}
+
+/// `GET /api/openapi.json`.
+async fn get_openapi(method: Method) -> Response {
+    debug_assert_eq!(method, Method::GET);
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: serde_json::Value) -> Result<(Selection, String, bool), String> {
+        validate(serde_json::from_value(json).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn bodies_are_checked_and_errors_say_what_and_where() {
+        let ok = body(json!({"secrets": ["a-1", "b"], "reason": "leak", "force": true})).unwrap();
+        assert!(matches!(ok.0, Selection::Named(ref n) if n.len() == 2) && ok.2);
+        assert!(matches!(body(json!({"all": true, "reason": "incident"})).unwrap().0, Selection::All));
+        assert!(matches!(body(json!({"tag": {"host": "db1"}, "reason": "x"})).unwrap().0, Selection::Tagged(_)));
+        for (bad, expected) in [
+            (json!({"secrets": ["a"]}), "reason: required"),
+            (json!({"secrets": ["a"], "reason": "  "}), "reason: must not be empty"),
+            (json!({"secrets": ["a"], "reason": "x".repeat(201)}), "longer than 200"),
+            (json!({"secrets": ["a"], "reason": "a\u{1b}[31m"}), "control character at position 1"),
+            (json!({"secrets": [], "reason": "r"}), "secrets: name at least one"),
+            (json!({"secrets": ["ok", "bad_name"], "reason": "r"}), "secrets[1]: \"bad_name\" is not a Key Vault"),
+            (json!({"secrets": ["a", "A"], "reason": "r"}), "secrets[1]"),
+            (json!({"secrets": ["a"], "all": true, "reason": "r"}), "exclude each other"),
+            (json!({"all": false, "reason": "r"}), "all: must be true"),
+            (json!({"reason": "r"}), "one of \"secrets\", \"tag\" or \"all\""),
+            (json!({"tag": {}, "reason": "r"}), "tag: name at least one"),
+            (json!({"secrets": ["a"], "reason": "r", "forse": true}), "unknown field `forse`"),
+            (json!({"secrets": "a", "reason": "r"}), "invalid type"),
+        ] {
+            let err = body(bad.clone()).unwrap_err();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_route_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"].as_str().unwrap().get(..3), Some("3.1"));
+        let mut documented = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.push((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        let mut served: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+}
