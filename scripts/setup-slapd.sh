@@ -9,7 +9,9 @@
 #      $SUFFIX, root DN cn=admin,$SUFFIX, ACLs that let an entry change its own
 #      userPassword (`by self write`), let the service account cn=kv-rotator,ou=services
 #      change the userPassword of entries under ou=people, and let anyone bind
-#      (`by anonymous auth`);
+#      (`by anonymous auth`); the ppolicy overlay, with no default policy and a policy
+#      cn=strict,ou=policies (at least 20 characters, the last 3 passwords refused) that
+#      test entries may name;
 #   4. starts slapd directly (there is no systemd) on ldap://127.0.0.1:$PORT (StartTLS;
 #      plain binds are accepted too, for the loopback-only plaintext test) and
 #      ldaps://127.0.0.1:$TLS_PORT, or restarts it when its configuration or certificate
@@ -102,6 +104,7 @@ pidfile $PIDFILE
 argsfile $DIR/run/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
+moduleload ppolicy
 
 TLSCACertificateFile $TLS_DIR/ca.pem
 TLSCertificateFile $TLS_DIR/server.pem
@@ -118,6 +121,9 @@ rootpw $rootpw
 directory $DIR/data
 index objectClass eq
 index uid eq
+# No default policy: an entry gets one by naming it (pwdPolicySubentry), as the tests of a
+# refused password do with cn=strict,ou=policies.
+overlay ppolicy
 
 access to dn.subtree="ou=people,$SUFFIX" attrs=userPassword
     by self write
@@ -193,6 +199,8 @@ dc="$(printf '%s' "$SUFFIX" | sed -n 's/^dc=\([^,]*\).*/\1/p')"
 add_if_missing "$SUFFIX" "$(printf 'objectClass: dcObject\nobjectClass: organization\ndc: %s\no: kv-rotator tests' "$dc")"
 add_if_missing "ou=people,$SUFFIX" "$(printf 'objectClass: organizationalUnit\nou: people')"
 add_if_missing "ou=services,$SUFFIX" "$(printf 'objectClass: organizationalUnit\nou: services')"
+add_if_missing "ou=policies,$SUFFIX" "$(printf 'objectClass: organizationalUnit\nou: policies')"
+add_if_missing "cn=strict,ou=policies,$SUFFIX" "$(printf 'objectClass: applicationProcess\nobjectClass: pwdPolicy\ncn: strict\npwdAttribute: userPassword\npwdMinLength: 20\npwdCheckQuality: 2\npwdInHistory: 3')"
 add_if_missing "$SERVICE_DN" "$(printf 'objectClass: applicationProcess\nobjectClass: simpleSecurityObject\ncn: kv-rotator\nuserPassword: %s' "$(slappasswd -h '{SSHA}' -s "$SERVICE_PASSWORD")")"
 if ! ldapwhoami -x -H "ldap://127.0.0.1:$PORT" -ZZ -D "$SERVICE_DN" -w "$SERVICE_PASSWORD" >/dev/null 2>&1; then
     root_ldap ldappasswd -s "$SERVICE_PASSWORD" "$SERVICE_DN" >/dev/null || die "could not set the password of $SERVICE_DN"

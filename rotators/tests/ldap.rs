@@ -157,6 +157,20 @@ impl EntryGuard {
         self.add(dn, attrs).await;
     }
 
+    /// A person under the directory's strict password policy (at least 20 characters).
+    async fn add_strict_person(&self, dn: &str, uid: &str, password: &SecretString) {
+        let policy = format!("cn=strict,ou=policies,{}", suffix());
+        let attrs = vec![
+            ("objectClass", HashSet::from(["inetOrgPerson"])),
+            ("uid", HashSet::from([uid])),
+            ("cn", HashSet::from([uid])),
+            ("sn", HashSet::from(["test"])),
+            ("userPassword", HashSet::from([password.expose_secret()])),
+            ("pwdPolicySubentry", HashSet::from([policy.as_str()])),
+        ];
+        self.add(dn, attrs).await;
+    }
+
     async fn add_ou(&self, dn: &str, ou: &str) {
         self.add(dn, vec![("objectClass", HashSet::from(["organizationalUnit"])), ("ou", HashSet::from([ou]))]).await;
     }
@@ -327,6 +341,30 @@ async fn an_admin_the_directory_does_not_allow_changes_nothing() {
     let text = err.to_string();
     assert!(text.contains("insufficientAccessRights") && text.contains("refused: entry"), "{text}");
     assert!(binds(&format!("uid=app,{ou_dn}"), &old).await, "unchanged");
+}
+
+#[tokio::test]
+async fn a_password_the_directory_policy_refuses_is_refused_and_nothing_changes() {
+    let guard = EntryGuard::new();
+    let uid = format!("{}_strict", prefix());
+    let old = policy().generate();
+    guard.add_strict_person(&dn_of(&uid), &uid, &old).await;
+    // Under the policy's 20 characters: refused to the entry itself and to the admin.
+    let short = SecretString::from(format!("Sh0rt-{:08x}", rand::random::<u32>()));
+    let mut req = request(&uid, &short, &old);
+    req.admin = Some(service());
+    req.pending_is_new = true;
+    let err = rotator(ldaps_config()).set_password(req).await.unwrap_err();
+    assert!(matches!(err, RotatorError::Refused(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("constraintViolation") && text.contains("quality"), "{text}");
+    assert!(!text.contains(short.expose_secret()) && !text.contains(old.expose_secret()), "{text}");
+    assert!(binds(&dn_of(&uid), &old).await, "unchanged");
+    assert!(!binds(&dn_of(&uid), &short).await);
+    // A password the policy takes goes through.
+    let new = policy().generate();
+    let outcome = rotator(ldaps_config()).set_password(request(&uid, &new, &old)).await.unwrap().outcome;
+    assert_eq!(outcome, SetPasswordOutcome::ChangedWithCurrent);
 }
 
 #[tokio::test]
