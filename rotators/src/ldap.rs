@@ -83,8 +83,8 @@ use crate::common::{after_change, already_set, chain_text, find_cause, logins, n
 use crate::scrub::Scrubber;
 pub use crate::tls::{TlsMode, TlsSetupError};
 use crate::{
-    PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordRequest, SetPasswordResponse, VerifyRequest,
-    VerifyResponse,
+    PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse,
+    VerifyRequest, VerifyResponse,
 };
 
 /// The placeholder `user_dn_template` holds once, as the whole value of its first RDN.
@@ -610,7 +610,7 @@ impl Rotator for LdapRotator {
         let (mut refused, mut cannot, mut policy) = (Vec::new(), Vec::new(), Vec::new());
         for login in logins(&req, &name, quote) {
             let who = login.who;
-            let as_user = login.user == req.username;
+            let as_user = login.outcome != SetPasswordOutcome::ChangedWithAdmin;
             let bind_dn = if as_user { dn.as_str() } else { login.user };
             let Bound::Yes(mut session) = self.bind(bind_dn, login.password, &who, &scrub).await? else {
                 refused.push(who);
