@@ -12,7 +12,9 @@
 //!   Password Modify extended operation (RFC 3062); a fresh bind with the new password
 //!   ends it (`pending_verified`).
 //! - [`user_dn`]: the account's DN from the template, its value escaped per RFC 4514.
-//! - [`offers`]: the strategies the kind offers (single-user only).
+//! - [`offers`]: the strategies the kind offers (single-user only); with
+//!   [`crate::registry::KindSettings`] for [`LdapConfig`], the kind `ldap` of
+//!   [`crate::registry::Registry::builtin`].
 //!
 //! **The account is untrusted.** A secret's `CredentialId` tag is whatever someone with
 //! write access to the tags wrote. It becomes the value of the template's first RDN and
@@ -165,6 +167,19 @@ pub fn offers(strategy: Strategy) -> Result<(), &'static str> {
         Strategy::AlternatingUsers => {
             Err("the LDAP rotator does not create entries (alternating users needs a twin entry made and kept alike)")
         }
+    }
+}
+
+impl crate::registry::KindSettings for LdapConfig {
+    fn offers(&self, strategy: Strategy) -> Result<(), std::borrow::Cow<'static, str>> {
+        offers(strategy).map_err(Into::into)
+    }
+
+    fn build(
+        &self,
+        profile: &crate::registry::ProfileContext<'_>,
+    ) -> Result<Arc<dyn Rotator>, crate::registry::BuildError> {
+        Ok(Arc::new(LdapRotator::new(self.clone(), profile.password.clone())?))
     }
 }
 
