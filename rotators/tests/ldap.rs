@@ -171,8 +171,13 @@ impl EntryGuard {
         self.add(dn, attrs).await;
     }
 
-    async fn add_ou(&self, dn: &str, ou: &str) {
-        self.add(dn, vec![("objectClass", HashSet::from(["organizationalUnit"])), ("ou", HashSet::from([ou]))]).await;
+    /// A fresh `ou=kvr_t_<random>` under `parent`: its name and DN.
+    async fn add_ou(&self, parent: &str) -> (String, String) {
+        let ou = prefix();
+        let dn = format!("ou={ou},{parent}");
+        let attrs = vec![("objectClass", HashSet::from(["organizationalUnit"])), ("ou", HashSet::from([ou.as_str()]))];
+        self.add(&dn, attrs).await;
+        (ou, dn)
     }
 }
 
@@ -265,10 +270,8 @@ async fn the_entry_binds_with_the_new_password_and_is_refused_with_the_old_one()
 #[tokio::test]
 async fn hostile_account_names_never_reach_another_entry() {
     let guard = EntryGuard::new();
-    let p = prefix();
     // A victim an unescaped `x,ou=<p>` would name: uid=x,ou=<p>,ou=people,…
-    let ou_dn = format!("ou={p},{}", people());
-    guard.add_ou(&ou_dn, &p).await;
+    let (p, ou_dn) = guard.add_ou(&people()).await;
     let victim_dn = format!("uid=x,{ou_dn}");
     let victim_password = policy().generate();
     guard.add_person(&victim_dn, "x", &victim_password).await;
@@ -327,9 +330,7 @@ async fn the_admin_dn_is_not_rotated_through_its_own_profile() {
 async fn an_admin_the_directory_does_not_allow_changes_nothing() {
     // The service account may change passwords under ou=people only.
     let guard = EntryGuard::new();
-    let p = prefix();
-    let ou_dn = format!("ou={p},{}", suffix());
-    guard.add_ou(&ou_dn, &p).await;
+    let (_, ou_dn) = guard.add_ou(&suffix()).await;
     let (old, new) = (policy().generate(), policy().generate());
     guard.add_person(&format!("uid=app,{ou_dn}"), "app", &old).await;
     let mut cfg = ldaps_config();
