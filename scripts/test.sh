@@ -7,10 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # PostgreSQL: running, and SCRAM (not trust) for the test roles in kvr_scram. MariaDB and
-# Redis: running. All three: TLS with a test CA of their own.
+# Redis: running. OpenLDAP: installed, its test directory made and slapd started (LDAPS
+# and StartTLS). All four: TLS with a test CA of their own.
 bash scripts/setup-postgres.sh
 bash scripts/setup-mariadb.sh
 bash scripts/setup-redis.sh
+bash scripts/setup-slapd.sh
 
 # The tests cover the optional client-certificate credential, which links OpenSSL: its
 # headers are needed to build them (default builds of kv-rotator need no OpenSSL).

@@ -7,6 +7,7 @@ use kv_rotator_config::load::from_figment;
 use kv_rotator_config::CredentialConfig;
 use kv_rotator_rotators::exec::ExecConfig;
 use kv_rotator_rotators::htpasswd::HtpasswdConfig;
+use kv_rotator_rotators::ldap::LdapConfig;
 use kv_rotator_rotators::mariadb::MariaDbConfig;
 use kv_rotator_rotators::postgres::PostgresConfig;
 use kv_rotator_rotators::redis::RedisConfig;
@@ -29,6 +30,7 @@ fn the_readme_configuration_example_loads() {
     assert!(config.targets["orders-db"].target.settings::<PostgresConfig>().is_some());
     assert!(config.targets["shop-db"].target.settings::<MariaDbConfig>().is_some());
     assert!(config.targets["sessions-cache"].target.settings::<RedisConfig>().is_some());
+    assert!(config.targets["directory"].target.settings::<LdapConfig>().is_some());
     assert!(config.targets["intranet"].target.settings::<HtpasswdConfig>().is_some());
     assert!(config.targets["legacy-app"].target.settings::<ExecConfig>().is_some());
     assert_eq!(config.engine.max_attempts, 5);

@@ -105,6 +105,12 @@ fn wrong_keys_and_values_are_named() {
         ("kind = \"redis\"\nhost = \"y\"\nstrategy = \"multi-password\"\ngrace_period_secs = 0", "at least 1"),
         ("kind = \"mariadb\"\nhost = \"y\"\nconnect_timeout_secs = 0", "at least 1"),
         ("kind = \"postgre\"\nhost = \"y\"", "postgre"),
+        ("kind = \"ldap\"\nurl = \"ldaps://l\"\nuser_dn_template = \"uid={}\"\nstart_tls = true", "start_tls"),
+        ("kind = \"ldap\"\nurl = \"ldaps://l\"", "user_dn_template"),
+        (
+            "kind = \"ldap\"\nurl = \"ldaps://l\"\nuser_dn_template = \"uid={}\"\nstrategy = \"multi-password\"",
+            "one password per account",
+        ),
     ];
     for (profile, want) in cases {
         let e = load(&format!("[targets.t]\n{profile}\naccounts = [\"*\"]\n")).unwrap_err();

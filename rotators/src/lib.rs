@@ -5,8 +5,9 @@
 //!   Requests and responses are structs so fields can be added without breaking plugins.
 //! - [`password`]: password policy and generation.
 //! - built-in rotators, one module per target, each behind a feature flag:
-//!   [`postgres`], [`mariadb`] (MariaDB; MySQL not yet), [`redis`] (ACL users) — single-user
-//!   strategy — and [`htpasswd`] (bcrypt file, used by the demo).
+//!   [`postgres`], [`mariadb`] (MariaDB; MySQL not yet), [`redis`] (ACL users), [`ldap`]
+//!   (OpenLDAP, Password Modify) — single-user strategy — and [`htpasswd`] (bcrypt file,
+//!   used by the demo).
 //! - [`exec`]: out-of-process plugins, a user program per operation speaking JSON on
 //!   stdin/stdout (docs/plugins.md).
 //! - [`registry`]: the `kind = "…"` names, each a registration of a settings type that
@@ -34,6 +35,8 @@ pub mod common;
 pub mod exec;
 #[cfg(feature = "htpasswd")]
 pub mod htpasswd;
+#[cfg(feature = "ldap")]
+pub mod ldap;
 #[cfg(feature = "mariadb")]
 pub mod mariadb;
 pub mod password;

@@ -853,16 +853,9 @@ fn text_of(value: &Value) -> Option<String> {
     }
 }
 
-/// Longest text from the server (or a library's error) a message keeps.
-const MAX_SHOWN_TEXT: usize = 200;
-
-/// Text from the server, or a library's error, as messages show it: scrubbed whole, then
-/// cut (cut first, a password echoed across the cut would leave its prefix), then
-/// escaped like names (no line break or terminal escape of a server's reaches a log).
+/// Text from the server, or a library's error, as messages show it ([`Scrubber::shown`]).
 fn shown_text(scrub: &Scrubber, text: String) -> String {
-    let clean = Zeroizing::new(scrub.clean(text));
-    let cut = Zeroizing::new(clean.chars().take(MAX_SHOWN_TEXT).collect::<String>());
-    format!("{:?}", cut.as_str())
+    scrub.shown(text)
 }
 
 /// A user name in messages.

@@ -177,6 +177,8 @@ impl Registry {
         ));
         #[cfg(feature = "redis")]
         kinds.push(RotatorKind::new::<crate::redis::RedisConfig>("redis"));
+        #[cfg(feature = "ldap")]
+        kinds.push(RotatorKind::new::<crate::ldap::LdapConfig>("ldap"));
         #[cfg(feature = "htpasswd")]
         kinds.push(RotatorKind::new::<crate::htpasswd::HtpasswdConfig>("htpasswd"));
         #[cfg(feature = "exec")]

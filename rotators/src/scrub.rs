@@ -19,6 +19,9 @@ use crate::SetPasswordRequest;
 /// What a redacted secret is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
 
+/// Longest text from a server (or a library's error) [`Scrubber::shown`] keeps.
+pub const MAX_SHOWN_TEXT: usize = 200;
+
 /// Known secrets to remove from text; see the [module docs](self).
 pub struct Scrubber {
     /// Non-empty, longest first, so a secret containing another is removed whole.
@@ -63,6 +66,16 @@ impl Scrubber {
         self.secrets.iter()
     }
 
+    /// Text from a server, or a library's error, as a message shows it: scrubbed whole,
+    /// then cut to [`MAX_SHOWN_TEXT`] characters (cut first, a password echoed across the
+    /// cut would leave its prefix), then escaped like names (`{:?}`: no line break or
+    /// terminal escape of a server's reaches a log).
+    pub fn shown(&self, text: String) -> String {
+        let clean = Zeroizing::new(self.clean(text));
+        let cut = Zeroizing::new(clean.chars().take(MAX_SHOWN_TEXT).collect::<String>());
+        format!("{:?}", cut.as_str())
+    }
+
     /// `text` with every known secret replaced by [`REDACTED`]. The text given, and each
     /// intermediate copy, is zeroized.
     pub fn clean(&self, text: String) -> String {
@@ -97,6 +110,12 @@ mod tests {
         let more = [secret("hash-of-old-pw")];
         let larger = Scrubber::new(more.iter().chain(s.secrets()));
         assert_eq!(larger.clean("hunter2 hash-of-old-pw".into()), "[REDACTED] [REDACTED]");
+
+        // Scrubbed before the cut, so a secret across it leaves nothing; then escaped.
+        let long = format!("{}hunter2hunter2\n\x1b[2J", "x".repeat(MAX_SHOWN_TEXT - 3));
+        let shown = s.shown(long);
+        assert!(!shown.contains("hun") && !shown.contains('\n') && !shown.contains('\x1b'), "{shown}");
+        assert_eq!(s.shown("a\nb hunter2".into()), "\"a\\nb [REDACTED]\"");
     }
 
     #[test]

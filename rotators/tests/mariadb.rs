@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_lc_rs::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY as SHA1};
+use common::{request, verify};
 use kv_rotator_rotators::mariadb::{MariaDbConfig, MariaDbRotator, TlsMode};
 use kv_rotator_rotators::testkit::{
     contains_secret, run_conformance, run_twin_conformance, ConformanceFixture, TwinFixture,
 };
 use kv_rotator_rotators::{
-    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, SyncTwinRequest,
-    VerifyRequest, VerifyResponse,
+    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SyncTwinRequest, VerifyResponse,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
@@ -81,23 +81,15 @@ impl Drop for UserGuard {
         if drops.is_empty() {
             return;
         }
-        // Drop may run on a runtime thread (even while unwinding): use a thread of its own.
-        let result = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let mut root = root().await;
-                for sql in drops.iter().rev() {
-                    if let Err(e) = root.query_drop(sql).await {
-                        eprintln!("cleanup: {sql}: {e}");
-                    }
+        common::cleanup_on_own_thread("test accounts", move || async move {
+            let mut root = root().await;
+            for sql in drops.iter().rev() {
+                if let Err(e) = root.query_drop(sql).await {
+                    eprintln!("cleanup: {sql}: {e}");
                 }
-                let _ = root.disconnect().await;
-            })
-        })
-        .join();
-        if result.is_err() {
-            eprintln!("cleanup of test accounts panicked");
-        }
+            }
+            let _ = root.disconnect().await;
+        });
     }
 }
 
@@ -151,21 +143,6 @@ async fn stored(root: &mut Conn, name: &str) -> Vec<(String, String)> {
 
 async fn setup() -> (Conn, Arc<UserGuard>, String) {
     (root().await, UserGuard::new(), prefix())
-}
-
-fn request(user: &str, pending: &SecretString, current: &SecretString) -> SetPasswordRequest {
-    SetPasswordRequest {
-        username: user.to_owned(),
-        pending: pending.clone(),
-        current: current.clone(),
-        previous: vec![],
-        admin: None,
-        pending_is_new: false,
-    }
-}
-
-fn verify(user: &str, password: &SecretString) -> VerifyRequest {
-    VerifyRequest { username: user.to_owned(), password: password.clone() }
 }
 
 struct MariaFixture {

@@ -81,28 +81,20 @@ impl Drop for RoleGuard {
         if roles.is_empty() {
             return;
         }
-        // Drop may run on a runtime thread (even while unwinding): use a thread of its own.
-        let result = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let su = superuser().await;
-                for role in roles.iter().rev() {
-                    let exists = su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role]).await;
-                    if !matches!(exists, Ok(Some(_))) {
-                        continue;
-                    }
-                    // DROP OWNED: what a test gave the role (a table) goes with it.
-                    let sql = format!("DROP OWNED BY {0}; DROP ROLE {0}", ident(role));
-                    if let Err(e) = su.batch_execute(&sql).await {
-                        eprintln!("cleanup: could not drop role {role:?}: {e}");
-                    }
+        common::cleanup_on_own_thread("test roles", move || async move {
+            let su = superuser().await;
+            for role in roles.iter().rev() {
+                let exists = su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role]).await;
+                if !matches!(exists, Ok(Some(_))) {
+                    continue;
                 }
-            })
-        })
-        .join();
-        if result.is_err() {
-            eprintln!("cleanup of test roles panicked");
-        }
+                // DROP OWNED: what a test gave the role (a table) goes with it.
+                let sql = format!("DROP OWNED BY {0}; DROP ROLE {0}", ident(role));
+                if let Err(e) = su.batch_execute(&sql).await {
+                    eprintln!("cleanup: could not drop role {role:?}: {e}");
+                }
+            }
+        });
     }
 }
 

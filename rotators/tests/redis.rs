@@ -16,12 +16,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_lc_rs::digest::{digest, SHA256};
+use common::{request, verify};
 use kv_rotator_rotators::redis::{AclSave, RedisConfig, RedisRotator, TlsMode};
 use kv_rotator_rotators::testkit::{contains_secret, run_conformance, ConformanceFixture};
-use kv_rotator_rotators::{
-    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, VerifyRequest,
-    VerifyResponse,
-};
+use kv_rotator_rotators::{Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, VerifyResponse};
 use redis::aio::MultiplexedConnection;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -73,25 +71,17 @@ impl Drop for UserGuard {
             return;
         }
         let port = self.port;
-        // Drop may run on a runtime thread (even while unwinding): use a thread of its own.
-        let result = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let Ok(client) = redis::Client::open(format!("redis://{HOST}:{port}/")) else { return };
-                let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-                for user in &users {
-                    let deleted: redis::RedisResult<redis::Value> =
-                        redis::cmd("ACL").arg("DELUSER").arg(user).query_async(&mut conn).await;
-                    if let Err(e) = deleted {
-                        eprintln!("cleanup: could not delete user {user:?}: {e}");
-                    }
+        common::cleanup_on_own_thread("test users", move || async move {
+            let Ok(client) = redis::Client::open(format!("redis://{HOST}:{port}/")) else { return };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+            for user in &users {
+                let deleted: redis::RedisResult<redis::Value> =
+                    redis::cmd("ACL").arg("DELUSER").arg(user).query_async(&mut conn).await;
+                if let Err(e) = deleted {
+                    eprintln!("cleanup: could not delete user {user:?}: {e}");
                 }
-            })
-        })
-        .join();
-        if result.is_err() {
-            eprintln!("cleanup of test users panicked");
-        }
+            }
+        });
     }
 }
 
@@ -144,21 +134,6 @@ async fn create_admin(conn: &mut MultiplexedConnection, guard: &UserGuard, name:
 async fn acl_line(conn: &mut MultiplexedConnection, name: &str) -> String {
     let lines: Vec<String> = redis::cmd("ACL").arg("LIST").query_async(conn).await.unwrap();
     lines.into_iter().find(|l| l.starts_with(&format!("user {name} "))).unwrap_or_default()
-}
-
-fn request(user: &str, pending: &SecretString, current: &SecretString) -> SetPasswordRequest {
-    SetPasswordRequest {
-        username: user.to_owned(),
-        pending: pending.clone(),
-        current: current.clone(),
-        previous: vec![],
-        admin: None,
-        pending_is_new: false,
-    }
-}
-
-fn verify(user: &str, password: &SecretString) -> VerifyRequest {
-    VerifyRequest { username: user.to_owned(), password: password.clone() }
 }
 
 struct RedisFixture {

@@ -1,15 +1,17 @@
 //! No log filter makes a dependency print password material: `kv-rotator rotate --all`
 //! run at `RUST_LOG=trace` (then again with every dependency named at `trace`) rotates a
 //! secret on every built-in rotator (PostgreSQL, through the user's own login and through
-//! the admin's; MariaDB through the user's own; Redis through the admin's; htpasswd), and
+//! the admin's; MariaDB through the user's own; Redis through the admin's; LDAP through
+//! the entry's own; htpasswd), and
 //! its whole output (stdout and stderr) holds none of the passwords used — initial, new,
 //! admin — nor their MariaDB and Redis hashes, and no verifier (`SCRAM-SHA-256$…`, bcrypt
 //! `$2a$`/`$2b$`/`$2y$`), while kv-rotator's own trace output is there and the rotations
 //! really happened (new versions in the vault that log in; the old passwords do not).
 //!
 //! Needs PostgreSQL on 127.0.0.1:5432 prepared by `scripts/setup-postgres.sh`, MariaDB on
-//! 3306 (root without a password, managed with the `mariadb` client) and Redis on 6379
-//! (the default user without a password, managed with `redis-cli`).
+//! 3306 (root without a password, managed with the `mariadb` client), Redis on 6379
+//! (the default user without a password, managed with `redis-cli`) and the OpenLDAP of
+//! `scripts/setup-slapd.sh` on 3389 (its root DN, managed with `ldapadd`/`ldapdelete`).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -22,6 +24,7 @@ use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
+use kv_rotator_rotators::ldap::{LdapConfig, LdapRotator};
 use kv_rotator_rotators::mariadb::{native_hash, MariaDbConfig, MariaDbRotator};
 use kv_rotator_rotators::redis::{acl_hash, AclSave, RedisConfig, RedisRotator};
 use kv_rotator_rotators::tls::TlsMode;
@@ -38,7 +41,7 @@ const FILTERS: [&str; 2] = [
     "trace",
     "kv_rotator=trace,tokio_postgres=trace,postgres_protocol=trace,hyper=trace,hyper_util=trace,reqwest=trace,\
      h2=trace,rustls=trace,azure_core=trace,azure_identity=trace,typespec_client_core=trace,mysql_async=trace,\
-     mysql_common=trace,redis=trace",
+     mysql_common=trace,redis=trace,ldap3=trace,lber=trace",
 ];
 
 /// Verifier material: PostgreSQL's SCRAM verifier and bcrypt hashes (htpasswd).
@@ -97,10 +100,36 @@ fn redis_cli(args: &[&str]) {
     client("redis-cli", &all);
 }
 
-/// A MariaDB account and Redis users of this test, dropped when it ends.
+/// The setup's test directory (scripts/setup-slapd.sh): its plain port, base of the
+/// entries, and root DN's fixture password.
+fn ldap_setup() -> (String, String, String) {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let suffix = var("KVR_TEST_LDAP_SUFFIX", "dc=kvr,dc=test");
+    (var("KVR_TEST_LDAP_PORT", "3389"), suffix, var("KVR_TEST_LDAP_ADMIN_PASSWORD", "kvr-test-ldap-admin"))
+}
+
+/// Runs `ldapadd` or `ldapdelete` as the setup's root DN, `input` on its stdin.
+fn ldap_root(program: &str, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let (port, suffix, root_password) = ldap_setup();
+    let mut child = Command::new(program)
+        .args(["-x", "-H", &format!("ldap://127.0.0.1:{port}"), "-D", &format!("cn=admin,{suffix}")])
+        .args(["-w", &root_password])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} (ldap-utils, scripts/setup-slapd.sh): {e}"));
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A MariaDB account, Redis users and an LDAP entry (its DN) of this test, dropped when
+/// it ends.
 struct OtherTargets {
     maria: String,
     redis: Vec<String>,
+    ldap: String,
 }
 
 impl Drop for OtherTargets {
@@ -111,6 +140,7 @@ impl Drop for OtherTargets {
         for user in &self.redis {
             let _ = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379", "ACL", "DELUSER", user]).output();
         }
+        let _ = ldap_root("ldapdelete", &format!("{}\n", self.ldap));
     }
 }
 
@@ -130,6 +160,7 @@ struct Checkers {
     site: HtpasswdRotator,
     maria: MariaDbRotator,
     redis: RedisRotator,
+    ldap: LdapRotator,
 }
 
 impl Managed {
@@ -139,6 +170,7 @@ impl Managed {
             "site-password" => &check.site,
             "maria-password" => &check.maria,
             "redis-password" => &check.redis,
+            "ldap-password" => &check.ldap,
             _ => return logs_in(&self.account, password).await,
         };
         on.verify(req).await.unwrap() == VerifyResponse::Accepted
@@ -170,9 +202,12 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
     // MariaDB: one account that changes its own password. Redis: one user that only the
     // admin (another user) can change.
     let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let (ldap_port, ldap_suffix, _) = ldap_setup();
+    let ldap_user = format!("kvr_logleak_{tag}_l");
     let others = OtherTargets {
         maria: format!("kvr_logleak_{tag}_m"),
         redis: vec![format!("kvr_logleak_{tag}_r"), format!("kvr_logleak_{tag}_radmin")],
+        ldap: format!("uid={ldap_user},ou=people,{ldap_suffix}"),
     };
     let (maria_initial, redis_initial, redis_admin) = (policy.generate(), policy.generate(), policy.generate());
     let maria_user = others.maria.clone();
@@ -186,6 +221,22 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
     redis_cli(&["ACL", "SETUSER", redis_user, "reset", "on", &hash(&redis_initial), "~app:*", "+get"]);
     redis_cli(&["ACL", "SETUSER", redis_admin_user, "reset", "on", &hash(&redis_admin), "+acl"]);
     put(store.as_ref(), REDIS_ADMIN_SECRET, &redis_admin, &[]).await;
+    // LDAP: one entry that changes its own password (over plain ldap:// on loopback, as the
+    // others here: the output is what is checked).
+    let ldap_initial = policy.generate();
+    let added = ldap_root(
+        "ldapadd",
+        &format!(
+            "dn: {}\nobjectClass: inetOrgPerson\nuid: {ldap_user}\ncn: {ldap_user}\nsn: leak\nuserPassword: {}\n",
+            others.ldap,
+            ldap_initial.expose_secret()
+        ),
+    );
+    assert!(added.status.success(), "ldapadd: {}", String::from_utf8_lossy(&added.stderr));
+    let ldap_url = format!("ldap://127.0.0.1:{ldap_port}");
+    let ldap_template = format!("uid={{}},ou=people,{ldap_suffix}");
+    let mut ldap_cfg = LdapConfig::new(&ldap_url, &ldap_template);
+    ldap_cfg.tls = TlsMode::Disable;
     let mut maria_cfg = MariaDbConfig::new("127.0.0.1");
     maria_cfg.tls = TlsMode::Disable;
     let mut redis_cfg = RedisConfig::new("127.0.0.1");
@@ -194,6 +245,7 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
         site,
         maria: MariaDbRotator::new(maria_cfg, policy.clone()).unwrap(),
         redis: RedisRotator::new(redis_cfg, policy.clone()).unwrap(),
+        ldap: LdapRotator::new(ldap_cfg, policy.clone()).unwrap(),
     };
 
     // PostgreSQL: `own` changes its password with its own login; `stale`'s secret holds a
@@ -220,6 +272,7 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
         (format!("initial password of {maria_user}"), &maria_initial),
         (format!("initial password of {redis_user}"), &redis_initial),
         (format!("password of the admin {redis_admin_user}"), &redis_admin),
+        (format!("initial password of {ldap_user}"), &ldap_initial),
     ] {
         passwords.extend(with_hashes(label, password));
     }
@@ -230,6 +283,7 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
         ("pg-stale-password", "pg", stale.as_str(), &stale_in_vault, stale_initial),
         ("maria-password", "maria", maria_user.as_str(), &maria_initial, &maria_initial),
         ("redis-password", "redis", redis_user.as_str(), &redis_initial, &redis_initial),
+        ("ldap-password", "ldap", ldap_user.as_str(), &ldap_initial, &ldap_initial),
     ] {
         let version = put(store.as_ref(), secret, in_vault, &[("rotator", rotator), ("CredentialId", account)]).await;
         managed.push(Managed { secret, account: account.to_owned(), version, on_target: on_target.clone() });
@@ -248,7 +302,9 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
              accounts = [\"{own}\", \"{stale}\"]\nadmin = {{ username = \"{admin}\", secret = \"{ADMIN_SECRET}\" }}\n\
              [targets.maria]\nkind = \"mariadb\"\nhost = \"127.0.0.1\"\ntls = \"disable\"\naccounts = [\"{maria_user}\"]\n\
              [targets.redis]\nkind = \"redis\"\nhost = \"127.0.0.1\"\ntls = \"disable\"\nacl_save = \"never\"\n\
-             accounts = [\"{redis_user}\"]\nadmin = {{ username = \"{redis_admin_user}\", secret = \"{REDIS_ADMIN_SECRET}\" }}\n",
+             accounts = [\"{redis_user}\"]\nadmin = {{ username = \"{redis_admin_user}\", secret = \"{REDIS_ADMIN_SECRET}\" }}\n\
+             [targets.ldap]\nkind = \"ldap\"\nurl = \"{ldap_url}\"\ntls = \"disable\"\n\
+             user_dn_template = \"{ldap_template}\"\naccounts = [\"{ldap_user}\"]\n",
             vault.endpoint(),
             ca.display(),
             vault.local_addr(),
@@ -297,7 +353,7 @@ async fn rotations_at_trace_level_print_no_password_and_no_verifier() {
         let own_trace = output.lines().filter(|l| l.contains(" TRACE kv_rotator")).count();
         assert!(own_trace > 0, "RUST_LOG={filter}: no trace output from kv-rotator's own targets; stdout:\n{stdout}");
         let audits = output.lines().filter(|l| l.contains("rotation audit record")).count();
-        assert_eq!(audits, 5, "RUST_LOG={filter}: stdout:\n{stdout}");
+        assert_eq!(audits, 6, "RUST_LOG={filter}: stdout:\n{stdout}");
     }
     drop(roles);
     drop(others);

@@ -1,7 +1,8 @@
 //! Helpers the rotators' integration tests share: a CA that signed nothing, a TCP
 //! forwarder (to reach a server by a name its certificate does not carry; one that
 //! counts connections, to count logins), a server that
-//! accepts and never speaks, and a port nobody listens on.
+//! accepts and never speaks, a port nobody listens on, the plain set and verify
+//! requests the tests send, and the thread the guards' cleanups run on.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -84,5 +85,45 @@ pub fn every_login_request(
         previous: vec![previous.clone()],
         admin: Some(kv_rotator_rotators::Credential { username: "root".to_owned(), password: admin.clone() }),
         pending_is_new: false,
+    }
+}
+
+/// A set request for `user` with its current password only (no previous one, no admin),
+/// not new (a resumed journal: the pending password is tried first).
+pub fn request(
+    user: &str,
+    pending: &secrecy::SecretString,
+    current: &secrecy::SecretString,
+) -> kv_rotator_rotators::SetPasswordRequest {
+    kv_rotator_rotators::SetPasswordRequest {
+        username: user.to_owned(),
+        pending: pending.clone(),
+        current: current.clone(),
+        previous: vec![],
+        admin: None,
+        pending_is_new: false,
+    }
+}
+
+/// A verify request for `user` with `password`.
+pub fn verify(user: &str, password: &secrecy::SecretString) -> kv_rotator_rotators::VerifyRequest {
+    kv_rotator_rotators::VerifyRequest { username: user.to_owned(), password: password.clone() }
+}
+
+/// Runs a test guard's cleanup to completion on a thread and runtime of its own: `Drop`
+/// may run on a runtime thread (even while unwinding), where blocking on a future panics.
+/// `what` names what is cleaned up if the cleanup itself panics.
+pub fn cleanup_on_own_thread<F, Fut>(what: &str, cleanup: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let result = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(cleanup())
+    })
+    .join();
+    if result.is_err() {
+        eprintln!("cleanup of {what} panicked");
     }
 }
