@@ -192,6 +192,7 @@ pub async fn start_with(
             readiness: readiness.clone(),
             jobs,
             due_rule,
+            vault_calls: ApiState::vault_calls(),
         }),
         _ => None,
     };

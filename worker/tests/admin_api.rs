@@ -262,7 +262,8 @@ async fn bad_input_is_refused_with_what_and_where_and_nothing_is_written() {
         (json!({"secrets": ["alpha-password"]}), "reason: required"),
         (json!({"secrets": ["alpha-password"], "reason": ""}), "reason: must not be empty"),
         (json!({"secrets": ["alpha-password"], "reason": "x".repeat(201)}), "longer than 200"),
-        (json!({"secrets": ["alpha-password"], "reason": "ok\nforged"}), "control character"),
+        (json!({"secrets": ["alpha-password"], "reason": "ok\nforged"}), "control or invisible formatting character"),
+        (json!({"secrets": ["alpha-password"], "reason": "ok \u{202E}degrof"}), "at position 3"),
         (json!({"secrets": ["alpha_password"], "reason": "r"}), "secrets[0]"),
         (json!({"secrets": ["alpha-password"], "reason": "r", "priority": 1}), "unknown field `priority`"),
         (json!({"secrets": ["alpha-password"], "all": true, "reason": "r"}), "exclude each other"),
@@ -309,6 +310,7 @@ async fn a_full_queue_answers_503_and_queues_nothing_of_the_job() {
         readiness: Readiness::new(&tx, None),
         jobs: Arc::new(Jobs::default()),
         due_rule: kv_rotator::engine::due::DueRule::from_config(&Default::default(), &Default::default()),
+        vault_calls: ApiState::vault_calls(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -510,4 +512,39 @@ async fn a_short_admin_token_stops_serve_at_startup() {
     assert!(output.contains("admin.auth.token: shorter than 32 characters"), "{output}");
     assert!(!output.contains(short), "{output}");
     served.site.vault.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_a_browser_sent_for_a_web_page_is_refused_even_with_the_token() {
+    let site = DevSite::start().await;
+    site.user("alpha-password", "alpha").await;
+    let (running, admin) = service(&site, static_token()).await;
+    let before = site.store.list_versions("alpha-password").await.unwrap().len();
+    let body = json!({"secrets": ["alpha-password"], "reason": "rebinding", "force": true});
+    let http = reqwest::Client::new();
+    for (name, value, why) in [
+        ("host", "evil.example:9464", "DNS rebinding"),
+        ("origin", "http://evil.example", "Origin"),
+        ("sec-fetch-site", "cross-site", "Sec-Fetch-Site"),
+    ] {
+        let response = http
+            .post(format!("http://{admin}/api/rotations"))
+            .bearer_auth(TOKEN)
+            .header(name, value)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{name}: {value}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(why), "{name}: {text}");
+    }
+    assert_eq!(site.store.list_versions("alpha-password").await.unwrap().len(), before, "a refused call rotated");
+    // The same call as a tool makes it is accepted: by IP and as localhost.
+    let localhost = format!("http://localhost:{}/api/secrets", admin.port());
+    assert_eq!(http.get(&localhost).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    let (status, _, answer) = call(admin, "POST", "/api/rotations", Some(TOKEN), Some(body)).await;
+    assert_eq!(status, 202, "{answer}");
+    running.shutdown().await.unwrap();
+    site.vault.shutdown().await;
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -78,6 +78,30 @@ pub struct ApiState {
     pub jobs: Arc<Jobs>,
     /// When versions are due, for `GET /api/secrets`.
     pub due_rule: DueRule,
+    /// The vault-reading calls (`POST /api/rotations`, `GET /api/secrets`) that may run at
+    /// once ([`ApiState::vault_calls`]); more get 429, so that callers cannot turn the API
+    /// into a flood of Key Vault reads that throttles the engine and the vault's consumers.
+    pub vault_calls: Arc<tokio::sync::Semaphore>,
+}
+
+impl ApiState {
+    /// Vault-reading calls that may run at once.
+    pub const VAULT_CALLS: usize = 2;
+
+    /// A fresh limit of [`ApiState::VAULT_CALLS`].
+    pub fn vault_calls() -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(Self::VAULT_CALLS))
+    }
+}
+
+/// 429: another vault-reading call is running.
+fn busy() -> Response {
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("{} calls that read the vault are running; retry later", ApiState::VAULT_CALLS),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
 }
 
 /// The caller as authenticated, for handlers and the log.
@@ -114,11 +138,40 @@ fn unavailable(body: serde_json::Value) -> Response {
     response
 }
 
-/// Checks the credential before anything else runs, then logs the call with its caller.
+/// Why a request that a browser may have sent on a web page's behalf is refused, if it is:
+/// a `Host` that names another site (DNS rebinding: a page whose name now resolves to
+/// this loopback listener is same-origin with it), or an `Origin` or `Sec-Fetch-Site`
+/// that says another site sent it. Tools (curl, `kv-rotator rotate`) send neither of the
+/// latter and name the address they connect to.
+fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    // An IP literal (v4, or v6 in brackets) or localhost, with or without a port.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    if !(name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()) {
+        return Some("the Host header names a site, not this listener's address (DNS rebinding)");
+    }
+    if headers.contains_key(header::ORIGIN) {
+        return Some("a browser sent it for a web page (Origin)");
+    }
+    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() != b"none" && v.as_bytes() != b"same-origin") {
+        return Some("a browser sent it for another site (Sec-Fetch-Site)");
+    }
+    None
+}
+
+/// Refuses browser-borne requests ([`cross_site`]), checks the credential before anything
+/// else runs, then logs the call with its caller.
 async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let method = parts.method.clone();
     let path = sanitized(parts.uri.path(), 200);
+    if let Some(why) = cross_site(&parts.headers) {
+        warn!(target: "kv_rotator::admin", %method, %path, status = 403, "admin API call refused: {why}");
+        return error(StatusCode::FORBIDDEN, format!("refused: {why}"));
+    }
     let who = match state.auth.check(&parts).await {
         Ok(who) => who,
         Err(err) => {
@@ -174,6 +227,13 @@ impl Selection {
     }
 }
 
+/// Characters that change how text around them reads without showing: bidirectional
+/// overrides and isolates, zero-width characters, line and paragraph separators, the
+/// byte-order mark. A reason with one could read differently in a log than it is.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
+}
+
 /// Checks a body; the error says what is wrong and where.
 fn validate(body: RotationBody) -> Result<(Selection, String, bool), String> {
     let reason = body.reason.ok_or("reason: required (why these secrets are rotated, for the audit log)")?;
@@ -183,8 +243,8 @@ fn validate(body: RotationBody) -> Result<(Selection, String, bool), String> {
     if reason.chars().count() > MAX_REASON_CHARS {
         return Err(format!("reason: longer than {MAX_REASON_CHARS} characters"));
     }
-    if let Some(at) = reason.chars().position(char::is_control) {
-        return Err(format!("reason: control character at position {at}"));
+    if let Some(at) = reason.chars().position(|c| c.is_control() || is_invisible_format(c)) {
+        return Err(format!("reason: control or invisible formatting character at position {at}"));
     }
     let selection = match (body.secrets, body.tag, body.all) {
         (Some(names), None, None) => {
@@ -330,6 +390,7 @@ async fn post_rotations(
     if let Err(why) = state.readiness.takes_requests() {
         return unavailable(json!({ "error": format!("no rotation is taken now: {why}"), "queued": [] }));
     }
+    let Ok(_reading) = state.vault_calls.clone().try_acquire_owned() else { return busy() };
     let selected = selection.describe();
     let names = match names_of(state.store.as_ref(), selection).await {
         Ok(names) => names,
@@ -338,6 +399,16 @@ async fn post_rotations(
             return unavailable(json!({ "error": why, "queued": [] }));
         }
     };
+    // Before any secret is read: a job the queue could never hold reads nothing.
+    let capacity = state.queue.upgrade().map_or(0, |queue| queue.max_capacity());
+    if names.len() > capacity {
+        let why = format!(
+            "{} secrets are more than the rotation queue holds (engine.queue_capacity = {capacity}): split the job; \
+             nothing was read or queued",
+            names.len()
+        );
+        return error(StatusCode::PAYLOAD_TOO_LARGE, why);
+    }
     let id = Uuid::new_v4();
     let trigger_by = jobs::requested_by(&who, id);
     let (entries, requests) = resolve(&state.store, &names, &trigger_by, force).await;
@@ -409,6 +480,7 @@ async fn get_rotation(State(state): State<ApiState>, Path(id): Path<String>) -> 
 
 /// `GET /api/secrets`.
 async fn get_secrets(State(state): State<ApiState>) -> Response {
+    let Ok(_reading) = state.vault_calls.clone().try_acquire_owned() else { return busy() };
     match crate::cli::status::read_status(state.store.as_ref(), &state.due_rule).await {
         Ok(view) => Json(view).into_response(),
         Err(e) => unavailable(json!({ "error": sanitized(&format!("{e:#}"), 1000) })),
@@ -416,8 +488,7 @@ async fn get_secrets(State(state): State<ApiState>) -> Response {
 }
 
 /// `GET /api/openapi.json`.
-async fn get_openapi(method: Method) -> Response {
-    debug_assert_eq!(method, Method::GET);
+async fn get_openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 

@@ -46,6 +46,14 @@ pub async fn connect(config: &AdminConfig) -> anyhow::Result<Option<ApiClient>> 
         return Ok(None);
     }
     let addr = reachable(config.listen);
+    // The token goes over plain HTTP: only to this host.
+    if !addr.ip().is_loopback() {
+        bail!(
+            "admin.listen {addr} is not a loopback address: rotate sends the admin token over plain HTTP, so it \
+             goes through the API only on the service's own host. Nothing was rotated. Run rotate there, or call \
+             POST /api/rotations over a channel you trust"
+        );
+    }
     match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
@@ -67,7 +75,14 @@ pub async fn connect(config: &AdminConfig) -> anyhow::Result<Option<ApiClient>> 
              and pass --in-process"
         ),
     };
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().context("HTTP client")?;
+    // Straight to the listener: never through a proxy (HTTP_PROXY would get the token),
+    // never to where a redirect points.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("HTTP client")?;
     Ok(Some(ApiClient { base: format!("http://{addr}"), token, http }))
 }
 
