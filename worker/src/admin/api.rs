@@ -510,7 +510,10 @@ mod tests {
             (json!({"secrets": ["a"]}), "reason: required"),
             (json!({"secrets": ["a"], "reason": "  "}), "reason: must not be empty"),
             (json!({"secrets": ["a"], "reason": "x".repeat(201)}), "longer than 200"),
-            (json!({"secrets": ["a"], "reason": "a\u{1b}[31m"}), "control character at position 1"),
+            (
+                json!({"secrets": ["a"], "reason": "a\u{1b}[31m"}),
+                "control or invisible formatting character at position 1",
+            ),
             (json!({"secrets": [], "reason": "r"}), "secrets: name at least one"),
             (json!({"secrets": ["ok", "bad_name"], "reason": "r"}), "secrets[1]: \"bad_name\" is not a Key Vault"),
             (json!({"secrets": ["a", "A"], "reason": "r"}), "secrets[1]"),
