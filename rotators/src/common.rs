@@ -227,17 +227,23 @@ pub fn changed_if_transient(e: RotatorError) -> RotatorError {
 }
 
 /// The end of a change: a fresh login with the pending password (`check`) decides.
-/// Whatever keeps it from answering, the change was made, so a transient error is
-/// [`RotatorError::NotYetVisible`], and so is a refusal (replication lag, a pooler's own
-/// auth file), with `not_yet` as its message: the engine retries and never replaces the
-/// pending password. An accepted login is the same proof as `verify`, so the response
-/// says `pending_verified` and the engine's `test` step does not log in again.
+/// Whatever keeps it from answering, the change was made, so any error — transient or
+/// not (a certificate refused on the new connection, a session the server restricts
+/// after an admin reset) — is [`RotatorError::NotYetVisible`], and so is a refusal
+/// (replication lag, a pooler's own auth file), with `not_yet` as its message: the engine
+/// retries and never replaces the pending password. An accepted login is the same proof
+/// as `verify`, so the response says `pending_verified` and the engine's `test` step
+/// does not log in again.
 pub fn after_change(
     check: RotatorResult<VerifyResponse>,
     outcome: SetPasswordOutcome,
     not_yet: impl FnOnce() -> String,
 ) -> RotatorResult<SetPasswordResponse> {
-    match check.map_err(changed_if_transient)? {
+    let changed = |e: RotatorError| match e {
+        RotatorError::NotYetVisible(m) => RotatorError::NotYetVisible(m),
+        other => RotatorError::NotYetVisible(format!("changed, then the new password could not be checked: {other}")),
+    };
+    match check.map_err(changed)? {
         VerifyResponse::Accepted => Ok(SetPasswordResponse { outcome, pending_verified: true }),
         VerifyResponse::Rejected => Err(RotatorError::NotYetVisible(not_yet())),
     }
@@ -263,6 +269,22 @@ pub fn no_login(what: &str, server: &str, refused: &[String], cannot: Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_error_checking_a_change_that_was_made_keeps_the_pending_password() {
+        let outcome = SetPasswordOutcome::ChangedWithAdmin;
+        for error in [
+            RotatorError::Transient("connection reset".into()),
+            RotatorError::Permanent("certificate refused".into()),
+            RotatorError::Refused("policy".into()),
+        ] {
+            let e = after_change(Err(error), outcome, || "lag".into()).unwrap_err();
+            assert!(matches!(e, RotatorError::NotYetVisible(_)), "{e:?}");
+        }
+        let e = after_change(Ok(VerifyResponse::Rejected), outcome, || "lag".into()).unwrap_err();
+        assert!(matches!(e, RotatorError::NotYetVisible(ref m) if m == "lag"), "{e:?}");
+        assert!(after_change(Ok(VerifyResponse::Accepted), outcome, || "lag".into()).unwrap().pending_verified);
+    }
 
     #[test]
     fn strategies_parse_by_their_configuration_names() {

@@ -289,14 +289,16 @@ async fn hostile_account_names_never_reach_another_entry() {
         VerifyResponse::Rejected,
         "the victim's password must not bind through an injected DN"
     );
-    for account in [hostile.as_str(), "*", &format!("x,ou={p}\\"), " x", "#x"] {
+    for account in [hostile.as_str(), "*", &format!("x,ou={p}\\"), "#x"] {
         let pending = policy().generate();
         let err = rotator.set_password(as_admin(account, &pending)).await.unwrap_err();
         assert!(matches!(err, RotatorError::Permanent(_)), "{account:?}: {err:?}");
         assert!(err.to_string().contains("noSuchObject") || err.to_string().contains("no such entry"), "{err}");
         assert!(!binds(&victim_dn, &pending).await, "{account:?} changed the victim");
     }
-    for account in ["x\0", "x\n,ou=people", ""] {
+    // Refused before any request: control characters, and names the directory would fold
+    // into another (outer and doubled spaces, non-ASCII such as the Kelvin sign for `k`).
+    for account in ["x\0", "x\n,ou=people", "", " x", "x  y", "\u{212A}x"] {
         let err = rotator.set_password(as_admin(account, &policy().generate())).await.unwrap_err();
         assert!(matches!(err, RotatorError::Permanent(_)), "{account:?}: {err:?}");
         let err = rotator.verify(verify(account, &victim_password)).await.unwrap_err();
