@@ -35,6 +35,7 @@ Settings (the profile's `settings` table; unknown keys are refused):
 Secrets arrive on stdin only; this program writes none to stdout, stderr, argv, the
 environment or a file.
 """
+
 import base64
 import hashlib
 import http.client
@@ -83,7 +84,9 @@ class Settings:
     def __init__(self, raw, deadline_unix_ms):
         unknown = sorted(set(raw) - SETTINGS)
         if unknown:
-            raise Failure("permanent", "unknown setting(s) %s; known: %s" % (", ".join(unknown), ", ".join(sorted(SETTINGS))))
+            raise Failure(
+                "permanent", "unknown setting(s) %s; known: %s" % (", ".join(unknown), ", ".join(sorted(SETTINGS)))
+            )
         url = raw.get("management_url", "http://127.0.0.1:15672")
         if not isinstance(url, str):
             raise Failure("permanent", "settings.management_url must be a string")
@@ -189,7 +192,9 @@ def read_method(sock, where):
     while True:
         header = read_exact(sock, 7)
         if header[:4] == b"AMQP":
-            raise Failure("transient", "%s does not speak AMQP 0-9-1 (it answered with its own protocol header)" % where)
+            raise Failure(
+                "transient", "%s does not speak AMQP 0-9-1 (it answered with its own protocol header)" % where
+            )
         kind, channel, size = struct.unpack(">BHI", header)
         if size > MAX_HANDSHAKE_FRAME:
             raise Failure("transient", "%s sent a %d-byte frame during the handshake" % (where, size))
@@ -257,7 +262,9 @@ def amqp_login(s, user, password):
             ("capabilities", [("authentication_failure_close", True)]),
         ]
         response = b"\0" + user.encode("utf-8") + b"\0" + password.encode("utf-8")
-        sock.sendall(method_frame(START_OK, table(client) + shortstr(b"PLAIN") + longstr(response) + shortstr(b"en_US")))
+        sock.sendall(
+            method_frame(START_OK, table(client) + shortstr(b"PLAIN") + longstr(response) + shortstr(b"en_US"))
+        )
         del response
         login_sent = True
         try:
@@ -276,12 +283,12 @@ def amqp_login(s, user, password):
         raise Failure("transient", "%s: expected Connection.Tune or Close, got method %d.%d" % ((where,) + method))
     except socket.timeout:
         raise Failure("transient", "%s: no answer within the step's timeout" % where)
-    except ssl.SSLError as e:
-        raise Failure("transient", "%s: TLS: %s" % (where, e.reason or e))
-    except ConnectionResetError as e:
+    except (ConnectionResetError, ssl.SSLEOFError) as e:
         if login_sent:
             return False  # the server dropped the connection after the login: a refusal
-        raise Failure("transient", "%s: %s" % (where, e.strerror or e))
+        raise Failure("transient", "%s: %s" % (where, getattr(e, "strerror", None) or e))
+    except ssl.SSLError as e:
+        raise Failure("transient", "%s: TLS: %s" % (where, e.reason or e))
     except OSError as e:
         raise Failure("transient", "%s: %s" % (where, e.strerror or e))
     finally:
@@ -353,21 +360,30 @@ def reason(parsed):
 
 
 def read_user(api, user, login, who):
-    """(user object, None) when `login` may read it; (None, why) when this login cannot
-    change passwords; Failure when the user does not exist or the API fails."""
+    """(user object, None, True) when `login` may read (and so change) the user;
+    (None, why, logged_in) when it cannot, `logged_in` saying whether the password was
+    right (a user without the administrator tag); Failure when the user does not exist
+    or the API fails."""
     try:
         status, parsed = api.request("GET", user_path(api.s, user), login)
     except SentError as e:
         raise Failure("transient", "reading the user: %s" % e)  # a GET changes nothing
     if status == 200 and isinstance(parsed, dict):
-        return parsed, None
+        return parsed, None, True
     if status == 401:
         why = reason(parsed)
         if why == "Login failed":
-            return None, "%s: login refused" % who
-        return None, "%s logs in but may not change users (%s; RabbitMQ needs the administrator tag)" % (who, why or "401")
+            return None, "%s: login refused" % who, False
+        return (
+            None,
+            "%s logs in but may not change users (%s; RabbitMQ needs the administrator tag)" % (who, why or "401"),
+            True,
+        )
     if status == 404:
-        raise Failure("permanent", "no user %s on the %s: this plugin changes users, it never creates them" % (shown(user), api.where))
+        raise Failure(
+            "permanent",
+            "no user %s on the %s: this plugin changes users, it never creates them" % (shown(user), api.where),
+        )
     if status >= 500:
         raise Failure("transient", "%s: GET user: HTTP %d %s" % (api.where, status, reason(parsed)))
     raise Failure("permanent", "%s: GET user as %s: HTTP %d %s" % (api.where, who, status, reason(parsed)))
@@ -400,10 +416,16 @@ def write_user(api, user, login, who, existing, pending):
             undone, _ = api.request("DELETE", path, login)
         except SentError:
             undone = 0
-        raise Failure("permanent", "user %s was deleted while being changed; the account the change re-created was %s"
-                      % (shown(user), "deleted again" if undone == 204 else "NOT deleted: remove it by hand"))
+        raise Failure(
+            "permanent",
+            "user %s was deleted while being changed; the account the change re-created was %s"
+            % (shown(user), "deleted again" if undone == 204 else "NOT deleted: remove it by hand"),
+        )
     if status >= 500:
-        raise Failure("not-yet-visible", "%s: PUT user: HTTP %d %s (the change may have been made)" % (api.where, status, reason(parsed)))
+        raise Failure(
+            "not-yet-visible",
+            "%s: PUT user: HTTP %d %s (the change may have been made)" % (api.where, status, reason(parsed)),
+        )
     raise Failure("permanent", "%s: PUT user as %s refused: HTTP %d %s" % (api.where, who, status, reason(parsed)))
 
 
@@ -419,7 +441,9 @@ def check_name(name, what):
 
 def set_password(s, req):
     if req.get("strategy") != "single-user":
-        raise Failure("permanent", "strategy %r: RabbitMQ keeps one password per user (single-user only)" % req.get("strategy"))
+        raise Failure(
+            "permanent", "strategy %r: RabbitMQ keeps one password per user (single-user only)" % req.get("strategy")
+        )
     user, pending = req["username"], req["pending"]
     check_name(user, "username")
     if not pending or "\0" in pending:
@@ -443,26 +467,30 @@ def set_password(s, req):
     if admin:
         check_name(admin.get("username"), "admin.username")
         if ":" in admin["username"]:
-            raise Failure("permanent", "admin user name %s has ':', which HTTP basic auth cannot carry" % shown(admin["username"]))
+            raise Failure(
+                "permanent", "admin user name %s has ':', which HTTP basic auth cannot carry" % shown(admin["username"])
+            )
     for how, who, password in logins:
-        existing, why = read_user(api, user, (user, password), who)
+        existing, why, logged_in = read_user(api, user, (user, password), who)
         if existing is None:
             tried.append(why)
-            if "may not change" in why:
-                break  # the password is right; the account's others cannot be
+            if logged_in:
+                break  # the password is right, so none of the account's others can be
             continue
         write_user(api, user, (user, password), who, existing, pending)
         return how
     if admin and admin.get("password"):
         who = "admin %s" % shown(admin["username"])
-        existing, why = read_user(api, user, (admin["username"], admin["password"]), who)
+        existing, why, _ = read_user(api, user, (admin["username"], admin["password"]), who)
         if existing is not None:
             write_user(api, user, (admin["username"], admin["password"]), who, existing, pending)
             return "admin"
         tried.append(why)
     else:
         tried.append("no admin login given")
-    raise Failure("permanent", "no known login could change user %s: %s" % (shown(user), "; ".join(tried) or "no password to try"))
+    raise Failure(
+        "permanent", "no known login could change user %s: %s" % (shown(user), "; ".join(tried) or "no password to try")
+    )
 
 
 def main():
@@ -476,8 +504,11 @@ def main():
         if req.get("protocol") != PROTOCOL:
             raise Failure("permanent", "this plugin speaks protocol 1")
         if op == "describe":
-            reply(outcome="described", strategies=["single-user"],
-                  password={"min_length": 12, "max_length": 256, "symbols": "-_.~"})
+            reply(
+                outcome="described",
+                strategies=["single-user"],
+                password={"min_length": 12, "max_length": 256, "symbols": "-_.~"},
+            )
         settings = req.get("settings") or {}
         if not isinstance(settings, dict):
             raise Failure("permanent", "settings must be an object")

@@ -208,18 +208,14 @@ async fn setup(name: &str, tags: &str) -> Setup {
     Setup { api, guard, prefix, admin, user, p0 }
 }
 
-/// An AMQP 0-9-1 login by another client than the plugin's: `Ok` once a channel is open
-/// on vhost `/`, `Err` with the client's error otherwise.
+/// An AMQP 0-9-1 login by another client than the plugin's: `Ok` once the connection is
+/// open on vhost `/` (`Connection.OpenOk`), `Err` with the client's error otherwise.
 async fn amqp_login(user: &str, password: &SecretString) -> Result<(), String> {
     let (host, port) = amqp_addr();
     let args = OpenConnectionArguments::new(&host, port, user, password.expose_secret());
     let conn = Connection::open(&args).await.map_err(|e| e.to_string())?;
-    let channel = conn.open_channel(None).await.map_err(|e| e.to_string());
-    if let Ok(channel) = channel.as_ref() {
-        let _ = channel.clone().close().await;
-    }
     let _ = conn.close().await;
-    channel.map(|_| ())
+    Ok(())
 }
 
 async fn assert_logs_in(user: &str, password: &SecretString, which: &str) {
@@ -530,4 +526,63 @@ async fn an_unreachable_or_silent_server_is_a_transient_error_not_a_rejection() 
     }
     task.abort();
     assert_logs_in(&user, &p0, "its untouched password").await;
+}
+
+/// Terminates TLS (`acceptor`'s certificate) on 127.0.0.1 and forwards in the clear to `to`:
+/// RabbitMQ's management API and AMQP port over TLS, without reconfiguring the server.
+async fn tls_terminator(acceptor: tokio_rustls::TlsAcceptor, to: (String, u16)) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let (inbound, _) = listener.accept().await.unwrap();
+            let (acceptor, to) = (acceptor.clone(), to.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(inbound).await else { return };
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut outbound).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn tls_to_the_management_api_and_to_amqp_is_verified_with_ca_file() {
+    let Setup { guard: _guard, admin, user, p0, .. } = setup("app", "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let acceptor = common::tls_acceptor(dir.path());
+    let url = reqwest::Url::parse(&management_url()).unwrap();
+    let management = (url.host_str().unwrap().to_owned(), url.port_or_known_default().unwrap());
+    let (https, https_task) = tls_terminator(acceptor.clone(), management).await;
+    let (amqps, amqps_task) = tls_terminator(acceptor, amqp_addr()).await;
+    let settings = |ca: &Path| {
+        json!({
+            "management_url": format!("https://127.0.0.1:{https}"), "amqp_host": "127.0.0.1", "amqp_port": amqps,
+            "amqp_tls": true, "ca_file": ca, "timeout_secs": 5,
+        })
+    };
+
+    // A CA that did not sign the certificate: refused before any login is sent.
+    let untrusting = rotator_with(settings(&common::other_ca(dir.path())));
+    let result = untrusting.verify(verify(&user, &p0)).await;
+    assert!(matches!(&result, Err(RotatorError::Permanent(m)) if m.contains("certificate")), "verify: {result:?}");
+    let mut req = set_request(&user, &password(), &p0, Some(admin.clone()));
+    req.pending_is_new = true;
+    let result = untrusting.set_password(req).await;
+    assert!(matches!(&result, Err(RotatorError::Permanent(m)) if m.contains("certificate")), "set: {result:?}");
+
+    let rotator = rotator_with(settings(&dir.path().join("ca.pem")));
+    assert_eq!(rotator.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(rotator.verify(verify(&user, &password())).await.unwrap(), VerifyResponse::Rejected);
+    let p1 = password();
+    let resp = rotator.set_password(set_request(&user, &p1, &p0, Some(admin))).await.unwrap();
+    assert_eq!(resp.outcome, SetPasswordOutcome::ChangedWithAdmin);
+    assert_eq!(rotator.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(rotator.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
+    https_task.abort();
+    amqps_task.abort();
+    assert_logs_in(&user, &p1, "the new password, in the clear").await;
+    assert_refused(&user, &p0, "the replaced password, in the clear").await;
 }
