@@ -38,6 +38,8 @@ fi
 
 # 2. The management plugin, on loopback only.
 if ! grep -qF "$MARK_BEGIN" "$CONF" 2>/dev/null; then
+    # A last line without its newline would run into the block.
+    if [ -s "$CONF" ] && [ -n "$(tail -c 1 "$CONF")" ]; then echo >>"$CONF"; fi
     printf '%s\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %s\n%s\n' \
         "$MARK_BEGIN" "$MGMT_PORT" "$MARK_END" >>"$CONF"
     log "management API bound to 127.0.0.1:$MGMT_PORT in $CONF"

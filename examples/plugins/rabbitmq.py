@@ -309,8 +309,9 @@ def user_path(s, user):
 
 
 class Http:
-    """One request to the management API. Errors before the request is sent are
-    transient (nothing changed); after it, the caller decides (`sent`)."""
+    """One request to the management API. An error before the request is sent is a
+    transient Failure (nothing changed); one after it is a SentError, which the caller
+    classes (a GET changed nothing, a PUT may have)."""
 
     def __init__(self, s):
         self.s = s
@@ -536,6 +537,9 @@ def main():
         # A malformed request; nothing of it is quoted.
         cls = "not-yet-visible" if may_have_changed else "permanent"
         reply(outcome="error", error={"class": cls, "message": "malformed %s request (%s)" % (op, type(e).__name__)})
+    except Exception as e:  # noqa: BLE001 -- always a reply, never a traceback with values in it
+        cls = "not-yet-visible" if may_have_changed else "permanent"
+        reply(outcome="error", error={"class": cls, "message": "%s failed: %s" % (op, type(e).__name__)})
 
 
 if __name__ == "__main__":
