@@ -18,7 +18,6 @@ use common::suffix;
 use kv_rotator::engine::Outcome;
 use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
 use kv_rotator_rotators::common::Strategy;
-use kv_rotator_rotators::exec::ExecConfig;
 use kv_rotator_rotators::PasswordPolicy;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -68,11 +67,12 @@ async fn near_expiry_event_rotates_a_rabbitmq_user_through_the_exec_plugin() {
     assert!(amqp_login(&user, &p0).await.is_ok(), "the first password logs in");
 
     let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/rabbitmq.py").canonicalize().unwrap();
-    let mut exec = ExecConfig::new(plugin);
-    exec.settings =
-        json!({ "management_url": MANAGEMENT, "amqp_host": AMQP.0, "amqp_port": AMQP.1 }).as_object().unwrap().clone();
+    let exec = json!({
+        "command": plugin,
+        "settings": { "management_url": MANAGEMENT, "amqp_host": AMQP.0, "amqp_port": AMQP.1 },
+    });
     let profile = TargetProfile {
-        target: TargetKind::Exec(exec),
+        target: TargetKind::parse("exec", exec).unwrap(),
         admin: Some(AdminRef { username: admin.clone(), secret: "mq-admin".into() }),
         password: Default::default(),
         accounts: vec!["kvr_e2e_*".to_owned()],
