@@ -35,8 +35,11 @@ import rabbitmq  # noqa: E402 -- the plugin beside this file
 
 
 def create(s, login, name, password):
-    body = {"password_hash": rabbitmq.password_hash(password), "hashing_algorithm": rabbitmq.HASHING}
-    body["tags"] = "administrator"
+    body = {
+        "password_hash": rabbitmq.password_hash(password),
+        "hashing_algorithm": rabbitmq.HASHING,
+        "tags": "administrator",
+    }
     status, parsed = rabbitmq.Http(s).request("PUT", rabbitmq.user_path(s, name), login, body)
     if status != 201:
         sys.exit("creating user %s: HTTP %d %s" % (name, status, rabbitmq.reason(parsed)))
