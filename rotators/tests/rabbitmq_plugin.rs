@@ -24,8 +24,7 @@ use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::exec::{ExecConfig, ExecRotator};
 use kv_rotator_rotators::testkit::{run_conformance, ConformanceFixture};
 use kv_rotator_rotators::{
-    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, VerifyRequest,
-    VerifyResponse,
+    Credential, PasswordPolicy, Rotator, RotatorError, SetPasswordOutcome, SetPasswordRequest, VerifyResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -165,23 +164,15 @@ impl Drop for UserGuard {
     fn drop(&mut self) {
         let users = std::mem::take(&mut *self.users.lock().unwrap_or_else(|p| p.into_inner()));
         let base = self.api.base.clone();
-        // Drop may run on a runtime thread (even while unwinding): a thread of its own.
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let http = reqwest::Client::new();
-                for user in users {
-                    let url = format!("{base}/api/users/{}", segment(&user));
-                    if let Err(e) = http.delete(url).basic_auth("guest", Some("guest")).send().await {
-                        eprintln!("cleanup: could not delete RabbitMQ user {user:?}: {e}");
-                    }
+        common::cleanup_on_own_thread("RabbitMQ test users", move || async move {
+            let http = reqwest::Client::new();
+            for user in users {
+                let url = format!("{base}/api/users/{}", segment(&user));
+                if let Err(e) = http.delete(url).basic_auth("guest", Some("guest")).send().await {
+                    eprintln!("cleanup: could not delete RabbitMQ user {user:?}: {e}");
                 }
-            })
-        })
-        .join();
-        if done.is_err() {
-            eprintln!("cleanup of RabbitMQ test users panicked");
-        }
+            }
+        });
     }
 }
 
@@ -237,24 +228,14 @@ async fn assert_refused(user: &str, password: &SecretString, which: &str) {
     }
 }
 
+/// A set request for `user` (its current password, no previous one), with `admin`.
 fn set_request(
     user: &str,
     pending: &SecretString,
     current: &SecretString,
     admin: Option<Credential>,
 ) -> SetPasswordRequest {
-    SetPasswordRequest {
-        username: user.to_owned(),
-        pending: pending.clone(),
-        current: current.clone(),
-        previous: vec![],
-        admin,
-        pending_is_new: false,
-    }
-}
-
-fn verify(user: &str, password: &SecretString) -> VerifyRequest {
-    VerifyRequest { username: user.to_owned(), password: password.clone() }
+    SetPasswordRequest { admin, ..common::request(user, pending, current) }
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -378,8 +359,8 @@ async fn a_rotation_sends_only_a_hash_keeps_tags_limits_and_permissions_and_an_a
 
     assert_logs_in(&user, &p1, "the new password").await;
     assert_refused(&user, &p0, "the replaced password").await;
-    assert_eq!(rotator.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted);
-    assert_eq!(rotator.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
+    assert_eq!(rotator.verify(common::verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(rotator.verify(common::verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
 
     let sent = String::from_utf8_lossy(&sent.lock().unwrap()).into_owned();
     assert!(sent.contains("PUT /api/users/") && sent.contains("\"password_hash\""), "the plugin sent no hash");
@@ -513,7 +494,7 @@ async fn an_unreachable_or_silent_server_is_a_transient_error_not_a_rejection() 
         let mut settings = settings_for(&management_url());
         settings["amqp_port"] = json!(port);
         settings["timeout_secs"] = json!(1);
-        let result = rotator_with(settings).verify(verify(&user, &p0)).await;
+        let result = rotator_with(settings).verify(common::verify(&user, &p0)).await;
         assert!(matches!(result, Err(RotatorError::Transient(_))), "verify, AMQP {what}: {result:?}");
 
         let mut settings = settings_for(&format!("http://127.0.0.1:{port}"));
@@ -566,7 +547,7 @@ async fn tls_to_the_management_api_and_to_amqp_is_verified_with_ca_file() {
 
     // A CA that did not sign the certificate: refused before any login is sent.
     let untrusting = rotator_with(settings(&common::other_ca(dir.path())));
-    let result = untrusting.verify(verify(&user, &p0)).await;
+    let result = untrusting.verify(common::verify(&user, &p0)).await;
     assert!(matches!(&result, Err(RotatorError::Permanent(m)) if m.contains("certificate")), "verify: {result:?}");
     let mut req = set_request(&user, &password(), &p0, Some(admin.clone()));
     req.pending_is_new = true;
@@ -574,13 +555,13 @@ async fn tls_to_the_management_api_and_to_amqp_is_verified_with_ca_file() {
     assert!(matches!(&result, Err(RotatorError::Permanent(m)) if m.contains("certificate")), "set: {result:?}");
 
     let rotator = rotator_with(settings(&dir.path().join("ca.pem")));
-    assert_eq!(rotator.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted);
-    assert_eq!(rotator.verify(verify(&user, &password())).await.unwrap(), VerifyResponse::Rejected);
+    assert_eq!(rotator.verify(common::verify(&user, &p0)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(rotator.verify(common::verify(&user, &password())).await.unwrap(), VerifyResponse::Rejected);
     let p1 = password();
     let resp = rotator.set_password(set_request(&user, &p1, &p0, Some(admin))).await.unwrap();
     assert_eq!(resp.outcome, SetPasswordOutcome::ChangedWithAdmin);
-    assert_eq!(rotator.verify(verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted);
-    assert_eq!(rotator.verify(verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
+    assert_eq!(rotator.verify(common::verify(&user, &p1)).await.unwrap(), VerifyResponse::Accepted);
+    assert_eq!(rotator.verify(common::verify(&user, &p0)).await.unwrap(), VerifyResponse::Rejected);
     https_task.abort();
     amqps_task.abort();
     assert_logs_in(&user, &p1, "the new password, in the clear").await;
