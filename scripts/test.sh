@@ -8,11 +8,13 @@ cd "$(dirname "$0")/.."
 
 # PostgreSQL: running, and SCRAM (not trust) for the test roles in kvr_scram. MariaDB and
 # Redis: running. OpenLDAP: installed, its test directory made and slapd started (LDAPS
-# and StartTLS). All four: TLS with a test CA of their own.
+# and StartTLS). All four: TLS with a test CA of their own. RabbitMQ: running, with its
+# management HTTP API on 127.0.0.1:15672 (the RabbitMQ exec plugin's tests).
 bash scripts/setup-postgres.sh
 bash scripts/setup-mariadb.sh
 bash scripts/setup-redis.sh
 bash scripts/setup-slapd.sh
+bash scripts/setup-rabbitmq.sh
 
 # The tests cover the optional client-certificate credential, which links OpenSSL: its
 # headers are needed to build them (default builds of kv-rotator need no OpenSSL).

@@ -5,6 +5,8 @@
 //! them for the passwords.
 #![cfg(feature = "postgres")]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,7 +58,7 @@ async fn fake_server(tls: Tls, ask: Ask, ca_dir: &std::path::Path) -> (u16, Rece
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let received: Received = Arc::default();
-    let acceptor = (tls == Tls::Accept).then(|| tls_acceptor(ca_dir));
+    let acceptor = (tls == Tls::Accept).then(|| common::tls_acceptor(ca_dir));
     let log = Arc::clone(&received);
     tokio::spawn(async move {
         loop {
@@ -144,26 +146,6 @@ async fn record_rest<S: AsyncRead + Unpin>(mut stream: S, mut seen: Vec<u8>, log
         }
     }
     log.lock().unwrap().push(seen);
-}
-
-fn tls_acceptor(ca_dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "fake server CA");
-    let ca = ca.self_signed(&ca_key).unwrap();
-    std::fs::write(ca_dir.join("ca.pem"), ca.pem()).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 fn rotator(port: u16, adjust: impl FnOnce(&mut PostgresConfig)) -> PostgresRotator {

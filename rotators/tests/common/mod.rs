@@ -1,4 +1,5 @@
-//! Helpers the rotators' integration tests share: a CA that signed nothing, a TCP
+//! Helpers the rotators' integration tests share: a CA that signed nothing, a TLS
+//! acceptor with a CA of its own, a TCP
 //! forwarder (to reach a server by a name its certificate does not carry; one that
 //! counts connections, to count logins), a server that
 //! accepts and never speaks, a port nobody listens on, the plain set and verify
@@ -18,6 +19,29 @@ pub fn other_ca(dir: &Path) -> PathBuf {
     let path = dir.join("other-ca.pem");
     std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
     path
+}
+
+/// A TLS acceptor for 127.0.0.1 with a certificate from a fresh CA, which is written to
+/// `ca_dir/ca.pem`.
+pub fn tls_acceptor(ca_dir: &Path) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "fake server CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(ca_dir.join("ca.pem"), ca.pem()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// Forwards connections on `listen_ip` (a port the OS picks, returned) to `to`.
