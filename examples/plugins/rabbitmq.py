@@ -38,6 +38,7 @@ environment or a file.
 
 import base64
 import hashlib
+import ipaddress
 import http.client
 import json
 import os
@@ -80,6 +81,16 @@ def shown(name):
     return text if len(text) <= 80 else text[:77] + "...'"
 
 
+def is_loopback(host):
+    """`localhost` or a loopback IP address (never a name a resolver could answer for)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings:
     def __init__(self, raw, deadline_unix_ms):
         unknown = sorted(set(raw) - SETTINGS)
@@ -111,6 +122,16 @@ class Settings:
             raise Failure("permanent", "settings.amqp_host must be a host name")
         if not isinstance(self.amqp_port, int) or isinstance(self.amqp_port, bool) or not 0 < self.amqp_port < 65536:
             raise Failure("permanent", "settings.amqp_port must be a port number")
+        # Passwords cross these connections (PLAIN, HTTP basic auth): in clear only to this host.
+        for scheme_is_tls, host, what in (
+            (self.https, self.http_host, "management_url must be https://"),
+            (self.amqp_tls, self.amqp_host, "amqp_tls must be true"),
+        ):
+            if not scheme_is_tls and not is_loopback(host):
+                raise Failure(
+                    "permanent",
+                    "settings.%s for %s: passwords are sent in clear only to a loopback host" % (what, host),
+                )
         self.ca_file = raw.get("ca_file")
         if self.ca_file is not None and not isinstance(self.ca_file, str):
             raise Failure("permanent", "settings.ca_file must be a path")
@@ -170,6 +191,10 @@ def table(fields):
         else:
             out += b"F" + table(value)
     return longstr(out)
+
+
+# AMQP 0-9-1's frame-min-size: the largest frame a peer must accept before Connection.Tune.
+MIN_FRAME_MAX = 4096
 
 
 def method_frame(method, args):
@@ -262,15 +287,21 @@ def amqp_login(s, user, password):
             ("capabilities", [("authentication_failure_close", True)]),
         ]
         response = b"\0" + user.encode("utf-8") + b"\0" + password.encode("utf-8")
-        sock.sendall(
-            method_frame(START_OK, table(client) + shortstr(b"PLAIN") + longstr(response) + shortstr(b"en_US"))
-        )
+        frame = method_frame(START_OK, table(client) + shortstr(b"PLAIN") + longstr(response) + shortstr(b"en_US"))
         del response
+        if len(frame) > MIN_FRAME_MAX:
+            # Before Connection.Tune a peer accepts frames of 4096 bytes only (the server
+            # drops the connection): no AMQP client can log in with this name and password.
+            return False
+        sock.sendall(frame)
+        del frame
         login_sent = True
         try:
             method, args = read_method(sock, where)
         except Closed:
-            return False
+            # authentication_failure_close was asked for: a refusal comes as Close 403.
+            # A bare close is a node restart or a proxy dropping the backend, not a "no".
+            raise Failure("transient", "%s closed the connection after the login without an answer" % where)
         if method == TUNE:
             return True
         if method == CLOSE:
@@ -284,8 +315,7 @@ def amqp_login(s, user, password):
     except socket.timeout:
         raise Failure("transient", "%s: no answer within the step's timeout" % where)
     except (ConnectionResetError, ssl.SSLEOFError) as e:
-        if login_sent:
-            return False  # the server dropped the connection after the login: a refusal
+        # Even after the login: a refusal comes as Close 403 (authentication_failure_close).
         raise Failure("transient", "%s: %s" % (where, getattr(e, "strerror", None) or e))
     except ssl.SSLError as e:
         raise Failure("transient", "%s: TLS: %s" % (where, e.reason or e))
@@ -397,7 +427,10 @@ def password_hash(password):
 
 def write_user(api, user, login, who, existing, pending):
     path = user_path(api.s, user)
-    tags = existing.get("tags", [])
+    if "tags" not in existing:
+        # A PUT without them would strip the user's tags.
+        raise Failure("permanent", "%s: GET user answered without the user's tags: nothing changed" % api.where)
+    tags = existing.get("tags")
     if isinstance(tags, list):
         tags = ",".join(str(t) for t in tags)
     body = {"password_hash": password_hash(pending), "hashing_algorithm": HASHING, "tags": tags}
@@ -409,18 +442,26 @@ def write_user(api, user, login, who, existing, pending):
     except SentError as e:
         raise Failure("not-yet-visible", "changing the password: %s (the change may have been made)" % e)
     if status == 204:
+        # RabbitMQ has no conditional PUT: an administrator's change to the tags or limits
+        # between the read and this write is overwritten (docs/plugins.md says so).
         return
     if status == 201:
         # Deleted between the read and the write: PUT made a new account, which this
-        # plugin never does. Take it back out.
+        # plugin never does. Take it back out; until that is certain, the account exists
+        # with the pending password.
         try:
             undone, _ = api.request("DELETE", path, login)
         except SentError:
             undone = 0
+        if undone in (204, 404):
+            raise Failure(
+                "permanent", "user %s was deleted while being changed; the account the change re-created was "
+                "deleted again" % shown(user)
+            )
         raise Failure(
-            "permanent",
-            "user %s was deleted while being changed; the account the change re-created was %s"
-            % (shown(user), "deleted again" if undone == 204 else "NOT deleted: remove it by hand"),
+            "not-yet-visible",
+            "user %s was deleted while being changed, and the account the change re-created (with the new "
+            "password) could NOT be deleted: remove it by hand" % shown(user),
         )
     if status >= 500:
         raise Failure(

@@ -567,3 +567,21 @@ async fn tls_to_the_management_api_and_to_amqp_is_verified_with_ca_file() {
     assert_logs_in(&user, &p1, "the new password, in the clear").await;
     assert_refused(&user, &p0, "the replaced password, in the clear").await;
 }
+
+#[tokio::test]
+async fn passwords_are_sent_in_clear_only_to_a_loopback_host() {
+    // 192.0.2.1 (TEST-NET-1) is never reached: the settings are refused before any
+    // connection, for the management API and for AMQP alike.
+    for settings in [
+        json!({ "management_url": "http://192.0.2.1:15672", "amqp_tls": true }),
+        json!({ "management_url": "https://192.0.2.1:15671", "amqp_host": "192.0.2.1" }),
+        json!({ "management_url": "http://rabbitmq.example:15672", "amqp_host": "127.0.0.1" }),
+    ] {
+        let request = kv_rotator_rotators::VerifyRequest { username: "app".into(), password: password() };
+        let e = rotator_with(settings.clone()).verify(request).await.unwrap_err();
+        assert!(
+            matches!(&e, RotatorError::Permanent(m) if m.contains("passwords are sent in clear only to a loopback host")),
+            "{settings}: {e}"
+        );
+    }
+}
