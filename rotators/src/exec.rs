@@ -442,16 +442,7 @@ impl ExecRotator {
             std::iter::once(self.cfg.command.as_os_str()).chain(self.cfg.args.iter().map(|a| a.as_ref())),
             env.iter().map(|(n, v)| (n, v)),
         );
-        let mut child = tokio::process::Command::new(&self.cfg.command)
-            .args(&self.cfg.args)
-            .env_clear()
-            .envs(env)
-            .current_dir("/")
-            .process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
+        let mut child = confined_command(&self.cfg.command, &self.cfg.args, env)
             .spawn()
             .map_err(|e| RotatorError::Permanent(format!("{who}: cannot start: {e}")))?;
         // Killed on every path out of here, a dropped (cancelled) call included.
@@ -664,6 +655,32 @@ impl std::io::Write for CountingWriter {
     }
 }
 
+/// `program` with `args`, set up as kv-rotator runs every program it is handed: an
+/// environment of `env` only, working directory `/`, its own process group (for
+/// [`ProcessGroup`]), all three pipes, killed if dropped.
+pub fn confined_command<K, V>(
+    program: &std::path::Path,
+    args: &[String],
+    env: impl IntoIterator<Item = (K, V)>,
+) -> tokio::process::Command
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir("/")
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
 /// A child's process group (the child started with `process_group(0)`; its id is the
 /// leader's pid), killed with `SIGKILL` once: by [`ProcessGroup::kill`] right after the
 /// leader exits (the id is not reused while any member lives), or when dropped (a
@@ -706,16 +723,19 @@ struct Finished {
     stderr: String,
 }
 
-#[derive(Default)]
-struct Captured {
-    bytes: Zeroizing<Vec<u8>>,
-    overflowed: bool,
+/// What [`read_capped`] read from a pipe.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// The bytes kept (at most the cap), wiped when dropped.
+    pub bytes: Zeroizing<Vec<u8>>,
+    /// Whether the pipe had more than the cap.
+    pub overflowed: bool,
 }
 
 /// Reads `pipe` to its end keeping at most `cap` bytes. With `drain`, what is past the
 /// cap is read and dropped (the plugin never blocks on a full pipe); without, reading
 /// stops at the first byte past it.
-async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: usize, drain: bool) -> Captured {
+pub async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: usize, drain: bool) -> Captured {
     let mut out = Captured::default();
     let Some(mut pipe) = pipe else { return out };
     let mut chunk = Zeroizing::new([0u8; 8192]);

@@ -17,14 +17,13 @@
 //! Passwords travel on stdin and stdout only; the fixture's stderr is passed through.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use clap::{Args, Subcommand};
 use kv_rotator_rotators::common::Strategy;
-use kv_rotator_rotators::exec::{ExecConfig, ProcessGroup};
+use kv_rotator_rotators::exec::{confined_command, read_capped, ExecConfig, ProcessGroup};
 use kv_rotator_rotators::registry::ProfileContext;
 use kv_rotator_rotators::scrub::Scrubber;
 use kv_rotator_rotators::testkit::{run_conformance, run_multi_password_conformance, ConformanceFixture};
@@ -32,7 +31,7 @@ use kv_rotator_rotators::Credential;
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::targets::{Accounts, Targets};
 
@@ -217,16 +216,8 @@ impl ProgramFixture {
         serde_json::to_writer(&mut *buffer, &request)?;
         buffer.push(b'\n');
         let env = ["PATH", "LANG", "HOME"].iter().map(|n| n.to_string()).chain(self.env.iter().cloned());
-        let mut child = tokio::process::Command::new(&self.program)
-            .args(&self.args)
-            .env_clear()
-            .envs(env.filter_map(|name| std::env::var_os(&name).map(|value| (name, value))))
-            .current_dir("/")
-            .process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
+        let env = env.filter_map(|name| std::env::var_os(&name).map(|value| (name, value)));
+        let mut child = confined_command(&self.program, &self.args, env)
             .spawn()
             .with_context(|| format!("{who}: cannot start it"))?;
         let mut group = ProcessGroup::of(&child);
@@ -239,25 +230,11 @@ impl ProgramFixture {
                 }
                 drop(stdin.take());
             };
-            let read_out = async {
-                let mut out = Zeroizing::new(Vec::with_capacity(MAX_REPLY + 1));
-                if let Some(stdout) = stdout {
-                    stdout.take(MAX_REPLY as u64 + 1).read_to_end(&mut out).await?;
-                }
-                std::io::Result::Ok(out)
-            };
-            let read_err = async {
-                let mut err = Zeroizing::new(Vec::with_capacity(MAX_STDERR));
-                if let Some(stderr) = stderr {
-                    // Read to the end (a fixture must not block on a full pipe), keep the start.
-                    let mut rest = stderr.take(MAX_STDERR as u64);
-                    rest.read_to_end(&mut err).await?;
-                    tokio::io::copy(&mut rest.into_inner(), &mut tokio::io::sink()).await?;
-                }
-                std::io::Result::Ok(err)
-            };
-            let ((), out, err, status) = tokio::join!(write, read_out, read_err, child.wait());
-            anyhow::Ok((status?, out?, err?))
+            // Stderr is read to its end (a fixture must not block on a full pipe), its
+            // start kept; the reply stops at the cap.
+            let (out, err) = (read_capped(stdout, MAX_REPLY, false), read_capped(stderr, MAX_STDERR, true));
+            let ((), out, err, status) = tokio::join!(write, out, err, child.wait());
+            anyhow::Ok((status?, out, err.bytes))
         };
         let finished = tokio::time::timeout(self.timeout, run).await;
         group.kill();
@@ -271,11 +248,11 @@ impl ProgramFixture {
         if !status.success() {
             bail!("{who}: {status}");
         }
-        if out.len() > MAX_REPLY {
+        if out.overflowed {
             bail!("{who}: reply larger than {MAX_REPLY} bytes");
         }
         // The reply may hold the admin password: the parse error names no value.
-        serde_json::from_slice(&out).map_err(|e| {
+        serde_json::from_slice(&out.bytes).map_err(|e| {
             anyhow::anyhow!(
                 "{who}: its reply is not the expected JSON (line {}, column {}: {:?}; docs/plugins.md, \"Testing a \
                  plugin\")",
