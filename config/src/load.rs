@@ -351,16 +351,7 @@ fn validate_webhook(webhook: &WebhookConfig, problems: &mut Vec<String>) {
             problems.push(format!("webhook.allowed_vaults: {name:?} is not a Key Vault name (3-24 of a-z 0-9 -)"));
         }
     }
-    let mut source = |key: &str, source: &SecretSource| match (&source.env, &source.file) {
-        (Some(_), Some(_)) | (None, None) => {
-            problems.push(format!("webhook.auth.{key}: set exactly one of env or file"));
-        }
-        // figment would read such a variable as a configuration key and refuse it.
-        (Some(env), None) if env.is_empty() || env.starts_with("KV_ROTATOR_") => {
-            problems.push(format!("webhook.auth.{key}.env {env:?}: must be non-empty and not start with KV_ROTATOR_"));
-        }
-        _ => {}
-    };
+    let mut source = |key: &str, source: &SecretSource| problems.extend(source.problem(&format!("webhook.auth.{key}")));
     match &webhook.auth {
         Some(WebhookAuthConfig::SharedKey { key, previous_key, .. }) => {
             source("key", key);
@@ -396,16 +387,7 @@ fn validate_admin(config: &Config, problems: &mut Vec<String>) {
             "admin.auth: mode = \"none\" is only allowed when admin.listen is a loopback address, not {listen}: \
              anyone who reaches it could rotate every secret; use mode = \"static-token\" or \"entra-id\""
         )),
-        Some(AdminAuthConfig::StaticToken { token }) => match (&token.env, &token.file) {
-            (Some(_), Some(_)) | (None, None) => {
-                problems.push("admin.auth.token: set exactly one of env or file".to_owned());
-            }
-            (Some(env), None) if env.is_empty() || env.starts_with("KV_ROTATOR_") => {
-                problems
-                    .push(format!("admin.auth.token.env {env:?}: must be non-empty and not start with KV_ROTATOR_"));
-            }
-            _ => {}
-        },
+        Some(AdminAuthConfig::StaticToken { token }) => problems.extend(token.problem("admin.auth.token")),
         Some(AdminAuthConfig::EntraId { role, openid_configuration_url, jwks_url, .. }) => {
             if openid_configuration_url.is_some() && jwks_url.is_some() {
                 problems.push("admin.auth: set openid_configuration_url or jwks_url, not both".to_owned());

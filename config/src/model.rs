@@ -237,6 +237,20 @@ pub struct SecretSource {
     pub file: Option<PathBuf>,
 }
 
+impl SecretSource {
+    /// What is wrong with this source at key path `path`, if anything: not exactly one of
+    /// `env` and `file`, or a variable name figment would read as a configuration key.
+    pub fn problem(&self, path: &str) -> Option<String> {
+        match (&self.env, &self.file) {
+            (Some(_), Some(_)) | (None, None) => Some(format!("{path}: set exactly one of env or file")),
+            (Some(env), None) if env.is_empty() || env.starts_with("KV_ROTATOR_") => {
+                Some(format!("{path}.env {env:?}: must be non-empty and not start with KV_ROTATOR_"))
+            }
+            _ => None,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
