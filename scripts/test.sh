@@ -16,6 +16,19 @@ bash scripts/setup-redis.sh
 bash scripts/setup-slapd.sh
 bash scripts/setup-rabbitmq.sh
 
+# Schemathesis (PyPI), which worker/tests/admin_schemathesis.rs runs against the admin API:
+# pinned with everything it pulls in, in a virtual environment of its own.
+schemathesis_venv=/opt/kvr-schemathesis
+if ! "$schemathesis_venv/bin/schemathesis" --version >/dev/null 2>&1 \
+    || ! cmp -s scripts/schemathesis/requirements.txt "$schemathesis_venv/requirements.txt"; then
+    echo "== installing schemathesis into $schemathesis_venv"
+    rm -rf "$schemathesis_venv"
+    python3 -m venv "$schemathesis_venv"
+    "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/schemathesis/requirements.txt
+    cp scripts/schemathesis/requirements.txt "$schemathesis_venv/requirements.txt"
+fi
+export KVR_SCHEMATHESIS="$schemathesis_venv/bin/schemathesis"
+
 # The tests cover the optional client-certificate credential, which links OpenSSL: its
 # headers are needed to build them (default builds of kv-rotator need no OpenSSL).
 if ! pkg-config --exists openssl 2>/dev/null; then

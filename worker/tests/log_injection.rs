@@ -44,14 +44,7 @@ async fn start_dev(format: &str, state: &Path) -> (Proc, Value) {
             .env_remove("NO_COLOR"),
     );
     let mut proc = proc;
-    let endpoints = state.join("endpoints.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !endpoints.exists() {
-        proc.assert_running();
-        assert!(Instant::now() < deadline, "dev mode not ready within 60 s:\n{}", proc.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let endpoints = serde_json::from_str(&std::fs::read_to_string(endpoints).unwrap()).unwrap();
+    let endpoints = common::proc::dev_endpoints(&mut proc, state).await;
     (proc, endpoints)
 }
 

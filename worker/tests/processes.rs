@@ -182,15 +182,7 @@ async fn dev_mode_rotates_its_demo_secret_on_the_sample_event() {
         "--state-dir",
         state.to_str().unwrap(),
     ]);
-    let endpoints_path = state.join("endpoints.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !endpoints_path.exists() {
-        proc.assert_running();
-        assert!(Instant::now() < deadline, "dev mode not ready within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let endpoints: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&endpoints_path).unwrap()).unwrap();
+    let endpoints = common::proc::dev_endpoints(&mut proc, &state).await;
     let field = |k: &str| endpoints[k].as_str().unwrap_or_else(|| panic!("{k} in endpoints.json")).to_owned();
 
     let store = dev_store(

@@ -190,22 +190,39 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
     response
 }
 
-/// The body of `POST /api/rotations`.
+/// The body of `POST /api/rotations`. A key given as `null` is refused, as the OpenAPI
+/// document says (absent is the way to leave one out).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotationBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     secrets: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     tag: Option<BTreeMap<String, String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     all: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     reason: Option<String>,
     #[serde(default)]
     force: bool,
-    #[serde(default)]
-    concurrency: Option<usize>,
+    #[serde(default, deserialize_with = "whole_number")]
+    concurrency: Option<u64>,
+}
+
+/// A present key's whole number: JSON Schema's `integer` is any number without a
+/// fraction, `8.0` too; not `null`, and not a fraction or a negative number.
+fn whole_number<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<u64>, D::Error> {
+    let number = serde_json::Number::deserialize(value)?;
+    match (number.as_u64(), number.as_f64()) {
+        (Some(whole), _) => Ok(Some(whole)),
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom(format!("{number} is not a whole number"))),
+    }
+}
+
+/// A present key's value, which must not be `null`.
+fn not_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(value: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(value).map(Some)
 }
 
 /// Most secrets of one job on the queue or rotating at once, when the job sets a limit.
@@ -265,7 +282,6 @@ fn validate(body: RotationBody) -> Result<Asked, String> {
             if names.is_empty() {
                 return Err("secrets: name at least one secret".to_owned());
             }
-            let mut seen = HashSet::new();
             for (i, name) in names.iter().enumerate() {
                 if !kv_rotator_config::load::is_secret_name(name) {
                     return Err(format!(
@@ -273,12 +289,10 @@ fn validate(body: RotationBody) -> Result<Asked, String> {
                         sanitized(name, 130)
                     ));
                 }
-                // Key Vault names are case-insensitive.
-                if !seen.insert(name.to_ascii_lowercase()) {
-                    return Err(format!("secrets[{i}]: {name:?} is named twice"));
-                }
             }
-            Selection::Named(names)
+            // A name given twice is one secret, rotated once (Key Vault names ignore case).
+            let mut seen = HashSet::new();
+            Selection::Named(names.into_iter().filter(|name| seen.insert(name.to_ascii_lowercase())).collect())
         }
         (None, Some(tags), None) => {
             if tags.is_empty() {
@@ -302,12 +316,14 @@ fn validate(body: RotationBody) -> Result<Asked, String> {
         (None, None, None) => return Err("name the secrets: one of \"secrets\", \"tag\" or \"all\"".to_owned()),
         _ => return Err("\"secrets\", \"tag\" and \"all\" exclude each other: give exactly one".to_owned()),
     };
-    if let Some(limit) = body.concurrency {
-        if !(1..=MAX_JOB_CONCURRENCY).contains(&limit) {
-            return Err(format!("concurrency: {limit} is not between 1 and {MAX_JOB_CONCURRENCY}"));
-        }
-    }
-    Ok(Asked { selection, reason, force: body.force, concurrency: body.concurrency })
+    let concurrency = match body.concurrency {
+        None => None,
+        Some(limit) => match usize::try_from(limit) {
+            Ok(limit) if (1..=MAX_JOB_CONCURRENCY).contains(&limit) => Some(limit),
+            _ => return Err(format!("concurrency: {limit} is not between 1 and {MAX_JOB_CONCURRENCY}")),
+        },
+    };
+    Ok(Asked { selection, reason, force: body.force, concurrency })
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -534,6 +550,10 @@ mod tests {
     #[test]
     fn bodies_are_checked_and_errors_say_what_and_where() {
         let ok = body(json!({"secrets": ["a-1", "b"], "reason": "leak", "force": true})).unwrap();
+        let whole = validate(serde_json::from_value(json!({"all": true, "reason": "r", "concurrency": 8.0})).unwrap());
+        assert_eq!(whole.unwrap().concurrency, Some(8), "8.0 is an integer to JSON Schema");
+        let twice = body(json!({"secrets": ["a", "b", "A"], "reason": "r"})).unwrap().0;
+        assert!(matches!(twice, Selection::Named(ref n) if n == &["a", "b"]), "one secret, once: {twice:?}");
         assert!(matches!(ok.0, Selection::Named(ref n) if n.len() == 2) && ok.2);
         assert!(matches!(body(json!({"all": true, "reason": "incident"})).unwrap().0, Selection::All));
         assert!(matches!(body(json!({"tag": {"host": "db1"}, "reason": "x"})).unwrap().0, Selection::Tagged(_)));
@@ -547,7 +567,6 @@ mod tests {
             ),
             (json!({"secrets": [], "reason": "r"}), "secrets: name at least one"),
             (json!({"secrets": ["ok", "bad_name"], "reason": "r"}), "secrets[1]: \"bad_name\" is not a Key Vault"),
-            (json!({"secrets": ["a", "A"], "reason": "r"}), "secrets[1]"),
             (json!({"secrets": ["a"], "all": true, "reason": "r"}), "exclude each other"),
             (json!({"all": false, "reason": "r"}), "all: must be true"),
             (json!({"reason": "r"}), "one of \"secrets\", \"tag\" or \"all\""),
@@ -556,6 +575,10 @@ mod tests {
             (json!({"secrets": "a", "reason": "r"}), "invalid type"),
             (json!({"all": true, "reason": "r", "concurrency": 0}), "concurrency: 0 is not between 1 and 256"),
             (json!({"all": true, "reason": "r", "concurrency": 257}), "concurrency: 257 is not between"),
+            (json!({"all": true, "reason": "r", "concurrency": null}), "invalid type: null"),
+            (json!({"all": true, "reason": "r", "concurrency": 2.5}), "2.5 is not a whole number"),
+            (json!({"all": true, "reason": "r", "concurrency": -1}), "-1 is not a whole number"),
+            (json!({"all": true, "secrets": null, "reason": "r"}), "invalid type: null"),
         ] {
             let err = body(bad.clone()).unwrap_err();
             assert!(err.contains(expected), "{bad}: {err}");

@@ -158,3 +158,16 @@ pub fn spawn_serve(bin: &std::path::Path, config: &std::path::Path, failpoint: O
     }
     Proc::spawn(&mut cmd)
 }
+
+/// What a `kv-rotator dev` started as `proc` with `--state-dir state` writes into
+/// `endpoints.json` once it is ready (within 60 s, or the test fails with its output).
+pub async fn dev_endpoints(proc: &mut Proc, state: &std::path::Path) -> serde_json::Value {
+    let path = state.join("endpoints.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        proc.assert_running();
+        assert!(Instant::now() < deadline, "dev mode not ready within 60 s:\n{}", proc.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
