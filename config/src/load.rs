@@ -332,21 +332,27 @@ fn validate_schedule(config: &Config, problems: &mut Vec<String>) {
 /// What is wrong with `raw` as the URL of an HTTP sink (alerts, notifications) at key
 /// `key`: not http(s), no host, or plain http to a host that is not loopback (the body
 /// and the URL's own credential, a `sig=` or a token, would cross the network in clear).
-/// The message quotes the URL's origin only: its path and query are often a credential.
+/// The message quotes the URL only up to its origin when it has more: a path, query or
+/// user part is often the sink's credential (a Slack hook's path, a Logic Apps `sig=`).
 pub fn sink_url_problem(key: &str, raw: &str) -> Option<String> {
     let url = match url::Url::parse(raw) {
         Ok(url) => url,
         Err(e) => return Some(format!("{key}: not a URL ({e})")),
     };
-    let origin = url.origin().ascii_serialization();
+    let bare = url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && matches!(url.path(), "" | "/");
+    let shown = if bare { raw.to_owned() } else { format!("{}/…", url.origin().ascii_serialization()) };
     match (url.scheme(), url.host_str()) {
-        (_, None) | ("http" | "https", Some("")) => Some(format!("{key}: no host")),
+        ("http" | "https", None | Some("")) => Some(format!("{key} {shown:?}: no host")),
         ("https", Some(_)) => None,
         ("http", Some(host)) if kv_rotator_rotators::tls::is_loopback_host(host) => None,
         ("http", Some(_)) => Some(format!(
-            "{key} {origin}: plain http only to a loopback host (localhost, 127.0.0.0/8, ::1); use https"
+            "{key} {shown:?}: plain http only to a loopback host (localhost, 127.0.0.0/8, ::1); use https"
         )),
-        (scheme, _) => Some(format!("{key}: scheme {scheme:?} refused: must be http or https")),
+        (scheme, _) => Some(format!("{key} {shown:?}: scheme {scheme:?} refused: must be http or https")),
     }
 }
 

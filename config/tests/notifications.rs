@@ -1,6 +1,8 @@
 //! `[notifications]`: defaults, each sink and auth mode parses, and what cannot work is
 //! refused naming the key — plain http off loopback, a key written inline (never quoted
 //! back), unknown keys, bad stages.
+// figment::Jail's closure signature returns figment::Error.
+#![allow(clippy::result_large_err)]
 
 use figment::providers::Format;
 use kv_rotator_config::load::from_figment;
@@ -26,8 +28,9 @@ fn off_by_default_with_three_stages() {
 
 #[test]
 fn a_webhook_and_an_event_grid_topic_with_either_auth() {
-    let config = parse("expiry_warning_days = [14, 2]\nsink = { kind = \"webhook\", url = \"https://hooks.example/kvr\" }")
-        .unwrap();
+    let config =
+        parse("expiry_warning_days = [14, 2]\nsink = { kind = \"webhook\", url = \"https://hooks.example/kvr\" }")
+            .unwrap();
     assert_eq!(config.notifications.sink, Some(NotificationSink::Webhook { url: "https://hooks.example/kvr".into() }));
     assert_eq!(config.notifications.expiry_warning_days, [14, 2]);
     let config = parse(
@@ -45,7 +48,10 @@ fn a_webhook_and_an_event_grid_topic_with_either_auth() {
          topic_endpoint = \"https://t.westeurope-1.eventgrid.azure.net/api/events\"\nauth = { mode = \"entra-id\" }",
     )
     .unwrap();
-    assert!(matches!(config.notifications.sink, Some(NotificationSink::EventGrid { auth: EventGridAuth::EntraId {}, .. })));
+    assert!(matches!(
+        config.notifications.sink,
+        Some(NotificationSink::EventGrid { auth: EventGridAuth::EntraId {}, .. })
+    ));
     // Plain http to this machine is allowed (a local relay, tests).
     assert!(parse("sink = { kind = \"webhook\", url = \"http://127.0.0.1:9000/hook\" }").is_ok());
     assert!(parse("sink = { kind = \"webhook\", url = \"http://localhost:9000/hook\" }").is_ok());
@@ -54,7 +60,7 @@ fn a_webhook_and_an_event_grid_topic_with_either_auth() {
 #[test]
 fn plain_http_off_loopback_is_refused_naming_the_key_and_never_the_query() {
     let message = problems("sink = { kind = \"webhook\", url = \"http://flows.example/hook?sig=S3CRETsig\" }");
-    assert!(message.contains("notifications.sink.url http://flows.example"), "{message}");
+    assert!(message.contains("notifications.sink.url \"http://flows.example/…\""), "{message}");
     assert!(message.contains("loopback"), "{message}");
     assert!(!message.contains("S3CRETsig"), "{message}");
     let message = problems(
@@ -68,7 +74,10 @@ fn plain_http_off_loopback_is_refused_naming_the_key_and_never_the_query() {
     // The same rule for the alert sink, whose URL is as much a credential.
     let text = "[vault]\nurl = \"https://v.vault.azure.net/\"\n[alerts]\nwebhook_url = \"http://alerts.example/x\"\n";
     let message = from_figment(figment::Figment::from(figment::providers::Toml::string(text))).unwrap_err().to_string();
-    assert!(message.contains("alerts.webhook_url http://alerts.example: plain http only to a loopback host"), "{message}");
+    assert!(
+        message.contains("alerts.webhook_url \"http://alerts.example/…\": plain http only to a loopback host"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -109,4 +118,20 @@ fn unknown_keys_and_bad_values_are_named() {
         assert!(message.contains(expected), "{body}: {message}");
     }
     assert!(parse("expiry_warning_days = []").is_ok(), "no stages: warnings off");
+}
+
+/// The worker takes the key's variable out of its environment at startup, like every
+/// other secret variable the configuration names.
+#[test]
+fn the_keys_variable_is_a_secret_variable() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "kv-rotator.toml",
+            "[notifications.sink]\nkind = \"event-grid\"\ntopic_endpoint = \"https://t.example/api/events\"\n\
+             auth = { mode = \"key\", key = { env = \"EG_TOPIC_KEY\" } }\n",
+        )?;
+        let names = kv_rotator_config::load::secret_env_names(Some(std::path::Path::new("kv-rotator.toml")));
+        assert_eq!(names, ["EG_TOPIC_KEY"]);
+        Ok(())
+    });
 }

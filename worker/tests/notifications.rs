@@ -55,7 +55,8 @@ struct Receiver {
 
 impl Receiver {
     async fn start(statuses: &[u16]) -> (Receiver, String) {
-        let receiver = Receiver { statuses: Arc::new(Mutex::new(statuses.iter().copied().collect())), ..Default::default() };
+        let receiver =
+            Receiver { statuses: Arc::new(Mutex::new(statuses.iter().copied().collect())), ..Default::default() };
         let state = receiver.clone();
         let app = Router::new().route(
             "/events",
@@ -205,7 +206,10 @@ async fn a_failed_rotation_publishes_a_failed_event_with_event_grids_key() {
     assert_eq!(received[0].headers["aeg-sas-key"], key);
     assert_eq!(received[0].uri.query(), Some("api-version=2018-01-01"), "Event Grid's API version added");
     let event = received[0].json();
-    assert_eq!((event["type"].as_str(), event["subject"].as_str()), (Some("kv-rotator.rotation.failed"), Some("orphan-password")));
+    assert_eq!(
+        (event["type"].as_str(), event["subject"].as_str()),
+        (Some("kv-rotator.rotation.failed"), Some("orphan-password"))
+    );
     let data = &event["data"];
     assert_eq!((data["outcome"].as_str(), data["version"].as_str()), (Some("failed"), Some(version.as_str())));
     assert_eq!(data["targetChanged"], false);
@@ -244,8 +248,7 @@ async fn a_sink_that_hangs_holds_no_rotation_and_a_full_queue_drops_counted() {
     let (receiver, url) = Receiver::start(&[]).await;
     let held = receiver.hold.clone().write_owned().await;
     let metrics = Arc::new(Metrics::default());
-    let notifier =
-        Sink::webhook(&url, &NotificationsConfig { queue_capacity: 1, ..config() }).start(metrics.clone());
+    let notifier = Sink::webhook(&url, &NotificationsConfig { queue_capacity: 1, ..config() }).start(metrics.clone());
     let engine = site.engine(notifier.clone());
     // The first event is taken by the delivery task and hangs at the sink...
     assert!(matches!(site.rotate(&engine, SECRET).await.outcome, Outcome::Rotated { .. }));
@@ -283,7 +286,10 @@ async fn sweeps(rotate: bool) -> Vec<Vec<u64>> {
         if sweep == 3 {
             // 12 hours left: the last stage.
             let expires = Some(OffsetDateTime::now_utc() + time::Duration::hours(12));
-            site.store.update_properties(SECRET, None, PropertiesUpdate { expires, ..Default::default() }).await.unwrap();
+            site.store
+                .update_properties(SECRET, None, PropertiesUpdate { expires, ..Default::default() })
+                .await
+                .unwrap();
         }
         sweeper.sweep_once().await.unwrap();
         flushed(&notifier).await;
@@ -306,4 +312,62 @@ async fn expiry_warning_stages_fire_once_each() {
     assert_eq!(sweeps(false).await, [vec![7], vec![], vec![], vec![1], vec![], vec![]]);
     // The due scan on: the sweep that queues a rotation waits one sweep for it.
     assert_eq!(sweeps(true).await, [vec![], vec![7], vec![], vec![], vec![1], vec![]]);
+}
+
+/// The service as `serve` wires it: `[notifications]` read by `Sink::from_config` (an
+/// Event Grid topic, its key in a file), the sweeper rotating a secret 2 days from `exp`.
+/// The rotation is announced once; no expiry warning goes out for the version it replaced
+/// (the sweep that queued it waited), nor for the new one; shutdown delivers what is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_announces_the_sweepers_rotation_and_no_warning_for_it() {
+    let site = Site::new().await;
+    let old_version = put(site.store.as_ref(), SECRET, "site", Some(2)).await;
+    let initial = site.store.get_latest(SECRET).await.unwrap().value;
+    std::fs::remove_file(site.dir.path().join("htpasswd")).unwrap();
+    htpasswd::add_user(&site.dir.path().join("htpasswd"), "app", &initial, 4).unwrap();
+    let (receiver, url) = Receiver::start(&[]).await;
+    let key_file = site.dir.path().join("topic-key");
+    std::fs::write(&key_file, "topic-key-from-a-file\n").unwrap();
+    use kv_rotator_config::figment::{providers::Serialized, Figment};
+    let config = kv_rotator_config::load::from_figment(Figment::from(Serialized::defaults(serde_json::json!({
+            "vault": { "url": "https://v.vault.azure.net/" },
+            "notifications": { "sink": {
+                "kind": "event-grid", "topic_endpoint": url, "auth": { "mode": "key", "key": { "file": key_file } }
+            } },
+    }))))
+    .unwrap();
+    let sink = Sink::from_config(&config.notifications, &config.vault).unwrap().expect("a sink");
+    let background = kv_rotator::service::Background {
+        // Two seconds: the rotation the first sweep queues is done before the next one.
+        sweeper: Some(SweeperConfig { interval_secs: 2, ..Default::default() }),
+        notifications: Some(sink),
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let engine = EngineConfig { min_rotation_interval_secs: 0, ..Default::default() };
+    let webhook = kv_rotator_config::WebhookConfig::default();
+    let running =
+        kv_rotator::service::start_with(site.store.clone(), site.targets(), engine, &webhook, background, listener)
+            .await
+            .unwrap();
+    let metrics = running.engine.metrics();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // Two sweeps after the one that queued the rotation: a warning would have gone out by then.
+    while metrics.counter("kv_rotator_rotations_total", &[("outcome", "rotated"), ("trigger", "sweeper")]) == 0
+        || metrics.counter("kv_rotator_sweeps_total", &[("result", "ok")]) < 3
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no rotation and three more sweeps within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await.unwrap();
+
+    let received = receiver.received();
+    let types: Vec<Value> = received.iter().map(|r| r.json()["type"].clone()).collect();
+    assert_eq!(types, ["kv-rotator.rotation.succeeded"], "{received:?}");
+    assert_eq!(received[0].headers["aeg-sas-key"], "topic-key-from-a-file");
+    let event = received[0].json();
+    assert_eq!(
+        (event["data"]["trigger"].as_str(), event["data"]["previousVersion"].as_str()),
+        (Some("sweeper"), Some(old_version.as_str()))
+    );
 }

@@ -138,7 +138,13 @@ pub fn rotation_event(report: &RotationReport) -> Option<CloudEvent> {
         }
         _ => return None,
     };
-    Some(CloudEvent { event_type, subject: request.secret_name.clone(), vault: request.vault_name.clone(), data, time: now })
+    Some(CloudEvent {
+        event_type,
+        subject: request.secret_name.clone(),
+        vault: request.vault_name.clone(),
+        data,
+        time: now,
+    })
 }
 
 /// How deliveries authenticate.
