@@ -324,7 +324,7 @@ async fn the_service_announces_the_sweepers_rotation_and_no_warning_for_it() {
     let old_version = put(site.store.as_ref(), SECRET, "site", Some(2)).await;
     let initial = site.store.get_latest(SECRET).await.unwrap().value;
     std::fs::remove_file(site.dir.path().join("htpasswd")).unwrap();
-    htpasswd::add_user(&site.dir.path().join("htpasswd"), "app", &initial, 4).unwrap();
+    htpasswd::add_user(site.dir.path().join("htpasswd"), "app", &initial, 4).unwrap();
     let (receiver, url) = Receiver::start(&[]).await;
     let key_file = site.dir.path().join("topic-key");
     std::fs::write(&key_file, "topic-key-from-a-file\n").unwrap();
