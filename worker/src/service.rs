@@ -1,10 +1,10 @@
 //! Runs the webhook and the engine together: [`connect_store`] opens the vault,
 //! [`start`] binds the webhook to a listener and starts the engine behind a bounded
 //! queue, [`start_with`] adds the sweeper (journal resume, near-expiry scan), the alert
-//! sink, notifications ([`crate::notify`]) and the admin listener (`/metrics`, `/healthz`, `/readyz`: [`crate::admin`]), and
-//! [`RunningService::shutdown`] stops them gracefully (the webhook first, the admin
-//! listener once the engine drained, then the engine lease the service was given is
-//! released). A service given a [`Standby`] instead of a lease serves its listeners at
+//! sink, notifications ([`crate::notify`]) and the admin listener (`/metrics`,
+//! `/healthz`, `/readyz`: [`crate::admin`]), and [`RunningService::shutdown`] stops them
+//! gracefully (the webhook first, queued notifications and the admin listener once the
+//! engine drained, then the engine lease the service was given is released). A service given a [`Standby`] instead of a lease serves its listeners at
 //! once and starts the engine and the sweeper only when its claims win the lease
 //! ([`RunningService::run_until`]).
 
