@@ -1,7 +1,7 @@
 //! Notifications through the real engine and sweeper, the dev vault (over the SDK) and an
 //! htpasswd target, received by an HTTP sink in the test on 127.0.0.1: one CloudEvent per
-//! outcome with its type, source and subject and no password; Event Grid's key and Entra
-//! ID headers; a retry after a 500; a sink that hangs holds no rotation (and a full queue
+//! outcome with its type, source and subject and no password; a deferral once per
+//! version; Event Grid's key and Entra ID headers; a retry after a 500; a sink that hangs holds no rotation (and a full queue
 //! drops, counted); expiry warning stages once each.
 
 use std::collections::VecDeque;
@@ -214,6 +214,38 @@ async fn a_failed_rotation_publishes_a_failed_event_with_event_grids_key() {
     assert_eq!((data["outcome"].as_str(), data["version"].as_str()), (Some("failed"), Some(version.as_str())));
     assert_eq!(data["targetChanged"], false);
     assert!(data.get("error").is_none(), "no error text (it quotes targets) for consumers: {data}");
+}
+
+/// Asked for within `min_rotation_interval_secs`: deferred, announced once per version
+/// however often it is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_put_off_by_the_minimum_interval_is_deferred_once() {
+    let site = Site::new().await;
+    let version = put(site.store.as_ref(), SECRET, "site", Some(40)).await; // a second version, just written
+    let (receiver, url) = Receiver::start(&[]).await;
+    let notifier = Sink::webhook(&url, &config()).start(Arc::default());
+    let settings = EngineConfig { min_rotation_interval_secs: 3600, ..Default::default() };
+    let engine = Engine::new(site.store.clone(), site.targets(), settings).with_notifier(notifier.clone());
+    for _ in 0..3 {
+        let request = RotationRequest {
+            vault_name: site.store.vault_name().to_owned(),
+            secret_name: SECRET.to_owned(),
+            version: Some(version.clone()),
+            trigger: Trigger::Manual { requested_by: "notifications test".into(), force: false },
+        };
+        let report = engine.rotate(request).await;
+        assert!(matches!(report.outcome, Outcome::TooSoon { .. }), "{report:?}");
+    }
+    flushed(&notifier).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let event = received[0].json();
+    assert_eq!(event["type"], "kv-rotator.rotation.deferred");
+    assert_eq!(
+        (event["data"]["version"].as_str(), event["data"]["outcome"].as_str()),
+        (Some(version.as_str()), Some("too_soon"))
+    );
+    assert!(event["data"]["retryAfter"].as_str().is_some_and(|at| !at.is_empty()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
