@@ -8,7 +8,8 @@ use figment::Figment;
 use kv_rotator_rotators::common::Strategy;
 
 use crate::model::{
-    AdminAuthConfig, AdminConfig, Config, CredentialConfig, SecretSource, WebhookAuthConfig, WebhookConfig,
+    AdminAuthConfig, AdminConfig, Config, CredentialConfig, EventGridAuth, NotificationSink, NotificationsConfig,
+    SecretSource, WebhookAuthConfig, WebhookConfig,
 };
 
 /// A configuration that cannot be used, with where and why.
@@ -56,7 +57,8 @@ const CLI_ONLY_ENV: &[&str] = &["CONFIG", "LOG_FORMAT"];
 /// The names of the environment variables that the configuration in `file` (if given)
 /// and the environment reads secrets from: `vault.credential.secret_env` (client-secret),
 /// `vault.credential.password_env` (client-certificate), `webhook.auth.key.env` and
-/// `webhook.auth.previous_key.env` (shared-key), `admin.auth.token.env` (static-token).
+/// `webhook.auth.previous_key.env` (shared-key), `admin.auth.token.env` (static-token),
+/// `notifications.sink.auth.key.env` (an Event Grid topic's key).
 ///
 /// Nothing else is read or checked: the worker calls this before its runtime starts, to
 /// take those variables out of its environment while it has a single thread, and the
@@ -78,6 +80,11 @@ pub fn secret_env_names(file: Option<&Path>) -> Vec<String> {
     }
     if let Ok(AdminAuthConfig::StaticToken { token }) = figment.extract_inner::<AdminAuthConfig>("admin.auth") {
         names.extend(token.env);
+    }
+    if let Ok(NotificationSink::EventGrid { auth: EventGridAuth::Key { key }, .. }) =
+        figment.extract_inner::<NotificationSink>("notifications.sink")
+    {
+        names.extend(key.env);
     }
     names
 }
@@ -153,12 +160,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_schedule(config, &mut problems);
     validate_durations(config, &mut problems);
     if let Some(raw) = &config.alerts.webhook_url {
-        match url::Url::parse(raw) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(_) => problems.push(format!("alerts.webhook_url {raw:?}: must be http or https")),
-            Err(e) => problems.push(format!("alerts.webhook_url {raw:?}: {e}")),
-        }
+        problems.extend(sink_url_problem("alerts.webhook_url", raw));
     }
+    validate_notifications(&config.notifications, &mut problems);
     if config.lease.ttl_secs < 4 {
         problems.push(format!(
             "lease.ttl_secs = {}: at least 4 (Key Vault's timestamps are whole seconds)",
@@ -269,6 +273,7 @@ fn validate_durations(config: &Config, problems: &mut Vec<String>) {
         ("engine.max_backoff_ms", engine.max_backoff_ms),
         ("lease.settle_ms", config.lease.settle_ms),
         ("alerts.timeout_ms", config.alerts.timeout_ms),
+        ("notifications.timeout_ms", config.notifications.timeout_ms),
     ];
     let too_long = secs
         .into_iter()
@@ -321,6 +326,67 @@ fn validate_schedule(config: &Config, problems: &mut Vec<String>) {
     }
     if engine.finish_retry_interval_secs == 0 {
         problems.push("engine.finish_retry_interval_secs must be at least 1".to_owned());
+    }
+}
+
+/// What is wrong with `raw` as the URL of an HTTP sink (alerts, notifications) at key
+/// `key`: not http(s), no host, or plain http to a host that is not loopback (the body
+/// and the URL's own credential, a `sig=` or a token, would cross the network in clear).
+/// The message quotes the URL only up to its origin when it has more: a path, query or
+/// user part is often the sink's credential (a Slack hook's path, a Logic Apps `sig=`).
+pub fn sink_url_problem(key: &str, raw: &str) -> Option<String> {
+    let url = match url::Url::parse(raw) {
+        Ok(url) => url,
+        Err(e) => return Some(format!("{key}: not a URL ({e})")),
+    };
+    let bare = url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && matches!(url.path(), "" | "/");
+    let shown = if bare { raw.to_owned() } else { format!("{}/…", url.origin().ascii_serialization()) };
+    match (url.scheme(), url.host_str()) {
+        ("http" | "https", None | Some("")) => Some(format!("{key} {shown:?}: no host")),
+        ("https", Some(_)) => None,
+        ("http", Some(host)) if kv_rotator_rotators::tls::is_loopback_host(host) => None,
+        ("http", Some(_)) => Some(format!(
+            "{key} {shown:?}: plain http only to a loopback host (localhost, 127.0.0.0/8, ::1); use https"
+        )),
+        (scheme, _) => Some(format!("{key} {shown:?}: scheme {scheme:?} refused: must be http or https")),
+    }
+}
+
+/// `[notifications]`: the sink's URL by the rule of [`sink_url_problem`], the key's
+/// source, the limits, and the expiry warning stages.
+fn validate_notifications(notifications: &NotificationsConfig, problems: &mut Vec<String>) {
+    match &notifications.sink {
+        Some(NotificationSink::Webhook { url }) => problems.extend(sink_url_problem("notifications.sink.url", url)),
+        Some(NotificationSink::EventGrid { topic_endpoint, auth }) => {
+            problems.extend(sink_url_problem("notifications.sink.topic_endpoint", topic_endpoint));
+            if let EventGridAuth::Key { key } = auth {
+                problems.extend(key.problem("notifications.sink.auth.key"));
+            }
+        }
+        None => {}
+    }
+    if notifications.timeout_ms == 0 {
+        problems.push("notifications.timeout_ms must be at least 1".to_owned());
+    }
+    if !(1..=20).contains(&notifications.max_attempts) {
+        problems.push(format!("notifications.max_attempts = {}: between 1 and 20", notifications.max_attempts));
+    }
+    if notifications.queue_capacity == 0 {
+        problems.push("notifications.queue_capacity must be at least 1".to_owned());
+    }
+    let stages = &notifications.expiry_warning_days;
+    if stages.iter().any(|days| !(1..=3660).contains(days)) {
+        problems.push(format!("notifications.expiry_warning_days {stages:?}: each stage 1 to 3660 days"));
+    }
+    let mut sorted = stages.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != stages.len() {
+        problems.push(format!("notifications.expiry_warning_days {stages:?}: a stage is listed twice"));
     }
 }
 

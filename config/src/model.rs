@@ -34,6 +34,9 @@ pub struct Config {
     /// Where failures past the retry cap are sent.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Rotation outcomes and expiry warnings published as CloudEvents to consumers.
+    #[serde(default)]
+    pub notifications: NotificationsConfig,
     /// The engine lease: one engine per vault.
     #[serde(default)]
     pub lease: LeaseConfig,
@@ -556,6 +559,121 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self { webhook_url: None, timeout_ms: default_alert_timeout(), repeat_after_secs: default_alert_repeat() }
     }
+}
+
+/// `[notifications]`: rotation outcomes (succeeded, failed, deferred) and multi-stage
+/// expiry warnings, published as CloudEvents 1.0 to one sink so consumers can refresh.
+/// Events name secrets and versions, never a value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Where events go (`[notifications.sink]`); unset: no notifications.
+    #[serde(default)]
+    pub sink: Option<NotificationSink>,
+    /// Timeout of one delivery try, milliseconds (default 5000).
+    #[serde(default = "default_notify_timeout")]
+    pub timeout_ms: u64,
+    /// Tries per event on a connection error, a timeout, 429 or 5xx (default 5), with
+    /// jittered exponential backoff; then the event is dropped and counted.
+    #[serde(default = "default_notify_attempts")]
+    pub max_attempts: u32,
+    /// Events waiting for delivery (default 1024); past it new events are dropped and
+    /// counted, so a slow sink never holds a rotation.
+    #[serde(default = "default_notify_queue")]
+    pub queue_capacity: usize,
+    /// Days before a latest version's `exp` at which the sweeper warns, once per stage
+    /// (default `[30, 7, 1]`); `[]` turns warnings off.
+    #[serde(default = "default_expiry_warning_days")]
+    pub expiry_warning_days: Vec<u32>,
+}
+
+fn default_notify_timeout() -> u64 {
+    5000
+}
+fn default_notify_attempts() -> u32 {
+    5
+}
+fn default_notify_queue() -> usize {
+    1024
+}
+fn default_expiry_warning_days() -> Vec<u32> {
+    vec![30, 7, 1]
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            sink: None,
+            timeout_ms: default_notify_timeout(),
+            max_attempts: default_notify_attempts(),
+            queue_capacity: default_notify_queue(),
+            expiry_warning_days: default_expiry_warning_days(),
+        }
+    }
+}
+
+/// `[notifications.sink]`: where CloudEvents are POSTed.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum NotificationSink {
+    /// Any HTTPS endpoint (plain http only to a loopback host): one structured-mode
+    /// CloudEvent (`application/cloudevents+json`) per POST.
+    Webhook {
+        /// The endpoint.
+        url: String,
+    },
+    /// An Event Grid custom topic whose input schema is CloudEvents 1.0.
+    EventGrid {
+        /// The topic endpoint, e.g. `https://<topic>.<region>-1.eventgrid.azure.net/api/events`.
+        topic_endpoint: String,
+        /// How the worker authenticates to the topic.
+        auth: EventGridAuth,
+    },
+}
+
+/// `[notifications.sink.auth]`: how the worker authenticates to an Event Grid topic.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum EventGridAuth {
+    /// An access key of the topic, sent as `aeg-sas-key`; read from an environment
+    /// variable or a file, never written in the configuration.
+    Key {
+        /// Where the key is read from.
+        #[serde(deserialize_with = "event_grid_key")]
+        key: SecretSource,
+    },
+    /// A Microsoft Entra ID token of the worker's own credential (`vault.credential`),
+    /// which needs the `EventGrid Data Sender` role on the topic.
+    EntraId {},
+}
+
+/// `notifications.sink.auth.key`: a [`SecretSource`] table; a plain value (a key written
+/// inline) is refused without repeating it: figment's own type error would quote it, and
+/// inside a tagged enum it names only `notifications.sink`, so the message names the key.
+fn event_grid_key<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretSource, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = SecretSource;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("{ env = \"NAME\" } or { file = \"/path\" }")
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretSource, E> {
+            Err(E::custom(
+                "notifications.sink.auth.key: a secret written inline is refused: the configuration \
+                 holds no secret; use key = { env = \"NAME\" } or key = { file = \"/path\" }",
+            ))
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretSource, E> {
+            self.visit_str("")
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretSource, E> {
+            self.visit_str("")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SecretSource, A::Error> {
+            SecretSource::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(Visitor)
 }
 
 /// A target profile: what kind of system, how to reach it, its admin login and the

@@ -46,6 +46,10 @@ lead_percent = 40
 [alerts]
 webhook_url = "https://alerts.example/hook"
 
+[notifications]
+expiry_warning_days = [14, 3]
+sink = { kind = "event-grid", topic_endpoint = "https://t.westeurope-1.eventgrid.azure.net/api/events", auth = { mode = "key", key = { env = "EG_KEY" } } }
+
 [lease]
 ttl_secs = 30
 
@@ -105,6 +109,7 @@ fn key() -> impl Strategy<Value = String> {
             "window_days", "lead_percent", "webhook_url", "timeout_ms", "ttl_secs", "settle_ms", "host", "port",
             "sslmode", "admin", "username", "secret", "password", "length", "symbols", "accounts", "path",
             "bcrypt_cost", "allow_admin_account", "vault", "webhook", "engine", "targets",
+            "sink", "topic_endpoint", "expiry_warning_days",
         ])
         .prop_map(str::to_owned),
         1 => "[A-Za-z_-]{1,10}",
@@ -164,6 +169,9 @@ fn line() -> impl Strategy<Value = String> {
             "engine.target_concurrency",
             "sweeper",
             "alerts",
+            "notifications",
+            "notifications.sink",
+            "notifications.sink.auth",
             "lease",
             "admin",
             "targets",
@@ -217,6 +225,7 @@ fn wrongly_typed() -> impl Strategy<Value = (String, String, &'static str)> {
         ("sweeper", "interval_secs"),
         ("sweeper", "lead_percent"),
         ("alerts", "timeout_ms"),
+        ("notifications", "queue_capacity"),
         ("lease", "ttl_secs"),
         ("webhook", "max_body_bytes"),
         ("webhook", "max_connections"),

@@ -17,7 +17,7 @@
 //!   [`ensure_log_capture`]); a `kv-rotator` child's stdout and stderr ([`tee_stdio`]),
 //!   its argv and environment and those of the `az`/`azd` helpers it starts
 //!   ([`record_spawn`]); the dev vault's tags, content types and attributes of every
-//!   write, the metrics expositions and the alert payloads ([`capture`]).
+//!   write, the metrics expositions, the alert and notification payloads ([`capture`]).
 //! - the **scanner** ([`scan`], the `leak-scan` binary): searches every captured file for
 //!   every recorded secret, as is and in the encodings text gives it.
 //!

@@ -3,13 +3,16 @@
 //! - [`Alert`]: what is reported — vault, secret, rotation id, versions, trigger,
 //!   attempts and the sanitized error. Never a password: the engine's errors never
 //!   carry one, and the alert is built from the report, not from secret values.
-//! - [`WebhookSink`]: a generic HTTP webhook; POSTs the alert as JSON.
+//! - [`WebhookSink`]: a generic HTTP webhook; POSTs the alert as JSON ([`crate::http_sink`]).
 
 use std::time::Duration;
 
+use reqwest::header::HeaderMap;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use crate::http_sink::{HttpSink, PostError};
 
 /// One failed rotation, as sinks receive it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,41 +91,26 @@ pub enum AlertError {
     },
 }
 
-/// A generic HTTP webhook sink: one POST of [`Alert::to_json`] per failure.
+/// A generic HTTP webhook sink: one POST of [`Alert::to_json`] per failure, through
+/// [`HttpSink`] (one try: the failed request's report waits for it).
 #[derive(Debug, Clone)]
 pub struct WebhookSink {
-    client: reqwest::Client,
-    url: String,
-    /// What messages show of `url`.
-    origin: String,
+    http: HttpSink,
 }
 
 impl WebhookSink {
     /// A sink POSTing to `url`, each request bounded by `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Self {
-        let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
-        let origin = reqwest::Url::parse(url)
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_else(|_| "(unparsable URL)".to_owned());
-        Self { client, url: url.to_owned(), origin }
+        Self { http: HttpSink::new(url, timeout) }
     }
 
     /// Sends one alert.
     pub async fn send(&self, alert: &Alert) -> Result<(), AlertError> {
-        let body = alert.to_json();
-        #[cfg(feature = "leak-ledger")]
-        kv_rotator_leakscan::capture("alerts", &body.to_string());
-        let response =
-            self.client.post(&self.url).json(&body).send().await.map_err(|e| AlertError::Unreachable {
-                url: self.origin.clone(),
-                detail: e.without_url().to_string(),
-            })?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(AlertError::Refused { url: self.origin.clone(), status: status.as_u16() })
-        }
+        let body = alert.to_json().to_string();
+        self.http.post("alerts", "application/json", HeaderMap::new(), body.as_bytes()).await.map_err(|e| match e {
+            PostError::Unreachable { origin, detail } => AlertError::Unreachable { url: origin, detail },
+            PostError::Refused { origin, status } => AlertError::Refused { url: origin, status },
+        })
     }
 }
 

@@ -15,6 +15,9 @@
 //!   and with `[admin.auth]` the authenticated admin API (`/api/...`).
 //! - [`listener`]: the hardened HTTP listener the webhook and the admin routes are served by.
 //! - [`alerts`]: the HTTP webhook alert sink for failed rotations.
+//! - [`notify`]: rotation outcomes and expiry warnings as CloudEvents to a webhook or an
+//!   Event Grid topic, from a bounded queue that never holds a rotation.
+//! - [`http_sink`]: the HTTP POST (timeout, retries, origin-only errors) both share.
 //! - [`lease`]: the engine lease in Key Vault: one engine per vault.
 //! - [`logging`]: log output; dependencies capped at INFO whatever `RUST_LOG` says.
 //! - [`service`]: runs the webhook, engine and sweeper together until shutdown.
@@ -39,10 +42,12 @@ pub mod credentials;
 pub mod engine;
 pub mod functions;
 pub mod hardening;
+pub mod http_sink;
 pub mod lease;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod service;
 pub mod standby;
 pub mod sweeper;

@@ -10,7 +10,7 @@
 //! `kv_rotator_rotation_duration_seconds{outcome}`, `kv_rotator_step_duration_seconds{step}`,
 //! `kv_rotator_sweeps_total{result}`, `kv_rotator_sweep_enqueued_total{reason}`,
 //! `kv_rotator_failure_tags_total{result}`, `kv_rotator_alerts_total{result}`,
-//! `kv_rotator_finish_retries_total`.
+//! `kv_rotator_notifications_total{event,result}`, `kv_rotator_finish_retries_total`.
 //! Labels carry names of outcomes, steps and triggers only — never a secret's value.
 //!
 //! The registry is the `prometheus-client` crate's (no global state; the OpenMetrics text
@@ -41,6 +41,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     ("kv_rotator_sweep_enqueued_total", "counter", "Rotations the sweeper enqueued, by reason."),
     ("kv_rotator_failure_tags_total", "counter", "Failure tags written on secrets after the retry cap, by result."),
     ("kv_rotator_alerts_total", "counter", "Alerts sent to the configured sinks, by result."),
+    (
+        "kv_rotator_notifications_total",
+        "counter",
+        "CloudEvents for consumers, by event and result (sent, failed after retries, dropped when the queue was full).",
+    ),
     (
         "kv_rotator_finish_retries_total",
         "counter",

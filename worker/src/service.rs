@@ -1,10 +1,10 @@
 //! Runs the webhook and the engine together: [`connect_store`] opens the vault,
 //! [`start`] binds the webhook to a listener and starts the engine behind a bounded
 //! queue, [`start_with`] adds the sweeper (journal resume, near-expiry scan), the alert
-//! sink and the admin listener (`/metrics`, `/healthz`, `/readyz`: [`crate::admin`]), and
-//! [`RunningService::shutdown`] stops them gracefully (the webhook first, the admin
-//! listener once the engine drained, then the engine lease the service was given is
-//! released). A service given a [`Standby`] instead of a lease serves its listeners at
+//! sink, notifications ([`crate::notify`]) and the admin listener (`/metrics`,
+//! `/healthz`, `/readyz`: [`crate::admin`]), and [`RunningService::shutdown`] stops them
+//! gracefully (the webhook first, queued notifications and the admin listener once the
+//! engine drained, then the engine lease the service was given is released). A service given a [`Standby`] instead of a lease serves its listeners at
 //! once and starts the engine and the sweeper only when its claims win the lease
 //! ([`RunningService::run_until`]).
 
@@ -35,6 +35,8 @@ use crate::engine::Engine;
 use crate::lease::LeaseGuard;
 use crate::listener::Limits;
 use crate::metrics::Metrics;
+use crate::notify::expiry::ExpiryWarnings;
+use crate::notify::Notifier;
 use crate::standby::{ClaimLoop, Standby, StandbyStatus};
 use crate::sweeper::Sweeper;
 use crate::targets::Targets;
@@ -71,7 +73,12 @@ pub struct RunningService {
     sweeper_task: Option<JoinHandle<()>>,
     lease: Option<LeaseGuard>,
     standby: Option<Waiting>,
+    /// Its queue gets [`NOTIFY_FLUSH`] at shutdown.
+    notifier: Option<Notifier>,
 }
+
+/// How long shutdown waits, once the engine drained, for queued notifications.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(10);
 
 /// What a service in standby starts once its claims win the lease.
 #[derive(Debug)]
@@ -114,6 +121,9 @@ pub struct Background {
     pub sweeper: Option<SweeperConfig>,
     /// Where failures past the retry cap are sent.
     pub alerts: AlertsConfig,
+    /// Where rotation outcomes and expiry warnings are published (`[notifications]`,
+    /// read by [`crate::notify::Sink::from_config`]); `None`: nowhere.
+    pub notifications: Option<crate::notify::Sink>,
     /// The engine lease this service holds (see [`crate::lease`]): released at shutdown;
     /// its loss ends [`RunningService::run_until`] with an error.
     pub lease: Option<LeaseGuard>,
@@ -162,6 +172,10 @@ pub async fn start_with(
     let mut engine =
         build_engine(store.clone(), targets, engine_config, &sweeper_config, &background.alerts, metrics.clone());
     let due_rule = engine.due_rule();
+    let notifier = background.notifications.map(|sink| sink.start(metrics.clone()));
+    if let Some(notifier) = &notifier {
+        engine = engine.with_notifier(notifier.clone());
+    }
     // The admin API's jobs follow their requests through the engine.
     let jobs = background.admin_auth.as_ref().filter(|_| background.admin.is_some()).map(|_| Arc::new(Jobs::default()));
     if let Some(jobs) = &jobs {
@@ -176,8 +190,13 @@ pub async fn start_with(
         engine = engine.with_lease(Arc::new(status.clone()));
     }
     let api_store = store.clone();
-    let sweeper =
-        background.sweeper.map(|config| Sweeper::new(store, queue_tx.clone(), config, due_rule, metrics.clone()));
+    let sweeper = background.sweeper.map(|config| {
+        let sweeper = Sweeper::new(store, queue_tx.clone(), config, due_rule, metrics.clone());
+        match notifier.as_ref().filter(|n| !n.expiry_stages().is_empty()) {
+            Some(notifier) => sweeper.with_expiry_warnings(ExpiryWarnings::new(notifier.clone(), &vault_name)),
+            None => sweeper,
+        }
+    });
     let mut readiness = Readiness::new(&queue_tx, background.lease.clone());
     let intake = Intake::default();
     if let (Some(standby), Some(status)) = (&background.standby, &standby_status) {
@@ -231,6 +250,7 @@ pub async fn start_with(
         sweeper_task,
         lease: background.lease,
         standby,
+        notifier,
     })
 }
 
@@ -345,6 +365,11 @@ impl RunningService {
         // The router, and with it the queue's sender, is gone: the engine drains and ends.
         if let Some(engine_task) = self.engine_task {
             engine_task.await.context("engine task")?;
+        }
+        if let Some(notifier) = &self.notifier {
+            if !notifier.flush(NOTIFY_FLUSH).await {
+                tracing::warn!("notifications still queued at shutdown were not delivered");
+            }
         }
         if let Some(admin) = self.admin {
             admin.stop().await?;

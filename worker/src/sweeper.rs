@@ -8,8 +8,9 @@
 //!   and (3) multi-password secrets whose old passwords' grace period is over
 //!   ([`crate::engine::retire`]), even with the due scan off: it finishes a rotation.
 //! - [`Sweeper`]: runs [`scan`] at startup and every `sweeper.interval_secs`, and
-//!   enqueues what it finds. Event Grid drops undeliverable events after 24 h and fires
-//!   NearExpiry once per version: this is what makes a missed event harmless.
+//!   enqueues what it finds; then the expiry warnings due ([`crate::notify::expiry`]).
+//!   Event Grid drops undeliverable events after 24 h and fires NearExpiry once per
+//!   version: this is what makes a missed event harmless.
 //!
 //! Requests name the version they saw, so they converge with deliveries and manual
 //! triggers of the same state on one rotation id.
@@ -30,6 +31,7 @@ use crate::engine::journal::{JOURNAL_PREFIX, RESERVED_PREFIX, TAG_JOURNAL_FOR, T
 use crate::engine::protocol::TAG_ROTATOR;
 use crate::engine::retire::retirement_hint_due;
 use crate::metrics::Metrics;
+use crate::notify::expiry::{Expiring, ExpiryWarnings};
 
 /// Why the sweeper enqueued a secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,8 @@ pub struct Scan {
     pub managed: usize,
     /// Secrets that could not be examined (their names and why).
     pub skipped: Vec<(String, String)>,
+    /// Managed secrets whose latest version is enabled and has an `exp`, as listed.
+    pub expiring: Vec<Expiring>,
 }
 
 /// Whether a managed secret's latest version is due under `rule`, and why.
@@ -131,6 +135,9 @@ pub async fn scan(store: &dyn SecretStore, rule: Option<&DueRule>) -> Result<Sca
             continue;
         }
         scan.managed += 1;
+        if let (true, Some(expires)) = (properties.enabled, properties.expires) {
+            scan.expiring.push(Expiring { secret: properties.name.clone(), expires });
+        }
         let Some(reason) = wanted(&properties, now, rule) else { continue };
         // The listing names no version: read the latest to name the one seen, and judge
         // that version (a rotation may have written a new one since the listing).
@@ -180,6 +187,7 @@ pub struct Sweeper {
     config: SweeperConfig,
     rule: DueRule,
     metrics: Arc<Metrics>,
+    warnings: Option<ExpiryWarnings>,
 }
 
 impl Sweeper {
@@ -191,7 +199,13 @@ impl Sweeper {
         rule: DueRule,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, queue, config, rule, metrics }
+        Self { store, queue, config, rule, metrics, warnings: None }
+    }
+
+    /// After each sweep, sends the expiry warnings due ([`crate::notify::expiry`]).
+    pub fn with_expiry_warnings(mut self, warnings: ExpiryWarnings) -> Self {
+        self.warnings = Some(warnings);
+        self
     }
 
     /// One scan, enqueued; returns the number of requests enqueued.
@@ -208,6 +222,8 @@ impl Sweeper {
         for (name, why) in &scan.skipped {
             warn!(secret = %name, error = %why, "sweeper could not read a secret near expiry");
         }
+        let queued: std::collections::HashSet<String> =
+            scan.requests.iter().map(|(request, _)| request.secret_name.clone()).collect();
         let mut enqueued = 0;
         for (request, reason) in scan.requests {
             self.metrics.inc("kv_rotator_sweep_enqueued_total", &[("reason", reason.as_str())]);
@@ -215,6 +231,9 @@ impl Sweeper {
                 break; // the engine stopped: shutting down
             }
             enqueued += 1;
+        }
+        if let Some(warnings) = &self.warnings {
+            warnings.after_sweep(&scan.expiring, &queued, OffsetDateTime::now_utc());
         }
         info!(managed = scan.managed, enqueued, "sweep done");
         Ok(enqueued)

@@ -148,7 +148,8 @@ async fn serve(
         TcpListener::bind(args.listen).await.with_context(|| format!("cannot bind the webhook on {}", args.listen))?;
     let admin = crate::admin::bind(&config.admin, args.admin_listen).await?;
     let admin_auth = crate::admin::api_auth(&config.admin, admin.as_ref())?;
-    let background = service::Background { lease: Some(lease), admin, admin_auth, ..Default::default() };
+    let notifications = crate::notify::Sink::from_config(&config.notifications, &config.vault)?;
+    let background = service::Background { lease: Some(lease), admin, admin_auth, notifications, ..Default::default() };
     let running =
         service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await?;
     // Where everything is, for scripts and tests (ports may have been chosen by the OS).

@@ -62,8 +62,13 @@ pub async fn run(args: FunctionsArgs) -> anyhow::Result<()> {
     let targets = Targets::from_profiles(&config.targets)?;
     let timings = LeaseTimings::from_config(&config.lease)?;
     let metrics = Arc::new(Metrics::default());
-    let engine =
+    let mut engine =
         service::build_engine(store.clone(), targets, config.engine.clone(), &config.sweeper, &config.alerts, metrics);
+    // Outcomes only: an instance's memory is too short-lived for once-per-stage warnings.
+    if let Some(sink) = crate::notify::Sink::from_config(&config.notifications, &config.vault)? {
+        let notifier = sink.start(engine.metrics());
+        engine = engine.with_notifier(notifier);
+    }
     let deadlines = Deadlines {
         event: Duration::from_secs(args.event_deadline_secs),
         sweep: Duration::from_secs(args.sweep_deadline_secs),

@@ -55,6 +55,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let background = service::Background {
             sweeper: Some(config.sweeper.clone()),
             alerts: config.alerts.clone(),
+            notifications: crate::notify::Sink::from_config(&config.notifications, &config.vault)?,
             lease: lease.clone(),
             standby,
             admin_auth: crate::admin::api_auth(&config.admin, admin.as_ref())?,

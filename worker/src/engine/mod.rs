@@ -15,7 +15,8 @@
 //! - [`locks`]: per-secret mutual exclusion.
 //! - [`failpoints`]: step-boundary pauses for the crash suite (feature `failpoints`).
 //! - [`Engine::run`]: takes requests off the queue, bounded by `engine.concurrency`
-//!   (and `engine.target_concurrency` per profile), and publishes a [`RotationReport`].
+//!   (and `engine.target_concurrency` per profile), and publishes a [`RotationReport`]
+//!   (and, with a notifier, its CloudEvent for consumers: [`crate::notify`]).
 
 pub mod due;
 pub mod failpoints;
@@ -431,6 +432,8 @@ pub struct Engine {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// Told when each request starts and ends (the admin API's job records).
     observer: Option<Arc<dyn RequestObserver>>,
+    /// Publishes outcomes to consumers (`[notifications]`), without waiting.
+    notifier: Option<crate::notify::Notifier>,
 }
 
 /// Told of every request's start (its secret's lock and a slot taken) and end (its
@@ -469,7 +472,14 @@ impl Engine {
             permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             observer: None,
+            notifier: None,
         }
+    }
+
+    /// Publishes every request's outcome to consumers through `notifier` ([`crate::notify`]).
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// Tells `observer` of every request's start and end.
@@ -666,6 +676,9 @@ impl Engine {
             // engine may be at work on the vault.
             if matches!(report.outcome, Outcome::Failed { .. }) && !lease_lost {
                 self.report_failure(&report).await;
+            }
+            if let Some(notifier) = self.notifier.as_ref().filter(|_| !lease_lost) {
+                notifier.rotation_finished(&report);
             }
             if let Some(observer) = &self.observer {
                 observer.finished(&report);

@@ -1,0 +1,376 @@
+//! Notifications for consumers: rotation outcomes and expiry warnings, published as
+//! CloudEvents 1.0 (structured JSON mode, `application/cloudevents+json`) to the sink of
+//! `[notifications]` — any HTTPS webhook, or an Event Grid custom topic (key or Entra ID)
+//! — so a consumer can refresh (a Power Automate flow, an app restart).
+//!
+//! - [`CloudEvent`], [`rotation_event`]: which engine outcome becomes which event type
+//!   (docs/architecture.md, "Notifications"). Events carry names, versions, ids, the
+//!   trigger's kind, the outcome and times: never a value, nor an error text (which quotes
+//!   what a target said).
+//! - [`Notifier`]: a bounded queue and one delivery task. [`Notifier::publish`] never
+//!   waits: a full queue drops the event and counts it, so a slow or hanging sink never
+//!   holds a rotation. Deliveries go through [`crate::http_sink`] (timeout, retries on
+//!   429/5xx with backoff), as the alerts' do.
+//! - [`expiry`]: the sweeper's multi-stage expiry warnings, each stage once per version.
+
+pub mod expiry;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use azure_core::credentials::TokenCredential;
+use kv_rotator_config::{EventGridAuth, NotificationSink, NotificationsConfig, VaultConfig};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, Notify};
+use tracing::warn;
+
+use crate::engine::{trigger_kind, Outcome, RotationReport};
+use crate::http_sink::HttpSink;
+use crate::metrics::Metrics;
+
+/// A rotation wrote a new version: consumers can read it now.
+pub const TYPE_SUCCEEDED: &str = "kv-rotator.rotation.succeeded";
+/// A rotation failed past its retries.
+pub const TYPE_FAILED: &str = "kv-rotator.rotation.failed";
+/// A rotation was asked for and put off: no new version yet.
+pub const TYPE_DEFERRED: &str = "kv-rotator.rotation.deferred";
+/// A latest version nears its `exp` (a configured stage) and no rotation replaced it.
+pub const TYPE_EXPIRY_WARNING: &str = "kv-rotator.secret.expiry-warning";
+
+/// The media type of one structured-mode CloudEvent.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json; charset=utf-8";
+
+/// The scope of an Entra ID token for Event Grid's data plane.
+pub const EVENT_GRID_SCOPE: &str = "https://eventgrid.azure.net/.default";
+
+/// One CloudEvent 1.0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudEvent {
+    /// `type`: one of the `TYPE_*` constants.
+    pub event_type: &'static str,
+    /// `subject`: the secret's name.
+    pub subject: String,
+    /// The vault, for `source`.
+    pub vault: String,
+    /// `data`.
+    pub data: Value,
+    /// `time`.
+    pub time: OffsetDateTime,
+}
+
+impl CloudEvent {
+    /// The event's `source`: `/kv-rotator/vaults/<vault>`.
+    pub fn source(&self) -> String {
+        format!("/kv-rotator/vaults/{}", self.vault)
+    }
+
+    /// The structured-mode JSON document, with a fresh `id`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "specversion": "1.0",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "type": self.event_type,
+            "source": self.source(),
+            "subject": self.subject,
+            "time": rfc3339(self.time),
+            "datacontenttype": "application/json",
+            "data": self.data,
+        })
+    }
+
+    /// The metrics label of its type: `succeeded`, `failed`, `deferred`, `expiry_warning`.
+    fn label(&self) -> &'static str {
+        match self.event_type {
+            TYPE_SUCCEEDED => "succeeded",
+            TYPE_FAILED => "failed",
+            TYPE_DEFERRED => "deferred",
+            _ => "expiry_warning",
+        }
+    }
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The event a finished request publishes, if any: `Rotated` is succeeded, `Failed`
+/// failed, `TooSoon` deferred (a rotation was asked for and `min_rotation_interval_secs`
+/// put it off). The rest tell consumers nothing new: `AlreadyRotated` and `Stale` (the
+/// version that rotation wrote was announced then), `NotDue` (nothing asked a rotation
+/// that was owed), `Retired` (no new version), `NotManaged`, `NotFound`, `OtherVault`.
+pub fn rotation_event(report: &RotationReport) -> Option<CloudEvent> {
+    let request = &report.request;
+    let now = OffsetDateTime::now_utc();
+    let mut data = json!({
+        "vault": request.vault_name,
+        "secret": request.secret_name,
+        "rotationId": report.rotation_id,
+        "trigger": trigger_kind(&request.trigger),
+        "outcome": report.outcome.kind(),
+        "time": rfc3339(now),
+    });
+    let event_type = match &report.outcome {
+        Outcome::Rotated { old_version, new_version, expires } => {
+            data["version"] = json!(new_version);
+            data["previousVersion"] = json!(old_version);
+            data["expires"] = json!(rfc3339(*expires));
+            TYPE_SUCCEEDED
+        }
+        Outcome::Failed { attempts, unfinished_journal, .. } => {
+            data["version"] = json!(request.version);
+            data["attempts"] = json!(attempts);
+            // The target may already use a password only the journal record holds:
+            // consumers of the latest version are refused until the sweeper finishes it.
+            data["targetChanged"] = json!(unfinished_journal.is_some());
+            TYPE_FAILED
+        }
+        Outcome::TooSoon { version, allowed_at } => {
+            data["version"] = json!(version);
+            data["retryAfter"] = json!(rfc3339(*allowed_at));
+            TYPE_DEFERRED
+        }
+        _ => return None,
+    };
+    Some(CloudEvent {
+        event_type,
+        subject: request.secret_name.clone(),
+        vault: request.vault_name.clone(),
+        data,
+        time: now,
+    })
+}
+
+/// How deliveries authenticate.
+#[derive(Clone)]
+enum Auth {
+    /// Nothing but what the URL carries (a webhook).
+    None,
+    /// An Event Grid topic key, as `aeg-sas-key`.
+    Key(SecretString),
+    /// A bearer token of this credential for [`EVENT_GRID_SCOPE`].
+    EntraId(Arc<dyn TokenCredential>),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::None => "None",
+            Auth::Key(_) => "Key(..)",
+            Auth::EntraId(_) => "EntraId(..)",
+        })
+    }
+}
+
+/// Where events go and how, read from `[notifications]` before the service starts (so
+/// a missing key stops it with the key's name); [`Sink::start`] starts delivering.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    http: HttpSink,
+    auth: Auth,
+    queue_capacity: usize,
+    /// The expiry warning stages, in days, ascending.
+    expiry_stages: Vec<u32>,
+}
+
+impl Sink {
+    /// The sink of `config`, if one is set: the Event Grid key read from its source, an
+    /// Entra ID credential built from `vault.credential` (the identity the worker reads
+    /// Key Vault with).
+    pub fn from_config(config: &NotificationsConfig, vault: &VaultConfig) -> anyhow::Result<Option<Sink>> {
+        let (url, auth) = match &config.sink {
+            None => return Ok(None),
+            Some(NotificationSink::Webhook { url }) => (url.clone(), Auth::None),
+            Some(NotificationSink::EventGrid { topic_endpoint, auth }) => {
+                let auth = match auth {
+                    EventGridAuth::Key { key } => {
+                        Auth::Key(crate::service::read_secret("notifications.sink.auth.key", key)?)
+                    }
+                    EventGridAuth::EntraId {} => Auth::EntraId(
+                        crate::credentials::credential(&vault.credential)
+                            .context("notifications.sink.auth (entra-id) uses vault.credential")?,
+                    ),
+                };
+                (event_grid_url(topic_endpoint)?, auth)
+            }
+        };
+        Ok(Some(Sink::new(&url, auth, config)))
+    }
+
+    fn new(url: &str, auth: Auth, config: &NotificationsConfig) -> Sink {
+        let http = HttpSink::new(url, Duration::from_millis(config.timeout_ms)).with_attempts(config.max_attempts);
+        let mut expiry_stages = config.expiry_warning_days.clone();
+        expiry_stages.sort_unstable();
+        Sink { http, auth, queue_capacity: config.queue_capacity.max(1), expiry_stages }
+    }
+
+    /// A webhook sink at `url` (tests, tools).
+    pub fn webhook(url: &str, config: &NotificationsConfig) -> Sink {
+        Sink::new(url, Auth::None, config)
+    }
+
+    /// An Event Grid topic sink at `topic_endpoint` with `key` (tests, tools).
+    pub fn event_grid_with_key(topic_endpoint: &str, key: SecretString, config: &NotificationsConfig) -> Sink {
+        let url = event_grid_url(topic_endpoint).unwrap_or_else(|_| topic_endpoint.to_owned());
+        Sink::new(&url, Auth::Key(key), config)
+    }
+
+    /// An Event Grid topic sink at `topic_endpoint` authenticated by `credential` (tests, tools).
+    pub fn event_grid_with_credential(
+        topic_endpoint: &str,
+        credential: Arc<dyn TokenCredential>,
+        config: &NotificationsConfig,
+    ) -> Sink {
+        let url = event_grid_url(topic_endpoint).unwrap_or_else(|_| topic_endpoint.to_owned());
+        Sink::new(&url, Auth::EntraId(credential), config)
+    }
+
+    /// Starts the delivery task; events are counted in `metrics`.
+    pub fn start(self, metrics: Arc<Metrics>) -> Notifier {
+        let (queue, events) = mpsc::channel(self.queue_capacity);
+        let pending = Arc::new(Pending::default());
+        let expiry_stages = self.expiry_stages.clone();
+        tokio::spawn(deliver(self, events, metrics.clone(), pending.clone()));
+        Notifier { queue, metrics, pending, deferred_sent: Arc::default(), expiry_stages }
+    }
+
+    /// Sends one event: the auth header, then the POST with its retries.
+    async fn send(&self, event: &CloudEvent) -> Result<(), String> {
+        let mut headers = HeaderMap::new();
+        match &self.auth {
+            Auth::None => {}
+            Auth::Key(key) => {
+                let mut value = HeaderValue::from_str(key.expose_secret())
+                    .map_err(|_| "notifications.sink.auth.key is not a valid header value".to_owned())?;
+                value.set_sensitive(true);
+                headers.insert("aeg-sas-key", value);
+            }
+            Auth::EntraId(credential) => {
+                let token = credential
+                    .get_token(&[EVENT_GRID_SCOPE], None)
+                    .await
+                    .map_err(|e| format!("no Entra ID token for Event Grid: {e}"))?;
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.token.secret()))
+                    .map_err(|_| "the Entra ID token is not a valid header value".to_owned())?;
+                value.set_sensitive(true);
+                headers.insert(AUTHORIZATION, value);
+            }
+        }
+        let body = event.to_json().to_string();
+        self.http.post("notifications", CLOUDEVENTS_JSON, headers, body.as_bytes()).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The topic endpoint with Event Grid's `api-version` (added when the URL has none).
+fn event_grid_url(topic_endpoint: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(topic_endpoint).context("notifications.sink.topic_endpoint")?;
+    if !url.query_pairs().any(|(k, _)| k == "api-version") {
+        url.query_pairs_mut().append_pair("api-version", "2018-01-01");
+    }
+    Ok(url.into())
+}
+
+/// The publishing end of the notification queue; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    queue: mpsc::Sender<CloudEvent>,
+    metrics: Arc<Metrics>,
+    pending: Arc<Pending>,
+    /// (secret, version) pairs a deferred event went out for: a storm of triggers within
+    /// the minimum interval announces each version's deferral once.
+    deferred_sent: Arc<Mutex<HashSet<(String, String)>>>,
+    expiry_stages: Vec<u32>,
+}
+
+/// Deferrals remembered before the memory starts over (one event may then repeat).
+const DEFERRALS_REMEMBERED: usize = 10_000;
+
+impl Notifier {
+    /// Queues `event` without waiting; a full queue drops it (counted and logged).
+    pub fn publish(&self, event: CloudEvent) {
+        let label = event.label();
+        self.pending.add();
+        if self.queue.try_send(event).is_err() {
+            self.pending.done();
+            self.metrics.inc("kv_rotator_notifications_total", &[("event", label), ("result", "dropped")]);
+            warn!(event = label, "notification queue full (or closed): event dropped");
+        }
+    }
+
+    /// Publishes the event of a finished request ([`rotation_event`]), if it has one.
+    pub fn rotation_finished(&self, report: &RotationReport) {
+        let Some(event) = rotation_event(report) else { return };
+        if event.event_type == TYPE_DEFERRED {
+            let key = (report.request.secret_name.to_ascii_lowercase(), event.data["version"].to_string());
+            let mut sent = self.deferred_sent.lock().expect("deferral memory poisoned");
+            if sent.len() >= DEFERRALS_REMEMBERED {
+                sent.clear();
+            }
+            if !sent.insert(key) {
+                return;
+            }
+        }
+        self.publish(event);
+    }
+
+    /// The expiry warning stages, in days, ascending.
+    pub fn expiry_stages(&self) -> &[u32] {
+        &self.expiry_stages
+    }
+
+    /// Waits until every queued event was delivered (or given up), at most `within`;
+    /// whether the queue is empty. For shutdown, after the engine drained.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.pending.idle.notified();
+            if self.pending.count.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.pending.count.load(Ordering::SeqCst) == 0;
+            }
+        }
+    }
+}
+
+/// Events queued or being delivered, for [`Notifier::flush`].
+#[derive(Debug, Default)]
+struct Pending {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Pending {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+/// The delivery task: one event at a time, in order, until every sender is gone.
+async fn deliver(sink: Sink, mut events: mpsc::Receiver<CloudEvent>, metrics: Arc<Metrics>, pending: Arc<Pending>) {
+    while let Some(event) = events.recv().await {
+        let label = event.label();
+        let result = match sink.send(&event).await {
+            Ok(()) => "sent",
+            Err(error) => {
+                warn!(event = label, secret = %event.subject, %error, "notification not delivered");
+                "failed"
+            }
+        };
+        metrics.inc("kv_rotator_notifications_total", &[("event", label), ("result", result)]);
+        pending.done();
+    }
+}
