@@ -63,7 +63,7 @@ unset KVR_LEAK_LEDGER KVR_LEAK_SCAN_DIR RUST_TEST_NOCAPTURE
 # A full run must have captured every stream, or the scan would prove nothing there.
 require=()
 if [ $# -eq 0 ]; then
-    require=(--require cargo-test,crash-matrix,log,stdout,stderr,spawn,devvault,metrics,alerts)
+    require=(--require cargo-test,crash-matrix,log,stdout,stderr,spawn,devvault,metrics,alerts,notifications)
 fi
 # The scanner is outside the default members (so `cargo run -- demo` finds one binary).
 if ! cargo run --locked --quiet -p kv-rotator-leakscan --bin leak-scan -- --ledger "$ledger" --dir "$captured" "${require[@]}"; then
