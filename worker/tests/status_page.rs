@@ -155,6 +155,28 @@ async fn without_a_session_or_from_another_site_nothing_is_shown_or_rotated() {
     let (status, location) = post_rotate(admin, &cookie, Some(&csrf), same_origin).await;
     assert_eq!(status, 303);
     assert!(location.starts_with("/status/jobs/"), "{location}");
+    let job_page = |location: String| {
+        let cookie = cookie.clone();
+        async move {
+            let response = client().get(format!("http://{admin}{location}")).header("cookie", cookie).send().await;
+            response.unwrap().text().await.unwrap()
+        }
+    };
+    assert!(!job_page(location).await.contains("(forced)"));
+    // Forced only with the box ticked; a body over the limit is refused before it is read.
+    let rotate = format!("http://{admin}/status/rotate");
+    let fields = [("csrf", csrf.as_str()), ("secret", "alpha-password"), ("reason", "leak"), ("force", "yes")];
+    let forced = post_form(rotate.clone(), &cookie, HeaderMap::new(), &fields).await;
+    assert_eq!(forced.status(), 303);
+    assert!(job_page(forced.headers()["location"].to_str().unwrap().to_owned()).await.contains("(forced)"));
+    let long = "x".repeat(9 * 1024);
+    let fields = [("csrf", csrf.as_str()), ("secret", "alpha-password"), ("reason", long.as_str())];
+    assert_eq!(post_form(rotate.clone(), &cookie, HeaderMap::new(), &fields).await.status(), 413);
+    // A reason the API refuses: its words, escaped, on a page.
+    let fields = [("csrf", csrf.as_str()), ("secret", "alpha-password"), ("reason", "a\u{202e}<b>")];
+    let refused = post_form(rotate, &cookie, HeaderMap::new(), &fields).await;
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("reason: control or invisible formatting character at position 1"));
 
     // Logged out: the session is gone.
     let response =
