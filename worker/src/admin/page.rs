@@ -281,6 +281,8 @@ async fn post_rotate(State(state): State<PageState>, headers: HeaderMap, Form(fo
         Ok(id) => Redirect::to(&format!("{JOBS_PATH}/{id}")).into_response(),
         Err(refused) => {
             let (status, why) = refusal_text(refused).await;
+            warn!(target: "kv_rotator::admin", who = %session.who, status = status.as_u16(),
+                  "status page rotation refused: {why}");
             page(status, html::message("Rotation refused", &why))
         }
     }

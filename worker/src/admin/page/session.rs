@@ -6,6 +6,7 @@
 //! out), at most [`MAX_SESSIONS`]: a new one pushes out the one closest to its end.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ pub const MAX_SESSIONS: usize = 64;
 const ID_BYTES: usize = 32;
 
 /// A logged-in browser.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     /// Who logged in (the admin API's caller name), for the log and the jobs.
     pub who: String,
@@ -35,6 +36,12 @@ pub struct Session {
     serial: u64,
 }
 
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("who", &self.who).finish_non_exhaustive()
+    }
+}
+
 impl Session {
     /// Whether `presented` is this session's CSRF token, compared in constant time.
     pub fn csrf_matches(&self, presented: &str) -> bool {
@@ -43,10 +50,17 @@ impl Session {
 }
 
 /// The sessions of a running service.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Sessions {
     by_digest: Mutex<HashMap<[u8; 32], Session>>,
     opened: AtomicU64,
+}
+
+impl fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let open = self.by_digest.lock().map_or(0, |s| s.len());
+        f.debug_struct("Sessions").field("open", &open).finish_non_exhaustive()
+    }
 }
 
 fn random_hex() -> String {
@@ -139,6 +153,7 @@ mod tests {
         let found = sessions.find(&headers).unwrap();
         assert_eq!(found.who, "static-token");
         assert!(found.csrf_matches(&session.csrf));
+        assert!(!format!("{found:?} {sessions:?}").contains(&session.csrf), "no token in Debug");
         assert!(!found.csrf_matches("") && !found.csrf_matches(&id));
         // Another id of the same shape, a malformed one, none: no session.
         assert!(sessions.find(&with_cookie(&format!("{COOKIE}={}", "0".repeat(64)))).is_none());
