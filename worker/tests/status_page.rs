@@ -295,7 +295,7 @@ async fn in_chromium_an_operator_logs_in_sees_the_secrets_and_rotates_one() {
     let jobs = browser.text(&browser.wait_for("table#jobs", Duration::from_secs(30)).await).await;
     assert!(jobs.contains("INC-7 browser drill") && jobs.contains("alpha-password: rotated"), "{jobs}");
     std::fs::write(target_dir().join("status-page.png"), browser.screenshot().await).unwrap();
-    browser.close().await;
+    drop(browser); // the browser quits
     running.shutdown().await.unwrap();
     site.vault.shutdown().await;
 }

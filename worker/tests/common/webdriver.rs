@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // not every suite uses every helper
 
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,13 @@ use super::proc::Proc;
 /// The key of an element reference in WebDriver answers.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A browser session; the driver process is killed on drop.
+/// A browser session. On drop (also when a test panics) the session is ended, so the
+/// browser quits, and then the driver process is killed.
 pub struct Browser {
     http: reqwest::Client,
+    /// `http://127.0.0.1:<port>/session/<id>`.
     session: String,
+    driver_port: u16,
     _driver: Proc,
 }
 
@@ -49,7 +53,7 @@ impl Browser {
         let answer: Value =
             http.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
         let session = answer["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {answer}"));
-        Browser { http, session: format!("{base}/session/{session}"), _driver: driver }
+        Browser { http, session: format!("{base}/session/{session}"), driver_port: port, _driver: driver }
     }
 
     /// A command's `value`; panics with the driver's error.
@@ -131,9 +135,25 @@ impl Browser {
         let encoded = self.command("GET", "/screenshot", None).await;
         base64::engine::general_purpose::STANDARD.decode(encoded.as_str().unwrap()).unwrap()
     }
+}
 
-    /// Ends the session (the browser quits).
-    pub async fn close(self) {
-        self.http.delete(&self.session).send().await.unwrap();
+impl Drop for Browser {
+    /// `DELETE /session/<id>` over a plain blocking socket (no runtime in a drop): Chromium
+    /// would outlive its killed driver otherwise.
+    fn drop(&mut self) {
+        let Some(path) = self.session.split_once(&format!(":{}", self.driver_port)).map(|(_, path)| path.to_owned())
+        else {
+            return;
+        };
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.driver_port)) else { return };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "DELETE {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.driver_port
+        );
+        if stream.write_all(request.as_bytes()).is_ok() {
+            // The answer comes once the browser has quit; its first bytes are enough.
+            let _ = stream.read(&mut [0u8; 512]);
+        }
     }
 }
