@@ -37,6 +37,14 @@ if ! pkg-config --exists openssl 2>/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
 fi
 
+# The status page's browser test (worker/tests/status_page.rs) drives headless Chromium
+# through chromedriver; it saves target/status-page.png, which CI keeps.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "== installing chromium and chromium-driver (for the status page's browser test)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # The leak scanner (docs/security.md, "Leak scanner"): the suite runs as a `leak-ledger`
 # build, which records every password and verifier it generates or handles in a ledger and
 # captures what leaves kv-rotator (logs at every level, a child's output, argv and

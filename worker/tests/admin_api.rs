@@ -21,10 +21,8 @@ use kv_rotator::admin::api::{self, ApiState};
 use kv_rotator::admin::auth::AdminAuth;
 use kv_rotator::admin::jobs::Jobs;
 use kv_rotator::admin::Readiness;
-use kv_rotator::service::{self, Background, RunningService};
-use kv_rotator::targets::Targets;
-use kv_rotator_config::figment::providers::Format as _;
-use kv_rotator_config::{AdminAuthConfig, EngineConfig, WebhookConfig};
+use kv_rotator::service::RunningService;
+use kv_rotator_config::AdminAuthConfig;
 use kv_rotator_webhook::RotationRequest;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -35,28 +33,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 const TOKEN: &str = "admin-token-0123456789-abcdefghijklmnop";
 const ROLE: &str = "KvRotator.Rotate";
 
-fn targets(site: &DevSite) -> Targets {
-    let toml = format!("{}{}", site.vault_toml(), site.htpasswd_target_toml());
-    let figment = kv_rotator_config::figment::Figment::from(kv_rotator_config::figment::providers::Toml::string(&toml));
-    let config = kv_rotator_config::load::from_figment(figment).unwrap();
-    Targets::from_profiles(&config.targets).unwrap()
-}
-
 /// The service in process, its admin API authenticated by `auth`.
 async fn service(site: &DevSite, auth: AdminAuth) -> (RunningService, SocketAddr) {
-    let background = Background {
-        admin: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
-        admin_auth: Some(auth),
-        ..Default::default()
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let engine = EngineConfig { initial_backoff_ms: 10, max_backoff_ms: 20, max_attempts: 2, ..Default::default() };
-    let running =
-        service::start_with(site.store.clone(), targets(site), engine, &WebhookConfig::default(), background, listener)
-            .await
-            .unwrap();
-    let admin = running.admin_addr.unwrap();
-    (running, admin)
+    site.admin_service(auth).await
 }
 
 fn static_token() -> AdminAuth {

@@ -41,6 +41,7 @@ use uuid::Uuid;
 use super::auth::AdminAuth;
 use super::jobs::{self, Job, JobSecret, Jobs};
 use super::Readiness;
+use crate::cli::status::StatusView;
 use crate::engine::due::DueRule;
 use crate::logging::sanitized;
 
@@ -144,6 +145,21 @@ fn unavailable(body: serde_json::Value) -> Response {
 /// that says another site sent it. Tools (curl, `kv-rotator rotate`) send neither of the
 /// latter and name the address they connect to.
 fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
+    if let Some(why) = foreign_host(headers) {
+        return Some(why);
+    }
+    if headers.contains_key(header::ORIGIN) {
+        return Some("a browser sent it for a web page (Origin)");
+    }
+    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() != b"none" && v.as_bytes() != b"same-origin") {
+        return Some("a browser sent it for another site (Sec-Fetch-Site)");
+    }
+    None
+}
+
+/// Why the `Host` header is refused, if it is: it names a site, not an IP literal or
+/// `localhost` (DNS rebinding). Also the status page's first check ([`super::page`]).
+pub(super) fn foreign_host(headers: &HeaderMap) -> Option<&'static str> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     // An IP literal (v4, or v6 in brackets) or localhost, with or without a port.
     let name = match host.strip_prefix('[') {
@@ -152,12 +168,6 @@ fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
     };
     if !(name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()) {
         return Some("the Host header names a site, not this listener's address (DNS rebinding)");
-    }
-    if headers.contains_key(header::ORIGIN) {
-        return Some("a browser sent it for a web page (Origin)");
-    }
-    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() != b"none" && v.as_bytes() != b"same-origin") {
-        return Some("a browser sent it for another site (Sec-Fetch-Site)");
     }
     None
 }
@@ -453,39 +463,76 @@ async fn post_rotations(
         Ok(body) => body,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {}", sanitized(&e.to_string(), 300))),
     };
-    let Asked { selection, reason, force, concurrency } = match validate(body) {
+    let asked = match validate(body) {
         Ok(valid) => valid,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    if let Err(why) = state.readiness.takes_requests() {
-        return unavailable(json!({ "error": format!("no rotation is taken now: {why}"), "queued": [] }));
+    let id = match start_job(&state, &who, asked).await {
+        Ok(id) => id,
+        Err(refused) => return refused,
+    };
+    let job = state.jobs.get(&id).map(|job| json!(job)).unwrap_or_else(|| json!({ "id": id }));
+    let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/rotations/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
     }
-    let Ok(_reading) = state.vault_calls.clone().try_acquire_owned() else { return busy() };
+    response
+}
+
+/// A job of one secret asked for by the status page ([`super::page`]): checked as a body
+/// of `POST /api/rotations` naming it, then started as that route starts one; its id.
+pub(super) async fn start_one(
+    state: &ApiState,
+    who: &str,
+    secret: String,
+    reason: String,
+    force: bool,
+) -> Result<Uuid, Response> {
+    let body = RotationBody {
+        secrets: Some(vec![secret]),
+        tag: None,
+        all: None,
+        reason: Some(reason),
+        force,
+        concurrency: None,
+    };
+    let asked = validate(body).map_err(|why| error(StatusCode::BAD_REQUEST, why))?;
+    start_job(state, who, asked).await
+}
+
+/// Reads the selected secrets, queues them (all or none, or fed under the job's
+/// concurrency limit) and remembers the job; its id, or the answer that refuses it.
+async fn start_job(state: &ApiState, who: &str, asked: Asked) -> Result<Uuid, Response> {
+    let Asked { selection, reason, force, concurrency } = asked;
+    if let Err(why) = state.readiness.takes_requests() {
+        return Err(unavailable(json!({ "error": format!("no rotation is taken now: {why}"), "queued": [] })));
+    }
+    let Ok(_reading) = state.vault_calls.clone().try_acquire_owned() else { return Err(busy()) };
     let selected = selection.describe();
     let names = match names_of(state.store.as_ref(), selection).await {
         Ok(names) => names,
         Err(e) => {
             let why = sanitized(&format!("cannot list the vault's secrets: {e}"), 500);
-            return unavailable(json!({ "error": why, "queued": [] }));
+            return Err(unavailable(json!({ "error": why, "queued": [] })));
         }
     };
     // Before any secret is read: a job the queue could never hold reads nothing (one with
     // a concurrency limit holds at most that many places at once).
     let capacity = state.queue.upgrade().map_or(0, |queue| queue.max_capacity());
     if concurrency.is_none() && names.len() > capacity {
-        return too_large(names.len(), capacity, "read or queued");
+        return Err(too_large(names.len(), capacity, "read or queued"));
     }
     let id = Uuid::new_v4();
-    let trigger_by = jobs::requested_by(&who, id);
+    let trigger_by = jobs::requested_by(who, id);
     let (entries, requests) = resolve(&state.store, &names, &trigger_by, force).await;
     let Some(queue) = state.queue.upgrade() else {
-        return unavailable(json!({ "error": "the service is shutting down", "queued": [] }));
+        return Err(unavailable(json!({ "error": "the service is shutting down", "queued": [] })));
     };
     let created = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
     let job = Job {
         id,
         created,
-        requested_by: who.clone(),
+        requested_by: who.to_owned(),
         reason: reason.clone(),
         force,
         concurrency,
@@ -497,18 +544,13 @@ async fn post_rotations(
         state.jobs.insert(job);
         tokio::spawn(jobs::feed(state.jobs.clone(), id, requests, state.queue.clone()));
     } else if let Some(refused) = queue_together(&queue, &state.jobs, job, requests) {
-        return refused;
+        return Err(refused);
     }
     info!(
         target: "kv_rotator::admin", %who, job = %id, reason = %reason, force, selection = %selected,
         secrets = names.len(), "admin API: rotation job queued"
     );
-    let job = state.jobs.get(&id).map(|job| json!(job)).unwrap_or_else(|| json!({ "id": id }));
-    let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/rotations/{id}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
+    Ok(id)
 }
 
 /// `GET /api/rotations/{id}`.
@@ -527,11 +569,19 @@ async fn get_rotation(State(state): State<ApiState>, Path(id): Path<String>) -> 
 
 /// `GET /api/secrets`.
 async fn get_secrets(State(state): State<ApiState>) -> Response {
-    let Ok(_reading) = state.vault_calls.clone().try_acquire_owned() else { return busy() };
-    match crate::cli::status::read_status(state.store.as_ref(), &state.due_rule).await {
+    match read_secrets(&state).await {
         Ok(view) => Json(view).into_response(),
-        Err(e) => unavailable(json!({ "error": sanitized(&format!("{e:#}"), 1000) })),
+        Err(refused) => refused,
     }
+}
+
+/// What `GET /api/secrets` answers (also the status page's): read through the vault-call
+/// limit, or the answer that refuses it.
+pub(super) async fn read_secrets(state: &ApiState) -> Result<StatusView, Response> {
+    let Ok(_reading) = state.vault_calls.clone().try_acquire_owned() else { return Err(busy()) };
+    crate::cli::status::read_status(state.store.as_ref(), &state.due_rule)
+        .await
+        .map_err(|e| unavailable(json!({ "error": sanitized(&format!("{e:#}"), 1000) })))
 }
 
 /// `GET /api/openapi.json`.

@@ -122,15 +122,29 @@ impl AdminAuth {
                     Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token.trim_ascii(),
                     _ => return Err(AuthError::Invalid("not a Bearer token".to_owned())),
                 };
-                let presented: [u8; 32] = Sha256::digest(token).into();
-                if bool::from(presented.ct_eq(digest)) {
-                    Ok("static-token".to_owned())
-                } else {
-                    Err(AuthError::Invalid("the token does not match".to_owned()))
-                }
+                matches_digest(digest, token)
             }
             AdminAuth::EntraId(entra) => entra.authenticate(parts).await.map(|caller: Caller| caller.to_string()),
         }
+    }
+
+    /// Checks a static token presented in a form (the status page's login), as [`Self::check`]
+    /// checks a bearer token; in other modes there is no token to present.
+    pub fn check_static_token(&self, token: &[u8]) -> Result<String, AuthError> {
+        match self {
+            AdminAuth::StaticToken(digest) => matches_digest(digest, token.trim_ascii()),
+            _ => Err(AuthError::Invalid(format!("admin.auth mode {} takes no static token", self.mode()))),
+        }
+    }
+}
+
+/// Whether `token`'s digest is `digest`, compared in constant time.
+fn matches_digest(digest: &[u8; 32], token: &[u8]) -> Result<String, AuthError> {
+    let presented: [u8; 32] = Sha256::digest(token).into();
+    if bool::from(presented.ct_eq(digest)) {
+        Ok("static-token".to_owned())
+    } else {
+        Err(AuthError::Invalid("the token does not match".to_owned()))
     }
 }
 

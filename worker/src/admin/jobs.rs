@@ -174,6 +174,12 @@ impl Jobs {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).jobs.get(id).cloned()
     }
 
+    /// The `n` newest jobs, newest first, as they stand now.
+    pub fn recent(&self, n: usize) -> Vec<Job> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.order.iter().rev().take(n).filter_map(|id| inner.jobs.get(id).cloned()).collect()
+    }
+
     fn update(&self, request: &RotationRequest, change: impl FnOnce(&mut JobSecret)) {
         let Trigger::Manual { requested_by, .. } = &request.trigger else { return };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -291,6 +297,9 @@ mod tests {
             jobs.insert(job(vec![JobSecret::queued("b", "v1")]));
         }
         assert!(jobs.get(&first.id).is_none(), "the oldest job is forgotten");
+        let newest = jobs.inner.lock().unwrap().order.back().copied();
+        let recent = jobs.recent(3);
+        assert_eq!((recent.len(), recent.first().map(|j| j.id)), (3, newest), "newest first");
         assert_eq!(jobs.inner.lock().unwrap().by_trigger.len(), MAX_JOBS);
     }
 

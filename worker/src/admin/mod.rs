@@ -4,7 +4,8 @@
 //! - [`router`]: the admin routes over an [`AdminState`] — `GET /metrics`
 //!   ([`crate::metrics`]), `GET /healthz` (the process answers) and `GET /readyz`
 //!   ([`Readiness`]), unauthenticated; with `[admin.auth]`, the authenticated admin API
-//!   ([`api`]: rotation jobs, their results, the managed secrets, its OpenAPI document).
+//!   ([`api`]: rotation jobs, their results, the managed secrets, its OpenAPI document)
+//!   and the status page over it ([`page`]: `/status`, for a browser).
 //! - [`auth`]: who may call the API (static token, Entra ID app role, or none on loopback).
 //! - [`jobs`]: the API's rotation jobs, in memory, followed through the engine's reports.
 //! - [`client`]: `kv-rotator rotate` through a running service's API.
@@ -21,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod jobs;
+pub mod page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +111,7 @@ impl Readiness {
 /// The admin routes; see the [module docs](self).
 pub fn router(state: AdminState) -> Router {
     let readiness = state.readiness;
+    let page = state.api.clone().map(page::router).unwrap_or_default();
     let api = state.api.map(api::router).unwrap_or_default();
     Router::new()
         .route(HEALTHZ_PATH, get(|| async { "ok" }))
@@ -124,6 +127,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .merge(crate::metrics::router(state.metrics))
         .merge(api)
+        .merge(page)
 }
 
 /// Binds `[admin] listen` (or `listen`, which overrides it and enables the listener);

@@ -5,8 +5,15 @@
 #![allow(dead_code)] // not every suite uses every helper
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use kv_rotator::admin::auth::AdminAuth;
+use kv_rotator::service::{self, Background, RunningService};
+use kv_rotator::targets::Targets;
+use kv_rotator_config::figment::providers::Format as _;
+use kv_rotator_config::{EngineConfig, WebhookConfig};
 
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
@@ -87,6 +94,34 @@ impl DevSite {
         let new =
             NewSecretVersion { value: password.clone(), tags, content_type: None, expires: None, not_before: None };
         self.store.set_secret(secret, new).await.unwrap().version
+    }
+
+    /// The target profiles of [`Self::htpasswd_target_toml`].
+    pub fn targets(&self) -> Targets {
+        let toml = format!("{}{}", self.vault_toml(), self.htpasswd_target_toml());
+        let figment =
+            kv_rotator_config::figment::Figment::from(kv_rotator_config::figment::providers::Toml::string(&toml));
+        let config = kv_rotator_config::load::from_figment(figment).unwrap();
+        Targets::from_profiles(&config.targets).unwrap()
+    }
+
+    /// The service in process over this vault and the htpasswd target (engine retries
+    /// shortened), its admin listener on a free loopback port, the admin API (and status
+    /// page) authenticated by `auth`; the service and the admin listener's address.
+    pub async fn admin_service(&self, auth: AdminAuth) -> (RunningService, SocketAddr) {
+        let background = Background {
+            admin: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            admin_auth: Some(auth),
+            ..Default::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let engine = EngineConfig { initial_backoff_ms: 10, max_backoff_ms: 20, max_attempts: 2, ..Default::default() };
+        let webhook = WebhookConfig::default();
+        let running = service::start_with(self.store.clone(), self.targets(), engine, &webhook, background, listener)
+            .await
+            .unwrap();
+        let admin = running.admin_addr.unwrap();
+        (running, admin)
     }
 
     /// Whether `password` logs in as `user` to the htpasswd target.

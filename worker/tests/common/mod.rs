@@ -3,6 +3,7 @@
 pub mod devsite;
 pub mod pg;
 pub mod proc;
+pub mod webdriver;
 
 /// The per-secret lines of `rotate --output text`: those before the blank line that opens
 /// the summary table.
