@@ -1,18 +1,24 @@
-//! The command line: `demo`, `dev`, `serve`, `rotate`, `status`, `functions`, `plugin`
-//! and `healthcheck`.
+//! The command line: `demo`, `dev`, `serve`, `rotate`, `status`, `check`, `events send`,
+//! `functions`, `plugin`, `healthcheck` and `completions`.
 //!
 //! - [`demo`]: one rotation end to end on embedded defaults, with a report.
 //! - [`dev`]: the service with the dev vault embedded, for local experiments.
 //! - [`serve`]: the service against a configured vault.
 //! - [`rotate`]: manual rotations (named secrets, `--all`, `--resume`), in-process.
 //! - [`status`]: `status` and `rotate --dry-run`, read-only views of the vault.
+//! - [`check`]: validates a configuration and reaches its vault and targets, read-only.
+//! - [`events`]: `events send`, a real-shaped Event Grid delivery posted to a webhook.
+//! - [`completions`]: shell completion scripts.
 //! - [`functions`]: the Azure Functions custom handler (Event Grid, HTTP and timer triggers).
 //! - [`plugin`]: `plugin test`, the conformance checks against a profile, for plugin authors.
 //! - [`healthcheck`]: probes a running service's `/healthz` (container health checks).
 //! - [`seed`]: the demo target (an htpasswd file) and a real-shaped Event Grid delivery.
 
+pub mod check;
+pub mod completions;
 pub mod demo;
 pub mod dev;
+pub mod events;
 pub mod functions;
 pub mod healthcheck;
 pub mod plugin;
@@ -66,6 +72,13 @@ pub enum Command {
     /// Show every managed secret (profile, account, age, expiry, next due, last failure) and
     /// unfinished journal records; read-only.
     Status(status::StatusArgs),
+    /// Check a configuration without changing anything: it validates, the vault answers, and per
+    /// target profile the admin login works and a wrong password is refused.
+    Check(check::CheckArgs),
+    /// Send test events to a webhook: `events send` posts a real-shaped Key Vault event.
+    Events(events::EventsArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell) to stdout.
+    Completions(completions::CompletionsArgs),
     /// Probe a running service's /healthz: exit 0 on a 2xx answer (for container health checks).
     Healthcheck(healthcheck::HealthcheckArgs),
     /// Tools for rotator plugin authors: `plugin test` runs the conformance checks.
@@ -78,7 +91,9 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     let default_filter = match cli.command {
         // The demo's output is its report; logs only when something is wrong.
-        Command::Demo | Command::Healthcheck(_) | Command::Status(_) => "warn",
+        Command::Demo | Command::Healthcheck(_) | Command::Status(_) | Command::Check(_) | Command::Events(_) => "warn",
+        // Prints its script and nothing else; needs no runtime.
+        Command::Completions(ref args) => return completions::run(args),
         Command::Rotate(ref args) if args.dry_run => "warn",
         _ => "info",
     };
@@ -97,6 +112,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve { config } => serve::run(config).await,
             Command::Rotate(args) => rotate::run(args).await,
             Command::Status(args) => status::status(args).await,
+            Command::Check(args) => check::run(args).await,
+            Command::Events(args) => events::run(args).await,
+            Command::Completions(_) => Ok(()),
             Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Functions(args) => functions::run(args).await,
             Command::Plugin(args) => plugin::run(args).await,

@@ -1,0 +1,362 @@
+//! `kv-rotator events send`: posts one real-shaped Key Vault event to a webhook, so an
+//! operator can test the subscription path (ingress, TLS, authentication, source filter)
+//! the way Event Grid will use it.
+//!
+//! - [`delivery`]: the body, in the Event Grid schema (a JSON array, `application/json`,
+//!   PascalCase `data`, `topic` the vault's ARM id) or CloudEvents 1.0 (one structured
+//!   event, `application/cloudevents+json`, as Event Grid delivers without batching),
+//!   with Event Grid's `aeg-*` headers. `seed` builds the dev service's sample event
+//!   with it too.
+//! - Authentication as the webhook checks it (`kv_rotator_webhook::auth`): a shared key
+//!   in a header or a query parameter, or an Entra ID bearer token. Both are read from an
+//!   environment variable or a file, never from the command line (argv is visible to
+//!   every user of the machine).
+//! - The answer: the HTTP status and a short reason (the webhook's `error`, or what it
+//!   queued); any status but 2xx fails the command.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use kv_rotator_config::SecretSource;
+use kv_rotator_webhook::auth::{DEFAULT_KEY_HEADER, DEFAULT_KEY_QUERY_PARAMETER};
+use secrecy::{ExposeSecret, SecretString};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::logging::sanitized;
+
+/// Longest part of an answer printed.
+const ANSWER_MAX: usize = 512;
+
+/// `kv-rotator events …`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Subcommand.
+    #[command(subcommand)]
+    pub command: EventsCommand,
+}
+
+/// Subcommands of `kv-rotator events`.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Post one Key Vault event, shaped as Event Grid delivers it, to a webhook; exits
+    /// non-zero unless it answers 2xx.
+    Send(SendArgs),
+}
+
+/// Options of `kv-rotator events send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The webhook's URL, as in the Event Grid subscription (e.g.
+    /// https://rotator.example.com/api/eventgrid).
+    #[arg(long)]
+    pub url: url::Url,
+    /// The event schema of the subscription: `eventgrid` (Event Grid schema) or
+    /// `cloudevents` (CloudEvents 1.0).
+    #[arg(long, value_enum, default_value_t = Schema::Eventgrid)]
+    pub schema: Schema,
+    /// The Key Vault event type.
+    #[arg(long, value_enum, default_value_t = EventType::NearExpiry)]
+    pub event_type: EventType,
+    /// The vault the event comes from: its name (contoso-kv) or its URL
+    /// (https://contoso-kv.vault.azure.net).
+    #[arg(long)]
+    pub vault: String,
+    /// The secret the event names.
+    #[arg(long)]
+    pub secret: String,
+    /// The secret version the event names (32 hex digits). Default: none, and the
+    /// engine takes the latest version.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Shared key (webhook.auth mode "shared-key"): read from this environment variable.
+    #[arg(long, value_name = "VAR", group = "credential")]
+    pub shared_key_env: Option<String>,
+    /// Shared key: read from this file (a trailing newline is ignored).
+    #[arg(long, value_name = "FILE", group = "credential")]
+    pub shared_key_file: Option<PathBuf>,
+    /// The header the shared key is sent in (webhook.auth.header).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_KEY_HEADER)]
+    pub key_header: String,
+    /// Send the shared key in this query parameter (webhook.auth.query_parameter, by
+    /// default "key") instead of the header.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = DEFAULT_KEY_QUERY_PARAMETER)]
+    pub key_query_parameter: Option<String>,
+    /// Entra ID bearer token (webhook.auth mode "entra-id"): read from this environment
+    /// variable.
+    #[arg(long, value_name = "VAR", group = "credential")]
+    pub bearer_token_env: Option<String>,
+    /// Entra ID bearer token: read from this file.
+    #[arg(long, value_name = "FILE", group = "credential")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// The aeg-subscription-name header sent.
+    #[arg(long, default_value = "KV-ROTATOR-EVENTS-SEND")]
+    pub subscription_name: String,
+    /// Seconds to wait for the whole answer.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_secs: u64,
+}
+
+/// An Event Grid subscription's event schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Schema {
+    /// Event Grid schema: a JSON array of events, `application/json`.
+    Eventgrid,
+    /// CloudEvents 1.0, structured mode: one event, `application/cloudevents+json`.
+    Cloudevents,
+}
+
+/// The Key Vault secret events kv-rotator acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventType {
+    /// Microsoft.KeyVault.SecretNearExpiry (EXP in 30 days).
+    #[value(alias = "Microsoft.KeyVault.SecretNearExpiry")]
+    NearExpiry,
+    /// Microsoft.KeyVault.SecretExpired (EXP now).
+    #[value(alias = "Microsoft.KeyVault.SecretExpired")]
+    Expired,
+    /// Microsoft.KeyVault.SecretNewVersionCreated (no EXP).
+    #[value(alias = "Microsoft.KeyVault.SecretNewVersionCreated")]
+    NewVersion,
+}
+
+impl Schema {
+    /// Its name in Azure's documentation.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schema::Eventgrid => "Event Grid schema",
+            Schema::Cloudevents => "CloudEvents 1.0 schema",
+        }
+    }
+}
+
+impl EventType {
+    /// The `eventType` / `type` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::NearExpiry => "Microsoft.KeyVault.SecretNearExpiry",
+            EventType::Expired => "Microsoft.KeyVault.SecretExpired",
+            EventType::NewVersion => "Microsoft.KeyVault.SecretNewVersionCreated",
+        }
+    }
+}
+
+/// What one event says.
+#[derive(Debug, Clone)]
+pub struct EventSpec<'a> {
+    /// Its schema.
+    pub schema: Schema,
+    /// Its type.
+    pub event_type: EventType,
+    /// The vault's name (`topic`/`source`, `VaultName`).
+    pub vault_name: &'a str,
+    /// The vault's host (`data.Id`).
+    pub vault_host: &'a str,
+    /// The secret.
+    pub secret: &'a str,
+    /// The version, if the event names one.
+    pub version: Option<&'a str>,
+    /// `EXP`, if any.
+    pub exp: Option<OffsetDateTime>,
+}
+
+/// The body of a delivery of `spec` and its content type.
+pub fn delivery(spec: &EventSpec<'_>) -> (serde_json::Value, &'static str) {
+    let EventSpec { schema, event_type, vault_name, vault_host, secret, version, exp } = *spec;
+    let topic = format!(
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/kv-rotator/providers/Microsoft.KeyVault/vaults/{vault_name}"
+    );
+    let id = match version {
+        Some(version) => format!("https://{vault_host}/secrets/{secret}/{version}"),
+        None => format!("https://{vault_host}/secrets/{secret}"),
+    };
+    let mut data = serde_json::json!({
+        "Id": id,
+        "VaultName": vault_name,
+        "ObjectType": "Secret",
+        "ObjectName": secret,
+        "NBF": serde_json::Value::Null,
+        "EXP": exp.map(|t| t.unix_timestamp()),
+    });
+    if let Some(version) = version {
+        data["Version"] = version.into();
+    }
+    let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+    match schema {
+        Schema::Eventgrid => (
+            serde_json::json!([{
+                "id": uuid_like(),
+                "topic": topic,
+                "subject": secret,
+                "eventType": event_type.name(),
+                "eventTime": now,
+                "data": data,
+                "dataVersion": "1",
+                "metadataVersion": "1",
+            }]),
+            "application/json",
+        ),
+        Schema::Cloudevents => (
+            serde_json::json!({
+                "id": uuid_like(),
+                "source": topic,
+                "subject": secret,
+                "type": event_type.name(),
+                "time": now,
+                "data": data,
+                "specversion": "1.0",
+            }),
+            "application/cloudevents+json",
+        ),
+    }
+}
+
+/// A random id in the UUID format Event Grid uses.
+fn uuid_like() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let h = hex::encode(bytes);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// The vault's name and host from `--vault` (a name or a URL).
+fn vault_name_and_host(vault: &str) -> anyhow::Result<(String, String)> {
+    let vault = vault.trim();
+    if vault.contains("://") {
+        let url = url::Url::parse(vault).with_context(|| format!("--vault {vault:?}: not a URL"))?;
+        let host = url.host_str().filter(|h| !h.is_empty()).with_context(|| format!("--vault {vault:?}: no host"))?;
+        let name = host.split('.').next().unwrap_or(host);
+        return Ok((name.to_owned(), host.to_owned()));
+    }
+    if vault.is_empty() || vault.contains(['/', '.', ' ']) {
+        anyhow::bail!("--vault {vault:?}: give the vault's name (contoso-kv) or its URL");
+    }
+    Ok((vault.to_owned(), format!("{vault}.vault.azure.net")))
+}
+
+/// The names of the environment variables `args` reads secrets from, for
+/// [`crate::hardening`] to take out of the environment at startup.
+pub fn secret_env_names(args: &EventsArgs) -> Vec<String> {
+    let EventsCommand::Send(send) = &args.command;
+    send.shared_key_env.iter().chain(&send.bearer_token_env).cloned().collect()
+}
+
+/// The credential to send, read from its variable or file.
+enum Credential {
+    None,
+    SharedKey(SecretString),
+    Bearer(SecretString),
+}
+
+fn credential(args: &SendArgs) -> anyhow::Result<Credential> {
+    let source = |env: &Option<String>, file: &Option<PathBuf>| SecretSource { env: env.clone(), file: file.clone() };
+    if args.shared_key_env.is_some() || args.shared_key_file.is_some() {
+        let key = crate::service::read_secret("shared key", &source(&args.shared_key_env, &args.shared_key_file))?;
+        return Ok(Credential::SharedKey(key));
+    }
+    if args.bearer_token_env.is_some() || args.bearer_token_file.is_some() {
+        let token =
+            crate::service::read_secret("bearer token", &source(&args.bearer_token_env, &args.bearer_token_file))?;
+        return Ok(Credential::Bearer(token));
+    }
+    Ok(Credential::None)
+}
+
+/// `kv-rotator events …`.
+pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
+    match args.command {
+        EventsCommand::Send(args) => send(args).await,
+    }
+}
+
+/// `kv-rotator events send`: posts the event, prints the status and why; fails unless 2xx.
+pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let (vault_name, vault_host) = vault_name_and_host(&args.vault)?;
+    let exp = match args.event_type {
+        EventType::NearExpiry => Some(OffsetDateTime::now_utc() + time::Duration::days(30)),
+        EventType::Expired => Some(OffsetDateTime::now_utc()),
+        EventType::NewVersion => None,
+    };
+    let spec = EventSpec {
+        schema: args.schema,
+        event_type: args.event_type,
+        vault_name: &vault_name,
+        vault_host: &vault_host,
+        secret: &args.secret,
+        version: args.version.as_deref(),
+        exp,
+    };
+    let (body, content_type) = delivery(&spec);
+    let credential = credential(&args)?;
+    let mut url = args.url.clone();
+    if let (Credential::SharedKey(key), Some(name)) = (&credential, &args.key_query_parameter) {
+        url.query_pairs_mut().append_pair(name, key.expose_secret());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout_secs))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let mut request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .header("aeg-event-type", "Notification")
+        .header("aeg-subscription-name", &args.subscription_name)
+        .header("aeg-delivery-count", "0");
+    if args.schema == Schema::Eventgrid {
+        request = request.header("aeg-data-version", "1").header("aeg-metadata-version", "1");
+    }
+    match &credential {
+        Credential::SharedKey(key) if args.key_query_parameter.is_none() => {
+            request = request.header(args.key_header.as_str(), key.expose_secret());
+        }
+        Credential::Bearer(token) => request = request.bearer_auth(token.expose_secret()),
+        _ => {}
+    }
+    let shown_url = sanitized(args.url.as_str(), ANSWER_MAX);
+    let response = request.body(body.to_string()).send().await.map_err(|e| {
+        // reqwest's error quotes the URL, which may carry the key in its query.
+        anyhow::anyhow!("POST {shown_url}: {}", sanitized(&e.without_url().to_string(), ANSWER_MAX))
+    })?;
+    let status = response.status();
+    let answer = response.text().await.unwrap_or_default();
+    println!("{}: {}: {}", event_label(&spec), status_text(status), answer_reason(&answer));
+    if !status.is_success() {
+        anyhow::bail!("the webhook at {shown_url} answered {}", status_text(status));
+    }
+    Ok(())
+}
+
+fn event_label(spec: &EventSpec<'_>) -> String {
+    format!(
+        "{} for {}/{} ({})",
+        spec.event_type.name(),
+        sanitized(spec.vault_name, ANSWER_MAX),
+        sanitized(spec.secret, ANSWER_MAX),
+        spec.schema.name()
+    )
+}
+
+fn status_text(status: reqwest::StatusCode) -> String {
+    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
+}
+
+/// What the webhook's body says, short: its `error`, or what it queued.
+fn answer_reason(answer: &str) -> String {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(answer) else {
+        return sanitized(answer.trim(), ANSWER_MAX);
+    };
+    if let Some(error) = json.get("error").and_then(|e| e.as_str()) {
+        return sanitized(error, ANSWER_MAX);
+    }
+    let count = |key: &str| json.get(key).and_then(|v| v.as_u64());
+    match (count("queued"), count("ignored"), count("rejected")) {
+        (Some(0), Some(ignored), Some(rejected)) => format!(
+            "accepted, but no rotation queued (ignored {ignored}, rejected {rejected}: another vault than the \
+             webhook serves, a secret name or version it refuses, or a rotation of this version already asked; \
+             its log says which)"
+        ),
+        (Some(queued), _, _) => format!("accepted: {queued} rotation request(s) queued"),
+        _ => sanitized(answer.trim(), ANSWER_MAX),
+    }
+}
