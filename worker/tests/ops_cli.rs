@@ -189,10 +189,15 @@ async fn check_fails_naming_the_profile_and_the_reason() {
         &[("rotator", "yes"), ("CredentialId", "anyone")],
     )
     .await;
+    // Whoever writes tags writes what check prints: escaped.
+    let hostile = [("rotator", "hostile"), ("CredentialId", "x\u{1b}]0;pwned\u{7}\u{1b}[2J")];
+    put(&site.dev, "hostile-password", &PasswordPolicy::default().generate(), &hostile).await;
     let config = site.config(&format!(
-        "[targets.down]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = {closed}\nsslmode = \"disable\"\n\
+        "[targets.hostile]\nkind = \"htpasswd\"\npath = \"{}\"\naccounts = [\"*\"]\n\
+         [targets.down]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = {closed}\nsslmode = \"disable\"\n\
          accounts = [\"*\"]\nadmin = {{ username = \"{}\", secret = \"pg-admin\" }}\n\
          [targets.yes]\nkind = \"exec\"\ncommand = \"{}\"\naccounts = [\"*\"]\n",
+        site.dev.htpasswd.display(),
         site.roles.0[0].0,
         accept_all.display()
     ));
@@ -209,6 +214,9 @@ async fn check_fails_naming_the_profile_and_the_reason() {
             && yes.contains("target yes accepted a random wrong password for account \"anyone\""),
         "{yes}"
     );
+    let hostile = check_line(&stdout, "targets.hostile canary");
+    assert!(hostile.starts_with("FAILED ") && hostile.contains("x\\u{1b}]0;pwned"), "{hostile}");
+    assert!(!stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'), "vault text is escaped:\n{stdout}");
     // The good profiles still pass beside them.
     assert!(check_line(&stdout, "targets.pg admin").starts_with("ok "), "{stdout}");
     assert!(check_line(&stdout, "targets.yes setup").starts_with("ok "), "{stdout}");

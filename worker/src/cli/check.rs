@@ -37,6 +37,7 @@ const REASON_MAX: usize = 1024;
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Configuration file (TOML); `KV_ROTATOR_*` environment variables override it.
+    /// Default: none (built-in defaults and `KV_ROTATOR_*` variables only).
     #[arg(long, short, env = "KV_ROTATOR_CONFIG")]
     pub config: Option<PathBuf>,
     /// One JSON object per line (`check`, `status`: ok, failed or skipped, `reason`)

@@ -41,8 +41,14 @@ pub struct EventsArgs {
 /// Subcommands of `kv-rotator events`.
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
-    /// Post one Key Vault event, shaped as Event Grid delivers it, to a webhook; exits
-    /// non-zero unless it answers 2xx.
+    /// Post one Key Vault event, shaped as Event Grid delivers it, to a webhook.
+    ///
+    /// The event names a vault and a secret; a webhook that serves that vault queues a
+    /// rotation (which the engine still gates: the secret must be managed and due).
+    /// Authentication as the subscription sends it: a shared key (header or query
+    /// parameter) or an Entra ID bearer token, read from an environment variable or a
+    /// file, never from the command line. Prints the HTTP status and the webhook's
+    /// answer; exit code 1 unless it is 2xx.
     Send(SendArgs),
 }
 
@@ -72,6 +78,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub version: Option<String>,
     /// Shared key (webhook.auth mode "shared-key"): read from this environment variable.
+    /// Default: no credential.
     #[arg(long, value_name = "VAR", group = "credential")]
     pub shared_key_env: Option<String>,
     /// Shared key: read from this file (a trailing newline is ignored).
@@ -80,8 +87,8 @@ pub struct SendArgs {
     /// The header the shared key is sent in (webhook.auth.header).
     #[arg(long, value_name = "NAME", default_value = DEFAULT_KEY_HEADER)]
     pub key_header: String,
-    /// Send the shared key in this query parameter (webhook.auth.query_parameter, by
-    /// default "key") instead of the header.
+    /// Send the shared key in this query parameter (webhook.auth.query_parameter;
+    /// "key" when given without a name) instead of the header.
     #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = DEFAULT_KEY_QUERY_PARAMETER)]
     pub key_query_parameter: Option<String>,
     /// Entra ID bearer token (webhook.auth mode "entra-id"): read from this environment
@@ -172,17 +179,17 @@ pub fn delivery(spec: &EventSpec<'_>) -> (serde_json::Value, &'static str) {
         Some(version) => format!("https://{vault_host}/secrets/{secret}/{version}"),
         None => format!("https://{vault_host}/secrets/{secret}"),
     };
-    let mut data = serde_json::json!({
-        "Id": id,
-        "VaultName": vault_name,
-        "ObjectType": "Secret",
-        "ObjectName": secret,
-        "NBF": serde_json::Value::Null,
-        "EXP": exp.map(|t| t.unix_timestamp()),
-    });
+    // The service's field order (the webhook's fast path reads the common shape first).
+    let mut data = serde_json::Map::new();
+    data.insert("Id".into(), id.into());
+    data.insert("VaultName".into(), vault_name.into());
+    data.insert("ObjectType".into(), "Secret".into());
+    data.insert("ObjectName".into(), secret.into());
     if let Some(version) = version {
-        data["Version"] = version.into();
+        data.insert("Version".into(), version.into());
     }
+    data.insert("NBF".into(), serde_json::Value::Null);
+    data.insert("EXP".into(), exp.map(|t| t.unix_timestamp()).into());
     let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
     match schema {
         Schema::Eventgrid => (

@@ -34,7 +34,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Event-driven password rotation worker for Azure Key Vault.
 #[derive(Debug, Parser)]
-#[command(name = "kv-rotator", version, about)]
+#[command(
+    name = "kv-rotator",
+    version,
+    about,
+    after_help = "Getting started: `kv-rotator demo` rotates a demo secret on embedded defaults; `kv-rotator dev` \
+                  runs the service on an embedded dev vault. With a configuration: `kv-rotator check --config F` \
+                  before the first `serve`. `kv-rotator COMMAND --help` explains each command."
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KV_ROTATOR_LOG_FORMAT")]
@@ -60,9 +67,10 @@ pub enum Command {
     Demo,
     /// Run the service with the dev vault embedded.
     Dev(dev::DevArgs),
-    /// Run the service against the vault in the configuration.
+    /// Run the service (webhook, engine, sweeper, admin listener) against the configured vault.
     Serve {
         /// Configuration file (TOML); `KV_ROTATOR_*` environment variables override it.
+        /// Default: none (built-in defaults and `KV_ROTATOR_*` variables only).
         #[arg(long, short, env = "KV_ROTATOR_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -72,12 +80,17 @@ pub enum Command {
     /// Show every managed secret (profile, account, age, expiry, next due, last failure) and
     /// unfinished journal records; read-only.
     Status(status::StatusArgs),
-    /// Check a configuration without changing anything: it validates, the vault answers, and per
-    /// target profile the admin login works and a wrong password is refused.
+    /// Check a configuration, read-only: the vault, each profile's admin login and canary.
+    ///
+    /// Validates the configuration, lists the vault, and per target profile checks what
+    /// its kind can check before a login (a plugin's describe, a file's access), logs in
+    /// as its admin (password read from the vault) and makes sure a random wrong password
+    /// is refused. Changes nothing. One line per check (ok, FAILED, skipped); exit code 1
+    /// when any check failed.
     Check(check::CheckArgs),
-    /// Send test events to a webhook: `events send` posts a real-shaped Key Vault event.
+    /// Send a test event to a webhook (`events send`), to try an Event Grid subscription's path.
     Events(events::EventsArgs),
-    /// Print a shell completion script (bash, zsh, fish, powershell) to stdout.
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     Completions(completions::CompletionsArgs),
     /// Probe a running service's /healthz: exit 0 on a 2xx answer (for container health checks).
     Healthcheck(healthcheck::HealthcheckArgs),
