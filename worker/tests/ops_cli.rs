@@ -111,14 +111,8 @@ impl Site {
 
     /// Every secret's every version, and the htpasswd and toy files.
     async fn state(&self) -> (BTreeMap<String, Vec<SecretProperties>>, Vec<u8>, Vec<u8>) {
-        let mut state = BTreeMap::new();
-        for secret in self.dev.store.list_secrets().await.unwrap() {
-            let mut versions = self.dev.store.list_versions(&secret.name).await.unwrap();
-            versions.sort_by(|a, b| a.version.cmp(&b.version));
-            state.insert(secret.name, versions);
-        }
         let read = |p: PathBuf| std::fs::read(p).unwrap();
-        (state, read(self.dev.htpasswd.clone()), read(self.plugins.path().join("toy.txt")))
+        (self.dev.vault_state().await, read(self.dev.htpasswd.clone()), read(self.plugins.path().join("toy.txt")))
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
-use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
+use kv_rotator_keyvault::{NewSecretVersion, SecretProperties, SecretStore};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
 use secrecy::SecretString;
@@ -69,6 +69,18 @@ impl DevSite {
         let new =
             NewSecretVersion { value: password.clone(), tags, content_type: None, expires: None, not_before: None };
         self.store.set_secret(secret, new).await.unwrap().version
+    }
+
+    /// Every secret's every version (tags, attributes, timestamps), by name: what a
+    /// read-only command must leave as it was.
+    pub async fn vault_state(&self) -> BTreeMap<String, Vec<SecretProperties>> {
+        let mut state = BTreeMap::new();
+        for secret in self.store.list_secrets().await.unwrap() {
+            let mut versions = self.store.list_versions(&secret.name).await.unwrap();
+            versions.sort_by(|a, b| a.version.cmp(&b.version));
+            state.insert(secret.name, versions);
+        }
+        state
     }
 
     /// Whether `password` logs in as `user` to the htpasswd target.
