@@ -367,3 +367,110 @@ fn answer_reason(answer: &str) -> String {
         _ => sanitized(answer.trim(), ANSWER_MAX),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use axum::routing::post;
+
+    use super::*;
+
+    /// What the server saw: headers, URI and body.
+    type Seen = Arc<Mutex<Vec<(HeaderMap, Uri, String)>>>;
+
+    async fn serve(status: StatusCode) -> (url::Url, Seen) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        let app = axum::Router::new().route(
+            "/api/eventgrid",
+            post(move |headers: HeaderMap, uri: Uri, body: String| async move {
+                record.lock().unwrap().push((headers, uri, body));
+                (status, r#"{"error":"no such \u001b[2J thing"}"#)
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/api/eventgrid").parse().unwrap(), seen)
+    }
+
+    fn args(url: url::Url) -> SendArgs {
+        SendArgs {
+            url,
+            schema: Schema::Cloudevents,
+            event_type: EventType::NewVersion,
+            vault: "https://contoso-kv.vault.azure.net/".to_owned(),
+            secret: "orders-db".to_owned(),
+            version: Some("0123456789abcdef0123456789abcdef".to_owned()),
+            shared_key_env: None,
+            shared_key_file: None,
+            key_header: DEFAULT_KEY_HEADER.to_owned(),
+            key_query_parameter: None,
+            bearer_token_env: None,
+            bearer_token_file: None,
+            subscription_name: "TEST".to_owned(),
+            timeout_secs: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_from_a_file_goes_in_the_authorization_header_of_a_cloudevent() {
+        let (url, seen) = serve(StatusCode::ACCEPTED).await;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "eyJ.token.sig\n").unwrap();
+        send(SendArgs { bearer_token_file: Some(token), ..args(url) }).await.unwrap();
+        let seen = seen.lock().unwrap();
+        let (headers, uri, body) = &seen[0];
+        assert_eq!(headers["authorization"], "Bearer eyJ.token.sig");
+        assert_eq!(headers["content-type"], "application/cloudevents+json");
+        assert_eq!(headers["aeg-event-type"], "Notification");
+        assert_eq!(uri.query(), None);
+        let event: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(event["type"], "Microsoft.KeyVault.SecretNewVersionCreated");
+        assert_eq!(event["specversion"], "1.0");
+        assert!(event["source"].as_str().unwrap().ends_with("/providers/Microsoft.KeyVault/vaults/contoso-kv"));
+        assert_eq!(
+            event["data"]["Id"],
+            "https://contoso-kv.vault.azure.net/secrets/orders-db/0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(event["data"]["VaultName"], "contoso-kv");
+    }
+
+    #[tokio::test]
+    async fn a_shared_key_goes_in_the_header_or_the_query_and_a_refusal_fails() {
+        let (url, seen) = serve(StatusCode::FORBIDDEN).await;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "key-from-the-file\n").unwrap();
+        let header = SendArgs { shared_key_file: Some(key.clone()), ..args(url.clone()) };
+        let err = send(header).await.unwrap_err();
+        assert!(err.to_string().contains("answered 403 Forbidden"), "{err:#}");
+        let query = SendArgs {
+            shared_key_file: Some(key),
+            key_query_parameter: Some("code".to_owned()),
+            schema: Schema::Eventgrid,
+            ..args(url)
+        };
+        assert!(send(query).await.is_err());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].0["x-kv-rotator-key"], "key-from-the-file");
+        assert_eq!(seen[1].1.query(), Some("code=key-from-the-file"));
+        assert!(!seen[1].0.contains_key("x-kv-rotator-key"));
+        assert_eq!(seen[1].0["content-type"], "application/json");
+        let events: serde_json::Value = serde_json::from_str(&seen[1].2).unwrap();
+        assert_eq!(events[0]["eventType"], "Microsoft.KeyVault.SecretNewVersionCreated");
+    }
+
+    #[test]
+    fn the_webhooks_answer_is_escaped_and_a_vault_is_a_name_or_a_url() {
+        assert_eq!(answer_reason(r#"{"error":"bad \u001b[2J"}"#), "bad \\u{1b}[2J");
+        assert!(answer_reason(r#"{"queued":0,"ignored":1,"rejected":0}"#).contains("no rotation queued"));
+        assert_eq!(vault_name_and_host("kv1").unwrap(), ("kv1".to_owned(), "kv1.vault.azure.net".to_owned()));
+        let (name, host) = vault_name_and_host("https://kv1.vault.azure.net:8443/").unwrap();
+        assert_eq!((name.as_str(), host.as_str()), ("kv1", "kv1.vault.azure.net"));
+        assert!(vault_name_and_host("kv1.example.com").is_err());
+    }
+}
