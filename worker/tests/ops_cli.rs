@@ -103,6 +103,7 @@ impl Site {
             .arg(config)
             .args(args)
             .env_remove("KV_ROTATOR_CONFIG")
+            .env_remove("KVR_CHECK_UNSET_KEY")
             .output()
             .unwrap();
         let (stdout, stderr) = text(&out);
@@ -137,7 +138,7 @@ async fn check_passes_a_good_configuration_and_changes_nothing() {
     assert!(ok, "{stdout}\n{stderr}");
     for (check, expected) in [
         ("config", "ok "),
-        ("webhook.auth", "ok "),
+        ("webhook.auth", "skipped "),
         ("vault", "ok "),
         ("targets.site setup", "ok "),
         ("targets.site admin", "skipped "),
@@ -187,7 +188,8 @@ async fn check_fails_naming_the_profile_and_the_reason() {
     let hostile = [("rotator", "hostile"), ("CredentialId", "x\u{1b}]0;pwned\u{7}\u{1b}[2J")];
     put(&site.dev, "hostile-password", &PasswordPolicy::default().generate(), &hostile).await;
     let config = site.config(&format!(
-        "[targets.hostile]\nkind = \"htpasswd\"\npath = \"{}\"\naccounts = [\"*\"]\n\
+        "[webhook.auth]\nmode = \"shared-key\"\nkey = {{ env = \"KVR_CHECK_UNSET_KEY\" }}\n\
+         [targets.hostile]\nkind = \"htpasswd\"\npath = \"{}\"\naccounts = [\"*\"]\n\
          [targets.down]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = {closed}\nsslmode = \"disable\"\n\
          accounts = [\"*\"]\nadmin = {{ username = \"{}\", secret = \"pg-admin\" }}\n\
          [targets.yes]\nkind = \"exec\"\ncommand = \"{}\"\naccounts = [\"*\"]\n",
@@ -208,6 +210,8 @@ async fn check_fails_naming_the_profile_and_the_reason() {
             && yes.contains("target yes accepted a random wrong password for account \"anyone\""),
         "{yes}"
     );
+    let auth = check_line(&stdout, "webhook.auth");
+    assert!(auth.starts_with("FAILED ") && auth.contains("KVR_CHECK_UNSET_KEY is not set"), "{auth}");
     let hostile = check_line(&stdout, "targets.hostile canary");
     assert!(hostile.starts_with("FAILED ") && hostile.contains("x\\u{1b}]0;pwned"), "{hostile}");
     assert!(!stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'), "vault text is escaped:\n{stdout}");

@@ -4,7 +4,8 @@
 //! - `config`: the configuration loads and validates (the loader's own checks, which
 //!   name the key and the file); nothing else is checked when it does not.
 //! - `webhook.auth`: the webhook's authentication can be set up (its keys read from
-//!   their variables or files), as `serve` would set it up.
+//!   their variables or files), as `serve` would set it up; skipped when not set
+//!   (`serve` refuses that, `functions` does not use it).
 //! - `vault`: the vault answers a listing, through the store the service uses.
 //! - per target profile, `targets.NAME setup`: what the kind checks before any login
 //!   ([`Rotator::check_setup`]: a plugin's `describe`, an htpasswd file's access);
@@ -114,9 +115,16 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
 
 async fn check_config(config: &Config, report: &mut Report) {
     let auth = match service::webhook_auth(config.webhook.auth.as_ref()) {
-        Ok(kv_rotator_webhook::Authenticator::None) => {
-            Line::new("webhook.auth", Status::Ok, "none: deliveries are accepted unauthenticated")
-        }
+        Ok(_) if config.webhook.auth.is_none() => Line::new(
+            "webhook.auth",
+            Status::Skipped,
+            "not set: `serve` refuses to start without it (`functions` does not use it)",
+        ),
+        Ok(kv_rotator_webhook::Authenticator::None) => Line::new(
+            "webhook.auth",
+            Status::Ok,
+            "mode none: deliveries are accepted UNAUTHENTICATED (only behind an ingress that authenticates Event Grid)",
+        ),
         Ok(_) => Line::new("webhook.auth", Status::Ok, "set up (keys read, settings valid)"),
         Err(err) => Line::new("webhook.auth", Status::Failed, format!("{err:#}")),
     };
