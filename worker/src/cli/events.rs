@@ -279,6 +279,13 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
 
 /// `kv-rotator events send`: posts the event, prints the status and why; fails unless 2xx.
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let key_parameter = args.key_query_parameter.as_deref().unwrap_or(DEFAULT_KEY_QUERY_PARAMETER);
+    if args.url.query_pairs().any(|(name, _)| name == key_parameter || name == DEFAULT_KEY_QUERY_PARAMETER) {
+        anyhow::bail!(
+            "--url carries a key in its query ({key_parameter}=…): the command line is visible to every user of \
+             the machine; give the key with --shared-key-env or --shared-key-file and --key-query-parameter"
+        );
+    }
     let (vault_name, vault_host) = vault_name_and_host(&args.vault)?;
     let exp = match args.event_type {
         EventType::NearExpiry => Some(OffsetDateTime::now_utc() + time::Duration::days(30)),
@@ -462,6 +469,16 @@ mod tests {
         assert_eq!(seen[1].0["content-type"], "application/json");
         let events: serde_json::Value = serde_json::from_str(&seen[1].2).unwrap();
         assert_eq!(events[0]["eventType"], "Microsoft.KeyVault.SecretNewVersionCreated");
+    }
+
+    #[tokio::test]
+    async fn a_key_in_the_url_is_refused_before_anything_is_sent() {
+        let (url, seen) = serve(StatusCode::OK).await;
+        let mut with_key = url.clone();
+        with_key.set_query(Some("key=s3cret-on-the-command-line"));
+        let err = send(args(with_key)).await.unwrap_err().to_string();
+        assert!(err.contains("--url carries a key") && !err.contains("s3cret"), "{err}");
+        assert!(seen.lock().unwrap().is_empty());
     }
 
     #[test]

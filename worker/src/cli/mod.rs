@@ -127,7 +127,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status(args) => status::status(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Events(args) => events::run(args).await,
-            Command::Completions(_) => Ok(()),
+            Command::Completions(_) => Ok(()), // answered above, without a runtime
             Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Functions(args) => functions::run(args).await,
             Command::Plugin(args) => plugin::run(args).await,
