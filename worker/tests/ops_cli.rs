@@ -187,6 +187,13 @@ async fn check_fails_naming_the_profile_and_the_reason() {
     // Whoever writes tags writes what check prints: escaped.
     let hostile = [("rotator", "hostile"), ("CredentialId", "x\u{1b}]0;pwned\u{7}\u{1b}[2J")];
     put(&site.dev, "hostile-password", &PasswordPolicy::default().generate(), &hostile).await;
+    put(
+        &site.dev,
+        "ghost-password",
+        &PasswordPolicy::default().generate(),
+        &[("rotator", "nowhere"), ("CredentialId", "g")],
+    )
+    .await;
     let config = site.config(&format!(
         "[webhook.auth]\nmode = \"shared-key\"\nkey = {{ env = \"KVR_CHECK_UNSET_KEY\" }}\n\
          [targets.hostile]\nkind = \"htpasswd\"\npath = \"{}\"\naccounts = [\"*\"]\n\
@@ -210,6 +217,8 @@ async fn check_fails_naming_the_profile_and_the_reason() {
             && yes.contains("target yes accepted a random wrong password for account \"anyone\""),
         "{yes}"
     );
+    let secrets = check_line(&stdout, "secrets");
+    assert!(secrets.starts_with("FAILED ") && secrets.contains("\"nowhere\" (1)"), "{secrets}");
     let auth = check_line(&stdout, "webhook.auth");
     assert!(auth.starts_with("FAILED ") && auth.contains("KVR_CHECK_UNSET_KEY is not set"), "{auth}");
     let hostile = check_line(&stdout, "targets.hostile canary");

@@ -6,7 +6,8 @@
 //! - `webhook.auth`: the webhook's authentication can be set up (its keys read from
 //!   their variables or files), as `serve` would set it up; skipped when not set
 //!   (`serve` refuses that, `functions` does not use it).
-//! - `vault`: the vault answers a listing, through the store the service uses.
+//! - `vault`: the vault answers a listing, through the store the service uses;
+//!   `secrets`: no managed secret names a target profile the configuration lacks.
 //! - per target profile, `targets.NAME setup`: what the kind checks before any login
 //!   ([`Rotator::check_setup`]: a plugin's `describe`, an htpasswd file's access);
 //!   `targets.NAME admin`: the admin login, its password read from the vault
@@ -139,6 +140,19 @@ async fn check_config(config: &Config, report: &mut Report) {
             (None, BTreeMap::new())
         }
     };
+    let unknown: Vec<String> = accounts
+        .iter()
+        .filter(|(p, _)| !config.targets.contains_key(*p))
+        .map(|(p, a)| format!("{p:?} ({})", a.len()))
+        .collect();
+    if !unknown.is_empty() {
+        let why = format!(
+            "managed secrets name target profiles the configuration does not have, so their rotations fail: {} \
+             (profile and secrets)",
+            unknown.join(", ")
+        );
+        report.add(Line::new("secrets", Status::Failed, why));
+    }
     for (name, profile) in &config.targets {
         let accounts = accounts.get(name).map(Vec::as_slice).unwrap_or_default();
         check_profile(name, profile, store.as_deref(), accounts, report).await;
