@@ -177,23 +177,16 @@ async fn check_fails_naming_the_profile_and_the_reason() {
     let site = Site::new().await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let accept_all = site.accept_all_plugin();
-    put(
-        &site.dev,
-        "anyone-password",
-        &PasswordPolicy::default().generate(),
-        &[("rotator", "yes"), ("CredentialId", "anyone")],
-    )
-    .await;
-    // Whoever writes tags writes what check prints: escaped.
-    let hostile = [("rotator", "hostile"), ("CredentialId", "x\u{1b}]0;pwned\u{7}\u{1b}[2J")];
-    put(&site.dev, "hostile-password", &PasswordPolicy::default().generate(), &hostile).await;
-    put(
-        &site.dev,
-        "ghost-password",
-        &PasswordPolicy::default().generate(),
-        &[("rotator", "nowhere"), ("CredentialId", "g")],
-    )
-    .await;
+    // A plugin profile that accepts anything; a hostile account (whoever writes tags writes
+    // what check prints: escaped); a profile the configuration does not have.
+    for (secret, profile, account) in [
+        ("anyone-password", "yes", "anyone"),
+        ("hostile-password", "hostile", "x\u{1b}]0;pwned\u{7}\u{1b}[2J"),
+        ("ghost-password", "nowhere", "g"),
+    ] {
+        let tags = [("rotator", profile), ("CredentialId", account)];
+        put(&site.dev, secret, &PasswordPolicy::default().generate(), &tags).await;
+    }
     let config = site.config(&format!(
         "[webhook.auth]\nmode = \"shared-key\"\nkey = {{ env = \"KVR_CHECK_UNSET_KEY\" }}\n\
          [targets.hostile]\nkind = \"htpasswd\"\npath = \"{}\"\naccounts = [\"*\"]\n\
