@@ -12,14 +12,16 @@
 //!   which order; when the pending password need not be tried first; what an unanswered
 //!   change means; the last word, which also proves what the engine's `test` step would).
 //! - [`check_twin_pair`]: what every `sync_twin` refuses before logging in.
+//! - [`admin_logs_in`]: `check_admin` of a kind whose admin is an account like any other
+//!   (a fresh login through `verify`).
 
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 use crate::{
-    RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse, SyncTwinRequest,
-    VerifyResponse,
+    AdminCheck, Credential, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest,
+    SetPasswordResponse, SyncTwinRequest, VerifyRequest, VerifyResponse,
 };
 
 /// How a rotation keeps consumers working (`strategy = "…"` in a target profile; the
@@ -264,6 +266,16 @@ pub fn no_login(what: &str, server: &str, refused: &[String], cannot: Vec<String
         "no known login could change the password of {what} on {server}: {}",
         why.join("; ")
     ))
+}
+
+/// [`Rotator::check_admin`] for kinds whose admin logs in as an account like any other:
+/// `verify`'s fresh login (and session check) with the admin's name and password.
+pub async fn admin_logs_in(rotator: &dyn Rotator, admin: &Credential) -> RotatorResult<AdminCheck> {
+    let req = VerifyRequest { username: admin.username.clone(), password: admin.password.clone() };
+    Ok(match rotator.verify(req).await? {
+        VerifyResponse::Accepted => AdminCheck::Works(format!("the admin {:?} logs in", admin.username)),
+        VerifyResponse::Rejected => AdminCheck::Refused,
+    })
 }
 
 #[cfg(test)]

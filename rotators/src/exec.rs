@@ -1031,6 +1031,25 @@ impl Rotator for ExecRotator {
         self.call(Op::Set, &body, &scrub, Some(start_by)).await
     }
 
+    /// The command file's check and the plugin's `describe` (protocol, strategy,
+    /// password constraints): what every operation asks first.
+    async fn check_setup(&self) -> RotatorResult<Option<String>> {
+        let description = self.describe().await?;
+        let strategies: Vec<&str> = description.strategies.iter().map(|s| s.as_str()).collect();
+        Ok(Some(format!(
+            "plugin {} describes itself: protocol {}, strategies {strategies:?}",
+            self.cfg.command.display(),
+            description.protocol
+        )))
+    }
+
+    /// Protocol 1 has no operation that logs in as the admin without changing anything.
+    async fn check_admin(&self, _admin: &crate::Credential) -> RotatorResult<crate::AdminCheck> {
+        Ok(crate::AdminCheck::NotChecked(format!(
+            "plugin protocol {PROTOCOL} has no read-only admin login operation (the plugin logs in as the admin in set)"
+        )))
+    }
+
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
         self.describe().await?;
         let scrub = scrubber([&req.password]);

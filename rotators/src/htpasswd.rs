@@ -181,6 +181,24 @@ impl Rotator for HtpasswdRotator {
         })
         .await
     }
+
+    /// The file reads, and opens for writing (opened, not written: nothing changes).
+    async fn check_setup(&self) -> RotatorResult<Option<String>> {
+        self.blocking(|inner| {
+            let path = &inner.cfg.path;
+            read(path)?;
+            OpenOptions::new().append(true).open(path).map_err(|e| io_error("opening for writing", path, e))?;
+            Ok(Some(format!("the file {} is readable and writable", path.display())))
+        })
+        .await
+    }
+
+    /// No admin login: write access to the file is the admin power here.
+    async fn check_admin(&self, _admin: &crate::Credential) -> RotatorResult<crate::AdminCheck> {
+        Ok(crate::AdminCheck::NotChecked(
+            "htpasswd has no admin login: write access to the file is its admin power (allow_admin_reset)".to_owned(),
+        ))
+    }
 }
 
 impl Inner {

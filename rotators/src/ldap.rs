@@ -693,6 +693,22 @@ impl Rotator for LdapRotator {
         let scrub = Scrubber::new([&req.password]);
         self.check(&dn, &req.password, &format!("entry {}", quote(&dn)), &scrub).await
     }
+
+    /// A bind as the admin DN itself (not through the template), and Who Am I?.
+    async fn check_admin(&self, admin: &crate::Credential) -> RotatorResult<crate::AdminCheck> {
+        let dn = &admin.username;
+        if dn.is_empty() || dn.chars().any(char::is_control) {
+            return Err(RotatorError::Permanent(format!("the admin login's username {} is not a bind DN", quote(dn))));
+        }
+        if admin.password.expose_secret().is_empty() {
+            return Ok(crate::AdminCheck::Refused);
+        }
+        let scrub = Scrubber::new([&admin.password]);
+        Ok(match self.check(dn, &admin.password, &format!("the admin DN {}", quote(dn)), &scrub).await? {
+            VerifyResponse::Accepted => crate::AdminCheck::Works(format!("the admin DN {} binds", quote(dn))),
+            VerifyResponse::Rejected => crate::AdminCheck::Refused,
+        })
+    }
 }
 
 #[cfg(test)]

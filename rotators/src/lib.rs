@@ -1,7 +1,9 @@
 //! Rotators: the parts of kv-rotator that talk to target systems.
 //!
 //! - [`Rotator`]: the trait every target implements — make the target accept a pending
-//!   password ([`Rotator::set_password`]) and check a password ([`Rotator::verify`]).
+//!   password ([`Rotator::set_password`]) and check a password ([`Rotator::verify`]);
+//!   read-only checks for `kv-rotator check` ([`Rotator::check_setup`],
+//!   [`Rotator::check_admin`]).
 //!   Requests and responses are structs so fields can be added without breaking plugins.
 //! - [`password`]: password policy and generation.
 //! - built-in rotators, one module per target, each behind a feature flag:
@@ -240,6 +242,17 @@ pub struct SyncTwinResponse {
     pub drift: Vec<String>,
 }
 
+/// What [`Rotator::check_admin`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCheck {
+    /// The admin login works; the text says what was checked.
+    Works(String),
+    /// The target answered and refused this password.
+    Refused,
+    /// This kind cannot check an admin login without changing anything; the text says why.
+    NotChecked(String),
+}
+
 /// A target system whose passwords kv-rotator rotates.
 ///
 /// Implementations hold their connection settings (from a target profile) and must be
@@ -264,6 +277,22 @@ pub trait Rotator: Send + Sync + fmt::Debug {
     /// trusts the worker, a proxy that answers for the target): a target that accepts
     /// the canary fails the rotation before anything is written.
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse>;
+
+    /// Read-only, for `kv-rotator check`: what this kind can check about its target
+    /// before any login (a plugin describing itself, a file it must rewrite), said in a
+    /// sentence; `None` when there is nothing of the kind. Changes nothing.
+    async fn check_setup(&self) -> RotatorResult<Option<String>> {
+        Ok(None)
+    }
+
+    /// Read-only, for `kv-rotator check`: whether `admin` logs in, as the profile's admin
+    /// login would in `set_password`, without changing anything. A refused password is
+    /// `Ok(AdminCheck::Refused)` (the check's canary relies on it); an unreachable target
+    /// is an error, as for [`Rotator::verify`].
+    async fn check_admin(&self, admin: &Credential) -> RotatorResult<AdminCheck> {
+        let _ = admin;
+        Ok(AdminCheck::NotChecked(format!("kind {:?} has no read-only admin login check", self.kind())))
+    }
 
     /// Multi-password strategy only: removes old passwords; see [`RetirePasswordsRequest`].
     /// The configuration offers the strategy only for kinds that implement this.

@@ -733,6 +733,10 @@ impl Rotator for MariaDbRotator {
     async fn sync_twin(&self, req: SyncTwinRequest) -> RotatorResult<SyncTwinResponse> {
         twin::sync(self, req).await
     }
+
+    async fn check_admin(&self, admin: &crate::Credential) -> RotatorResult<crate::AdminCheck> {
+        crate::common::admin_logs_in(self, admin).await
+    }
 }
 
 /// The `mysql_native_password` hash: `*` and the upper-case hex of SHA1(SHA1(password)).

@@ -662,6 +662,10 @@ impl Rotator for RedisRotator {
         Err(no_login(&format!("user {name}"), &self.server(), &refused, cannot, req.admin.is_some()))
     }
 
+    async fn check_admin(&self, admin: &crate::Credential) -> RotatorResult<crate::AdminCheck> {
+        crate::common::admin_logs_in(self, admin).await
+    }
+
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
         check_user_name(&req.username)?;
         let hash = SecretString::from(acl_hash(&req.password).to_string());

@@ -25,11 +25,14 @@
 //! 6. No known login → `Err(Permanent)`, and nothing changed; the same with a wrong
 //!    admin password when the fixture can offer one.
 //! 7. Two users rotated concurrently through one rotator both end up changed.
+//! 8. The read-only checks of `kv-rotator check`: `check_setup` succeeds; `check_admin`
+//!    says the fixture's admin logs in and a wrong admin password is `Refused` (or, for
+//!    a kind that cannot check an admin login read-only, `NotChecked` both times).
 //!
 //! Every response that says `pending_verified` is checked: `verify` must accept the
 //! pending password right after it (the engine's `test` step trusts that claim).
 //!
-//! 8. No `Debug` or `Display` text of any request, response or error contains any
+//! 9. No `Debug` or `Display` text of any request, response or error contains any
 //!    password used.
 
 use std::fmt;
@@ -38,7 +41,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    Credential, RetirePasswordsRequest, RetirePasswordsResponse, Rotator, RotatorError, SetPasswordOutcome,
+    AdminCheck, Credential, RetirePasswordsRequest, RetirePasswordsResponse, Rotator, RotatorError, SetPasswordOutcome,
     SetPasswordRequest, SetPasswordResponse, SyncTwinRequest, SyncTwinResponse, VerifyRequest, VerifyResponse,
 };
 
@@ -196,6 +199,54 @@ impl<'a> Run<'a> {
         }
     }
 
+    async fn check_admin(&mut self, admin: &Credential) -> Result<AdminCheck, String> {
+        let result = self.rotator.check_admin(admin).await;
+        self.texts.push(format!("{result:?}"));
+        result.map_err(|e| format!("check_admin({:?}) failed: {e}", admin.username))
+    }
+
+    /// 8: what `kv-rotator check` asks, which must change nothing and tell the truth.
+    async fn read_only_checks(
+        &mut self,
+        fixture: &dyn ConformanceFixture,
+        admin: Option<&Credential>,
+    ) -> Result<(), String> {
+        let setup = self.rotator.check_setup().await;
+        self.texts.push(format!("{setup:?}"));
+        setup.map_err(|e| format!("check_setup failed: {e}"))?;
+        let Some(admin) = admin else {
+            self.pass("check_setup succeeds (no admin to check)");
+            return Ok(());
+        };
+        let wrong = fixture.wrong_admin(self.password());
+        match self.check_admin(admin).await? {
+            AdminCheck::Works(_) => {}
+            AdminCheck::NotChecked(why) => {
+                if let Some(wrong) = wrong {
+                    match self.check_admin(&wrong).await? {
+                        AdminCheck::NotChecked(_) => {}
+                        other => {
+                            return Err(format!(
+                                "check_admin: NotChecked for the admin, {other:?} for a wrong password"
+                            ))
+                        }
+                    }
+                }
+                self.pass(&format!("check_setup succeeds; check_admin does not check this kind read-only ({why})"));
+                return Ok(());
+            }
+            AdminCheck::Refused => return Err("check_admin refused the fixture's working admin login".to_owned()),
+        }
+        if let Some(wrong) = wrong {
+            let got = self.check_admin(&wrong).await?;
+            if got != AdminCheck::Refused {
+                return Err(format!("check_admin with a wrong admin password: expected Refused, got {got:?}"));
+            }
+        }
+        self.pass("check_setup succeeds; check_admin: the admin logs in, a wrong admin password is refused");
+        Ok(())
+    }
+
     async fn all(&mut self, fixture: &mut dyn ConformanceFixture) -> Result<(), String> {
         let admin = fixture.admin();
         if let Some(admin) = &admin {
@@ -209,6 +260,7 @@ impl<'a> Run<'a> {
         let wrong = self.password();
         self.expect_verify(&user, &wrong, VerifyResponse::Rejected, "a wrong password").await?;
         self.pass("verify accepts the right password and rejects a wrong one");
+        self.read_only_checks(fixture, admin.as_ref()).await?;
 
         // 2. change with current
         let p1 = self.password();

@@ -143,8 +143,9 @@ pub fn core_dumps_disabled() -> bool {
 }
 
 /// Everything `main` does before the runtime, for `command`: core dumps off for `serve`,
-/// `rotate`, `functions` and `plugin test` (an error if the kernel refuses), then the secret variables that
-/// `config_file` and the environment name taken out of the environment.
+/// `rotate`, `functions`, `check` and `plugin test` (an error if the kernel refuses), then the
+/// secret variables that `config_file` and the environment name (and `events send` its
+/// `--*-env` options) taken out of the environment.
 pub fn at_startup(command: &crate::cli::Command) -> Result<(), String> {
     use crate::cli::Command;
     let (holds_passwords, config_file) = match command {
@@ -152,6 +153,14 @@ pub fn at_startup(command: &crate::cli::Command) -> Result<(), String> {
         Command::Rotate(args) => (true, args.config.as_deref()),
         Command::Functions(args) => (true, args.config.as_deref()),
         Command::Dev(args) => (false, args.config.as_deref()),
+        // Admin passwords read from the vault.
+        Command::Check(args) => (true, args.config.as_deref()),
+        // The key or token it sends, taken like the configuration's secret variables.
+        Command::Events(args) => {
+            let names = crate::cli::events::secret_env_names(args);
+            take_secret_env(names.iter().map(String::as_str));
+            (false, None)
+        }
         Command::Plugin(crate::cli::plugin::PluginArgs { command: crate::cli::plugin::PluginCommand::Test(args) }) => {
             (true, args.config.as_deref())
         }

@@ -449,7 +449,8 @@ pub fn source_filter(config: &WebhookConfig, vault_name: &str) -> kv_rotator_web
     }
 }
 
-fn webhook_auth(config: Option<&WebhookAuthConfig>) -> anyhow::Result<kv_rotator_webhook::Authenticator> {
+/// The webhook's authenticator from `[webhook.auth]`, its keys read now (also `kv-rotator check`).
+pub(crate) fn webhook_auth(config: Option<&WebhookAuthConfig>) -> anyhow::Result<kv_rotator_webhook::Authenticator> {
     use kv_rotator_webhook::{Authenticator, EntraId, SharedKey};
     Ok(match config {
         None | Some(WebhookAuthConfig::None {}) => Authenticator::None,

@@ -61,8 +61,11 @@ async fn schemathesis_finds_no_server_error_and_no_departure_from_the_openapi_do
     std::fs::write(&document, served.unwrap().bytes().await.unwrap()).unwrap();
     let settings = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/schemathesis/schemathesis.toml");
 
+    let workdir = dir.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(schemathesis)
+            // Its caches (.schemathesis/) go there, not into the checkout.
+            .current_dir(workdir)
             .arg("--config-file")
             .arg(settings)
             .args(["--no-color", "run"])

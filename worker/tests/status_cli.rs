@@ -99,13 +99,7 @@ impl Site {
 
     /// Every secret's every version's properties (tags, attributes, timestamps), and the target file.
     async fn state(&self) -> (BTreeMap<String, Vec<SecretProperties>>, Vec<u8>) {
-        let mut state = BTreeMap::new();
-        for secret in self.dev.store.list_secrets().await.unwrap() {
-            let mut versions = self.dev.store.list_versions(&secret.name).await.unwrap();
-            versions.sort_by(|a, b| a.version.cmp(&b.version));
-            state.insert(secret.name, versions);
-        }
-        (state, std::fs::read(&self.dev.htpasswd).unwrap())
+        (self.dev.vault_state().await, std::fs::read(&self.dev.htpasswd).unwrap())
     }
 }
 

@@ -417,6 +417,10 @@ impl Rotator for PostgresRotator {
     async fn sync_twin(&self, req: SyncTwinRequest) -> RotatorResult<SyncTwinResponse> {
         twin::sync(self, req).await
     }
+
+    async fn check_admin(&self, admin: &crate::Credential) -> RotatorResult<crate::AdminCheck> {
+        crate::common::admin_logs_in(self, admin).await
+    }
 }
 
 /// Drives a connection until its client drops. Notices and notifications are dropped:

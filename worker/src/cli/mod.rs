@@ -1,18 +1,24 @@
-//! The command line: `demo`, `dev`, `serve`, `rotate`, `status`, `functions`, `plugin`
-//! and `healthcheck`.
+//! The command line: `demo`, `dev`, `serve`, `rotate`, `status`, `check`, `events send`,
+//! `functions`, `plugin`, `healthcheck` and `completions`.
 //!
 //! - [`demo`]: one rotation end to end on embedded defaults, with a report.
 //! - [`dev`]: the service with the dev vault embedded, for local experiments.
 //! - [`serve`]: the service against a configured vault.
 //! - [`rotate`]: manual rotations (named secrets, `--all`, `--resume`), in-process.
 //! - [`status`]: `status` and `rotate --dry-run`, read-only views of the vault.
+//! - [`check`]: validates a configuration and reaches its vault and targets, read-only.
+//! - [`events`]: `events send`, a real-shaped Event Grid delivery posted to a webhook.
+//! - [`completions`]: shell completion scripts.
 //! - [`functions`]: the Azure Functions custom handler (Event Grid, HTTP and timer triggers).
 //! - [`plugin`]: `plugin test`, the conformance checks against a profile, for plugin authors.
 //! - [`healthcheck`]: probes a running service's `/healthz` (container health checks).
 //! - [`seed`]: the demo target (an htpasswd file) and a real-shaped Event Grid delivery.
 
+pub mod check;
+pub mod completions;
 pub mod demo;
 pub mod dev;
+pub mod events;
 pub mod functions;
 pub mod healthcheck;
 pub mod plugin;
@@ -29,7 +35,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Event-driven password rotation worker for Azure Key Vault.
 #[derive(Debug, Parser)]
-#[command(name = "kv-rotator", version, about)]
+#[command(
+    name = "kv-rotator",
+    version,
+    about,
+    after_help = "Getting started: `kv-rotator demo` rotates a demo secret on embedded defaults; `kv-rotator dev` \
+                  runs the service on an embedded dev vault. With a configuration: `kv-rotator check --config F` \
+                  before the first `serve`. `kv-rotator COMMAND --help` explains each command."
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KV_ROTATOR_LOG_FORMAT")]
@@ -55,9 +68,10 @@ pub enum Command {
     Demo,
     /// Run the service with the dev vault embedded.
     Dev(dev::DevArgs),
-    /// Run the service against the vault in the configuration.
+    /// Run the service (webhook, engine, sweeper, admin listener) against the configured vault.
     Serve {
         /// Configuration file (TOML); `KV_ROTATOR_*` environment variables override it.
+        /// Default: none (built-in defaults and `KV_ROTATOR_*` variables only).
         #[arg(long, short, env = "KV_ROTATOR_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -67,6 +81,18 @@ pub enum Command {
     /// Show every managed secret (profile, account, age, expiry, next due, last failure) and
     /// unfinished journal records; read-only.
     Status(status::StatusArgs),
+    /// Check a configuration, read-only: the vault, each profile's admin login and canary.
+    ///
+    /// Validates the configuration, lists the vault, and per target profile checks what
+    /// its kind can check before a login (a plugin's describe, a file's access), logs in
+    /// as its admin (password read from the vault) and makes sure a random wrong password
+    /// is refused. Changes nothing. One line per check (ok, FAILED, skipped); exit code 1
+    /// when any check failed.
+    Check(check::CheckArgs),
+    /// Send a test event to a webhook (`events send`), to try an Event Grid subscription's path.
+    Events(events::EventsArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(completions::CompletionsArgs),
     /// Probe a running service's /healthz: exit 0 on a 2xx answer (for container health checks).
     Healthcheck(healthcheck::HealthcheckArgs),
     /// Tools for rotator plugin authors: `plugin test` runs the conformance checks.
@@ -79,7 +105,9 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     let default_filter = match cli.command {
         // The demo's output is its report; logs only when something is wrong.
-        Command::Demo | Command::Healthcheck(_) | Command::Status(_) => "warn",
+        Command::Demo | Command::Healthcheck(_) | Command::Status(_) | Command::Check(_) | Command::Events(_) => "warn",
+        // Prints its script and nothing else; needs no runtime.
+        Command::Completions(ref args) => return completions::run(args),
         Command::Rotate(ref args) if args.dry_run => "warn",
         _ => "info",
     };
@@ -98,6 +126,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve { config } => serve::run(config).await,
             Command::Rotate(args) => rotate::run(args).await,
             Command::Status(args) => status::status(args).await,
+            Command::Check(args) => check::run(args).await,
+            Command::Events(args) => events::run(args).await,
+            Command::Completions(_) => Ok(()), // answered above, without a runtime
             Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Functions(args) => functions::run(args).await,
             Command::Plugin(args) => plugin::run(args).await,

@@ -15,6 +15,7 @@ use kv_rotator_rotators::PasswordPolicy;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
+use super::events::{delivery, EventSpec, EventType, Schema};
 use crate::engine::protocol::{TAG_CREDENTIAL_ID, TAG_ROTATOR, TAG_VALIDITY_DAYS};
 use crate::targets::Targets;
 
@@ -88,29 +89,14 @@ pub fn near_expiry_delivery(
     version: &str,
     exp: OffsetDateTime,
 ) -> serde_json::Value {
-    let now = OffsetDateTime::now_utc();
-    serde_json::json!([{
-        "id": uuid_like(),
-        "topic": format!("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/kv-rotator-dev/providers/Microsoft.KeyVault/vaults/{vault_name}"),
-        "subject": secret,
-        "eventType": "Microsoft.KeyVault.SecretNearExpiry",
-        "eventTime": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "data": {
-            "Id": format!("https://{vault_host}/secrets/{secret}/{version}"),
-            "VaultName": vault_name,
-            "ObjectType": "Secret",
-            "ObjectName": secret,
-            "Version": version,
-            "NBF": serde_json::Value::Null,
-            "EXP": exp.unix_timestamp(),
-        },
-        "dataVersion": "1",
-        "metadataVersion": "1",
-    }])
-}
-
-fn uuid_like() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let h = hex::encode(bytes);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    let spec = EventSpec {
+        schema: Schema::Eventgrid,
+        event_type: EventType::NearExpiry,
+        vault_name,
+        vault_host,
+        secret,
+        version: Some(version),
+        exp: Some(exp),
+    };
+    delivery(&spec).0
 }

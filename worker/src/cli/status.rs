@@ -43,9 +43,10 @@ const REASON_MAX: usize = 1024;
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Configuration file (TOML); `KV_ROTATOR_*` environment variables override it.
+    /// Default: none (built-in defaults and `KV_ROTATOR_*` variables only).
     #[arg(long, short, env = "KV_ROTATOR_CONFIG")]
     pub config: Option<PathBuf>,
-    /// One JSON object per line instead of a table.
+    /// One JSON object per line instead of a table (default: a table).
     #[arg(long)]
     pub json: bool,
 }

@@ -531,7 +531,7 @@ async fn canary(rotator: &dyn Rotator, profile: &str, account: &str, consequence
 }
 
 /// Whether the target refuses a random password for `username` (the canary).
-pub(super) async fn refuses_a_random_password(rotator: &dyn Rotator, username: &str) -> Result<bool, RotatorError> {
+pub(crate) async fn refuses_a_random_password(rotator: &dyn Rotator, username: &str) -> Result<bool, RotatorError> {
     let canary = rotator.password_policy().generate();
     let verdict = rotator.verify(VerifyRequest { username: username.to_owned(), password: canary }).await?;
     Ok(verdict == VerifyResponse::Rejected)

@@ -17,7 +17,7 @@ use kv_rotator_config::{EngineConfig, WebhookConfig};
 
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
-use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
+use kv_rotator_keyvault::{NewSecretVersion, SecretProperties, SecretStore};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
 use secrecy::SecretString;
@@ -122,6 +122,18 @@ impl DevSite {
             .unwrap();
         let admin = running.admin_addr.unwrap();
         (running, admin)
+    }
+
+    /// Every secret's every version (tags, attributes, timestamps), by name: what a
+    /// read-only command must leave as it was.
+    pub async fn vault_state(&self) -> BTreeMap<String, Vec<SecretProperties>> {
+        let mut state = BTreeMap::new();
+        for secret in self.store.list_secrets().await.unwrap() {
+            let mut versions = self.store.list_versions(&secret.name).await.unwrap();
+            versions.sort_by(|a, b| a.version.cmp(&b.version));
+            state.insert(secret.name, versions);
+        }
+        state
     }
 
     /// Whether `password` logs in as `user` to the htpasswd target.
