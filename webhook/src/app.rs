@@ -54,8 +54,8 @@ use crate::eventgrid::{
     is_cloud_event, loggable_url, plan_cloud_event, plan_event, quote, same_name, AegEventType, Disposition, EventKind,
     PlannedEvent, SubscriptionValidationData, ValidationResponse, AEG_EVENT_TYPE_HEADER,
 };
-use crate::request::{RotationRequest, Trigger};
 use crate::source::SourceFilter;
+use kv_rotator_core::{RotationRequest, Trigger};
 
 /// The main delivery path.
 pub const EVENTGRID_PATH: &str = "/api/eventgrid";

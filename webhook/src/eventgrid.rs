@@ -33,8 +33,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::request::{RotationRequest, Trigger};
 use crate::source::SourceFilter;
+use kv_rotator_core::{RotationRequest, Trigger};
 
 /// Header naming the kind of delivery; its value is matched ignoring ASCII case.
 pub const AEG_EVENT_TYPE_HEADER: &str = "aeg-event-type";

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use crate::engine::due::{Due, DueRule};
 use kv_rotator_config::SweeperConfig;
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
-use kv_rotator_webhook::{eventgrid, RotationRequest, Trigger};
+use kv_rotator_webhook::eventgrid;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{info, warn};

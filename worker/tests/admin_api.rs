@@ -25,7 +25,7 @@ use kv_rotator::service::{self, Background, RunningService};
 use kv_rotator::targets::Targets;
 use kv_rotator_config::figment::providers::Format as _;
 use kv_rotator_config::{AdminAuthConfig, EngineConfig, WebhookConfig};
-use kv_rotator_webhook::RotationRequest;
+use kv_rotator_core::RotationRequest;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

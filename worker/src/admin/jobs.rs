@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use kv_rotator_webhook::{RotationRequest, Trigger};
+use kv_rotator_core::{RotationRequest, Trigger};
 use serde::Serialize;
 use uuid::Uuid;
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use kv_rotator_core::Trigger;
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
-use kv_rotator_webhook::Trigger;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 

@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use kv_rotator_config::EngineConfig;
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{PropertiesUpdate, SecretStore, StoreError};
 use kv_rotator_rotators::RotatorError;
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};

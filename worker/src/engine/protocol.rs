@@ -25,11 +25,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, StoreError};
 use kv_rotator_rotators::{
     Credential, Rotator, RotatorError, SetPasswordRequest, SyncTwinRequest, VerifyRequest, VerifyResponse,
 };
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

@@ -1,0 +1,12 @@
+//! kv-rotator's shared vocabulary, used by every other crate of the workspace.
+//!
+//! - [`request`]: [`RotationRequest`] and its [`Trigger`], what every trigger (webhook,
+//!   sweeper, `rotate`, admin API, Functions) hands to the engine.
+//!
+//! Nothing here does I/O or depends on another crate: it is the one place a rule or a
+//! name is written, so the webhook, the configuration, the dev vault and the engine cannot
+//! disagree about it.
+
+pub mod request;
+
+pub use request::{RotationRequest, Trigger};
