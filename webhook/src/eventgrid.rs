@@ -34,6 +34,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::source::SourceFilter;
+use kv_rotator_core::names::{has_only_name_characters, is_secret_name, is_vault_name, is_version};
 use kv_rotator_core::{RotationRequest, Trigger};
 
 /// Header naming the kind of delivery; its value is matched ignoring ASCII case.
@@ -554,7 +555,7 @@ fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
     let vault_name = first_dot.map(|dot| &host[..dot]);
     let path = &path[1..];
     let path = path.strip_suffix('/').unwrap_or(path);
-    let plain_segment = |s: &str| !s.is_empty() && all_name_bytes(s, true);
+    let plain_segment = |s: &str| !s.is_empty() && has_only_name_characters(s);
     let mut segments = crate::source::split_slash(path);
     let (collection, name, version) = (segments.next()?, segments.next()?, segments.next());
     if segments.next().is_some()
@@ -567,22 +568,6 @@ fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
     Some((vault_name, name, version))
 }
 
-/// Key Vault names: 3–24 characters, letters, digits and hyphens, starting with a letter.
-pub fn is_vault_name(name: &str) -> bool {
-    (3..=24).contains(&name.len()) && name.as_bytes()[0].is_ascii_alphabetic() && all_name_bytes(name, true)
-}
-
-/// Key Vault secret names: `^[0-9a-zA-Z-]{1,127}$`.
-pub fn is_secret_name(name: &str) -> bool {
-    (1..=127).contains(&name.len()) && all_name_bytes(name, true)
-}
-
-/// Secret versions are 32 hex digits; other letters and digits (up to 64) are
-/// tolerated, e.g. for a dev vault.
-pub fn is_version(version: &str) -> bool {
-    (1..=64).contains(&version.len()) && all_name_bytes(version, false)
-}
-
 /// Event ids: 1 to [`MAX_EVENT_ID_LEN`] visible ASCII characters (`!` to `~`) other than
 /// `"` and `\`. An id is logged on every line of its delivery and of its rotation, and
 /// kept in the dedup memory, so it is checked where it enters: no control character
@@ -591,13 +576,6 @@ pub fn is_version(version: &str) -> bool {
 pub fn is_event_id(id: &str) -> bool {
     (1..=MAX_EVENT_ID_LEN).contains(&id.len())
         && id.bytes().fold(true, |ok, b| ok & (b.is_ascii_graphic() & (b != b'"') & (b != b'\\')))
-}
-
-/// Whether every byte of `s` is an ASCII letter or digit (or a hyphen, if allowed).
-/// A fold without early exit, which the compiler turns into vector instructions: names
-/// are checked on every delivery, and valid ones are read to the end anyway.
-fn all_name_bytes(s: &str, hyphen: bool) -> bool {
-    s.bytes().fold(true, |ok, b| ok & (b.is_ascii_alphanumeric() | (hyphen & (b == b'-'))))
 }
 
 /// Why an event is dropped. Every variant is permanent: redelivery cannot fix it.
@@ -1123,15 +1101,6 @@ mod tests {
             assert_eq!(kv_field(key), general, "{key:?}");
             assert_eq!(trim(key), key.trim(), "{key:?}");
         }
-    }
-
-    #[test]
-    fn name_rules() {
-        assert!(is_secret_name("a") && is_secret_name(&"a".repeat(127)) && is_secret_name("Db-Pass-1"));
-        assert!(!is_secret_name("") && !is_secret_name(&"a".repeat(128)));
-        assert!(!is_secret_name("a_b") && !is_secret_name("a.b") && !is_secret_name("a b") && !is_secret_name("é"));
-        assert!(is_vault_name("sample-kv") && !is_vault_name("kv") && !is_vault_name("1kv") && !is_vault_name("a_b-c"));
-        assert!(is_version(VERSION) && is_version("v2") && !is_version("") && !is_version("ee05-9b"));
     }
 
     #[test]

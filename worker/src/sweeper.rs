@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use crate::engine::due::{Due, DueRule};
 use kv_rotator_config::SweeperConfig;
+use kv_rotator_core::names;
 use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
-use kv_rotator_webhook::eventgrid;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -91,7 +91,7 @@ pub fn journal_request(vault_name: &str, properties: &SecretProperties) -> Optio
     }
     let secret = properties.tags.get(TAG_JOURNAL_FOR)?;
     let version = properties.tags.get(TAG_ROTATED_FROM)?;
-    if !eventgrid::is_secret_name(secret) || !eventgrid::is_version(version) {
+    if !names::is_secret_name(secret) || !names::is_version(version) {
         warn!(
             journal = %properties.name,
             "journal record names an invalid secret or version in its tags: not resumed; an operator must check it"

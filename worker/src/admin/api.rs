@@ -253,7 +253,7 @@ fn validate(body: RotationBody) -> Result<(Selection, String, bool), String> {
             }
             let mut seen = HashSet::new();
             for (i, name) in names.iter().enumerate() {
-                if !kv_rotator_config::load::is_secret_name(name) {
+                if !kv_rotator_core::names::is_secret_name(name) {
                     return Err(format!(
                         "secrets[{i}]: {:?} is not a Key Vault secret name (1-127 of 0-9 a-z A-Z -)",
                         sanitized(name, 130)
