@@ -26,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use kv_rotator_core::limits::MAX_TAG_CHARS;
 use kv_rotator_core::RotationRequest;
 use kv_rotator_keyvault::{SecretStore, StoreError};
 use serde::Deserialize;
@@ -277,8 +278,10 @@ fn validate(body: RotationBody) -> Result<(Selection, String, bool), String> {
                         sanitized(key, 100)
                     ));
                 }
-                if value.chars().count() > 256 || value.chars().any(char::is_control) {
-                    return Err(format!("tag.{key}: not a tag value (at most 256 characters, no control characters)"));
+                if value.chars().count() > MAX_TAG_CHARS || value.chars().any(char::is_control) {
+                    return Err(format!(
+                        "tag.{key}: not a tag value (at most {MAX_TAG_CHARS} characters, no control characters)"
+                    ));
                 }
             }
             Selection::Tagged(tags)

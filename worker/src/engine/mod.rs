@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use kv_rotator_config::EngineConfig;
+use kv_rotator_core::limits::MAX_TAGS;
 use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{PropertiesUpdate, SecretStore, StoreError};
 use kv_rotator_rotators::RotatorError;
@@ -807,7 +808,7 @@ impl Engine {
             };
         }
         let mut tags = latest.tags.clone();
-        if !tags.contains_key(journal::TAG_FAILED) && tags.len() >= protocol::MAX_TAGS {
+        if !tags.contains_key(journal::TAG_FAILED) && tags.len() >= MAX_TAGS {
             warn!("secret has {} tags, Key Vault's limit: no room for the failure tag", tags.len());
             return false;
         }

@@ -25,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use kv_rotator_core::limits::MAX_TAGS;
 use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, StoreError};
 use kv_rotator_rotators::{
@@ -52,8 +53,6 @@ pub const TAG_ROTATOR: &str = "rotator";
 pub const TAG_CREDENTIAL_ID: &str = "CredentialId";
 /// Tag with the validity of a new version in days (Microsoft's rotation samples).
 pub const TAG_VALIDITY_DAYS: &str = "ValidityPeriodDays";
-/// Most tags Key Vault accepts on one version.
-pub const MAX_TAGS: usize = 15;
 /// Older versions whose passwords `set` may try after the current one.
 const PREVIOUS_PASSWORDS: usize = 2;
 
