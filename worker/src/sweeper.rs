@@ -20,14 +20,14 @@ use std::time::Duration;
 use crate::engine::due::{Due, DueRule};
 use kv_rotator_config::SweeperConfig;
 use kv_rotator_core::names;
+use kv_rotator_core::tags::{TAG_JOURNAL_FOR, TAG_ROTATED_FROM, TAG_ROTATOR};
 use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::engine::journal::{JOURNAL_PREFIX, TAG_JOURNAL_FOR, TAG_ROTATED_FROM};
-use crate::engine::protocol::TAG_ROTATOR;
+use crate::engine::journal::JOURNAL_PREFIX;
 use crate::engine::retire::retirement_hint_due;
 use crate::metrics::Metrics;
 

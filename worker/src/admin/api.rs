@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use kv_rotator_core::limits::MAX_TAG_CHARS;
+use kv_rotator_core::tags::{TAG_JOURNAL_FOR, TAG_ROTATOR};
 use kv_rotator_core::RotationRequest;
 use kv_rotator_keyvault::{SecretStore, StoreError};
 use serde::Deserialize;
@@ -41,8 +42,7 @@ use super::auth::AdminAuth;
 use super::jobs::{self, Job, JobSecret, Jobs};
 use super::Readiness;
 use crate::engine::due::DueRule;
-use crate::engine::journal::{RESERVED_PREFIX, TAG_JOURNAL_FOR};
-use crate::engine::protocol::TAG_ROTATOR;
+use crate::engine::journal::RESERVED_PREFIX;
 use crate::logging::sanitized;
 
 /// The OpenAPI 3.1 document of the admin API, served at `GET /api/openapi.json`.

@@ -15,8 +15,8 @@ use kv_rotator_rotators::PasswordPolicy;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
-use crate::engine::protocol::{TAG_CREDENTIAL_ID, TAG_ROTATOR, TAG_VALIDITY_DAYS};
 use crate::targets::Targets;
+use kv_rotator_core::tags::{TAG_CREDENTIAL_ID, TAG_ROTATOR, TAG_VALIDITY_DAYS};
 
 /// The demo secret's name.
 pub const DEMO_SECRET: &str = "demo-htpasswd-password";

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use kv_rotator_config::EngineConfig;
 use kv_rotator_core::limits::MAX_TAGS;
+use kv_rotator_core::tags::{TAG_FAILED, TAG_ROTATOR};
 use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{PropertiesUpdate, SecretStore, StoreError};
 use kv_rotator_rotators::RotatorError;
@@ -800,7 +801,7 @@ impl Engine {
                 return false;
             }
         };
-        if !latest.tags.contains_key(protocol::TAG_ROTATOR) {
+        if !latest.tags.contains_key(TAG_ROTATOR) {
             // A journal whose secret lost its tags: mark the journal record instead.
             return match report.rotation_id.as_deref() {
                 Some(id) => self.tag_journal_failure(&journal::journal_name(id), attempts).await,
@@ -808,13 +809,13 @@ impl Engine {
             };
         }
         let mut tags = latest.tags.clone();
-        if !tags.contains_key(journal::TAG_FAILED) && tags.len() >= MAX_TAGS {
+        if !tags.contains_key(TAG_FAILED) && tags.len() >= MAX_TAGS {
             warn!("secret has {} tags, Key Vault's limit: no room for the failure tag", tags.len());
             return false;
         }
         let at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
         let rotation = report.rotation_id.as_deref().unwrap_or("-");
-        tags.insert(journal::TAG_FAILED.to_owned(), format!("{at} attempts={attempts} rotation={rotation}"));
+        tags.insert(TAG_FAILED.to_owned(), format!("{at} attempts={attempts} rotation={rotation}"));
         let update = PropertiesUpdate { tags: Some(tags), ..Default::default() };
         match self.store.update_properties(secret, latest.version.as_deref(), update).await {
             Ok(_) => true,
@@ -830,7 +831,7 @@ impl Engine {
         let Ok(record) = self.store.get_latest(journal_name).await else { return false };
         let mut tags = record.properties.tags;
         let at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-        tags.insert(journal::TAG_FAILED.to_owned(), format!("{at} attempts={attempts} secret-not-managed"));
+        tags.insert(TAG_FAILED.to_owned(), format!("{at} attempts={attempts} secret-not-managed"));
         let update = PropertiesUpdate { tags: Some(tags), ..Default::default() };
         self.store.update_properties(journal_name, Some(&record.version), update).await.is_ok()
     }
