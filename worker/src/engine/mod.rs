@@ -11,7 +11,8 @@
 //! - [`retire`]: multi-password retirement of old passwords after the grace period.
 //! - [`value`]: what a secret's value holds (a password, or alternating-users' pair).
 //! - [`planner`]: the protocol's pure decisions (fence, journal, stale journals).
-//! - [`journal`]: rotation ids, journal record naming and tags.
+//! - [`journal`]: rotation ids, journal record naming and content type (the tags it
+//!   writes are `kv_rotator_core::tags`).
 //! - [`locks`]: per-secret mutual exclusion.
 //! - [`failpoints`]: step-boundary pauses for the crash suite (feature `failpoints`).
 //! - [`Engine::run`]: takes requests off the queue, bounded by `engine.concurrency`
