@@ -33,7 +33,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::source::SourceFilter;
+use crate::source::{SourceError, SourceFilter};
+use crate::text::{quote, quote_clipped, same_name, split_slash, trim};
 use kv_rotator_core::names::{has_only_name_characters, is_secret_name, is_vault_name, is_version};
 use kv_rotator_core::{RotationRequest, Trigger};
 
@@ -53,9 +54,6 @@ pub const SECRET_NEW_VERSION_CREATED: &str = "Microsoft.KeyVault.SecretNewVersio
 
 /// Prefix of every Key Vault event type.
 const KEY_VAULT_PREFIX: &str = "Microsoft.KeyVault.";
-
-/// Longest piece of a received value quoted in an error; values are untrusted input.
-const MAX_QUOTED: usize = 80;
 
 /// Longest event id accepted ([`is_event_id`]). Event Grid's ids are GUIDs (36
 /// characters); the cap leaves room for other publishers' schemes while keeping every
@@ -252,22 +250,6 @@ pub(crate) fn kv_field(key: &str) -> Option<usize> {
         _ => return None,
     };
     same_name(key, KV_FIELDS[i]).then_some(i)
-}
-
-/// `a.eq_ignore_ascii_case(b)`, trying an exact match first: what is sent is nearly
-/// always spelled as documented, and a plain comparison costs a fraction of a folding one.
-pub(crate) fn same_name(a: &str, b: &str) -> bool {
-    a == b || a.eq_ignore_ascii_case(b)
-}
-
-/// `s.trim()`, skipping the Unicode whitespace tables when both ends are visible ASCII,
-/// as in nearly every value Event Grid sends.
-pub(crate) fn trim(s: &str) -> &str {
-    match s.as_bytes() {
-        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
-        [only] if only.is_ascii_graphic() => s,
-        _ => s.trim(),
-    }
 }
 
 impl KeyVaultEventData {
@@ -556,7 +538,7 @@ fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
     let path = &path[1..];
     let path = path.strip_suffix('/').unwrap_or(path);
     let plain_segment = |s: &str| !s.is_empty() && has_only_name_characters(s);
-    let mut segments = crate::source::split_slash(path);
+    let mut segments = split_slash(path);
     let (collection, name, version) = (segments.next()?, segments.next()?, segments.next());
     if segments.next().is_some()
         || !same_name(collection, "secrets")
@@ -660,25 +642,21 @@ pub enum EventError {
     },
 }
 
+impl From<SourceError> for EventError {
+    fn from(error: SourceError) -> Self {
+        match error {
+            SourceError::Missing(field) => Self::MissingSource(field),
+            SourceError::Mismatch { reason } => Self::SourceMismatch { reason },
+            SourceError::NotAllowed(vault) => Self::VaultNotAllowed(vault),
+        }
+    }
+}
+
 impl EventError {
     /// Whether the event was dropped for its source (spoofed, foreign, or unprovable),
     /// rather than for its shape.
     pub fn is_source(&self) -> bool {
         matches!(self, Self::MissingSource(_) | Self::SourceMismatch { .. } | Self::VaultNotAllowed(_))
-    }
-}
-
-/// `{:?}`-quotes an untrusted value, clipped to [`MAX_QUOTED`] characters.
-pub(crate) fn quote(value: &str) -> String {
-    quote_clipped(value, MAX_QUOTED)
-}
-
-/// `{:?}`-quotes an untrusted value (control characters escaped), clipped to `max`
-/// characters.
-pub(crate) fn quote_clipped(value: &str, max: usize) -> String {
-    match value.char_indices().nth(max) {
-        None => format!("{value:?}"),
-        Some((end, _)) => format!("{:?}…", &value[..end]),
     }
 }
 
@@ -873,7 +851,7 @@ pub(crate) fn rotation(
 ) -> Disposition {
     let checked = data.and_then(|data| {
         let secret = data.secret_ref()?;
-        source.check_names(topic, data.vault_name, data.id)?;
+        source.check(topic, data.vault_name, data.id)?;
         Ok(secret)
     });
     match checked {

@@ -5,6 +5,8 @@
 //! - [`fastpath`]: the common Event Grid delivery decided without a JSON tree; anything
 //!   unusual goes the general way.
 //! - [`source`]: which vaults' events are accepted; topic, `VaultName` and `Id` must agree.
+//! - [`text`]: trimming, name comparison, id splitting and quoting of untrusted event text,
+//!   shared by the parsing and the source check.
 //! - [`dedup`]: bounded, time-limited memory of event ids and requested rotations.
 //! - [`app`]: the axum [`Router`](axum::Router): validation handshake, routing of
 //!   `SecretNearExpiry`/`SecretExpired` into the queue (while its [`Intake`] is open),
@@ -20,6 +22,7 @@ pub mod dedup;
 pub mod eventgrid;
 pub mod fastpath;
 pub mod source;
+mod text;
 
 pub use app::{router, Intake, WebhookState};
 pub use auth::{AuthError, Authenticator, EntraId, EntraIdConfig, JwksLocation, SharedKey};
