@@ -13,7 +13,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{mariadb_root, mariadb_runs, mariadb_target, suffix, test_ca};
+use common::redis::{redis_acl, redis_admin_connection, redis_logs_in, sha256_hex};
+use common::{mariadb_root, mariadb_runs, mariadb_target, suffix};
 use kv_rotator::engine::Outcome;
 use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
 use kv_rotator_rotators::common::Strategy;
@@ -55,14 +56,7 @@ impl Harness {
     /// A MariaDB profile `db` (single-user, admin `db_admin`) and a Redis profile `cache`
     /// (multi-password, admin `redis_admin`), both over verified TLS.
     async fn start(db_admin: &str, redis_admin: &str) -> Harness {
-        let redis = TargetKind::parse(
-            "redis",
-            serde_json::json!({
-                "host": "127.0.0.1", "port": 6380, "tls": "verify-full", "acl_save": "never",
-                "tls_ca_file": test_ca("KVR_TEST_REDIS_CA", "/var/lib/redis/kvr-test-tls/ca.pem"),
-            }),
-        )
-        .unwrap();
+        let redis = common::redis::target();
         let admin = AdminRef { username: redis_admin.into(), secret: "redis-admin".into() };
         let db_admin = AdminRef { username: db_admin.into(), secret: "db-admin".into() };
         let profiles = BTreeMap::from([
@@ -134,37 +128,6 @@ async fn near_expiry_event_rotates_a_mariadb_account_on_every_host_entry() {
 }
 
 // ---- Redis ----
-
-async fn redis_admin_connection() -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
-    client.get_multiplexed_async_connection().await.expect("Redis must run on 127.0.0.1:6379")
-}
-
-fn sha256_hex(password: &SecretString) -> String {
-    use std::fmt::Write;
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(password.expose_secret().as_bytes());
-    digest.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// Whether a client sending `AUTH user password` is let in.
-async fn redis_logs_in(user: &str, password: &SecretString) -> bool {
-    let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
-    let auth: redis::RedisResult<()> =
-        redis::cmd("AUTH").arg(user).arg(password.expose_secret()).query_async(&mut conn).await;
-    auth.is_ok()
-}
-
-async fn redis_acl(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) {
-    let mut cmd = redis::cmd("ACL");
-    for arg in args {
-        cmd.arg(*arg);
-    }
-    let _: redis::Value = cmd.query_async(conn).await.unwrap_or_else(|e| panic!("ACL {}: {e}", args[0]));
-}
 
 /// A Redis user the consumer logs in as (its keys only, nothing of the ACL), an admin
 /// that may change it (its password in Key Vault), and the user's secret.

@@ -10,45 +10,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
-use amqprs::connection::{Connection, OpenConnectionArguments};
+use common::rabbitmq::{self, amqp_login, api, create_user};
 use common::suffix;
 use kv_rotator::engine::Outcome;
-use kv_rotator_config::{AdminRef, TargetKind, TargetProfile};
+use kv_rotator_config::{AdminRef, TargetProfile};
 use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::PasswordPolicy;
-use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
-
-const MANAGEMENT: &str = "http://127.0.0.1:15672";
-const AMQP: (&str, u16) = ("127.0.0.1", 5672);
-
-/// The management API as guest: `method` on `/api/{path}`, the status.
-async fn api(method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> u16 {
-    let mut req =
-        reqwest::Client::new().request(method, format!("{MANAGEMENT}/api/{path}")).basic_auth("guest", Some("guest"));
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}; run scripts/setup-rabbitmq.sh"));
-    resp.status().as_u16()
-}
-
-async fn create_user(name: &str, password: &SecretString, tags: &str) {
-    let body = json!({ "password": password.expose_secret(), "tags": tags });
-    let status = api(reqwest::Method::PUT, &format!("users/{name}"), Some(body)).await;
-    assert_eq!(status, 201, "creating {name}");
-}
-
-/// `Ok` once a connection with `password` is open on vhost `/`; amqprs's error otherwise.
-async fn amqp_login(user: &str, password: &SecretString) -> Result<(), String> {
-    let args = OpenConnectionArguments::new(AMQP.0, AMQP.1, user, password.expose_secret());
-    let conn = Connection::open(&args).await.map_err(|e| e.to_string())?;
-    let _ = conn.close().await;
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_expiry_event_rotates_a_rabbitmq_user_through_the_exec_plugin() {
@@ -66,13 +36,8 @@ async fn near_expiry_event_rotates_a_rabbitmq_user_through_the_exec_plugin() {
     };
     assert!(amqp_login(&user, &p0).await.is_ok(), "the first password logs in");
 
-    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/rabbitmq.py").canonicalize().unwrap();
-    let exec = json!({
-        "command": plugin,
-        "settings": { "management_url": MANAGEMENT, "amqp_host": AMQP.0, "amqp_port": AMQP.1 },
-    });
     let profile = TargetProfile {
-        target: TargetKind::parse("exec", exec).unwrap(),
+        target: rabbitmq::target(),
         admin: Some(AdminRef { username: admin.clone(), secret: "mq-admin".into() }),
         password: Default::default(),
         accounts: vec!["kvr_e2e_*".to_owned()],

@@ -14,6 +14,7 @@
 //! Requests name the version they saw, so they converge with deliveries and manual
 //! triggers of the same state on one rotation id.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::engine::journal::JOURNAL_PREFIX;
+use crate::engine::journal::{JOURNAL_PREFIX, RESERVED_PREFIX};
 use crate::engine::retire::retirement_hint_due;
 use crate::metrics::Metrics;
 
@@ -151,13 +152,23 @@ pub async fn scan(store: &dyn SecretStore, rule: Option<&DueRule>) -> Result<Sca
     Ok(scan)
 }
 
-/// Every managed secret's name (tag `rotator`), for `rotate --all`.
-pub async fn managed_secrets(store: &dyn SecretStore) -> Result<Vec<String>, StoreError> {
+/// The managed secrets (tag `rotator`; never a journal record or a name kv-rotator keeps
+/// for itself) whose latest version carries every one of `tags` (none: all of them), for
+/// `rotate --all`, `rotate --tag` and the admin API's jobs.
+pub async fn managed_secrets(
+    store: &dyn SecretStore,
+    tags: &BTreeMap<String, String>,
+) -> Result<Vec<String>, StoreError> {
     Ok(store
         .list_secrets()
         .await?
         .into_iter()
-        .filter(|p| p.tags.contains_key(TAG_ROTATOR) && !p.tags.contains_key(TAG_JOURNAL_FOR))
+        .filter(|p| {
+            p.tags.contains_key(TAG_ROTATOR)
+                && !p.tags.contains_key(TAG_JOURNAL_FOR)
+                && !p.name.to_ascii_lowercase().starts_with(RESERVED_PREFIX)
+                && tags.iter().all(|(k, v)| p.tags.get(k) == Some(v))
+        })
         .map(|p| p.name)
         .collect())
 }

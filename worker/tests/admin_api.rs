@@ -427,6 +427,7 @@ impl Served {
             .arg("rotate")
             .arg("--config")
             .arg(&self.config)
+            .args(["--output", "text"])
             .args(args)
             .env("ADMIN_TOKEN", TOKEN)
             .env("KVR_LEASE_SETTLE_MS", "0")

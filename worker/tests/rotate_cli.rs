@@ -1,6 +1,7 @@
-//! `kv-rotator rotate` run as an operator runs it: a config file, named secrets, `--all`
-//! and `--resume`; one line per secret on stdout, a non-zero exit when any failed, and
-//! no password in the output.
+//! `kv-rotator rotate` run as an operator runs it: a config file, named secrets, `--all`,
+//! `--tag` and `--resume`; one line per secret and a summary table (`--output text`), JSON
+//! lines when piped, a progress bar on a terminal; a non-zero exit when any failed, and no
+//! password in the output.
 
 #[allow(dead_code)] // each suite uses some of the shared helpers
 mod common;
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::devsite::DevSite;
-use common::line_for;
+use common::{line_for, secret_lines, summary_of};
 use kv_rotator_keyvault::NewSecretVersion;
 use kv_rotator_rotators::htpasswd;
 use kv_rotator_rotators::PasswordPolicy;
@@ -51,7 +52,13 @@ impl Site {
         Site { dev, config }
     }
 
+    /// `rotate --output text ARGS`.
     fn rotate(&self, args: &[&str]) -> (bool, String, String) {
+        self.rotate_as(&[&["--output", "text"], args].concat())
+    }
+
+    /// `rotate ARGS`, its stdout a pipe.
+    fn rotate_as(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(BIN).arg("rotate").arg("--config").arg(&self.config).args(args).output().unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
     }
@@ -65,7 +72,10 @@ async fn named_secrets_rotate_and_a_missing_one_fails_the_exit_code() {
 
     let (ok, stdout, stderr) = site.rotate(&["alpha-password", "beta-password", "no-such-secret"]);
     assert!(!ok, "a missing secret must fail the run:\n{stdout}\n{stderr}");
-    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert_eq!(secret_lines(&stdout).len(), 3, "{stdout}");
+    let expected = [("failed", 1), ("rotated", 2), ("total", 3)].map(|(k, v)| (k.to_owned(), v));
+    assert_eq!(summary_of(&stdout), BTreeMap::from(expected), "{stdout}");
+    assert!(stderr.contains("1 of 3 rotation(s) failed"), "{stderr}");
     assert!(line_for(&stdout, "alpha-password").contains(&format!("rotated {a1} -> ")), "{stdout}");
     assert!(line_for(&stdout, "beta-password").contains(&format!("rotated {b1} -> ")), "{stdout}");
     assert!(line_for(&stdout, "no-such-secret").contains("failed"), "{stdout}");
@@ -104,7 +114,7 @@ async fn all_rotates_every_managed_secret_and_nothing_else() {
 
     let (ok, stdout, stderr) = site.rotate(&["--all"]);
     assert!(ok, "{stdout}\n{stderr}");
-    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert_eq!(secret_lines(&stdout).len(), 2, "{stdout}");
     for (secret, user) in [("alpha-password", "alpha"), ("beta-password", "beta")] {
         assert!(line_for(&stdout, secret).contains("rotated"), "{stdout}");
         assert_eq!(site.store.list_versions(secret).await.unwrap().len(), 2);
@@ -170,6 +180,91 @@ async fn resume_finishes_what_a_dead_process_left_and_then_has_nothing_to_do() {
     let (ok, stdout, _) = site.rotate(&["--resume"]);
     assert!(ok);
     assert_eq!(stdout.trim(), "nothing to do");
+    site.dev.vault.shutdown().await;
+}
+
+/// The secrets behind a compromised host, by tag, as a pipeline sees them: one JSON object
+/// per secret as it ends, then a summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_rotates_only_the_secrets_carrying_it_and_json_lines_report_each() {
+    let site = Site::new().await;
+    let (a1, _) = site.tagged_user("alpha-password", "alpha", &[("host", "db1")]).await;
+    let (b1, _) = site.tagged_user("beta-password", "beta", &[("host", "db1"), ("team", "x")]).await;
+    site.tagged_user("gamma-password", "gamma", &[("host", "db2")]).await;
+    site.user("delta-password", "delta").await;
+
+    // Piped stdout: JSON lines without asking.
+    let (ok, stdout, stderr) = site.rotate_as(&["--tag", "host=db1", "--concurrency", "1"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let lines: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let mut rotated = BTreeMap::new();
+    for line in &lines[..2] {
+        assert_eq!(
+            (line["type"].as_str(), line["state"].as_str(), line["ok"].as_bool()),
+            (Some("secret"), Some("rotated"), Some(true)),
+            "{line}"
+        );
+        rotated.insert(line["secret"].as_str().unwrap().to_owned(), line.clone());
+    }
+    for (secret, user, old) in [("alpha-password", "alpha", &a1), ("beta-password", "beta", &b1)] {
+        let latest = site.store.get_latest(secret).await.unwrap();
+        assert_eq!(rotated[secret]["version"].as_str(), Some(old.as_str()));
+        assert_eq!(rotated[secret]["newVersion"].as_str(), Some(latest.version.as_str()));
+        assert!(site.logs_in(user, &latest.value).await);
+        assert!(!stdout.contains(latest.value.expose_secret()));
+    }
+    assert_eq!(lines[2], serde_json::json!({"type": "summary", "total": 2, "failed": 0, "states": {"rotated": 2}}));
+    for untouched in ["gamma-password", "delta-password"] {
+        assert_eq!(site.store.list_versions(untouched).await.unwrap().len(), 1, "{untouched} has no other host's tag");
+    }
+
+    // Two tags: both must be carried.
+    let (ok, stdout, stderr) = site.rotate(&["--tag", "host=db1", "--tag", "team=x", "--force"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(secret_lines(&stdout).len(), 1, "{stdout}");
+    assert!(line_for(&stdout, "beta-password").contains("rotated"), "{stdout}");
+
+    // No secret carries it: nothing to do, and that is not a failure.
+    let (ok, stdout, _) = site.rotate(&["--tag", "host=db9"]);
+    assert!(ok);
+    assert_eq!(stdout.trim(), "nothing to do");
+
+    for bad in [
+        &["--tag", "host"][..],
+        &["--tag", "=db1"],
+        &["--tag", "host=db1", "--all"],
+        &["--tag", "host=db1", "alpha-password"],
+        &["--concurrency", "0", "--all"],
+    ] {
+        let (ok, _, stderr) = site.rotate(bad);
+        assert!(!ok, "{bad:?} must be refused");
+        assert!(stderr.contains("--tag") || stderr.contains("--concurrency"), "{bad:?}: {stderr}");
+    }
+    assert_eq!(site.store.list_versions("alpha-password").await.unwrap().len(), 2, "the refused runs rotated nothing");
+    site.dev.vault.shutdown().await;
+}
+
+/// On a terminal: a progress bar while it runs, then the lines and the summary table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_gets_a_progress_bar_then_the_summary() {
+    let site = Site::new().await;
+    for i in 0..6 {
+        site.user(&format!("user{i}-password"), &format!("user{i}")).await;
+    }
+    // `script` runs the command on a pseudo-terminal and copies what it shows.
+    let command = format!("{BIN} rotate --config {} --all --concurrency 2", site.config.display());
+    let out = Command::new("script").args(["-qefc", &command, "/dev/null"]).env("TERM", "xterm").output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!((0..=6).any(|n| shown.contains(&format!(" {n}/6"))), "no progress bar counting the 6 secrets:\n{shown}");
+    let text = shown.replace('\r', "");
+    let summary = text.rsplit("outcome").next().unwrap_or_default();
+    assert!(summary.contains("rotated") && summary.contains('6'), "no summary table:\n{shown}");
+    for i in 0..6 {
+        assert!(text.contains(&format!("user{i}-password: rotated")), "{shown}");
+    }
     site.dev.vault.shutdown().await;
 }
 

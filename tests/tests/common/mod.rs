@@ -1,7 +1,15 @@
 //! The service as the end-to-end suites run it: the dev vault, `service::start_with`
-//! with the suite's target profiles, and an HTTP client for the webhook.
+//! with the suite's target profiles, and an HTTP client for the webhook; the targets'
+//! servers as a consumer and an administrator reach them (PostgreSQL and MariaDB here,
+//! [`ldap`], [`rabbitmq`], [`redis`]).
+//!
+//! The worker's emergency suite (`worker/tests/emergency.rs`) includes this module too.
 
 #![allow(dead_code)] // not every suite uses every helper
+
+pub mod ldap;
+pub mod rabbitmq;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

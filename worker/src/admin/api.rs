@@ -4,7 +4,9 @@
 //!   the managed secrets carrying tags, or all of them — with a reason and a force flag.
 //!   Every secret's latest version is read now (as `rotate` does); the requests go on the
 //!   running engine's queue all together or not at all (503 with `Retry-After` when it has
-//!   no room), and the job is remembered ([`super::jobs`]). 202 with the job.
+//!   no room), and the job is remembered ([`super::jobs`]). 202 with the job. A job with
+//!   a `concurrency` limit is fed to the queue instead, one request as each secret ends
+//!   ([`jobs::feed`]): it may be larger than the queue.
 //! - `GET /api/rotations/{id}`: the job, each secret's state as the engine reported it.
 //! - `GET /api/secrets`: the managed secrets and unfinished journal records, as `status`
 //!   reads them ([`crate::cli::status::read_status`]).
@@ -27,7 +29,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use kv_rotator_core::limits::MAX_TAG_CHARS;
-use kv_rotator_core::tags::{TAG_JOURNAL_FOR, TAG_ROTATOR};
 use kv_rotator_core::RotationRequest;
 use kv_rotator_keyvault::{SecretStore, StoreError};
 use serde::Deserialize;
@@ -42,7 +43,6 @@ use super::auth::AdminAuth;
 use super::jobs::{self, Job, JobSecret, Jobs};
 use super::Readiness;
 use crate::engine::due::DueRule;
-use crate::engine::journal::RESERVED_PREFIX;
 use crate::logging::sanitized;
 
 /// The OpenAPI 3.1 document of the admin API, served at `GET /api/openapi.json`.
@@ -205,6 +205,20 @@ struct RotationBody {
     reason: Option<String>,
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    concurrency: Option<usize>,
+}
+
+/// Most secrets of one job on the queue or rotating at once, when the job sets a limit.
+pub const MAX_JOB_CONCURRENCY: usize = 256;
+
+/// A checked `POST /api/rotations` body.
+#[derive(Debug)]
+struct Asked {
+    selection: Selection,
+    reason: String,
+    force: bool,
+    concurrency: Option<usize>,
 }
 
 /// Which secrets a job names.
@@ -236,7 +250,7 @@ fn is_invisible_format(c: char) -> bool {
 }
 
 /// Checks a body; the error says what is wrong and where.
-fn validate(body: RotationBody) -> Result<(Selection, String, bool), String> {
+fn validate(body: RotationBody) -> Result<Asked, String> {
     let reason = body.reason.ok_or("reason: required (why these secrets are rotated, for the audit log)")?;
     if reason.trim().is_empty() {
         return Err("reason: must not be empty".to_owned());
@@ -291,7 +305,12 @@ fn validate(body: RotationBody) -> Result<(Selection, String, bool), String> {
         (None, None, None) => return Err("name the secrets: one of \"secrets\", \"tag\" or \"all\"".to_owned()),
         _ => return Err("\"secrets\", \"tag\" and \"all\" exclude each other: give exactly one".to_owned()),
     };
-    Ok((selection, reason, body.force))
+    if let Some(limit) = body.concurrency {
+        if !(1..=MAX_JOB_CONCURRENCY).contains(&limit) {
+            return Err(format!("concurrency: {limit} is not between 1 and {MAX_JOB_CONCURRENCY}"));
+        }
+    }
+    Ok(Asked { selection, reason, force: body.force, concurrency: body.concurrency })
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -304,23 +323,11 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// The names `selection` stands for, read from the vault now.
 async fn names_of(store: &dyn SecretStore, selection: Selection) -> Result<Vec<String>, StoreError> {
-    let tags = match selection {
-        Selection::Named(names) => return Ok(names),
-        Selection::Tagged(tags) => tags,
-        Selection::All => BTreeMap::new(),
-    };
-    Ok(store
-        .list_secrets()
-        .await?
-        .into_iter()
-        .filter(|p| {
-            p.tags.contains_key(TAG_ROTATOR)
-                && !p.tags.contains_key(TAG_JOURNAL_FOR)
-                && !p.name.to_ascii_lowercase().starts_with(RESERVED_PREFIX)
-                && tags.iter().all(|(k, v)| p.tags.get(k) == Some(v))
-        })
-        .map(|p| p.name)
-        .collect())
+    match selection {
+        Selection::Named(names) => Ok(names),
+        Selection::Tagged(tags) => crate::sweeper::managed_secrets(store, &tags).await,
+        Selection::All => crate::sweeper::managed_secrets(store, &BTreeMap::new()).await,
+    }
 }
 
 /// Secrets' latest versions read at once, at most this many at a time.
@@ -372,6 +379,53 @@ async fn resolve(
     (entries, requests)
 }
 
+/// 413: a job of `secrets` is more than the queue's `capacity`; nothing was `done`.
+fn too_large(secrets: usize, capacity: usize, done: &str) -> Response {
+    let why = format!(
+        "{secrets} secrets are more than the rotation queue holds (engine.queue_capacity = {capacity}): split the \
+         job, or give it a concurrency limit; nothing was {done}"
+    );
+    error(StatusCode::PAYLOAD_TOO_LARGE, why)
+}
+
+/// Remembers `job` and puts all its `requests` on the engine's queue at once; or the
+/// refusal (413 or 503), with nothing queued and the job forgotten.
+fn queue_together(
+    queue: &mpsc::Sender<RotationRequest>,
+    jobs: &Jobs,
+    job: Job,
+    requests: Vec<RotationRequest>,
+) -> Option<Response> {
+    if requests.is_empty() {
+        jobs.insert(job);
+        return None;
+    }
+    if requests.len() > queue.max_capacity() {
+        return Some(too_large(requests.len(), queue.max_capacity(), "queued"));
+    }
+    let permits = match queue.try_reserve_many(requests.len()) {
+        Ok(permits) => permits,
+        Err(mpsc::error::TrySendError::Full(())) => {
+            let why = format!(
+                "the rotation queue has room for {} of the {} requests: nothing was queued; retry later",
+                queue.capacity(),
+                requests.len()
+            );
+            warn!(target: "kv_rotator::admin", who = %job.requested_by, job = %job.id, "{why}");
+            return Some(unavailable(json!({ "error": why, "queued": [] })));
+        }
+        Err(mpsc::error::TrySendError::Closed(())) => {
+            return Some(unavailable(json!({ "error": "the engine is not running", "queued": [] })));
+        }
+    };
+    // Remembered before the engine can report on it.
+    jobs.insert(job);
+    for (permit, request) in permits.zip(requests) {
+        permit.send(request);
+    }
+    None
+}
+
 /// `POST /api/rotations`; see the [module docs](self).
 async fn post_rotations(
     State(state): State<ApiState>,
@@ -386,7 +440,7 @@ async fn post_rotations(
         Ok(body) => body,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {}", sanitized(&e.to_string(), 300))),
     };
-    let (selection, reason, force) = match validate(body) {
+    let Asked { selection, reason, force, concurrency } = match validate(body) {
         Ok(valid) => valid,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
@@ -402,15 +456,11 @@ async fn post_rotations(
             return unavailable(json!({ "error": why, "queued": [] }));
         }
     };
-    // Before any secret is read: a job the queue could never hold reads nothing.
+    // Before any secret is read: a job the queue could never hold reads nothing (one with
+    // a concurrency limit holds at most that many places at once).
     let capacity = state.queue.upgrade().map_or(0, |queue| queue.max_capacity());
-    if names.len() > capacity {
-        let why = format!(
-            "{} secrets are more than the rotation queue holds (engine.queue_capacity = {capacity}): split the job; \
-             nothing was read or queued",
-            names.len()
-        );
-        return error(StatusCode::PAYLOAD_TOO_LARGE, why);
+    if concurrency.is_none() && names.len() > capacity {
+        return too_large(names.len(), capacity, "read or queued");
     }
     let id = Uuid::new_v4();
     let trigger_by = jobs::requested_by(&who, id);
@@ -418,42 +468,23 @@ async fn post_rotations(
     let Some(queue) = state.queue.upgrade() else {
         return unavailable(json!({ "error": "the service is shutting down", "queued": [] }));
     };
-    let permits = if requests.is_empty() {
-        None
-    } else if requests.len() > queue.max_capacity() {
-        let why = format!(
-            "{} secrets are more than the rotation queue holds (engine.queue_capacity = {}): split the job; nothing \
-             was queued",
-            requests.len(),
-            queue.max_capacity()
-        );
-        return error(StatusCode::PAYLOAD_TOO_LARGE, why);
-    } else {
-        match queue.try_reserve_many(requests.len()) {
-            Ok(permits) => Some(permits),
-            Err(mpsc::error::TrySendError::Full(())) => {
-                let why = format!(
-                    "the rotation queue has room for {} of the {} requests: nothing was queued; retry later",
-                    queue.capacity(),
-                    requests.len()
-                );
-                warn!(target: "kv_rotator::admin", %who, job = %id, "{why}");
-                return unavailable(json!({ "error": why, "queued": [] }));
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                return unavailable(json!({ "error": "the engine is not running", "queued": [] }));
-            }
-        }
-    };
     let created = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-    let job =
-        Job { id, created, requested_by: who.clone(), reason: reason.clone(), force, done: false, secrets: entries };
-    // Remembered before the engine can report on it.
-    state.jobs.insert(job);
-    if let Some(permits) = permits {
-        for (permit, request) in permits.zip(requests) {
-            permit.send(request);
-        }
+    let job = Job {
+        id,
+        created,
+        requested_by: who.clone(),
+        reason: reason.clone(),
+        force,
+        concurrency,
+        done: false,
+        secrets: entries,
+    };
+    if concurrency.is_some() {
+        // Remembered before the engine can report on it.
+        state.jobs.insert(job);
+        tokio::spawn(jobs::feed(state.jobs.clone(), id, requests, state.queue.clone()));
+    } else if let Some(refused) = queue_together(&queue, &state.jobs, job, requests) {
+        return refused;
     }
     info!(
         target: "kv_rotator::admin", %who, job = %id, reason = %reason, force, selection = %selected,
@@ -500,7 +531,7 @@ mod tests {
     use super::*;
 
     fn body(json: serde_json::Value) -> Result<(Selection, String, bool), String> {
-        validate(serde_json::from_value(json).map_err(|e| e.to_string())?)
+        validate(serde_json::from_value(json).map_err(|e| e.to_string())?).map(|a| (a.selection, a.reason, a.force))
     }
 
     #[test]
@@ -526,6 +557,8 @@ mod tests {
             (json!({"tag": {}, "reason": "r"}), "tag: name at least one"),
             (json!({"secrets": ["a"], "reason": "r", "forse": true}), "unknown field `forse`"),
             (json!({"secrets": "a", "reason": "r"}), "invalid type"),
+            (json!({"all": true, "reason": "r", "concurrency": 0}), "concurrency: 0 is not between 1 and 256"),
+            (json!({"all": true, "reason": "r", "concurrency": 257}), "concurrency: 257 is not between"),
         ] {
             let err = body(bad.clone()).unwrap_err();
             assert!(err.contains(expected), "{bad}: {err}");

@@ -2,10 +2,12 @@
 //!
 //! [`connect`] looks for a service on `[admin] listen` (a wildcard address is reached on
 //! loopback); [`ApiClient::rotate`] posts the job, polls `GET /api/rotations/{id}` until
-//! every secret has ended, and prints one line per secret as the in-process `rotate` does.
+//! every secret has ended, and reports each secret's end to [`Progress`] as the in-process
+//! `rotate` does.
 //! The credential comes from the same `[admin.auth]` the service reads (the static token's
 //! environment variable or file); `mode = "entra-id"` needs a token the CLI cannot get yet.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -14,6 +16,9 @@ use kv_rotator_config::{AdminAuthConfig, AdminConfig};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
+
+use super::jobs::JobSecret;
+use crate::cli::progress::{OutputFormat, Progress};
 
 /// How often a job is polled.
 const POLL_EVERY: Duration = Duration::from_millis(500);
@@ -94,23 +99,28 @@ struct Job {
     secrets: Vec<JobSecret>,
 }
 
-#[derive(Debug, Deserialize)]
-struct JobSecret {
-    secret: String,
-    state: String,
-    #[serde(default)]
-    detail: Option<String>,
-    #[serde(default)]
-    ok: Option<bool>,
-}
-
 /// Which secrets a `rotate` names.
 #[derive(Debug)]
 pub enum Selection<'a> {
     /// Named secrets.
     Named(&'a [String]),
+    /// The managed secrets carrying every one of these tags.
+    Tagged(&'a BTreeMap<String, String>),
     /// Every managed secret.
     All,
+}
+
+/// The job `rotate` posts.
+#[derive(Debug)]
+pub struct JobRequest<'a> {
+    /// Its secrets.
+    pub selection: Selection<'a>,
+    /// Why, for the audit log.
+    pub reason: &'a str,
+    /// Whether to rotate within `engine.min_rotation_interval_secs` of the last write.
+    pub force: bool,
+    /// At most this many of its secrets at once.
+    pub concurrency: Option<u16>,
 }
 
 impl ApiClient {
@@ -127,13 +137,18 @@ impl ApiClient {
         }
     }
 
-    /// Posts the job and follows it to its end, printing one line per secret; an error if
-    /// any failed (or was refused as too soon), or if the service refused the job.
-    pub async fn rotate(&self, selection: Selection<'_>, reason: &str, force: bool) -> anyhow::Result<()> {
-        let mut body = json!({ "reason": reason, "force": force });
-        match selection {
+    /// Posts the job and follows it to its end, reporting each secret as it ends in
+    /// `output`; an error if any failed (or was refused as too soon), or if the service
+    /// refused the job.
+    pub async fn rotate(&self, asked: JobRequest<'_>, output: OutputFormat) -> anyhow::Result<()> {
+        let mut body = json!({ "reason": asked.reason, "force": asked.force });
+        match asked.selection {
             Selection::Named(names) => body["secrets"] = json!(names),
+            Selection::Tagged(tags) => body["tag"] = json!(tags),
             Selection::All => body["all"] = json!(true),
+        }
+        if let Some(limit) = asked.concurrency {
+            body["concurrency"] = json!(limit);
         }
         let response = self
             .request(reqwest::Method::POST, "/api/rotations")
@@ -152,45 +167,45 @@ impl ApiClient {
             bail!("the service at {} refused the rotation job: HTTP {status}: {error}", self.base);
         }
         let mut job: Job = response.json().await.context("the service's answer to POST /api/rotations")?;
-        if job.secrets.is_empty() {
-            println!("nothing to do");
-            return Ok(());
+        let names: Vec<String> = job.secrets.iter().map(|s| s.secret.clone()).collect();
+        let mut progress = Progress::start(output, &names);
+        if !job.secrets.is_empty() {
+            eprintln!("rotating through the service at {} (job {}); waiting for every secret", self.base, job.id);
         }
-        eprintln!("rotating through the service at {} (job {}); waiting for every secret", self.base, job.id);
-        while !job.done {
+        loop {
+            for (index, entry) in job.secrets.iter().enumerate() {
+                if entry.is_done() {
+                    progress.ended(index, entry);
+                }
+            }
+            if job.done {
+                break;
+            }
             tokio::time::sleep(POLL_EVERY).await;
-            let path = format!("/api/rotations/{}", job.id);
-            let response = self.request(reqwest::Method::GET, &path).send().await.with_context(|| {
-                format!(
-                    "lost the service while waiting for job {} (its rotations go on there, or are resumed by the \
-                     next engine's sweeper)",
-                    job.id
-                )
-            })?;
-            let status = response.status();
-            if !status.is_success() {
-                bail!(
-                    "GET {path}: HTTP {status}: {}",
-                    crate::logging::sanitized(&response.text().await.unwrap_or_default(), 500)
-                );
+            job = self.job(&job.id).await?;
+            if job.secrets.len() != names.len() {
+                bail!("the service's job {} changed its list of secrets while it ran", job.id);
             }
-            job = response.json().await.with_context(|| format!("the service's answer to GET {path}"))?;
         }
-        let mut failed = 0;
-        for secret in &job.secrets {
-            if secret.ok != Some(true) {
-                failed += 1;
-            }
-            let detail = secret.detail.clone().unwrap_or_else(|| secret.state.clone());
-            println!(
-                "{}: {}",
-                crate::logging::sanitized(&secret.secret, 200),
-                crate::logging::sanitized(&detail, 4096)
+        progress.finish()
+    }
+
+    /// `GET /api/rotations/{id}`.
+    async fn job(&self, id: &str) -> anyhow::Result<Job> {
+        let path = format!("/api/rotations/{id}");
+        let response = self.request(reqwest::Method::GET, &path).send().await.with_context(|| {
+            format!(
+                "lost the service while waiting for job {id} (its rotations go on there, or are resumed by the next \
+                 engine's sweeper)"
+            )
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "GET {path}: HTTP {status}: {}",
+                crate::logging::sanitized(&response.text().await.unwrap_or_default(), 500)
             );
         }
-        if failed > 0 {
-            bail!("{failed} of {} rotation(s) failed", job.secrets.len());
-        }
-        Ok(())
+        response.json().await.with_context(|| format!("the service's answer to GET {path}"))
     }
 }

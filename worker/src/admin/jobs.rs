@@ -1,16 +1,20 @@
 //! The admin API's rotation jobs: one per `POST /api/rotations`, each secret's state as the
 //! engine reports it, in memory and bounded ([`MAX_JOBS`], the oldest forgotten first).
 //!
+//! A job with a concurrency limit ([`Job::concurrency`]) is fed to the engine's queue by
+//! [`feed`], one request per free slot; [`Jobs`] frees a slot as each of its secrets ends.
+//!
 //! A job's requests carry `Trigger::Manual { requested_by: "<caller> via admin API job
 //! <id>" }`: unique per job, and what the audit record shows. [`Jobs`] is the engine's
 //! [`RequestObserver`]: it finds the job by that text and the entry by the secret's name,
 //! so a report is never lost the way a lagging broadcast receiver could lose it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kv_rotator_core::{RotationRequest, Trigger};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
 use uuid::Uuid;
 
 use crate::engine::{Outcome, RequestObserver, RotationReport};
@@ -18,8 +22,8 @@ use crate::engine::{Outcome, RequestObserver, RotationReport};
 /// Jobs remembered at most.
 pub const MAX_JOBS: usize = 1000;
 
-/// One secret of a job.
-#[derive(Debug, Clone, Serialize)]
+/// One secret of a job (also what `kv-rotator rotate` prints, in process or not).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSecret {
     /// The secret's name.
@@ -53,8 +57,13 @@ impl JobSecret {
 
     /// A secret that could not be read at trigger time: failed, never queued.
     pub fn unreadable(secret: &str, error: String) -> Self {
-        let mut entry = Self::new(secret, None, "failed");
-        entry.detail = Some(format!("failed: {error}"));
+        Self::not_run(secret, None, format!("failed: {error}"), error)
+    }
+
+    /// A secret the engine was never given (`detail` says why, as printed): failed.
+    pub fn not_run(secret: &str, version: Option<String>, detail: String, error: String) -> Self {
+        let mut entry = Self::new(secret, version, "failed");
+        entry.detail = Some(detail);
         entry.error = Some(error);
         entry.ok = Some(false);
         entry
@@ -77,7 +86,8 @@ impl JobSecret {
         self.ok.is_some()
     }
 
-    fn finish(&mut self, outcome: &Outcome) {
+    /// Ends the entry with the engine's `outcome`.
+    pub fn finish(&mut self, outcome: &Outcome) {
         self.state = outcome.kind().replace('_', "-");
         self.detail = Some(outcome.to_string());
         match outcome {
@@ -103,6 +113,10 @@ pub struct Job {
     pub reason: String,
     /// Whether `engine.min_rotation_interval_secs` was bypassed.
     pub force: bool,
+    /// At most this many of its secrets on the engine's queue or rotating at once; `None`:
+    /// all queued together (the engine's `engine.concurrency` still bounds them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
     /// Whether every secret has ended.
     pub done: bool,
     /// Its secrets, in the order asked.
@@ -121,6 +135,8 @@ struct Inner {
     order: VecDeque<Uuid>,
     /// A job's requests' `requested_by` → the job.
     by_trigger: HashMap<String, Uuid>,
+    /// The free slots of jobs with a concurrency limit, given back as secrets end.
+    slots: HashMap<Uuid, Arc<Semaphore>>,
 }
 
 /// The `requested_by` of job `id`'s requests.
@@ -138,10 +154,19 @@ impl Jobs {
             if let Some(old) = inner.jobs.remove(&old) {
                 inner.by_trigger.remove(&requested_by(&old.requested_by, old.id));
             }
+            inner.slots.remove(&old);
         }
         inner.by_trigger.insert(requested_by(&job.requested_by, job.id), job.id);
+        if let Some(limit) = job.concurrency {
+            inner.slots.insert(job.id, Arc::new(Semaphore::new(limit)));
+        }
         inner.order.push_back(job.id);
         inner.jobs.insert(job.id, job);
+    }
+
+    /// The free slots of job `id`, when it has a concurrency limit.
+    fn slots(&self, id: &Uuid) -> Option<Arc<Semaphore>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).slots.get(id).cloned()
     }
 
     /// Job `id`, as it stands now.
@@ -154,10 +179,57 @@ impl Jobs {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(id) = inner.by_trigger.get(requested_by).copied() else { return };
         let Some(job) = inner.jobs.get_mut(&id) else { return };
+        let mut ended = false;
         if let Some(entry) = job.secrets.iter_mut().find(|s| s.secret == request.secret_name && !s.is_done()) {
             change(entry);
+            ended = entry.is_done();
         }
         job.done = job.secrets.iter().all(JobSecret::is_done);
+        if ended {
+            if let Some(slots) = inner.slots.get(&id) {
+                slots.add_permits(1);
+            }
+        }
+    }
+
+    /// Ends job `id`'s entries for `secrets` that the engine will never see.
+    fn not_queued(&self, id: &Uuid, secrets: &[RotationRequest], why: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(job) = inner.jobs.get_mut(id) else { return };
+        for request in secrets {
+            if let Some(entry) = job.secrets.iter_mut().find(|s| s.secret == request.secret_name && !s.is_done()) {
+                *entry = JobSecret::not_run(
+                    &request.secret_name,
+                    request.version.clone(),
+                    format!("not rotated: {why}"),
+                    why.to_owned(),
+                );
+            }
+        }
+        job.done = job.secrets.iter().all(JobSecret::is_done);
+    }
+}
+
+/// Feeds job `id`'s `requests` to the engine's `queue`, each when the job has a free slot
+/// (a secret of it ended), so that at most its concurrency are queued or rotating at once.
+/// Between sends it keeps only a weak handle: it never holds the engine open at shutdown.
+/// Requests it cannot hand over (the engine stopped) end as not rotated.
+pub async fn feed(jobs: Arc<Jobs>, id: Uuid, requests: Vec<RotationRequest>, queue: mpsc::WeakSender<RotationRequest>) {
+    let Some(slots) = jobs.slots(&id) else { return };
+    let mut requests = requests.into_iter();
+    while let Some(request) = requests.next() {
+        let Ok(slot) = slots.acquire().await else { break };
+        // Given back by the entry's end (Jobs::update), not by this scope.
+        slot.forget();
+        let sent = match queue.upgrade() {
+            Some(queue) => queue.send(request).await.map_err(|unsent| unsent.0),
+            None => Err(request),
+        };
+        if let Err(unsent) = sent {
+            let rest: Vec<RotationRequest> = std::iter::once(unsent).chain(requests).collect();
+            jobs.not_queued(&id, &rest, "the engine stopped before it was queued");
+            return;
+        }
     }
 }
 
@@ -182,6 +254,7 @@ mod tests {
             requested_by: "static-token".into(),
             reason: "test".into(),
             force: false,
+            concurrency: None,
             done: false,
             secrets,
         }
@@ -208,14 +281,6 @@ mod tests {
         let mut sweeper = request(&first, "a");
         sweeper.trigger = Trigger::Sweeper;
         jobs.started(&sweeper);
-        let report = |request, outcome| RotationReport {
-            request,
-            rotation_id: None,
-            outcome,
-            duration: std::time::Duration::ZERO,
-            attempts: 1,
-            steps: Vec::new(),
-        };
         jobs.finished(&report(request(&first, "a"), Outcome::NotDue { version: "v1".into(), due_at: None }));
         let done = jobs.get(&first.id).unwrap();
         assert!(done.done);
@@ -227,5 +292,80 @@ mod tests {
         }
         assert!(jobs.get(&first.id).is_none(), "the oldest job is forgotten");
         assert_eq!(jobs.inner.lock().unwrap().by_trigger.len(), MAX_JOBS);
+    }
+
+    fn report(request: RotationRequest, outcome: Outcome) -> RotationReport {
+        RotationReport {
+            request,
+            rotation_id: None,
+            outcome,
+            duration: std::time::Duration::ZERO,
+            attempts: 1,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Lets every other task on this (current-thread) runtime run until it waits.
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_limited_job_has_at_most_its_concurrency_on_the_queue_or_running() {
+        let jobs = Arc::new(Jobs::default());
+        let names = ["s0", "s1", "s2", "s3", "s4"];
+        let mut limited = job(names.iter().map(|n| JobSecret::queued(n, "v1")).collect());
+        limited.concurrency = Some(2);
+        jobs.insert(limited.clone());
+        let requests: Vec<RotationRequest> = names.iter().map(|n| request(&limited, n)).collect();
+        let (queue, mut engine) = mpsc::channel(100);
+        let feeder = tokio::spawn(feed(jobs.clone(), limited.id, requests, queue.downgrade()));
+        settle().await;
+        let mut taken = Vec::new();
+        while let Ok(request) = engine.try_recv() {
+            taken.push(request);
+        }
+        assert_eq!(taken.len(), 2, "two on the queue, the rest wait for a slot");
+        // Starting is not ending: no slot is freed.
+        jobs.started(&taken[0]);
+        settle().await;
+        assert!(engine.try_recv().is_err());
+        // Each end lets exactly one more in, in the order asked.
+        for (ended, next) in [(0, "s2"), (1, "s3"), (2, "s4")] {
+            let outcome = Outcome::NotDue { version: "v1".into(), due_at: None };
+            jobs.finished(&report(taken[ended].clone(), outcome));
+            settle().await;
+            let sent = engine.try_recv().expect("a slot was freed");
+            assert_eq!(sent.secret_name, next);
+            assert!(engine.try_recv().is_err());
+            taken.push(sent);
+        }
+        feeder.await.unwrap();
+        assert!(!jobs.get(&limited.id).unwrap().done, "two still run");
+        drop(queue);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn what_a_stopped_engine_never_got_ends_as_not_rotated() {
+        let jobs = Arc::new(Jobs::default());
+        let mut limited = job(vec![JobSecret::queued("a", "v1"), JobSecret::queued("b", "v1")]);
+        limited.concurrency = Some(1);
+        jobs.insert(limited.clone());
+        let requests = vec![request(&limited, "a"), request(&limited, "b")];
+        let (queue, mut engine) = mpsc::channel(100);
+        let feeder = tokio::spawn(feed(jobs.clone(), limited.id, requests, queue.downgrade()));
+        settle().await;
+        let first = engine.try_recv().unwrap();
+        // The service shuts down: its queue's last strong sender goes, the engine drains.
+        drop(queue);
+        jobs.finished(&report(first, Outcome::NotDue { version: "v1".into(), due_at: None }));
+        feeder.await.unwrap();
+        let ended = jobs.get(&limited.id).unwrap();
+        assert!(ended.done, "{ended:?}");
+        let b = &ended.secrets[1];
+        assert_eq!((b.state.as_str(), b.ok), ("failed", Some(false)));
+        assert!(b.detail.as_deref().unwrap().contains("the engine stopped before it was queued"), "{b:?}");
     }
 }

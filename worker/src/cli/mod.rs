@@ -16,6 +16,7 @@ pub mod dev;
 pub mod functions;
 pub mod healthcheck;
 pub mod plugin;
+pub mod progress;
 pub mod rotate;
 pub mod seed;
 pub mod serve;

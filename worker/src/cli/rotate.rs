@@ -2,13 +2,17 @@
 //!
 //! - `rotate --config F SECRET...`: rotate the named secrets.
 //! - `rotate --config F --all`: rotate every managed secret (tag `rotator`) — an emergency.
+//! - `rotate --config F --tag host=db1`: the managed secrets carrying every given tag (the
+//!   secrets behind a compromised host).
 //! - `rotate --config F --resume`: finish every unfinished journal now.
 //! - `--force`: rotate even within `engine.min_rotation_interval_secs` of the last write.
+//! - `--concurrency N`: at most N rotations at once (default: `engine.concurrency`).
 //! - `--dry-run`: print the plan only ([`super::status::dry_run`]): no lease, no write, no target.
 //!
 //! Each secret's latest version is read at trigger time and named in the request, so
 //! triggers of the same state (a delivery, the sweeper, a second operator) converge on
-//! one rotation. One line per secret on stdout; the exit code is non-zero if any failed.
+//! one rotation. What it prints ([`super::progress`]): a progress bar on a terminal, JSON
+//! lines otherwise, or `--output text`; the exit code is non-zero if any failed.
 //!
 //! With `[admin.auth]` configured and a service answering on `[admin] listen`, named
 //! secrets and `--all` go through that service's admin API ([`crate::admin::client`]): the
@@ -19,6 +23,7 @@
 //! run while another engine (a `serve`) holds it, unless `--allow-concurrent-engine` is
 //! given; then it warns and runs without the lease.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,9 +34,11 @@ use kv_rotator_keyvault::{SecretStore, StoreError};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
+use super::progress::{OutputFormat, Progress};
 use crate::admin::client::Selection;
+use crate::admin::jobs::JobSecret;
 use crate::engine::due::DueRule;
-use crate::engine::{Engine, Outcome};
+use crate::engine::Engine;
 use crate::lease::{self, ClaimError, LeaseGuard, LeaseTimings};
 use crate::service;
 use crate::sweeper;
@@ -44,8 +51,12 @@ pub struct RotateArgs {
     #[arg(long, short, env = "KV_ROTATOR_CONFIG")]
     pub config: Option<PathBuf>,
     /// Rotate every managed secret (tag `rotator`).
-    #[arg(long, conflicts_with_all = ["resume", "secrets"])]
+    #[arg(long, conflicts_with_all = ["resume", "secrets", "tag"])]
     pub all: bool,
+    /// Rotate the managed secrets carrying this tag, as KEY=VALUE; repeat it to require
+    /// several (for example every secret of a compromised host: --tag host=db1).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag, conflicts_with_all = ["resume", "secrets"])]
+    pub tag: Vec<(String, String)>,
     /// Finish every unfinished rotation (journal record) instead.
     #[arg(long, conflicts_with = "secrets")]
     pub resume: bool,
@@ -69,8 +80,40 @@ pub struct RotateArgs {
     /// Default: "kv-rotator rotate by $USER".
     #[arg(long)]
     pub reason: Option<String>,
+    /// At most this many rotations at once (1-256). Default: engine.concurrency in this
+    /// process; through the service, its engine's limit only.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
+    /// auto: a progress bar on a terminal, JSON lines otherwise; text: one line per secret
+    /// and a summary table; json: one JSON object per secret as it ends, then a summary.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
+    pub output: OutputFormat,
     /// Names of the secrets to rotate.
     pub secrets: Vec<String>,
+}
+
+/// `KEY=VALUE` of `--tag`.
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE, for example host=db1")),
+    }
+}
+
+impl RotateArgs {
+    /// The tags of `--tag`, which a secret must all carry.
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        self.tag.iter().cloned().collect()
+    }
+
+    /// The secrets named, or the managed ones `--all` or `--tag` select, read from `store` now.
+    pub async fn selected(&self, store: &dyn SecretStore) -> anyhow::Result<Vec<String>> {
+        if self.all || !self.tag.is_empty() {
+            sweeper::managed_secrets(store, &self.tags()).await.context("cannot list the vault's secrets")
+        } else {
+            Ok(self.secrets.clone())
+        }
+    }
 }
 
 /// A manual request for `secret`, naming its latest version now: every trigger of this
@@ -92,8 +135,8 @@ pub async fn manual_request(
 
 /// Runs the rotations; an error if any failed.
 pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
-    if !args.all && !args.resume && args.secrets.is_empty() {
-        bail!("name at least one secret, or pass --all or --resume");
+    if !args.all && !args.resume && args.secrets.is_empty() && args.tag.is_empty() {
+        bail!("name at least one secret, or pass --tag KEY=VALUE, --all or --resume");
     }
     if args.dry_run {
         return super::status::dry_run(args).await;
@@ -104,8 +147,19 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
         if let Some(client) = crate::admin::client::connect(&config.admin).await? {
             let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
             let reason = args.reason.clone().unwrap_or_else(|| format!("kv-rotator rotate by {user}"));
-            let selection = if args.all { Selection::All } else { Selection::Named(&args.secrets) };
-            return client.rotate(selection, &reason, args.force).await;
+            let tags = args.tags();
+            let selection = match () {
+                _ if args.all => Selection::All,
+                _ if !tags.is_empty() => Selection::Tagged(&tags),
+                _ => Selection::Named(&args.secrets),
+            };
+            let job = crate::admin::client::JobRequest {
+                selection,
+                reason: &reason,
+                force: args.force,
+                concurrency: args.concurrency,
+            };
+            return client.rotate(job, args.output).await;
         }
     }
     let store = service::connect_store(&config.vault)?;
@@ -161,13 +215,8 @@ async fn rotations(
         let scan = sweeper::scan(store.as_ref(), None).await.context("cannot list the vault's journal records")?;
         scan.requests.into_iter().map(|(r, _)| (r.secret_name.clone(), Ok(r))).collect()
     } else {
-        let names = if args.all {
-            sweeper::managed_secrets(store.as_ref()).await.context("cannot list the vault's secrets")?
-        } else {
-            args.secrets.clone()
-        };
         let mut requests = Vec::new();
-        for name in names {
+        for name in args.selected(store.as_ref()).await? {
             let request = manual_request(store.as_ref(), &name, &requested_by, args.force)
                 .await
                 .with_context(|| format!("cannot read secret {name:?}"));
@@ -175,45 +224,33 @@ async fn rotations(
         }
         requests
     };
-    if requests.is_empty() {
-        println!("nothing to do");
-        return Ok(());
-    }
-
-    let permits = Arc::new(Semaphore::new(config.engine.concurrency));
+    let names: Vec<String> = requests.iter().map(|(name, _)| name.clone()).collect();
+    let mut progress = Progress::start(args.output, &names);
+    let concurrency = args.concurrency.map_or(config.engine.concurrency, usize::from);
+    let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, (name, request)) in requests.into_iter().enumerate() {
         let engine = engine.clone();
         let permits = permits.clone();
         let lease = lease.clone();
         tasks.spawn(async move {
-            let line = match request {
-                Err(err) => (false, format!("{name}: failed: {err:#}")),
-                Ok(request) => {
-                    let _permit = permits.acquire_owned().await.expect("never closed");
-                    if let Some(Err(not_held)) = lease.as_ref().map(LeaseGuard::check) {
-                        return (index, (false, format!("{name}: not rotated: {not_held}")));
-                    }
-                    let report = engine.rotate(request).await;
-                    // Not rotated because too soon is not what the operator asked for either.
-                    let ok = !matches!(report.outcome, Outcome::Failed { .. } | Outcome::TooSoon { .. });
-                    (ok, format!("{name}: {}", report.outcome))
-                }
+            let request = match request {
+                Err(err) => return (index, JobSecret::unreadable(&name, format!("{err:#}"))),
+                Ok(request) => request,
             };
-            (index, line)
+            let _permit = permits.acquire_owned().await.expect("never closed");
+            if let Some(Err(not_held)) = lease.as_ref().map(LeaseGuard::check) {
+                let why = not_held.to_string();
+                return (index, JobSecret::not_run(&name, request.version, format!("not rotated: {why}"), why));
+            }
+            let mut entry = JobSecret::queued(&name, request.version.as_deref().unwrap_or_default());
+            entry.finish(&engine.rotate(request).await.outcome);
+            (index, entry)
         });
     }
-    let mut lines = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        lines.push(done.context("rotation task")?);
+        let (index, entry) = done.context("rotation task")?;
+        progress.ended(index, &entry);
     }
-    lines.sort_by_key(|(index, _)| *index);
-    let failed = lines.iter().filter(|(_, (ok, _))| !ok).count();
-    for (_, (_, line)) in &lines {
-        println!("{line}");
-    }
-    if failed > 0 {
-        bail!("{failed} of {} rotation(s) failed", lines.len());
-    }
-    Ok(())
+    progress.finish()
 }

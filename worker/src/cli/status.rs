@@ -211,11 +211,7 @@ pub async fn dry_run(args: RotateArgs) -> anyhow::Result<()> {
         let scan = sweeper::scan(store.as_ref(), None).await.context("cannot list the vault's journal records")?;
         scan.requests.into_iter().map(|(r, _)| (r.secret_name, r.version, r.trigger)).collect()
     } else {
-        let names = if args.all {
-            sweeper::managed_secrets(store.as_ref()).await.context("cannot list the vault's secrets")?
-        } else {
-            args.secrets.clone()
-        };
+        let names = args.selected(store.as_ref()).await?;
         let trigger = Trigger::Manual { requested_by, force: args.force };
         names.into_iter().map(|n| (n, None, trigger.clone())).collect()
     };

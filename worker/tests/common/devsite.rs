@@ -55,17 +55,35 @@ impl DevSite {
     /// A user on the htpasswd target and its managed secret (no expiry: due at once);
     /// returns the first version and the password.
     pub async fn user(&self, secret: &str, user: &str) -> (String, SecretString) {
+        self.tagged_user(secret, user, &[]).await
+    }
+
+    /// [`DevSite::user`], its secret carrying `extra` tags too.
+    pub async fn tagged_user(&self, secret: &str, user: &str, extra: &[(&str, &str)]) -> (String, SecretString) {
         let password = PasswordPolicy::default().generate();
         htpasswd::add_user(&self.htpasswd, user, &password, 4).unwrap();
-        (self.managed_secret(secret, "site", user, &password).await, password)
+        (self.managed_secret_tagged(secret, "site", user, &password, extra).await, password)
     }
 
     /// A secret managed by target profile `profile` for `account`, with no expiry.
     pub async fn managed_secret(&self, secret: &str, profile: &str, account: &str, password: &SecretString) -> String {
-        let tags = BTreeMap::from([
+        self.managed_secret_tagged(secret, profile, account, password, &[]).await
+    }
+
+    /// [`DevSite::managed_secret`] carrying `extra` tags too.
+    pub async fn managed_secret_tagged(
+        &self,
+        secret: &str,
+        profile: &str,
+        account: &str,
+        password: &SecretString,
+        extra: &[(&str, &str)],
+    ) -> String {
+        let mut tags = BTreeMap::from([
             ("rotator".to_owned(), profile.to_owned()),
             ("CredentialId".to_owned(), account.to_owned()),
         ]);
+        tags.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let new =
             NewSecretVersion { value: password.clone(), tags, content_type: None, expires: None, not_before: None };
         self.store.set_secret(secret, new).await.unwrap().version

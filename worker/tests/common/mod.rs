@@ -4,6 +4,26 @@ pub mod devsite;
 pub mod pg;
 pub mod proc;
 
+/// The per-secret lines of `rotate --output text`: those before the blank line that opens
+/// the summary table.
+#[allow(dead_code)] // not every suite prints rotate lines
+pub fn secret_lines(stdout: &str) -> Vec<&str> {
+    stdout.lines().take_while(|l| !l.is_empty()).collect()
+}
+
+/// The summary table of `rotate --output text`: each outcome's count, and `total`.
+#[allow(dead_code)] // not every suite prints rotate lines
+pub fn summary_of(stdout: &str) -> std::collections::BTreeMap<String, usize> {
+    let table = stdout.split("\n\n").nth(1).unwrap_or_else(|| panic!("no summary table:\n{stdout}"));
+    let mut rows = table.lines();
+    assert_eq!(rows.next().map(|h| h.split_whitespace().collect::<Vec<_>>()), Some(vec!["outcome", "secrets"]));
+    rows.map(|row| {
+        let (state, count) = row.rsplit_once(' ').unwrap_or_else(|| panic!("not a summary row: {row:?}"));
+        (state.trim().to_owned(), count.parse().unwrap_or_else(|_| panic!("not a count: {row:?}")))
+    })
+    .collect()
+}
+
 /// The line `secret: …` that `rotate` (in process or through the admin API) and
 /// `rotate --dry-run` print for `secret`.
 #[allow(dead_code)] // not every suite prints rotate lines
