@@ -5,6 +5,7 @@ use std::path::Path;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 
+use kv_rotator_core::names::{is_secret_name, is_vault_name};
 use kv_rotator_rotators::common::Strategy;
 
 use crate::model::{
@@ -390,11 +391,6 @@ fn validate_notifications(notifications: &NotificationsConfig, problems: &mut Ve
     }
 }
 
-/// Whether `name` is a valid Key Vault secret name.
-pub fn is_secret_name(name: &str) -> bool {
-    (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
-
 /// `[webhook]`: listener limits (each at least 1), allowed vault names, and where secrets come from. The values of the
 /// auth settings themselves are checked by the webhook crate when the state is built.
 fn validate_webhook(webhook: &WebhookConfig, problems: &mut Vec<String>) {
@@ -410,10 +406,7 @@ fn validate_webhook(webhook: &WebhookConfig, problems: &mut Vec<String>) {
         }
     }
     for name in &webhook.allowed_vaults {
-        let valid = (3..=24).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_alphabetic())
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !valid {
+        if !is_vault_name(name) {
             problems.push(format!("webhook.allowed_vaults: {name:?} is not a Key Vault name (3-24 of a-z 0-9 -)"));
         }
     }

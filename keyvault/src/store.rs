@@ -9,14 +9,8 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
-/// Largest secret value, in bytes ("25k bytes" in the service documentation).
-pub const MAX_VALUE_BYTES: usize = 25 * 1024;
-/// At most this many tags per version.
-pub const MAX_TAGS: usize = 15;
-/// Longest tag name and tag value, in characters.
-pub const MAX_TAG_CHARS: usize = 256;
-/// Longest `contentType`, in characters.
-pub const MAX_CONTENT_TYPE_CHARS: usize = 255;
+/// Key Vault's limits, which [`check_limits`] enforces before a write is sent.
+pub use kv_rotator_core::limits::{MAX_CONTENT_TYPE_CHARS, MAX_TAGS, MAX_TAG_CHARS, MAX_VALUE_BYTES};
 
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;

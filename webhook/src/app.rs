@@ -51,11 +51,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::auth::{AuthError, Authenticator};
 use crate::dedup::RecentSet;
 use crate::eventgrid::{
-    is_cloud_event, loggable_url, plan_cloud_event, plan_event, quote, same_name, AegEventType, Disposition, EventKind,
-    PlannedEvent, SubscriptionValidationData, ValidationResponse, AEG_EVENT_TYPE_HEADER,
+    is_cloud_event, loggable_url, plan_cloud_event, plan_event, AegEventType, Disposition, EventKind, PlannedEvent,
+    SubscriptionValidationData, ValidationResponse, AEG_EVENT_TYPE_HEADER,
 };
-use crate::request::{RotationRequest, Trigger};
 use crate::source::SourceFilter;
+use crate::text::{quote, same_name};
+use kv_rotator_core::{RotationRequest, Trigger};
 
 /// The main delivery path.
 pub const EVENTGRID_PATH: &str = "/api/eventgrid";

@@ -33,8 +33,10 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::request::{RotationRequest, Trigger};
-use crate::source::SourceFilter;
+use crate::source::{SourceError, SourceFilter};
+use crate::text::{quote, quote_clipped, same_name, split_slash, trim};
+use kv_rotator_core::names::{has_only_name_characters, is_secret_name, is_vault_name, is_version};
+use kv_rotator_core::{RotationRequest, Trigger};
 
 /// Header naming the kind of delivery; its value is matched ignoring ASCII case.
 pub const AEG_EVENT_TYPE_HEADER: &str = "aeg-event-type";
@@ -52,9 +54,6 @@ pub const SECRET_NEW_VERSION_CREATED: &str = "Microsoft.KeyVault.SecretNewVersio
 
 /// Prefix of every Key Vault event type.
 const KEY_VAULT_PREFIX: &str = "Microsoft.KeyVault.";
-
-/// Longest piece of a received value quoted in an error; values are untrusted input.
-const MAX_QUOTED: usize = 80;
 
 /// Longest event id accepted ([`is_event_id`]). Event Grid's ids are GUIDs (36
 /// characters); the cap leaves room for other publishers' schemes while keeping every
@@ -251,22 +250,6 @@ pub(crate) fn kv_field(key: &str) -> Option<usize> {
         _ => return None,
     };
     same_name(key, KV_FIELDS[i]).then_some(i)
-}
-
-/// `a.eq_ignore_ascii_case(b)`, trying an exact match first: what is sent is nearly
-/// always spelled as documented, and a plain comparison costs a fraction of a folding one.
-pub(crate) fn same_name(a: &str, b: &str) -> bool {
-    a == b || a.eq_ignore_ascii_case(b)
-}
-
-/// `s.trim()`, skipping the Unicode whitespace tables when both ends are visible ASCII,
-/// as in nearly every value Event Grid sends.
-pub(crate) fn trim(s: &str) -> &str {
-    match s.as_bytes() {
-        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
-        [only] if only.is_ascii_graphic() => s,
-        _ => s.trim(),
-    }
 }
 
 impl KeyVaultEventData {
@@ -554,8 +537,8 @@ fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
     let vault_name = first_dot.map(|dot| &host[..dot]);
     let path = &path[1..];
     let path = path.strip_suffix('/').unwrap_or(path);
-    let plain_segment = |s: &str| !s.is_empty() && all_name_bytes(s, true);
-    let mut segments = crate::source::split_slash(path);
+    let plain_segment = |s: &str| !s.is_empty() && has_only_name_characters(s);
+    let mut segments = split_slash(path);
     let (collection, name, version) = (segments.next()?, segments.next()?, segments.next());
     if segments.next().is_some()
         || !same_name(collection, "secrets")
@@ -567,22 +550,6 @@ fn plain_secret_id(id: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
     Some((vault_name, name, version))
 }
 
-/// Key Vault names: 3–24 characters, letters, digits and hyphens, starting with a letter.
-pub fn is_vault_name(name: &str) -> bool {
-    (3..=24).contains(&name.len()) && name.as_bytes()[0].is_ascii_alphabetic() && all_name_bytes(name, true)
-}
-
-/// Key Vault secret names: `^[0-9a-zA-Z-]{1,127}$`.
-pub fn is_secret_name(name: &str) -> bool {
-    (1..=127).contains(&name.len()) && all_name_bytes(name, true)
-}
-
-/// Secret versions are 32 hex digits; other letters and digits (up to 64) are
-/// tolerated, e.g. for a dev vault.
-pub fn is_version(version: &str) -> bool {
-    (1..=64).contains(&version.len()) && all_name_bytes(version, false)
-}
-
 /// Event ids: 1 to [`MAX_EVENT_ID_LEN`] visible ASCII characters (`!` to `~`) other than
 /// `"` and `\`. An id is logged on every line of its delivery and of its rotation, and
 /// kept in the dedup memory, so it is checked where it enters: no control character
@@ -591,13 +558,6 @@ pub fn is_version(version: &str) -> bool {
 pub fn is_event_id(id: &str) -> bool {
     (1..=MAX_EVENT_ID_LEN).contains(&id.len())
         && id.bytes().fold(true, |ok, b| ok & (b.is_ascii_graphic() & (b != b'"') & (b != b'\\')))
-}
-
-/// Whether every byte of `s` is an ASCII letter or digit (or a hyphen, if allowed).
-/// A fold without early exit, which the compiler turns into vector instructions: names
-/// are checked on every delivery, and valid ones are read to the end anyway.
-fn all_name_bytes(s: &str, hyphen: bool) -> bool {
-    s.bytes().fold(true, |ok, b| ok & (b.is_ascii_alphanumeric() | (hyphen & (b == b'-'))))
 }
 
 /// Why an event is dropped. Every variant is permanent: redelivery cannot fix it.
@@ -682,25 +642,21 @@ pub enum EventError {
     },
 }
 
+impl From<SourceError> for EventError {
+    fn from(error: SourceError) -> Self {
+        match error {
+            SourceError::Missing(field) => Self::MissingSource(field),
+            SourceError::Mismatch { reason } => Self::SourceMismatch { reason },
+            SourceError::NotAllowed(vault) => Self::VaultNotAllowed(vault),
+        }
+    }
+}
+
 impl EventError {
     /// Whether the event was dropped for its source (spoofed, foreign, or unprovable),
     /// rather than for its shape.
     pub fn is_source(&self) -> bool {
         matches!(self, Self::MissingSource(_) | Self::SourceMismatch { .. } | Self::VaultNotAllowed(_))
-    }
-}
-
-/// `{:?}`-quotes an untrusted value, clipped to [`MAX_QUOTED`] characters.
-pub(crate) fn quote(value: &str) -> String {
-    quote_clipped(value, MAX_QUOTED)
-}
-
-/// `{:?}`-quotes an untrusted value (control characters escaped), clipped to `max`
-/// characters.
-pub(crate) fn quote_clipped(value: &str, max: usize) -> String {
-    match value.char_indices().nth(max) {
-        None => format!("{value:?}"),
-        Some((end, _)) => format!("{:?}…", &value[..end]),
     }
 }
 
@@ -895,7 +851,7 @@ pub(crate) fn rotation(
 ) -> Disposition {
     let checked = data.and_then(|data| {
         let secret = data.secret_ref()?;
-        source.check_names(topic, data.vault_name, data.id)?;
+        source.check(topic, data.vault_name, data.id)?;
         Ok(secret)
     });
     match checked {
@@ -1123,15 +1079,6 @@ mod tests {
             assert_eq!(kv_field(key), general, "{key:?}");
             assert_eq!(trim(key), key.trim(), "{key:?}");
         }
-    }
-
-    #[test]
-    fn name_rules() {
-        assert!(is_secret_name("a") && is_secret_name(&"a".repeat(127)) && is_secret_name("Db-Pass-1"));
-        assert!(!is_secret_name("") && !is_secret_name(&"a".repeat(128)));
-        assert!(!is_secret_name("a_b") && !is_secret_name("a.b") && !is_secret_name("a b") && !is_secret_name("é"));
-        assert!(is_vault_name("sample-kv") && !is_vault_name("kv") && !is_vault_name("1kv") && !is_vault_name("a_b-c"));
-        assert!(is_version(VERSION) && is_version("v2") && !is_version("") && !is_version("ee05-9b"));
     }
 
     #[test]

@@ -19,9 +19,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 
 use crate::eventgrid::{
-    check_versions, checked_event_id, kv_field, rotation, trim, Disposition, EventKind, KvView, PlannedEvent,
+    check_versions, checked_event_id, kv_field, rotation, Disposition, EventKind, KvView, PlannedEvent,
 };
 use crate::source::SourceFilter;
+use crate::text::trim;
 
 /// Decides every event of an Event Grid schema delivery; `None` when the body is not
 /// in the common shape and the general path must read it.

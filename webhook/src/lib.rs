@@ -1,17 +1,19 @@
 //! Event Grid receiver for kv-rotator.
 //!
 //! - [`auth`]: who may deliver — a shared key or a Microsoft Entra ID token.
-//! - [`request`]: [`RotationRequest`], what the webhook (and every other trigger) hands
-//!   to the engine's queue. It is a hint: the engine re-reads Key Vault before acting.
 //! - [`eventgrid`]: the Event Grid schema and tolerant parsing of Key Vault event data.
 //! - [`fastpath`]: the common Event Grid delivery decided without a JSON tree; anything
 //!   unusual goes the general way.
 //! - [`source`]: which vaults' events are accepted; topic, `VaultName` and `Id` must agree.
+//! - [`text`]: trimming, name comparison, id splitting and quoting of untrusted event text,
+//!   shared by the parsing and the source check.
 //! - [`dedup`]: bounded, time-limited memory of event ids and requested rotations.
 //! - [`app`]: the axum [`Router`](axum::Router): validation handshake, routing of
 //!   `SecretNearExpiry`/`SecretExpired` into the queue (while its [`Intake`] is open),
 //!   acknowledgement of the rest.
 //!
+//! What it queues is a [`RotationRequest`](kv_rotator_core::RotationRequest), the type every
+//! trigger shares (`kv-rotator-core`): a hint, the engine re-reads Key Vault before acting.
 //! The webhook knows no rotator and no credential.
 
 pub mod app;
@@ -19,10 +21,9 @@ pub mod auth;
 pub mod dedup;
 pub mod eventgrid;
 pub mod fastpath;
-pub mod request;
 pub mod source;
+mod text;
 
 pub use app::{router, Intake, WebhookState};
 pub use auth::{AuthError, Authenticator, EntraId, EntraIdConfig, JwksLocation, SharedKey};
-pub use request::{RotationRequest, Trigger};
 pub use source::SourceFilter;

@@ -12,7 +12,22 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::eventgrid::{same_name, trim, EventError, KeyVaultEventData};
+use crate::text::{quote, same_name, split_slash, trim};
+
+/// Why an event's source is refused. Each is an
+/// [`EventError`](crate::eventgrid::EventError) variant of its own once the event is judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceError {
+    /// A field naming the source is absent (`topic`, `data.VaultName`, `data.Id`).
+    Missing(&'static str),
+    /// `topic`/`source`, `data.VaultName` and `data.Id` do not name the same vault.
+    Mismatch {
+        /// Which names disagree, quoted and clipped.
+        reason: String,
+    },
+    /// The vault is not on the allowlist (its name, quoted and clipped).
+    NotAllowed(String),
+}
 
 /// Which vaults' events are accepted.
 #[derive(Debug, Clone, Default)]
@@ -45,28 +60,19 @@ impl SourceFilter {
         })
     }
 
-    /// Checks one rotation event's source; `topic` is the `topic`/`source` attribute.
-    pub fn check(&self, topic: Option<&str>, data: &KeyVaultEventData) -> Result<(), EventError> {
-        self.check_names(topic, data.vault_name.as_deref(), data.id.as_deref())
-    }
-
-    /// [`check`](Self::check) on the two fields of `data` it reads.
-    pub(crate) fn check_names(
-        &self,
-        topic: Option<&str>,
-        vault_name: Option<&str>,
-        id: Option<&str>,
-    ) -> Result<(), EventError> {
-        let topic = topic.map(trim).filter(|t| !t.is_empty()).ok_or(EventError::MissingSource("topic"))?;
-        let from_topic = vault_from_resource_id(topic).ok_or_else(|| EventError::SourceMismatch {
+    /// Checks one rotation event's source: `topic` is its `topic`/`source` attribute,
+    /// `vault_name` and `id` its `data.VaultName` and `data.Id`.
+    pub fn check(&self, topic: Option<&str>, vault_name: Option<&str>, id: Option<&str>) -> Result<(), SourceError> {
+        let topic = topic.map(trim).filter(|t| !t.is_empty()).ok_or(SourceError::Missing("topic"))?;
+        let from_topic = vault_from_resource_id(topic).ok_or_else(|| SourceError::Mismatch {
             reason: format!("topic {} is not a Key Vault resource id", quote(topic)),
         })?;
-        let from_data = vault_name.ok_or(EventError::MissingSource("data.VaultName"))?;
-        let id = id.ok_or(EventError::MissingSource("data.Id"))?;
-        let from_id = id_vault(id)
-            .ok_or_else(|| EventError::SourceMismatch { reason: "data.Id's host names no vault".to_owned() })?;
+        let from_data = vault_name.ok_or(SourceError::Missing("data.VaultName"))?;
+        let id = id.ok_or(SourceError::Missing("data.Id"))?;
+        let from_id =
+            id_vault(id).ok_or_else(|| SourceError::Mismatch { reason: "data.Id's host names no vault".to_owned() })?;
         if !same_name(from_topic, from_data) || !same_name(from_id, from_data) {
-            return Err(EventError::SourceMismatch {
+            return Err(SourceError::Mismatch {
                 reason: format!(
                     "topic names vault {}, data.VaultName {}, data.Id {}",
                     quote(from_topic),
@@ -76,7 +82,7 @@ impl SourceFilter {
             });
         }
         if !self.allows(from_data) {
-            return Err(EventError::VaultNotAllowed(quote(from_data)));
+            return Err(SourceError::NotAllowed(quote(from_data)));
         }
         Ok(())
     }
@@ -122,48 +128,15 @@ pub fn vault_from_resource_id(id: &str) -> Option<&str> {
     }
 }
 
-/// `s.split('/')`, by a plain byte scan: resource ids and secret ids have short
-/// segments, where `str::split`'s searcher costs more than it saves.
-pub(crate) fn split_slash(s: &str) -> impl Iterator<Item = &str> {
-    let mut rest = Some(s);
-    std::iter::from_fn(move || {
-        let r = rest?;
-        match r.bytes().position(|b| b == b'/') {
-            Some(i) => {
-                rest = Some(&r[i + 1..]);
-                Some(&r[..i])
-            }
-            None => {
-                rest = None;
-                Some(r)
-            }
-        }
-    })
-}
-
-fn quote(value: &str) -> String {
-    crate::eventgrid::quote(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const TOPIC: &str = "/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/sample-kv";
 
-    fn data(vault: &str, id_vault: &str) -> KeyVaultEventData {
-        KeyVaultEventData {
-            id: Some(format!("https://{id_vault}.vault.azure.net/secrets/s/v1")),
-            vault_name: Some(vault.into()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn split_slash_splits_as_str_split() {
-        for s in ["", "/", "a", "a/b", "/a//b/", "é/ü/", "//"] {
-            assert_eq!(split_slash(s).collect::<Vec<_>>(), s.split('/').collect::<Vec<_>>(), "{s:?}");
-        }
+    /// A `data.Id` in the vault named `vault`.
+    fn id(vault: &str) -> String {
+        format!("https://{vault}.vault.azure.net/secrets/s/v1")
     }
 
     #[test]
@@ -178,22 +151,27 @@ mod tests {
     #[test]
     fn all_three_must_agree_and_be_allowed() {
         let any = SourceFilter::any();
-        assert_eq!(any.check(Some(TOPIC), &data("SAMPLE-KV", "sample-kv")), Ok(()));
-        assert!(matches!(any.check(None, &data("sample-kv", "sample-kv")), Err(EventError::MissingSource("topic"))));
+        assert_eq!(any.check(Some(TOPIC), Some("SAMPLE-KV"), Some(&id("sample-kv"))), Ok(()));
+        assert!(matches!(
+            any.check(None, Some("sample-kv"), Some(&id("sample-kv"))),
+            Err(SourceError::Missing("topic"))
+        ));
         let other_topic = TOPIC.replace("sample-kv", "evil-kv");
         assert!(matches!(
-            any.check(Some(&other_topic), &data("sample-kv", "sample-kv")),
-            Err(EventError::SourceMismatch { .. })
+            any.check(Some(&other_topic), Some("sample-kv"), Some(&id("sample-kv"))),
+            Err(SourceError::Mismatch { .. })
         ));
         assert!(matches!(
-            any.check(Some(TOPIC), &data("sample-kv", "evil-kv")),
-            Err(EventError::SourceMismatch { .. })
+            any.check(Some(TOPIC), Some("sample-kv"), Some(&id("evil-kv"))),
+            Err(SourceError::Mismatch { .. })
         ));
         let only = SourceFilter::only(["Sample-KV"]);
-        assert_eq!(only.check(Some(TOPIC), &data("sample-kv", "sample-kv")), Ok(()));
+        assert_eq!(only.check(Some(TOPIC), Some("sample-kv"), Some(&id("sample-kv"))), Ok(()));
         let evil = TOPIC.replace("sample-kv", "evil-kv");
-        assert!(matches!(only.check(Some(&evil), &data("evil-kv", "evil-kv")), Err(EventError::VaultNotAllowed(_))));
-        let no_id = KeyVaultEventData { vault_name: Some("sample-kv".into()), ..Default::default() };
-        assert_eq!(only.check(Some(TOPIC), &no_id), Err(EventError::MissingSource("data.Id")));
+        assert!(matches!(
+            only.check(Some(&evil), Some("evil-kv"), Some(&id("evil-kv"))),
+            Err(SourceError::NotAllowed(_))
+        ));
+        assert_eq!(only.check(Some(TOPIC), Some("sample-kv"), None), Err(SourceError::Missing("data.Id")));
     }
 }

@@ -6,7 +6,8 @@ mod common;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use common::*;
-use kv_rotator_webhook::{RotationRequest, Trigger, WebhookState};
+use kv_rotator_core::{RotationRequest, Trigger};
+use kv_rotator_webhook::WebhookState;
 use serde_json::json;
 use tokio::sync::mpsc;
 

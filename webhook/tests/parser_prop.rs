@@ -18,12 +18,14 @@ mod common;
 
 use axum::http::StatusCode;
 use common::*;
+use kv_rotator_core::names::{is_secret_name, is_vault_name, is_version};
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_webhook::eventgrid::{
-    is_event_id, is_secret_name, is_vault_name, is_version, plan_cloud_event, plan_event, Disposition, EventError,
-    PlannedEvent, SECRET_EXPIRED, SECRET_NEAR_EXPIRY,
+    is_event_id, plan_cloud_event, plan_event, Disposition, EventError, PlannedEvent, SECRET_EXPIRED,
+    SECRET_NEAR_EXPIRY,
 };
 use kv_rotator_webhook::fastpath::plan_event_grid;
-use kv_rotator_webhook::{RotationRequest, SourceFilter, Trigger};
+use kv_rotator_webhook::SourceFilter;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::{contextualize_config, Config as ProptestConfig};

@@ -9,9 +9,9 @@ mod common;
 
 use axum::http::StatusCode;
 use common::*;
+use kv_rotator_core::names::{is_secret_name, is_vault_name};
 use kv_rotator_webhook::eventgrid::{
-    is_secret_name, is_vault_name, plan_cloud_event, plan_event, Disposition, SECRET_EXPIRED, SECRET_NEAR_EXPIRY,
-    SUBSCRIPTION_VALIDATION_EVENT,
+    plan_cloud_event, plan_event, Disposition, SECRET_EXPIRED, SECRET_NEAR_EXPIRY, SUBSCRIPTION_VALIDATION_EVENT,
 };
 use kv_rotator_webhook::fastpath::plan_event_grid;
 use kv_rotator_webhook::SourceFilter;

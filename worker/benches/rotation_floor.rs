@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 use kv_rotator::engine::{Engine, Outcome};
 use kv_rotator::targets::Targets;
 use kv_rotator_config::{EngineConfig, TargetKind, TargetProfile};
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::pipeline::ClientSettings;
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore, StoreError};
 use kv_rotator_rotators::PasswordPolicy;
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 
 // The suites' PostgreSQL helpers: throwaway kvr_scram roles, the counting proxy (the

@@ -67,6 +67,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use kv_rotator_core::limits::MAX_TAG_CHARS;
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretProperties, SecretStore, StoreError};
 use secrecy::SecretString;
 use time::OffsetDateTime;
@@ -207,7 +208,7 @@ impl HolderInfo {
         BTreeMap::from([
             (TAG_HOLDER.to_owned(), self.holder_id.clone()),
             (TAG_COMMAND.to_owned(), self.command.clone()),
-            (TAG_HOST.to_owned(), truncate(&self.host, 256)),
+            (TAG_HOST.to_owned(), truncate(&self.host, MAX_TAG_CHARS)),
             (TAG_PID.to_owned(), self.pid.clone()),
             (TAG_RENEWALS.to_owned(), renewals.to_string()),
         ])

@@ -17,9 +17,10 @@ use anyhow::Context;
 use axum::Router;
 use kv_rotator_config::{AlertsConfig, EngineConfig, SweeperConfig, VaultConfig, WebhookConfig};
 use kv_rotator_config::{SecretSource, WebhookAuthConfig};
+use kv_rotator_core::RotationRequest;
 use kv_rotator_keyvault::azure::{AzureSecretStore, TransportOverrides};
 use kv_rotator_keyvault::SecretStore;
-use kv_rotator_webhook::{Intake, RotationRequest};
+use kv_rotator_webhook::Intake;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -420,7 +421,7 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
 /// else `vault_name`, the configured vault). Entra ID signing keys are fetched in the
 /// background so the first delivery does not wait for them.
 pub fn webhook_state(
-    queue: mpsc::Sender<kv_rotator_webhook::RotationRequest>,
+    queue: mpsc::Sender<kv_rotator_core::RotationRequest>,
     config: &WebhookConfig,
     vault_name: &str,
 ) -> anyhow::Result<kv_rotator_webhook::WebhookState> {

@@ -21,14 +21,15 @@ use std::time::Duration;
 
 use crate::engine::due::{Due, DueRule};
 use kv_rotator_config::SweeperConfig;
+use kv_rotator_core::names;
+use kv_rotator_core::tags::{TAG_JOURNAL_FOR, TAG_ROTATED_FROM, TAG_ROTATOR};
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
-use kv_rotator_webhook::{eventgrid, RotationRequest, Trigger};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::engine::journal::{JOURNAL_PREFIX, RESERVED_PREFIX, TAG_JOURNAL_FOR, TAG_ROTATED_FROM};
-use crate::engine::protocol::TAG_ROTATOR;
+use crate::engine::journal::{JOURNAL_PREFIX, RESERVED_PREFIX};
 use crate::engine::retire::retirement_hint_due;
 use crate::metrics::Metrics;
 use crate::notify::expiry::{Expiring, ExpiryWarnings};
@@ -95,7 +96,7 @@ pub fn journal_request(vault_name: &str, properties: &SecretProperties) -> Optio
     }
     let secret = properties.tags.get(TAG_JOURNAL_FOR)?;
     let version = properties.tags.get(TAG_ROTATED_FROM)?;
-    if !eventgrid::is_secret_name(secret) || !eventgrid::is_version(version) {
+    if !names::is_secret_name(secret) || !names::is_version(version) {
         warn!(
             journal = %properties.name,
             "journal record names an invalid secret or version in its tags: not resumed; an operator must check it"

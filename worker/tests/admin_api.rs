@@ -23,7 +23,7 @@ use kv_rotator::admin::jobs::Jobs;
 use kv_rotator::admin::Readiness;
 use kv_rotator::service::RunningService;
 use kv_rotator_config::AdminAuthConfig;
-use kv_rotator_webhook::RotationRequest;
+use kv_rotator_core::RotationRequest;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

@@ -11,12 +11,12 @@ use kv_rotator::engine::Outcome;
 use kv_rotator::service::{self, Background};
 use kv_rotator::targets::Targets;
 use kv_rotator_config::{EngineConfig, SweeperConfig, WebhookConfig};
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 

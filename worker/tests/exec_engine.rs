@@ -12,13 +12,13 @@ use std::sync::Arc;
 use kv_rotator::engine::{Engine, Outcome};
 use kv_rotator::targets::Targets;
 use kv_rotator_config::EngineConfig;
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
 use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::exec::{ExecConfig, ExecRotator};
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 
 const SECRET: &str = "legacy-bot-password";

@@ -15,6 +15,7 @@ use common::pg::{logs_in, Proxy, Roles};
 use kv_rotator::engine::{Engine, Outcome, RotationReport};
 use kv_rotator::targets::Targets;
 use kv_rotator_config::EngineConfig;
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
@@ -23,7 +24,6 @@ use kv_rotator_rotators::{
     PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordRequest, SetPasswordResponse, VerifyRequest,
     VerifyResponse,
 };
-use kv_rotator_webhook::{RotationRequest, Trigger};
 
 /// The PostgreSQL rotator through the proxy, noting each request's `pending_is_new`; it
 /// reports its first change as not yet visible (a lost answer) when told to.

@@ -28,13 +28,13 @@ use common::pg;
 use kv_rotator::engine::{Engine, Outcome};
 use kv_rotator::targets::{Accounts, Targets};
 use kv_rotator_config::{AdminRef, EngineConfig};
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions, SeedSecret};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::postgres::{quote_ident, PostgresConfig, PostgresRotator, SslMode};
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 
 const SECRET: &str = "hostile-secret";

@@ -28,13 +28,13 @@ use kv_rotator::engine::journal::{journal_name, rotation_id, JOURNAL_CONTENT_TYP
 use kv_rotator::engine::{Engine, Outcome};
 use kv_rotator::targets::{Accounts, Targets};
 use kv_rotator_config::{AdminRef, EngineConfig};
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore, StoreError};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::postgres::{PostgresConfig, PostgresRotator, SslMode};
 use kv_rotator_rotators::{PasswordPolicy, Rotator, VerifyRequest, VerifyResponse};
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 
 /// The dev vault, reached through the SDK.

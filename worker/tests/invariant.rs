@@ -15,6 +15,7 @@ use kv_rotator::service::{self, Background};
 use kv_rotator::sweeper;
 use kv_rotator::targets::Targets;
 use kv_rotator_config::{AlertsConfig, EngineConfig, SweeperConfig, WebhookConfig};
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions, ErrorRule, Faults, Injected, Operation};
 use kv_rotator_keyvault::pipeline::{ClientSettings, RetrySettings};
@@ -24,7 +25,6 @@ use kv_rotator_rotators::{
     PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordOutcome, SetPasswordRequest, SetPasswordResponse,
     VerifyRequest, VerifyResponse,
 };
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 

@@ -13,6 +13,7 @@ use kv_rotator::engine::journal::{journal_name, rotation_id};
 use kv_rotator::engine::{Engine, Outcome};
 use kv_rotator::targets::Targets;
 use kv_rotator_config::EngineConfig;
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::azure::AzureSecretStore;
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, SecretStore, StoreError};
@@ -21,7 +22,6 @@ use kv_rotator_rotators::{
     PasswordPolicy, Rotator, RotatorError, RotatorResult, SetPasswordRequest, SetPasswordResponse, VerifyRequest,
     VerifyResponse,
 };
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 
 const SECRET: &str = "app-password";

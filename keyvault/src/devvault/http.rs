@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use super::errors::ApiError;
 use super::faults::{Gate, Operation, Verdict};
 use super::persist::StateFile;
-use super::state::{valid_name, Bundle, Page, SetParams, UpdateParams, Vault};
+use super::state::{Bundle, Page, SetParams, UpdateParams, Vault};
+use kv_rotator_core::names::is_secret_name;
 
 /// The api-version the dev vault implements, and the one `nextLink`s fall back to.
 pub(crate) const API_VERSION: &str = "2025-07-01";
@@ -307,7 +308,7 @@ async fn serve(shared: &Shared, request: Request) -> Result<Response, ApiError> 
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let op = Op::route(&parts.method, &segments)?;
     if let Some(name) = op.name() {
-        if !valid_name(name) {
+        if !is_secret_name(name) {
             return Err(ApiError::invalid_name(name));
         }
     }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kv_rotator_core::names::is_secret_name;
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
@@ -33,11 +34,6 @@ const BACKUP_MAGIC: &[u8] = b"kv-rotator-devvault-backup-v1\n";
 /// Seconds since the epoch, the service's time unit.
 pub(crate) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
-}
-
-/// True when `name` matches `^[0-9a-zA-Z-]{1,127}$`.
-pub(crate) fn valid_name(name: &str) -> bool {
-    (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn new_version_id() -> String {
@@ -404,7 +400,7 @@ impl Vault {
         if persisted.format != STATE_FORMAT {
             return Err(StateFileError::Format(persisted.format));
         }
-        let whole = |s: &Secret| valid_name(&s.name) && s.versions.contains_key(&s.latest);
+        let whole = |s: &Secret| is_secret_name(&s.name) && s.versions.contains_key(&s.latest);
         if !persisted.secrets.values().all(whole) || !persisted.deleted.values().all(|d| whole(&d.secret)) {
             return Err(StateFileError::BrokenSecret);
         }
@@ -578,7 +574,7 @@ impl Vault {
         let corrupt = || ApiError::bad_parameter("The backup blob is invalid or corrupt.");
         let json = blob.strip_prefix(BACKUP_MAGIC).ok_or_else(corrupt)?;
         let BackupBlob { secret } = serde_json::from_slice(json).map_err(|_| corrupt())?;
-        if !valid_name(&secret.name) || !secret.versions.contains_key(&secret.latest) {
+        if !is_secret_name(&secret.name) || !secret.versions.contains_key(&secret.latest) {
             return Err(corrupt());
         }
         let key = secret.name.to_ascii_lowercase();
@@ -596,7 +592,7 @@ impl Vault {
     /// Inserts a secret of one version, live or soft-deleted, or (with `add_version`) one
     /// more version of a live secret; returns the version id.
     pub fn seed(&mut self, seed: SeedSecret) -> Result<String, SeedError> {
-        if !valid_name(&seed.name) {
+        if !is_secret_name(&seed.name) {
             return Err(SeedError::InvalidName(seed.name));
         }
         let id = match seed.version {

@@ -125,11 +125,11 @@ impl Harness {
 
     /// A forced manual rotation of `secret`, run to its end.
     pub async fn rotate_now(&self, secret: &str) -> RotationReport {
-        let request = kv_rotator_webhook::RotationRequest {
+        let request = kv_rotator_core::RotationRequest {
             vault_name: self.store.vault_name().to_owned(),
             secret_name: secret.to_owned(),
             version: None,
-            trigger: kv_rotator_webhook::Trigger::Manual { requested_by: "test".into(), force: true },
+            trigger: kv_rotator_core::Trigger::Manual { requested_by: "test".into(), force: true },
         };
         self.service.engine.rotate(request).await
     }

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
-use kv_rotator_webhook::{router, RotationRequest, Trigger, WebhookState};
+use kv_rotator_core::{RotationRequest, Trigger};
+use kv_rotator_webhook::{router, WebhookState};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tower::ServiceExt;

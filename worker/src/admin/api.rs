@@ -28,8 +28,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use kv_rotator_core::limits::MAX_TAG_CHARS;
+use kv_rotator_core::RotationRequest;
 use kv_rotator_keyvault::{SecretStore, StoreError};
-use kv_rotator_webhook::RotationRequest;
 use serde::Deserialize;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
@@ -293,7 +294,7 @@ fn validate(body: RotationBody) -> Result<Asked, String> {
                 return Err("secrets: name at least one secret".to_owned());
             }
             for (i, name) in names.iter().enumerate() {
-                if !kv_rotator_config::load::is_secret_name(name) {
+                if !kv_rotator_core::names::is_secret_name(name) {
                     return Err(format!(
                         "secrets[{i}]: {:?} is not a Key Vault secret name (1-127 of 0-9 a-z A-Z -)",
                         sanitized(name, 130)
@@ -315,8 +316,10 @@ fn validate(body: RotationBody) -> Result<Asked, String> {
                         sanitized(key, 100)
                     ));
                 }
-                if value.chars().count() > 256 || value.chars().any(char::is_control) {
-                    return Err(format!("tag.{key}: not a tag value (at most 256 characters, no control characters)"));
+                if value.chars().count() > MAX_TAG_CHARS || value.chars().any(char::is_control) {
+                    return Err(format!(
+                        "tag.{key}: not a tag value (at most {MAX_TAG_CHARS} characters, no control characters)"
+                    ));
                 }
             }
             Selection::Tagged(tags)

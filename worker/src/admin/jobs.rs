@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use kv_rotator_webhook::{RotationRequest, Trigger};
+use kv_rotator_core::{RotationRequest, Trigger};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 use uuid::Uuid;

@@ -32,8 +32,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use kv_rotator_config::AdminConfig;
+use kv_rotator_core::RotationRequest;
 use kv_rotator_webhook::app::HEALTHZ_PATH;
-use kv_rotator_webhook::RotationRequest;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -176,7 +176,7 @@ mod tests {
             vault_name: "kv".into(),
             secret_name: "s".into(),
             version: None,
-            trigger: kv_rotator_webhook::Trigger::Sweeper,
+            trigger: kv_rotator_core::Trigger::Sweeper,
         }
     }
 

@@ -27,10 +27,11 @@ use kv_rotator_config::{Config, TargetProfile};
 use kv_rotator_keyvault::SecretStore;
 use kv_rotator_rotators::{AdminCheck, Credential, Rotator};
 
-use crate::engine::protocol::{refuses_a_random_password, TAG_CREDENTIAL_ID, TAG_ROTATOR};
+use crate::engine::protocol::refuses_a_random_password;
 use crate::logging::sanitized;
 use crate::service;
 use crate::targets::Targets;
+use kv_rotator_core::tags::{TAG_CREDENTIAL_ID, TAG_ROTATOR};
 
 /// Longest reason printed (target and vault errors quote the server).
 const REASON_MAX: usize = 1024;

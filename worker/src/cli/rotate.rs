@@ -29,8 +29,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{SecretStore, StoreError};
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use tokio::sync::Semaphore;
 use tracing::warn;
 

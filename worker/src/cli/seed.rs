@@ -16,8 +16,8 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 
 use super::events::{delivery, EventSpec, EventType, Schema};
-use crate::engine::protocol::{TAG_CREDENTIAL_ID, TAG_ROTATOR, TAG_VALIDITY_DAYS};
 use crate::targets::Targets;
+use kv_rotator_core::tags::{TAG_CREDENTIAL_ID, TAG_ROTATOR, TAG_VALIDITY_DAYS};
 
 /// The demo secret's name.
 pub const DEMO_SECRET: &str = "demo-htpasswd-password";

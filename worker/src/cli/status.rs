@@ -17,17 +17,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use kv_rotator_core::tags::{TAG_CREDENTIAL_ID, TAG_FAILED, TAG_JOURNAL_FOR, TAG_ROTATED_FROM, TAG_ROTATOR, TAG_STEP};
+use kv_rotator_core::Trigger;
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
-use kv_rotator_webhook::Trigger;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::rotate::RotateArgs;
 use crate::engine::due::{Due, DueRule};
-use crate::engine::journal::{
-    self, JOURNAL_PREFIX, RESERVED_PREFIX, TAG_FAILED, TAG_JOURNAL_FOR, TAG_ROTATED_FROM, TAG_STEP,
-};
-use crate::engine::protocol::{gate_rule, GateRule, Schedule, TAG_CREDENTIAL_ID, TAG_ROTATOR};
+use crate::engine::journal::{self, JOURNAL_PREFIX, RESERVED_PREFIX};
+use crate::engine::protocol::{gate_rule, GateRule, Schedule};
 use crate::engine::Outcome;
 use crate::logging::sanitized;
 use crate::service;

@@ -18,7 +18,7 @@ use kv_rotator_config::{EngineConfig, SweeperConfig};
 use kv_rotator_keyvault::SecretProperties;
 use time::OffsetDateTime;
 
-use super::protocol::TAG_VALIDITY_DAYS;
+use kv_rotator_core::tags::TAG_VALIDITY_DAYS;
 
 /// Longest validity a `ValidityPeriodDays` tag may ask for (ten years).
 pub const MAX_VALIDITY_DAYS: u32 = 3650;

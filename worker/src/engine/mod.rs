@@ -11,7 +11,8 @@
 //! - [`retire`]: multi-password retirement of old passwords after the grace period.
 //! - [`value`]: what a secret's value holds (a password, or alternating-users' pair).
 //! - [`planner`]: the protocol's pure decisions (fence, journal, stale journals).
-//! - [`journal`]: rotation ids, journal record naming and tags.
+//! - [`journal`]: rotation ids, journal record naming and content type (the tags it
+//!   writes are `kv_rotator_core::tags`).
 //! - [`locks`]: per-secret mutual exclusion.
 //! - [`failpoints`]: step-boundary pauses for the crash suite (feature `failpoints`).
 //! - [`Engine::run`]: takes requests off the queue, bounded by `engine.concurrency`
@@ -34,9 +35,11 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use kv_rotator_config::EngineConfig;
+use kv_rotator_core::limits::MAX_TAGS;
+use kv_rotator_core::tags::{TAG_FAILED, TAG_ROTATOR};
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{PropertiesUpdate, SecretStore, StoreError};
 use kv_rotator_rotators::RotatorError;
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
@@ -812,7 +815,7 @@ impl Engine {
                 return false;
             }
         };
-        if !latest.tags.contains_key(protocol::TAG_ROTATOR) {
+        if !latest.tags.contains_key(TAG_ROTATOR) {
             // A journal whose secret lost its tags: mark the journal record instead.
             return match report.rotation_id.as_deref() {
                 Some(id) => self.tag_journal_failure(&journal::journal_name(id), attempts).await,
@@ -820,13 +823,13 @@ impl Engine {
             };
         }
         let mut tags = latest.tags.clone();
-        if !tags.contains_key(journal::TAG_FAILED) && tags.len() >= protocol::MAX_TAGS {
+        if !tags.contains_key(TAG_FAILED) && tags.len() >= MAX_TAGS {
             warn!("secret has {} tags, Key Vault's limit: no room for the failure tag", tags.len());
             return false;
         }
         let at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
         let rotation = report.rotation_id.as_deref().unwrap_or("-");
-        tags.insert(journal::TAG_FAILED.to_owned(), format!("{at} attempts={attempts} rotation={rotation}"));
+        tags.insert(TAG_FAILED.to_owned(), format!("{at} attempts={attempts} rotation={rotation}"));
         let update = PropertiesUpdate { tags: Some(tags), ..Default::default() };
         match self.store.update_properties(secret, latest.version.as_deref(), update).await {
             Ok(_) => true,
@@ -842,7 +845,7 @@ impl Engine {
         let Ok(record) = self.store.get_latest(journal_name).await else { return false };
         let mut tags = record.properties.tags;
         let at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-        tags.insert(journal::TAG_FAILED.to_owned(), format!("{at} attempts={attempts} secret-not-managed"));
+        tags.insert(TAG_FAILED.to_owned(), format!("{at} attempts={attempts} secret-not-managed"));
         let update = PropertiesUpdate { tags: Some(tags), ..Default::default() };
         self.store.update_properties(journal_name, Some(&record.version), update).await.is_ok()
     }

@@ -25,11 +25,17 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use kv_rotator_core::limits::MAX_TAGS;
+use kv_rotator_core::tags::{
+    STEP_PENDING, STEP_TARGET_SET, TAG_ACCOUNT, TAG_ATTEMPTS, TAG_CREDENTIAL_ID, TAG_FAILED, TAG_JOURNAL_FOR,
+    TAG_PROFILE, TAG_RETIRE_AFTER, TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_ROTATOR, TAG_STEP,
+    TAG_TRIGGER, TRIGGER_MANUAL, TRIGGER_SCHEDULED,
+};
+use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, StoreError};
 use kv_rotator_rotators::{
     Credential, Rotator, RotatorError, SetPasswordRequest, SyncTwinRequest, VerifyRequest, VerifyResponse,
 };
-use kv_rotator_webhook::{RotationRequest, Trigger};
 use secrecy::{ExposeSecret, SecretString};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -37,23 +43,11 @@ use tracing::{debug, info, warn};
 
 use super::due::{Due, DueRule};
 use super::failpoints;
-use super::journal::{
-    self, JOURNAL_CONTENT_TYPE, RESERVED_PREFIX, STEP_PENDING, STEP_TARGET_SET, TAG_ACCOUNT, TAG_ATTEMPTS, TAG_FAILED,
-    TAG_JOURNAL_FOR, TAG_PROFILE, TAG_RETIRE_AFTER, TAG_ROTATED_AT, TAG_ROTATED_FROM, TAG_ROTATION_ID, TAG_STEP,
-    TAG_TRIGGER, TRIGGER_MANUAL, TRIGGER_SCHEDULED,
-};
+use super::journal::{self, JOURNAL_CONTENT_TYPE, RESERVED_PREFIX};
 use super::planner::{self, Fence, Latest, StaleJournal, Target};
 use super::value::{Login, Shape};
 use super::{Engine, Outcome, RotationError, StepLog};
 
-/// Tag naming the target profile (kv-rotator's own).
-pub const TAG_ROTATOR: &str = "rotator";
-/// Tag naming the user on the target (Microsoft's rotation samples).
-pub const TAG_CREDENTIAL_ID: &str = "CredentialId";
-/// Tag with the validity of a new version in days (Microsoft's rotation samples).
-pub const TAG_VALIDITY_DAYS: &str = "ValidityPeriodDays";
-/// Most tags Key Vault accepts on one version.
-pub const MAX_TAGS: usize = 15;
 /// Older versions whose passwords `set` may try after the current one.
 const PREVIOUS_PASSWORDS: usize = 2;
 

@@ -35,9 +35,10 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::failpoints;
-use super::journal::{self, TAG_RETIRE_AFTER};
-use super::protocol::{refuses_a_random_password, TAG_CREDENTIAL_ID, TAG_ROTATOR};
+use super::journal;
+use super::protocol::refuses_a_random_password;
 use super::{Engine, RotationError};
+use kv_rotator_core::tags::{TAG_CREDENTIAL_ID, TAG_RETIRE_AFTER, TAG_ROTATOR};
 
 /// When the version `latest` may have its predecessors retired: `created` plus `grace`.
 pub fn retire_at(latest_created: OffsetDateTime, grace: Duration) -> OffsetDateTime {
