@@ -121,6 +121,12 @@ async fn all_rotates_every_managed_secret_and_nothing_else() {
         assert!(site.logs_in(user, &site.store.get_latest(secret).await.unwrap().value).await);
     }
     assert_eq!(site.store.list_versions("plain").await.unwrap().len(), 1);
+
+    // Named, it is not rotated, and the exit code says so.
+    let (ok, stdout, stderr) = site.rotate(&["plain"]);
+    assert!(!ok, "a secret kv-rotator does not manage was not rotated:\n{stdout}\n{stderr}");
+    assert!(line_for(&stdout, "plain").contains("not managed"), "{stdout}");
+    assert_eq!(site.store.list_versions("plain").await.unwrap().len(), 1);
     site.dev.vault.shutdown().await;
 }
 

@@ -44,7 +44,8 @@ pub struct JobSecret {
     /// The sanitized error, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Whether the operator got what was asked: not failed and not refused as too soon.
+    /// Whether the operator got what was asked: rotated (or already rotated, retired);
+    /// not failed, refused as too soon, unmanaged, gone or of another vault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ok: Option<bool>,
 }
@@ -95,7 +96,17 @@ impl JobSecret {
             Outcome::Failed { error, .. } => self.error = Some(error.clone()),
             _ => {}
         }
-        self.ok = Some(!matches!(outcome, Outcome::Failed { .. } | Outcome::TooSoon { .. }));
+        // What the operator asked for is a secret whose password was (or already had
+        // been) replaced: a refusal as too soon, a secret kv-rotator does not manage, one
+        // that is gone or belongs to another vault was not rotated, and says so.
+        self.ok = Some(!matches!(
+            outcome,
+            Outcome::Failed { .. }
+                | Outcome::TooSoon { .. }
+                | Outcome::NotManaged
+                | Outcome::NotFound
+                | Outcome::OtherVault
+        ));
     }
 }
 
