@@ -54,7 +54,14 @@ impl HttpSink {
     /// A sink POSTing to `url`, each try bounded by `timeout`; one try until
     /// [`HttpSink::with_attempts`].
     pub fn new(url: &str, timeout: Duration) -> Self {
-        let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
+        // Never to where a redirect points: reqwest keeps custom headers (`aeg-sas-key`)
+        // across hosts, and the Referer would carry a `sig=` URL. A 3xx is a failure.
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
+            .build()
+            .unwrap_or_default();
         let origin = reqwest::Url::parse(url)
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_else(|_| "(unparsable URL)".to_owned());
@@ -126,5 +133,39 @@ mod tests {
         assert!(refused(429) && refused(500) && refused(503) && refused(408));
         assert!(!refused(400) && !refused(401) && !refused(403) && !refused(404));
         assert!(PostError::Unreachable { origin: "o".into(), detail: "d".into() }.is_transient());
+    }
+
+    /// A sink that answers with a redirect to another host gets neither the body nor the
+    /// sink's key header there: the 3xx is a refusal.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_the_key_goes_nowhere_else() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let elsewhere_hits = Arc::new(AtomicUsize::new(0));
+        let hits = elsewhere_hits.clone();
+        let elsewhere = axum::Router::new().fallback(move || {
+            hits.fetch_add(1, Ordering::SeqCst);
+            async { "got it" }
+        });
+        let other = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let other_addr = other.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(other, elsewhere).await });
+        let redirecting = axum::Router::new().fallback(move || async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, format!("http://{other_addr}/steal"))],
+            )
+        });
+        let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(sink, redirecting).await });
+
+        let mut headers = HeaderMap::new();
+        headers.insert("aeg-sas-key", axum::http::HeaderValue::from_static("the-topic-key"));
+        let posted = HttpSink::new(&format!("http://{sink_addr}/hook?sig=s3cret"), Duration::from_secs(5))
+            .post("alerts", "application/json", headers, b"{}")
+            .await;
+        assert!(matches!(posted, Err(PostError::Refused { status: 307, .. })), "{posted:?}");
+        assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0, "nothing reached where the redirect pointed");
     }
 }

@@ -94,7 +94,15 @@ pub async fn serve(
             },
         };
         let _ = socket.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers that must know the peer (the status page: loopback only) read it as
+        // axum's `ConnectInfo`.
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: axum::http::Request<_>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         let connection = builder.serve_connection(TokioIo::new(socket), service).into_owned();
         let watched = graceful.watch(connection);
         connections.spawn(async move {

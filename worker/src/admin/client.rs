@@ -94,9 +94,38 @@ pub async fn connect(config: &AdminConfig) -> anyhow::Result<Option<ApiClient>> 
 /// What `GET /api/rotations/{id}` answers (the fields `rotate` reads).
 #[derive(Debug, Deserialize)]
 struct Job {
-    id: String,
+    id: uuid::Uuid,
     done: bool,
     secrets: Vec<JobSecret>,
+}
+
+/// Largest answer read from the service (a job of thousands of secrets fits).
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// `response`'s body as JSON, read up to [`MAX_ANSWER_BYTES`].
+async fn json_capped<T: serde::de::DeserializeOwned>(mut response: reqwest::Response, what: &str) -> anyhow::Result<T> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.with_context(|| format!("reading {what}"))? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            bail!("{what} is larger than {MAX_ANSWER_BYTES} bytes: not a job kv-rotator sends");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{what} is not a job"))
+}
+
+/// A job entry as the service reported it, its text escaped: what answers on the admin
+/// port is trusted with nothing printed raw.
+fn distrusted(entry: &JobSecret) -> JobSecret {
+    let text = |t: &str| crate::logging::sanitized(t, 4096);
+    let mut shown = entry.clone();
+    shown.secret = text(&entry.secret);
+    shown.state = text(&entry.state);
+    shown.version = entry.version.as_deref().map(text);
+    shown.new_version = entry.new_version.as_deref().map(text);
+    shown.detail = entry.detail.as_deref().map(text);
+    shown.error = entry.error.as_deref().map(text);
+    shown
 }
 
 /// Which secrets a `rotate` names.
@@ -166,8 +195,8 @@ impl ApiClient {
             let error = crate::logging::sanitized(&error, 1000);
             bail!("the service at {} refused the rotation job: HTTP {status}: {error}", self.base);
         }
-        let mut job: Job = response.json().await.context("the service's answer to POST /api/rotations")?;
-        let names: Vec<String> = job.secrets.iter().map(|s| s.secret.clone()).collect();
+        let mut job: Job = json_capped(response, "the service's answer to POST /api/rotations").await?;
+        let names: Vec<String> = job.secrets.iter().map(|s| crate::logging::sanitized(&s.secret, 200)).collect();
         let mut progress = Progress::start(output, &names);
         if !job.secrets.is_empty() {
             eprintln!("rotating through the service at {} (job {}); waiting for every secret", self.base, job.id);
@@ -175,14 +204,14 @@ impl ApiClient {
         loop {
             for (index, entry) in job.secrets.iter().enumerate() {
                 if entry.is_done() {
-                    progress.ended(index, entry);
+                    progress.ended(index, &distrusted(entry));
                 }
             }
             if job.done {
                 break;
             }
             tokio::time::sleep(POLL_EVERY).await;
-            job = self.job(&job.id).await?;
+            job = self.job(job.id).await?;
             if job.secrets.len() != names.len() {
                 bail!("the service's job {} changed its list of secrets while it ran", job.id);
             }
@@ -191,7 +220,7 @@ impl ApiClient {
     }
 
     /// `GET /api/rotations/{id}`.
-    async fn job(&self, id: &str) -> anyhow::Result<Job> {
+    async fn job(&self, id: uuid::Uuid) -> anyhow::Result<Job> {
         let path = format!("/api/rotations/{id}");
         let response = self.request(reqwest::Method::GET, &path).send().await.with_context(|| {
             format!(
@@ -206,6 +235,6 @@ impl ApiClient {
                 crate::logging::sanitized(&response.text().await.unwrap_or_default(), 500)
             );
         }
-        response.json().await.with_context(|| format!("the service's answer to GET {path}"))
+        json_capped(response, &format!("the service's answer to GET {path}")).await
     }
 }

@@ -165,7 +165,10 @@ impl Jobs {
             if let Some(old) = inner.jobs.remove(&old) {
                 inner.by_trigger.remove(&requested_by(&old.requested_by, old.id));
             }
-            inner.slots.remove(&old);
+            // A limited job forgotten while running: its feeder ends (nobody can follow it).
+            if let Some(slots) = inner.slots.remove(&old) {
+                slots.close();
+            }
         }
         inner.by_trigger.insert(requested_by(&job.requested_by, job.id), job.id);
         if let Some(limit) = job.concurrency {
@@ -228,25 +231,47 @@ impl Jobs {
 }
 
 /// Feeds job `id`'s `requests` to the engine's `queue`, each when the job has a free slot
-/// (a secret of it ended), so that at most its concurrency are queued or rotating at once.
-/// Between sends it keeps only a weak handle: it never holds the engine open at shutdown.
-/// Requests it cannot hand over (the engine stopped) end as not rotated.
+/// (a secret of it ended), so that at most its concurrency are queued or rotating at once,
+/// and never into the last quarter of the queue ([`send_leaving_room`]). Between sends it
+/// keeps only a weak handle: it never holds the engine open at shutdown. Requests it cannot
+/// hand over (the engine stopped) end as not rotated; a job forgotten while it runs ends
+/// its feeder.
 pub async fn feed(jobs: Arc<Jobs>, id: Uuid, requests: Vec<RotationRequest>, queue: mpsc::WeakSender<RotationRequest>) {
     let Some(slots) = jobs.slots(&id) else { return };
     let mut requests = requests.into_iter();
     while let Some(request) = requests.next() {
-        let Ok(slot) = slots.acquire().await else { break };
+        let Ok(slot) = slots.acquire().await else { return };
         // Given back by the entry's end (Jobs::update), not by this scope.
         slot.forget();
-        let sent = match queue.upgrade() {
-            Some(queue) => queue.send(request).await.map_err(|unsent| unsent.0),
-            None => Err(request),
-        };
-        if let Err(unsent) = sent {
+        if let Err(unsent) = send_leaving_room(&queue, request).await {
             let rest: Vec<RotationRequest> = std::iter::once(unsent).chain(requests).collect();
             jobs.not_queued(&id, &rest, "the engine stopped before it was queued");
             return;
         }
+    }
+}
+
+/// How often a feeder looks again at a queue without room to spare.
+const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Puts `request` on `queue` once more than a quarter of its places are free: the rest is
+/// left to the webhook's deliveries and the sweeper, which never wait (a full queue is a
+/// 503 to Event Grid). `Err(request)` when the engine has stopped.
+async fn send_leaving_room(
+    queue: &mpsc::WeakSender<RotationRequest>,
+    mut request: RotationRequest,
+) -> Result<(), RotationRequest> {
+    loop {
+        let Some(strong) = queue.upgrade() else { return Err(request) };
+        if strong.capacity() > strong.max_capacity() / 4 {
+            match strong.try_send(request) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(again)) => request = again,
+                Err(mpsc::error::TrySendError::Closed(unsent)) => return Err(unsent),
+            }
+        }
+        drop(strong);
+        tokio::time::sleep(ROOM_POLL).await;
     }
 }
 
@@ -387,5 +412,40 @@ mod tests {
         let b = &ended.secrets[1];
         assert_eq!((b.state.as_str(), b.ok), ("failed", Some(false)));
         assert!(b.detail.as_deref().unwrap().contains("the engine stopped before it was queued"), "{b:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_limited_job_leaves_a_quarter_of_the_queue_to_the_webhook() {
+        let jobs = Arc::new(Jobs::default());
+        let names: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        let mut limited = job(names.iter().map(|n| JobSecret::queued(n, "v1")).collect());
+        limited.concurrency = Some(4);
+        jobs.insert(limited.clone());
+        let requests: Vec<RotationRequest> = names.iter().map(|n| request(&limited, n)).collect();
+        let (queue, _engine) = mpsc::channel(4);
+        tokio::spawn(feed(jobs.clone(), limited.id, requests, queue.downgrade()));
+        settle().await;
+        assert_eq!(queue.capacity(), 1, "three of its four slots used, one place left");
+        let delivery = request(&limited, "from-the-webhook");
+        assert!(queue.try_send(delivery).is_ok(), "a delivery still finds room");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_running_job_forgotten_ends_its_feeder() {
+        let jobs = Arc::new(Jobs::default());
+        let mut limited = job(vec![JobSecret::queued("a", "v1"), JobSecret::queued("b", "v1")]);
+        limited.concurrency = Some(1);
+        jobs.insert(limited.clone());
+        let (queue, mut engine) = mpsc::channel(100);
+        let requests = vec![request(&limited, "a"), request(&limited, "b")];
+        let feeder = tokio::spawn(feed(jobs.clone(), limited.id, requests, queue.downgrade()));
+        settle().await;
+        assert!(engine.try_recv().is_ok());
+        for _ in 0..MAX_JOBS {
+            jobs.insert(job(vec![JobSecret::queued("c", "v1")]));
+        }
+        settle().await;
+        assert!(feeder.is_finished(), "the feeder of a forgotten job does not wait forever");
+        assert!(engine.try_recv().is_err(), "and queues nothing more");
     }
 }

@@ -18,7 +18,9 @@
 //! - Entra ID: the page is not served (501 saying why): a browser cannot get a bearer token
 //!   without an OAuth sign-in flow, which this page does not have. The API serves as before.
 //!
-//! Every request's `Host` must name an address, not a site (DNS rebinding, as the API
+//! The page is served to loopback peers only: the admin listener speaks plain HTTP, so the
+//! token and the session must not cross a network (a port-forward or an SSH tunnel ends on
+//! loopback). Every request's `Host` must name an address, not a site (DNS rebinding, as the API
 //! checks); a `Sec-Fetch-Site` other than `same-origin` (or `none` for a `GET` typed in or
 //! bookmarked) is refused, and so is a `POST` whose `Origin` is not this listener; every
 //! `POST` but the login carries the session's CSRF token. Answers forbid framing, caching,
@@ -30,7 +32,7 @@ pub mod session;
 use std::sync::Arc;
 
 use axum::body::to_bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -118,10 +120,27 @@ fn refused(method: &Method, headers: &HeaderMap) -> Option<&'static str> {
     }
 }
 
-/// Refuses cross-site and rebinding requests ([`refused`]), and marks every answer
-/// ([`SECURITY_HEADERS`]).
+/// Why a request from `peer` is refused: the page (and its login, which takes the admin
+/// token) is served to loopback peers only — the admin listener speaks plain HTTP, so a
+/// token or session typed in elsewhere would cross the network in clear. A listener
+/// bound to a wildcard address (for probes) serves the page through a port-forward.
+fn remote_peer(peer: Option<std::net::SocketAddr>) -> Option<&'static str> {
+    match peer {
+        Some(peer) if peer.ip().is_loopback() => None,
+        Some(_) => Some(
+            "the status page is served to this host only (the admin listener is plain HTTP, the token and the \
+             session would cross the network in clear): open it through an SSH tunnel or a port-forward",
+        ),
+        None => Some("the peer's address is unknown"),
+    }
+}
+
+/// Refuses requests from another host ([`remote_peer`]), cross-site and rebinding
+/// requests ([`refused`]), and marks every answer ([`SECURITY_HEADERS`]).
 async fn guard(request: Request, next: Next) -> Response {
-    let mut response = match refused(request.method(), request.headers()) {
+    let peer = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|info| info.0);
+    let why = remote_peer(peer).or_else(|| refused(request.method(), request.headers()));
+    let mut response = match why {
         Some(why) => {
             let path = sanitized(request.uri().path(), 200);
             warn!(target: "kv_rotator::admin", method = %request.method(), %path, status = 403,
@@ -290,8 +309,13 @@ async fn post_rotate(State(state): State<PageState>, headers: HeaderMap, Form(fo
 
 /// `GET /status/jobs/{id}`.
 async fn get_job(State(state): State<PageState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(answer) = session_or(&state, &headers) {
-        return *answer;
+    // Shown with a session, but never opening one: in `none` mode, cookie-less callers
+    // (a script polling the page) would otherwise crowd the browser's session out.
+    let anonymous = matches!(state.api.auth, AdminAuth::None);
+    if !anonymous {
+        if let Err(answer) = session_or(&state, &headers) {
+            return *answer;
+        }
     }
     let Ok(id) = Uuid::parse_str(&id) else {
         return page(StatusCode::BAD_REQUEST, html::message("No such job", "Not a job id (a UUID)."));
@@ -314,4 +338,21 @@ async fn refusal_text(response: Response) -> (StatusCode, String) {
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or_else(|| format!("refused ({status})"));
     (status, why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_loopback_peer_is_served() {
+        for peer in ["127.0.0.1:50000", "127.0.0.2:1", "[::1]:443"] {
+            assert_eq!(remote_peer(Some(peer.parse().unwrap())), None, "{peer}");
+        }
+        for peer in ["10.0.0.5:50000", "192.168.1.2:1", "[2001:db8::1]:443", "0.0.0.0:1"] {
+            let why = remote_peer(Some(peer.parse().unwrap())).unwrap_or_else(|| panic!("{peer} was served"));
+            assert!(why.contains("this host only"), "{why}");
+        }
+        assert!(remote_peer(None).is_some(), "no peer known: refused");
+    }
 }

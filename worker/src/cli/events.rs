@@ -279,6 +279,10 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
 
 /// `kv-rotator events send`: posts the event, prints the status and why; fails unless 2xx.
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+    // The key (or token) crosses the network with the event: https, or http to this host.
+    if let Some(problem) = kv_rotator_config::load::sink_url_problem("--url", args.url.as_str()) {
+        anyhow::bail!("{problem}; nothing was sent");
+    }
     let key_parameter = args.key_query_parameter.as_deref().unwrap_or(DEFAULT_KEY_QUERY_PARAMETER);
     if args.url.query_pairs().any(|(name, _)| name == key_parameter || name == DEFAULT_KEY_QUERY_PARAMETER) {
         anyhow::bail!(
@@ -307,8 +311,12 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     if let (Credential::SharedKey(key), Some(name)) = (&credential, &args.key_query_parameter) {
         url.query_pairs_mut().append_pair(name, key.expose_secret());
     }
+    // Never to where a redirect points: reqwest keeps custom headers (the key) across
+    // hosts, and the Referer would carry a key in the query. A 3xx is an answer.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(args.timeout_secs))
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .build()
         .context("cannot build the HTTP client")?;
     let mut request = client
@@ -327,7 +335,8 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         Credential::Bearer(token) => request = request.bearer_auth(token.expose_secret()),
         _ => {}
     }
-    let shown_url = sanitized(args.url.as_str(), ANSWER_MAX);
+    // Origin and path only: a query or user part may be a credential.
+    let shown_url = sanitized(&format!("{}{}", args.url.origin().ascii_serialization(), args.url.path()), ANSWER_MAX);
     let response = request.body(body.to_string()).send().await.map_err(|e| {
         // reqwest's error quotes the URL, which may carry the key in its query.
         anyhow::anyhow!("POST {shown_url}: {}", sanitized(&e.without_url().to_string(), ANSWER_MAX))
@@ -489,5 +498,31 @@ mod tests {
         let (name, host) = vault_name_and_host("https://kv1.vault.azure.net:8443/").unwrap();
         assert_eq!((name.as_str(), host.as_str()), ("kv1", "kv1.vault.azure.net"));
         assert!(vault_name_and_host("kv1.example.com").is_err());
+    }
+
+    /// The key never goes where a redirect points (reqwest would keep a custom header
+    /// across hosts), nor in clear to another host.
+    #[tokio::test]
+    async fn the_key_goes_neither_through_a_redirect_nor_over_plain_http_to_another_host() {
+        let (elsewhere, stolen) = serve(StatusCode::OK).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let to = elsewhere.to_string();
+        let app = axum::Router::new().route(
+            "/api/eventgrid",
+            post(move || async move { (StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, to)]) }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "key-from-the-file\n").unwrap();
+        let redirected = format!("http://{addr}/api/eventgrid").parse().unwrap();
+        let err = send(SendArgs { shared_key_file: Some(key.clone()), ..args(redirected) }).await.unwrap_err();
+        assert!(err.to_string().contains("answered 307"), "{err:#}");
+        assert!(stolen.lock().unwrap().is_empty(), "nothing reached where the redirect pointed");
+
+        let remote = "http://webhook.example.com/api/eventgrid".parse().unwrap();
+        let err = send(SendArgs { shared_key_file: Some(key), ..args(remote) }).await.unwrap_err();
+        assert!(err.to_string().contains("plain http only to a loopback host"), "{err:#}");
     }
 }
