@@ -96,6 +96,9 @@ pub struct Metrics {
     counters: HashMap<&'static str, Family<Labels, Counter>>,
     histograms: HashMap<&'static str, HistogramFamily>,
     gauges: HashMap<&'static str, GaugeFamily>,
+    /// Every counter series made so far, for [`Metrics::counter`] (the crate's families
+    /// cannot be walked).
+    series: std::sync::Mutex<std::collections::BTreeSet<(&'static str, Labels)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -131,7 +134,7 @@ impl Default for Metrics {
                 }
             }
         }
-        Self { registry, counters, histograms, gauges }
+        Self { registry, counters, histograms, gauges, series: Default::default() }
     }
 }
 
@@ -143,12 +146,15 @@ impl Metrics {
     /// Adds `by` to counter `name` with `pairs` as labels. `name` must be a counter of
     /// [`FAMILIES`]; an unknown name is a bug and panics in debug builds.
     pub fn add(&self, name: &'static str, pairs: &[(&str, &str)], by: u64) {
-        match self.counters.get(name) {
-            Some(family) => {
-                family.get_or_create(&labels(pairs)).inc_by(by);
-            }
-            None => debug_assert!(false, "unknown counter {name}"),
+        let Some(family) = self.counters.get(name) else {
+            debug_assert!(false, "unknown counter {name}");
+            return;
+        };
+        let labels = labels(pairs);
+        if family.get(&labels).is_none() {
+            self.series.lock().unwrap_or_else(|p| p.into_inner()).insert((name, labels.clone()));
         }
+        family.get_or_create(&labels).inc_by(by);
     }
 
     /// Adds one to counter `name`.
@@ -179,9 +185,18 @@ impl Metrics {
         self.gauges.get(name).and_then(|family| family.get(&labels(pairs)).map(|g| g.get()))
     }
 
-    /// The value of counter `name` with exactly these labels (0 if never recorded).
+    /// The sum of counter `name` over its series whose labels include `pairs` (all of
+    /// them for `&[]`; 0 if none was recorded): `("outcome", "rotated")` counts every
+    /// rotator and trigger.
     pub fn counter(&self, name: &str, pairs: &[(&str, &str)]) -> u64 {
-        self.counters.get(name).and_then(|family| family.get(&labels(pairs)).map(|c| c.get())).unwrap_or(0)
+        let Some(family) = self.counters.get(name) else { return 0 };
+        let wanted = labels(pairs);
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        series
+            .iter()
+            .filter(|(series_name, labels)| *series_name == name && wanted.iter().all(|pair| labels.contains(pair)))
+            .filter_map(|(_, labels)| family.get(labels).map(|c| c.get()))
+            .sum()
     }
 
     /// The OpenMetrics text exposition of everything recorded.
@@ -263,6 +278,10 @@ mod tests {
         assert!(text.contains("kv_rotator_rotation_duration_seconds_bucket{le=\"+Inf\",outcome=\"rotated\"} 1"));
         assert!(text.contains("kv_rotator_rotation_duration_seconds_count{outcome=\"rotated\"} 1"));
         assert_eq!(m.counter("kv_rotator_rotations_total", &rotated), 2);
+        m.inc("kv_rotator_rotations_total", &[("outcome", "failed"), ("rotator", "unknown"), ("trigger", "manual")]);
+        assert_eq!(m.counter("kv_rotator_rotations_total", &[("outcome", "rotated")]), 2, "any rotator and trigger");
+        assert_eq!(m.counter("kv_rotator_rotations_total", &[("trigger", "manual")]), 3);
+        assert_eq!(m.counter("kv_rotator_rotations_total", &[("trigger", "sweeper")]), 0);
         assert_eq!(m.gauge("kv_rotator_managed_secrets", &[("state", "due")]), Some(3.0));
     }
 
