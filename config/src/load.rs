@@ -431,7 +431,7 @@ fn validate_webhook(webhook: &WebhookConfig, problems: &mut Vec<String>) {
 /// `[admin.auth]`: `mode = "none"` only on a loopback address; a token from exactly one
 /// source; discovery or a key set, not both.
 fn validate_admin(config: &Config, problems: &mut Vec<String>) {
-    let AdminConfig { enabled, listen, auth } = &config.admin;
+    let AdminConfig { enabled, listen, auth, vault_failing_secs: _ } = &config.admin;
     let webhook = config.webhook.listen;
     let overlaps = listen.port() != 0
         && listen.port() == webhook.port()

@@ -481,6 +481,15 @@ pub struct AdminConfig {
     /// API is not served (404); `/metrics`, `/healthz` and `/readyz` never need it.
     #[serde(default)]
     pub auth: Option<AdminAuthConfig>,
+    /// `/readyz` answers 503 once every Key Vault call for this many seconds has failed
+    /// (429, 5xx, no answer) with no success since (default 120). Judged from the
+    /// service's own calls (rotations, sweeps, lease renewals): no probe is sent.
+    #[serde(default = "default_vault_failing_secs")]
+    pub vault_failing_secs: u64,
+}
+
+fn default_vault_failing_secs() -> u64 {
+    120
 }
 
 /// `[admin.auth]`: who may call the admin API (trigger rotations, read their results and
@@ -528,7 +537,12 @@ fn default_admin_listen() -> SocketAddr {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: default_admin_listen(), auth: None }
+        Self {
+            enabled: true,
+            listen: default_admin_listen(),
+            auth: None,
+            vault_failing_secs: default_vault_failing_secs(),
+        }
     }
 }
 

@@ -180,6 +180,9 @@ fn the_admin_listener_is_loopback_by_default_and_apart_from_the_webhook() {
     assert_eq!(jailed(|| load(Some(f.path()))).unwrap().admin.listen.port(), 9100);
     let f = file(&format!("{vault}[admin]\nenabled = false\n"));
     assert!(!jailed(|| load(Some(f.path()))).unwrap().admin.enabled);
+    assert_eq!(config.admin.vault_failing_secs, 120, "/readyz gives the vault two minutes by default");
+    let f = file(&format!("{vault}[admin]\nvault_failing_secs = 30\n"));
+    assert_eq!(jailed(|| load(Some(f.path()))).unwrap().admin.vault_failing_secs, 30);
 
     let e = error_of(&format!("{vault}[admin]\nlisten_on = \"127.0.0.1:1\"\n"));
     assert!(e.contains("listen_on"), "{e}");

@@ -255,6 +255,10 @@ impl SecretStore for AzureSecretStore {
         &self.vault_name
     }
 
+    fn set_client_observer(&self, observer: Arc<dyn crate::pipeline::ClientObserver>) {
+        self.counters.set_observer(observer);
+    }
+
     async fn get_latest(&self, name: &str) -> StoreResult<SecretRecord> {
         let secret = self
             .client

@@ -31,6 +31,10 @@
 //! access token"), which is not retried. The gate lets one call through alone until a
 //! call has completed without a 401; then the scope and token are cached and calls run
 //! concurrently.
+//!
+//! [`ClientObserver`] is told of every try's answer and every retry as they happen: the
+//! worker counts throttling and retries in its metrics, and judges from them whether the
+//! vault is reachable, without a dependency of this crate on the worker.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,14 +181,50 @@ pub struct ClientStats {
     pub paced: u64,
 }
 
+/// What one try of a call came to, for a [`ClientObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryOutcome {
+    /// The vault answered with this HTTP status (a 401 challenge and a 404 included).
+    Answered(u16),
+    /// No answer: the connection failed, was reset or timed out.
+    NoAnswer,
+}
+
+impl TryOutcome {
+    /// Whether the vault answered and was neither throttling nor failing (not 429, not
+    /// 5xx). A 4xx such as 404 or the 401 challenge is the vault working.
+    pub fn is_success(self) -> bool {
+        matches!(self, TryOutcome::Answered(status) if status != 429 && status < 500)
+    }
+}
+
+/// Told of the client's HTTP traffic as it happens (the worker's metrics and readiness).
+/// Calls come from the request path: implementations must be quick and never block.
+pub trait ClientObserver: Send + Sync + std::fmt::Debug {
+    /// A try ended (each retry is a try of its own).
+    fn try_finished(&self, outcome: TryOutcome);
+    /// The retry policy is about to wait and try again.
+    fn retrying(&self);
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     tries: AtomicU64,
     retries: AtomicU64,
     paced: AtomicU64,
+    observer: std::sync::RwLock<Option<Arc<dyn ClientObserver>>>,
 }
 
 impl Counters {
+    /// From now on, tells `observer` (in place of any earlier one).
+    pub fn set_observer(&self, observer: Arc<dyn ClientObserver>) {
+        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    fn observer(&self) -> Option<Arc<dyn ClientObserver>> {
+        self.observer.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn snapshot(&self) -> ClientStats {
         ClientStats {
             tries: self.tries.load(Ordering::Relaxed),
@@ -247,6 +287,9 @@ impl RetryPolicy for BoundedRetry {
 
     async fn wait(&self, retry_count: u32, retry_after: Option<azure_core::time::Duration>) {
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        if let Some(observer) = self.counters.observer() {
+            observer.retrying();
+        }
         let backoff = self.backoff(retry_count);
         let asked = retry_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
         tokio::time::sleep(backoff.max(asked).min(self.settings.max_delay)).await;
@@ -303,7 +346,8 @@ impl Policy for ChallengeGate {
     }
 }
 
-/// Per-try policy: waits for a permit, counts the try, sends it on.
+/// Per-try policy: waits for a permit, counts the try, sends it on, and tells the
+/// observer how it ended.
 #[derive(Debug)]
 pub(crate) struct RateLimitPolicy {
     limiter: Option<DefaultDirectRateLimiter>,
@@ -327,7 +371,14 @@ impl Policy for RateLimitPolicy {
             }
         }
         self.counters.tries.fetch_add(1, Ordering::Relaxed);
-        next[0].send(ctx, request, &next[1..]).await
+        let result = next[0].send(ctx, request, &next[1..]).await;
+        if let Some(observer) = self.counters.observer() {
+            observer.try_finished(match &result {
+                Ok(response) => TryOutcome::Answered(u16::from(response.status())),
+                Err(_) => TryOutcome::NoAnswer,
+            });
+        }
+        result
     }
 }
 

@@ -176,4 +176,11 @@ pub trait SecretStore: Send + Sync + std::fmt::Debug {
 
     /// Lists every secret's latest properties (no values).
     async fn list_secrets(&self) -> StoreResult<Vec<SecretProperties>>;
+
+    /// From now on, tells `observer` of every HTTP try and retry this store (and every
+    /// clone of it) makes: the worker's metrics and readiness. A store that makes no HTTP
+    /// calls of its own ignores it.
+    fn set_client_observer(&self, observer: std::sync::Arc<dyn crate::pipeline::ClientObserver>) {
+        let _ = observer;
+    }
 }

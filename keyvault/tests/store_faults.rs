@@ -262,3 +262,40 @@ async fn a_write_whose_answer_was_lost_is_not_sent_again() {
     assert_eq!(store.get_latest("s").await.unwrap().value.expose_secret(), "v2");
     vault.shutdown().await;
 }
+
+/// Every try and retry, as the store's observer is told of them.
+#[derive(Debug, Default)]
+struct Told(std::sync::Mutex<(Vec<kv_rotator_keyvault::pipeline::TryOutcome>, u32)>);
+
+impl kv_rotator_keyvault::pipeline::ClientObserver for Told {
+    fn try_finished(&self, outcome: kv_rotator_keyvault::pipeline::TryOutcome) {
+        self.0.lock().unwrap().0.push(outcome);
+    }
+
+    fn retrying(&self) {
+        self.0.lock().unwrap().1 += 1;
+    }
+}
+
+#[tokio::test]
+async fn the_observer_is_told_each_tries_answer_and_each_retry_across_clones() {
+    use kv_rotator_keyvault::pipeline::TryOutcome;
+    let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+    let store = AzureSecretStore::for_dev_vault_with(&vault, quick(3)).unwrap();
+    store.set_secret("s", version("x")).await.unwrap();
+    let told = Arc::new(Told::default());
+    store.clone().set_client_observer(told.clone());
+    let always_throttled = Faults {
+        errors: vec![ErrorRule { operation: Some(Operation::Get), rate: 1.0, fault: Injected::Status(429) }],
+        ..Faults::default()
+    };
+    vault.set_faults(always_throttled).unwrap();
+    assert!(matches!(store.get_latest("s").await, Err(StoreError::Unavailable { .. })));
+    vault.set_faults(Faults::default()).unwrap();
+    assert!(matches!(store.get_latest("missing").await, Err(StoreError::NotFound { .. })));
+    let (tries, retries) = told.0.lock().unwrap().clone();
+    assert_eq!(tries, [vec![TryOutcome::Answered(429); 4], vec![TryOutcome::Answered(404)]].concat());
+    assert_eq!(retries, 3);
+    assert!(!tries[0].is_success() && tries[4].is_success(), "a 404 is the vault answering");
+    vault.shutdown().await;
+}

@@ -6,6 +6,8 @@
 //! - [`WebhookState`]: the queue the rotations go to, authentication, the source
 //!   filter, the memory of recent events, and the limits.
 //! - [`Intake`]: whether rotations are taken now; a service in standby closes it.
+//! - Each delivery's outcome goes to the state's [`DeliveryObserver`], if it has one
+//!   ([`crate::observe`]: the worker's metrics).
 //! - The delivery handler: authenticates, checks the content type (Event Grid schema
 //!   `application/json`, CloudEvents `application/cloudevents+json` and
 //!   `application/cloudevents-batch+json`) and size, answers the subscription
@@ -54,6 +56,7 @@ use crate::eventgrid::{
     is_cloud_event, loggable_url, plan_cloud_event, plan_event, AegEventType, Disposition, EventKind, PlannedEvent,
     SubscriptionValidationData, ValidationResponse, AEG_EVENT_TYPE_HEADER,
 };
+use crate::observe::{observed, tagged, DeliveryObserver, DeliveryOutcome};
 use crate::source::SourceFilter;
 use crate::text::{quote, same_name};
 use kv_rotator_core::{RotationRequest, Trigger};
@@ -83,6 +86,7 @@ pub struct WebhookState {
     dedup: (Duration, usize),
     coalesce: (Duration, usize),
     intake: Intake,
+    observer: Option<Arc<dyn DeliveryObserver>>,
 }
 
 /// Whether deliveries holding rotations are taken now. Open unless closed; a service in
@@ -202,6 +206,7 @@ impl WebhookState {
             dedup,
             coalesce,
             intake: Intake::default(),
+            observer: None,
         }
     }
 
@@ -235,6 +240,12 @@ impl WebhookState {
     /// Takes rotations only while `intake` is open (default: always).
     pub fn with_intake(mut self, intake: Intake) -> Self {
         self.intake = intake;
+        self
+    }
+
+    /// Tells `observer` what became of each delivery (default: nobody).
+    pub fn with_observer(mut self, observer: Arc<dyn DeliveryObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -274,9 +285,14 @@ impl WebhookState {
 
 /// The webhook's routes; see the [module docs](self).
 pub fn router(state: WebhookState) -> Router {
-    Router::new()
+    let deliveries = Router::new()
         .route(EVENTGRID_PATH, post(receive).options(abuse_protection))
-        .route("/", post(receive).options(abuse_protection))
+        .route("/", post(receive).options(abuse_protection));
+    let deliveries = match state.observer.clone() {
+        Some(observer) => observed(deliveries, observer),
+        None => deliveries,
+    };
+    deliveries
         .route(HEALTHZ_PATH, get(healthz))
         // One reference count per request instead of a clone of every field.
         .with_state(Arc::new(state))
@@ -466,7 +482,7 @@ async fn abuse_protection(State(state): State<Arc<WebhookState>>, request: Reque
     let allow = HeaderValue::from_static("POST, OPTIONS");
     let Some(origin) = parts.headers.get("webhook-request-origin") else {
         // A plain OPTIONS (no handshake): say what the endpoint takes.
-        return (StatusCode::OK, [(header::ALLOW, allow)]).into_response();
+        return tagged((StatusCode::OK, [(header::ALLOW, allow)]).into_response(), DeliveryOutcome::Validation);
     };
     let valid = origin.to_str().ok().filter(|o| {
         !o.is_empty() && o.len() <= 253 && o.bytes().all(|b| b.is_ascii_alphanumeric() || b".-*:".contains(&b))
@@ -482,7 +498,7 @@ async fn abuse_protection(State(state): State<Arc<WebhookState>>, request: Reque
         // No rate limit of our own: the queue's 503 is the backpressure.
         headers.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
     }
-    response
+    tagged(response, DeliveryOutcome::Validation)
 }
 
 /// Answers the validation handshake, if this delivery is one.
@@ -517,7 +533,8 @@ fn handshake(aeg: Option<AegEventType>, planned: &[PlannedEvent]) -> Option<Resp
         "answering Event Grid subscription validation"
     );
     // 200, not 202: Event Grid rejects 202 for the handshake.
-    Some((StatusCode::OK, Json(ValidationResponse { validation_response: validation_code.clone() })).into_response())
+    let answer = Json(ValidationResponse { validation_response: validation_code.clone() });
+    Some(tagged((StatusCode::OK, answer).into_response(), DeliveryOutcome::Validation))
 }
 
 /// Logs every event's fate, enqueues the rotations, and answers.
@@ -613,7 +630,8 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
         tracing::warn!(rotations = queued, sent, closed, "delivery refused with 503");
         return unavailable(state, message);
     }
-    (StatusCode::OK, Json(Summary { queued, ignored, rejected })).into_response()
+    let outcome = if queued > 0 { DeliveryOutcome::Queued } else { DeliveryOutcome::Ignored };
+    tagged((StatusCode::OK, Json(Summary { queued, ignored, rejected })).into_response(), outcome)
 }
 
 /// Sends `rotations`, returning how many went in; `sent` sees each one as it goes in

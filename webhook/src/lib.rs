@@ -11,6 +11,8 @@
 //! - [`app`]: the axum [`Router`](axum::Router): validation handshake, routing of
 //!   `SecretNearExpiry`/`SecretExpired` into the queue (while its [`Intake`] is open),
 //!   acknowledgement of the rest.
+//! - [`observe`]: each delivery's outcome (queued, ignored, handshake, refused…) for a
+//!   [`DeliveryObserver`] the host implements (the worker's metrics).
 //!
 //! What it queues is a [`RotationRequest`](kv_rotator_core::RotationRequest), the type every
 //! trigger shares (`kv-rotator-core`): a hint, the engine re-reads Key Vault before acting.
@@ -21,9 +23,11 @@ pub mod auth;
 pub mod dedup;
 pub mod eventgrid;
 pub mod fastpath;
+pub mod observe;
 pub mod source;
 mod text;
 
 pub use app::{router, Intake, WebhookState};
 pub use auth::{AuthError, Authenticator, EntraId, EntraIdConfig, JwksLocation, SharedKey};
+pub use observe::{DeliveryObserver, DeliveryOutcome};
 pub use source::SourceFilter;

@@ -10,7 +10,9 @@
 //! - [`hardening`]: before the runtime starts: secret variables out of the
 //!   environment, core dumps off.
 //! - [`sweeper`]: resumes unfinished journals and enqueues secrets near expiry.
-//! - [`metrics`]: Prometheus counters and histograms, `GET /metrics`.
+//! - [`metrics`]: Prometheus counters, gauges and histograms, `GET /metrics`.
+//! - [`vault_health`]: whether the vault answers, from the service's own calls (for
+//!   `/readyz`), and its throttling and retries (for the metrics).
 //! - [`admin`]: the admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`,
 //!   and with `[admin.auth]` the authenticated admin API (`/api/...`).
 //! - [`listener`]: the hardened HTTP listener the webhook and the admin routes are served by.
@@ -52,6 +54,7 @@ pub mod service;
 pub mod standby;
 pub mod sweeper;
 pub mod targets;
+pub mod vault_health;
 
 /// The `kv-rotator` command line, with the rotator kinds of `registry`: the whole of the
 /// binary's `main`. A build with kinds of its own (`examples/custom-rotator/`) calls it

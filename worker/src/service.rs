@@ -41,6 +41,7 @@ use crate::notify::Notifier;
 use crate::standby::{ClaimLoop, Standby, StandbyStatus};
 use crate::sweeper::Sweeper;
 use crate::targets::Targets;
+use crate::vault_health::{VaultHealth, VaultObserver};
 
 /// Opens the configured vault through the official SDK.
 pub fn connect_store(vault: &VaultConfig) -> anyhow::Result<Arc<dyn SecretStore>> {
@@ -138,6 +139,9 @@ pub struct Background {
     /// How the admin API's callers authenticate (`[admin.auth]`); `None`: the API is not
     /// served. Only with `admin`.
     pub admin_auth: Option<crate::admin::auth::AdminAuth>,
+    /// `/readyz` is 503 once every vault call for this long has failed, with no success
+    /// since (`[admin] vault_failing_secs`); `None`: that key's default.
+    pub vault_failing_for: Option<Duration>,
 }
 
 /// Starts the engine and serves the webhook on `listener`, with no sweeper.
@@ -169,6 +173,9 @@ pub async fn start_with(
     let (queue_tx, queue_rx) = mpsc::channel(engine_config.queue_capacity);
     let vault_name = store.vault_name().to_owned();
     let metrics = Arc::new(Metrics::default());
+    // Every clone of the store (the lease's, the sweeper's) reports its calls here.
+    let vault_health = VaultHealth::default();
+    store.set_client_observer(Arc::new(VaultObserver { health: vault_health.clone(), metrics: metrics.clone() }));
     let sweeper_config = background.sweeper.clone().unwrap_or_default();
     let mut engine =
         build_engine(store.clone(), targets, engine_config, &sweeper_config, &background.alerts, metrics.clone());
@@ -198,7 +205,11 @@ pub async fn start_with(
             None => sweeper,
         }
     });
-    let mut readiness = Readiness::new(&queue_tx, background.lease.clone());
+    let vault_failing_for = background
+        .vault_failing_for
+        .unwrap_or(Duration::from_secs(kv_rotator_config::AdminConfig::default().vault_failing_secs));
+    let mut readiness =
+        Readiness::new(&queue_tx, background.lease.clone()).with_vault_health(vault_health, vault_failing_for);
     let intake = Intake::default();
     if let (Some(standby), Some(status)) = (&background.standby, &standby_status) {
         readiness = readiness.with_standby(status.clone());
@@ -216,7 +227,9 @@ pub async fn start_with(
         }),
         _ => None,
     };
-    let state = webhook_state(queue_tx, webhook_config, &vault_name)?.with_intake(intake.clone());
+    let state = webhook_state(queue_tx, webhook_config, &vault_name)?
+        .with_intake(intake.clone())
+        .with_observer(metrics.clone());
     let webhook_addr = listener.local_addr().context("webhook listener")?;
     let admin_addr = background.admin.as_ref().map(TcpListener::local_addr).transpose().context("admin listener")?;
     let limits = Limits::from_config(webhook_config);

@@ -9,6 +9,8 @@
 //!   ([`crate::engine::retire`]), even with the due scan off: it finishes a rotation.
 //! - [`Sweeper`]: runs [`scan`] at startup and every `sweeper.interval_secs`, and
 //!   enqueues what it finds; then the expiry warnings due ([`crate::notify::expiry`]).
+//!   Each sweep also sets the gauges of what it saw ([`Census`]): managed secrets by due
+//!   state, and the age of the oldest unfinished journal record.
 //!   Event Grid drops undeliverable events after 24 h and fires NearExpiry once per
 //!   version: this is what makes a missed event harmless.
 //!
@@ -22,7 +24,7 @@ use std::time::Duration;
 use crate::engine::due::{Due, DueRule};
 use kv_rotator_config::SweeperConfig;
 use kv_rotator_core::names;
-use kv_rotator_core::tags::{TAG_JOURNAL_FOR, TAG_ROTATED_FROM, TAG_ROTATOR};
+use kv_rotator_core::tags::{TAG_FAILED, TAG_JOURNAL_FOR, TAG_ROTATED_FROM, TAG_ROTATOR};
 use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{SecretProperties, SecretStore, StoreError};
 use time::OffsetDateTime;
@@ -73,6 +75,65 @@ pub struct Scan {
     pub skipped: Vec<(String, String)>,
     /// Managed secrets whose latest version is enabled and has an `exp`, as listed.
     pub expiring: Vec<Expiring>,
+    /// The managed secrets by due state, and the oldest journal record.
+    pub census: Census,
+}
+
+/// What a listing says about the vault's state, for the gauges: managed secrets by due
+/// state (judged by the engine's rule even when the due scan is off) and the oldest
+/// unfinished journal record.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Census {
+    /// Not due yet, or disabled (never rotated by a schedule).
+    pub not_due: usize,
+    /// Due: within the lead before `exp`, or without `exp`.
+    pub due: usize,
+    /// Past `exp`.
+    pub expired: usize,
+    /// Carrying the failure tag (a rotation failed past the retry cap), whatever else.
+    pub failed: usize,
+    /// When the oldest journal record was created (`None`: none unfinished).
+    pub oldest_journal: Option<OffsetDateTime>,
+}
+
+impl Census {
+    /// Counts one managed secret's latest version (as listed).
+    fn count(&mut self, properties: &SecretProperties, now: OffsetDateTime, rule: &DueRule) {
+        let state = if properties.tags.contains_key(TAG_FAILED) {
+            &mut self.failed
+        } else {
+            match rule.check(properties, now) {
+                Due::Expired => &mut self.expired,
+                Due::NoExpiry | Due::NearExpiry => &mut self.due,
+                Due::NotYet { .. } | Due::Disabled => &mut self.not_due,
+            }
+        };
+        *state += 1;
+    }
+
+    /// Notes a journal record created at `created` (unknown: now).
+    fn journal(&mut self, created: Option<OffsetDateTime>, now: OffsetDateTime) {
+        let created = created.unwrap_or(now);
+        self.oldest_journal = Some(self.oldest_journal.map_or(created, |oldest| oldest.min(created)));
+    }
+
+    /// The states with their metrics labels.
+    pub fn states(&self) -> [(&'static str, usize); 4] {
+        [("not_due", self.not_due), ("due", self.due), ("expired", self.expired), ("failed", self.failed)]
+    }
+
+    /// Seconds since the oldest journal record was created; 0 when there is none.
+    pub fn journal_age_secs(&self, now: OffsetDateTime) -> f64 {
+        self.oldest_journal.map_or(0.0, |oldest| (now - oldest).as_seconds_f64().max(0.0))
+    }
+
+    /// Sets the gauges to what this census saw.
+    fn record(&self, metrics: &Metrics, now: OffsetDateTime) {
+        for (state, count) in self.states() {
+            metrics.set("kv_rotator_managed_secrets", &[("state", state)], count as f64);
+        }
+        metrics.set("kv_rotator_journal_age_seconds", &[], self.journal_age_secs(now));
+    }
 }
 
 /// Whether a managed secret's latest version is due under `rule`, and why.
@@ -123,11 +184,24 @@ fn wanted(properties: &SecretProperties, now: OffsetDateTime, rule: Option<&DueR
 }
 
 /// Lists the vault once: journals to resume and retirements whose time has come always;
-/// secrets due under `rule` when it is `Some`.
+/// secrets due under `rule` when it is `Some`. Its [`Census`] judges by `rule`, or by
+/// the default rule.
 pub async fn scan(store: &dyn SecretStore, rule: Option<&DueRule>) -> Result<Scan, StoreError> {
+    scan_judging(store, rule, rule.unwrap_or(&DueRule::default())).await
+}
+
+/// [`scan`], its [`Census`] judged by `census_rule`.
+async fn scan_judging(
+    store: &dyn SecretStore,
+    rule: Option<&DueRule>,
+    census_rule: &DueRule,
+) -> Result<Scan, StoreError> {
     let now = OffsetDateTime::now_utc();
     let mut scan = Scan::default();
     for properties in store.list_secrets().await? {
+        if properties.name.starts_with(JOURNAL_PREFIX) {
+            scan.census.journal(properties.created, now);
+        }
         if let Some(request) = journal_request(store.vault_name(), &properties) {
             scan.requests.push((request, Reason::Journal));
             continue;
@@ -136,6 +210,7 @@ pub async fn scan(store: &dyn SecretStore, rule: Option<&DueRule>) -> Result<Sca
             continue;
         }
         scan.managed += 1;
+        scan.census.count(&properties, now, census_rule);
         if let (true, Some(expires)) = (properties.enabled, properties.expires) {
             scan.expiring.push(Expiring { secret: properties.name.clone(), expires });
         }
@@ -212,7 +287,7 @@ impl Sweeper {
     /// One scan, enqueued; returns the number of requests enqueued.
     pub async fn sweep_once(&self) -> Result<usize, StoreError> {
         let rule = self.config.enabled.then_some(&self.rule);
-        let scan = match scan(self.store.as_ref(), rule).await {
+        let scan = match scan_judging(self.store.as_ref(), rule, &self.rule).await {
             Ok(scan) => scan,
             Err(err) => {
                 self.metrics.inc("kv_rotator_sweeps_total", &[("result", "error")]);
@@ -220,6 +295,7 @@ impl Sweeper {
             }
         };
         self.metrics.inc("kv_rotator_sweeps_total", &[("result", "ok")]);
+        scan.census.record(&self.metrics, OffsetDateTime::now_utc());
         for (name, why) in &scan.skipped {
             warn!(secret = %name, error = %why, "sweeper could not read a secret near expiry");
         }
@@ -274,6 +350,26 @@ mod tests {
         assert_eq!(due(&props(Some(now + 29 * day), true), now, &rule), Some(Reason::NearExpiry));
         assert_eq!(due(&props(Some(now + 31 * day), true), now, &rule), None);
         assert_eq!(due(&props(None, false), now, &rule), None, "disabled latest version left alone");
+    }
+
+    #[test]
+    fn the_census_counts_each_managed_secret_once_and_the_oldest_journal() {
+        let now = OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        let rule = DueRule::default();
+        let mut census = Census::default();
+        let mut failed = props(Some(now + 90 * day), true);
+        failed.tags.insert(TAG_FAILED.into(), "x".into());
+        for p in [props(Some(now + 90 * day), true), props(None, true), props(Some(now - day), true), failed] {
+            census.count(&p, now, &rule);
+        }
+        census.count(&props(Some(now + 29 * day), true), now, &rule);
+        assert_eq!(census.states(), [("not_due", 1), ("due", 2), ("expired", 1), ("failed", 1)]);
+        assert_eq!(census.journal_age_secs(now), 0.0, "no journal: 0");
+        census.journal(Some(now - time::Duration::seconds(30)), now);
+        census.journal(Some(now - time::Duration::seconds(90)), now);
+        census.journal(None, now);
+        assert_eq!(census.journal_age_secs(now), 90.0);
     }
 
     #[test]

@@ -116,3 +116,142 @@ async fn serve_opens_the_admin_listener_of_its_configuration() {
     assert!(output.contains("admin listener"), "its address is logged:\n{output}");
     vault.shutdown().await;
 }
+
+/// The value of the series `series` (name and labels, as rendered) in a scrape.
+fn series_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes `/metrics` until `series` satisfies `wanted` (within 30 s); the scrape.
+async fn scrape_until(admin: SocketAddr, series: &str, wanted: impl Fn(f64) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = get(admin, "/metrics").await;
+        if series_value(&metrics, series).is_some_and(&wanted) {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "{series} not as wanted within 30 s:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asks `/readyz` until it answers `status` (within 30 s); its body.
+async fn readyz_until(admin: SocketAddr, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, body) = get(admin, "/readyz").await;
+        if got == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz not {status} within 30 s: {got} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A rotation through the webhook, a throttled vault call, sweeps and an outage of the
+/// vault, as a scraper and a readiness probe see them: rotations by outcome, rotator and
+/// trigger; deliveries by outcome; 429s and retries; managed secrets by due state and the
+/// oldest journal's age; `/readyz` 503 naming the vault while every call fails for longer
+/// than the threshold, 200 again once one succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_shows_rotations_deliveries_throttling_and_the_sweep_and_readyz_the_vault() {
+    use kv_rotator_keyvault::devvault::{ErrorRule, Faults, Injected};
+    use kv_rotator_keyvault::pipeline::{ClientSettings, RetrySettings};
+    use kv_rotator_keyvault::NewSecretVersion;
+
+    let site = common::devsite::DevSite::start().await;
+    // Short retries: an outage shows in a few tries, and recovery in the next one.
+    let retry = RetrySettings {
+        max_retries: 2,
+        initial_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(100),
+        max_elapsed: Duration::from_secs(5),
+    };
+    let settings = ClientSettings { retry, ..ClientSettings::default() };
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault_with(&site.vault, settings).unwrap());
+    let (v1, _) = site.user("db-password", "alice").await;
+    let expired = Some(time::OffsetDateTime::now_utc() - time::Duration::days(1));
+    for (name, tags, expires) in [
+        ("old-password", vec![("rotator", "site"), ("CredentialId", "bob")], expired),
+        ("broken-password", vec![("rotator", "site"), ("CredentialId", "carol"), ("kv-rotator-failed", "x")], None),
+        // A journal record no rotation will finish (it names no secret): an operator's job.
+        ("kv-rotator-pending-orphan", vec![], None),
+    ] {
+        let tags = tags.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        let value = secrecy::SecretString::from("not-a-real-password");
+        let new = NewSecretVersion { value, tags, content_type: None, expires, not_before: None };
+        store.set_secret(name, new).await.unwrap();
+    }
+
+    let background = Background {
+        // The due scan off: only the webhook rotates; the sweep still counts.
+        sweeper: Some(kv_rotator_config::SweeperConfig { enabled: false, interval_secs: 1, ..Default::default() }),
+        admin: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        vault_failing_for: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let engine = EngineConfig { initial_backoff_ms: 10, max_backoff_ms: 20, max_attempts: 2, ..Default::default() };
+    let running =
+        service::start_with(store.clone(), site.targets(), engine, &WebhookConfig::default(), background, listener)
+            .await
+            .unwrap();
+    let admin = running.admin_addr.unwrap();
+    let due = scrape_until(admin, "kv_rotator_managed_secrets{state=\"due\"}", |n| n == 1.0).await;
+    assert_eq!(series_value(&due, "kv_rotator_managed_secrets{state=\"expired\"}"), Some(1.0), "{due}");
+    assert_eq!(series_value(&due, "kv_rotator_managed_secrets{state=\"failed\"}"), Some(1.0), "{due}");
+    assert_eq!(series_value(&due, "kv_rotator_managed_secrets{state=\"not_due\"}"), Some(0.0), "{due}");
+    assert_eq!(series_value(&due, "kv_rotator_queue_depth"), Some(0.0), "{due}");
+
+    // The next call to the vault is throttled once, then retried.
+    let throttle_once = Faults { fail_nth: Some((1, Injected::Status(429))), ..Faults::default() };
+    site.vault.set_faults(throttle_once).unwrap();
+    let url = format!("http://{}/api/eventgrid", running.webhook_addr);
+    let client = reqwest::Client::new();
+    let now = time::OffsetDateTime::now_utc();
+    let delivery =
+        kv_rotator::cli::seed::near_expiry_delivery(store.vault_name(), &site.vault.host(), "db-password", &v1, now);
+    let mut ignored = delivery.clone();
+    ignored[0]["eventType"] = "Microsoft.KeyVault.SecretNewVersionCreated".into();
+    ignored[0]["id"] = "another-event".into();
+    for (body, status) in [(&delivery, 200), (&ignored, 200)] {
+        let response = client.post(&url).header("aeg-event-type", "Notification").json(body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+    }
+    assert_eq!(client.post(&url).body("not json").send().await.unwrap().status().as_u16(), 400);
+
+    let rotated = "kv_rotator_rotations_total{outcome=\"rotated\",rotator=\"htpasswd\",trigger=\"event_grid\"}";
+    let metrics = scrape_until(admin, rotated, |n| n == 1.0).await;
+    for (series, value) in [
+        ("kv_rotator_webhook_deliveries_total{outcome=\"queued\"}", 1.0),
+        ("kv_rotator_webhook_deliveries_total{outcome=\"ignored\"}", 1.0),
+        ("kv_rotator_webhook_deliveries_total{outcome=\"bad_request\"}", 1.0),
+        ("kv_rotator_vault_throttled_total", 1.0),
+    ] {
+        assert_eq!(series_value(&metrics, series), Some(value), "{series}:\n{metrics}");
+    }
+    assert!(series_value(&metrics, "kv_rotator_vault_retries_total").is_some_and(|n| n >= 1.0), "{metrics}");
+    assert!(metrics.contains("kv_rotator_step_duration_seconds_count{step=\"canary\"}"), "{metrics}");
+    assert!(!metrics.contains("db-password") && !metrics.contains("alice"), "no secret or account names:\n{metrics}");
+    // A sweep after the rotation: the new version has an `exp` some way off.
+    let swept = scrape_until(admin, "kv_rotator_managed_secrets{state=\"not_due\"}", |n| n == 1.0).await;
+    assert_eq!(series_value(&swept, "kv_rotator_managed_secrets{state=\"due\"}"), Some(0.0), "{swept}");
+    // The orphan journal record stays; its age grows sweep by sweep.
+    scrape_until(admin, "kv_rotator_journal_age_seconds", |age| age >= 1.0).await;
+    assert_eq!(readyz_until(admin, 200).await, "ready");
+
+    // Key Vault answers 503 to everything: the sweeps fail, and after the threshold
+    // (1 s here) with no success, the service is not ready, and says why.
+    let outage = Faults {
+        errors: vec![ErrorRule { operation: None, rate: 1.0, fault: Injected::Status(503) }],
+        ..Faults::default()
+    };
+    site.vault.set_faults(outage).unwrap();
+    let why = readyz_until(admin, 503).await;
+    assert!(why.starts_with("not ready: the vault is unreachable: every call for "), "{why}");
+    assert!(why.contains("the last with HTTP 503"), "{why}");
+    site.vault.set_faults(Faults::default()).unwrap();
+    assert_eq!(readyz_until(admin, 200).await, "ready", "the next sweep succeeds");
+
+    running.shutdown().await.unwrap();
+}

@@ -247,7 +247,7 @@ async fn failures_past_the_cap_are_tagged_counted_and_alerted_then_cleared_by_su
     let admin = running.admin_addr.expect("an admin listener");
     let body = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
     for line in [
-        "kv_rotator_rotations_total{outcome=\"failed\",trigger=\"manual\"} 1",
+        "kv_rotator_rotations_total{outcome=\"failed\",rotator=\"postgres\",trigger=\"manual\"} 1",
         "kv_rotator_alerts_total{result=\"sent\"} 1",
         "kv_rotator_failure_tags_total{result=\"written\"} 1",
         "kv_rotator_rotation_attempts_total 3",

@@ -125,7 +125,9 @@ async fn deliver(endpoints: &Value, proc: &mut Proc) -> String {
     loop {
         proc.assert_running();
         let metrics = reqwest::get(metrics_url).await.unwrap().text().await.unwrap();
-        if metrics.contains("kv_rotator_rotations_total{outcome=\"rotated\",trigger=\"event_grid\"} 1") {
+        if metrics
+            .contains("kv_rotator_rotations_total{outcome=\"rotated\",rotator=\"htpasswd\",trigger=\"event_grid\"} 1")
+        {
             return good_id;
         }
         assert!(Instant::now() < deadline, "the good event was not rotated within 60 s:\n{metrics}");

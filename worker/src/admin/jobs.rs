@@ -347,6 +347,7 @@ mod tests {
             duration: std::time::Duration::ZERO,
             attempts: 1,
             steps: Vec::new(),
+            rotator: None,
         }
     }
 

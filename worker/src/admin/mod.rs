@@ -9,8 +9,10 @@
 //! - [`auth`]: who may call the API (static token, Entra ID app role, or none on loopback).
 //! - [`jobs`]: the API's rotation jobs, in memory, followed through the engine's reports.
 //! - [`client`]: `kv-rotator rotate` through a running service's API.
-//! - [`Readiness`]: ready while the engine takes requests off a queue with room (and holds
-//!   the engine lease, when it was given one); not in standby ([`crate::standby`]).
+//! - [`Readiness`]: ready while the engine takes requests off a queue at most
+//!   [`QUEUE_READY_PERCENT`] full, the vault answers ([`crate::vault_health`]: judged from
+//!   the service's own calls, never a probe) and the engine lease is held, when it was
+//!   given one; not in standby ([`crate::standby`]).
 //! - [`bind`]: the listener of `[admin]` (loopback by default), or none when disabled.
 //!
 //! [`crate::service`] serves it with the webhook's hardened listener
@@ -41,9 +43,14 @@ use tracing::warn;
 use crate::lease::LeaseGuard;
 use crate::metrics::Metrics;
 use crate::standby::StandbyStatus;
+use crate::vault_health::VaultHealth;
 
 /// The readiness path.
 pub const READYZ_PATH: &str = "/readyz";
+
+/// Not ready above this share of the queue's capacity, in percent: a queue that full
+/// will soon refuse deliveries (the webhook's 503), so traffic is better sent elsewhere.
+pub const QUEUE_READY_PERCENT: usize = 90;
 
 /// What the admin routes read. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -58,20 +65,34 @@ pub struct AdminState {
 
 /// Whether the service can take rotation requests now: not in standby (another engine
 /// holds the lease: `standby: lease held by …`), the engine is running (its end of the
-/// queue is open), the queue has room (else the webhook answers 503), and the engine
-/// lease, if the service holds one, is held (else rotations wait). A weak handle on the
-/// queue: readiness never keeps the engine from draining at shutdown.
+/// queue is open), the queue is at most [`QUEUE_READY_PERCENT`] full (a full one makes
+/// the webhook answer 503), the vault has not failed every call for longer than the
+/// threshold (when given a [`VaultHealth`]), and the engine lease, if the service holds
+/// one, is held (else rotations wait). A weak handle on the queue: readiness never keeps
+/// the engine from draining at shutdown.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     queue: mpsc::WeakSender<RotationRequest>,
     lease: Option<LeaseGuard>,
     standby: Option<StandbyStatus>,
+    vault: Option<(VaultHealth, std::time::Duration)>,
 }
 
 impl Readiness {
     /// Readiness of the engine behind `queue`, holding `lease` if given.
     pub fn new(queue: &mpsc::Sender<RotationRequest>, lease: Option<LeaseGuard>) -> Self {
-        Self { queue: queue.downgrade(), lease, standby: None }
+        Self { queue: queue.downgrade(), lease, standby: None, vault: None }
+    }
+
+    /// Not ready once every vault call `health` saw for at least `threshold` failed.
+    pub fn with_vault_health(mut self, health: VaultHealth, threshold: std::time::Duration) -> Self {
+        self.vault = Some((health, threshold));
+        self
+    }
+
+    /// Requests waiting in the queue (0 once it is gone).
+    pub fn queue_depth(&self) -> usize {
+        self.queue.upgrade().map_or(0, |queue| queue.max_capacity() - queue.capacity())
     }
 
     /// Not ready while `standby` waits for the lease; then the lease it took is checked.
@@ -97,8 +118,15 @@ impl Readiness {
     /// `Ok` when ready, else why not.
     pub fn check(&self) -> Result<(), String> {
         let queue = self.takes_requests()?;
-        if queue.capacity() == 0 {
-            return Err(format!("the rotation queue is full ({} requests)", queue.max_capacity()));
+        let (waiting, max) = (queue.max_capacity() - queue.capacity(), queue.max_capacity());
+        if waiting * 100 > max * QUEUE_READY_PERCENT {
+            return Err(format!(
+                "the rotation queue is saturated: {waiting} of {max} requests waiting (not ready above \
+                 {QUEUE_READY_PERCENT} %)"
+            ));
+        }
+        if let Some((health, threshold)) = &self.vault {
+            health.check(*threshold)?;
         }
         let lease = self.lease.clone().or_else(|| self.standby.as_ref().and_then(StandbyStatus::lease));
         match lease.as_ref().map(LeaseGuard::check) {
@@ -111,6 +139,10 @@ impl Readiness {
 /// The admin routes; see the [module docs](self).
 pub fn router(state: AdminState) -> Router {
     let readiness = state.readiness;
+    let queue = readiness.clone();
+    let metrics = crate::metrics::router_refreshing(state.metrics, move |metrics| {
+        metrics.set("kv_rotator_queue_depth", &[], queue.queue_depth() as f64);
+    });
     let page = state.api.clone().map(page::router).unwrap_or_default();
     let api = state.api.map(api::router).unwrap_or_default();
     Router::new()
@@ -125,7 +157,7 @@ pub fn router(state: AdminState) -> Router {
                 async move { answer }
             }),
         )
-        .merge(crate::metrics::router(state.metrics))
+        .merge(metrics)
         .merge(api)
         .merge(page)
 }
@@ -212,7 +244,8 @@ mod tests {
         tx.try_send(request()).unwrap();
         let (status, body) = get(&app, READYZ_PATH).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(body, "not ready: the rotation queue is full (2 requests)");
+        assert_eq!(body, "not ready: the rotation queue is saturated: 2 of 2 requests waiting (not ready above 90 %)");
+        assert!(get(&app, "/metrics").await.1.contains("kv_rotator_queue_depth 2.0"));
         // Room again.
         rx.recv().await.unwrap();
         assert_eq!(get(&app, READYZ_PATH).await.0, StatusCode::OK);
@@ -225,6 +258,37 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.starts_with("not ready: shutting down"), "{body}");
         assert_eq!(get(&app, HEALTHZ_PATH).await.0, StatusCode::OK);
+    }
+
+    #[test]
+    fn a_queue_above_the_threshold_is_not_ready() {
+        let (tx, _rx) = mpsc::channel(100);
+        let readiness = Readiness::new(&tx, None);
+        for _ in 0..90 {
+            tx.try_send(request()).unwrap();
+        }
+        assert_eq!(readiness.check(), Ok(()), "90 % full is still ready");
+        assert_eq!(readiness.queue_depth(), 90);
+        tx.try_send(request()).unwrap();
+        assert_eq!(
+            readiness.check(),
+            Err("the rotation queue is saturated: 91 of 100 requests waiting (not ready above 90 %)".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_vault_failing_past_the_threshold_is_not_ready_until_a_call_succeeds() {
+        use kv_rotator_keyvault::pipeline::TryOutcome;
+        let (tx, _rx) = mpsc::channel(4);
+        let health = VaultHealth::default();
+        let patient = Readiness::new(&tx, None).with_vault_health(health.clone(), std::time::Duration::from_secs(3600));
+        let readiness = Readiness::new(&tx, None).with_vault_health(health.clone(), std::time::Duration::ZERO);
+        health.record(TryOutcome::Answered(503));
+        let why = readiness.check().unwrap_err();
+        assert!(why.starts_with("the vault is unreachable: every call for 0 s has failed, the last with HTTP 503"));
+        assert_eq!(patient.check(), Ok(()), "failing for less than its threshold");
+        health.record(TryOutcome::Answered(200));
+        assert_eq!(readiness.check(), Ok(()));
     }
 
     #[tokio::test]

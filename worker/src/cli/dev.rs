@@ -149,7 +149,15 @@ async fn serve(
     let admin = crate::admin::bind(&config.admin, args.admin_listen).await?;
     let admin_auth = crate::admin::api_auth(&config.admin, admin.as_ref())?;
     let notifications = crate::notify::Sink::from_config(&config.notifications, &config.vault)?;
-    let background = service::Background { lease: Some(lease), admin, admin_auth, notifications, ..Default::default() };
+    let vault_failing_for = Some(std::time::Duration::from_secs(config.admin.vault_failing_secs));
+    let background = service::Background {
+        lease: Some(lease),
+        admin,
+        admin_auth,
+        notifications,
+        vault_failing_for,
+        ..Default::default()
+    };
     let running =
         service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await?;
     // Where everything is, for scripts and tests (ports may have been chosen by the OS).

@@ -60,6 +60,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             standby,
             admin_auth: crate::admin::api_auth(&config.admin, admin.as_ref())?,
             admin,
+            vault_failing_for: Some(std::time::Duration::from_secs(config.admin.vault_failing_secs)),
         };
         service::start_with(store, targets, config.engine.clone(), &config.webhook, background, listener).await
     };

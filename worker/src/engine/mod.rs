@@ -219,6 +219,8 @@ pub struct StepLog {
     own_journal_version: Mutex<Option<String>>,
     /// Alternating users: the idle account's canary was refused in this request.
     idle_canary_refused: Mutex<Option<String>>,
+    /// The kind of the rotator the secret's profile names, once it is known (metrics).
+    rotator: std::sync::OnceLock<&'static str>,
 }
 
 impl StepLog {
@@ -274,6 +276,11 @@ impl StepLog {
         self.steps.lock().expect("step log poisoned").push(record);
     }
 
+    /// The secret's profile is of rotator kind `kind` (`postgres`, `exec`, …).
+    pub(crate) fn set_rotator(&self, kind: &'static str) {
+        let _ = self.rotator.set(kind);
+    }
+
     fn take(&self) -> (u32, Vec<StepRecord>) {
         let attempts = self.attempt.load(std::sync::atomic::Ordering::SeqCst);
         (attempts, std::mem::take(&mut *self.steps.lock().expect("step log poisoned")))
@@ -295,6 +302,8 @@ pub struct RotationReport {
     pub attempts: u32,
     /// Every step of every attempt, timed.
     pub steps: Vec<StepRecord>,
+    /// The kind of the secret's rotator, when the request got as far as reading it.
+    pub rotator: Option<&'static str>,
 }
 
 impl RotationReport {
@@ -673,6 +682,7 @@ impl Engine {
                 duration: started.elapsed(),
                 attempts,
                 steps: step_records,
+                rotator: steps.rotator.get().copied(),
             };
             self.record(&report);
             // An engine that lost its lease writes no tag and sends no alert: another
@@ -745,7 +755,11 @@ impl Engine {
         let m = &self.metrics;
         m.inc(
             "kv_rotator_rotations_total",
-            &[("outcome", outcome), ("trigger", trigger_kind(&report.request.trigger))],
+            &[
+                ("outcome", outcome),
+                ("rotator", report.rotator.unwrap_or("unknown")),
+                ("trigger", trigger_kind(&report.request.trigger)),
+            ],
         );
         m.add("kv_rotator_rotation_attempts_total", &[], u64::from(report.attempts));
         m.observe("kv_rotator_rotation_duration_seconds", &[("outcome", outcome)], report.duration.as_secs_f64());

@@ -191,6 +191,7 @@ pub async fn attempt(engine: &Engine, request: &RotationRequest, steps: &StepLog
         ))
     })?;
     let rotator = rotator_arc.as_ref();
+    steps.set_rotator(rotator.kind());
     failpoints::hit("after-fence");
     // Per-profile limit: held from the journal to the finish, the steps that load the target.
     let _target_permit = engine.target_permit(&plan.profile).await;
