@@ -44,18 +44,7 @@ pub(crate) const KV_FIELDS: [&str; 7] = ["Id", "VaultName", "ObjectType", "Objec
 /// The index in [`KV_FIELDS`] of a `data` key (trimmed, any ASCII case).
 pub(crate) fn kv_field(key: &str) -> Option<usize> {
     let key = trim(key);
-    // The length, and for two lengths one letter, pick the only candidate: one comparison.
-    let i = match (key.len(), key.as_bytes()) {
-        (2, _) => 0,
-        (9, _) => 1,
-        (10, [.., b'T' | b't', _, _, _]) => 2,
-        (10, _) => 3,
-        (7, _) => 4,
-        (3, [b'N' | b'n', ..]) => 5,
-        (3, _) => 6,
-        _ => return None,
-    };
-    same_name(key, KV_FIELDS[i]).then_some(i)
+    KV_FIELDS.iter().position(|field| same_name(key, field))
 }
 
 impl KeyVaultEventData {

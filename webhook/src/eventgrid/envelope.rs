@@ -217,8 +217,7 @@ pub fn is_cloud_event(event: &Value) -> bool {
 /// (`\n`, `\r`, ESC) can start a forged log line or reach a terminal, no space or quote
 /// can make it pose as another field of a line, and no huge id is repeated on every line.
 pub fn is_event_id(id: &str) -> bool {
-    (1..=MAX_EVENT_ID_LEN).contains(&id.len())
-        && id.bytes().fold(true, |ok, b| ok & (b.is_ascii_graphic() & (b != b'"') & (b != b'\\')))
+    (1..=MAX_EVENT_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
 }
 
 /// The `id` of one event of a delivery, copied, when it is an event id ([`is_event_id`]);
