@@ -14,7 +14,7 @@ pub enum EventError {
     /// The array element is not an Event Grid event.
     #[error("not an Event Grid event: {0}")]
     Envelope(String),
-    /// The event's `id` is not one ([`is_event_id`]).
+    /// The event's `id` is not one ([`is_event_id`](super::is_event_id)).
     #[error("id {0} is not an event id: 1 to {MAX_EVENT_ID_LEN} visible ASCII characters, without \" or \\")]
     InvalidEventId(String),
     /// `data` is not a JSON object.

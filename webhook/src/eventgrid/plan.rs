@@ -36,7 +36,7 @@ pub enum Disposition {
 pub struct PlannedEvent {
     /// Position in the delivered array, for logs.
     pub index: usize,
-    /// The event's `id`, when it could be read and is an event id ([`is_event_id`]).
+    /// The event's `id`, when it could be read and is an event id ([`is_event_id`](super::is_event_id)).
     pub event_id: Option<String>,
     /// What to do.
     pub disposition: Disposition,
@@ -87,7 +87,7 @@ pub fn plan_cloud_event(index: usize, value: Value, source: &SourceFilter) -> Pl
 
 /// Decides what to do with one element of a delivered array; rotation events must
 /// pass `source` (see [`SourceFilter::check`]). An event whose `id` is not an event id
-/// ([`is_event_id`]) is rejected, whatever its type.
+/// ([`is_event_id`](super::is_event_id)) is rejected, whatever its type.
 ///
 /// Takes the value by move: its strings and `data` move into the event, not copied.
 pub fn plan_event(index: usize, value: Value, source: &SourceFilter) -> PlannedEvent {
