@@ -1,7 +1,8 @@
 //! Event Grid receiver for kv-rotator.
 //!
 //! - [`auth`]: who may deliver — a shared key or a Microsoft Entra ID token.
-//! - [`eventgrid`]: the Event Grid schema and tolerant parsing of Key Vault event data.
+//! - [`eventgrid`]: the Event Grid and CloudEvents envelopes, tolerant parsing of Key Vault
+//!   event data and secret ids, and the decision for each event (one file per part).
 //! - [`fastpath`]: the common Event Grid delivery decided without a JSON tree; anything
 //!   unusual goes the general way.
 //! - [`source`]: which vaults' events are accepted; topic, `VaultName` and `Id` must agree.

@@ -1,51 +1,27 @@
-//! Authentication of Event Grid deliveries, checked before the body is read.
-//!
-//! - [`Authenticator`]: the mode a [`WebhookState`](crate::WebhookState) uses —
-//!   [`SharedKey`], [`EntraId`], or none (tests, `dev`, or behind an authenticating
-//!   ingress).
-//! - [`SharedKey`]: a key in a query parameter or a header (Event Grid delivery
-//!   properties can set either), compared in constant time against up to two accepted
-//!   keys so the key itself can be rotated without a lost delivery.
-//! - [`EntraId`]: a Microsoft Entra ID bearer token, which Event Grid sends when the
-//!   subscription has "Use Microsoft Entra authentication" on. RS256 only, verified
-//!   against the tenant's JWKS ([`JwksLocation`]), cached and refreshed on an unknown
-//!   `kid` at most once per [`EntraIdConfig::min_refresh_interval`], following no
-//!   redirect; `iss` (v1 and v2
-//!   issuers), `aud`, `exp`/`nbf` with bounded skew, `appid`/`azp` (Event Grid's
-//!   first-party application) and `roles`. A token that passed is remembered by its
-//!   digest until its `exp`, so the signature is verified once per token.
-//! - [`AuthError`]: 401 for a missing or invalid credential, 403 for a valid token of
-//!   the wrong application or without the role, 503 when the JWKS cannot be fetched —
-//!   a transient condition must never get a status Event Grid does not retry.
-//!
-//! Keys never appear in logs or errors; [`SharedKey`] keeps only their SHA-256 digests.
+//! Microsoft Entra ID authentication: a bearer token from Event Grid's first-party
+//! application, verified against the tenant's signing keys (JWKS), which are cached and
+//! refreshed on an unknown `kid` at most once per interval; a verified token is
+//! remembered by its digest until its `exp`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderName, StatusCode};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use subtle::{Choice, ConstantTimeEq};
+
+use super::{config_error, AuthConfigError, AuthError};
 
 /// Event Grid's first-party application id: `appid`/`azp` of the tokens it sends.
 pub const EVENT_GRID_APP_ID: &str = "4962773b-9cdb-44cf-a8bf-237846a00ab7";
 /// The app role Event Grid's service principal is given on the webhook's application.
 pub const DEFAULT_ROLE: &str = "AzureEventGridSecureWebhookSubscriber";
-/// Default query parameter carrying the shared key.
-pub const DEFAULT_KEY_QUERY_PARAMETER: &str = "key";
-/// Default header carrying the shared key.
-pub const DEFAULT_KEY_HEADER: &str = "x-kv-rotator-key";
-/// Shortest shared key accepted.
-pub const MIN_KEY_LEN: usize = 16;
 /// Largest clock skew [`EntraIdConfig::clock_skew`] may be set to.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Longest `Authorization` header looked at; Entra tokens are a few KB.
@@ -55,178 +31,6 @@ const MAX_VERIFIED_TOKENS: usize = 1024;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// Why a request is not authenticated, and which status says so.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthError {
-    /// No credential at all: 401.
-    #[error("missing credential: {0}")]
-    Missing(&'static str),
-    /// A credential that does not verify (bad key, bad signature, expired, wrong
-    /// issuer or audience, unknown signing key): 401. Permanent.
-    #[error("invalid credential: {0}")]
-    Invalid(String),
-    /// A genuine token for someone else (wrong application, missing role): 403.
-    #[error("forbidden: {0}")]
-    Forbidden(String),
-    /// The signing keys cannot be fetched now: 503, Event Grid retries.
-    #[error("cannot verify tokens now: {0}")]
-    Unavailable(String),
-}
-
-impl AuthError {
-    /// The HTTP status for this failure.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Missing(_) | Self::Invalid(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    /// Whether retrying the same request later can succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
-    }
-}
-
-/// A setting that cannot work, named.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{setting}: {reason}")]
-pub struct AuthConfigError {
-    /// Which setting.
-    pub setting: &'static str,
-    /// Why.
-    pub reason: String,
-}
-
-fn config_error(setting: &'static str, reason: impl Into<String>) -> AuthConfigError {
-    AuthConfigError { setting, reason: reason.into() }
-}
-
-/// How deliveries are authenticated.
-#[derive(Debug, Clone, Default)]
-pub enum Authenticator {
-    /// Every request is accepted. Only for tests, `dev`, or behind an ingress that
-    /// authenticates Event Grid.
-    #[default]
-    None,
-    /// A shared key in a query parameter or header.
-    SharedKey(Arc<SharedKey>),
-    /// A Microsoft Entra ID bearer token.
-    EntraId(Arc<EntraId>),
-}
-
-impl Authenticator {
-    /// Checks one request's credential (headers and URI only; the body is not read).
-    pub async fn check(&self, parts: &Parts) -> Result<(), AuthError> {
-        match self {
-            Self::None => Ok(()),
-            Self::SharedKey(key) => key.check(parts),
-            Self::EntraId(entra) => entra.authenticate(parts).await.map(|_| ()),
-        }
-    }
-
-    /// A short name for logs: `none`, `shared-key`, `entra-id`.
-    pub fn mode(&self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::SharedKey(_) => "shared-key",
-            Self::EntraId(_) => "entra-id",
-        }
-    }
-}
-
-/// Shared-key authentication. Holds the SHA-256 digests of the accepted keys, never
-/// the keys; comparing digests in constant time also hides the key's length.
-pub struct SharedKey {
-    digests: Vec<[u8; 32]>,
-    query_parameter: String,
-    header: HeaderName,
-}
-
-impl fmt::Debug for SharedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedKey")
-            .field("keys", &self.digests.len())
-            .field("query_parameter", &self.query_parameter)
-            .field("header", &self.header)
-            .finish()
-    }
-}
-
-impl SharedKey {
-    /// Accepts `current`, and `previous` too while a key rotation is under way.
-    /// Keys shorter than [`MIN_KEY_LEN`] are refused.
-    pub fn new(current: &SecretString, previous: Option<&SecretString>) -> Result<Self, AuthConfigError> {
-        let mut digests = Vec::with_capacity(2);
-        for (setting, key) in [("shared key", Some(current)), ("previous shared key", previous)] {
-            let Some(key) = key else { continue };
-            let key = key.expose_secret();
-            if key.chars().count() < MIN_KEY_LEN {
-                return Err(config_error(setting, format!("shorter than {MIN_KEY_LEN} characters")));
-            }
-            if key.trim() != key {
-                return Err(config_error(setting, "has leading or trailing whitespace"));
-            }
-            digests.push(Sha256::digest(key.as_bytes()).into());
-        }
-        Ok(Self {
-            digests,
-            query_parameter: DEFAULT_KEY_QUERY_PARAMETER.to_owned(),
-            header: HeaderName::from_static(DEFAULT_KEY_HEADER),
-        })
-    }
-
-    /// The query parameter carrying the key (default [`DEFAULT_KEY_QUERY_PARAMETER`]).
-    pub fn with_query_parameter(mut self, name: &str) -> Result<Self, AuthConfigError> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(config_error("query_parameter", format!("{name:?} is not a plain parameter name")));
-        }
-        self.query_parameter = name.to_owned();
-        Ok(self)
-    }
-
-    /// The header carrying the key (default [`DEFAULT_KEY_HEADER`]); any case.
-    pub fn with_header(mut self, name: &str) -> Result<Self, AuthConfigError> {
-        let header = HeaderName::try_from(name.to_ascii_lowercase())
-            .map_err(|_| config_error("header", format!("{name:?} is not a header name")))?;
-        if header == header::AUTHORIZATION {
-            return Err(config_error("header", "Authorization is reserved for Entra ID tokens"));
-        }
-        self.header = header;
-        Ok(self)
-    }
-
-    fn check(&self, parts: &Parts) -> Result<(), AuthError> {
-        let from_header = parts.headers.get(&self.header).map(|v| Cow::Borrowed(v.as_bytes()));
-        let from_query = parts.uri.query().and_then(|q| {
-            url::form_urlencoded::parse(q.as_bytes()).find(|(name, _)| name == self.query_parameter.as_str()).map(
-                |(_, value)| match value {
-                    Cow::Borrowed(value) => Cow::Borrowed(value.as_bytes()),
-                    Cow::Owned(value) => Cow::Owned(value.into_bytes()),
-                },
-            )
-        });
-        if from_header.is_none() && from_query.is_none() {
-            return Err(AuthError::Missing("no shared key in the query or the header"));
-        }
-        let mut accepted = Choice::from(0);
-        for candidate in from_header.iter().chain(from_query.iter()) {
-            let digest: [u8; 32] = Sha256::digest(candidate).into();
-            // Every accepted key is compared, so timing says nothing about which matched.
-            for known in &self.digests {
-                accepted |= known.ct_eq(&digest);
-            }
-        }
-        if bool::from(accepted) {
-            Ok(())
-        } else {
-            Err(AuthError::Invalid("shared key does not match".to_owned()))
-        }
-    }
 }
 
 /// Where the tenant's signing keys are published.
@@ -623,46 +427,8 @@ fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> String {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::Request;
-
     use super::*;
-
-    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
-        let mut builder = Request::post(uri);
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
-        }
-        builder.body(()).unwrap().into_parts().0
-    }
-
-    fn key(s: &str) -> SecretString {
-        SecretString::from(s.to_owned())
-    }
-
-    #[test]
-    fn shared_key_from_query_or_header_and_two_keys_for_rotation() {
-        let auth = SharedKey::new(&key("current-key-0123456789"), Some(&key("previous-key-0123456789"))).unwrap();
-        assert_eq!(auth.check(&parts("/api/eventgrid?key=current-key-0123456789", &[])), Ok(()));
-        assert_eq!(auth.check(&parts("/?a=b&key=previous-key-0123456789", &[])), Ok(()));
-        assert_eq!(auth.check(&parts("/", &[("X-KV-Rotator-Key", "current-key-0123456789")])), Ok(()));
-        assert!(matches!(auth.check(&parts("/?key=current-key-012345678", &[])), Err(AuthError::Invalid(_))));
-        assert!(matches!(auth.check(&parts("/?code=current-key-0123456789", &[])), Err(AuthError::Missing(_))));
-        // Percent-encoding in the query is decoded.
-        let auth = SharedKey::new(&key("a+b/c=d&e 0123456789"), None).unwrap().with_query_parameter("code").unwrap();
-        assert_eq!(auth.check(&parts("/?code=a%2Bb%2Fc%3Dd%26e%200123456789", &[])), Ok(()));
-    }
-
-    #[test]
-    fn shared_key_settings_are_checked() {
-        assert_eq!(SharedKey::new(&key("short"), None).unwrap_err().setting, "shared key");
-        assert_eq!(SharedKey::new(&key(" padded-key-0123456789"), None).unwrap_err().setting, "shared key");
-        let ok = || SharedKey::new(&key("0123456789abcdef"), None).unwrap();
-        assert!(ok().with_header("Authorization").is_err());
-        assert!(ok().with_header("bad header").is_err());
-        assert!(ok().with_query_parameter("a&b").is_err());
-        let debug = format!("{:?}", ok());
-        assert!(!debug.contains("0123456789abcdef"), "{debug}");
-    }
+    use crate::auth::tests::parts;
 
     #[test]
     fn entra_settings_are_checked() {
