@@ -63,7 +63,7 @@ async fn wait_new_version(
 }
 
 async fn verify(rotator: &HtpasswdRotator, user: &str, password: &SecretString) -> VerifyResponse {
-    rotator.verify(VerifyRequest { username: user.into(), password: password.clone() }).await.unwrap()
+    rotator.verify(VerifyRequest::new(user, password.clone())).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
