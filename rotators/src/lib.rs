@@ -10,7 +10,7 @@
 //!   [`RotatorError`]) stay exhaustive on purpose: see [`VerifyResponse`].
 //! - [`password`]: password policy and generation.
 //! - built-in rotators, one module per target, each behind a feature flag:
-//!   [`postgres`], [`mariadb`] (MariaDB; MySQL not yet), [`redis`] (ACL users), [`ldap`]
+//!   [`postgres`], [`mariadb`] (MariaDB servers; `kind = "mysql"` is refused), [`redis`] (ACL users), [`ldap`]
 //!   (OpenLDAP, Password Modify) — single-user strategy — and [`htpasswd`] (bcrypt file,
 //!   used by the demo).
 //! - [`exec`]: out-of-process plugins, a user program per operation speaking JSON on
