@@ -1,7 +1,9 @@
 //! Replays every recording of real Key Vault traffic against a fresh dev vault.
 //!
-//! The recordings (`shared/fixtures/keyvault-recordings`, Azure SDK for Python test-proxy
-//! sessions, api-version 2025-07-01; see their SOURCES.md) are sent in order over TLS with
+//! The recordings (Azure SDK for Python test-proxy sessions, api-version 2025-07-01; see
+//! their SOURCES.md) are read from `../shared/fixtures/keyvault-recordings` beside the
+//! repository, not in it (or from `KV_ROTATOR_RECORDINGS`; docs/testing.md, "Fixtures
+//! outside the repository"). They are sent in order over TLS with
 //! raw reqwest, and each answer is compared with the recorded one: status, error codes
 //! and messages, the set of keys of every JSON object (recursively), ids with recorded
 //! versions mapped to ours as they appear, times as integers (`nbf`/`exp` exactly, since

@@ -4,10 +4,13 @@
 //!   password ([`Rotator::set_password`]) and check a password ([`Rotator::verify`]);
 //!   read-only checks for `kv-rotator check` ([`Rotator::check_setup`],
 //!   [`Rotator::check_admin`]).
-//!   Requests and responses are structs so fields can be added without breaking plugins.
+//!   Requests and responses are `#[non_exhaustive]` structs, built with `new(…)` and
+//!   `with_…`, so fields can be added without breaking plugins (custom kinds). The
+//!   enums they carry ([`VerifyResponse`], [`SetPasswordOutcome`], [`AdminCheck`],
+//!   [`RotatorError`]) stay exhaustive on purpose: see [`VerifyResponse`].
 //! - [`password`]: password policy and generation.
 //! - built-in rotators, one module per target, each behind a feature flag:
-//!   [`postgres`], [`mariadb`] (MariaDB; MySQL not yet), [`redis`] (ACL users), [`ldap`]
+//!   [`postgres`], [`mariadb`] (MariaDB servers; `kind = "mysql"` is refused), [`redis`] (ACL users), [`ldap`]
 //!   (OpenLDAP, Password Modify) — single-user strategy — and [`htpasswd`] (bcrypt file,
 //!   used by the demo).
 //! - [`exec`]: out-of-process plugins, a user program per operation speaking JSON on
@@ -99,11 +102,19 @@ impl RotatorError {
 
 /// A login on the target: user name and password.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Credential {
     /// User (role, account) name on the target.
     pub username: String,
     /// Its password; never printed.
     pub password: SecretString,
+}
+
+impl Credential {
+    /// The login of `username` with `password`.
+    pub fn new(username: impl Into<String>, password: SecretString) -> Self {
+        Self { username: username.into(), password }
+    }
 }
 
 impl fmt::Debug for Credential {
@@ -123,6 +134,7 @@ impl fmt::Debug for Credential {
 /// With [`SetPasswordRequest::pending_is_new`], the "does `pending` already work" login
 /// may be skipped: see there why that is safe.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SetPasswordRequest {
     /// The account whose password changes (the secret's `CredentialId` tag).
     pub username: String,
@@ -158,6 +170,7 @@ pub enum SetPasswordOutcome {
 
 /// Response of [`Rotator::set_password`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SetPasswordResponse {
     /// What happened.
     pub outcome: SetPasswordOutcome,
@@ -169,6 +182,7 @@ pub struct SetPasswordResponse {
 
 /// Check whether `password` logs in as `username` and has what consumers need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VerifyRequest {
     /// The account.
     pub username: String,
@@ -177,6 +191,12 @@ pub struct VerifyRequest {
 }
 
 /// Response of [`Rotator::verify`].
+///
+/// Not `#[non_exhaustive]`, and neither are [`SetPasswordOutcome`], [`AdminCheck`] and
+/// [`RotatorError`]: a custom kind only builds these, which a new variant would not
+/// break, while the engine matches them and must decide what each answer means. A
+/// wildcard arm would let a new answer through unexamined (an unknown "verified" is a
+/// failure, never a success), so adding a variant is meant to stop the engine's build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyResponse {
     /// The login works.
@@ -191,6 +211,7 @@ pub enum VerifyResponse {
 /// one it has: older versions', disabled versions', and any a journal alone held. `keep`
 /// must log in first, or nothing is removed, and it must still log in after.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RetirePasswordsRequest {
     /// The account.
     pub username: String,
@@ -205,6 +226,7 @@ pub struct RetirePasswordsRequest {
 
 /// Response of [`Rotator::retire_passwords`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetirePasswordsResponse {
     /// How many passwords the account had beside those kept, and no longer has.
     pub removed: usize,
@@ -214,6 +236,7 @@ pub struct RetirePasswordsResponse {
 /// take over from `primary` (the account the secret's `CredentialId` names, whose grants
 /// are the reference). Called before every rotation of the pair, through the admin login.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SyncTwinRequest {
     /// The reference account (the secret's `CredentialId`).
     pub primary: String,
@@ -233,6 +256,7 @@ pub struct SyncTwinRequest {
 
 /// Response of [`Rotator::sync_twin`]. Texts name grants and roles, never passwords.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SyncTwinResponse {
     /// `twin` did not exist and was created, with `primary`'s grants and memberships.
     pub created: bool,
@@ -240,6 +264,133 @@ pub struct SyncTwinResponse {
     pub repaired: Vec<String>,
     /// Differences that could not be repaired (reported to the operator).
     pub drift: Vec<String>,
+}
+
+impl SetPasswordRequest {
+    /// Asks the target to make `pending` the password of `username`, whose password is
+    /// `current` now; no previous passwords, no admin login, `pending` not new.
+    pub fn new(username: impl Into<String>, pending: SecretString, current: SecretString) -> Self {
+        Self { username: username.into(), pending, current, previous: Vec::new(), admin: None, pending_is_new: false }
+    }
+
+    /// With older passwords worth trying, newest first.
+    pub fn with_previous(mut self, previous: Vec<SecretString>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    /// With the profile's admin login (or none).
+    pub fn with_admin(mut self, admin: impl Into<Option<Credential>>) -> Self {
+        self.admin = admin.into();
+        self
+    }
+
+    /// Whether `pending` was generated by this very attempt; see
+    /// [`SetPasswordRequest::pending_is_new`].
+    pub fn with_pending_is_new(mut self, pending_is_new: bool) -> Self {
+        self.pending_is_new = pending_is_new;
+        self
+    }
+}
+
+impl SetPasswordResponse {
+    /// Ended with `outcome`; `pending` not verified (see [`Self::with_pending_verified`]).
+    pub fn new(outcome: SetPasswordOutcome) -> Self {
+        Self { outcome, pending_verified: false }
+    }
+
+    /// Whether the rotator proved that `pending` logs in; see
+    /// [`SetPasswordResponse::pending_verified`].
+    pub fn with_pending_verified(mut self, pending_verified: bool) -> Self {
+        self.pending_verified = pending_verified;
+        self
+    }
+}
+
+impl VerifyRequest {
+    /// Check whether `password` logs in as `username`.
+    pub fn new(username: impl Into<String>, password: SecretString) -> Self {
+        Self { username: username.into(), password }
+    }
+}
+
+impl RetirePasswordsRequest {
+    /// Leave `username` only `keep`; nothing else kept, no admin login.
+    pub fn new(username: impl Into<String>, keep: SecretString) -> Self {
+        Self { username: username.into(), keep, also_keep: Vec::new(), admin: None }
+    }
+
+    /// With other passwords that stay (an unfinished rotation's pending passwords).
+    pub fn with_also_keep(mut self, also_keep: Vec<SecretString>) -> Self {
+        self.also_keep = also_keep;
+        self
+    }
+
+    /// With the profile's admin login (or none).
+    pub fn with_admin(mut self, admin: impl Into<Option<Credential>>) -> Self {
+        self.admin = admin.into();
+        self
+    }
+}
+
+impl RetirePasswordsResponse {
+    /// `removed` passwords were removed.
+    pub fn new(removed: usize) -> Self {
+        Self { removed }
+    }
+}
+
+impl SyncTwinRequest {
+    /// Make `twin` ready to take over from `primary`, through `admin`. The twin is not
+    /// known (an existing account of that name is refused) and a missing one is not
+    /// created: see [`Self::with_password_if_created`] and [`Self::with_twin_known`].
+    pub fn new(primary: impl Into<String>, twin: impl Into<String>, admin: Credential) -> Self {
+        Self {
+            primary: primary.into(),
+            twin: twin.into(),
+            password_if_created: SecretString::from(""),
+            admin,
+            twin_known: false,
+        }
+    }
+
+    /// The password to create `twin` with if it does not exist; see
+    /// [`SyncTwinRequest::password_if_created`].
+    pub fn with_password_if_created(mut self, password: SecretString) -> Self {
+        self.password_if_created = password;
+        self
+    }
+
+    /// Whether `twin` may exist already; see [`SyncTwinRequest::twin_known`].
+    pub fn with_twin_known(mut self, twin_known: bool) -> Self {
+        self.twin_known = twin_known;
+        self
+    }
+}
+
+impl SyncTwinResponse {
+    /// Nothing created, repaired or found different.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether `twin` was created.
+    pub fn with_created(mut self, created: bool) -> Self {
+        self.created = created;
+        self
+    }
+
+    /// Differences from `primary` that were repaired on `twin`.
+    pub fn with_repaired(mut self, repaired: Vec<String>) -> Self {
+        self.repaired = repaired;
+        self
+    }
+
+    /// Differences that could not be repaired.
+    pub fn with_drift(mut self, drift: Vec<String>) -> Self {
+        self.drift = drift;
+        self
+    }
 }
 
 /// What [`Rotator::check_admin`] found.

@@ -114,8 +114,8 @@ const MAX_USER_NAME_CHARS: usize = 80;
 /// The plugin whose hash kv-rotator computes.
 const NATIVE_PLUGIN: &str = "mysql_native_password";
 
-/// Connection settings of a MariaDB target (MySQL is not supported yet: `kind = "mysql"`
-/// is refused).
+/// Connection settings of a MariaDB target (MariaDB servers only: `kind = "mysql"` is
+/// refused, naming why).
 ///
 /// ```toml
 /// [targets.shop-db]

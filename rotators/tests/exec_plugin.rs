@@ -59,7 +59,7 @@ impl ConformanceFixture for ToyFile {
     }
 
     fn admin(&self) -> Option<Credential> {
-        Some(Credential { username: "root".into(), password: self.admin.clone() })
+        Some(Credential::new("root", self.admin.clone()))
     }
 }
 
@@ -114,10 +114,8 @@ async fn both_errors(dir: &Path, name: &str, body: &str, timeout_secs: u64) -> (
     let all: Vec<String> = passwords.iter().map(|p| p.expose_secret().to_owned()).collect();
     let req = every_login_request(&passwords);
     let set = r.set_password(req).await.expect_err("set must fail");
-    let verify = r
-        .verify(VerifyRequest { username: "app".into(), password: SecretString::from(all[0].clone()) })
-        .await
-        .expect_err("verify must fail");
+    let verify =
+        r.verify(VerifyRequest::new("app", SecretString::from(all[0].clone()))).await.expect_err("verify must fail");
     for e in [&set, &verify] {
         let text = format!("{e} {e:?}");
         // Not even a part: 8 characters of a password are as good as a leak.
@@ -179,7 +177,7 @@ async fn a_cancelled_call_kills_the_process_group_too() {
     let body = "sleep 300 &\necho $! > \"$dir/grandchild\"\nsleep 300";
     let r = rotator(plugin(dir.path(), "hang.sh", body), 60);
     let password = PasswordPolicy::default().generate();
-    let call = r.verify(VerifyRequest { username: "app".into(), password });
+    let call = r.verify(VerifyRequest::new("app", password));
     // The engine drops a call it no longer waits for (shutdown, its own timeout).
     assert!(tokio::time::timeout(std::time::Duration::from_secs(2), call).await.is_err());
     let pid: u32 = std::fs::read_to_string(dir.path().join("grandchild")).unwrap().trim().parse().unwrap();
@@ -295,7 +293,7 @@ echo '{"protocol":1,"outcome":"accepted"}'"#;
     cfg.env = vec!["HOME".into()];
     let r = ExecRotator::new(cfg, PasswordPolicy::default(), Strategy::SingleUser);
     let password = PasswordPolicy::default().generate();
-    let got = r.verify(VerifyRequest { username: "app".into(), password: password.clone() }).await.unwrap();
+    let got = r.verify(VerifyRequest::new("app", password.clone())).await.unwrap();
     assert_eq!(got, VerifyResponse::Accepted);
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -328,7 +326,7 @@ async fn a_policy_outside_the_plugins_constraints_is_refused_before_any_password
     std::fs::write(&path, format!("#!/bin/sh\ncat >/dev/null\necho '{describe}'\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     let r = rotator(path, 5);
-    let e = r.verify(VerifyRequest { username: "app".into(), password: SecretString::from("x".to_owned()) }).await;
+    let e = r.verify(VerifyRequest::new("app", SecretString::from("x".to_owned()))).await;
     let e = e.unwrap_err();
     assert!(
         matches!(&e, RotatorError::Permanent(m) if m.contains("password.length = 32 is above the plugin's max_length 16")),
@@ -383,7 +381,7 @@ fn describing(dir: &Path, name: &str, strategies: &str) -> PathBuf {
 }
 
 fn verify_request() -> VerifyRequest {
-    VerifyRequest { username: "app".into(), password: PasswordPolicy::default().generate() }
+    VerifyRequest::new("app", PasswordPolicy::default().generate())
 }
 
 #[tokio::test]

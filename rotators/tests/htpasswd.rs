@@ -63,7 +63,7 @@ impl ConformanceFixture for FileFixture {
 async fn htpasswd_passes_conformance_with_admin_reset() {
     let dir = TempDir::new().unwrap();
     let path = seeded_file(&dir);
-    let admin = Credential { username: "file-admin".to_owned(), password: policy().generate() };
+    let admin = Credential::new("file-admin", policy().generate());
     let mut fixture = FileFixture { path: path.clone(), admin: Some(admin), next: 0 };
     let report =
         run_conformance(&rotator(&path, true), &mut fixture).await.unwrap_or_else(|e| panic!("conformance: {e}"));
@@ -88,19 +88,12 @@ async fn admin_credential_is_ignored_unless_allowed() {
     let path = seeded_file(&dir);
     let p0 = policy().generate();
     add_user(&path, "alice", &p0, COST).unwrap();
-    let admin = Credential { username: "file-admin".to_owned(), password: policy().generate() };
-    let req = SetPasswordRequest {
-        username: "alice".to_owned(),
-        pending: policy().generate(),
-        current: policy().generate(),
-        previous: vec![],
-        admin: Some(admin),
-        pending_is_new: false,
-    };
+    let admin = Credential::new("file-admin", policy().generate());
+    let req = SetPasswordRequest::new("alice", policy().generate(), policy().generate()).with_admin(admin);
     let err = rotator(&path, false).set_password(req.clone()).await.unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
     assert!(err.to_string().contains("allow_admin_reset = false"), "{err}");
-    let verify = VerifyRequest { username: "alice".to_owned(), password: p0 };
+    let verify = VerifyRequest::new("alice", p0);
     assert_eq!(rotator(&path, false).verify(verify.clone()).await.unwrap(), VerifyResponse::Accepted);
 
     let resp = rotator(&path, true).set_password(req).await.unwrap();
@@ -122,17 +115,7 @@ async fn rewrite_keeps_other_bytes_and_mode_and_leaves_no_temp_file() {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
 
     let p1 = policy().generate();
-    let resp = rotator(&path, false)
-        .set_password(SetPasswordRequest {
-            username: "alice".into(),
-            pending: p1.clone(),
-            current: p0,
-            previous: vec![],
-            admin: None,
-            pending_is_new: false,
-        })
-        .await
-        .unwrap();
+    let resp = rotator(&path, false).set_password(SetPasswordRequest::new("alice", p1.clone(), p0)).await.unwrap();
     assert_eq!(resp.outcome, SetPasswordOutcome::ChangedWithCurrent);
 
     let after = fs::read_to_string(&path).unwrap();
@@ -156,22 +139,9 @@ async fn symlinked_path_replaces_the_target_and_keeps_the_link() {
     let p0 = policy().generate();
     add_user(&link, "alice", &p0, COST).unwrap();
     let p1 = policy().generate();
-    rotator(&link, false)
-        .set_password(SetPasswordRequest {
-            username: "alice".into(),
-            pending: p1.clone(),
-            current: p0,
-            previous: vec![],
-            admin: None,
-            pending_is_new: false,
-        })
-        .await
-        .unwrap();
+    rotator(&link, false).set_password(SetPasswordRequest::new("alice", p1.clone(), p0)).await.unwrap();
     assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
-    assert_eq!(
-        rotator(&real, false).verify(VerifyRequest { username: "alice".into(), password: p1 }).await.unwrap(),
-        VerifyResponse::Accepted
-    );
+    assert_eq!(rotator(&real, false).verify(VerifyRequest::new("alice", p1)).await.unwrap(), VerifyResponse::Accepted);
 }
 
 #[tokio::test]
@@ -179,15 +149,11 @@ async fn unknown_user_missing_file_and_foreign_hash_are_permanent() {
     let dir = TempDir::new().unwrap();
     let path = seeded_file(&dir);
     let r = rotator(&path, true);
-    let set = |user: &str| SetPasswordRequest {
-        username: user.to_owned(),
-        pending: policy().generate(),
-        current: policy().generate(),
-        previous: vec![],
-        admin: Some(Credential { username: "a".into(), password: policy().generate() }),
-        pending_is_new: false,
+    let set = |user: &str| {
+        SetPasswordRequest::new(user, policy().generate(), policy().generate())
+            .with_admin(Credential::new("a", policy().generate()))
     };
-    let verify = |user: &str| VerifyRequest { username: user.to_owned(), password: policy().generate() };
+    let verify = |user: &str| VerifyRequest::new(user, policy().generate());
 
     let err = r.set_password(set("mallory")).await.unwrap_err();
     assert!(matches!(&err, RotatorError::Permanent(m) if m.contains("\"mallory\" not found")), "{err:?}");
@@ -209,17 +175,7 @@ async fn pending_longer_than_bcrypt_takes_is_refused() {
     let p0 = policy().generate();
     add_user(&path, "alice", &p0, COST).unwrap();
     let long = PasswordPolicy { length: 80, ..policy() }.generate();
-    let err = rotator(&path, false)
-        .set_password(SetPasswordRequest {
-            username: "alice".into(),
-            pending: long.clone(),
-            current: p0,
-            previous: vec![],
-            admin: None,
-            pending_is_new: false,
-        })
-        .await
-        .unwrap_err();
+    let err = rotator(&path, false).set_password(SetPasswordRequest::new("alice", long.clone(), p0)).await.unwrap_err();
     // Refused, not merely permanent: the engine may journal another password in its place.
     assert!(matches!(&err, RotatorError::Refused(m) if m.contains("at most 71")), "{err:?}");
     assert!(!contains_secret(&format!("{err:?}"), &long));

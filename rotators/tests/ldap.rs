@@ -55,18 +55,18 @@ fn ca() -> PathBuf {
 
 /// The root DN (setup's fixture password).
 fn root() -> Credential {
-    Credential {
-        username: format!("cn=admin,{}", suffix()),
-        password: SecretString::from(env_or("KVR_TEST_LDAP_ADMIN_PASSWORD", "kvr-test-ldap-admin")),
-    }
+    Credential::new(
+        format!("cn=admin,{}", suffix()),
+        SecretString::from(env_or("KVR_TEST_LDAP_ADMIN_PASSWORD", "kvr-test-ldap-admin")),
+    )
 }
 
 /// The service account that may change passwords under ou=people only.
 fn service() -> Credential {
-    Credential {
-        username: format!("cn=kv-rotator,ou=services,{}", suffix()),
-        password: SecretString::from(env_or("KVR_TEST_LDAP_SERVICE_PASSWORD", "kvr-test-ldap-service")),
-    }
+    Credential::new(
+        format!("cn=kv-rotator,ou=services,{}", suffix()),
+        SecretString::from(env_or("KVR_TEST_LDAP_SERVICE_PASSWORD", "kvr-test-ldap-service")),
+    )
 }
 
 fn policy() -> PasswordPolicy {

@@ -128,7 +128,7 @@ async fn allow_self_change(root: &mut Conn, name: &str, host: &str) {
 }
 
 async fn create_admin(root: &mut Conn, guard: &UserGuard, name: &str) -> Credential {
-    let admin = Credential { username: name.to_owned(), password: policy().generate() };
+    let admin = Credential::new(name, policy().generate());
     create_user(root, guard, name, "%", &admin.password).await;
     root.query_drop(format!("GRANT CREATE USER ON *.* TO {}@'%'", ident(name))).await.unwrap();
     root.query_drop(format!("GRANT SELECT ON mysql.user TO {}@'%'", ident(name))).await.unwrap();
@@ -429,7 +429,7 @@ async fn admin_without_privilege_is_permanent_and_names_the_login() {
     let user = format!("{prefix}_u");
     let p0 = policy().generate();
     create_user(&mut root, &guard, &user, "%", &p0).await;
-    let weak = Credential { username: format!("{prefix}_weak"), password: policy().generate() };
+    let weak = Credential::new(format!("{prefix}_weak"), policy().generate());
     create_user(&mut root, &guard, &weak.username, "%", &weak.password).await;
     let mut req = request(&user, &policy().generate(), &policy().generate());
     req.admin = Some(weak.clone());
@@ -709,13 +709,9 @@ impl MariaTwinFixture {
     }
 
     fn request(&self, primary: &str, twin: &str) -> SyncTwinRequest {
-        SyncTwinRequest {
-            primary: primary.to_owned(),
-            twin: twin.to_owned(),
-            password_if_created: policy().generate(),
-            admin: self.admin.clone(),
-            twin_known: true,
-        }
+        SyncTwinRequest::new(primary, twin, self.admin.clone())
+            .with_password_if_created(policy().generate())
+            .with_twin_known(true)
     }
 }
 

@@ -146,14 +146,9 @@ fn password() -> SecretString {
 }
 
 fn request() -> SetPasswordRequest {
-    SetPasswordRequest {
-        username: "app".into(),
-        pending: password(),
-        current: password(),
-        previous: vec![password()],
-        admin: Some(Credential { username: "root".into(), password: password() }),
-        pending_is_new: false,
-    }
+    SetPasswordRequest::new("app", password(), password())
+        .with_previous(vec![password()])
+        .with_admin(Credential::new("root", password()))
 }
 
 /// The password, and what logs in without it: SHA1(password) and the stored hash, raw
@@ -194,7 +189,7 @@ async fn attack(fake: Fake) -> (RotatorError, RotatorError, Received, SetPasswor
         .expect("set_password hangs")
         .unwrap_err();
     let admin = req.admin.clone().unwrap();
-    let verify = rotator(port).verify(VerifyRequest { username: admin.username, password: admin.password }).await;
+    let verify = rotator(port).verify(VerifyRequest::new(admin.username, admin.password)).await;
     let verify = verify.unwrap_err();
     assert_nothing_of(&req, &received);
     (set, verify, received, req)

@@ -137,12 +137,12 @@ async fn require_password_auth(su: &Client, guard: &RoleGuard, prefix: &str) {
     create_role(su, guard, &probe, &right, "LOGIN").await;
     let rotator = rotator();
     let wrong = policy().generate();
-    let got = rotator.verify(VerifyRequest { username: probe.clone(), password: wrong }).await;
+    let got = rotator.verify(VerifyRequest::new(probe.clone(), wrong)).await;
     assert!(
         matches!(got, Ok(VerifyResponse::Rejected)),
         "a wrong password was not rejected for a kvr_scram member ({got:?}): {SETUP_HINT}"
     );
-    let got = rotator.verify(VerifyRequest { username: probe, password: right }).await;
+    let got = rotator.verify(VerifyRequest::new(probe, right)).await;
     assert!(matches!(got, Ok(VerifyResponse::Accepted)), "the right password did not log in: {got:?}");
 }
 
@@ -187,7 +187,7 @@ impl ConformanceFixture for PgFixture {
 
 async fn conformance(rotator: PostgresRotator) {
     let (su, guard, prefix) = setup().await;
-    let admin = Credential { username: format!("{prefix}_admin"), password: policy().generate() };
+    let admin = Credential::new(format!("{prefix}_admin"), policy().generate());
     create_role(&su, &guard, &admin.username, &admin.password, "LOGIN CREATEROLE").await;
     let mut fixture = PgFixture { su, guard: Arc::clone(&guard), prefix, admin, next: 0 };
     let report = run_conformance(&rotator, &mut fixture).await.unwrap_or_else(|e| panic!("conformance: {e}"));
@@ -246,22 +246,9 @@ async fn the_host_name_form_verifies_too_and_sessions_are_encrypted() {
     // "localhost" is a DNS name in the certificate; 127.0.0.1 (above) an IP address.
     let rotator = tls_rotator("localhost");
     let p1 = policy().generate();
-    let out = rotator
-        .set_password(SetPasswordRequest {
-            username: user.clone(),
-            current: p0.clone(),
-            pending: p1.clone(),
-            previous: vec![],
-            admin: None,
-            pending_is_new: false,
-        })
-        .await
-        .unwrap();
+    let out = rotator.set_password(SetPasswordRequest::new(user.clone(), p1.clone(), p0.clone())).await.unwrap();
     assert_eq!(out.outcome, SetPasswordOutcome::ChangedWithCurrent);
-    assert_eq!(
-        rotator.verify(VerifyRequest { username: user.clone(), password: p0 }).await.unwrap(),
-        VerifyResponse::Rejected
-    );
+    assert_eq!(rotator.verify(VerifyRequest::new(user.clone(), p0)).await.unwrap(), VerifyResponse::Rejected);
 
     // While a session of the role is open, the server says it is TLS.
     let (client, connection) = tokio_postgres::Config::new()
@@ -283,7 +270,7 @@ async fn the_host_name_form_verifies_too_and_sessions_are_encrypted() {
         async move {
             // verify opens a session and runs SELECT 1; loop until the observer saw one.
             for _ in 0..200 {
-                rotator.verify(VerifyRequest { username: user.clone(), password: p1.clone() }).await.unwrap();
+                rotator.verify(VerifyRequest::new(user.clone(), p1.clone())).await.unwrap();
             }
         }
     });
@@ -301,7 +288,7 @@ async fn a_trusted_login_is_not_proof_of_a_password() {
     // A rotator that believed it could record a password the role does not have.
     let _ = setup().await;
     let wrong = policy().generate();
-    let err = rotator().verify(VerifyRequest { username: "postgres".into(), password: wrong }).await.unwrap_err();
+    let err = rotator().verify(VerifyRequest::new("postgres", wrong)).await.unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
     assert!(err.to_string().contains("without checking any password"), "{err}");
 }
@@ -343,17 +330,7 @@ async fn server_notices_never_reach_the_log() {
     .await
     .unwrap();
     let p1 = policy().generate();
-    let out = rotator()
-        .set_password(SetPasswordRequest {
-            username: user.clone(),
-            current: p0.clone(),
-            pending: p1.clone(),
-            previous: vec![],
-            admin: None,
-            pending_is_new: false,
-        })
-        .await
-        .unwrap();
+    let out = rotator().set_password(SetPasswordRequest::new(user.clone(), p1.clone(), p0.clone())).await.unwrap();
     assert_eq!(out.outcome, SetPasswordOutcome::ChangedWithCurrent);
     let verifier = stored_verifier(&su, &user).await;
     let records = RECORDS.lock().unwrap().clone();
@@ -375,7 +352,7 @@ async fn a_wrong_ca_is_refused_permanently_before_any_login() {
             cfg.sslmode = mode;
             cfg.sslrootcert = Some(common::other_ca(dir.path()));
         });
-        let err = rotator.verify(VerifyRequest { username: user.clone(), password: p0.clone() }).await.unwrap_err();
+        let err = rotator.verify(VerifyRequest::new(user.clone(), p0.clone())).await.unwrap_err();
         assert!(matches!(err, RotatorError::Permanent(_)), "{mode:?}: {err:?}");
         let text = err.to_string();
         assert!(text.contains("certificate was refused") && text.contains(mode.as_str()), "{text}");
@@ -383,10 +360,7 @@ async fn a_wrong_ca_is_refused_permanently_before_any_login() {
         assert!(!contains_secret(&text, &p0), "{text}");
     }
     // The same request with the right CA works: the refusal was the CA's.
-    assert_eq!(
-        tls_rotator(HOST).verify(VerifyRequest { username: user, password: p0 }).await.unwrap(),
-        VerifyResponse::Accepted
-    );
+    assert_eq!(tls_rotator(HOST).verify(VerifyRequest::new(user, p0)).await.unwrap(), VerifyResponse::Accepted);
 }
 
 #[tokio::test]
@@ -405,7 +379,7 @@ async fn verify_ca_skips_the_host_name_and_verify_full_does_not() {
             cfg.channel_binding = Some(ChannelBinding::Require);
         })
     };
-    let request = || VerifyRequest { username: user.clone(), password: p0.clone() };
+    let request = || VerifyRequest::new(user.clone(), p0.clone());
     let err = on(SslMode::VerifyFull).verify(request()).await.unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
     assert!(err.to_string().contains("not valid for name \"127.0.0.2\""), "{err}");
@@ -433,38 +407,19 @@ async fn role_name_with_double_quote_and_space_is_quoted() {
     let decoy_before = stored_verifier(&su, &decoy).await;
 
     let rotator = rotator();
-    let resp = rotator
-        .set_password(SetPasswordRequest {
-            username: tricky.clone(),
-            pending: p1.clone(),
-            current: p0.clone(),
-            previous: vec![],
-            admin: None,
-            pending_is_new: false,
-        })
-        .await
-        .unwrap();
+    let resp = rotator.set_password(SetPasswordRequest::new(tricky.clone(), p1.clone(), p0.clone())).await.unwrap();
     assert_eq!(resp.outcome, SetPasswordOutcome::ChangedWithCurrent);
-    let verify = |password: &SecretString| VerifyRequest { username: tricky.clone(), password: password.clone() };
+    let verify = |password: &SecretString| VerifyRequest::new(tricky.clone(), password.clone());
     assert_eq!(rotator.verify(verify(&p1)).await.unwrap(), VerifyResponse::Accepted);
     assert_eq!(rotator.verify(verify(&p0)).await.unwrap(), VerifyResponse::Rejected);
     assert_eq!(stored_verifier(&su, &decoy).await, decoy_before, "another role was touched");
 
     // The admin path quotes the name too.
-    let admin = Credential { username: format!("{prefix} \"adm\""), password: policy().generate() };
+    let admin = Credential::new(format!("{prefix} \"adm\""), policy().generate());
     create_role(&su, &guard, &admin.username, &admin.password, "LOGIN CREATEROLE").await;
     let p2 = policy().generate();
-    let resp = rotator
-        .set_password(SetPasswordRequest {
-            username: tricky.clone(),
-            pending: p2.clone(),
-            current: p0,
-            previous: vec![],
-            admin: Some(admin),
-            pending_is_new: false,
-        })
-        .await
-        .unwrap();
+    let resp =
+        rotator.set_password(SetPasswordRequest::new(tricky.clone(), p2.clone(), p0).with_admin(admin)).await.unwrap();
     assert_eq!(resp.outcome, SetPasswordOutcome::ChangedWithAdmin);
     assert_eq!(rotator.verify(verify(&p2)).await.unwrap(), VerifyResponse::Accepted);
     assert_eq!(rotator.verify(verify(&p1)).await.unwrap(), VerifyResponse::Rejected);
@@ -476,17 +431,7 @@ async fn stored_password_is_a_scram_verifier() {
     let user = format!("{prefix}_v");
     let (p0, p1) = (policy().generate(), policy().generate());
     create_role(&su, &guard, &user, &p0, "LOGIN").await;
-    rotator()
-        .set_password(SetPasswordRequest {
-            username: user.clone(),
-            pending: p1.clone(),
-            current: p0,
-            previous: vec![],
-            admin: None,
-            pending_is_new: false,
-        })
-        .await
-        .unwrap();
+    rotator().set_password(SetPasswordRequest::new(user.clone(), p1.clone(), p0)).await.unwrap();
     let stored = stored_verifier(&su, &user).await;
     assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "not a SCRAM verifier: {stored}");
     assert!(!contains_secret(&stored, &p1));
@@ -496,18 +441,13 @@ async fn stored_password_is_a_scram_verifier() {
 async fn admin_without_privilege_is_permanent_and_names_the_login() {
     let (su, guard, prefix) = setup().await;
     let user = format!("{prefix}_u");
-    let weak = Credential { username: format!("{prefix}_weak"), password: policy().generate() };
+    let weak = Credential::new(format!("{prefix}_weak"), policy().generate());
     let p0 = policy().generate();
     create_role(&su, &guard, &user, &p0, "LOGIN").await;
     create_role(&su, &guard, &weak.username, &weak.password, "LOGIN").await;
-    let req = SetPasswordRequest {
-        username: user.clone(),
-        pending: policy().generate(),
-        current: policy().generate(),
-        previous: vec![policy().generate()],
-        admin: Some(weak.clone()),
-        pending_is_new: false,
-    };
+    let req = SetPasswordRequest::new(user.clone(), policy().generate(), policy().generate())
+        .with_previous(vec![policy().generate()])
+        .with_admin(weak.clone());
     let secrets = [req.pending.clone(), req.current.clone(), req.previous[0].clone(), weak.password.clone()];
     let err = rotator().set_password(req).await.unwrap_err();
     let text = err.to_string();
@@ -518,7 +458,7 @@ async fn admin_without_privilege_is_permanent_and_names_the_login() {
         assert!(!contains_secret(&text, s) && !contains_secret(&format!("{err:?}"), s));
     }
     assert_eq!(
-        rotator().verify(VerifyRequest { username: user, password: p0 }).await.unwrap(),
+        rotator().verify(VerifyRequest::new(user, p0)).await.unwrap(),
         VerifyResponse::Accepted,
         "the password must be unchanged"
     );
@@ -527,7 +467,7 @@ async fn admin_without_privilege_is_permanent_and_names_the_login() {
 #[tokio::test]
 async fn missing_role_via_admin_is_permanent_and_verify_says_so() {
     let (su, guard, prefix) = setup().await;
-    let admin = Credential { username: format!("{prefix}_admin"), password: policy().generate() };
+    let admin = Credential::new(format!("{prefix}_admin"), policy().generate());
     create_role(&su, &guard, &admin.username, &admin.password, "LOGIN CREATEROLE").await;
     let ghost = format!("{prefix}_ghost");
     let rotator = rotator();
@@ -537,20 +477,15 @@ async fn missing_role_via_admin_is_permanent_and_verify_says_so() {
     // were the guard not there, the server would then say 28000 "does not exist"). Either
     // way a permanent error.
     let permanent_for_ghost = |m: &str| m.contains("does not exist") || m.contains("without checking any password");
-    match rotator.verify(VerifyRequest { username: ghost.clone(), password: policy().generate() }).await {
+    match rotator.verify(VerifyRequest::new(ghost.clone(), policy().generate())).await {
         Ok(VerifyResponse::Rejected) => {}
         Err(RotatorError::Permanent(m)) => assert!(permanent_for_ghost(&m), "{m}"),
         other => panic!("{other:?}"),
     }
     let err = rotator
-        .set_password(SetPasswordRequest {
-            username: ghost.clone(),
-            pending: policy().generate(),
-            current: policy().generate(),
-            previous: vec![],
-            admin: Some(admin),
-            pending_is_new: false,
-        })
+        .set_password(
+            SetPasswordRequest::new(ghost.clone(), policy().generate(), policy().generate()).with_admin(admin),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
@@ -566,21 +501,14 @@ async fn a_role_that_may_not_log_in_is_permanent_not_rejected() {
     let user = format!("{prefix}_nologin");
     let p0 = policy().generate();
     create_role(&su, &guard, &user, &p0, "NOLOGIN").await;
-    let err = rotator().verify(VerifyRequest { username: user.clone(), password: p0.clone() }).await.unwrap_err();
+    let err = rotator().verify(VerifyRequest::new(user.clone(), p0.clone())).await.unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
     assert!(err.to_string().contains("28000") && err.to_string().contains("pg_hba.conf"), "{err}");
-    let admin = Credential { username: format!("{prefix}_admin"), password: policy().generate() };
+    let admin = Credential::new(format!("{prefix}_admin"), policy().generate());
     create_role(&su, &guard, &admin.username, &admin.password, "LOGIN CREATEROLE").await;
     let before = stored_verifier(&su, &user).await;
     let err = rotator()
-        .set_password(SetPasswordRequest {
-            username: user.clone(),
-            pending: policy().generate(),
-            current: p0,
-            previous: vec![],
-            admin: Some(admin),
-            pending_is_new: false,
-        })
+        .set_password(SetPasswordRequest::new(user.clone(), policy().generate(), p0).with_admin(admin))
         .await
         .unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
@@ -596,11 +524,7 @@ async fn missing_database_is_permanent() {
     let mut cfg = PostgresConfig::new(HOST);
     cfg.database = format!("{prefix}_no_such_db");
     cfg.sslmode = SslMode::Disable;
-    let err = PostgresRotator::new(cfg, policy())
-        .unwrap()
-        .verify(VerifyRequest { username: user, password: p0 })
-        .await
-        .unwrap_err();
+    let err = PostgresRotator::new(cfg, policy()).unwrap().verify(VerifyRequest::new(user, p0)).await.unwrap_err();
     assert!(matches!(err, RotatorError::Permanent(_)), "{err:?}");
     assert!(err.to_string().contains("3D000"), "{err}");
 }
@@ -614,14 +538,7 @@ fn rotator_on(port: u16) -> PostgresRotator {
 }
 
 fn any_set_request() -> SetPasswordRequest {
-    SetPasswordRequest {
-        username: "nobody".to_owned(),
-        pending: policy().generate(),
-        current: policy().generate(),
-        previous: vec![],
-        admin: None,
-        pending_is_new: false,
-    }
+    SetPasswordRequest::new("nobody", policy().generate(), policy().generate())
 }
 
 #[tokio::test]
@@ -629,8 +546,7 @@ async fn refused_connection_is_transient() {
     // A port nobody listens on: bind, note it, close.
     let port = common::unused_port(HOST);
     let rotator = rotator_on(port);
-    let err =
-        rotator.verify(VerifyRequest { username: "nobody".into(), password: policy().generate() }).await.unwrap_err();
+    let err = rotator.verify(VerifyRequest::new("nobody", policy().generate())).await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert!(err.to_string().contains(&format!("{HOST}:{port}")), "{err}");
     let err = rotator.set_password(any_set_request()).await.unwrap_err();
@@ -642,10 +558,7 @@ async fn silent_server_times_out_as_transient() {
     // Accepts TCP, never speaks: tokio-postgres's own connect_timeout does not cover this.
     let (port, server) = common::silent_server(HOST).await;
     let started = Instant::now();
-    let err = rotator_on(port)
-        .verify(VerifyRequest { username: "nobody".into(), password: policy().generate() })
-        .await
-        .unwrap_err();
+    let err = rotator_on(port).verify(VerifyRequest::new("nobody", policy().generate())).await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert!(err.to_string().contains("no answer within 1s"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
@@ -665,7 +578,7 @@ struct PgTwinFixture {
 impl PgTwinFixture {
     async fn new() -> Self {
         let (su, guard, prefix) = setup().await;
-        let admin = Credential { username: format!("{prefix}_admin"), password: policy().generate() };
+        let admin = Credential::new(format!("{prefix}_admin"), policy().generate());
         create_role(&su, &guard, &admin.username, &admin.password, "LOGIN CREATEROLE").await;
         Self { su, guard, prefix, admin, next: 0 }
     }
@@ -768,13 +681,9 @@ async fn a_twin_with_more_power_than_the_primary_or_a_group_role_is_refused() {
     {
         let twin = fixture.fresh_name();
         create_role(&fixture.su, &fixture.guard, &twin, &policy().generate(), options).await;
-        let req = SyncTwinRequest {
-            primary: primary.clone(),
-            twin: twin.clone(),
-            password_if_created: policy().generate(),
-            admin: fixture.admin.clone(),
-            twin_known: true,
-        };
+        let req = SyncTwinRequest::new(primary.clone(), twin.clone(), fixture.admin.clone())
+            .with_password_if_created(policy().generate())
+            .with_twin_known(true);
         let e = rotator().sync_twin(req).await.unwrap_err();
         assert!(matches!(&e, RotatorError::Permanent(m) if m.contains(why)), "{options}: {e}");
         let members = fixture
@@ -804,14 +713,7 @@ async fn a_new_pending_password_is_not_tried_first_and_a_resumed_one_is() {
     let counted = |before: usize| logins.load(Ordering::SeqCst) - before;
 
     let p1 = policy().generate();
-    let fresh = SetPasswordRequest {
-        username: user.clone(),
-        pending: p1.clone(),
-        current: p0.clone(),
-        previous: vec![],
-        admin: None,
-        pending_is_new: true,
-    };
+    let fresh = SetPasswordRequest::new(user.clone(), p1.clone(), p0.clone()).with_pending_is_new(true);
     let before = logins.load(Ordering::SeqCst);
     let set = proxied.set_password(fresh.clone()).await.unwrap();
     assert_eq!((set.outcome, set.pending_verified), (SetPasswordOutcome::ChangedWithCurrent, true));
@@ -819,20 +721,17 @@ async fn a_new_pending_password_is_not_tried_first_and_a_resumed_one_is() {
 
     // The same password resumed (a crash after ALTER ROLE): tried first, and it works.
     let before = logins.load(Ordering::SeqCst);
-    let set = proxied.set_password(SetPasswordRequest { pending_is_new: false, ..fresh.clone() }).await.unwrap();
+    let set = proxied.set_password(fresh.clone().with_pending_is_new(false)).await.unwrap();
     assert_eq!((set.outcome, set.pending_verified), (SetPasswordOutcome::AlreadySet, true));
     assert_eq!(counted(before), 1, "a resumed pending password that works: one login");
 
     // A resumed password not set yet: tried first (refused), then the change and its proof.
     let p2 = policy().generate();
-    let resumed = SetPasswordRequest { pending: p2.clone(), current: p1, pending_is_new: false, ..fresh };
+    let resumed = SetPasswordRequest::new(user.clone(), p2.clone(), p1);
     let before = logins.load(Ordering::SeqCst);
     let set = proxied.set_password(resumed).await.unwrap();
     assert_eq!((set.outcome, set.pending_verified), (SetPasswordOutcome::ChangedWithCurrent, true));
     assert_eq!(counted(before), 3, "a resumed pending password is tried before the change");
     task.abort();
-    assert!(matches!(
-        rotator().verify(VerifyRequest { username: user, password: p2 }).await,
-        Ok(VerifyResponse::Accepted)
-    ));
+    assert!(matches!(rotator().verify(VerifyRequest::new(user, p2)).await, Ok(VerifyResponse::Accepted)));
 }

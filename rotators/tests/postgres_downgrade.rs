@@ -163,14 +163,9 @@ fn passwords() -> [SecretString; 4] {
 
 /// A set request with every kind of credential the rotator may try.
 fn set_request([pending, current, previous, admin]: &[SecretString; 4]) -> SetPasswordRequest {
-    SetPasswordRequest {
-        username: "app".to_owned(),
-        pending: pending.clone(),
-        current: current.clone(),
-        previous: vec![previous.clone()],
-        admin: Some(Credential { username: "admin".to_owned(), password: admin.clone() }),
-        pending_is_new: false,
-    }
+    SetPasswordRequest::new("app", pending.clone(), current.clone())
+        .with_previous(vec![previous.clone()])
+        .with_admin(Credential::new("admin", admin.clone()))
 }
 
 /// Waits for the fake to finish recording, then returns what it got.
@@ -225,7 +220,7 @@ async fn allow_weak_auth_answers_the_request_which_is_what_the_guard_prevents() 
         cfg.sslrootcert = Some(dir.path().join("ca.pem"));
         cfg.allow_weak_auth = true;
     })
-    .verify(VerifyRequest { username: "app".into(), password: all[1].clone() })
+    .verify(VerifyRequest::new("app", all[1].clone()))
     .await;
     assert!(!matches!(verify, Ok(VerifyResponse::Accepted)), "{verify:?}");
     let sent = received(&log, 1).await;
@@ -270,7 +265,7 @@ async fn a_login_accepted_without_any_check_proves_nothing() {
         let (port, log) = fake_server(tls, Ask::Trust, dir.path()).await;
         let all = passwords();
         let rotator = rotator(port, |cfg| cfg.sslmode = mode);
-        let err = rotator.verify(VerifyRequest { username: "app".into(), password: all[0].clone() }).await.unwrap_err();
+        let err = rotator.verify(VerifyRequest::new("app", all[0].clone())).await.unwrap_err();
         assert!(matches!(err, RotatorError::Permanent(_)), "{tls:?}: {err:?}");
         assert!(err.to_string().contains("without checking any password"), "{err}");
         let err = rotator.set_password(set_request(&all)).await.unwrap_err();

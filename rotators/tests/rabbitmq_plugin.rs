@@ -154,7 +154,7 @@ impl UserGuard {
     }
 
     async fn admin(&self, prefix: &str) -> Credential {
-        let admin = Credential { username: format!("{prefix}_admin"), password: password() };
+        let admin = Credential::new(format!("{prefix}_admin"), password());
         self.user(&admin.username, &admin.password, "administrator").await;
         admin
     }
@@ -235,7 +235,7 @@ fn set_request(
     current: &SecretString,
     admin: Option<Credential>,
 ) -> SetPasswordRequest {
-    SetPasswordRequest { admin, ..common::request(user, pending, current) }
+    common::request(user, pending, current).with_admin(admin)
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -452,14 +452,14 @@ async fn a_wrong_or_powerless_admin_or_a_missing_user_is_a_clear_permanent_error
         other => panic!("{case}: expected a permanent error, got {other:?}"),
     };
 
-    let wrong_admin = Credential { username: admin.username.clone(), password: password() };
+    let wrong_admin = Credential::new(admin.username.clone(), password());
     let message = permanent(
         rotator.set_password(set_request(&user, &password(), &password(), Some(wrong_admin))).await,
         "wrong admin password",
     );
     assert!(message.contains(&format!("admin '{}': login refused", admin.username)), "{message}");
 
-    let monitor = Credential { username: format!("{prefix}_monitor"), password: password() };
+    let monitor = Credential::new(format!("{prefix}_monitor"), password());
     guard.user(&monitor.username, &monitor.password, "monitoring").await;
     let message = permanent(
         rotator.set_password(set_request(&user, &password(), &password(), Some(monitor))).await,
@@ -577,7 +577,7 @@ async fn passwords_are_sent_in_clear_only_to_a_loopback_host() {
         json!({ "management_url": "https://192.0.2.1:15671", "amqp_host": "192.0.2.1" }),
         json!({ "management_url": "http://rabbitmq.example:15672", "amqp_host": "127.0.0.1" }),
     ] {
-        let request = kv_rotator_rotators::VerifyRequest { username: "app".into(), password: password() };
+        let request = kv_rotator_rotators::VerifyRequest::new("app", password());
         let e = rotator_with(settings.clone()).verify(request).await.unwrap_err();
         assert!(
             matches!(&e, RotatorError::Permanent(m) if m.contains("passwords are sent in clear only to a loopback host")),

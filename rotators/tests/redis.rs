@@ -125,7 +125,7 @@ async fn create_user(
 }
 
 async fn create_admin(conn: &mut MultiplexedConnection, guard: &UserGuard, name: &str) -> Credential {
-    let admin = Credential { username: name.to_owned(), password: policy().generate() };
+    let admin = Credential::new(name, policy().generate());
     create_user(conn, guard, name, &admin.password, "+acl +config|get +ping").await;
     admin
 }
@@ -390,7 +390,7 @@ fn read(path: &Path) -> String {
 /// An own server with an ACL file: admin `kvr_admin` (returned) and user `app` with
 /// `app_rules` and the password returned.
 async fn server_with_app(app_rules: &str) -> (OwnServer, Credential, SecretString) {
-    let admin = Credential { username: "kvr_admin".into(), password: policy().generate() };
+    let admin = Credential::new("kvr_admin", policy().generate());
     let p0 = policy().generate();
     let users = format!(
         "user default off\nuser kvr_admin on #{} +acl +config|get\nuser app on #{} {app_rules}\n",
@@ -738,12 +738,8 @@ async fn command_errors_and_user_names_are_escaped() {
 }
 
 fn retire(user: &str, keep: &SecretString, also_keep: &[&SecretString]) -> kv_rotator_rotators::RetirePasswordsRequest {
-    kv_rotator_rotators::RetirePasswordsRequest {
-        username: user.to_owned(),
-        keep: keep.clone(),
-        also_keep: also_keep.iter().map(|p| (*p).clone()).collect(),
-        admin: None,
-    }
+    kv_rotator_rotators::RetirePasswordsRequest::new(user, keep.clone())
+        .with_also_keep(also_keep.iter().map(|p| (*p).clone()).collect())
 }
 
 /// Multi-password: the new password is added, the old one keeps working until it is

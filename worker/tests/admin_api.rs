@@ -365,6 +365,8 @@ async fn the_openapi_document_matches_the_served_routes() {
 struct Served {
     site: DevSite,
     config: std::path::PathBuf,
+    token_env: String,
+    /// Port 0 until [`Served::listening`] learns the ports the service took.
     admin: SocketAddr,
     webhook: SocketAddr,
 }
@@ -372,22 +374,36 @@ struct Served {
 impl Served {
     async fn new(token_env: &str) -> Served {
         let site = DevSite::start().await;
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let (webhook, admin) = (free(), free());
         let config = site.dir.path().join("kv-rotator.toml");
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let served = Served { site, config, token_env: token_env.to_owned(), admin: any_port, webhook: any_port };
+        served.write_config();
+        served
+    }
+
+    fn write_config(&self) {
+        let (webhook, admin, token_env) = (self.webhook, self.admin, &self.token_env);
         std::fs::write(
-            &config,
+            &self.config,
             format!(
                 "{}[webhook]\nlisten = \"{webhook}\"\nauth = {{ mode = \"none\" }}\n\
                  [admin]\nlisten = \"{admin}\"\nauth = {{ mode = \"static-token\", token = {{ env = \"{token_env}\" }} }}\n\
                  [sweeper]\nenabled = false\n\
                  [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\n{}",
-                site.vault_toml(),
-                site.htpasswd_target_toml()
+                self.site.vault_toml(),
+                self.site.htpasswd_target_toml()
             ),
         )
         .unwrap();
-        Served { site, config, admin, webhook }
+    }
+
+    /// Learns the ports `serve` took (port 0 in the file: the OS picked them, no port was
+    /// bound, dropped and bound again) and writes them into the file, where `rotate`
+    /// finds the service as an operator's would.
+    async fn listening(&mut self, serve: &mut Proc) {
+        self.webhook = serve.logged_addr("webhook_addr").await;
+        self.admin = serve.logged_addr("admin_addr").await;
+        self.write_config();
     }
 
     fn serve(&self, token: &str) -> Proc {
@@ -421,12 +437,13 @@ impl Served {
 /// service's engine rotates, and `rotate` claims no lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_goes_through_the_running_service_and_one_engine_rotates() {
-    let served = Served::new("ADMIN_TOKEN").await;
+    let mut served = Served::new("ADMIN_TOKEN").await;
     let mut users = Vec::new();
     for (secret, user) in [("alpha-password", "alpha"), ("beta-password", "beta"), ("gamma-password", "gamma")] {
         users.push((secret, user, served.site.user(secret, user).await.0));
     }
     let mut serve = served.serve(TOKEN);
+    served.listening(&mut serve).await;
     serve.wait_healthy(served.webhook.port()).await;
     let lease_versions = served.site.store.list_versions("kv-rotator-engine-lease").await.unwrap().len();
 

@@ -81,23 +81,25 @@ async fn serve_opens_the_admin_listener_of_its_configuration() {
     let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, vault.ca_certificate_pem()).unwrap();
-    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let (webhook, admin) = (free_port(), free_port());
     let config = dir.path().join("kv-rotator.toml");
     std::fs::write(
         &config,
         format!(
             "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\
-             [webhook]\nlisten = \"{webhook}\"\nauth = {{ mode = \"none\" }}\n\
-             [admin]\nlisten = \"{admin}\"\n",
+             [webhook]\nlisten = \"127.0.0.1:0\"\nauth = {{ mode = \"none\" }}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
             vault.endpoint(),
             ca_file.display(),
             vault.local_addr(),
         ),
     )
     .unwrap();
-    // The address comes from the file, not from the helper's default for children.
+    // The address comes from the file, not from the helper's default for children: port 0
+    // there, so the OS picks one (never the built-in default's), which serve logs.
     let mut proc = Proc::spawn(Command::new(BIN).args(["serve", "--config"]).arg(&config).env_remove(ADMIN_LISTEN_ENV));
+    let webhook = proc.logged_addr("webhook_addr").await;
+    let admin = proc.logged_addr("admin_addr").await;
+    assert_ne!(admin, kv_rotator_config::DEFAULT_ADMIN_LISTEN, "the file's admin listener, not the default");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         proc.assert_running();

@@ -205,7 +205,7 @@ async fn a_thousand_deliveries_sweeps_and_manual_triggers_make_one_rotation() {
     assert_eq!(versions.len(), 2, "one new version");
     let latest = store.get_latest(SECRET).await.unwrap();
     assert_eq!(latest.properties.tags.get("rotated-from"), Some(&v1));
-    let verify = |password| rotator.verify(VerifyRequest { username: USER.into(), password });
+    let verify = |password| rotator.verify(VerifyRequest::new(USER, password));
     assert_eq!(verify(latest.value.clone()).await.unwrap(), VerifyResponse::Accepted);
     assert_eq!(verify(initial.clone()).await.unwrap(), VerifyResponse::Rejected);
     let journals =

@@ -264,10 +264,10 @@ async fn rotate_all_through_the_admin_api_rotates_200_secrets_on_every_kind_with
         };
         site.store.set_secret(secret, plain).await.unwrap();
     }
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (webhook, admin) = (free(), free());
+    // Port 0: the OS picks the ports (none is bound, dropped and bound again), serve logs
+    // them, and the file then names them for `rotate`, as an operator's would.
     let config = site.dir.path().join("kv-rotator.toml");
-    std::fs::write(&config, config_text(&site, &run, webhook, admin)).unwrap();
+    std::fs::write(&config, config_text(&site, &run, 0, 0)).unwrap();
     let mut serve = Proc::spawn(
         Command::new(BIN)
             .args(["serve", "--config"])
@@ -276,6 +276,9 @@ async fn rotate_all_through_the_admin_api_rotates_200_secrets_on_every_kind_with
             .env("KVR_LEASE_SETTLE_MS", "0")
             .env_remove(common::proc::ADMIN_LISTEN_ENV),
     );
+    let webhook = serve.logged_addr("webhook_addr").await.port();
+    let admin = serve.logged_addr("admin_addr").await.port();
+    std::fs::write(&config, config_text(&site, &run, webhook, admin)).unwrap();
     serve.wait_healthy(webhook).await;
 
     // Without a limit the job is more than the engine's queue holds: refused, nothing read.

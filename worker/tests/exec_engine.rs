@@ -110,7 +110,7 @@ impl Site {
     }
 
     async fn logs_in(&self, password: &SecretString) -> bool {
-        let req = VerifyRequest { username: USER.into(), password: password.clone() };
+        let req = VerifyRequest::new(USER, password.clone());
         self.honest.verify(req).await.unwrap() == VerifyResponse::Accepted
     }
 

@@ -73,34 +73,53 @@ impl Site {
     }
 
     /// The handler, as the Functions host starts it (host.json's arguments, the port).
+    ///
+    /// The host hands the handler a port number, never a listener, so the test does the
+    /// same: a free port is looked up, and if another process takes it before the handler
+    /// binds it (the handler then exits: "cannot bind"), the start is retried on another.
     async fn handler(&self, args: &[&str]) -> Handler {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        // host.json's arguments as they are; its `config.toml` is the site's (the working
-        // directory is the app's root).
-        let mut command = Command::new(BIN);
-        command
-            .args(host_arguments())
-            .args(args)
-            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-            .env("RUST_LOG", "info")
-            .current_dir(self.dir.path());
-        let mut proc = Proc::spawn(&mut command);
         let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
-        // The host pings the handler until it answers.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            proc.assert_running();
-            if client.get(format!("http://127.0.0.1:{port}/")).send().await.is_ok() {
-                break;
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            // host.json's arguments as they are; its `config.toml` is the site's (the working
+            // directory is the app's root).
+            let mut command = Command::new(BIN);
+            command
+                .args(host_arguments())
+                .args(args)
+                .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+                .env("RUST_LOG", "info")
+                .current_dir(self.dir.path());
+            let mut proc = Proc::spawn(&mut command);
+            if answers(&mut proc, &client, port).await {
+                return Handler { proc, port, client };
             }
-            assert!(Instant::now() < deadline, "handler not listening:\n{}", proc.output());
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Handler { proc, port, client }
+        panic!("the handler found its port taken three times");
     }
 
     fn vault_host(&self) -> String {
         self.vault.host()
+    }
+}
+
+/// Whether the handler on `port` answers, as the host pings it (at most 60 s); `false` if
+/// it exited because the port was taken. Any other exit panics with its output.
+async fn answers(proc: &mut Proc, client: &reqwest::Client, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = proc.exited() {
+            let output = proc.output();
+            assert!(output.contains("cannot bind"), "the handler exited early with {status}:\n{output}");
+            return false;
+        }
+        // Only once it bound the port (it says so): before, another process may answer there.
+        let bound = proc.output().contains("custom handler listening");
+        if bound && client.get(format!("http://127.0.0.1:{port}/")).send().await.is_ok() {
+            return true;
+        }
+        assert!(Instant::now() < deadline, "handler not listening:\n{}", proc.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -79,10 +79,9 @@ async fn serve_keeps_secrets_from_its_children_and_dumps_no_core() {
     let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, vault.ca_certificate_pem()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = format!(
         "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"azure-cli\" }}\n\n\
-         [webhook]\nlisten = \"127.0.0.1:{port}\"\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\n\
          auth = {{ mode = \"shared-key\", key = {{ env = \"KVR_TEST_HOOK_KEY\" }} }}\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          auth = {{ mode = \"static-token\", token = {{ env = \"KVR_TEST_ADMIN_TOKEN\" }} }}\n",
@@ -105,6 +104,7 @@ async fn serve_keeps_secrets_from_its_children_and_dumps_no_core() {
             .env("AZURE_CLIENT_CERTIFICATE_PASSWORD", PFX_PASSWORD)
             .env("KVR_TEST_NOT_FOR_HELPERS", "marker-not-on-the-allow-list"),
     );
+    let port = proc.logged_addr("webhook_addr").await.port();
     proc.wait_healthy(port).await;
 
     // `az` ran (the engine lease needed a token) with the allow-list only.

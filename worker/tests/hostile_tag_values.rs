@@ -153,7 +153,7 @@ impl Site {
     }
 
     async fn accepts(&self, user: &str, password: &SecretString) -> bool {
-        let request = VerifyRequest { username: user.into(), password: password.clone() };
+        let request = VerifyRequest::new(user, password.clone());
         self.rotator.verify(request).await.unwrap() == VerifyResponse::Accepted
     }
 }

@@ -149,7 +149,7 @@ impl Htpasswd {
     }
 
     async fn logs_in(&self, user: &str, password: &SecretString) -> bool {
-        let req = VerifyRequest { username: user.into(), password: password.clone() };
+        let req = VerifyRequest::new(user, password.clone());
         self.rotator.verify(req).await.unwrap() == VerifyResponse::Accepted
     }
 }

@@ -129,7 +129,7 @@ fn manual(force: bool) -> Trigger {
 }
 
 async fn logs_in(rotator: &dyn Rotator, user: &str, password: &SecretString) -> bool {
-    let req = VerifyRequest { username: user.into(), password: password.clone() };
+    let req = VerifyRequest::new(user, password.clone());
     rotator.verify(req).await.unwrap() == VerifyResponse::Accepted
 }
 
@@ -361,7 +361,7 @@ impl Rotator for Lagging {
     }
     async fn set_password(&self, req: SetPasswordRequest) -> RotatorResult<SetPasswordResponse> {
         if self.replica() == req.pending.expose_secret() {
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet, pending_verified: false });
+            return Ok(SetPasswordResponse::new(SetPasswordOutcome::AlreadySet));
         }
         {
             let mut state = self.state.lock().unwrap();
@@ -375,10 +375,7 @@ impl Rotator for Lagging {
             }
         }
         if self.replica() == req.pending.expose_secret() {
-            return Ok(SetPasswordResponse {
-                outcome: SetPasswordOutcome::ChangedWithCurrent,
-                pending_verified: false,
-            });
+            return Ok(SetPasswordResponse::new(SetPasswordOutcome::ChangedWithCurrent));
         }
         let msg = "the password was changed, but the new password does not log in".to_owned();
         Err(if self.report_as_permanent { RotatorError::Permanent(msg) } else { RotatorError::NotYetVisible(msg) })

@@ -165,7 +165,7 @@ struct Checkers {
 
 impl Managed {
     async fn accepts(&self, check: &Checkers, password: &SecretString) -> bool {
-        let req = VerifyRequest { username: self.account.clone(), password: password.clone() };
+        let req = VerifyRequest::new(self.account.clone(), password.clone());
         let on: &dyn Rotator = match self.secret {
             "site-password" => &check.site,
             "maria-password" => &check.maria,

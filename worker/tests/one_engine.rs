@@ -40,24 +40,23 @@ const STANDBY_TTL_MS: &str = "8000";
 const CLAIM_EVERY: Duration = Duration::from_secs(2);
 
 /// Waits until the webhook answers (`Ok`) or the process exits (`Err`, with its status).
-async fn started(proc: &mut Proc, port: u16) -> Result<(), ExitStatus> {
+async fn started(proc: &mut Proc) -> Result<u16, ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = proc.exited() {
             return Err(status);
         }
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
-            if r.status() == 200 {
-                return Ok(());
+        // The webhook listens on a port the OS picked (`listen = "127.0.0.1:0"`), logged.
+        if let Some(addr) = proc.logged("webhook_addr") {
+            if let Ok(r) = reqwest::get(format!("http://{addr}/healthz")).await {
+                if r.status() == 200 {
+                    return Ok(addr.port());
+                }
             }
         }
         assert!(Instant::now() < deadline, "neither healthy nor exited within 60 s:\n{}", proc.output());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// GET `url`: status and body.
@@ -130,13 +129,13 @@ impl Site {
         Site { dir, vault, store, htpasswd }
     }
 
-    /// A configuration whose webhook listens on `port`; the sweeper only resumes
-    /// journals, so a `serve` rotates nothing by itself.
-    fn config(&self, port: u16) -> String {
-        let path = self.dir.path().join(format!("kv-rotator-{port}.toml"));
+    /// A configuration whose webhook listens on a port the OS picks (each `serve` logs
+    /// its own); the sweeper only resumes journals, so a `serve` rotates nothing by itself.
+    fn config(&self) -> String {
+        let path = self.dir.path().join("kv-rotator.toml");
         let text = format!(
             "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\
-             [webhook]\nlisten = \"127.0.0.1:{port}\"\nauth = {{ mode = \"none\" }}\n\
+             [webhook]\nlisten = \"127.0.0.1:0\"\nauth = {{ mode = \"none\" }}\n\
              [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\n\
              [sweeper]\nenabled = false\n\
              [targets.site]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\naccounts = [\"*\"]\n",
@@ -149,20 +148,17 @@ impl Site {
         path.to_str().unwrap().to_owned()
     }
 
-    /// A `serve` on a free port, with `env`; returns it and its port.
-    fn serve(&self, env: &[(&str, &str)]) -> (Proc, u16) {
-        let port = free_port();
-        (spawn(&["serve", "--config", &self.config(port)], env), port)
+    /// A `serve` with `env`; [`started`] learns its port.
+    fn serve(&self, env: &[(&str, &str)]) -> Proc {
+        spawn(&["serve", "--config", &self.config()], env)
     }
 
-    /// A `serve` with its admin listener on a known port, once its webhook answers.
+    /// A `serve` with its admin listener on a port of its own (the OS picks it: see
+    /// [`Proc::spawn`]), once its webhook answers.
     async fn served(&self, env: &[(&str, &str)]) -> Served {
-        let admin = free_port();
-        let listen = format!("127.0.0.1:{admin}");
-        let mut env = env.to_vec();
-        env.push((common::proc::ADMIN_LISTEN_ENV, &listen));
-        let (mut proc, port) = self.serve(&env);
-        started(&mut proc, port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", proc.output()));
+        let mut proc = self.serve(env);
+        let port = started(&mut proc).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", proc.output()));
+        let admin = proc.logged_addr("admin_addr").await.port();
         Served { proc, port, admin }
     }
 
@@ -198,7 +194,7 @@ impl Site {
     /// `kv-rotator rotate ARGS` to its end.
     fn rotate(&self, args: &[&str]) -> Output {
         Command::new(BIN)
-            .args(["rotate", "--config", &self.config(free_port())])
+            .args(["rotate", "--config", &self.config()])
             .args(args)
             .env("KVR_LEASE_SETTLE_MS", SETTLE_MS)
             .output()
@@ -226,7 +222,7 @@ impl Site {
 
     async fn logs_in(&self, user: &str, password: &SecretString) -> bool {
         let rotator = HtpasswdRotator::new(HtpasswdConfig::new(&self.htpasswd), PasswordPolicy::default());
-        let req = VerifyRequest { username: user.into(), password: password.clone() };
+        let req = VerifyRequest::new(user, password.clone());
         rotator.verify(req).await.unwrap() == VerifyResponse::Accepted
     }
 
@@ -397,14 +393,14 @@ async fn of_two_standbys_one_takes_over_and_the_other_waits_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_standby_off_a_second_serve_is_refused_naming_the_first() {
     let site = Site::new().await;
-    let (mut first, first_port) = site.serve(&[]);
-    started(&mut first, first_port).await.unwrap_or_else(|s| panic!("first serve exited {s}:\n{}", first.output()));
+    let mut first = site.serve(&[]);
+    started(&mut first).await.unwrap_or_else(|s| panic!("first serve exited {s}:\n{}", first.output()));
     let held = site.enabled_leases().await;
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].tags[TAG_PID], first.pid());
 
-    let (mut second, second_port) = site.serve(&[("KV_ROTATOR_LEASE__STANDBY", "false")]);
-    let status = started(&mut second, second_port).await.expect_err("the second serve must be refused");
+    let mut second = site.serve(&[("KV_ROTATOR_LEASE__STANDBY", "false")]);
+    let status = started(&mut second).await.expect_err("the second serve must be refused");
     let output = second.output();
     assert!(!status.success(), "{output}");
     let holder = format!("`kv-rotator serve` (pid {} on host", first.pid());
@@ -417,7 +413,7 @@ async fn with_standby_off_a_second_serve_is_refused_naming_the_first() {
     // The first's heartbeat is fresh: refused before it wrote a claim of its own.
     assert_eq!(site.enabled_leases().await.len(), 1);
     assert_eq!(site.lease_versions().await.len(), 1, "a refused claim adds no version");
-    started(&mut first, first_port).await.unwrap();
+    started(&mut first).await.unwrap();
     first.terminate();
     assert!(site.enabled_leases().await.is_empty(), "SIGTERM releases the lease");
     site.vault.shutdown().await;
@@ -428,8 +424,8 @@ async fn rotate_all_beside_serve_is_refused_and_rotates_nothing_unless_allowed()
     let site = Site::new().await;
     let alpha = site.user("alpha-password", "alpha").await;
     let beta = site.user("beta-password", "beta").await;
-    let (mut serve, port) = site.serve(&[]);
-    started(&mut serve, port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", serve.output()));
+    let mut serve = site.serve(&[]);
+    started(&mut serve).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", serve.output()));
 
     let out = site.rotate(&["--all"]);
     let refused = text(&out);
@@ -513,15 +509,15 @@ async fn after_a_sigkill_a_standby_successor_takes_over_once_the_heartbeat_is_a_
 async fn a_clean_sigterm_releases_the_lease_at_once() {
     // The default TTL (60 s): only a release lets the successor in within the test.
     let site = Site::new().await;
-    let (mut first, port) = site.serve(&[]);
-    started(&mut first, port).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", first.output()));
+    let mut first = site.serve(&[]);
+    started(&mut first).await.unwrap_or_else(|s| panic!("serve exited {s}:\n{}", first.output()));
     let output = first.terminate();
     assert!(output.contains("engine lease released"), "{output}");
     let stopped = Instant::now();
     assert!(site.enabled_leases().await.is_empty());
 
-    let (mut next, port) = site.serve(&[]);
-    started(&mut next, port).await.unwrap_or_else(|s| panic!("successor refused {s}:\n{}", next.output()));
+    let mut next = site.serve(&[]);
+    started(&mut next).await.unwrap_or_else(|s| panic!("successor refused {s}:\n{}", next.output()));
     let waited = stopped.elapsed();
     assert!(waited < Duration::from_secs(30), "{waited:?}");
     println!("successor serving {:.1} s after the holder's SIGTERM (TTL 60 s)", waited.as_secs_f64());

@@ -264,13 +264,12 @@ impl Hook {
         for (secret, user) in [("alpha-password", "alpha"), ("beta-password", "beta"), ("gamma-password", "gamma")] {
             dev.user(secret, user).await;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = dev.dir.path().join("kv-rotator.toml");
         std::fs::write(
             &config,
             format!(
                 // No sweeper: only the events sent here may rotate (every secret is due).
-                "{}[sweeper]\nenabled = false\n[webhook]\nlisten = \"127.0.0.1:{port}\"\n\
+                "{}[sweeper]\nenabled = false\n[webhook]\nlisten = \"127.0.0.1:0\"\n\
                  auth = {{ mode = \"shared-key\", key = {{ env = \"KVR_TEST_HOOK_KEY\" }} }}\n{}",
                 dev.vault_toml(),
                 dev.htpasswd_target_toml()
@@ -285,6 +284,7 @@ impl Hook {
                 .env("RUST_LOG", "info")
                 .env("KVR_LEASE_SETTLE_MS", "0"),
         );
+        let port = proc.logged_addr("webhook_addr").await.port();
         proc.wait_healthy(port).await;
         Hook { dev, proc, url: format!("http://127.0.0.1:{port}/api/eventgrid") }
     }

@@ -28,10 +28,6 @@ fn spawn(args: &[&str]) -> Proc {
     Proc::spawn(Command::new(BIN).args(args).env("RUST_LOG", "trace"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn dev_store(url: &str, ca_pem: String, addr: std::net::SocketAddr) -> Arc<dyn SecretStore> {
     Arc::new(
         AzureSecretStore::connect(
@@ -63,7 +59,7 @@ async fn wait_new_version(
 }
 
 async fn verify(rotator: &HtpasswdRotator, user: &str, password: &SecretString) -> VerifyResponse {
-    rotator.verify(VerifyRequest { username: user.into(), password: password.clone() }).await.unwrap()
+    rotator.verify(VerifyRequest::new(user, password.clone())).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,10 +95,9 @@ async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
     std::fs::write(&ca_file, vault.ca_certificate_pem()).unwrap();
     let key_file = dir.path().join("webhook.key");
     std::fs::write(&key_file, "webhook-key-0123456789abcdef\n").unwrap();
-    let port = free_port();
     let config = format!(
         "[vault]\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconnect_to = \"{}\"\ncredential = {{ kind = \"dev-vault\" }}\n\n\
-         [webhook]\nlisten = \"127.0.0.1:{port}\"\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\n\
          auth = {{ mode = \"shared-key\", key = {{ file = \"{}\" }} }}\n\n\
          [engine]\nmin_rotation_interval_secs = 0\n\n\
          [targets.intranet]\nkind = \"htpasswd\"\npath = \"{}\"\nbcrypt_cost = 4\naccounts = [\"*\"]\n",
@@ -116,6 +111,7 @@ async fn serve_rotates_from_a_config_file_and_stops_on_sigterm() {
     std::fs::write(&config_path, config).unwrap();
 
     let mut proc = spawn(&["serve", "--config", config_path.to_str().unwrap()]);
+    let port = proc.logged_addr("webhook_addr").await.port();
     proc.wait_healthy(port).await;
     let body = kv_rotator::cli::seed::near_expiry_delivery(
         "opsvault",

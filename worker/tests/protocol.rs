@@ -132,7 +132,7 @@ impl World {
     }
 
     async fn logs_in(&self, password: &SecretString) -> bool {
-        let req = VerifyRequest { username: USER.into(), password: password.clone() };
+        let req = VerifyRequest::new(USER, password.clone());
         self.rotator.verify(req).await.unwrap() == VerifyResponse::Accepted
     }
 
@@ -468,10 +468,7 @@ impl Rotator for Slow {
         self.peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
-        Ok(SetPasswordResponse {
-            outcome: kv_rotator_rotators::SetPasswordOutcome::ChangedWithCurrent,
-            pending_verified: false,
-        })
+        Ok(SetPasswordResponse::new(kv_rotator_rotators::SetPasswordOutcome::ChangedWithCurrent))
     }
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {
         let known = self.set.lock().unwrap().iter().any(|p| p == req.password.expose_secret());

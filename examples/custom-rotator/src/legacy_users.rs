@@ -168,7 +168,7 @@ impl Rotator for LegacyUsersRotator {
             return Err(RotatorError::Permanent(format!("no user {:?} in {}", req.username, path.display())));
         };
         if !req.pending_is_new && entry.accepts(&req.pending) {
-            return Ok(SetPasswordResponse { outcome: SetPasswordOutcome::AlreadySet, pending_verified: true });
+            return Ok(SetPasswordResponse::new(SetPasswordOutcome::AlreadySet).with_pending_verified(true));
         }
         let admin_works = req.admin.as_ref().is_some_and(|admin| {
             admin.username != req.username
@@ -195,7 +195,7 @@ impl Rotator for LegacyUsersRotator {
         write(path, &file).map_err(|e| RotatorError::NotYetVisible(format!("users file {}: {e}", path.display())))?;
         // Read back, as `verify` would check: the engine then skips its own login.
         let verified = read(path).ok().and_then(|f| f.users.get(&req.username).map(|e| e.accepts(&req.pending)));
-        Ok(SetPasswordResponse { outcome, pending_verified: verified == Some(true) })
+        Ok(SetPasswordResponse::new(outcome).with_pending_verified(verified == Some(true)))
     }
 
     async fn verify(&self, req: VerifyRequest) -> RotatorResult<VerifyResponse> {

@@ -27,7 +27,7 @@ impl ConformanceFixture for Fixture {
     }
 
     fn admin(&self) -> Option<Credential> {
-        Some(Credential { username: "operator".into(), password: self.admin.clone() })
+        Some(Credential::new("operator", self.admin.clone()))
     }
 }
 

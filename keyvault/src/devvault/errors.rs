@@ -2,8 +2,10 @@
 //!
 //! [`ApiError`] renders the service's error body,
 //! `{"error":{"code","message","innererror":{"code"}}}`. Each constructor names the
-//! source of its status, code and message: the recordings in
-//! `shared/fixtures/keyvault-recordings`, a public capture of real traffic, or a best guess.
+//! source of its status, code and message: the recordings of real Key Vault traffic that
+//! `keyvault/tests/devvault_conformance.rs` replays (kept outside the repository:
+//! docs/testing.md, "Fixtures outside the repository"), a public capture of real
+//! traffic, or a best guess.
 
 use axum::http::StatusCode;
 use serde::Serialize;

@@ -102,14 +102,9 @@ pub fn four_passwords() -> [secrecy::SecretString; 4] {
 pub fn every_login_request(
     [pending, current, previous, admin]: &[secrecy::SecretString; 4],
 ) -> kv_rotator_rotators::SetPasswordRequest {
-    kv_rotator_rotators::SetPasswordRequest {
-        username: "app".to_owned(),
-        pending: pending.clone(),
-        current: current.clone(),
-        previous: vec![previous.clone()],
-        admin: Some(kv_rotator_rotators::Credential { username: "root".to_owned(), password: admin.clone() }),
-        pending_is_new: false,
-    }
+    kv_rotator_rotators::SetPasswordRequest::new("app", pending.clone(), current.clone())
+        .with_previous(vec![previous.clone()])
+        .with_admin(kv_rotator_rotators::Credential::new("root", admin.clone()))
 }
 
 /// A set request for `user` with its current password only (no previous one, no admin),
@@ -119,19 +114,12 @@ pub fn request(
     pending: &secrecy::SecretString,
     current: &secrecy::SecretString,
 ) -> kv_rotator_rotators::SetPasswordRequest {
-    kv_rotator_rotators::SetPasswordRequest {
-        username: user.to_owned(),
-        pending: pending.clone(),
-        current: current.clone(),
-        previous: vec![],
-        admin: None,
-        pending_is_new: false,
-    }
+    kv_rotator_rotators::SetPasswordRequest::new(user, pending.clone(), current.clone())
 }
 
 /// A verify request for `user` with `password`.
 pub fn verify(user: &str, password: &secrecy::SecretString) -> kv_rotator_rotators::VerifyRequest {
-    kv_rotator_rotators::VerifyRequest { username: user.to_owned(), password: password.clone() }
+    kv_rotator_rotators::VerifyRequest::new(user, password.clone())
 }
 
 /// Runs a test guard's cleanup to completion on a thread and runtime of its own: `Drop`

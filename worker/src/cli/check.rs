@@ -214,7 +214,7 @@ async fn check_profile(
         }
         (Some(admin), Some(store)) => match store.get_latest(&admin.secret).await {
             Ok(record) => {
-                let credential = Credential { username: admin.username.clone(), password: record.value };
+                let credential = Credential::new(admin.username.clone(), record.value);
                 report.add(admin_line(check("admin"), rotator.as_ref(), &credential, &admin.secret).await);
                 Some(credential)
             }
@@ -274,7 +274,7 @@ async fn canary_line(
         let why = "no account to ask: no managed secret in the vault names this profile, and it has no admin login";
         return Line::new(check, Status::Skipped, why);
     };
-    let canary = Credential { username: admin.username.clone(), password: rotator.password_policy().generate() };
+    let canary = Credential::new(admin.username.clone(), rotator.password_policy().generate());
     match rotator.check_admin(&canary).await {
         Ok(AdminCheck::Refused) => {
             Line::new(check, Status::Ok, format!("a random password for the admin {:?} was refused", admin.username))

@@ -89,7 +89,7 @@ pub async fn run() -> anyhow::Result<()> {
 }
 
 async fn verify(rotator: &dyn Rotator, password: &secrecy::SecretString) -> anyhow::Result<VerifyResponse> {
-    Ok(rotator.verify(VerifyRequest { username: DEMO_USER.to_owned(), password: password.clone() }).await?)
+    Ok(rotator.verify(VerifyRequest::new(DEMO_USER, password.clone())).await?)
 }
 
 fn yes_no(ok: bool) -> &'static str {

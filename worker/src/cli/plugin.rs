@@ -199,7 +199,7 @@ const MAX_STDERR: usize = 16 * 1024;
 impl ProgramFixture {
     async fn ask_admin(&self) -> anyhow::Result<Option<Credential>> {
         let reply: AdminReply = self.call("admin", None).await?;
-        Ok(reply.admin.map(|login| Credential { username: login.username, password: login.password }))
+        Ok(reply.admin.map(|login| Credential::new(login.username, login.password)))
     }
 
     /// One run of the program: `op`'s request on stdin, its reply from stdout.

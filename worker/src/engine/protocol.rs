@@ -105,7 +105,7 @@ impl Plan {
     /// value stands for another account (the pair's active one: not this rotation's).
     fn verify_request(&self, value: &SecretString) -> Option<VerifyRequest> {
         let login = self.login(value).ok()?;
-        (login.user == self.username).then_some(VerifyRequest { username: login.user, password: login.password })
+        (login.user == self.username).then_some(VerifyRequest::new(login.user, login.password))
     }
 }
 
@@ -528,7 +528,7 @@ async fn canary(rotator: &dyn Rotator, profile: &str, account: &str, consequence
 /// Whether the target refuses a random password for `username` (the canary).
 pub(crate) async fn refuses_a_random_password(rotator: &dyn Rotator, username: &str) -> Result<bool, RotatorError> {
     let canary = rotator.password_policy().generate();
-    let verdict = rotator.verify(VerifyRequest { username: username.to_owned(), password: canary }).await?;
+    let verdict = rotator.verify(VerifyRequest::new(username, canary)).await?;
     Ok(verdict == VerifyResponse::Rejected)
 }
 
@@ -799,16 +799,12 @@ async fn set(
             (current, own.map(|l| l.password).collect())
         }
     };
-    let request = SetPasswordRequest {
-        username: plan.username.clone(),
-        pending: pending_login.password,
-        current,
-        previous,
-        admin,
+    let request = SetPasswordRequest::new(plan.username.clone(), pending_login.password, current)
+        .with_previous(previous)
+        .with_admin(admin)
         // Only a password this attempt journaled: a resumed one may already be set, and
         // must be tried first (and so must a twin just created with it).
-        pending_is_new: pending.new && !created_with_pending,
-    };
+        .with_pending_is_new(pending.new && !created_with_pending);
     match rotator.set_password(request).await {
         Ok(set) => {
             info!(outcome = ?set.outcome, "target accepts the pending password");
@@ -847,13 +843,9 @@ async fn sync_twin(
     // active twin that is missing is an error, never recreated with a password no one has.
     let twin_is_idle = pending.user == pair.twin;
     let password_if_created = if twin_is_idle { pending.password.clone() } else { SecretString::from(String::new()) };
-    let request = SyncTwinRequest {
-        primary: pair.primary.clone(),
-        twin: pair.twin.clone(),
-        password_if_created,
-        admin,
-        twin_known,
-    };
+    let request = SyncTwinRequest::new(pair.primary.clone(), pair.twin.clone(), admin)
+        .with_password_if_created(password_if_created)
+        .with_twin_known(twin_known);
     let synced = rotator
         .sync_twin(request)
         .await
@@ -1174,7 +1166,7 @@ async fn probe<'a>(
         let rotator = rotator.clone();
         async move {
             let login = login.map_err(RotatorError::Permanent)?;
-            rotator.verify(VerifyRequest { username: login.user, password: login.password }).await
+            rotator.verify(VerifyRequest::new(login.user, login.password)).await
         }
     };
     // Where an account holds several passwords (multi-password) or the pair holds two

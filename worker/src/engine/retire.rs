@@ -120,12 +120,9 @@ pub(super) async fn retire_if_due(engine: &Engine, latest: &SecretRecord) -> Res
     // Last, the lease: another engine may only rotate once this one no longer holds it,
     // so a password it set is never among those removed here.
     engine.check_lease()?;
-    let request = RetirePasswordsRequest {
-        username: user,
-        keep: latest.value.clone(),
-        also_keep: pending.into_iter().map(|record| record.value).collect(),
-        admin,
-    };
+    let request = RetirePasswordsRequest::new(user, latest.value.clone())
+        .with_also_keep(pending.into_iter().map(|record| record.value).collect())
+        .with_admin(admin);
     let removed = rotator.retire_passwords(request).await.map_err(target)?.removed;
     failpoints::hit("after-retire");
     engine.check_lease()?;
@@ -148,7 +145,7 @@ pub(super) async fn admin_credential(engine: &Engine, profile: &str) -> Result<O
     match engine.targets.admin(profile) {
         Some(admin) => {
             let record = engine.store.get_latest(&admin.secret).await?;
-            Ok(Some(Credential { username: admin.username.clone(), password: record.value }))
+            Ok(Some(Credential::new(admin.username.clone(), record.value)))
         }
         None => Ok(None),
     }

@@ -139,7 +139,7 @@ impl DevSite {
     /// Whether `password` logs in as `user` to the htpasswd target.
     pub async fn logs_in(&self, user: &str, password: &SecretString) -> bool {
         let rotator = HtpasswdRotator::new(HtpasswdConfig::new(&self.htpasswd), PasswordPolicy::default());
-        let req = VerifyRequest { username: user.into(), password: password.clone() };
+        let req = VerifyRequest::new(user, password.clone());
         rotator.verify(req).await.unwrap() == VerifyResponse::Accepted
     }
 }

@@ -91,15 +91,23 @@ pub struct Proxy {
 #[allow(dead_code)]
 impl Proxy {
     pub async fn start() -> Proxy {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // The first listener is kept, not dropped and bound again (another process could
+        // take the port in between); only `up` after `down` binds the port a second time.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let proxy = Proxy { port, tasks: Arc::new(Mutex::new(JoinSet::new())), accepted: Arc::default() };
-        proxy.up().await;
+        proxy.forward(listener);
         proxy
     }
 
-    /// Opens the port and forwards every connection to 127.0.0.1:5432.
+    /// Opens the port again (after [`Self::down`]) and forwards every connection to
+    /// 127.0.0.1:5432.
     pub async fn up(&self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind the proxy port");
+        self.forward(listener);
+    }
+
+    fn forward(&self, listener: TcpListener) {
         let tasks = self.tasks.clone();
         let inner = self.tasks.clone();
         let accepted = self.accepted.clone();

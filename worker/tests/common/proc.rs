@@ -88,6 +88,27 @@ impl Proc {
         }
     }
 
+    /// The address `serve` logged in its `field` (`webhook_addr`, `admin_addr`) once it
+    /// listens, at most 60 s; panics with the output if it exits first. A configuration
+    /// that says port 0 lets the OS pick a port the test then learns here: no port is
+    /// bound, dropped and bound again, a gap in which another process could take it.
+    pub async fn logged_addr(&mut self, field: &str) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.assert_running();
+            if let Some(addr) = self.logged(field) {
+                return addr;
+            }
+            assert!(Instant::now() < deadline, "no {field} logged within 60 s:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The address logged in its `field` so far, if any (see [`Self::logged_addr`]).
+    pub fn logged(&self, field: &str) -> Option<std::net::SocketAddr> {
+        self.output().lines().find_map(|line| addr_after(line, field))
+    }
+
     /// SIGKILL (what `Child::kill` sends on Unix), then reap; returns its output.
     pub fn sigkill(mut self) -> String {
         let _ = self.child.kill();
@@ -120,6 +141,14 @@ impl Proc {
             let _ = reader.join();
         }
     }
+}
+
+/// The first socket address after `field` in a log line, in any log format (`field=addr`,
+/// `"field":"addr"`, with or without colour codes, whose digits are skipped).
+fn addr_after(line: &str, field: &str) -> Option<std::net::SocketAddr> {
+    let rest = &line[line.find(field)? + field.len()..];
+    rest.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .find_map(|word| word.parse().ok().filter(|addr: &std::net::SocketAddr| addr.port() != 0))
 }
 
 impl Drop for Proc {
