@@ -431,7 +431,15 @@ fn validate_webhook(webhook: &WebhookConfig, problems: &mut Vec<String>) {
 /// `[admin.auth]`: `mode = "none"` only on a loopback address; a token from exactly one
 /// source; discovery or a key set, not both.
 fn validate_admin(config: &Config, problems: &mut Vec<String>) {
-    let AdminConfig { enabled, listen, auth, vault_failing_secs: _ } = &config.admin;
+    let AdminConfig { enabled, listen, auth, vault_failing_secs } = &config.admin;
+    // Shorter than a lease's life, one retried 429 would make /readyz flap.
+    if *vault_failing_secs < config.lease.ttl_secs {
+        problems.push(format!(
+            "admin.vault_failing_secs = {vault_failing_secs}: at least lease.ttl_secs ({}), or one failed call \
+             that the next retry clears would make /readyz answer 503",
+            config.lease.ttl_secs
+        ));
+    }
     let webhook = config.webhook.listen;
     let overlaps = listen.port() != 0
         && listen.port() == webhook.port()

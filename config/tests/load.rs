@@ -181,8 +181,13 @@ fn the_admin_listener_is_loopback_by_default_and_apart_from_the_webhook() {
     let f = file(&format!("{vault}[admin]\nenabled = false\n"));
     assert!(!jailed(|| load(Some(f.path()))).unwrap().admin.enabled);
     assert_eq!(config.admin.vault_failing_secs, 120, "/readyz gives the vault two minutes by default");
-    let f = file(&format!("{vault}[admin]\nvault_failing_secs = 30\n"));
-    assert_eq!(jailed(|| load(Some(f.path()))).unwrap().admin.vault_failing_secs, 30);
+    let f = file(&format!("{vault}[admin]\nvault_failing_secs = 90\n"));
+    assert_eq!(jailed(|| load(Some(f.path()))).unwrap().admin.vault_failing_secs, 90);
+    // Shorter than the lease's life (60 s by default), one retried 429 would flap /readyz.
+    for short in [0, 30] {
+        let e = error_of(&format!("{vault}[admin]\nvault_failing_secs = {short}\n"));
+        assert!(e.contains("admin.vault_failing_secs") && e.contains("lease.ttl_secs"), "{e}");
+    }
 
     let e = error_of(&format!("{vault}[admin]\nlisten_on = \"127.0.0.1:1\"\n"));
     assert!(e.contains("listen_on"), "{e}");

@@ -191,10 +191,11 @@ pub enum TryOutcome {
 }
 
 impl TryOutcome {
-    /// Whether the vault answered and was neither throttling nor failing (not 429, not
-    /// 5xx). A 4xx such as 404 or the 401 challenge is the vault working.
+    /// Whether the vault answered and was neither throttling nor failing (not 408, not 429,
+    /// not 5xx: what the retry policy retries). A 4xx such as 404 or the 401 challenge is
+    /// the vault working.
     pub fn is_success(self) -> bool {
-        matches!(self, TryOutcome::Answered(status) if status != 429 && status < 500)
+        matches!(self, TryOutcome::Answered(status) if status != 408 && status != 429 && status < 500)
     }
 }
 

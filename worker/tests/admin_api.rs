@@ -14,6 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
 use common::devsite::DevSite;
 use common::line_for;
 use common::proc::Proc;
@@ -341,7 +342,8 @@ async fn the_openapi_document_matches_the_served_routes() {
         for method in item.as_object().unwrap().keys() {
             let method = method.to_ascii_uppercase();
             let body = (method == "POST").then(|| json!({"secrets": ["alpha-password"], "reason": "r", "force": true}));
-            let (status, _, answer) = call(admin, &method, &path.replace("{id}", id), Some(TOKEN), body).await;
+            let path_now = path.replace("{id}", id).replace("{nonce}", &"ab".repeat(16));
+            let (status, _, answer) = call(admin, &method, &path_now, Some(TOKEN), body).await;
             assert!((200..300).contains(&status), "{method} {path}: {status} {answer}");
             documented.push((method, path.clone()));
         }
@@ -431,6 +433,48 @@ impl Served {
             .unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
     }
+}
+
+/// A program that took the admin port while the service was down: `rotate` asks it to
+/// prove it knows the token, gets no good proof, and sends it neither the token nor a job;
+/// it does not report the squatter's "rotated" as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_squatting_the_admin_port_gets_no_token_and_fakes_no_job() {
+    let mut served = Served::new("ADMIN_TOKEN").await;
+    served.site.user("alpha-password", "alpha").await;
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    let fake_job = json!({"id": "00000000-0000-0000-0000-000000000001", "done": true,
+        "secrets": [{"secret": "alpha-password", "state": "rotated", "ok": true, "detail": "rotated a -> b"}]});
+    let squatter = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (record, fake_job) = (record.clone(), fake_job.clone());
+        async move {
+            let authorization = request.headers().get("authorization").map(|v| v.to_str().unwrap_or("?").to_owned());
+            record.lock().unwrap().push(format!("{} {} {authorization:?}", request.method(), request.uri()));
+            let proof = json!({"proof": "00".repeat(32)});
+            if request.uri().path().starts_with("/api/service-proof/") {
+                return axum::Json(proof).into_response();
+            }
+            (axum::http::StatusCode::ACCEPTED, axum::Json(fake_job)).into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    served.admin = listener.local_addr().unwrap();
+    served.write_config();
+    tokio::spawn(async move { axum::serve(listener, squatter).await });
+
+    let (ok, stdout, stderr) = served.rotate(&["alpha-password", "--reason", "INC-9"]);
+    assert!(!ok, "a squatter's answer is not a rotation:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("did not prove that it knows the admin token") && stderr.contains("a wrong proof"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("rotated"), "{stdout}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "only the proof was asked for: {seen:?}");
+    assert!(seen[0].starts_with("GET /api/service-proof/") && seen[0].ends_with("None"), "no token sent: {seen:?}");
+    assert_eq!(served.site.store.list_versions("alpha-password").await.unwrap().len(), 1);
+    served.site.vault.shutdown().await;
 }
 
 /// Today a `rotate` beside a `serve` was refused by the lease; through the admin API the

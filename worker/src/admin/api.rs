@@ -56,7 +56,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/rotations/{id}"),
     ("GET", "/api/secrets"),
     ("GET", "/api/openapi.json"),
+    ("GET", SERVICE_PROOF_ROUTE),
 ];
+
+/// The one route served without a credential: the service's proof that it knows the
+/// static token ([`super::auth::service_proof`]), which `kv-rotator rotate` asks for before
+/// it sends the token.
+pub const SERVICE_PROOF_ROUTE: &str = "/api/service-proof/{nonce}";
+/// The nonce's length in hex digits, at least and at most.
+const NONCE_HEX: std::ops::RangeInclusive<usize> = 32..=128;
 
 /// Longest `reason`, in characters.
 pub const MAX_REASON_CHARS: usize = 200;
@@ -113,19 +121,35 @@ struct Caller(String);
 /// The API's routes; see the [module docs](self).
 pub fn router(state: ApiState) -> Router {
     let mut router = Router::new();
+    let mut public = Router::new();
     for (method, path) in ROUTES {
-        router = match (*method, *path) {
-            ("POST", "/api/rotations") => router.route(path, post(post_rotations)),
-            ("GET", "/api/rotations/{id}") => router.route(path, get(get_rotation)),
-            ("GET", "/api/secrets") => router.route(path, get(get_secrets)),
-            ("GET", "/api/openapi.json") => router.route(path, get(get_openapi)),
+        match (*method, *path) {
+            ("POST", "/api/rotations") => router = router.route(path, post(post_rotations)),
+            ("GET", "/api/rotations/{id}") => router = router.route(path, get(get_rotation)),
+            ("GET", "/api/secrets") => router = router.route(path, get(get_secrets)),
+            ("GET", "/api/openapi.json") => router = router.route(path, get(get_openapi)),
+            ("GET", SERVICE_PROOF_ROUTE) => public = public.route(path, get(get_service_proof)),
             _ => unreachable!("ROUTES lists a route without a handler: {method} {path}"),
         };
     }
     router
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .merge(public)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// `GET /api/service-proof/{nonce}`: `{"proof": hex}`, the HMAC of the caller's nonce
+/// keyed by the static token's digest; 404 in the modes without a static token.
+async fn get_service_proof(State(state): State<ApiState>, Path(nonce): Path<String>) -> Response {
+    let AdminAuth::StaticToken(digest) = &state.auth else {
+        let why = format!("admin.auth mode {} has no static token to prove", state.auth.mode());
+        return error(StatusCode::NOT_FOUND, why);
+    };
+    if !NONCE_HEX.contains(&nonce.len()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return error(StatusCode::BAD_REQUEST, "nonce: 32 to 128 hex digits");
+    }
+    Json(json!({ "proof": hex::encode(super::auth::service_proof(digest, nonce.as_bytes())) })).into_response()
 }
 
 /// `{"error": message}` with `status`.

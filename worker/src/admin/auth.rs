@@ -12,6 +12,11 @@
 //!
 //! Failures are the webhook's [`AuthError`]s: 401 for a missing or bad credential, 403 for
 //! a genuine token without the role, 503 when the signing keys cannot be fetched.
+//!
+//! The other way round, [`service_proof`]: with a static token, the service proves to a
+//! client (`kv-rotator rotate`) that it knows the token before the client sends it — an
+//! HMAC of the client's nonce keyed by the token's digest — so a program that took the
+//! admin port first gets neither the token nor the chance to fake a job's answer.
 
 use std::fmt;
 use std::sync::Arc;
@@ -138,6 +143,26 @@ impl AdminAuth {
     }
 }
 
+/// What [`service_proof`] signs before the nonce: the purpose, so that the proof is good
+/// for nothing else.
+const PROOF_CONTEXT: &[u8] = b"kv-rotator admin API service proof v1\n";
+
+/// The proof that whoever answers knows the static token whose SHA-256 is `digest`: an
+/// HMAC-SHA256 of `nonce` (the client's, fresh), keyed by the digest.
+pub fn service_proof(digest: &[u8; 32], nonce: &[u8]) -> Vec<u8> {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, digest);
+    let mut context = aws_lc_rs::hmac::Context::with_key(&key);
+    context.update(PROOF_CONTEXT);
+    context.update(nonce);
+    context.sign().as_ref().to_vec()
+}
+
+/// Whether `proof` is [`service_proof`] of `nonce` for `token`, compared in constant time.
+pub fn proof_matches(token: &SecretString, nonce: &[u8], proof: &[u8]) -> bool {
+    let digest: [u8; 32] = Sha256::digest(token.expose_secret().as_bytes()).into();
+    bool::from(service_proof(&digest, nonce).as_slice().ct_eq(proof))
+}
+
 /// Whether `token`'s digest is `digest`, compared in constant time.
 fn matches_digest(digest: &[u8; 32], token: &[u8]) -> Result<String, AuthError> {
     let presented: [u8; 32] = Sha256::digest(token).into();
@@ -160,6 +185,19 @@ mod tests {
             builder = builder.header("authorization", value);
         }
         builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_service_proof_holds_for_its_token_and_nonce_only() {
+        let token = SecretString::from("0123456789abcdef0123456789abcdef".to_owned());
+        let AdminAuth::StaticToken(digest) = AdminAuth::static_token(&token).unwrap() else { unreachable!() };
+        let proof = service_proof(&digest, b"nonce-1");
+        assert!(proof_matches(&token, b"nonce-1", &proof));
+        assert!(!proof_matches(&token, b"nonce-2", &proof), "another nonce");
+        let other = SecretString::from("0123456789abcdef0123456789abcdeF".to_owned());
+        assert!(!proof_matches(&other, b"nonce-1", &proof), "another token");
+        assert!(!proof_matches(&token, b"nonce-1", &proof[..31]), "a cut proof");
+        assert_ne!(&proof[..], &digest[..], "the digest itself is never handed out");
     }
 
     #[tokio::test]

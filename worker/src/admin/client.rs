@@ -88,7 +88,43 @@ pub async fn connect(config: &AdminConfig) -> anyhow::Result<Option<ApiClient>> 
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("HTTP client")?;
-    Ok(Some(ApiClient { base: format!("http://{addr}"), token, http }))
+    let base = format!("http://{addr}");
+    if let Some(token) = &token {
+        prove_service(&http, &base, token).await?;
+    }
+    Ok(Some(ApiClient { base, token, http }))
+}
+
+/// Has the service prove that it knows `token` ([`super::auth::service_proof`]) before the
+/// token is ever sent: a program that took the admin port first (while the service was
+/// down or restarting) would otherwise receive it, and could fake a job's answer.
+async fn prove_service(http: &reqwest::Client, base: &str, token: &SecretString) -> anyhow::Result<()> {
+    let nonce = hex::encode(rand::random::<[u8; 32]>());
+    let refuse = |why: String| {
+        anyhow::anyhow!(
+            "what answers on {base} did not prove that it knows the admin token ({why}): the token was not sent and \
+             nothing was rotated. Another program may hold admin.listen, or it is a kv-rotator older than this \
+             one (upgrade it, or stop it and pass --in-process)"
+        )
+    };
+    let response = http
+        .get(format!("{base}/api/service-proof/{nonce}"))
+        .send()
+        .await
+        .map_err(|e| refuse(crate::logging::sanitized(&e.without_url().to_string(), 300)))?;
+    if !response.status().is_success() {
+        return Err(refuse(format!("HTTP {}", response.status())));
+    }
+    #[derive(Deserialize)]
+    struct Proof {
+        proof: String,
+    }
+    let proof: Proof = json_capped(response, "its proof").await.map_err(|e| refuse(format!("{e:#}")))?;
+    let proof = hex::decode(proof.proof.as_bytes()).map_err(|_| refuse("a proof that is not hex".to_owned()))?;
+    if !super::auth::proof_matches(token, nonce.as_bytes(), &proof) {
+        return Err(refuse("a wrong proof".to_owned()));
+    }
+    Ok(())
 }
 
 /// What `GET /api/rotations/{id}` answers (the fields `rotate` reads).
@@ -107,11 +143,11 @@ async fn json_capped<T: serde::de::DeserializeOwned>(mut response: reqwest::Resp
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.with_context(|| format!("reading {what}"))? {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            bail!("{what} is larger than {MAX_ANSWER_BYTES} bytes: not a job kv-rotator sends");
+            bail!("{what} is larger than {MAX_ANSWER_BYTES} bytes: not what kv-rotator sends");
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).with_context(|| format!("{what} is not a job"))
+    serde_json::from_slice(&body).with_context(|| format!("{what} is not what kv-rotator sends"))
 }
 
 /// A job entry as the service reported it, its text escaped: what answers on the admin

@@ -119,7 +119,7 @@ impl Readiness {
     pub fn check(&self) -> Result<(), String> {
         let queue = self.takes_requests()?;
         let (waiting, max) = (queue.max_capacity() - queue.capacity(), queue.max_capacity());
-        if waiting * 100 > max * QUEUE_READY_PERCENT {
+        if waiting.saturating_mul(100) > max.saturating_mul(QUEUE_READY_PERCENT) {
             return Err(format!(
                 "the rotation queue is saturated: {waiting} of {max} requests waiting (not ready above \
                  {QUEUE_READY_PERCENT} %)"
