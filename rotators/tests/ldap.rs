@@ -147,27 +147,27 @@ impl EntryGuard {
     }
 
     async fn add_person(&self, dn: &str, uid: &str, password: &SecretString) {
-        let attrs = vec![
-            ("objectClass", HashSet::from(["inetOrgPerson"])),
-            ("uid", HashSet::from([uid])),
-            ("cn", HashSet::from([uid])),
-            ("sn", HashSet::from(["test"])),
-            ("userPassword", HashSet::from([password.expose_secret()])),
-        ];
-        self.add(dn, attrs).await;
+        self.add_person_under(dn, uid, password, None).await;
     }
 
     /// A person under the directory's strict password policy (at least 20 characters).
     async fn add_strict_person(&self, dn: &str, uid: &str, password: &SecretString) {
         let policy = format!("cn=strict,ou=policies,{}", suffix());
-        let attrs = vec![
+        self.add_person_under(dn, uid, password, Some(&policy)).await;
+    }
+
+    /// A person, under password policy `policy` when one is named.
+    async fn add_person_under(&self, dn: &str, uid: &str, password: &SecretString, policy: Option<&str>) {
+        let mut attrs = vec![
             ("objectClass", HashSet::from(["inetOrgPerson"])),
             ("uid", HashSet::from([uid])),
             ("cn", HashSet::from([uid])),
             ("sn", HashSet::from(["test"])),
             ("userPassword", HashSet::from([password.expose_secret()])),
-            ("pwdPolicySubentry", HashSet::from([policy.as_str()])),
         ];
+        if let Some(policy) = policy {
+            attrs.push(("pwdPolicySubentry", HashSet::from([policy])));
+        }
         self.add(dn, attrs).await;
     }
 

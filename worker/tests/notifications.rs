@@ -4,6 +4,9 @@
 //! version; Event Grid's key and Entra ID headers; a retry after a 500; a sink that hangs holds no rotation (and a full queue
 //! drops, counted); expiry warning stages once each.
 
+#[allow(dead_code)] // each suite uses some of the shared helpers
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +25,7 @@ use kv_rotator_config::{EngineConfig, NotificationsConfig, SweeperConfig};
 use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::azure::{AzureSecretStore, DevVaultCredential};
 use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions, DEV_TOKEN};
-use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore};
+use kv_rotator_keyvault::{PropertiesUpdate, SecretStore};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::PasswordPolicy;
 use secrecy::ExposeSecret;
@@ -132,16 +135,9 @@ impl Site {
     }
 }
 
+/// A version of `name` managed by `profile` (account `app`), expiring in `expires_in_days`.
 async fn put(store: &dyn SecretStore, name: &str, profile: &str, expires_in_days: Option<i64>) -> String {
-    let tags = [("rotator", profile), ("CredentialId", "app")];
-    let new = NewSecretVersion {
-        value: PasswordPolicy::default().generate(),
-        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        content_type: None,
-        expires: expires_in_days.map(|d| OffsetDateTime::now_utc() + time::Duration::days(d)),
-        not_before: None,
-    };
-    store.set_secret(name, new).await.unwrap().version
+    common::put_secret(store, name, &[("rotator", profile), ("CredentialId", "app")], expires_in_days).await
 }
 
 fn config() -> NotificationsConfig {

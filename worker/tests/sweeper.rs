@@ -3,9 +3,13 @@
 //! version it saw — plus every unfinished journal; and the service's periodic sweeper
 //! feeds them to the engine, counted in its metrics.
 
+#[allow(dead_code)] // each suite uses some of the shared helpers
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::put_secret as put;
 use kv_rotator::service::{self, Background};
 use kv_rotator::sweeper::{self, Reason};
 use kv_rotator::targets::Targets;
@@ -15,18 +19,6 @@ use kv_rotator_keyvault::devvault::{DevVault, DevVaultOptions};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretStore};
 use kv_rotator_rotators::htpasswd::{self, HtpasswdConfig, HtpasswdRotator};
 use kv_rotator_rotators::PasswordPolicy;
-use time::OffsetDateTime;
-
-async fn put(store: &dyn SecretStore, name: &str, tags: &[(&str, &str)], expires_in_days: Option<i64>) -> String {
-    let new = NewSecretVersion {
-        value: PasswordPolicy::default().generate(),
-        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        content_type: None,
-        expires: expires_in_days.map(|d| OffsetDateTime::now_utc() + time::Duration::days(d)),
-        not_before: None,
-    };
-    store.set_secret(name, new).await.unwrap().version
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_finds_due_secrets_and_journals_and_nothing_else() {

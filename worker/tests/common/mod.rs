@@ -5,6 +5,24 @@ pub mod pg;
 pub mod proc;
 pub mod webdriver;
 
+/// Writes a version of `name` carrying `tags`, with a random value, expiring in
+/// `expires_in_days` (none: no expiry); its version id.
+pub async fn put_secret(
+    store: &dyn kv_rotator_keyvault::SecretStore,
+    name: &str,
+    tags: &[(&str, &str)],
+    expires_in_days: Option<i64>,
+) -> String {
+    let new = kv_rotator_keyvault::NewSecretVersion {
+        value: kv_rotator_rotators::PasswordPolicy::default().generate(),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        content_type: None,
+        expires: expires_in_days.map(|d| time::OffsetDateTime::now_utc() + time::Duration::days(d)),
+        not_before: None,
+    };
+    store.set_secret(name, new).await.unwrap().version
+}
+
 /// The per-secret lines of `rotate --output text`: those before the blank line that opens
 /// the summary table.
 #[allow(dead_code)] // not every suite prints rotate lines
