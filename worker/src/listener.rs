@@ -43,6 +43,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long shutdown waits for open connections.
     pub shutdown_grace: Duration,
+    /// Whether handlers are told the peer's address (axum's `ConnectInfo`): the admin
+    /// listener's status page serves loopback peers only; the webhook's hot path needs no
+    /// such extension.
+    pub peer_in_requests: bool,
 }
 
 impl Limits {
@@ -53,6 +57,7 @@ impl Limits {
             request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
             max_connections: config.max_connections.max(1),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs.max(1)),
+            peer_in_requests: false,
         }
     }
 }
@@ -94,12 +99,13 @@ pub async fn serve(
             },
         };
         let _ = socket.set_nodelay(true);
-        // Handlers that must know the peer (the status page: loopback only) read it as
-        // axum's `ConnectInfo`.
+        let tell_peer = limits.peer_in_requests;
         let service = TowerToHyperService::new(tower::ServiceExt::map_request(
             app.clone(),
             move |mut request: axum::http::Request<_>| {
-                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                if tell_peer {
+                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                }
                 request
             },
         ));

@@ -238,7 +238,7 @@ pub async fn start_with(
     let api_mode = api.as_ref().map(|api| api.auth.mode());
     let admin = background.admin.map(|listener| {
         let app = crate::admin::router(AdminState { metrics, readiness, api });
-        Server::spawn("admin", listener, app, limits)
+        Server::spawn("admin", listener, app, Limits { peer_in_requests: true, ..limits })
     });
     match (admin_addr, api_mode) {
         (Some(admin_addr), None) => info!(%admin_addr, "admin listener (/metrics, /healthz, /readyz) listening"),
