@@ -5,6 +5,7 @@ pub mod pg;
 pub mod proc;
 pub mod webdriver;
 
+#[allow(dead_code)] // not every suite writes secrets this way
 /// Writes a version of `name` carrying `tags`, with a random value, expiring in
 /// `expires_in_days` (none: no expiry); its version id.
 pub async fn put_secret(
