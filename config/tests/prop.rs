@@ -73,7 +73,8 @@ bcrypt_cost = 10
 "#;
 
 /// The top-level sections: every problem `validate` reports starts with one, as a path.
-const SECTIONS: [&str; 8] = ["vault", "webhook", "engine", "sweeper", "alerts", "lease", "admin", "targets"];
+const SECTIONS: [&str; 9] =
+    ["vault", "webhook", "engine", "sweeper", "alerts", "notifications", "lease", "admin", "targets"];
 
 /// Whether a refusal says where the problem is.
 fn names_a_location(error: &ConfigError) -> bool {
