@@ -7,9 +7,12 @@
 //! - [`load`]: layering with figment — built-in defaults, then a TOML file, then
 //!   environment variables prefixed `KV_ROTATOR_` (`__` separates levels) — and
 //!   validation. Unknown keys are errors that name the key.
+//! - [`window`]: rotation windows, the local hours in which scheduled rotations may start
+//!   (a profile's `rotation_window`, a secret's `RotationWindow` tag).
 
 pub mod load;
 pub mod model;
+pub mod window;
 
 /// Re-exported so callers can build base layers for [`load_onto`].
 pub use figment;

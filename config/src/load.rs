@@ -12,6 +12,7 @@ use crate::model::{
     AdminAuthConfig, AdminConfig, Config, CredentialConfig, EventGridAuth, NotificationSink, NotificationsConfig,
     SecretSource, WebhookAuthConfig, WebhookConfig,
 };
+use crate::window::SWEEPS_PER_SPAN;
 
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +253,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 /// `u64::MAX` they overflow the clock arithmetic they feed (a panic at the first lease
 /// claim or unfinished rotation, not a configuration error).
 const MAX_DURATION_SECS: u64 = 10 * 366 * 86_400;
+/// Longest `engine.window_expiry_margin_hours`: 30 days.
+const MAX_WINDOW_MARGIN_HOURS: u32 = 720;
 
 fn validate_durations(config: &Config, problems: &mut Vec<String>) {
     let (vault, webhook, engine) = (&config.vault, &config.webhook, &config.engine);
@@ -283,6 +286,35 @@ fn validate_durations(config: &Config, problems: &mut Vec<String>) {
         .chain(millis.into_iter().filter(|(_, v)| *v / 1000 > MAX_DURATION_SECS).map(|(k, v)| (k, v, "ms")));
     for (key, value, unit) in too_long {
         problems.push(format!("{key} = {value} {unit}: longer than ten years ({MAX_DURATION_SECS} s)"));
+    }
+}
+
+/// Rotation windows: a rotation deferred to its window is started by the sweeper, so
+/// the due scan must be on and at least two sweeps must fall within each span.
+fn validate_windows(config: &Config, problems: &mut Vec<String>) {
+    let (engine, sweeper) = (&config.engine, &config.sweeper);
+    if !(1..=MAX_WINDOW_MARGIN_HOURS).contains(&engine.window_expiry_margin_hours) {
+        problems.push(format!(
+            "engine.window_expiry_margin_hours = {}: between 1 and {MAX_WINDOW_MARGIN_HOURS}",
+            engine.window_expiry_margin_hours
+        ));
+    }
+    for (name, window) in config.targets.iter().filter_map(|(name, p)| Some((name, p.rotation_window.as_ref()?))) {
+        if !sweeper.enabled {
+            problems.push(format!(
+                "targets.{name}.rotation_window needs sweeper.enabled = true: the sweeper starts the rotations a \
+                 window deferred"
+            ));
+        }
+        if !window.fits_sweeps(sweeper.interval_secs) {
+            problems.push(format!(
+                "targets.{name}.rotation_window {:?}: a span of {} minutes is shorter than {SWEEPS_PER_SPAN} sweeps \
+                 (sweeper.interval_secs = {}): widen the window or sweep more often",
+                window.to_string(),
+                window.shortest_span_minutes(),
+                sweeper.interval_secs
+            ));
+        }
     }
 }
 
@@ -328,6 +360,7 @@ fn validate_schedule(config: &Config, problems: &mut Vec<String>) {
     if engine.finish_retry_interval_secs == 0 {
         problems.push("engine.finish_retry_interval_secs must be at least 1".to_owned());
     }
+    validate_windows(config, problems);
 }
 
 /// What is wrong with `raw` as the URL of an HTTP sink (alerts, notifications) at key

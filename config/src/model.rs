@@ -16,6 +16,8 @@ use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::registry::{self, BuildError, KindSettings, ProfileContext};
 use kv_rotator_rotators::{PasswordPolicy, Rotator};
 
+use crate::window::RotationWindow;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,6 +330,11 @@ pub struct EngineConfig {
     /// sweeper resumes its journal at every interval.
     #[serde(default = "default_finish_retry_for")]
     pub finish_retry_for_secs: u64,
+    /// A scheduled rotation waits for its rotation window only if the window opens at
+    /// least this many hours before the version's `exp`; otherwise it runs at once,
+    /// outside the window, so that no window lets a secret expire. Default 24.
+    #[serde(default = "default_window_expiry_margin")]
+    pub window_expiry_margin_hours: u32,
 }
 
 fn default_queue() -> usize {
@@ -354,6 +361,9 @@ fn default_min_interval() -> u64 {
 fn default_finish_retry_interval() -> u64 {
     30
 }
+fn default_window_expiry_margin() -> u32 {
+    24
+}
 fn default_finish_retry_for() -> u64 {
     3600
 }
@@ -371,6 +381,7 @@ impl Default for EngineConfig {
             min_rotation_interval_secs: default_min_interval(),
             finish_retry_interval_secs: default_finish_retry_interval(),
             finish_retry_for_secs: default_finish_retry_for(),
+            window_expiry_margin_hours: default_window_expiry_margin(),
         }
     }
 }
@@ -729,6 +740,12 @@ pub struct TargetProfile {
     /// Default [`DEFAULT_TWIN_SUFFIX`] (AWS's convention).
     #[serde(default)]
     pub twin_suffix: Option<String>,
+    /// When scheduled rotations (Event Grid, the sweeper) of this profile's secrets may
+    /// start, e.g. `"Mon-Fri 22:00-05:00 Europe/Amsterdam"` ([`crate::window`]); a
+    /// secret's `RotationWindow` tag overrides it. Manual rotations ignore it. Default:
+    /// any time.
+    #[serde(default)]
+    pub rotation_window: Option<RotationWindow>,
 }
 
 /// The default `twin_suffix` of an `alternating-users` profile.

@@ -143,3 +143,33 @@ fn exec_profiles_load_with_settings_and_refuse_secrets_and_twins() {
     let e = load(&profile("timeout = 5\n")).unwrap_err();
     assert!(e.contains("timeout"), "{e}");
 }
+
+#[test]
+fn rotation_windows_load_and_wrong_ones_are_named_with_their_key() {
+    let profile = "[targets.db]\nkind = \"redis\"\nhost = \"y\"\naccounts = [\"*\"]\n";
+    let config = load(&format!("{profile}rotation_window = \"Mon-Fri 22:00-05:00 Europe/Amsterdam\"\n")).unwrap();
+    let window = config.targets["db"].rotation_window.as_ref().expect("a window");
+    assert_eq!(window.to_string(), "Mon-Fri 22:00-05:00 Europe/Amsterdam");
+    assert_eq!(load(profile).unwrap().targets["db"].rotation_window, None, "no window: any time");
+    for (extra, want) in [
+        ("rotation_window = \"Mon-Fri 22:00-05:00 Mars/Base\"\n", "not a time zone"),
+        ("rotation_window = \"weekdays 22:00-05:00 UTC\"\n", "\"weekdays\" is not a day"),
+        ("rotation_window = 5\n", "rotation_window"),
+        // The default sweep runs hourly: a one-hour span could see no sweep.
+        (
+            "rotation_window = \"Sun 03:00-04:00 UTC\"\n",
+            "targets.db.rotation_window \"Sun 03:00-04:00 UTC\": a span of 60 minutes is shorter than 2 sweeps",
+        ),
+        (
+            "rotation_window = \"Sun 03:00-06:00 UTC\"\n[sweeper]\nenabled = false\n",
+            "targets.db.rotation_window needs sweeper.enabled = true",
+        ),
+        ("[engine]\nwindow_expiry_margin_hours = 0\n", "engine.window_expiry_margin_hours = 0"),
+    ] {
+        let e = load(&format!("{profile}{extra}")).unwrap_err();
+        assert!(e.contains(want), "{extra:?}: {e}");
+    }
+    // A short span is fine when the sweeper runs often enough.
+    let ok = format!("{profile}rotation_window = \"Sun 03:00-04:00 UTC\"\n[sweeper]\ninterval_secs = 600\n");
+    assert!(load(&ok).is_ok());
+}

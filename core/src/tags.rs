@@ -12,6 +12,9 @@ pub const TAG_ROTATOR: &str = "rotator";
 pub const TAG_CREDENTIAL_ID: &str = "CredentialId";
 /// Tag with the validity of a new version in days (Microsoft's rotation samples).
 pub const TAG_VALIDITY_DAYS: &str = "ValidityPeriodDays";
+/// Tag with the secret's rotation window, overriding its profile's `rotation_window`
+/// (e.g. `Mon-Fri 22:00-05:00 Europe/Amsterdam`); carried over to new versions.
+pub const TAG_ROTATION_WINDOW: &str = "RotationWindow";
 
 /// Tag on new versions and journal records: the rotation that wrote them.
 pub const TAG_ROTATION_ID: &str = "rotation-id";
@@ -64,6 +67,7 @@ mod tests {
             (TAG_ROTATOR, "rotator"),
             (TAG_CREDENTIAL_ID, "CredentialId"),
             (TAG_VALIDITY_DAYS, "ValidityPeriodDays"),
+            (TAG_ROTATION_WINDOW, "RotationWindow"),
             (TAG_ROTATION_ID, "rotation-id"),
             (TAG_ROTATED_AT, "rotated-at"),
             (TAG_ROTATED_FROM, "rotated-from"),
@@ -91,6 +95,7 @@ mod tests {
             TAG_ROTATOR,
             TAG_CREDENTIAL_ID,
             TAG_VALIDITY_DAYS,
+            TAG_ROTATION_WINDOW,
             TAG_ROTATION_ID,
             TAG_ROTATED_AT,
             TAG_ROTATED_FROM,

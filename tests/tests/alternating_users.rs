@@ -31,6 +31,7 @@ fn alternating(target: TargetKind, admin: AdminRef, accounts: &str) -> TargetPro
         strategy: Strategy::AlternatingUsers,
         grace_period_secs: None,
         twin_suffix: None,
+        rotation_window: None,
     }
 }
 

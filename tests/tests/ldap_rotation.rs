@@ -31,6 +31,7 @@ async fn start() -> common::Harness {
         strategy: Strategy::SingleUser,
         grace_period_secs: None,
         twin_suffix: None,
+        rotation_window: None,
     };
     let h = common::Harness::start(BTreeMap::from([("directory".to_owned(), profile)])).await;
     h.seed("ldap-admin", &ldap::service_password(), &[]).await;

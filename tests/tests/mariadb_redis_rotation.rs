@@ -34,6 +34,7 @@ fn profile(target: TargetKind, admin: Option<AdminRef>, strategy: Strategy, grac
         strategy,
         grace_period_secs: grace,
         twin_suffix: None,
+        rotation_window: None,
     }
 }
 

@@ -82,6 +82,7 @@ impl Harness {
                 strategy: Default::default(),
                 grace_period_secs: None,
                 twin_suffix: None,
+                rotation_window: None,
             },
         )]);
         Harness(common::Harness::start(profiles).await)

@@ -45,6 +45,7 @@ async fn near_expiry_event_rotates_a_rabbitmq_user_through_the_exec_plugin() {
         strategy: Strategy::SingleUser,
         grace_period_secs: None,
         twin_suffix: None,
+        rotation_window: None,
     };
     let mut h = common::Harness::start(BTreeMap::from([("mq".to_owned(), profile)])).await;
     h.seed("mq-admin", &admin_password, &[]).await;

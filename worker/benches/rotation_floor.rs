@@ -174,6 +174,7 @@ fn targets(port: u16) -> Targets {
         strategy: Default::default(),
         grace_period_secs: None,
         twin_suffix: None,
+        rotation_window: None,
     };
     Targets::from_profiles(&BTreeMap::from([("pg".to_owned(), profile)])).expect("targets")
 }

@@ -366,7 +366,10 @@ fn manual_status(fate: &Fate) -> StatusCode {
             Outcome::Rotated { .. } | Outcome::AlreadyRotated { .. } | Outcome::Retired { .. } => StatusCode::OK,
             Outcome::NotFound => StatusCode::NOT_FOUND,
             Outcome::NotManaged => StatusCode::UNPROCESSABLE_ENTITY,
-            Outcome::Stale { .. } | Outcome::TooSoon { .. } | Outcome::NotDue { .. } => StatusCode::CONFLICT,
+            Outcome::Stale { .. }
+            | Outcome::TooSoon { .. }
+            | Outcome::NotDue { .. }
+            | Outcome::OutsideWindow { .. } => StatusCode::CONFLICT,
             Outcome::OtherVault => StatusCode::BAD_REQUEST,
             Outcome::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         },

@@ -31,7 +31,7 @@ use crate::admin::api::ApiState;
 use crate::admin::jobs::Jobs;
 use crate::admin::{AdminState, Readiness};
 use crate::alerts::WebhookSink;
-use crate::engine::due::DueRule;
+use crate::engine::due::{DueRule, Windows};
 use crate::engine::Engine;
 use crate::lease::LeaseGuard;
 use crate::listener::Limits;
@@ -199,7 +199,7 @@ pub async fn start_with(
     }
     let api_store = store.clone();
     let sweeper = background.sweeper.map(|config| {
-        let sweeper = Sweeper::new(store, queue_tx.clone(), config, due_rule, metrics.clone());
+        let sweeper = Sweeper::new(store, queue_tx.clone(), config, due_rule.clone(), metrics.clone());
         match notifier.as_ref().filter(|n| !n.expiry_stages().is_empty()) {
             Some(notifier) => sweeper.with_expiry_warnings(ExpiryWarnings::new(notifier.clone(), &vault_name)),
             None => sweeper,
@@ -279,7 +279,8 @@ pub fn build_engine(
     alerts: &AlertsConfig,
     metrics: Arc<Metrics>,
 ) -> Engine {
-    let due_rule = DueRule::from_config(&engine_config, sweeper);
+    let windows = Windows::new(targets.rotation_windows().clone(), sweeper);
+    let due_rule = DueRule::from_config(&engine_config, sweeper).with_windows(windows);
     let mut engine = Engine::new(store, targets, engine_config).with_metrics(metrics).with_due_rule(due_rule);
     if let Some(url) = &alerts.webhook_url {
         let sink = WebhookSink::new(url, Duration::from_millis(alerts.timeout_ms));

@@ -88,6 +88,8 @@ pub struct Census {
     pub not_due: usize,
     /// Due: within the lead before `exp`, or without `exp`.
     pub due: usize,
+    /// Due, but waiting for its rotation window to open.
+    pub waiting_for_window: usize,
     /// Past `exp`.
     pub expired: usize,
     /// Carrying the failure tag (a rotation failed past the retry cap), whatever else.
@@ -104,7 +106,8 @@ impl Census {
         } else {
             match rule.check(properties, now) {
                 Due::Expired => &mut self.expired,
-                Due::NoExpiry | Due::NearExpiry => &mut self.due,
+                Due::NoExpiry | Due::NearExpiry | Due::WindowTooLate { .. } => &mut self.due,
+                Due::WaitingForWindow { .. } => &mut self.waiting_for_window,
                 Due::NotYet { .. } | Due::Disabled => &mut self.not_due,
             }
         };
@@ -118,8 +121,14 @@ impl Census {
     }
 
     /// The states with their metrics labels.
-    pub fn states(&self) -> [(&'static str, usize); 4] {
-        [("not_due", self.not_due), ("due", self.due), ("expired", self.expired), ("failed", self.failed)]
+    pub fn states(&self) -> [(&'static str, usize); 5] {
+        [
+            ("not_due", self.not_due),
+            ("due", self.due),
+            ("waiting_for_window", self.waiting_for_window),
+            ("expired", self.expired),
+            ("failed", self.failed),
+        ]
     }
 
     /// Seconds since the oldest journal record was created; 0 when there is none.
@@ -141,7 +150,10 @@ pub fn due(properties: &SecretProperties, now: OffsetDateTime, rule: &DueRule) -
     match rule.check(properties, now) {
         Due::NoExpiry => Some(Reason::NoExpiry),
         Due::Expired => Some(Reason::Expired),
-        Due::NearExpiry => Some(Reason::NearExpiry),
+        // Near expiry; or its window opens too close to `exp` to wait for.
+        Due::NearExpiry | Due::WindowTooLate { .. } => Some(Reason::NearExpiry),
+        // The first sweep inside the window enqueues it.
+        Due::WaitingForWindow { .. } => None,
         // A disabled latest version cannot be read (403): an operator disabled it on purpose.
         Due::NotYet { .. } | Due::Disabled => None,
     }
@@ -364,7 +376,10 @@ mod tests {
             census.count(&p, now, &rule);
         }
         census.count(&props(Some(now + 29 * day), true), now, &rule);
-        assert_eq!(census.states(), [("not_due", 1), ("due", 2), ("expired", 1), ("failed", 1)]);
+        assert_eq!(
+            census.states(),
+            [("not_due", 1), ("due", 2), ("waiting_for_window", 0), ("expired", 1), ("failed", 1)]
+        );
         assert_eq!(census.journal_age_secs(now), 0.0, "no journal: 0");
         census.journal(Some(now - time::Duration::seconds(30)), now);
         census.journal(Some(now - time::Duration::seconds(90)), now);

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use kv_rotator_config::window::RotationWindow;
 use kv_rotator_config::{AdminRef, TargetProfile};
 use kv_rotator_rotators::common::Strategy;
 use kv_rotator_rotators::registry::ProfileContext;
@@ -22,6 +23,8 @@ pub struct Targets {
     multi_password: std::collections::BTreeSet<String>,
     /// How each profile's secrets hold their login (plain unless alternating-users).
     shapes: BTreeMap<String, Shape>,
+    /// Rotation windows (`rotation_window`), by profile.
+    windows: BTreeMap<String, RotationWindow>,
 }
 
 /// Which accounts a profile may rotate: `accounts` patterns, and whether its admin's own.
@@ -60,6 +63,9 @@ impl Targets {
             }
             if let Some(suffix) = profile.twin_suffix() {
                 targets.set_shape(name, Shape::Pair { twin_suffix: suffix.to_owned() });
+            }
+            if let Some(window) = &profile.rotation_window {
+                targets.set_rotation_window(name, window.clone());
             }
         }
         Ok(targets)
@@ -135,6 +141,16 @@ impl Targets {
     /// The grace period of profile `name` (multi-password, alternating users).
     pub fn grace_period(&self, name: &str) -> Option<std::time::Duration> {
         self.grace_periods.get(name).copied()
+    }
+
+    /// Sets profile `name`'s rotation window (what `rotation_window` sets).
+    pub fn set_rotation_window(&mut self, name: &str, window: RotationWindow) {
+        self.windows.insert(name.to_owned(), window);
+    }
+
+    /// The profiles' rotation windows, by profile name.
+    pub fn rotation_windows(&self) -> &BTreeMap<String, RotationWindow> {
+        &self.windows
     }
 
     /// The rotator of profile `name`.

@@ -44,6 +44,7 @@ fn pg_targets(port: u16) -> Targets {
             strategy: Default::default(),
             grace_period_secs: None,
             twin_suffix: None,
+            rotation_window: None,
         },
     )]);
     Targets::from_profiles(&profiles).unwrap()

@@ -43,7 +43,12 @@ impl Site {
         // Due now (no expiry), never rotated.
         site.dev.user("alpha-password", "alpha").await;
         // Expires in 200 days: not due by schedule; a manual request still rotates it.
-        site.put("later-password", &[("rotator", "site"), ("CredentialId", "later")], Some(200)).await;
+        // A rotation window opening two hours from now (daily, UTC).
+        let now = OffsetDateTime::now_utc();
+        let (from, to) = (now + time::Duration::hours(2), now + time::Duration::hours(5));
+        let window = format!("daily {:02}:{:02}-{:02}:{:02} UTC", from.hour(), from.minute(), to.hour(), to.minute());
+        let tags = [("rotator", "site"), ("CredentialId", "later"), ("RotationWindow", window.as_str())];
+        site.put("later-password", &tags, Some(200)).await;
         // Two versions, the latest just written: too soon under min_rotation_interval_secs.
         site.dev.user("fresh-password", "fresh").await;
         site.dev.user("fresh-password", "fresh").await;
@@ -192,6 +197,12 @@ async fn status_shows_managed_secrets_failures_and_journals_read_only() {
     let due = OffsetDateTime::parse(later["nextDue"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
         .expect("an RFC 3339 due time");
     assert!(due > OffsetDateTime::now_utc() + time::Duration::days(150), "{later}");
+    assert!(later["window"].as_str().unwrap().starts_with("daily ") && alpha["window"] == "-", "{later}");
+    let opens =
+        OffsetDateTime::parse(later["nextWindow"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .expect("an RFC 3339 opening");
+    let until = opens - OffsetDateTime::now_utc();
+    assert!(until > time::Duration::minutes(100) && until <= time::Duration::hours(2), "{later}");
     let failed = secret("failed-password");
     let failure = failed["lastFailure"].as_str().unwrap();
     assert!(failure.starts_with("2026-01-01T00:00:00Z attempts=5") && !failure.contains(ESC), "{failure:?}");
@@ -206,6 +217,7 @@ async fn status_shows_managed_secrets_failures_and_journals_read_only() {
     let (ok, table, stderr) = site.run("status", &[]);
     assert!(ok, "{table}\n{stderr}");
     assert!(table.starts_with("SECRET") && table.contains("LAST FAILURE") && table.contains("JOURNAL"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("later-password") && l.contains("UTC)")), "the window:\n{table}");
     assert!(table.lines().any(|l| l.starts_with("failed-password") && l.contains("attempts=5")), "{table}");
     assert!(table.lines().any(|l| l.starts_with("kv-rotator-pending-") && l.contains("resume-password")), "{table}");
     assert!(!table.contains(ESC) && !stdout.contains(ESC) && !stderr.contains(ESC), "{table}");

@@ -31,7 +31,7 @@ pub struct JobSecret {
     /// The version resolved at trigger time (none when it could not be read).
     pub version: Option<String>,
     /// `queued`, `running`, then the engine's outcome kind in kebab-case (`rotated`,
-    /// `already-rotated`, `stale`, `not-managed`, `not-found`, `not-due`, `too-soon`,
+    /// `already-rotated`, `stale`, `not-managed`, `not-found`, `not-due`, `outside-window`, `too-soon`,
     /// `retired`, `other-vault`, `failed`, `failed-unfinished`); `failed` too when the
     /// secret could not be read at trigger time (then never queued).
     pub state: String,

@@ -37,7 +37,7 @@ use tracing::warn;
 use super::progress::{OutputFormat, Progress};
 use crate::admin::client::Selection;
 use crate::admin::jobs::JobSecret;
-use crate::engine::due::DueRule;
+use crate::engine::due::{DueRule, Windows};
 use crate::engine::Engine;
 use crate::lease::{self, ClaimError, LeaseGuard, LeaseTimings};
 use crate::service;
@@ -205,7 +205,10 @@ async fn rotations(
     lease: Option<LeaseGuard>,
 ) -> anyhow::Result<()> {
     let mut engine = Engine::new(store.clone(), Targets::from_profiles(&config.targets)?, config.engine.clone())
-        .with_due_rule(DueRule::from_config(&config.engine, &config.sweeper));
+        .with_due_rule(
+            DueRule::from_config(&config.engine, &config.sweeper)
+                .with_windows(Windows::from_config(&config.targets, &config.sweeper)),
+        );
     if let Some(lease) = &lease {
         engine = engine.with_lease(Arc::new(lease.clone()));
     }

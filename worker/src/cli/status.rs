@@ -6,7 +6,8 @@
 //!   [`Targets::refuse_account`], the journal's naming). It claims no lease, writes
 //!   nothing and contacts no target.
 //! - [`status`]: every managed secret (profile, account, latest version's age, expiry,
-//!   next due time, the `kv-rotator-failed` mark) and every unfinished journal record, as
+//!   next due time, its rotation window and when it next opens, the `kv-rotator-failed`
+//!   mark) and every unfinished journal record, as
 //!   a table or as JSON lines (`--json`).
 //!
 //! Everything read from the vault (names, tags) is printed escaped: anyone who can write
@@ -24,7 +25,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::rotate::RotateArgs;
-use crate::engine::due::{Due, DueRule};
+use crate::engine::due::{Due, DueRule, Windows};
 use crate::engine::journal::{self, JOURNAL_PREFIX, RESERVED_PREFIX};
 use crate::engine::protocol::{gate_rule, GateRule, Schedule};
 use crate::engine::Outcome;
@@ -83,7 +84,7 @@ struct PlanLine {
     account: String,
     version: String,
     expires: String,
-    /// `rotate`, `resume`, `stale`, `not-due`, `too-soon`, `not-managed`, `not-found`,
+    /// `rotate`, `resume`, `stale`, `not-due`, `outside-window`, `too-soon`, `not-managed`, `not-found`,
     /// `account-refused`, `profile-unknown`, `misconfigured`, `error`.
     decision: &'static str,
     why: String,
@@ -113,8 +114,33 @@ fn due_text(due: Due) -> String {
         Due::Expired => "due: expired".to_owned(),
         Due::NearExpiry => "due: within the lead before expiry".to_owned(),
         Due::NotYet { due_at } => format!("not due until {}", rfc3339(Some(due_at))),
+        Due::WaitingForWindow { opens_at } => {
+            format!("due, waiting for its rotation window (opens {})", rfc3339(Some(opens_at)))
+        }
+        Due::WindowTooLate { opens_at } => format!(
+            "due: its rotation window opens too close to expiry ({}), so it is rotated outside it",
+            rfc3339(Some(opens_at))
+        ),
         Due::Disabled => "disabled: never due by schedule".to_owned(),
     }
+}
+
+/// A version's rotation window as `status` shows it, and when it next opens: `-` for
+/// none; the window's own text, noting a `RotationWindow` tag passed over.
+fn window_columns(rule: &DueRule, properties: &SecretProperties, now: OffsetDateTime) -> (String, String) {
+    let (window, tag_problem) = rule.windows.of(properties);
+    let text = match (&window, tag_problem) {
+        (Some(window), None) => shown(&window.to_string()),
+        (Some(window), Some(_)) => format!("{} (RotationWindow tag not used)", shown(&window.to_string())),
+        (None, Some(_)) => "- (RotationWindow tag not used)".to_owned(),
+        (None, None) => "-".to_owned(),
+    };
+    let next = match window {
+        None => "-".to_owned(),
+        Some(window) if window.contains(now) => "open now".to_owned(),
+        Some(window) => rfc3339(window.next_opening(now)),
+    };
+    (text, next)
 }
 
 /// What the engine would decide for `secret` on a request naming `version` (the latest
@@ -167,6 +193,9 @@ async fn plan_one(
         let grace = targets.grace_period(&profile);
         match gate_rule(rule, Schedule::of(trigger), &latest.version, &latest.properties, grace, now) {
             GateRule::Open => {}
+            GateRule::Closed(outcome @ Outcome::OutsideWindow { .. }) => {
+                return decide(line, "outside-window", reason(&outcome.to_string()))
+            }
             GateRule::Closed(outcome) => return decide(line, "not-due", reason(&outcome.to_string())),
             GateRule::TooSoonIfRotatedBefore(outcome) => match store.list_versions(secret).await {
                 Ok(versions) if versions.len() <= 1 => {}
@@ -206,7 +235,8 @@ pub async fn dry_run(args: RotateArgs) -> anyhow::Result<()> {
     let store = service::connect_store(&config.vault)?;
     // Builds the rotators from the profiles (TLS anchors read), connects to none.
     let targets = Targets::from_profiles(&config.targets)?;
-    let rule = DueRule::from_config(&config.engine, &config.sweeper);
+    let rule = DueRule::from_config(&config.engine, &config.sweeper)
+        .with_windows(Windows::from_config(&config.targets, &config.sweeper));
     let requested_by = "dry-run".to_owned();
     let requests: Vec<(String, Option<String>, Trigger)> = if args.resume {
         let scan = sweeper::scan(store.as_ref(), None).await.context("cannot list the vault's journal records")?;
@@ -240,6 +270,10 @@ pub struct SecretRow {
     age: String,
     expires: String,
     next_due: String,
+    /// The rotation window that applies (the tag's, else the profile's), or `-`.
+    window: String,
+    /// `open now`, when it next opens, or `-` without a window.
+    next_window: String,
     last_failure: Option<String>,
 }
 
@@ -270,7 +304,8 @@ pub struct StatusView {
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let config = kv_rotator_config::load(args.config.as_deref())?;
     let store: Arc<dyn SecretStore> = service::connect_store(&config.vault)?;
-    let rule = DueRule::from_config(&config.engine, &config.sweeper);
+    let rule = DueRule::from_config(&config.engine, &config.sweeper)
+        .with_windows(Windows::from_config(&config.targets, &config.sweeper));
     let StatusView { secrets, journals } = read_status(store.as_ref(), &rule).await?;
     if args.json {
         for r in &secrets {
@@ -309,8 +344,10 @@ pub async fn read_status(store: &dyn SecretStore, rule: &DueRule) -> anyhow::Res
         };
         let p = &latest.properties;
         let tag = |key: &str| p.tags.get(key).map(|v| shown(v.trim())).unwrap_or_default();
+        let (window, next_window) = window_columns(rule, p, now);
         let next_due = match rule.check(p, now) {
             Due::NotYet { due_at } => rfc3339(Some(due_at)),
+            Due::WaitingForWindow { opens_at } => format!("{} (in its rotation window)", rfc3339(Some(opens_at))),
             Due::Disabled => "never (disabled)".to_owned(),
             due => format!("now ({})", due_text(due).trim_start_matches("due: ")),
         };
@@ -324,14 +361,17 @@ pub async fn read_status(store: &dyn SecretStore, rule: &DueRule) -> anyhow::Res
             expires: rfc3339(p.expires),
             next_due,
             last_failure: p.tags.get(TAG_FAILED).map(|v| shown(v)),
+            window,
+            next_window,
         });
     }
     Ok(StatusView { secrets, journals })
 }
 
 fn print_status(secrets: &[SecretRow], journals: &[JournalRow]) {
-    let header = ["SECRET", "PROFILE", "ACCOUNT", "VERSION", "AGE", "EXPIRES", "NEXT DUE", "LAST FAILURE"];
-    let rows: Vec<[String; 8]> = secrets
+    let header =
+        ["SECRET", "PROFILE", "ACCOUNT", "VERSION", "AGE", "EXPIRES", "NEXT DUE", "NEXT WINDOW", "LAST FAILURE"];
+    let rows: Vec<[String; 9]> = secrets
         .iter()
         .map(|r| {
             [
@@ -342,6 +382,7 @@ fn print_status(secrets: &[SecretRow], journals: &[JournalRow]) {
                 r.age.clone(),
                 r.expires.clone(),
                 r.next_due.clone(),
+                if r.window == "-" { "-".to_owned() } else { format!("{} ({})", r.next_window, r.window) },
                 r.last_failure.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })

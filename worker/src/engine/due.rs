@@ -11,14 +11,26 @@
 //!
 //! The minimum interval between rotations ([`DueRule::too_soon`]) is the second guard:
 //! `exp` is a property anyone with write access can move, and `created` is not.
+//!
+//! Rotation windows ([`Windows`]): a version due by the rule above waits for its window
+//! (the secret's `RotationWindow` tag, else its profile's `rotation_window`) when the
+//! window is closed — unless it has expired, or the window opens less than
+//! `engine.window_expiry_margin_hours` before `exp`: no window, whatever a tag says,
+//! keeps a secret unrotated until it expires. A tag that is not a usable window is
+//! reported and the profile's window applies. Waiting needs no state: the sweeper sees
+//! the version due again at its first sweep inside the window.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use kv_rotator_config::{EngineConfig, SweeperConfig};
+use kv_rotator_config::window::RotationWindow;
+use kv_rotator_config::{EngineConfig, SweeperConfig, TargetProfile};
 use kv_rotator_keyvault::SecretProperties;
 use time::OffsetDateTime;
 
-use kv_rotator_core::tags::TAG_VALIDITY_DAYS;
+use kv_rotator_core::tags::{TAG_ROTATION_WINDOW, TAG_ROTATOR, TAG_VALIDITY_DAYS};
 
 /// Longest validity a `ValidityPeriodDays` tag may ask for (ten years).
 pub const MAX_VALIDITY_DAYS: u32 = 3650;
@@ -37,6 +49,17 @@ pub enum Due {
         /// When the version becomes due.
         due_at: OffsetDateTime,
     },
+    /// Due (near expiry, or without `exp`), but its rotation window is closed.
+    WaitingForWindow {
+        /// When the window opens.
+        opens_at: OffsetDateTime,
+    },
+    /// Near expiry, and the window opens too close to `exp` to wait for: due now,
+    /// outside the window.
+    WindowTooLate {
+        /// When the window would have opened.
+        opens_at: OffsetDateTime,
+    },
     /// The version is disabled: never rotated by a schedule.
     Disabled,
 }
@@ -44,12 +67,62 @@ pub enum Due {
 impl Due {
     /// Whether a rotation is wanted now.
     pub fn is_due(self) -> bool {
-        matches!(self, Due::NoExpiry | Due::Expired | Due::NearExpiry)
+        matches!(self, Due::NoExpiry | Due::Expired | Due::NearExpiry | Due::WindowTooLate { .. })
     }
 }
 
-/// The due rule and the minimum interval, from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The rotation windows of the target profiles, and whether the secrets' tags may
+/// narrow or widen them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Windows {
+    /// `rotation_window` by profile name.
+    profiles: Arc<BTreeMap<String, RotationWindow>>,
+    /// `sweeper.interval_secs`: a tag's window must fit its sweeps, as a profile's must.
+    sweep_interval_secs: u64,
+    /// Off when the sweeper's due scan is: nothing would start a deferred rotation.
+    enabled: bool,
+}
+
+impl Windows {
+    /// The windows of the configured profiles, applied only when the sweeper's due scan is on.
+    pub fn from_config(targets: &BTreeMap<String, TargetProfile>, sweeper: &SweeperConfig) -> Self {
+        let profiles = targets
+            .iter()
+            .filter_map(|(name, profile)| Some((name.clone(), profile.rotation_window.clone()?)))
+            .collect();
+        Self::new(profiles, sweeper)
+    }
+
+    /// These windows by profile name, applied only when the sweeper's due scan is on.
+    pub fn new(profiles: BTreeMap<String, RotationWindow>, sweeper: &SweeperConfig) -> Self {
+        Self { profiles: Arc::new(profiles), sweep_interval_secs: sweeper.interval_secs, enabled: sweeper.enabled }
+    }
+
+    /// The window that applies to a version: its tag's, else its profile's (`None`: any
+    /// time), and why the tag was passed over when it was.
+    pub fn of<'a>(&'a self, properties: &SecretProperties) -> (Option<Cow<'a, RotationWindow>>, Option<String>) {
+        if !self.enabled {
+            return (None, None);
+        }
+        let profile = properties.tags.get(TAG_ROTATOR).and_then(|name| self.profiles.get(name)).map(Cow::Borrowed);
+        let Some(raw) = properties.tags.get(TAG_ROTATION_WINDOW) else { return (profile, None) };
+        let problem = match raw.parse::<RotationWindow>() {
+            Ok(window) if window.fits_sweeps(self.sweep_interval_secs) => return (Some(Cow::Owned(window)), None),
+            Ok(window) => format!(
+                "a span of {} minutes is shorter than {} sweeps (sweeper.interval_secs = {})",
+                window.shortest_span_minutes(),
+                kv_rotator_config::window::SWEEPS_PER_SPAN,
+                self.sweep_interval_secs
+            ),
+            Err(e) => e.to_string(),
+        };
+        let fallback = if profile.is_some() { "the profile's rotation_window applies" } else { "any time applies" };
+        (profile, Some(format!("tag {TAG_ROTATION_WINDOW:?} is not used ({problem}); {fallback}")))
+    }
+}
+
+/// The due rule, the rotation windows and the minimum interval, from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueRule {
     /// `sweeper.window_days`.
     pub window_days: u32,
@@ -59,6 +132,10 @@ pub struct DueRule {
     pub default_validity_days: u32,
     /// `engine.min_rotation_interval_secs`.
     pub min_interval: Duration,
+    /// `engine.window_expiry_margin_hours`.
+    pub window_margin: time::Duration,
+    /// The rotation windows (none until [`DueRule::with_windows`]).
+    pub windows: Windows,
 }
 
 impl Default for DueRule {
@@ -75,7 +152,15 @@ impl DueRule {
             lead_percent: sweeper.lead_percent.clamp(1, 90),
             default_validity_days: engine.default_validity_days,
             min_interval: Duration::from_secs(engine.min_rotation_interval_secs),
+            window_margin: time::Duration::hours(i64::from(engine.window_expiry_margin_hours)),
+            windows: Windows::default(),
         }
+    }
+
+    /// This rule with the profiles' rotation windows.
+    pub fn with_windows(mut self, windows: Windows) -> Self {
+        self.windows = windows;
+        self
     }
 
     /// The validity a version's `ValidityPeriodDays` tag asks for, or the default when
@@ -99,9 +184,32 @@ impl DueRule {
         window.min(share)
     }
 
-    /// Whether the version with these properties is due at `now`. An unreadable
-    /// validity tag counts as the default here; the engine refuses it when it plans.
+    /// Whether the version with these properties is due at `now`, its rotation window
+    /// considered. An unreadable validity tag counts as the default here; the engine
+    /// refuses it when it plans.
     pub fn check(&self, properties: &SecretProperties, now: OffsetDateTime) -> Due {
+        match self.check_expiry(properties, now) {
+            due @ (Due::NoExpiry | Due::NearExpiry) => self.within_window(properties, now, due),
+            other => other,
+        }
+    }
+
+    /// A due version against its window: due still when the window is open, or opens
+    /// within the margin before `exp`; waiting otherwise.
+    fn within_window(&self, properties: &SecretProperties, now: OffsetDateTime, due: Due) -> Due {
+        let Some(window) = self.windows.of(properties).0 else { return due };
+        if window.contains(now) {
+            return due;
+        }
+        let Some(opens_at) = window.next_opening(now) else { return due };
+        match properties.expires {
+            Some(exp) if opens_at > exp - self.window_margin => Due::WindowTooLate { opens_at },
+            _ => Due::WaitingForWindow { opens_at },
+        }
+    }
+
+    /// [`DueRule::check`] without the window: the version's `exp` against the lead.
+    fn check_expiry(&self, properties: &SecretProperties, now: OffsetDateTime) -> Due {
         if !properties.enabled {
             return Due::Disabled;
         }
@@ -131,6 +239,7 @@ impl DueRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kv_rotator_config::SweeperConfig;
 
     const DAY: time::Duration = time::Duration::days(1);
 
@@ -140,6 +249,8 @@ mod tests {
             lead_percent: 50,
             default_validity_days: 60,
             min_interval: Duration::from_secs(3600),
+            window_margin: time::Duration::hours(24),
+            windows: Windows::default(),
         }
     }
 
@@ -236,5 +347,108 @@ mod tests {
         }
         p.tags.insert(TAG_VALIDITY_DAYS.into(), " 14 ".into());
         assert_eq!(r.validity_days(&p), Ok(14));
+    }
+
+    fn with_window(rule: &DueRule, tag: Option<&str>, expires: Option<OffsetDateTime>, now: OffsetDateTime) -> Due {
+        let mut p = version(now - DAY * 50, None, expires);
+        p.tags.insert(TAG_ROTATOR.into(), "db".into());
+        if let Some(tag) = tag {
+            p.tags.insert(TAG_ROTATION_WINDOW.into(), tag.into());
+        }
+        rule.check(&p, now)
+    }
+
+    fn windowed(profile: Option<&str>, sweeper: SweeperConfig) -> DueRule {
+        let profiles = profile.map(|w| ("db".to_owned(), w.parse().unwrap())).into_iter().collect();
+        DueRule { windows: Windows::new(profiles, &sweeper), ..rule() }
+    }
+
+    fn sweeping_every(secs: u64) -> SweeperConfig {
+        SweeperConfig { interval_secs: secs, ..Default::default() }
+    }
+
+    #[test]
+    fn a_due_version_waits_for_a_closed_window_unless_exp_is_near() {
+        // 2026-11-30 is a Monday.
+        let now = time::macros::datetime!(2026-11-30 12:00 UTC);
+        let r = windowed(Some("daily 22:00-04:00 UTC"), sweeping_every(600));
+        let tonight = time::macros::datetime!(2026-11-30 22:00 UTC);
+        assert_eq!(with_window(&r, None, Some(now + DAY * 10), now), Due::WaitingForWindow { opens_at: tonight });
+        assert_eq!(with_window(&r, None, None, now), Due::WaitingForWindow { opens_at: tonight }, "no exp: waits");
+        assert_eq!(with_window(&r, None, Some(now + DAY * 10), tonight), Due::NearExpiry, "open");
+        assert_eq!(with_window(&r, None, Some(now + DAY * 40), now), Due::NotYet { due_at: now + DAY * 10 }, "not due");
+        // Opens 10 h from now, expires in 30 h: inside the 24 h margin.
+        let soon = with_window(&r, None, Some(now + time::Duration::hours(30)), now);
+        assert_eq!(soon, Due::WindowTooLate { opens_at: tonight });
+        assert!(soon.is_due());
+        assert_eq!(with_window(&r, None, Some(now - DAY), now), Due::Expired, "expired: never waits");
+        // The tag overrides the profile, either way.
+        assert_eq!(with_window(&r, Some("daily 11:00-13:00 UTC"), Some(now + DAY * 10), now), Due::NearExpiry);
+        // A sweeper whose due scan is off would never start a deferred rotation.
+        let off = windowed(Some("daily 22:00-04:00 UTC"), SweeperConfig { enabled: false, ..sweeping_every(600) });
+        assert_eq!(with_window(&off, None, Some(now + DAY * 10), now), Due::NearExpiry);
+    }
+
+    #[test]
+    fn an_unusable_window_tag_is_named_and_the_profile_window_applies() {
+        let now = time::macros::datetime!(2026-11-30 12:00 UTC);
+        let r = windowed(Some("daily 22:00-04:00 UTC"), sweeping_every(3600));
+        let tonight = time::macros::datetime!(2026-11-30 22:00 UTC);
+        for bad in ["whenever", "daily 11:00-13:00 Mars/Base", "daily 11:00-12:30 UTC"] {
+            let due = with_window(&r, Some(bad), Some(now + DAY * 10), now);
+            assert_eq!(due, Due::WaitingForWindow { opens_at: tonight }, "{bad}");
+            let mut p = version(now, None, None);
+            p.tags.insert(TAG_ROTATOR.into(), "db".into());
+            p.tags.insert(TAG_ROTATION_WINDOW.into(), bad.into());
+            let (window, problem) = r.windows.of(&p);
+            assert_eq!(window.map(|w| w.to_string()).as_deref(), Some("daily 22:00-04:00 UTC"));
+            let problem = problem.expect("the tag is reported");
+            assert!(
+                problem.contains(TAG_ROTATION_WINDOW) && problem.contains("profile's rotation_window"),
+                "{problem}"
+            );
+        }
+        // 90 minutes fits sweeps every 10 minutes.
+        let often = windowed(None, sweeping_every(600));
+        assert_eq!(with_window(&often, Some("daily 11:00-12:30 UTC"), Some(now + DAY * 10), now), Due::NearExpiry);
+        // No profile window: a bad tag leaves the version due at once.
+        assert_eq!(with_window(&often, Some("whenever"), Some(now + DAY * 10), now), Due::NearExpiry);
+    }
+
+    /// Whatever window a tag names — any day, hour and zone — a due version is due no
+    /// later than the margin before its `exp` (at once when already inside it), and
+    /// while it waits it is never inside its window: walked in 30-minute steps.
+    #[test]
+    fn no_window_keeps_a_version_waiting_into_its_margin_before_exp() {
+        let start = time::macros::datetime!(2026-03-26 00:00 UTC); // DST changes that weekend
+        let r = windowed(None, sweeping_every(600));
+        let step = time::Duration::minutes(30);
+        let mut cases = 0;
+        for day in ["Mon", "Wed", "Sat", "Sun"] {
+            for hours in ["00:00-01:00", "03:00-03:30", "11:00-23:00", "23:30-00:15"] {
+                for zone in ["UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Europe/Amsterdam"] {
+                    let tag = format!("{day} {hours} {zone}");
+                    let window: RotationWindow = tag.parse().unwrap();
+                    for hours_to_exp in [1, 12, 25, 49, 24 * 3, 24 * 9, 24 * 20] {
+                        let exp = start + time::Duration::hours(hours_to_exp);
+                        let mut now = start;
+                        let due_at = loop {
+                            let due = with_window(&r, Some(&tag), Some(exp), now);
+                            if due.is_due() {
+                                break now;
+                            }
+                            assert!(matches!(due, Due::WaitingForWindow { .. }), "{tag}: {due:?}");
+                            assert!(!window.contains(now), "{tag}: waits while open at {now}");
+                            now += step;
+                        };
+                        // Already inside the margin: due at once.
+                        let latest = (exp - r.window_margin + step).max(start);
+                        assert!(due_at <= latest, "{tag}, exp {exp}: due only at {due_at}");
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 4 * 4 * 4 * 7);
     }
 }

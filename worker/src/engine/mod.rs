@@ -179,7 +179,7 @@ impl Engine {
 
     /// The due rule in force.
     pub fn due_rule(&self) -> due::DueRule {
-        self.due_rule
+        self.due_rule.clone()
     }
 
     fn check_lease(&self) -> Result<(), RotationError> {

@@ -311,11 +311,22 @@ async fn fence(
 async fn gate(engine: &Engine, schedule: Schedule, latest: &SecretRecord) -> Result<Option<Outcome>, RotationError> {
     let now = OffsetDateTime::now_utc();
     let grace = latest.properties.tags.get(TAG_ROTATOR).and_then(|profile| engine.targets.grace_period(profile));
+    if schedule == Schedule::Due {
+        log_window(&engine.due_rule, latest, now);
+    }
     match gate_rule(&engine.due_rule, schedule, &latest.version, &latest.properties, grace, now) {
         GateRule::Open => Ok(None),
         GateRule::Closed(outcome) => {
-            if let Outcome::NotDue { version, due_at: Some(due_at) } = &outcome {
-                info!(%version, due_at = %due_at.format(&Rfc3339).unwrap_or_default(), "version not due yet; nothing to do");
+            match &outcome {
+                Outcome::NotDue { version, due_at: Some(due_at) } => {
+                    info!(%version, due_at = %due_at.format(&Rfc3339).unwrap_or_default(), "version not due yet; nothing to do");
+                }
+                Outcome::OutsideWindow { version, opens_at } => info!(
+                    %version,
+                    opens_at = %opens_at.format(&Rfc3339).unwrap_or_default(),
+                    "due, but its rotation window is closed; the sweeper starts it in the window"
+                ),
+                _ => {}
             }
             Ok(Some(outcome))
         }
@@ -328,6 +339,21 @@ async fn gate(engine: &Engine, schedule: Schedule, latest: &SecretRecord) -> Res
             info!(version = %latest.version, outcome = %outcome, "too soon after the latest version; nothing to do");
             Ok(Some(outcome))
         }
+    }
+}
+
+/// Says why a scheduled rotation ignores the window it would otherwise wait for: the
+/// secret's window tag is unusable, or the window opens too close to `exp`.
+fn log_window(rule: &DueRule, latest: &SecretRecord, now: OffsetDateTime) {
+    if let (_, Some(problem)) = rule.windows.of(&latest.properties) {
+        warn!(secret = %latest.name, "{problem}");
+    }
+    if let Due::WindowTooLate { opens_at } = rule.check(&latest.properties, now) {
+        warn!(
+            secret = %latest.name,
+            opens_at = %opens_at.format(&Rfc3339).unwrap_or_default(),
+            "the rotation window opens less than engine.window_expiry_margin_hours before exp: rotating now, outside it"
+        );
     }
 }
 
@@ -356,8 +382,11 @@ pub(crate) fn gate_rule(
     let version = version.to_owned();
     if schedule == Schedule::Due {
         match rule.check(properties, now) {
-            Due::NoExpiry | Due::Expired | Due::NearExpiry => {}
+            Due::NoExpiry | Due::Expired | Due::NearExpiry | Due::WindowTooLate { .. } => {}
             Due::NotYet { due_at } => return GateRule::Closed(Outcome::NotDue { version, due_at: Some(due_at) }),
+            Due::WaitingForWindow { opens_at } => {
+                return GateRule::Closed(Outcome::OutsideWindow { version, opens_at })
+            }
             Due::Disabled => return GateRule::Closed(Outcome::NotDue { version, due_at: None }),
         }
     }

@@ -47,6 +47,14 @@ pub enum Outcome {
         /// When it becomes due; `None` when it never does by schedule (disabled).
         due_at: Option<OffsetDateTime>,
     },
+    /// A scheduled trigger for a due version whose rotation window is closed: the
+    /// sweeper starts it once the window opens.
+    OutsideWindow {
+        /// The latest version.
+        version: String,
+        /// When the window opens.
+        opens_at: OffsetDateTime,
+    },
     /// The latest version is younger than `engine.min_rotation_interval_secs`.
     TooSoon {
         /// The latest version.
@@ -87,6 +95,7 @@ impl Outcome {
             Outcome::NotManaged => "not_managed",
             Outcome::NotFound => "not_found",
             Outcome::NotDue { .. } => "not_due",
+            Outcome::OutsideWindow { .. } => "outside_window",
             Outcome::TooSoon { .. } => "too_soon",
             Outcome::Retired { .. } => "retired",
             Outcome::OtherVault => "other_vault",
@@ -108,6 +117,11 @@ impl fmt::Display for Outcome {
                 write!(f, "version {version} not due until {}", at.format(&Rfc3339).unwrap_or_default())
             }
             Outcome::NotDue { version, due_at: None } => write!(f, "version {version} is disabled: not rotated by schedule"),
+            Outcome::OutsideWindow { version, opens_at } => write!(
+                f,
+                "version {version} is due, but its rotation window is closed: the sweeper rotates it after {} (or rotate it by hand now)",
+                opens_at.format(&Rfc3339).unwrap_or_default()
+            ),
             Outcome::TooSoon { version, allowed_at } => write!(
                 f,
                 "version {version} is younger than engine.min_rotation_interval_secs: next rotation allowed at {} (or use --force)",

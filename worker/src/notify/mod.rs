@@ -101,8 +101,9 @@ fn rfc3339(at: OffsetDateTime) -> String {
 }
 
 /// The event a finished request publishes, if any: `Rotated` is succeeded, `Failed`
-/// failed, `TooSoon` deferred (a rotation was asked for and `min_rotation_interval_secs`
-/// put it off). The rest tell consumers nothing new: `AlreadyRotated` and `Stale` (the
+/// failed, `TooSoon` and `OutsideWindow` deferred (a rotation was asked for and
+/// `min_rotation_interval_secs` or the rotation window put it off; `deferredBy` says
+/// which, once per version). The rest tell consumers nothing new: `AlreadyRotated` and `Stale` (the
 /// version that rotation wrote was announced then), `NotDue` (nothing asked a rotation
 /// that was owed), `Retired` (no new version), `NotManaged`, `NotFound`, `OtherVault`.
 pub fn rotation_event(report: &RotationReport) -> Option<CloudEvent> {
@@ -134,6 +135,13 @@ pub fn rotation_event(report: &RotationReport) -> Option<CloudEvent> {
         Outcome::TooSoon { version, allowed_at } => {
             data["version"] = json!(version);
             data["retryAfter"] = json!(rfc3339(*allowed_at));
+            data["deferredBy"] = json!("min-rotation-interval");
+            TYPE_DEFERRED
+        }
+        Outcome::OutsideWindow { version, opens_at } => {
+            data["version"] = json!(version);
+            data["retryAfter"] = json!(rfc3339(*opens_at));
+            data["deferredBy"] = json!("rotation-window");
             TYPE_DEFERRED
         }
         _ => return None,
