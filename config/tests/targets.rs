@@ -165,6 +165,7 @@ fn rotation_windows_load_and_wrong_ones_are_named_with_their_key() {
             "targets.db.rotation_window needs sweeper.enabled = true",
         ),
         ("[engine]\nwindow_expiry_margin_hours = 0\n", "engine.window_expiry_margin_hours = 0"),
+        ("[engine]\nwindow_expiry_margin_hours = 1\n", "a secret could expire waiting for its rotation window"),
     ] {
         let e = load(&format!("{profile}{extra}")).unwrap_err();
         assert!(e.contains(want), "{extra:?}: {e}");
