@@ -881,8 +881,11 @@ mod tests {
 
     #[tokio::test]
     async fn empty_passwords_are_never_sent() {
-        // A port nobody listens on: any attempt to connect would be an error, not `Rejected`.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // A port nobody listens on (bound, never listening: refused, and no one else can
+        // take it meanwhile): any attempt to connect would be an error, not `Rejected`.
+        let closed_socket = tokio::net::TcpSocket::new_v4().unwrap();
+        closed_socket.bind((std::net::Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+        let port = closed_socket.local_addr().unwrap().port();
         let mut cfg = config(&format!("ldap://127.0.0.1:{port}"));
         cfg.tls = TlsMode::Disable;
         let rotator = LdapRotator::new(cfg, PasswordPolicy::default()).unwrap();
