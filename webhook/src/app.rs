@@ -158,28 +158,15 @@ struct Keys {
 }
 
 /// (vault, secret, version), lower-cased (Key Vault names ignore case), hashed as one
-/// byte string; validated names fit the stack buffer, so no allocation per request.
+/// byte string.
 struct RotationKey<'a>(&'a RotationRequest);
 
 impl std::hash::Hash for RotationKey<'_> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let request = self.0;
-        let parts = [request.vault_name.as_str(), "/", request.secret_name.as_str(), "/"];
-        let parts = parts.into_iter().chain(request.version.as_deref());
-        let mut buffer = [0u8; 256];
-        let mut len = 0;
-        for part in parts.clone() {
-            let Some(slot) = buffer.get_mut(len..len + part.len()) else {
-                // Longer than any valid names: the same bytes, from the heap.
-                let mut key: Vec<u8> = parts.flat_map(str::bytes).collect();
-                key.make_ascii_lowercase();
-                return state.write(&key);
-            };
-            slot.copy_from_slice(part.as_bytes());
-            len += part.len();
-        }
-        buffer[..len].make_ascii_lowercase();
-        state.write(&buffer[..len]);
+        let RotationRequest { vault_name, secret_name, version, .. } = self.0;
+        let mut key = format!("{vault_name}/{secret_name}/{}", version.as_deref().unwrap_or(""));
+        key.make_ascii_lowercase();
+        state.write(key.as_bytes());
     }
 }
 
