@@ -34,6 +34,8 @@
 //!   wrong content type, a validation event inside a batch); 413 for an oversize body.
 //! - 401/403 only for authentication failures; 503 when the signing keys cannot be
 //!   fetched (transient).
+//! - 408 when a delivery is not answered within the request timeout, if one is set
+//!   ([`WebhookState::with_request_timeout`]): a body that never arrives. Retried.
 //!
 //! The handler never waits for a rotation: it only `try_send`s into the queue.
 
@@ -56,7 +58,7 @@ use crate::eventgrid::{
     is_cloud_event, loggable_url, plan_cloud_event, plan_event, AegEventType, Disposition, EventKind, PlannedEvent,
     SubscriptionValidationData, ValidationResponse, AEG_EVENT_TYPE_HEADER,
 };
-use crate::observe::{observed, tagged, DeliveryObserver, DeliveryOutcome};
+use crate::observe::{observed, tagged, timed, DeliveryObserver, DeliveryOutcome};
 use crate::source::SourceFilter;
 use crate::text::{quote, same_name};
 use kv_rotator_core::{RotationRequest, Trigger};
@@ -87,6 +89,7 @@ pub struct WebhookState {
     coalesce: (Duration, usize),
     intake: Intake,
     observer: Option<Arc<dyn DeliveryObserver>>,
+    request_timeout: Option<Duration>,
 }
 
 /// Whether deliveries holding rotations are taken now. Open unless closed; a service in
@@ -155,28 +158,15 @@ struct Keys {
 }
 
 /// (vault, secret, version), lower-cased (Key Vault names ignore case), hashed as one
-/// byte string; validated names fit the stack buffer, so no allocation per request.
+/// byte string.
 struct RotationKey<'a>(&'a RotationRequest);
 
 impl std::hash::Hash for RotationKey<'_> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let request = self.0;
-        let parts = [request.vault_name.as_str(), "/", request.secret_name.as_str(), "/"];
-        let parts = parts.into_iter().chain(request.version.as_deref());
-        let mut buffer = [0u8; 256];
-        let mut len = 0;
-        for part in parts.clone() {
-            let Some(slot) = buffer.get_mut(len..len + part.len()) else {
-                // Longer than any valid names: the same bytes, from the heap.
-                let mut key: Vec<u8> = parts.flat_map(str::bytes).collect();
-                key.make_ascii_lowercase();
-                return state.write(&key);
-            };
-            slot.copy_from_slice(part.as_bytes());
-            len += part.len();
-        }
-        buffer[..len].make_ascii_lowercase();
-        state.write(&buffer[..len]);
+        let RotationRequest { vault_name, secret_name, version, .. } = self.0;
+        let mut key = format!("{vault_name}/{secret_name}/{}", version.as_deref().unwrap_or(""));
+        key.make_ascii_lowercase();
+        state.write(key.as_bytes());
     }
 }
 
@@ -207,6 +197,7 @@ impl WebhookState {
             coalesce,
             intake: Intake::default(),
             observer: None,
+            request_timeout: None,
         }
     }
 
@@ -249,6 +240,15 @@ impl WebhookState {
         self
     }
 
+    /// Answers 408 to a delivery not answered within `timeout`, body reading included
+    /// (default: no limit here; a host's listener may bound requests itself). Told to the
+    /// observer as [`DeliveryOutcome::Timeout`], which a timeout layered outside the
+    /// router could not be.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
     /// How deliveries are authenticated (default: not at all).
     pub fn with_auth(mut self, auth: Authenticator) -> Self {
         self.auth = auth;
@@ -288,6 +288,10 @@ pub fn router(state: WebhookState) -> Router {
     let deliveries = Router::new()
         .route(EVENTGRID_PATH, post(receive).options(abuse_protection))
         .route("/", post(receive).options(abuse_protection));
+    let deliveries = match state.request_timeout {
+        Some(limit) => timed(deliveries, limit),
+        None => deliveries,
+    };
     let deliveries = match state.observer.clone() {
         Some(observer) => observed(deliveries, observer),
         None => deliveries,
@@ -482,7 +486,7 @@ async fn abuse_protection(State(state): State<Arc<WebhookState>>, request: Reque
     let allow = HeaderValue::from_static("POST, OPTIONS");
     let Some(origin) = parts.headers.get("webhook-request-origin") else {
         // A plain OPTIONS (no handshake): say what the endpoint takes.
-        return tagged((StatusCode::OK, [(header::ALLOW, allow)]).into_response(), DeliveryOutcome::Validation);
+        return tagged((StatusCode::OK, [(header::ALLOW, allow)]).into_response(), DeliveryOutcome::Probe);
     };
     let valid = origin.to_str().ok().filter(|o| {
         !o.is_empty() && o.len() <= 253 && o.bytes().all(|b| b.is_ascii_alphanumeric() || b".-*:".contains(&b))
@@ -540,6 +544,7 @@ fn handshake(aeg: Option<AegEventType>, planned: &[PlannedEvent]) -> Option<Resp
 /// Logs every event's fate, enqueues the rotations, and answers.
 fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
     let (mut ignored, mut rejected, mut rotations) = (0usize, 0usize, 0usize);
+    let mut refused_source = false;
     for PlannedEvent { index, event_id, disposition } in &planned {
         // Event ids were checked (`is_event_id`: short, visible ASCII); an event whose id
         // is not one is rejected and its id only quoted, clipped, in the reason. Event types
@@ -560,6 +565,7 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
             Disposition::Validate(_) => ignored += 1,
             Disposition::Reject(reason) if reason.is_source() => {
                 rejected += 1;
+                refused_source = true;
                 // Acknowledged all the same: Event Grid must not redeliver a spoofed event.
                 tracing::warn!(index, event_id = ?id, %reason, "event from an unexpected source dropped");
             }
@@ -630,7 +636,11 @@ fn notify(state: &WebhookState, planned: Vec<PlannedEvent>) -> Response {
         tracing::warn!(rotations = queued, sent, closed, "delivery refused with 503");
         return unavailable(state, message);
     }
-    let outcome = if queued > 0 { DeliveryOutcome::Queued } else { DeliveryOutcome::Ignored };
+    let outcome = match (queued, refused_source) {
+        (1.., _) => DeliveryOutcome::Queued,
+        (0, true) => DeliveryOutcome::RefusedSource,
+        (0, false) => DeliveryOutcome::Ignored,
+    };
     tagged((StatusCode::OK, Json(Summary { queued, ignored, rejected })).into_response(), outcome)
 }
 

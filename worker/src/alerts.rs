@@ -145,8 +145,11 @@ mod tests {
         let secret_url = format!("http://127.0.0.1:{port}/workflows/abc/triggers/manual/paths/invoke?sig=S3CRETsig");
         let err = WebhookSink::new(&secret_url, Duration::from_secs(5)).send(&alert).await.unwrap_err().to_string();
         assert_eq!(err, format!("alert webhook http://127.0.0.1:{port} answered 500"));
-        // Nobody listens here: the transport error must not carry the URL either.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Nobody listens here (bound, never listening: refused, and no one else can take it
+        // meanwhile): the transport error must not carry the URL either.
+        let closed_socket = tokio::net::TcpSocket::new_v4().unwrap();
+        closed_socket.bind((std::net::Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+        let closed = closed_socket.local_addr().unwrap().port();
         let unreachable = format!("http://127.0.0.1:{closed}/hooks/T000/B000/XXXXSECRETTOKEN");
         let err = WebhookSink::new(&unreachable, Duration::from_secs(5)).send(&alert).await.unwrap_err().to_string();
         assert!(err.starts_with(&format!("alert webhook http://127.0.0.1:{closed} unreachable")), "{err}");

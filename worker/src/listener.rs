@@ -8,7 +8,8 @@
 //! - a header-read timeout (with tokio's timer): a connection that has not sent a whole
 //!   request head within it, including an idle keep-alive one, is closed;
 //! - a whole-request timeout (`tower_http`'s [`TimeoutLayer`]): body reading and handling
-//!   past it answer 408;
+//!   past it answer 408 (the webhook answers its own, inside its delivery metrics, so
+//!   they are counted: [`Limits::timed_by_app`]);
 //! - a connection cap: a socket is accepted only once one of `max_connections` permits is
 //!   free, so further clients wait in the kernel's listen backlog;
 //! - a bounded graceful shutdown: on `stop`, accepting ends, open connections are asked to
@@ -47,6 +48,10 @@ pub struct Limits {
     /// listener's status page serves loopback peers only; the webhook's hot path needs no
     /// such extension.
     pub peer_in_requests: bool,
+    /// Whether the app bounds its requests by `request_timeout` itself (the webhook's
+    /// delivery routes, so each 408 is counted as a delivery outcome): the listener then
+    /// adds no timeout layer, which would answer first and uncounted.
+    pub timed_by_app: bool,
 }
 
 impl Limits {
@@ -58,6 +63,7 @@ impl Limits {
             max_connections: config.max_connections.max(1),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs.max(1)),
             peer_in_requests: false,
+            timed_by_app: false,
         }
     }
 }
@@ -72,7 +78,10 @@ pub async fn serve(
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let app = app.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
+    let app = match limits.timed_by_app {
+        true => app,
+        false => app.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout)),
+    };
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let permits = Arc::new(Semaphore::new(limits.max_connections));

@@ -227,13 +227,15 @@ pub async fn start_with(
         }),
         _ => None,
     };
+    let limits = Limits::from_config(webhook_config);
     let state = webhook_state(queue_tx, webhook_config, &vault_name)?
         .with_intake(intake.clone())
-        .with_observer(metrics.clone());
+        .with_observer(metrics.clone())
+        .with_request_timeout(limits.request_timeout);
     let webhook_addr = listener.local_addr().context("webhook listener")?;
     let admin_addr = background.admin.as_ref().map(TcpListener::local_addr).transpose().context("admin listener")?;
-    let limits = Limits::from_config(webhook_config);
-    let webhook = Server::spawn("webhook", listener, kv_rotator_webhook::router(state), limits);
+    let app = kv_rotator_webhook::router(state);
+    let webhook = Server::spawn("webhook", listener, app, Limits { timed_by_app: true, ..limits });
     info!(%webhook_addr, "webhook listening");
     let api_mode = api.as_ref().map(|api| api.auth.mode());
     let admin = background.admin.map(|listener| {

@@ -23,7 +23,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const SLOW_HEAD: &[u8] = b"POST /api/eventgrid HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
 
 /// The dev vault, and the service on loopback with these `[webhook]` limits: header-read
-/// timeout, request timeout and shutdown grace in seconds, and the connection cap.
+/// timeout, request timeout and shutdown grace in seconds, and the connection cap. It has
+/// an admin listener (for `/metrics`).
 async fn start(header_read: u64, request: u64, max_connections: usize, grace: u64) -> (DevVault, RunningService) {
     let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
     let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
@@ -40,7 +41,7 @@ async fn start(header_read: u64, request: u64, max_connections: usize, grace: u6
         Targets::default(),
         EngineConfig::default(),
         &webhook,
-        Background::default(),
+        Background { admin: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()), ..Default::default() },
         listener,
     )
     .await
@@ -60,6 +61,16 @@ async fn healthz(addr: std::net::SocketAddr) -> (String, Duration) {
         .unwrap();
     let status = String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_owned();
     (status, started.elapsed())
+}
+
+/// The whole answer to `GET path` on a new connection.
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// The median of `n` `/healthz` latencies, each asserted to be a 200.
@@ -267,6 +278,9 @@ async fn a_body_that_never_comes_gets_408_after_the_request_timeout() {
     println!("a body never sent: {status:?} after {took:?} (request timeout 1s)");
     assert!(status.starts_with("HTTP/1.1 408"), "{status:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
+    // Counted as a delivery outcome of its own (the webhook answers its 408s inside its metrics).
+    let metrics = get(running.admin_addr.unwrap(), "/metrics").await;
+    assert!(metrics.contains(r#"kv_rotator_webhook_deliveries_total{outcome="timeout"} 1"#), "{metrics}");
     running.shutdown().await.unwrap();
     vault.shutdown().await;
 }

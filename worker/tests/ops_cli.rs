@@ -175,7 +175,7 @@ async fn check_passes_a_good_configuration_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_fails_naming_the_profile_and_the_reason() {
     let site = Site::new().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_closed_socket, closed) = common::refused_port();
     let accept_all = site.accept_all_plugin();
     // A plugin profile that accepts anything; a hostile account (whoever writes tags writes
     // what check prints: escaped); a profile the configuration does not have.

@@ -76,6 +76,8 @@ async fn log_in(admin: SocketAddr) -> String {
     assert_eq!(response.headers()["location"], "/status");
     let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    // Only the page's own paths get it (not the API's, nor /metrics).
+    assert!(cookie.split("; ").any(|attribute| attribute == "Path=/status"), "{cookie}");
     assert!(!cookie.contains(TOKEN), "the token never goes into the cookie");
     cookie.split(';').next().unwrap().to_owned()
 }

@@ -10,7 +10,9 @@
 //! - [`Notifier`]: a bounded queue and one delivery task. [`Notifier::publish`] never
 //!   waits: a full queue drops the event and counts it, so a slow or hanging sink never
 //!   holds a rotation. Deliveries go through [`crate::http_sink`] (timeout, retries on
-//!   429/5xx with backoff), as the alerts' do.
+//!   429/5xx with backoff), as the alerts' do; an Entra ID token is fetched within the
+//!   same timeout (`notifications.timeout_ms`), so a credential that never answers cannot
+//!   stall the queue.
 //! - [`expiry`]: the sweeper's multi-stage expiry warnings, each stage once per version.
 
 pub mod expiry;
@@ -32,7 +34,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::warn;
 
 use crate::engine::{trigger_kind, Outcome, RotationReport};
-use crate::http_sink::HttpSink;
+use crate::http_sink::{HttpSink, PostError};
 use crate::metrics::Metrics;
 
 /// A rotation wrote a new version: consumers can read it now.
@@ -182,6 +184,8 @@ impl std::fmt::Debug for Auth {
 pub struct Sink {
     http: HttpSink,
     auth: Auth,
+    /// How long an Entra ID token may take (`notifications.timeout_ms`, as one try).
+    token_timeout: Duration,
     queue_capacity: usize,
     /// The expiry warning stages, in days, ascending.
     expiry_stages: Vec<u32>,
@@ -212,10 +216,11 @@ impl Sink {
     }
 
     fn new(url: &str, auth: Auth, config: &NotificationsConfig) -> Sink {
-        let http = HttpSink::new(url, Duration::from_millis(config.timeout_ms)).with_attempts(config.max_attempts);
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let http = HttpSink::new(url, timeout).with_attempts(config.max_attempts);
         let mut expiry_stages = config.expiry_warning_days.clone();
         expiry_stages.sort_unstable();
-        Sink { http, auth, queue_capacity: config.queue_capacity.max(1), expiry_stages }
+        Sink { http, auth, token_timeout: timeout, queue_capacity: config.queue_capacity.max(1), expiry_stages }
     }
 
     /// A webhook sink at `url` (tests, tools).
@@ -249,30 +254,44 @@ impl Sink {
     }
 
     /// Sends one event: the auth header, then the POST with its retries.
-    async fn send(&self, event: &CloudEvent) -> Result<(), String> {
+    async fn send(&self, event: &CloudEvent) -> Result<(), SendError> {
         let mut headers = HeaderMap::new();
         match &self.auth {
             Auth::None => {}
             Auth::Key(key) => {
-                let mut value = HeaderValue::from_str(key.expose_secret())
-                    .map_err(|_| "notifications.sink.auth.key is not a valid header value".to_owned())?;
+                let mut value = HeaderValue::from_str(key.expose_secret()).map_err(|_| SendError::KeyHeader)?;
                 value.set_sensitive(true);
                 headers.insert("aeg-sas-key", value);
             }
             Auth::EntraId(credential) => {
-                let token = credential
-                    .get_token(&[EVENT_GRID_SCOPE], None)
+                let token = tokio::time::timeout(self.token_timeout, credential.get_token(&[EVENT_GRID_SCOPE], None))
                     .await
-                    .map_err(|e| format!("no Entra ID token for Event Grid: {e}"))?;
+                    .map_err(|_| SendError::TokenTimeout(self.token_timeout))?
+                    .map_err(SendError::Token)?;
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", token.token.secret()))
-                    .map_err(|_| "the Entra ID token is not a valid header value".to_owned())?;
+                    .map_err(|_| SendError::TokenHeader)?;
                 value.set_sensitive(true);
                 headers.insert(AUTHORIZATION, value);
             }
         }
         let body = event.to_json().to_string();
-        self.http.post("notifications", CLOUDEVENTS_JSON, headers, body.as_bytes()).await.map_err(|e| e.to_string())
+        Ok(self.http.post("notifications", CLOUDEVENTS_JSON, headers, body.as_bytes()).await?)
     }
+}
+
+/// Why one event was not delivered (logged; the event is counted as failed).
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("notifications.sink.auth.key is not a valid header value")]
+    KeyHeader,
+    #[error("no Entra ID token for Event Grid: {0}")]
+    Token(azure_core::Error),
+    #[error("no Entra ID token for Event Grid within notifications.timeout_ms ({} ms)", .0.as_millis())]
+    TokenTimeout(Duration),
+    #[error("the Entra ID token is not a valid header value")]
+    TokenHeader,
+    #[error(transparent)]
+    Post(#[from] PostError),
 }
 
 /// The topic endpoint with Event Grid's `api-version` (added when the URL has none).
@@ -380,5 +399,41 @@ async fn deliver(sink: Sink, mut events: mpsc::Receiver<CloudEvent>, metrics: Ar
         };
         metrics.inc("kv_rotator_notifications_total", &[("event", label), ("result", result)]);
         pending.done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use azure_core::credentials::{AccessToken, TokenRequestOptions};
+
+    use super::*;
+
+    /// An Entra ID credential whose token request never completes (an endpoint that
+    /// accepts the connection and never answers).
+    #[derive(Debug)]
+    struct NeverAnswers;
+
+    #[async_trait::async_trait]
+    impl TokenCredential for NeverAnswers {
+        async fn get_token(&self, _: &[&str], _: Option<TokenRequestOptions<'_>>) -> azure_core::Result<AccessToken> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_that_never_comes_fails_the_delivery_within_the_notifications_timeout() {
+        let config = NotificationsConfig { timeout_ms: 50, max_attempts: 1, ..Default::default() };
+        // Nothing is posted: the token comes first (the port is never reached).
+        let sink = Sink::event_grid_with_credential("https://127.0.0.1:9/api/events", Arc::new(NeverAnswers), &config);
+        let event = CloudEvent {
+            event_type: TYPE_SUCCEEDED,
+            subject: "db-password".into(),
+            vault: "sample-kv".into(),
+            data: json!({}),
+            time: OffsetDateTime::now_utc(),
+        };
+        let error = sink.send(&event).await.unwrap_err();
+        assert!(matches!(error, SendError::TokenTimeout(limit) if limit == Duration::from_millis(50)), "{error:?}");
+        assert_eq!(error.to_string(), "no Entra ID token for Event Grid within notifications.timeout_ms (50 ms)");
     }
 }

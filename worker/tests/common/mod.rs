@@ -53,3 +53,14 @@ pub fn line_for<'a>(stdout: &'a str, secret: &str) -> &'a str {
         .find(|l| l.starts_with(&format!("{secret}: ")))
         .unwrap_or_else(|| panic!("no line for {secret}:\n{stdout}"))
 }
+
+/// A loopback port that refuses connections for as long as the returned socket lives: it
+/// is bound but never listens, so no other process can take the port meanwhile (as one
+/// could a port bound, dropped and then named).
+#[allow(dead_code)] // not every suite needs a closed port
+pub fn refused_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((std::net::Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}

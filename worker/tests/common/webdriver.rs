@@ -1,5 +1,5 @@
 //! A small W3C WebDriver client over reqwest, for the status page's browser test: headless
-//! Chromium through a `chromedriver` this starts on a free port. Only the commands the
+//! Chromium through a `chromedriver` this starts on a port it picks itself. Only the commands the
 //! test needs (navigate, find, click, type, read, screenshot). A crate such as fantoccini
 //! would bring a second `http`, `thiserror`, `cookie` and ICU and an MPL-2.0 dependency,
 //! each an exception in deny.toml.
@@ -35,14 +35,24 @@ pub struct Element {
 }
 
 impl Browser {
-    /// Starts `chromedriver` on a free port and opens a headless Chromium session
-    /// (`--no-sandbox`: the tests run as root).
+    /// Starts `chromedriver` on a port it picks (`--port=0`, read back from its log: no port
+    /// is bound, dropped and bound again, a gap in which another process could take it)
+    /// and opens a headless Chromium session (`--no-sandbox`: the tests run as root).
     pub async fn headless_chromium() -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let driver = Proc::spawn(Command::new("chromedriver").arg(format!("--port={port}")));
+        let mut driver = Proc::spawn(Command::new("chromedriver").arg("--port=0"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Some(port) = started_on(&driver.output()) {
+                break port;
+            }
+            if let Some(status) = driver.exited() {
+                panic!("chromedriver exited with {status}: {}", driver.output());
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start: {}", driver.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
         while !http.get(format!("{base}/status")).send().await.is_ok_and(|r| r.status().is_success()) {
             assert!(Instant::now() < deadline, "chromedriver did not start: {}", driver.output());
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -156,4 +166,11 @@ impl Drop for Browser {
             let _ = stream.read(&mut [0u8; 512]);
         }
     }
+}
+
+/// The port of chromedriver's "ChromeDriver was started successfully on port N." line.
+fn started_on(log: &str) -> Option<u16> {
+    const STARTED: &str = "started successfully on port ";
+    let rest = &log[log.find(STARTED)? + STARTED.len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }

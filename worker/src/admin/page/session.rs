@@ -1,9 +1,12 @@
 //! The status page's browser sessions: an unguessable random id in an `HttpOnly`,
-//! `SameSite=Strict` cookie, kept here (never the admin token: the token is checked once, at
-//! login) with who logged in, an expiry and the session's CSRF token.
+//! `SameSite=Strict` cookie for the page's paths only (`Path=/status`), kept here (never the
+//! admin token: the token is checked once, at login) with who logged in, its ends and the
+//! session's CSRF token.
 //!
-//! Sessions are held by the SHA-256 digest of their id, in memory (a restart logs everyone
-//! out), at most [`MAX_SESSIONS`]: a new one pushes out the one closest to its end.
+//! A session ends [`SESSION_TTL`] after login, or earlier once unused for
+//! [`IDLE_TIMEOUT`] (a browser left open on a desk). Sessions are held by the SHA-256 digest
+//! of their id, in memory (a restart logs everyone out), at most [`MAX_SESSIONS`]: a new
+//! one pushes out the one closest to its end.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,6 +22,8 @@ use subtle::ConstantTimeEq;
 pub const COOKIE: &str = "kv_rotator_session";
 /// How long a session lasts from login, whatever is done with it.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+/// How long a session lasts unused: each request that finds it starts this again.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Sessions held at most.
 pub const MAX_SESSIONS: usize = 64;
 /// Random bytes in a session id and in a CSRF token (hex in the cookie and the forms).
@@ -31,7 +36,10 @@ pub struct Session {
     pub who: String,
     /// The token every form of this session carries.
     pub csrf: String,
+    /// The absolute end ([`SESSION_TTL`] after login).
     expires: Instant,
+    /// When a request last found it (the idle end is [`IDLE_TIMEOUT`] later).
+    last_used: Instant,
     /// Opening order: of sessions ending at the same instant, the older goes first.
     serial: u64,
 }
@@ -46,6 +54,11 @@ impl Session {
     /// Whether `presented` is this session's CSRF token, compared in constant time.
     pub fn csrf_matches(&self, presented: &str) -> bool {
         !presented.is_empty() && bool::from(self.csrf.as_bytes().ct_eq(presented.as_bytes()))
+    }
+
+    /// When it ends unless used again: its absolute end or its idle end, the earlier.
+    fn ends(&self) -> Instant {
+        self.expires.min(self.last_used + IDLE_TIMEOUT)
     }
 }
 
@@ -74,15 +87,18 @@ fn digest(id: &str) -> [u8; 32] {
 impl Sessions {
     /// A new session for `who`; its id (for the cookie only) and the session.
     pub fn open(&self, who: &str) -> (String, Session) {
+        self.open_at(who, Instant::now())
+    }
+
+    fn open_at(&self, who: &str, now: Instant) -> (String, Session) {
         let id = random_hex();
         let serial = self.opened.fetch_add(1, Ordering::Relaxed);
         let session =
-            Session { who: who.to_owned(), csrf: random_hex(), expires: Instant::now() + SESSION_TTL, serial };
+            Session { who: who.to_owned(), csrf: random_hex(), expires: now + SESSION_TTL, last_used: now, serial };
         let mut sessions = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
+        sessions.retain(|_, s| s.ends() > now);
         while sessions.len() >= MAX_SESSIONS {
-            let Some(oldest) = sessions.iter().min_by_key(|(_, s)| (s.expires, s.serial)).map(|(d, _)| *d) else {
+            let Some(oldest) = sessions.iter().min_by_key(|(_, s)| (s.ends(), s.serial)).map(|(d, _)| *d) else {
                 break;
             };
             sessions.remove(&oldest);
@@ -91,11 +107,18 @@ impl Sessions {
         (id, session)
     }
 
-    /// The live session whose id the request's cookie carries, if any.
+    /// The live session whose id the request's cookie carries, if any; finding it counts
+    /// as a use (its idle end moves on).
     pub fn find(&self, headers: &HeaderMap) -> Option<Session> {
+        self.find_at(headers, Instant::now())
+    }
+
+    fn find_at(&self, headers: &HeaderMap, now: Instant) -> Option<Session> {
         let id = cookie_id(headers)?;
-        let sessions = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.get(&digest(id)).filter(|s| s.expires > Instant::now()).cloned()
+        let mut sessions = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
+        let session = sessions.get_mut(&digest(id)).filter(|s| s.ends() > now)?;
+        session.last_used = now;
+        Some(session.clone())
     }
 
     /// Ends the session the request's cookie carries.
@@ -172,6 +195,31 @@ mod tests {
         }
         assert_eq!(sessions.by_digest.lock().unwrap().len(), MAX_SESSIONS);
         assert!(sessions.find(&with_cookie(&format!("{COOKIE}={first}"))).is_none(), "the oldest went");
+    }
+
+    #[test]
+    fn an_idle_session_is_refused_and_each_use_keeps_it_alive_until_its_absolute_end() {
+        let sessions = Sessions::default();
+        let login = Instant::now();
+        let (id, _) = sessions.open_at("static-token", login);
+        let headers = with_cookie(&format!("{COOKIE}={id}"));
+        // Used every 10 minutes: alive past the idle timeout counted from login.
+        let mut at = login;
+        while at + Duration::from_secs(600) < login + SESSION_TTL {
+            at += Duration::from_secs(600);
+            assert!(sessions.find_at(&headers, at).is_some(), "used at {:?}", at - login);
+        }
+        // Past its absolute end, however recently used.
+        assert!(sessions.find_at(&headers, login + SESSION_TTL).is_none());
+
+        let (idle_id, _) = sessions.open_at("static-token", login);
+        let idle = with_cookie(&format!("{COOKIE}={idle_id}"));
+        assert!(sessions.find_at(&idle, login + IDLE_TIMEOUT - Duration::from_secs(1)).is_some());
+        let last_use = login + IDLE_TIMEOUT - Duration::from_secs(1);
+        assert!(sessions.find_at(&idle, last_use + IDLE_TIMEOUT).is_none(), "idle for the whole timeout");
+        // An idle session is dropped when the next one opens.
+        sessions.open_at("b", last_use + IDLE_TIMEOUT);
+        assert!(!sessions.by_digest.lock().unwrap().contains_key(&digest(&idle_id)));
     }
 
     #[test]
