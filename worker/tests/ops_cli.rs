@@ -187,6 +187,9 @@ async fn check_fails_naming_the_profile_and_the_reason() {
         let tags = [("rotator", profile), ("CredentialId", account)];
         put(&site.dev, secret, &PasswordPolicy::default().generate(), &tags).await;
     }
+    // A rotation window tag that is not a window (and carries terminal escapes).
+    let tags = [("rotator", "elsewhere"), ("CredentialId", "w"), ("RotationWindow", "Mon-Fri 25:00 \u{1b}[2J")];
+    put(&site.dev, "windowed-password", &PasswordPolicy::default().generate(), &tags).await;
     let config = site.config(&format!(
         "[webhook.auth]\nmode = \"shared-key\"\nkey = {{ env = \"KVR_CHECK_UNSET_KEY\" }}\n\
          [targets.hostile]\nkind = \"htpasswd\"\npath = \"{}\"\naccounts = [\"*\"]\n\
@@ -212,6 +215,11 @@ async fn check_fails_naming_the_profile_and_the_reason() {
     );
     let secrets = check_line(&stdout, "secrets");
     assert!(secrets.starts_with("FAILED ") && secrets.contains("\"nowhere\" (1)"), "{secrets}");
+    let windows = check_line(&stdout, "secret windows");
+    assert!(
+        windows.starts_with("FAILED ") && windows.contains("windowed-password: tag \"RotationWindow\" is not used"),
+        "{windows}"
+    );
     let auth = check_line(&stdout, "webhook.auth");
     assert!(auth.starts_with("FAILED ") && auth.contains("KVR_CHECK_UNSET_KEY is not set"), "{auth}");
     let hostile = check_line(&stdout, "targets.hostile canary");

@@ -31,7 +31,9 @@ use crate::engine::protocol::refuses_a_random_password;
 use crate::logging::sanitized;
 use crate::service;
 use crate::targets::Targets;
-use kv_rotator_core::tags::{TAG_CREDENTIAL_ID, TAG_ROTATOR};
+use kv_rotator_core::tags::{TAG_CREDENTIAL_ID, TAG_ROTATION_WINDOW, TAG_ROTATOR};
+
+use crate::engine::due::Windows;
 
 /// Longest reason printed (target and vault errors quote the server).
 const REASON_MAX: usize = 1024;
@@ -132,8 +134,16 @@ async fn check_config(config: &Config, report: &mut Report) {
     };
     report.add(auth);
     let (store, accounts) = match check_vault(config).await {
-        Ok((store, accounts, line)) => {
+        Ok((store, accounts, line, window_tags)) => {
             report.add(line);
+            if !window_tags.is_empty() {
+                let why = format!(
+                    "{TAG_ROTATION_WINDOW} tags that are not usable windows (the profile's rotation_window, or any \
+                     time, applies instead): {}",
+                    window_tags.join("; ")
+                );
+                report.add(Line::new("secret windows", Status::Failed, why));
+            }
             (Some(store), accounts)
         }
         Err(err) => {
@@ -160,16 +170,25 @@ async fn check_config(config: &Config, report: &mut Report) {
     }
 }
 
-/// Lists the vault; returns the store and, per profile, the accounts its managed secrets
-/// name (from the listing's tags, in name order).
-async fn check_vault(config: &Config) -> anyhow::Result<(Arc<dyn SecretStore>, BTreeMap<String, Vec<String>>, Line)> {
+/// The vault as `check` sees it: the store, per profile the accounts its managed
+/// secrets name (in name order), the line to report, and each managed secret whose
+/// `RotationWindow` tag is not used, with why.
+type VaultView = (Arc<dyn SecretStore>, BTreeMap<String, Vec<String>>, Line, Vec<String>);
+
+/// Lists the vault ([`VaultView`]), from the listing's tags.
+async fn check_vault(config: &Config) -> anyhow::Result<VaultView> {
     let store = service::connect_store(&config.vault)?;
     let listing = store.list_secrets().await.map_err(|e| anyhow::anyhow!("cannot list the vault's secrets: {e}"))?;
+    let windows = Windows::from_config(&config.targets, &config.sweeper);
     let mut accounts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut window_tags = Vec::new();
     for properties in &listing {
         let tag = |key: &str| properties.tags.get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         if let (Some(profile), Some(account)) = (tag(TAG_ROTATOR), tag(TAG_CREDENTIAL_ID)) {
             accounts.entry(profile).or_default().push(account);
+            if let (_, Some(problem)) = windows.of(properties) {
+                window_tags.push(format!("{}: {problem}", properties.name));
+            }
         }
     }
     let managed: usize = accounts.values().map(Vec::len).sum();
@@ -178,7 +197,7 @@ async fn check_vault(config: &Config) -> anyhow::Result<(Arc<dyn SecretStore>, B
         Status::Ok,
         format!("{} answers: {} secrets listed, {managed} managed", config.vault.url, listing.len()),
     );
-    Ok((store, accounts, line))
+    Ok((store, accounts, line, window_tags))
 }
 
 /// The setup, admin and canary checks of one profile.
