@@ -14,7 +14,8 @@
 //! `kv_rotator_notifications_total{event,result}`, `kv_rotator_finish_retries_total`,
 //! `kv_rotator_webhook_deliveries_total{outcome}`, `kv_rotator_vault_throttled_total`,
 //! `kv_rotator_vault_retries_total`; gauges `kv_rotator_queue_depth`,
-//! `kv_rotator_journal_age_seconds`, `kv_rotator_managed_secrets{state}`.
+//! `kv_rotator_journal_age_seconds`, `kv_rotator_managed_secrets{state}`,
+//! `kv_rotator_last_sweep_timestamp_seconds{result}`.
 //! Labels carry names of outcomes, steps, rotator kinds, triggers and states only — never
 //! a secret's value, nor its name (a label per secret would be unbounded, and tell
 //! whoever scrapes which secrets exist).
@@ -78,7 +79,12 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "kv_rotator_managed_secrets",
         "gauge",
-        "Managed secrets at the last sweep, by state: not_due, due, expired, failed (carrying the failure tag).",
+        "Managed secrets at the last sweep, by state: not_due, due, waiting_for_window, expired, failed (carrying the failure tag).",
+    ),
+    (
+        "kv_rotator_last_sweep_timestamp_seconds",
+        "gauge",
+        "Unix time of the last sweep, by result (ok, error): the sweep gauges are as old as the last ok one.",
     ),
 ];
 

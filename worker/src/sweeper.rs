@@ -302,11 +302,11 @@ impl Sweeper {
         let scan = match scan_judging(self.store.as_ref(), rule, &self.rule).await {
             Ok(scan) => scan,
             Err(err) => {
-                self.metrics.inc("kv_rotator_sweeps_total", &[("result", "error")]);
+                self.count_sweep("error");
                 return Err(err);
             }
         };
-        self.metrics.inc("kv_rotator_sweeps_total", &[("result", "ok")]);
+        self.count_sweep("ok");
         scan.census.record(&self.metrics, OffsetDateTime::now_utc());
         for (name, why) in &scan.skipped {
             warn!(secret = %name, error = %why, "sweeper could not read a secret near expiry");
@@ -326,6 +326,14 @@ impl Sweeper {
         }
         info!(managed = scan.managed, enqueued, "sweep done");
         Ok(enqueued)
+    }
+
+    /// Counts a sweep and stamps its time: a failing sweep leaves the census gauges as
+    /// they were, and the timestamps say how old they are.
+    fn count_sweep(&self, result: &'static str) {
+        self.metrics.inc("kv_rotator_sweeps_total", &[("result", result)]);
+        let now = OffsetDateTime::now_utc().unix_timestamp() as f64;
+        self.metrics.set("kv_rotator_last_sweep_timestamp_seconds", &[("result", result)], now);
     }
 
     /// Sweeps now, then every `interval_secs`, until the queue closes.

@@ -189,3 +189,32 @@ async fn a_version_written_after_the_listing_is_judged_by_its_own_expiry() {
     assert!(scan.requests.is_empty(), "the fresh version must not be rotated again: {:?}", scan.requests);
     vault.shutdown().await;
 }
+
+/// A sweep that fails leaves the census gauges as the last good sweep set them; the
+/// per-result timestamps say how old they are, so an alert can tell stale from calm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sweep_is_stamped_and_leaves_the_census_of_the_last_good_one() {
+    let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+    put(store.as_ref(), "near", &[("rotator", "site"), ("CredentialId", "u")], Some(10)).await;
+    let metrics = Arc::new(kv_rotator::metrics::Metrics::default());
+    let (queue, mut requests) = tokio::sync::mpsc::channel(16);
+    let rule = kv_rotator::engine::due::DueRule::default();
+    let sweeper = sweeper::Sweeper::new(store, queue, SweeperConfig::default(), rule, metrics.clone());
+    let stamp = |result| metrics.gauge("kv_rotator_last_sweep_timestamp_seconds", &[("result", result)]);
+    let due = || metrics.gauge("kv_rotator_managed_secrets", &[("state", "due")]);
+
+    let before = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    assert_eq!(sweeper.sweep_once().await.unwrap(), 1);
+    assert_eq!(requests.recv().await.unwrap().secret_name, "near");
+    let ok = stamp("ok").expect("an ok sweep is stamped");
+    assert!(ok >= before, "{ok} < {before}");
+    assert_eq!((stamp("error"), due()), (None, Some(1.0)));
+
+    vault.shutdown().await;
+    assert!(sweeper.sweep_once().await.is_err(), "the vault is gone");
+    assert!(stamp("error").expect("a failed sweep is stamped") >= ok);
+    assert_eq!(stamp("ok"), Some(ok), "the last good sweep's time stays");
+    assert_eq!(due(), Some(1.0), "the census of the last good sweep stays");
+    assert_eq!(metrics.counter("kv_rotator_sweeps_total", &[("result", "error")]), 1);
+}
