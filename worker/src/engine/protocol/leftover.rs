@@ -192,16 +192,7 @@ async fn probe<'a>(
     }
     // Every version of the record must be kv-rotator's, for this secret and this identity:
     // a planted or re-tagged version could otherwise point the verdict elsewhere.
-    let ours = |record: &SecretRecord| {
-        let t = &record.properties.tags;
-        let same = |key: &str, want: &str| t.get(key).is_none_or(|v| v.trim() == want);
-        record.properties.content_type.as_deref() == Some(JOURNAL_CONTENT_TYPE)
-            && t.get(TAG_JOURNAL_FOR).is_some_and(|s| s.eq_ignore_ascii_case(&latest.name))
-            && t.get(TAG_ROTATION_ID).is_some_and(|id| id == rotation_id)
-            && same(TAG_PROFILE, profile)
-            && t.get(TAG_ACCOUNT).is_none_or(|a| accounts.iter().any(|account| a.trim() == account))
-    };
-    if !journal.iter().all(ours) {
+    if !journal.iter().all(|record| written_for(record, latest, rotation_id, profile, &accounts)) {
         return cannot_tell;
     }
     let Some(rotator) = engine.targets.rotator(profile) else { return cannot_tell };
@@ -247,4 +238,22 @@ async fn probe<'a>(
         }
     }
     (Target::AcceptsNeither, None)
+}
+
+/// Whether `record` is a journal version kv-rotator wrote for `latest`'s secret, this
+/// rotation and — where the record names them — this profile and one of `accounts`.
+fn written_for(
+    record: &SecretRecord,
+    latest: &SecretRecord,
+    rotation_id: &str,
+    profile: &str,
+    accounts: &[String],
+) -> bool {
+    let t = &record.properties.tags;
+    let same = |key: &str, want: &str| t.get(key).is_none_or(|v| v.trim() == want);
+    record.properties.content_type.as_deref() == Some(JOURNAL_CONTENT_TYPE)
+        && t.get(TAG_JOURNAL_FOR).is_some_and(|s| s.eq_ignore_ascii_case(&latest.name))
+        && t.get(TAG_ROTATION_ID).is_some_and(|id| id == rotation_id)
+        && same(TAG_PROFILE, profile)
+        && t.get(TAG_ACCOUNT).is_none_or(|a| accounts.iter().any(|account| a.trim() == account))
 }
