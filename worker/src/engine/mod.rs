@@ -19,7 +19,9 @@
 //!   minimum interval between rotations.
 //! - [`retire`]: multi-password retirement of old passwords after the grace period.
 //! - [`value`]: what a secret's value holds (a password, or alternating-users' pair).
-//! - [`planner`]: the protocol's pure decisions (fence, journal, stale journals).
+//! - [`planner`]: the protocol's pure decisions (the fence, the gate or not and the
+//!   password for a rotation's journal record, a leftover record's fate); the protocol
+//!   calls them and acts on what they return.
 //! - [`journal`]: rotation ids, journal record naming and content type (the tags it
 //!   writes are `kv_rotator_core::tags`).
 //! - [`locks`]: per-secret mutual exclusion.

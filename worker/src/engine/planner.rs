@@ -1,15 +1,22 @@
-//! The planner: pure decisions of the protocol, separated from I/O so that every
-//! combination of what Key Vault and the target can show is unit-tested.
+//! The planner: the protocol's decisions, as pure functions the protocol calls at each
+//! decision point and acts on, so that every combination of what Key Vault and the
+//! target can show is unit-tested against the code that runs.
 //!
 //! - [`fence`]: from the latest version — rotate, already rotated, or stale.
-//! - [`with_journal`]: what to do with this rotation's journal record given the fence.
-//! - [`stale_journal`]: a journal whose source version is no longer the latest — delete
-//!   it only when its password is provably not the one the target depends on.
-//! - [`decide`]: the three chained, as the protocol runs them.
+//! - [`leftover`]: a request the fence stops, whose rotation left a journal record: the
+//!   record outlived its source version, or its rotation finished. [`Leftover`] asks, one
+//!   [`Question`] at a time, only what its verdict needs (each answer costs reads or
+//!   logins), then gives the verdict ([`StaleJournal`]).
+//! - [`start`]: a rotation from the source version, with or without its record (the
+//!   target asked about it): through the gate or not, and with a fresh password or the
+//!   record's.
+//!
+//! The protocol ([`super::protocol`]) calls these at its decision points and acts on what
+//! they return; the tests below run them the same way over every state.
 //!
 //! The rule behind all of them is the invariant: a journal record may hold the only
 //! copy of the password the target accepts, so it is deleted only when a version of the
-//! secret carries its rotation id or the latest version is proven to log in.
+//! secret holds its password or the latest version is proven to log in.
 
 /// What the latest version says about this rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +56,14 @@ pub enum Target {
 pub enum Fence {
     /// Run the protocol from the latest version.
     Rotate,
-    /// Finished before: nothing to write.
+    /// Nothing to write to the secret.
+    Stop(Stop),
+}
+
+/// Why the fence stops a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Finished before.
     AlreadyRotated,
     /// The request names an older version.
     Stale,
@@ -59,46 +73,73 @@ pub enum Fence {
 pub fn fence(latest: Latest) -> Fence {
     match latest {
         Latest::IsSource => Fence::Rotate,
-        Latest::CarriesRotationId => Fence::AlreadyRotated,
-        Latest::Newer => Fence::Stale,
+        Latest::CarriesRotationId => Fence::Stop(Stop::AlreadyRotated),
+        Latest::Newer => Fence::Stop(Stop::Stale),
     }
 }
 
-/// What to do once the fence and the journal are known.
+/// Step 1, for a request the fence stops: a journal record of its rotation outlived its
+/// source version, or its rotation finished — [`Leftover`] judges it.
+pub fn leftover(stop: Stop, journal: Journal) -> Option<Leftover> {
+    match journal {
+        Journal::Absent => None,
+        Journal::Present => Some(Leftover::new(stop)),
+    }
+}
+
+/// This rotation's journal record, as a rotation from the source version finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JournalStep {
-    /// Generate a password and write the journal record before touching the target.
-    Create,
-    /// Resume with the journaled pending password (never generate a new one).
-    Reuse,
-    /// Delete the journal record (if any): its password is in a version of the secret.
-    Delete,
-    /// Nothing to do.
-    Nothing,
-    /// A journal outlived its source version: look at the history and the target
-    /// ([`stale_journal`]).
-    Inspect,
+pub enum Record {
+    /// No record.
+    Absent,
+    /// A record, once the target was asked about it. `target_uses_it`: the target
+    /// accepts one of its passwords (or, for `own`, this request set it). `own`: this
+    /// request journaled it, so the target need not be asked.
+    Present { target_uses_it: bool, own: bool },
 }
 
-/// Step 2: the journal, given the fence.
-pub fn with_journal(fence: Fence, journal: Journal) -> JournalStep {
-    match (fence, journal) {
-        (Fence::Rotate, Journal::Absent) => JournalStep::Create,
-        (Fence::Rotate, Journal::Present) => JournalStep::Reuse,
-        // Finished: the new version holds the pending password; a leftover record is
-        // what a crash between finish and delete leaves.
-        (Fence::AlreadyRotated, Journal::Present) => JournalStep::Delete,
-        (Fence::AlreadyRotated, Journal::Absent) => JournalStep::Nothing,
-        (Fence::Stale, Journal::Absent) => JournalStep::Nothing,
-        (Fence::Stale, Journal::Present) => JournalStep::Inspect,
+/// How a rotation from the source version goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// The gate decides whether it starts now (a rotation the target has taken is always
+    /// finished, whatever the schedule).
+    pub gated: bool,
+    /// The password `set` makes the target accept.
+    pub password: Password,
+}
+
+/// Where the pending password comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Password {
+    /// Generated, and journaled before the target sees it (over the record, if any).
+    Fresh,
+    /// The journal record's (never replaced by a fresh one).
+    Journaled,
+}
+
+/// Step 2: with or without this rotation's record, whether the gate is asked and which
+/// password is set.
+pub fn start(record: Record) -> Start {
+    match record {
+        Record::Absent => Start { gated: true, password: Password::Fresh },
+        // The rotation has begun on the target: it is finished with that password.
+        Record::Present { target_uses_it: true, .. } => Start { gated: false, password: Password::Journaled },
+        // This request's own record, not yet set: trusted, but a new rotation still.
+        Record::Present { target_uses_it: false, own: true } => Start { gated: true, password: Password::Journaled },
+        // A rotation not begun, or a planted record: its password is not trusted.
+        Record::Present { target_uses_it: false, own: false } => Start { gated: true, password: Password::Fresh },
     }
 }
 
-/// The verdict on a journal that outlived its source version.
+/// The verdict on a journal that outlived its source version, or a finished rotation's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StaleJournal {
     /// Its password is safe elsewhere or unused: delete the record.
     Delete,
+    /// The latest version carries the rotation id, but the target uses the record's
+    /// password (two engines finished one rotation): write that password again as the
+    /// latest version, then delete the record.
+    Refinish,
     /// Keep it: its password may be the only one the target accepts; an operator must
     /// decide (the alert says so).
     KeepForOperator,
@@ -106,40 +147,99 @@ pub enum StaleJournal {
     KeepAndRetry,
 }
 
-/// Step 3, for [`JournalStep::Inspect`]. `finished_in_history`: a version of the secret
-/// carries the rotation id (the rotation finished, then someone wrote again). The target
-/// is always asked: a finished rotation's record may still hold the only working
-/// password when a second engine set one after it finished.
-pub fn stale_journal(finished_in_history: bool, target: Target) -> StaleJournal {
-    match target {
-        Target::AcceptsLatest => StaleJournal::Delete,
-        // Finished, and the record's passwords do not work either: nothing to keep.
-        Target::AcceptsNeither if finished_in_history => StaleJournal::Delete,
-        Target::AcceptsPending | Target::AcceptsNeither => StaleJournal::KeepForOperator,
-        Target::Unreachable => StaleJournal::KeepAndRetry,
+/// What [`Leftover`] needs to know next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Question {
+    /// Whether the record holds only the finished (latest) version's password.
+    HoldsOnlyLatest,
+    /// Whether a version of the secret carrying the rotation id holds one of the
+    /// record's passwords (the rotation finished, then someone wrote again).
+    FinishedInHistory,
+    /// Which password the target accepts ([`Target`]).
+    Target,
+    /// Whether a recent version of the secret holds the record's password the target
+    /// accepts.
+    PendingInHistory,
+}
+
+/// The planner's next move on a leftover record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Answer this, then ask again.
+    Ask(Question),
+    /// Carry this out.
+    Verdict(StaleJournal),
+}
+
+/// A leftover journal record and the answers gathered about it so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leftover {
+    /// The latest version carries the rotation id ([`Stop::AlreadyRotated`]).
+    finished_latest: bool,
+    /// Answer to [`Question::HoldsOnlyLatest`].
+    pub holds_only_latest: Option<bool>,
+    /// Answer to [`Question::FinishedInHistory`].
+    pub finished_in_history: Option<bool>,
+    /// Answer to [`Question::Target`].
+    pub target: Option<Target>,
+    /// Answer to [`Question::PendingInHistory`].
+    pub pending_in_history: Option<bool>,
+}
+
+impl Leftover {
+    fn new(stop: Stop) -> Self {
+        Self {
+            finished_latest: stop == Stop::AlreadyRotated,
+            holds_only_latest: None,
+            finished_in_history: None,
+            target: None,
+            pending_in_history: None,
+        }
+    }
+
+    /// The next question, or the verdict once the answers suffice. The target
+    /// is always asked unless the record holds only the finished version's password: a
+    /// finished rotation's record may still hold the only working password when a
+    /// second engine set one after it finished.
+    pub fn next(&self) -> Next {
+        if self.finished_latest {
+            // What a crash between finish and delete leaves.
+            let Some(only_latest) = self.holds_only_latest else { return Next::Ask(Question::HoldsOnlyLatest) };
+            if only_latest {
+                return Next::Verdict(StaleJournal::Delete);
+            }
+            return match self.target {
+                None => Next::Ask(Question::Target),
+                Some(Target::AcceptsPending) => Next::Verdict(StaleJournal::Refinish),
+                Some(target) => Next::Verdict(stale_journal(true, target)),
+            };
+        }
+        // Finished only if a version carrying the rotation id holds one of the record's
+        // passwords: a tag alone is anyone's to write.
+        let Some(finished) = self.finished_in_history else { return Next::Ask(Question::FinishedInHistory) };
+        let Some(target) = self.target else { return Next::Ask(Question::Target) };
+        // Where several passwords work (pairs, multi-password), the record's may be one a
+        // version also holds (a finished rotation's, left over): it is readable there.
+        if target == Target::AcceptsPending {
+            match self.pending_in_history {
+                None => return Next::Ask(Question::PendingInHistory),
+                Some(true) => return Next::Verdict(StaleJournal::Delete),
+                Some(false) => {}
+            }
+        }
+        Next::Verdict(stale_journal(finished, target))
     }
 }
 
-/// The whole decision, as [`super::protocol`] takes it step by step (it asks the
-/// history and the target only when [`JournalStep::Inspect`] needs them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Create or reuse the journal, then set, test, finish.
-    Rotate(JournalStep),
-    /// Nothing to write to the secret; the journal step says what becomes of a record.
-    Stop(Fence, JournalStep, Option<StaleJournal>),
-}
-
-/// Chains [`fence`], [`with_journal`] and [`stale_journal`].
-pub fn decide(latest: Latest, journal: Journal, finished_in_history: bool, target: Target) -> Decision {
-    let fence = fence(latest);
-    let step = with_journal(fence, journal);
-    match (fence, step) {
-        (Fence::Rotate, step) => Decision::Rotate(step),
-        (fence, JournalStep::Inspect) => {
-            Decision::Stop(fence, JournalStep::Inspect, Some(stale_journal(finished_in_history, target)))
-        }
-        (fence, step) => Decision::Stop(fence, step, None),
+/// The verdict once the target answered: delete only when the latest version logs in,
+/// or when the rotation finished and none of the record's passwords log in either.
+fn stale_journal(finished: bool, target: Target) -> StaleJournal {
+    match target {
+        Target::AcceptsLatest => StaleJournal::Delete,
+        // Finished, and the record's passwords do not work either: nothing to keep.
+        Target::AcceptsNeither if finished => StaleJournal::Delete,
+        Target::AcceptsPending | Target::AcceptsNeither => StaleJournal::KeepForOperator,
+        Target::Unreachable => StaleJournal::KeepAndRetry,
     }
 }
 
@@ -152,102 +252,245 @@ mod tests {
     const TARGET: [Target; 4] =
         [Target::AcceptsLatest, Target::AcceptsPending, Target::AcceptsNeither, Target::Unreachable];
 
-    fn every_state() -> impl Iterator<Item = (Latest, Journal, bool, Target)> {
-        LATEST.into_iter().flat_map(|l| {
-            JOURNAL.into_iter().flat_map(move |j| {
-                [false, true].into_iter().flat_map(move |h| TARGET.into_iter().map(move |t| (l, j, h, t)))
+    /// Everything the protocol can observe: the latest version, the record, the target,
+    /// and the facts the planner may ask about.
+    #[derive(Debug, Clone, Copy)]
+    struct State {
+        latest: Latest,
+        journal: Journal,
+        target: Target,
+        /// This request journaled the record.
+        own: bool,
+        /// A version carrying the rotation id holds one of the record's passwords.
+        finished_in_history: bool,
+        /// The record holds only the latest version's password.
+        holds_only_latest: bool,
+        /// A recent version holds the record's password the target accepts.
+        pending_in_history: bool,
+        /// The gate lets a new rotation start.
+        gate_open: bool,
+    }
+
+    impl State {
+        /// The rotation finished: the latest version carries its id, or an older one does.
+        fn finished(&self) -> bool {
+            self.latest == Latest::CarriesRotationId || (self.latest == Latest::Newer && self.finished_in_history)
+        }
+    }
+
+    /// Where the protocol ends up, following the planner's answers.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Decision {
+        /// Set, test and finish with this password.
+        Rotate(Password),
+        /// The gate ended the request.
+        Gated,
+        /// Asking the target about the record failed: the attempt is retried.
+        Retry,
+        /// The verdict on a leftover record.
+        Leftover(StaleJournal),
+        /// Nothing to write.
+        Nothing,
+    }
+
+    /// Runs the planner as the protocol does, answering its questions from `s`.
+    fn decide(s: State) -> Decision {
+        let record = match (fence(s.latest), s.journal) {
+            (Fence::Stop(stop), journal) => {
+                return match leftover(stop, journal) {
+                    None => Decision::Nothing,
+                    Some(mut leftover) => Decision::Leftover(answer(&mut leftover, s)),
+                };
+            }
+            (Fence::Rotate, Journal::Absent) => Record::Absent,
+            // This request's own record: it knows whether it set the target, without a login.
+            (Fence::Rotate, Journal::Present) if s.own => {
+                Record::Present { target_uses_it: s.target == Target::AcceptsPending, own: true }
+            }
+            // Asking the target about someone else's record failed: the attempt ends.
+            (Fence::Rotate, Journal::Present) if s.target == Target::Unreachable => return Decision::Retry,
+            (Fence::Rotate, Journal::Present) => {
+                Record::Present { target_uses_it: s.target == Target::AcceptsPending, own: false }
+            }
+        };
+        let rotation = start(record);
+        match (rotation.gated, s.gate_open) {
+            (true, false) => Decision::Gated,
+            _ => Decision::Rotate(rotation.password),
+        }
+    }
+
+    /// Answers `leftover`'s questions until its verdict, each at most once.
+    fn answer(leftover: &mut Leftover, s: State) -> StaleJournal {
+        let mut asked = Vec::new();
+        loop {
+            let question = match leftover.next() {
+                Next::Verdict(verdict) => return verdict,
+                Next::Ask(question) => question,
+            };
+            assert!(!asked.contains(&question), "{question:?} asked twice in {s:?}");
+            asked.push(question);
+            match question {
+                Question::HoldsOnlyLatest => leftover.holds_only_latest = Some(s.holds_only_latest),
+                Question::FinishedInHistory => leftover.finished_in_history = Some(s.finished_in_history),
+                Question::Target => leftover.target = Some(s.target),
+                Question::PendingInHistory => leftover.pending_in_history = Some(s.pending_in_history),
+            }
+        }
+    }
+
+    /// Whether the target is asked about the record in `s`.
+    fn target_asked(s: State) -> bool {
+        !(s.latest == Latest::CarriesRotationId && s.holds_only_latest)
+    }
+
+    fn every_state() -> impl Iterator<Item = State> {
+        LATEST.into_iter().flat_map(move |latest| {
+            JOURNAL.into_iter().flat_map(move |journal| {
+                TARGET.into_iter().flat_map(move |target| {
+                    (0..32u8).map(move |bits| {
+                        let flag = |bit: u8| bits & (1 << bit) != 0;
+                        State {
+                            latest,
+                            journal,
+                            target,
+                            own: flag(0),
+                            finished_in_history: flag(1),
+                            holds_only_latest: flag(2),
+                            pending_in_history: flag(3),
+                            gate_open: flag(4),
+                        }
+                    })
+                })
             })
         })
     }
 
     /// Whether, in this state, the journal's password may be the only working one: the
-    /// target accepts it, no version of the secret carries it.
-    fn pending_only_in_journal(latest: Latest, journal: Journal, history: bool, target: Target) -> bool {
-        journal == Journal::Present
-            && latest != Latest::CarriesRotationId
-            && (target == Target::AcceptsPending
-                || (!history && matches!(target, Target::Unreachable | Target::AcceptsNeither)))
+    /// target accepts it (or cannot say) and no version of the secret holds it.
+    fn pending_only_in_journal(s: State) -> bool {
+        let in_a_version = s.latest == Latest::CarriesRotationId && s.holds_only_latest;
+        s.journal == Journal::Present
+            && !in_a_version
+            && ((s.target == Target::AcceptsPending && !s.pending_in_history)
+                || (!s.finished() && matches!(s.target, Target::Unreachable | Target::AcceptsNeither)))
     }
 
     #[test]
     fn the_matrix_has_every_combination() {
-        assert_eq!(every_state().count(), 3 * 2 * 2 * 4);
+        assert_eq!(every_state().count(), 3 * 2 * 4 * 32);
     }
 
     #[test]
     fn a_journal_holding_the_only_working_password_is_never_deleted() {
-        for (l, j, h, t) in every_state() {
-            let d = decide(l, j, h, t);
-            if pending_only_in_journal(l, j, h, t) {
-                let deletes = matches!(
-                    d,
-                    Decision::Stop(_, JournalStep::Delete, _) | Decision::Stop(_, _, Some(StaleJournal::Delete))
-                );
-                assert!(!deletes, "{l:?} {j:?} history={h} {t:?} -> {d:?}");
+        for s in every_state() {
+            let d = decide(s);
+            if pending_only_in_journal(s) {
+                assert_ne!(d, Decision::Leftover(StaleJournal::Delete), "{s:?}");
             }
         }
     }
 
     #[test]
-    fn an_existing_journal_is_reused_never_replaced_by_a_fresh_password() {
-        for (l, j, h, t) in every_state() {
-            let d = decide(l, j, h, t);
-            if j == Journal::Present {
-                assert_ne!(d, Decision::Rotate(JournalStep::Create), "{l:?} {j:?} history={h} {t:?}");
+    fn a_journal_the_target_uses_is_reused_never_replaced_by_a_fresh_password() {
+        for s in every_state() {
+            let d = decide(s);
+            let uses_it = s.target == Target::AcceptsPending;
+            if s.latest == Latest::IsSource && s.journal == Journal::Present && (uses_it || s.own) {
+                assert!(matches!(d, Decision::Rotate(Password::Journaled) | Decision::Gated), "{s:?} -> {d:?}");
             }
-            if d == Decision::Rotate(JournalStep::Reuse) {
-                assert_eq!(j, Journal::Present);
+            if s.latest == Latest::IsSource && s.journal == Journal::Present && uses_it {
+                assert_eq!(d, Decision::Rotate(Password::Journaled), "the gate never holds a begun rotation: {s:?}");
+            }
+            if d == Decision::Rotate(Password::Journaled) {
+                assert_eq!(s.journal, Journal::Present, "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fresh_password_is_journaled_only_for_a_rotation_the_gate_lets_start() {
+        for s in every_state() {
+            if decide(s) == Decision::Rotate(Password::Fresh) {
+                assert!(s.gate_open, "{s:?}");
+                let untrusted = s.journal == Journal::Present && !s.own && s.target != Target::AcceptsPending;
+                assert!(s.journal == Journal::Absent || untrusted, "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_the_target_does_not_use_and_this_request_did_not_write_is_never_trusted() {
+        for s in every_state() {
+            let unused = !matches!(s.target, Target::AcceptsPending | Target::Unreachable);
+            if s.latest == Latest::IsSource && s.journal == Journal::Present && !s.own && unused {
+                let expected = if s.gate_open { Decision::Rotate(Password::Fresh) } else { Decision::Gated };
+                assert_eq!(decide(s), expected, "{s:?}");
             }
         }
     }
 
     #[test]
     fn only_the_source_version_is_rotated_and_always_is() {
-        for (l, j, h, t) in every_state() {
-            let d = decide(l, j, h, t);
-            assert_eq!(
-                matches!(d, Decision::Rotate(_)),
-                l == Latest::IsSource,
-                "{l:?} {j:?} history={h} {t:?} -> {d:?}"
-            );
+        for s in every_state() {
+            let d = decide(s);
+            let rotates = matches!(d, Decision::Rotate(_));
+            assert!(!rotates || s.latest == Latest::IsSource, "{s:?} -> {d:?}");
+            if s.latest == Latest::IsSource {
+                assert!(matches!(d, Decision::Rotate(_) | Decision::Gated | Decision::Retry), "{s:?} -> {d:?}");
+            }
+            if s.latest == Latest::IsSource && s.gate_open && s.target != Target::Unreachable {
+                assert!(rotates, "{s:?} -> {d:?}");
+            }
         }
     }
 
     #[test]
     fn leftovers_of_finished_rotations_are_cleaned_up_unless_the_target_uses_them() {
-        for (l, j, h, t) in every_state() {
-            let d = decide(l, j, h, t);
-            let finished = l == Latest::CarriesRotationId || (l == Latest::Newer && h);
-            let target_uses_it_or_cannot_say = matches!(t, Target::AcceptsPending | Target::Unreachable);
-            if finished && j == Journal::Present && !(l == Latest::Newer && target_uses_it_or_cannot_say) {
-                let deletes = matches!(
-                    d,
-                    Decision::Stop(_, JournalStep::Delete, _) | Decision::Stop(_, _, Some(StaleJournal::Delete))
-                );
-                assert!(deletes, "{l:?} {j:?} history={h} {t:?} -> {d:?}");
+        for s in every_state() {
+            let d = decide(s);
+            let only_the_finished_password = s.latest == Latest::CarriesRotationId && s.holds_only_latest;
+            let target_uses_it_or_cannot_say = s.target == Target::Unreachable
+                || (s.latest == Latest::Newer && s.target == Target::AcceptsPending && !s.pending_in_history);
+            if s.finished()
+                && s.journal == Journal::Present
+                && (only_the_finished_password || !target_uses_it_or_cannot_say)
+            {
+                let cleaned = matches!(d, Decision::Leftover(StaleJournal::Delete | StaleJournal::Refinish));
+                assert!(cleaned, "{s:?} -> {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_finished_rotation_is_refinished_and_only_with_the_password_the_target_uses() {
+        for s in every_state() {
+            if decide(s) == Decision::Leftover(StaleJournal::Refinish) {
+                assert_eq!(s.latest, Latest::CarriesRotationId, "{s:?}");
+                assert_eq!(s.target, Target::AcceptsPending, "{s:?}");
             }
         }
     }
 
     #[test]
     fn a_stale_journal_is_kept_for_retry_only_when_the_target_cannot_be_asked() {
-        for (l, j, h, t) in every_state() {
-            if let Decision::Stop(_, _, Some(verdict)) = decide(l, j, h, t) {
-                assert_eq!(verdict == StaleJournal::KeepAndRetry, t == Target::Unreachable);
+        for s in every_state() {
+            if let Decision::Leftover(verdict) = decide(s) {
+                let cannot_ask = s.target == Target::Unreachable && target_asked(s);
+                assert_eq!(verdict == StaleJournal::KeepAndRetry, cannot_ask, "{s:?}");
             }
         }
     }
 
     #[test]
     fn states_without_a_journal_never_touch_one() {
-        for (l, _, h, t) in every_state() {
-            let d = decide(l, Journal::Absent, h, t);
-            let expected = match l {
-                Latest::IsSource => Decision::Rotate(JournalStep::Create),
-                Latest::CarriesRotationId => Decision::Stop(Fence::AlreadyRotated, JournalStep::Nothing, None),
-                Latest::Newer => Decision::Stop(Fence::Stale, JournalStep::Nothing, None),
+        for s in every_state().filter(|s| s.journal == Journal::Absent) {
+            let expected = match (s.latest, s.gate_open) {
+                (Latest::IsSource, true) => Decision::Rotate(Password::Fresh),
+                (Latest::IsSource, false) => Decision::Gated,
+                (Latest::CarriesRotationId | Latest::Newer, _) => Decision::Nothing,
             };
-            assert_eq!(d, expected);
+            assert_eq!(decide(s), expected, "{s:?}");
         }
     }
 }
