@@ -298,15 +298,6 @@ fn validate_windows(config: &Config, problems: &mut Vec<String>) {
             "engine.window_expiry_margin_hours = {}: between 1 and {MAX_WINDOW_MARGIN_HOURS}",
             engine.window_expiry_margin_hours
         ));
-    } else if sweeper.enabled
-        && u64::from(engine.window_expiry_margin_hours) * 3600 < SWEEPS_PER_SPAN * sweeper.interval_secs
-    {
-        // The margin is when a waiting rotation gives up its window: a sweep must come in it.
-        problems.push(format!(
-            "engine.window_expiry_margin_hours = {} is shorter than {SWEEPS_PER_SPAN} sweeps (sweeper.interval_secs = {}): \
-             a secret could expire waiting for its rotation window",
-            engine.window_expiry_margin_hours, sweeper.interval_secs
-        ));
     }
     for (name, window) in config.targets.iter().filter_map(|(name, p)| Some((name, p.rotation_window.as_ref()?))) {
         if !sweeper.enabled {

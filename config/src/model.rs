@@ -331,8 +331,9 @@ pub struct EngineConfig {
     #[serde(default = "default_finish_retry_for")]
     pub finish_retry_for_secs: u64,
     /// A scheduled rotation waits for its rotation window only if the window opens at
-    /// least this many hours before the version's `exp`; otherwise it runs at once,
-    /// outside the window, so that no window lets a secret expire. Default 24.
+    /// least this many hours (and at least two sweeps) before the version's `exp`;
+    /// otherwise it runs at once, outside the window, so that no window lets a secret
+    /// expire. Default 24.
     #[serde(default = "default_window_expiry_margin")]
     pub window_expiry_margin_hours: u32,
 }

@@ -174,8 +174,9 @@ impl RotationWindow {
         self.spans.iter().any(|span| span.contains(at))
     }
 
-    /// The first instant after `after` at which a span opens (within the next eight
-    /// days, which every span's week covers); `None` only if no day of the zone has one.
+    /// The first instant after `after` at which a span opens, within the next fifteen
+    /// days (a week, and another when a spring-forward gap swallowed a span's day);
+    /// `None` if none does.
     pub fn next_opening(&self, after: OffsetDateTime) -> Option<OffsetDateTime> {
         let after = timestamp(after);
         let next = self.spans.iter().filter_map(|span| span.next_opening(after)).min()?;
@@ -253,11 +254,12 @@ impl Span {
         let today = after.to_zoned_datetime(self.zone.clone()).date();
         let (hour, minute) = (i8::try_from(self.start / 60).ok()?, i8::try_from(self.start % 60).ok()?);
         std::iter::successors(Some(today), |day: &Date| day.tomorrow().ok())
-            .take(9)
+            .take(16)
             .filter(|day| self.on(day.weekday()))
             // `compatible`: a start in a spring-forward gap opens when the clock resumes.
             .filter_map(|day| self.zone.to_ambiguous_timestamp(day.at(hour, minute, 0, 0)).compatible().ok())
-            .find(|opening| *opening > after)
+            // A span inside a spring-forward gap does not open that day.
+            .find(|opening| *opening > after && self.contains(*opening))
     }
 }
 
@@ -365,18 +367,25 @@ mod tests {
     }
 
     /// Every opening is open, the instant before it is not, and no instant between two
-    /// openings is open unless a span is: walked in 5-minute steps over a fortnight.
+    /// openings is open unless a span is: walked in 5-minute steps over three weeks of daylight saving changes.
     #[test]
     fn next_opening_agrees_with_contains() {
-        for text in
-            ["Mon-Fri 22:00-05:00 Europe/Amsterdam", "Sun 03:00-03:30 Pacific/Kiritimati", "daily 00:00-24:00 UTC"]
-        {
+        for text in [
+            "Mon-Fri 22:00-05:00 Europe/Amsterdam",
+            "Sun 03:00-03:30 Pacific/Kiritimati",
+            "daily 00:00-24:00 UTC",
+            // Inside the 2026-03-29 gap (02:00 -> 03:00): no opening that Sunday.
+            "Sun 02:15-02:45 Europe/Amsterdam",
+            // A 30-minute shift (Lord Howe) and a fold at midnight (Santiago), 5 April.
+            "daily 01:30-02:30 Australia/Lord_Howe",
+            "daily 00:00-00:30 America/Santiago",
+        ] {
             let w = window(text);
             let mut at = datetime!(2026-03-20 00:00 UTC);
-            while at < datetime!(2026-04-03 00:00 UTC) {
+            while at < datetime!(2026-04-10 00:00 UTC) {
                 if !w.contains(at) {
-                    let opening = w.next_opening(at).expect("a weekly window opens within eight days");
-                    assert!(opening > at && opening - at <= time::Duration::days(8), "{text} at {at}");
+                    let opening = w.next_opening(at).expect("a weekly window opens within a fortnight");
+                    assert!(opening > at && opening - at <= time::Duration::days(15), "{text} at {at}");
                     assert!(w.contains(opening), "{text}: opening {opening} is open");
                     assert!(!w.contains(opening - time::Duration::minutes(1)), "{text}: open before {opening}");
                 }

@@ -49,10 +49,15 @@ pub struct Limits {
     /// such extension.
     pub peer_in_requests: bool,
     /// Whether the app bounds its requests by `request_timeout` itself (the webhook's
-    /// delivery routes, so each 408 is counted as a delivery outcome): the listener then
-    /// adds no timeout layer, which would answer first and uncounted.
+    /// delivery routes, so each 408 is counted as a delivery outcome): the listener's own
+    /// timeout then comes a second later, a backstop for every other route (and for an
+    /// app that lost its own), never answering first and uncounted.
     pub timed_by_app: bool,
 }
+
+/// How much later than an app that times its own requests ([`Limits::timed_by_app`]) the
+/// listener's timeout answers.
+const BACKSTOP_AFTER_APP: Duration = Duration::from_secs(1);
 
 impl Limits {
     /// The limits configured in `[webhook]` (zeros, refused by the loader, count as 1).
@@ -78,10 +83,11 @@ pub async fn serve(
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let app = match limits.timed_by_app {
-        true => app,
-        false => app.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout)),
+    let timeout = match limits.timed_by_app {
+        true => limits.request_timeout + BACKSTOP_AFTER_APP,
+        false => limits.request_timeout,
     };
+    let app = app.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout));
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let permits = Arc::new(Semaphore::new(limits.max_connections));

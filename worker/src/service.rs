@@ -31,7 +31,7 @@ use crate::admin::api::ApiState;
 use crate::admin::jobs::Jobs;
 use crate::admin::{AdminState, Readiness};
 use crate::alerts::WebhookSink;
-use crate::engine::due::{DueRule, Windows};
+use crate::engine::due::{DueRule, SweepClock, Windows};
 use crate::engine::Engine;
 use crate::lease::LeaseGuard;
 use crate::listener::Limits;
@@ -176,7 +176,12 @@ pub async fn start_with(
     // Every clone of the store (the lease's, the sweeper's) reports its calls here.
     let vault_health = VaultHealth::default();
     store.set_client_observer(Arc::new(VaultObserver { health: vault_health.clone(), metrics: metrics.clone() }));
-    let sweeper_config = background.sweeper.clone().unwrap_or_default();
+    // No sweeper (`dev`, the demo): the due rule is the default one, and nothing waits
+    // for a rotation window, since no sweep would start what waited.
+    let sweeper_config = match &background.sweeper {
+        Some(config) => config.clone(),
+        None => SweeperConfig { enabled: false, ..SweeperConfig::default() },
+    };
     let mut engine =
         build_engine(store.clone(), targets, engine_config, &sweeper_config, &background.alerts, metrics.clone());
     let due_rule = engine.due_rule();
@@ -281,7 +286,8 @@ pub fn build_engine(
     alerts: &AlertsConfig,
     metrics: Arc<Metrics>,
 ) -> Engine {
-    let windows = Windows::new(targets.rotation_windows().clone(), sweeper);
+    let windows = Windows::new(targets.rotation_windows().clone(), sweeper)
+        .with_sweep_clock(SweepClock::started(time::OffsetDateTime::now_utc()));
     let due_rule = DueRule::from_config(&engine_config, sweeper).with_windows(windows);
     let mut engine = Engine::new(store, targets, engine_config).with_metrics(metrics).with_due_rule(due_rule);
     if let Some(url) = &alerts.webhook_url {

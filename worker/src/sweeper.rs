@@ -307,6 +307,7 @@ impl Sweeper {
             }
         };
         self.count_sweep("ok");
+        self.rule.windows.sweep_succeeded(OffsetDateTime::now_utc());
         scan.census.record(&self.metrics, OffsetDateTime::now_utc());
         for (name, why) in &scan.skipped {
             warn!(secret = %name, error = %why, "sweeper could not read a secret near expiry");

@@ -15,6 +15,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::post;
 use axum::Router;
+use kv_rotator::engine::due::{DueRule, Windows};
 use kv_rotator::engine::{Engine, Outcome};
 use kv_rotator::metrics::Metrics;
 use kv_rotator::notify::expiry::ExpiryWarnings;
@@ -242,6 +243,59 @@ async fn a_rotation_put_off_by_the_minimum_interval_is_deferred_once() {
         (Some(version.as_str()), Some("too_soon"))
     );
     assert!(event["data"]["retryAfter"].as_str().is_some_and(|at| !at.is_empty()));
+}
+
+/// One version put off twice for different reasons (an operator within the minimum
+/// interval, an event outside the rotation window): each deferral is announced once,
+/// with what put it off, so consumers learn the later `retryAfter` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_reason_for_deferring_a_version_is_announced_once() {
+    let site = Site::new().await;
+    let version = put(site.store.as_ref(), SECRET, "site", Some(10)).await; // due, and just written
+    let now = OffsetDateTime::now_utc();
+    let (from, to) = (now + time::Duration::hours(2), now + time::Duration::hours(5));
+    let window = format!("daily {:02}:{:02}-{:02}:{:02} UTC", from.hour(), from.minute(), to.hour(), to.minute());
+    let mut tags = site.store.get_latest(SECRET).await.unwrap().properties.tags;
+    tags.insert("RotationWindow".to_owned(), window);
+    let update = PropertiesUpdate { tags: Some(tags), ..Default::default() };
+    site.store.update_properties(SECRET, Some(&version), update).await.unwrap();
+    let (receiver, url) = Receiver::start(&[]).await;
+    let notifier = Sink::webhook(&url, &config()).start(Arc::default());
+    let settings = EngineConfig { min_rotation_interval_secs: 3600, ..Default::default() };
+    let sweeper = SweeperConfig { interval_secs: 600, ..Default::default() };
+    let windows = Windows::new(Default::default(), &sweeper);
+    let rule = DueRule::from_config(&settings, &sweeper).with_windows(windows);
+    let engine =
+        Engine::new(site.store.clone(), site.targets(), settings).with_due_rule(rule).with_notifier(notifier.clone());
+    let manual = Trigger::Manual { requested_by: "notifications test".into(), force: false };
+    let event = Trigger::EventGrid { event_id: "e1".into(), event_type: "Microsoft.KeyVault.SecretNearExpiry".into() };
+    for trigger in [manual.clone(), event.clone(), manual, event] {
+        let request = RotationRequest {
+            vault_name: site.store.vault_name().to_owned(),
+            secret_name: SECRET.to_owned(),
+            version: Some(version.clone()),
+            trigger,
+        };
+        let report = engine.rotate(request).await;
+        assert!(matches!(report.outcome, Outcome::TooSoon { .. } | Outcome::OutsideWindow { .. }), "{report:?}");
+    }
+    flushed(&notifier).await;
+    let received = receiver.received();
+    let reasons: Vec<(String, String)> = received
+        .iter()
+        .map(|r| {
+            let data = &r.json()["data"];
+            (data["outcome"].as_str().unwrap().to_owned(), data["deferredBy"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("too_soon".to_owned(), "min-rotation-interval".to_owned()),
+            ("outside_window".to_owned(), "rotation-window".to_owned())
+        ],
+        "{received:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,6 +219,33 @@ async fn a_tag_overrides_the_profile_window_and_a_bad_tag_falls_back_to_it() {
     vault.shutdown().await;
 }
 
+/// A service without a sweeper (`dev`, the demo) has nothing to start what would wait:
+/// an event for a due secret rotates whatever the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sweeper_nothing_waits_for_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("htpasswd");
+    let vault = DevVault::start(DevVaultOptions::default()).await.unwrap();
+    let store: Arc<dyn SecretStore> = Arc::new(AzureSecretStore::for_dev_vault(&vault).unwrap());
+    let v1 = managed(store.as_ref(), &path, "nightly", None, 240).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = service::start_with(
+        store.clone(),
+        targets(&path, Some(&closed_window())),
+        EngineConfig { min_rotation_interval_secs: 0, ..Default::default() },
+        &WebhookConfig::default(),
+        Background::default(),
+        listener,
+    )
+    .await
+    .unwrap();
+    let report = running.engine.rotate(event(store.as_ref(), "nightly", &v1)).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{:?}", report.outcome);
+    assert!(target_takes_latest(store.as_ref(), &path, "nightly").await);
+    running.shutdown().await.unwrap();
+    vault.shutdown().await;
+}
+
 /// A deferral is not remembered anywhere but in the vault's own state: a restarted
 /// service's sweeper starts the rotation once the window is open. (The window "opens" by
 /// rewriting the tag: the test cannot move the clock.)

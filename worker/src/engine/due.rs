@@ -22,10 +22,11 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_rotator_config::window::RotationWindow;
+use kv_rotator_config::window::{RotationWindow, SWEEPS_PER_SPAN};
 use kv_rotator_config::{EngineConfig, SweeperConfig, TargetProfile};
 use kv_rotator_keyvault::SecretProperties;
 use time::OffsetDateTime;
@@ -73,7 +74,7 @@ impl Due {
 
 /// The rotation windows of the target profiles, and whether the secrets' tags may
 /// narrow or widen them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Windows {
     /// `rotation_window` by profile name.
     profiles: Arc<BTreeMap<String, RotationWindow>>,
@@ -81,6 +82,36 @@ pub struct Windows {
     sweep_interval_secs: u64,
     /// Off when the sweeper's due scan is: nothing would start a deferred rotation.
     enabled: bool,
+    /// In a running service, when its sweeper last succeeded: waiting is a promise that a
+    /// sweep starts the rotation, kept only while sweeps succeed. `None` (the read-only
+    /// commands): judged as if they do.
+    sweeps: Option<Arc<SweepClock>>,
+}
+
+/// When the sweeper last succeeded ([`Windows::with_sweep_clock`]).
+#[derive(Debug)]
+pub struct SweepClock {
+    /// Unix seconds of the last good sweep; the service's start until the first one.
+    last_ok: AtomicI64,
+}
+
+impl SweepClock {
+    /// A clock whose last good sweep is `now`: the sweeper runs its first at startup.
+    pub fn started(now: OffsetDateTime) -> Arc<Self> {
+        Arc::new(Self { last_ok: AtomicI64::new(now.unix_timestamp()) })
+    }
+
+    /// Notes a good sweep at `now`.
+    pub fn sweep_succeeded(&self, now: OffsetDateTime) {
+        self.last_ok.fetch_max(now.unix_timestamp(), Ordering::Relaxed);
+    }
+
+    /// Whether a sweep succeeded within [`SWEEPS_PER_SPAN`] intervals (plus a minute).
+    fn recent(&self, now: OffsetDateTime, interval_secs: u64) -> bool {
+        let allowed = SWEEPS_PER_SPAN.saturating_mul(interval_secs).saturating_add(60);
+        let since = now.unix_timestamp().saturating_sub(self.last_ok.load(Ordering::Relaxed));
+        u64::try_from(since).map_or(true, |since| since <= allowed)
+    }
 }
 
 impl Windows {
@@ -95,7 +126,32 @@ impl Windows {
 
     /// These windows by profile name, applied only when the sweeper's due scan is on.
     pub fn new(profiles: BTreeMap<String, RotationWindow>, sweeper: &SweeperConfig) -> Self {
-        Self { profiles: Arc::new(profiles), sweep_interval_secs: sweeper.interval_secs, enabled: sweeper.enabled }
+        Self {
+            profiles: Arc::new(profiles),
+            sweep_interval_secs: sweeper.interval_secs,
+            enabled: sweeper.enabled,
+            sweeps: None,
+        }
+    }
+
+    /// These windows, waited for only while `clock` says sweeps succeed.
+    pub fn with_sweep_clock(mut self, clock: Arc<SweepClock>) -> Self {
+        self.sweeps = Some(clock);
+        self
+    }
+
+    /// Notes a good sweep at `now` (in a service with a [`SweepClock`]).
+    pub fn sweep_succeeded(&self, now: OffsetDateTime) {
+        if let Some(clock) = &self.sweeps {
+            clock.sweep_succeeded(now);
+        }
+    }
+
+    /// Whether a waiting rotation would be started by a sweep: no sweep has succeeded for
+    /// [`SWEEPS_PER_SPAN`] intervals (a vault that cannot be listed, a Functions timer
+    /// slower than `sweeper.interval_secs`) means nothing would, so nothing waits.
+    pub fn sweeps_stalled(&self, now: OffsetDateTime) -> bool {
+        self.sweeps.as_ref().is_some_and(|clock| !clock.recent(now, self.sweep_interval_secs))
     }
 
     /// The window that applies to a version: its tag's, else its profile's (`None`: any
@@ -122,7 +178,7 @@ impl Windows {
 }
 
 /// The due rule, the rotation windows and the minimum interval, from the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DueRule {
     /// `sweeper.window_days`.
     pub window_days: u32,
@@ -132,7 +188,7 @@ pub struct DueRule {
     pub default_validity_days: u32,
     /// `engine.min_rotation_interval_secs`.
     pub min_interval: Duration,
-    /// `engine.window_expiry_margin_hours`.
+    /// `engine.window_expiry_margin_hours`, or two sweeps when that is longer.
     pub window_margin: time::Duration,
     /// The rotation windows (none until [`DueRule::with_windows`]).
     pub windows: Windows,
@@ -152,7 +208,12 @@ impl DueRule {
             lead_percent: sweeper.lead_percent.clamp(1, 90),
             default_validity_days: engine.default_validity_days,
             min_interval: Duration::from_secs(engine.min_rotation_interval_secs),
-            window_margin: time::Duration::hours(i64::from(engine.window_expiry_margin_hours)),
+            // At least two sweeps: the one that sees the margin reached must come before `exp`.
+            window_margin: time::Duration::hours(i64::from(engine.window_expiry_margin_hours)).max(
+                time::Duration::seconds(
+                    i64::try_from(SWEEPS_PER_SPAN.saturating_mul(sweeper.interval_secs)).unwrap_or(i64::MAX),
+                ),
+            ),
             windows: Windows::default(),
         }
     }
@@ -198,7 +259,7 @@ impl DueRule {
     /// within the margin before `exp`; waiting otherwise.
     fn within_window(&self, properties: &SecretProperties, now: OffsetDateTime, due: Due) -> Due {
         let Some(window) = self.windows.of(properties).0 else { return due };
-        if window.contains(now) {
+        if window.contains(now) || self.windows.sweeps_stalled(now) {
             return due;
         }
         let Some(opens_at) = window.next_opening(now) else { return due };
@@ -387,6 +448,33 @@ mod tests {
         // A sweeper whose due scan is off would never start a deferred rotation.
         let off = windowed(Some("daily 22:00-04:00 UTC"), SweeperConfig { enabled: false, ..sweeping_every(600) });
         assert_eq!(with_window(&off, None, Some(now + DAY * 10), now), Due::NearExpiry);
+    }
+
+    /// Waiting is a promise that a sweep starts the rotation: in a service whose sweeps
+    /// have not succeeded for two intervals, nothing waits.
+    #[test]
+    fn nothing_waits_while_sweeps_are_stalled() {
+        let now = time::macros::datetime!(2026-11-30 12:00 UTC);
+        let mut r = windowed(Some("daily 22:00-04:00 UTC"), sweeping_every(600));
+        let clock = SweepClock::started(now - time::Duration::hours(1));
+        r.windows = r.windows.with_sweep_clock(clock.clone());
+        let exp = Some(now + DAY * 10);
+        assert_eq!(with_window(&r, None, exp, now), Due::NearExpiry, "no good sweep for an hour (interval 10 min)");
+        clock.sweep_succeeded(now - time::Duration::minutes(15));
+        assert!(matches!(with_window(&r, None, exp, now), Due::WaitingForWindow { .. }), "a sweep 15 minutes ago");
+        // An older sweep reported late does not move the clock back.
+        clock.sweep_succeeded(now - time::Duration::hours(3));
+        assert!(matches!(with_window(&r, None, exp, now), Due::WaitingForWindow { .. }));
+        assert_eq!(with_window(&r, None, exp, now + time::Duration::minutes(20)), Due::NearExpiry, "stalled again");
+    }
+
+    #[test]
+    fn the_margin_holds_two_sweeps_however_short_it_is_set() {
+        let engine = EngineConfig { window_expiry_margin_hours: 1, ..Default::default() };
+        let rule = DueRule::from_config(&engine, &SweeperConfig { interval_secs: 86_400, ..Default::default() });
+        assert_eq!(rule.window_margin, DAY * 2);
+        let rule = DueRule::from_config(&engine, &sweeping_every(600));
+        assert_eq!(rule.window_margin, time::Duration::hours(1));
     }
 
     #[test]

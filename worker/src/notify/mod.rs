@@ -309,9 +309,9 @@ pub struct Notifier {
     queue: mpsc::Sender<CloudEvent>,
     metrics: Arc<Metrics>,
     pending: Arc<Pending>,
-    /// (secret, version) pairs a deferred event went out for: a storm of triggers within
-    /// the minimum interval announces each version's deferral once.
-    deferred_sent: Arc<Mutex<HashSet<(String, String)>>>,
+    /// (secret, version, reason) a deferred event went out for: a storm of triggers
+    /// announces each version's deferral once per reason (minimum interval, window).
+    deferred_sent: Arc<Mutex<HashSet<(String, String, String)>>>,
     expiry_stages: Vec<u32>,
 }
 
@@ -334,7 +334,11 @@ impl Notifier {
     pub fn rotation_finished(&self, report: &RotationReport) {
         let Some(event) = rotation_event(report) else { return };
         if event.event_type == TYPE_DEFERRED {
-            let key = (report.request.secret_name.to_ascii_lowercase(), event.data["version"].to_string());
+            let key = (
+                report.request.secret_name.to_ascii_lowercase(),
+                event.data["version"].to_string(),
+                event.data["deferredBy"].to_string(),
+            );
             let mut sent = self.deferred_sent.lock().expect("deferral memory poisoned");
             if sent.len() >= DEFERRALS_REMEMBERED {
                 sent.clear();
