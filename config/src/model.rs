@@ -1,5 +1,9 @@
 //! The configuration model. Every struct denies unknown keys so a typo is an error that
 //! names the key instead of a silently ignored setting.
+//!
+//! Size: ~560 lines of declarations (a struct per section of the file, ~170 lines of them
+//! serde defaults) and ~225 of field docs; next to no logic, no unit tests (config/tests/
+//! pins it). One schema of one file, read in one place.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -29,6 +29,10 @@
 //! - Backup blobs are opaque: ours must be base64url; restore sends ours.
 //!
 //! Set `KV_ROTATOR_RECORDINGS` to read the recordings from elsewhere.
+//!
+//! Size: ~650 lines for one test, ~400 of them `Replay`: the comparison of a recorded
+//! answer with ours, one rule per way a recording cannot be replayed literally (listed
+//! above), all on its one id and version mapping.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;

@@ -82,6 +82,10 @@
 //!
 //! mysql_async is built without its `tracing` feature, so it logs nothing (with it, its
 //! spans would carry every statement, hashes included).
+//!
+//! Size: ~85 lines of module doc, ~810 of code, ~100 of unit tests. The code is one
+//! sequence (log in, prove it, read the host entries, change all, restore) and the error
+//! mapping of its steps; what stands alone is apart (`auth_guard`, `twin`).
 
 use std::fmt;
 use std::path::PathBuf;

@@ -76,6 +76,10 @@
 //! naming the login used. Every message is scrubbed of the passwords and their hashes;
 //! text from the server or a library is scrubbed whole, then cut to 200 characters, then
 //! escaped (`{:?}`, like user names), so no line break or terminal escape reaches a log.
+//!
+//! Size: ~80 lines of module doc, ~805 of code, ~75 of unit tests. The code is one
+//! conversation with the server (log in and prove it, change or retire, save) on a stream
+//! it opens, with the reply parsing and error mapping only it uses.
 
 use std::fmt;
 use std::path::PathBuf;

@@ -5,6 +5,10 @@
 //!
 //! The machine's `default` user has no password: the fixture administers through it.
 //! Test users are named `kvr_t_<random>…` and deleted by a guard, also when a test fails.
+//!
+//! Size: ~830 lines, all tests: 18 of one rotator against one server (and servers started
+//! here), sharing the ~175 lines of guard and fixtures above them; a second file would be
+//! one more test binary, needing that setup again.
 #![cfg(feature = "redis")]
 
 mod common;

@@ -38,6 +38,10 @@
 //!   ([`WebhookState::with_request_timeout`]): a body that never arrives. Retried.
 //!
 //! The handler never waits for a rotation: it only `try_send`s into the queue.
+//!
+//! Size: ~40 lines of module doc, ~645 of code, ~190 of unit tests. The code is one
+//! handler and the state only it reads; per-event decisions already live in `eventgrid`
+//! and `source`, and what is left is the mapping to HTTP above.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

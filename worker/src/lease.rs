@@ -62,6 +62,10 @@
 //!   or purged; a holder whose version is deleted or disabled loses the lease.
 //! - [`LeaseTimings::from_env`] reads `KVR_LEASE_TTL_MS` and `KVR_LEASE_SETTLE_MS`, for
 //!   tests only; a settle delay under 1.5 s does not protect against simultaneous claims.
+//!
+//! Size: ~65 lines of module doc, ~690 of code, ~95 of unit tests. The code is one
+//! protocol (claim, verdict, heartbeat, release) over one secret's versions; the safety
+//! argument above spans all its steps, so they stay together.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

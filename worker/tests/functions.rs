@@ -5,6 +5,10 @@
 //! `Logs`, `ReturnValue`; a non-2xx fails the invocation). Against the dev vault and real
 //! targets (an htpasswd file; the local PostgreSQL for the HTTP trigger), checking the new
 //! versions in the vault and that the new passwords log in.
+//!
+//! Size: ~640 lines, all tests: 6 of the handler, and ~280 lines above them playing the
+//! Functions host (the process, each trigger's payload) that every test uses; each file
+//! under tests/ is one more binary linking the whole worker.
 
 mod common;
 

@@ -3,6 +3,10 @@
 //! only after a delay, two engines on one vault, and a vault outage after the target
 //! changed. Each test drives the real engine against the dev vault (through the SDK) and
 //! an htpasswd target, or a target double that models one unkind behaviour.
+//!
+//! Size: ~860 lines, all tests: 10 of the invariant, each beside the target double it
+//! needs (`Lagging`, `Jittery`, …), all on the `Site` above them; each file under tests/
+//! is one more binary linking the whole worker.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};

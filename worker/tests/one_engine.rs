@@ -4,6 +4,10 @@
 //! standby (`worker/src/standby.rs`) and taking over; and the lease module itself
 //! against simultaneous claims, a heartbeat, an operator breaking the lease and a vault
 //! refusing renewals. Either only one engine runs, or the second is refused or waits.
+//!
+//! Size: ~630 lines, all tests: 9 of one engine per vault (7 through processes, 2 on the
+//! lease module), and ~240 lines above them running the processes and their vault; each
+//! file under tests/ is one more binary linking the whole worker.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

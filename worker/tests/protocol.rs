@@ -3,6 +3,10 @@
 //! written but the target untouched, the target changed but the secret not finished,
 //! the secret finished but the journal not deleted — and from inputs that must be
 //! refused before the target is touched.
+//!
+//! Size: ~620 lines, all tests: 17 of the protocol from the states a crash or failure
+//! leaves, all on the `World` above them and two target doubles (`Flaky`, `Slow`); each
+//! file under tests/ is one more binary linking the whole worker.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};

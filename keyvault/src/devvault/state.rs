@@ -11,6 +11,10 @@
 //!
 //! Every operation completes at once: a deleted secret is listed as deleted, and a
 //! recovered one readable, on the next request (the service takes a few seconds).
+//!
+//! Size: ~15 lines of module doc, ~625 of code, ~55 of unit tests. The code is the model
+//! and its operations (set, get, update, list, delete, recover, purge, backup, restore,
+//! seed), all on [`Vault`]'s private maps; HTTP and faults are apart.
 
 use std::collections::BTreeMap;
 use std::fmt;

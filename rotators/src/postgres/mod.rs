@@ -33,6 +33,10 @@
 //! [`RotatorError::Transient`]. `42501` (insufficient privilege) and anything else the
 //! server refuses is [`RotatorError::Permanent`], naming the login used. Every message is
 //! scrubbed of the passwords and the verifier before it leaves this module.
+//!
+//! Size: ~35 lines of module doc, ~535 of code, ~65 of unit tests. The code is one
+//! rotator: its configuration, the login chain and the SQLSTATE mapping of each failure;
+//! TLS, the authentication guard and the twin strategy are apart.
 
 pub mod auth_guard;
 pub mod tls;

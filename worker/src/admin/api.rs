@@ -17,6 +17,10 @@
 //! what it asked and the status; a rotation job's log line also has its reason. Request
 //! bodies must be `application/json` (415 otherwise: a web page cannot then post one
 //! cross-origin to a loopback listener without a CORS preflight, which is never answered).
+//!
+//! Size: ~20 lines of module doc, ~600 of code, ~60 of unit tests. The code is the
+//! routes, the authentication middleware in front of them, and the body checks of the one
+//! route with a body; jobs and credentials are already apart (`jobs`, `auth`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
