@@ -11,8 +11,10 @@
 //! - `GET /api/secrets`: the managed secrets and unfinished journal records, as `status`
 //!   reads them ([`crate::cli::status::read_status`]).
 //! - `GET /api/openapi.json`: the OpenAPI 3.1 document of these routes ([`OPENAPI`]).
+//! - `GET /api/service-proof/{nonce}` ([`SERVICE_PROOF_ROUTE`]): public, and only with a
+//!   static token: the service proves it knows the token before `rotate` sends it.
 //!
-//! Every route needs the caller's credential ([`super::auth`]: 401, or 403 for a token
+//! Every other route needs the caller's credential ([`super::auth`]: 401, or 403 for a token
 //! without the role), and every call is logged under `kv_rotator::admin` with who made it,
 //! what it asked and the status; a rotation job's log line also has its reason. Request
 //! bodies must be `application/json` (415 otherwise: a web page cannot then post one
