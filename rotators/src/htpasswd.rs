@@ -86,11 +86,28 @@ fn cost_in_range<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     Ok(cost)
 }
 
-fn check_cost(cost: u32) -> Result<(), String> {
+/// Why an htpasswd setting cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HtpasswdSettingError {
+    /// `bcrypt_cost` outside what bcrypt takes.
+    #[error("bcrypt_cost = {0} is out of range: it must be between {MIN_COST} and {MAX_COST}")]
+    Cost(u32),
+    /// A password policy making passwords longer than bcrypt uses.
+    #[error("password.length = {0} is too long for bcrypt, which uses at most {MAX_PASSWORD_BYTES} bytes")]
+    PasswordLength(usize),
+}
+
+impl From<HtpasswdSettingError> for RotatorError {
+    fn from(e: HtpasswdSettingError) -> Self {
+        RotatorError::Permanent(e.to_string())
+    }
+}
+
+fn check_cost(cost: u32) -> Result<(), HtpasswdSettingError> {
     if (MIN_COST..=MAX_COST).contains(&cost) {
         Ok(())
     } else {
-        Err(format!("bcrypt_cost = {cost} is out of range: it must be between {MIN_COST} and {MAX_COST}"))
+        Err(HtpasswdSettingError::Cost(cost))
     }
 }
 
@@ -206,7 +223,7 @@ impl Inner {
         let path = &self.cfg.path;
         let user = &req.username;
         check_user_name(user)?;
-        check_cost(self.cfg.bcrypt_cost).map_err(RotatorError::Permanent)?;
+        check_cost(self.cfg.bcrypt_cost)?;
         check_new_password(&req.pending)?;
         // A poisoned lock only means another rotation panicked; the file is whole
         // (renames are atomic), so carry on.
@@ -268,13 +285,10 @@ impl Inner {
 /// Checks that `policy` only makes passwords bcrypt uses whole (at most
 /// [`MAX_PASSWORD_BYTES`]); configuration loading can call it so an unusable profile is
 /// refused at startup rather than at its first rotation.
-pub fn check_policy(policy: &PasswordPolicy) -> Result<(), String> {
+pub fn check_policy(policy: &PasswordPolicy) -> Result<(), HtpasswdSettingError> {
     // Generated passwords are ASCII: characters are bytes.
     if policy.length > MAX_PASSWORD_BYTES {
-        return Err(format!(
-            "password.length = {} is too long for bcrypt, which uses at most {MAX_PASSWORD_BYTES} bytes",
-            policy.length
-        ));
+        return Err(HtpasswdSettingError::PasswordLength(policy.length));
     }
     Ok(())
 }
@@ -284,7 +298,7 @@ pub fn check_policy(policy: &PasswordPolicy) -> Result<(), String> {
 pub fn add_user(path: impl AsRef<Path>, user: &str, password: &SecretString, cost: u32) -> RotatorResult<()> {
     let path = path.as_ref();
     check_user_name(user)?;
-    check_cost(cost).map_err(RotatorError::Permanent)?;
+    check_cost(cost)?;
     check_new_password(password)?;
     let mut text = match fs::read_to_string(path) {
         Ok(text) => text,
@@ -510,7 +524,7 @@ mod tests {
         check_policy(&PasswordPolicy::default()).unwrap();
         check_policy(&PasswordPolicy { length: 71, ..PasswordPolicy::default() }).unwrap();
         let err = check_policy(&PasswordPolicy { length: 72, ..PasswordPolicy::default() }).unwrap_err();
-        assert!(err.contains("password.length = 72"), "{err}");
+        assert!(err.to_string().contains("password.length = 72"), "{err}");
     }
 
     #[test]

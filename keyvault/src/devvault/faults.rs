@@ -44,8 +44,33 @@ pub enum Operation {
     Backup,
 }
 
+/// Why a fault option (`dev --fail`, `--fail-nth`, a rule) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultSyntaxError {
+    /// Not an operation name.
+    #[error("unknown operation {0:?}: expected get, set, update, delete, list, deleted or backup")]
+    Operation(String),
+    /// Not a fault name.
+    #[error("unknown fault {0:?}: expected 429, 500, 503, drop or drop-after")]
+    Fault(String),
+    /// A rule without `=RATE`.
+    #[error("fault rule {0:?}: expected [OPERATION:]FAULT=RATE")]
+    RuleShape(String),
+    /// A rate that is not a number from 0 to 1.
+    #[error("fault rule {rule:?}: rate {rate:?} is not a number between 0 and 1")]
+    Rate {
+        /// The rule.
+        rule: String,
+        /// Its rate as written.
+        rate: String,
+    },
+    /// A fail-the-Nth-call whose N is not a whole number from 1.
+    #[error("fail-the-Nth-call {0:?}: N must be a whole number from 1")]
+    FailNth(String),
+}
+
 impl FromStr for Operation {
-    type Err = String;
+    type Err = FaultSyntaxError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.to_ascii_lowercase().as_str() {
@@ -56,11 +81,7 @@ impl FromStr for Operation {
             "list" => Operation::List,
             "deleted" => Operation::Deleted,
             "backup" => Operation::Backup,
-            other => {
-                return Err(format!(
-                    "unknown operation {other:?}: expected get, set, update, delete, list, deleted or backup"
-                ))
-            }
+            other => return Err(FaultSyntaxError::Operation(other.to_owned())),
         })
     }
 }
@@ -78,7 +99,7 @@ pub enum Injected {
 }
 
 impl FromStr for Injected {
-    type Err = String;
+    type Err = FaultSyntaxError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -87,7 +108,7 @@ impl FromStr for Injected {
             "429" => Ok(Injected::Status(429)),
             "500" => Ok(Injected::Status(500)),
             "503" => Ok(Injected::Status(503)),
-            other => Err(format!("unknown fault {other:?}: expected 429, 500, 503, drop or drop-after")),
+            other => Err(FaultSyntaxError::Fault(other.to_owned())),
         }
     }
 }
@@ -105,33 +126,33 @@ pub struct ErrorRule {
 }
 
 impl FromStr for ErrorRule {
-    type Err = String;
+    type Err = FaultSyntaxError;
 
     /// `[OPERATION:]FAULT=RATE`, e.g. `503=0.1`, `set:429=0.3`, `drop=0.05`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (target, rate) =
-            s.split_once('=').ok_or_else(|| format!("fault rule {s:?}: expected [OPERATION:]FAULT=RATE"))?;
+        let (target, rate) = s.split_once('=').ok_or_else(|| FaultSyntaxError::RuleShape(s.to_owned()))?;
         let (operation, fault) = match target.split_once(':') {
             Some((op, fault)) => (Some(op.parse()?), fault),
             None => (None, target),
         };
-        let rate: f64 = rate.parse().map_err(|_| format!("fault rule {s:?}: rate {rate:?} is not a number"))?;
+        let refused = || FaultSyntaxError::Rate { rule: s.to_owned(), rate: rate.to_owned() };
+        let rate: f64 = rate.parse().map_err(|_| refused())?;
         if !(0.0..=1.0).contains(&rate) {
-            return Err(format!("fault rule {s:?}: rate must be between 0 and 1"));
+            return Err(refused());
         }
         Ok(ErrorRule { operation, rate, fault: fault.parse()? })
     }
 }
 
 /// Parses fail-the-Nth-call as `N[:FAULT]`, e.g. `5` (a 503) or `3:drop`.
-pub fn parse_fail_nth(s: &str) -> Result<(u64, Injected), String> {
+pub fn parse_fail_nth(s: &str) -> Result<(u64, Injected), FaultSyntaxError> {
     let (n, fault) = match s.split_once(':') {
         Some((n, fault)) => (n, fault.parse()?),
         None => (s, Injected::Status(503)),
     };
     match n.parse::<u64>() {
         Ok(n) if n >= 1 => Ok((n, fault)),
-        _ => Err(format!("fail-the-Nth-call {s:?}: N must be a whole number from 1")),
+        _ => Err(FaultSyntaxError::FailNth(s.to_owned())),
     }
 }
 
@@ -370,10 +391,10 @@ mod tests {
         let rule: ErrorRule = "set:429=0.3".parse().unwrap();
         assert_eq!(rule, ErrorRule { operation: Some(Operation::Set), rate: 0.3, fault: Injected::Status(429) });
         assert_eq!("drop=0.1".parse::<ErrorRule>().unwrap().fault, Injected::Drop);
-        assert!("404=0.1".parse::<ErrorRule>().unwrap_err().contains("429, 500, 503, drop or drop-after"));
+        assert!("404=0.1".parse::<ErrorRule>().unwrap_err().to_string().contains("429, 500, 503, drop or drop-after"));
         assert_eq!("set:drop-after=1".parse::<ErrorRule>().unwrap().fault, Injected::DropAfter);
         assert!("503=1.5".parse::<ErrorRule>().is_err());
-        assert!("fetch:503=0.1".parse::<ErrorRule>().unwrap_err().contains("unknown operation"));
+        assert!("fetch:503=0.1".parse::<ErrorRule>().unwrap_err().to_string().contains("unknown operation"));
         let too_much =
             Faults { errors: vec!["503=0.6".parse().unwrap(), "get:429=0.6".parse().unwrap()], ..Default::default() };
         let e = too_much.validate().unwrap_err();
@@ -384,7 +405,7 @@ mod tests {
     fn fail_nth_parses() {
         assert_eq!(parse_fail_nth("5"), Ok((5, Injected::Status(503))));
         assert_eq!(parse_fail_nth("3:drop"), Ok((3, Injected::Drop)));
-        assert!(parse_fail_nth("0").unwrap_err().contains("from 1"));
+        assert!(parse_fail_nth("0").unwrap_err().to_string().contains("from 1"));
         assert!(parse_fail_nth("x:429").is_err());
     }
 

@@ -42,7 +42,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 pub use errors::DevVaultError;
-pub use faults::{parse_fail_nth, DevVaultStats, ErrorRule, Faults, Injected, InvalidFaults, Operation, RateLimit};
+pub use faults::{
+    parse_fail_nth, DevVaultStats, ErrorRule, FaultSyntaxError, Faults, Injected, InvalidFaults, Operation, RateLimit,
+};
 pub use state::{SeedError, SeedSecret, StateFileError};
 
 /// The bearer token kv-rotator's dev credential presents. The dev vault accepts any
