@@ -446,6 +446,44 @@ async fn a_change_visible_only_after_a_delay_is_never_replaced() {
     }
 }
 
+/// A lagging target and a hostile tag together. The target took the pending password P
+/// (its primary has it; the replica that logins reach shows it only after the lag), so P
+/// is only in the journal record. Someone then writes a newer version carrying the
+/// rotation's id, as if it had finished. The resume finds the rotation "already rotated",
+/// and the target refuses both the latest value and P: only lag. The record must stay.
+/// Before, "finished" by the tag and "accepts neither" deleted it, and once the lag
+/// cleared no password in Key Vault logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_finish_and_a_lagging_target_never_cost_the_journal() {
+    let site = Site::new().await;
+    let initial = PasswordPolicy::default().generate();
+    let v1 = site.put("planted", &initial, "app", &[], None).await;
+    let target = Arc::new(Lagging::new(&initial, Duration::from_secs(6), false));
+    let mut targets = Targets::default();
+    targets.insert("site", target.clone(), None);
+    let settings = EngineConfig { max_attempts: 1, ..quick_engine() };
+    let engine = Engine::new(site.store.clone(), targets, settings);
+    let report = engine.rotate(site.request("planted", Some(&v1), manual(false))).await;
+    assert!(matches!(report.outcome, Outcome::Failed { unfinished_journal: Some(_), .. }), "{report:?}");
+    let rotation_id = report.rotation_id.clone().expect("a rotation id");
+    let pending = site.journals().await.pop().expect("the journal holds the pending password");
+
+    // A newer version that claims the rotation finished, with a value nobody uses.
+    let junk = PasswordPolicy::default().generate();
+    site.put("planted", &junk, "app", &[("rotation-id", rotation_id.as_str())], None).await;
+    let resume = site.request("planted", Some(&v1), Trigger::Resume { journal: "by the sweeper".into() });
+    let resumed = engine.rotate(resume).await;
+    assert!(!matches!(resumed.outcome, Outcome::Rotated { .. }), "{resumed:?}");
+    let journals = site.journals().await;
+    assert_eq!(journals.len(), 1, "the record holding the pending password is kept: {resumed:?}");
+    assert_eq!(journals[0].expose_secret(), pending.expose_secret());
+
+    // Once the lag clears, the target takes exactly what the record still holds.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(logs_in(target.as_ref(), "app", &pending).await);
+    assert!(!logs_in(target.as_ref(), "app", &junk).await);
+}
+
 /// A target double that takes a little while, at random, for every change: it widens
 /// the windows in which two engines interleave.
 #[derive(Debug)]

@@ -211,7 +211,10 @@ impl Leftover {
             return match self.target {
                 None => Next::Ask(Question::Target),
                 Some(Target::AcceptsPending) => Next::Verdict(StaleJournal::Refinish),
-                Some(target) => Next::Verdict(stale_journal(true, target)),
+                // The record's passwords are in no version, and the tag that says the
+                // rotation finished is anyone's to write: a target refusing them all (it
+                // may lag behind its primary) does not prove the record worthless.
+                Some(target) => Next::Verdict(stale_journal(false, target)),
             };
         }
         // Finished only if a version carrying the rotation id holds one of the record's
@@ -275,6 +278,13 @@ mod tests {
         /// The rotation finished: the latest version carries its id, or an older one does.
         fn finished(&self) -> bool {
             self.latest == Latest::CarriesRotationId || (self.latest == Latest::Newer && self.finished_in_history)
+        }
+
+        /// Finished, and shown by a version holding one of the record's passwords (not
+        /// by the rotation id tag alone).
+        fn proven_finished(&self) -> bool {
+            (self.latest == Latest::CarriesRotationId && self.holds_only_latest)
+                || (self.latest == Latest::Newer && self.finished_in_history)
         }
     }
 
@@ -373,7 +383,7 @@ mod tests {
         s.journal == Journal::Present
             && !in_a_version
             && ((s.target == Target::AcceptsPending && !s.pending_in_history)
-                || (!s.finished() && matches!(s.target, Target::Unreachable | Target::AcceptsNeither)))
+                || (!s.proven_finished() && matches!(s.target, Target::Unreachable | Target::AcceptsNeither)))
     }
 
     #[test]
@@ -445,13 +455,30 @@ mod tests {
         }
     }
 
+    /// The already-rotated leftover whose record holds a password no version holds: a
+    /// target refusing every password (a lagging replica may) keeps it for an operator;
+    /// the rotation id tag alone, which anyone may write, does not make it worthless.
+    #[test]
+    fn a_finish_shown_by_its_tag_alone_does_not_let_a_refusing_target_delete_the_record() {
+        let mut leftover = leftover(Stop::AlreadyRotated, Journal::Present).expect("a record to judge");
+        leftover.holds_only_latest = Some(false);
+        leftover.target = Some(Target::AcceptsNeither);
+        assert_eq!(leftover.next(), Next::Verdict(StaleJournal::KeepForOperator));
+        leftover.target = Some(Target::AcceptsLatest);
+        assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete));
+        leftover.holds_only_latest = Some(true);
+        leftover.target = None;
+        assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete), "what a crash before the delete leaves");
+    }
+
     #[test]
     fn leftovers_of_finished_rotations_are_cleaned_up_unless_the_target_uses_them() {
         for s in every_state() {
             let d = decide(s);
             let only_the_finished_password = s.latest == Latest::CarriesRotationId && s.holds_only_latest;
             let target_uses_it_or_cannot_say = s.target == Target::Unreachable
-                || (s.latest == Latest::Newer && s.target == Target::AcceptsPending && !s.pending_in_history);
+                || (s.latest == Latest::Newer && s.target == Target::AcceptsPending && !s.pending_in_history)
+                || (!s.proven_finished() && s.target == Target::AcceptsNeither);
             if s.finished()
                 && s.journal == Journal::Present
                 && (only_the_finished_password || !target_uses_it_or_cannot_say)
