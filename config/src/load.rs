@@ -12,7 +12,6 @@ use crate::model::{
     AdminAuthConfig, AdminConfig, Config, CredentialConfig, EventGridAuth, NotificationSink, NotificationsConfig,
     SecretSource, WebhookAuthConfig, WebhookConfig,
 };
-use crate::window::SWEEPS_PER_SPAN;
 
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -306,13 +305,10 @@ fn validate_windows(config: &Config, problems: &mut Vec<String>) {
                  window deferred"
             ));
         }
-        if !window.fits_sweeps(sweeper.interval_secs) {
+        if let Some(problem) = window.sweeps_problem(sweeper.interval_secs) {
             problems.push(format!(
-                "targets.{name}.rotation_window {:?}: a span of {} minutes is shorter than {SWEEPS_PER_SPAN} sweeps \
-                 (sweeper.interval_secs = {}): widen the window or sweep more often",
-                window.to_string(),
-                window.shortest_span_minutes(),
-                sweeper.interval_secs
+                "targets.{name}.rotation_window {:?}: {problem}: widen the window or sweep more often",
+                window.to_string()
             ));
         }
     }

@@ -193,6 +193,16 @@ impl RotationWindow {
     pub fn fits_sweeps(&self, interval_secs: u64) -> bool {
         u64::from(self.shortest_span_minutes()) * 60 >= SWEEPS_PER_SPAN * interval_secs
     }
+
+    /// Why the window does not fit sweeps `interval_secs` apart ([`Self::fits_sweeps`]).
+    pub fn sweeps_problem(&self, interval_secs: u64) -> Option<String> {
+        (!self.fits_sweeps(interval_secs)).then(|| {
+            format!(
+                "a span of {} minutes is shorter than {SWEEPS_PER_SPAN} sweeps (sweeper.interval_secs = {interval_secs})",
+                self.shortest_span_minutes()
+            )
+        })
+    }
 }
 
 fn timestamp(at: OffsetDateTime) -> Timestamp {

@@ -163,13 +163,10 @@ impl Windows {
         let profile = properties.tags.get(TAG_ROTATOR).and_then(|name| self.profiles.get(name)).map(Cow::Borrowed);
         let Some(raw) = properties.tags.get(TAG_ROTATION_WINDOW) else { return (profile, None) };
         let problem = match raw.parse::<RotationWindow>() {
-            Ok(window) if window.fits_sweeps(self.sweep_interval_secs) => return (Some(Cow::Owned(window)), None),
-            Ok(window) => format!(
-                "a span of {} minutes is shorter than {} sweeps (sweeper.interval_secs = {})",
-                window.shortest_span_minutes(),
-                kv_rotator_config::window::SWEEPS_PER_SPAN,
-                self.sweep_interval_secs
-            ),
+            Ok(window) => match window.sweeps_problem(self.sweep_interval_secs) {
+                None => return (Some(Cow::Owned(window)), None),
+                Some(problem) => problem,
+            },
             Err(e) => e.to_string(),
         };
         let fallback = if profile.is_some() { "the profile's rotation_window applies" } else { "any time applies" };
