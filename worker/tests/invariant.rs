@@ -446,42 +446,69 @@ async fn a_change_visible_only_after_a_delay_is_never_replaced() {
     }
 }
 
-/// A lagging target and a hostile tag together. The target took the pending password P
-/// (its primary has it; the replica that logins reach shows it only after the lag), so P
-/// is only in the journal record. Someone then writes a newer version carrying the
-/// rotation's id, as if it had finished. The resume finds the rotation "already rotated",
-/// and the target refuses both the latest value and P: only lag. The record must stay.
-/// Before, "finished" by the tag and "accepts neither" deleted it, and once the lag
-/// cleared no password in Key Vault logged in.
+/// A lagging target and a hostile or careless writer together. The target took the
+/// pending password P (its primary has it; the replica that logins reach shows it only
+/// after the lag), so P is only in the journal record. Someone then writes a newer
+/// version: with a value nobody uses, or with the old password (an operator "restoring"
+/// the previous value), with or without the rotation's id (as if it had finished). The
+/// resume finds the rotation already rotated or stale, and the lagging replica refuses P
+/// and takes the old password, or takes neither: only lag. The record must stay in all
+/// four. Before, "finished" by the tag and "accepts neither" deleted it, and so did the
+/// old password logging in; once the lag cleared no password in Key Vault logged in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planted_finish_and_a_lagging_target_never_cost_the_journal() {
+    let cases = [(false, true), (false, false), (true, true), (true, false)];
+    let runs =
+        cases.map(|(old_password, tagged)| tokio::spawn(planted_version_over_a_lagging_target(old_password, tagged)));
+    let mut lost = Vec::new();
+    for (case, run) in cases.iter().zip(runs) {
+        if let Some(what) = run.await.unwrap() {
+            lost.push(format!("(old password, rotation id tag) = {case:?}: {what}"));
+        }
+    }
+    assert!(lost.is_empty(), "{lost:#?}");
+}
+
+/// One case of the test above: what went wrong, if anything.
+async fn planted_version_over_a_lagging_target(old_password: bool, tagged: bool) -> Option<String> {
+    let lag = Duration::from_secs(6);
     let site = Site::new().await;
     let initial = PasswordPolicy::default().generate();
     let v1 = site.put("planted", &initial, "app", &[], None).await;
-    let target = Arc::new(Lagging::new(&initial, Duration::from_secs(6), false));
+    let target = Arc::new(Lagging::new(&initial, lag, false));
     let mut targets = Targets::default();
     targets.insert("site", target.clone(), None);
     let settings = EngineConfig { max_attempts: 1, ..quick_engine() };
     let engine = Engine::new(site.store.clone(), targets, settings);
     let report = engine.rotate(site.request("planted", Some(&v1), manual(false))).await;
-    assert!(matches!(report.outcome, Outcome::Failed { unfinished_journal: Some(_), .. }), "{report:?}");
+    if !matches!(report.outcome, Outcome::Failed { unfinished_journal: Some(_), .. }) {
+        return Some(format!("the first attempt should leave its record: {report:?}"));
+    }
     let rotation_id = report.rotation_id.clone().expect("a rotation id");
     let pending = site.journals().await.pop().expect("the journal holds the pending password");
 
-    // A newer version that claims the rotation finished, with a value nobody uses.
-    let junk = PasswordPolicy::default().generate();
-    site.put("planted", &junk, "app", &[("rotation-id", rotation_id.as_str())], None).await;
+    let planted = if old_password { initial.clone() } else { PasswordPolicy::default().generate() };
+    let tags: &[(&str, &str)] = if tagged { &[("rotation-id", rotation_id.as_str())] } else { &[] };
+    site.put("planted", &planted, "app", tags, None).await;
     let resume = site.request("planted", Some(&v1), Trigger::Resume { journal: "by the sweeper".into() });
     let resumed = engine.rotate(resume).await;
-    assert!(!matches!(resumed.outcome, Outcome::Rotated { .. }), "{resumed:?}");
+    if matches!(resumed.outcome, Outcome::Rotated { .. }) {
+        return Some(format!("the resume rotated: {resumed:?}"));
+    }
+    if old_password && !logs_in(target.as_ref(), "app", &initial).await {
+        return Some("the replica should still take the old password while the resume ran".into());
+    }
     let journals = site.journals().await;
-    assert_eq!(journals.len(), 1, "the record holding the pending password is kept: {resumed:?}");
-    assert_eq!(journals[0].expose_secret(), pending.expose_secret());
+    if journals.len() != 1 || journals[0].expose_secret() != pending.expose_secret() {
+        return Some(format!("the record holding the pending password is gone: {resumed:?}"));
+    }
 
     // Once the lag clears, the target takes exactly what the record still holds.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert!(logs_in(target.as_ref(), "app", &pending).await);
-    assert!(!logs_in(target.as_ref(), "app", &junk).await);
+    tokio::time::sleep(lag).await;
+    if !logs_in(target.as_ref(), "app", &pending).await || logs_in(target.as_ref(), "app", &planted).await {
+        return Some("once the lag cleared, the target should take the record's password only".into());
+    }
+    None
 }
 
 /// A target double that takes a little while, at random, for every change: it widens

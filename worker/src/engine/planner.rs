@@ -16,7 +16,8 @@
 //!
 //! The rule behind all of them is the invariant: a journal record may hold the only
 //! copy of the password the target accepts, so it is deleted only when a version of the
-//! secret holds its password or the latest version is proven to log in.
+//! secret holds its password or the latest version logs in with a password newer than the
+//! record (a lagging replica still takes the old one).
 
 /// What the latest version says about this rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,8 +125,10 @@ pub fn start(record: Record) -> Start {
         Record::Absent => Start { gated: true, password: Password::Fresh },
         // The rotation has begun on the target: it is finished with that password.
         Record::Present { target_uses_it: true, .. } => Start { gated: false, password: Password::Journaled },
-        // This request's own record, not yet set: trusted, but a new rotation still.
-        Record::Present { target_uses_it: false, own: true } => Start { gated: true, password: Password::Journaled },
+        // This request's own record, not yet set: it passed the gate when it journaled,
+        // and only the clock has moved since — a rotation begun in its window finishes
+        // its retries after the window closes.
+        Record::Present { target_uses_it: false, own: true } => Start { gated: false, password: Password::Journaled },
         // A rotation not begun, or a planted record: its password is not trusted.
         Record::Present { target_uses_it: false, own: false } => Start { gated: true, password: Password::Fresh },
     }
@@ -160,6 +163,9 @@ pub enum Question {
     /// Whether a recent version of the secret holds the record's password the target
     /// accepts.
     PendingInHistory,
+    /// Whether a version written before the record held the latest's password, which a
+    /// target lagging behind its primary may still accept after the record's was set.
+    LatestHeldBefore,
 }
 
 /// The planner's next move on a leftover record.
@@ -184,6 +190,8 @@ pub struct Leftover {
     pub target: Option<Target>,
     /// Answer to [`Question::PendingInHistory`].
     pub pending_in_history: Option<bool>,
+    /// Answer to [`Question::LatestHeldBefore`].
+    pub latest_held_before: Option<bool>,
 }
 
 impl Leftover {
@@ -194,6 +202,7 @@ impl Leftover {
             finished_in_history: None,
             target: None,
             pending_in_history: None,
+            latest_held_before: None,
         }
     }
 
@@ -214,7 +223,7 @@ impl Leftover {
                 // The record's passwords are in no version, and the tag that says the
                 // rotation finished is anyone's to write: a target refusing them all (it
                 // may lag behind its primary) does not prove the record worthless.
-                Some(target) => Next::Verdict(stale_journal(false, target)),
+                Some(target) => self.judge(false, target),
             };
         }
         // Finished only if a version carrying the rotation id holds one of the record's
@@ -227,6 +236,22 @@ impl Leftover {
             match self.pending_in_history {
                 None => return Next::Ask(Question::PendingInHistory),
                 Some(true) => return Next::Verdict(StaleJournal::Delete),
+                Some(false) => {}
+            }
+        }
+        self.judge(finished, target)
+    }
+
+    /// The verdict once the target answered. The latest logging in proves the record
+    /// obsolete only when the latest's password is newer than the record: a replica
+    /// lagging behind its primary still takes the password the target had before the
+    /// record's was set (a version holding the old value, written again or planted, would
+    /// otherwise delete the only copy of the password the primary has).
+    fn judge(&self, finished: bool, target: Target) -> Next {
+        if target == Target::AcceptsLatest && !finished {
+            match self.latest_held_before {
+                None => return Next::Ask(Question::LatestHeldBefore),
+                Some(true) => return Next::Verdict(StaleJournal::KeepForOperator),
                 Some(false) => {}
             }
         }
@@ -272,6 +297,8 @@ mod tests {
         pending_in_history: bool,
         /// The gate lets a new rotation start.
         gate_open: bool,
+        /// A version written before the record held the latest's password.
+        latest_held_before: bool,
     }
 
     impl State {
@@ -285,6 +312,12 @@ mod tests {
         fn proven_finished(&self) -> bool {
             (self.latest == Latest::CarriesRotationId && self.holds_only_latest)
                 || (self.latest == Latest::Newer && self.finished_in_history)
+        }
+
+        /// The latest logs in, but with a password the target had before the record's
+        /// was set: what a replica lagging behind its primary shows.
+        fn latest_may_be_lagging(&self) -> bool {
+            self.target == Target::AcceptsLatest && self.latest_held_before
         }
     }
 
@@ -345,6 +378,7 @@ mod tests {
                 Question::FinishedInHistory => leftover.finished_in_history = Some(s.finished_in_history),
                 Question::Target => leftover.target = Some(s.target),
                 Question::PendingInHistory => leftover.pending_in_history = Some(s.pending_in_history),
+                Question::LatestHeldBefore => leftover.latest_held_before = Some(s.latest_held_before),
             }
         }
     }
@@ -358,7 +392,7 @@ mod tests {
         LATEST.into_iter().flat_map(move |latest| {
             JOURNAL.into_iter().flat_map(move |journal| {
                 TARGET.into_iter().flat_map(move |target| {
-                    (0..32u8).map(move |bits| {
+                    (0..64u8).map(move |bits| {
                         let flag = |bit: u8| bits & (1 << bit) != 0;
                         State {
                             latest,
@@ -369,6 +403,7 @@ mod tests {
                             holds_only_latest: flag(2),
                             pending_in_history: flag(3),
                             gate_open: flag(4),
+                            latest_held_before: flag(5),
                         }
                     })
                 })
@@ -383,12 +418,13 @@ mod tests {
         s.journal == Journal::Present
             && !in_a_version
             && ((s.target == Target::AcceptsPending && !s.pending_in_history)
-                || (!s.proven_finished() && matches!(s.target, Target::Unreachable | Target::AcceptsNeither)))
+                || (!s.proven_finished()
+                    && (matches!(s.target, Target::Unreachable | Target::AcceptsNeither) || s.latest_may_be_lagging())))
     }
 
     #[test]
     fn the_matrix_has_every_combination() {
-        assert_eq!(every_state().count(), 3 * 2 * 4 * 32);
+        assert_eq!(every_state().count(), 3 * 2 * 4 * 64);
     }
 
     #[test]
@@ -429,6 +465,18 @@ mod tests {
         }
     }
 
+    /// A retry of a request that journaled its password is not held by the gate again:
+    /// the window it started in may have closed since (or the sweeps stalled), and the
+    /// request would otherwise end as "outside the window" with its failure unreported.
+    #[test]
+    fn a_rotation_this_request_began_is_not_gated_again() {
+        for s in every_state() {
+            if s.latest == Latest::IsSource && s.journal == Journal::Present && s.own {
+                assert_eq!(decide(s), Decision::Rotate(Password::Journaled), "{s:?}");
+            }
+        }
+    }
+
     #[test]
     fn a_record_the_target_does_not_use_and_this_request_did_not_write_is_never_trusted() {
         for s in every_state() {
@@ -465,10 +513,33 @@ mod tests {
         leftover.target = Some(Target::AcceptsNeither);
         assert_eq!(leftover.next(), Next::Verdict(StaleJournal::KeepForOperator));
         leftover.target = Some(Target::AcceptsLatest);
+        assert_eq!(leftover.next(), Next::Ask(Question::LatestHeldBefore));
+        leftover.latest_held_before = Some(false);
         assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete));
         leftover.holds_only_latest = Some(true);
         leftover.target = None;
         assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete), "what a crash before the delete leaves");
+    }
+
+    /// A version holding the password the target had before the rotation (restored by
+    /// an operator, or planted), and a replica that has not yet seen the record's password
+    /// set: the latest logs in, yet the record holds the only password the primary takes.
+    #[test]
+    fn the_latest_logging_in_with_an_old_password_does_not_delete_the_record() {
+        for stop in [Stop::AlreadyRotated, Stop::Stale] {
+            let mut leftover = leftover(stop, Journal::Present).expect("a record to judge");
+            leftover.holds_only_latest = Some(false);
+            leftover.finished_in_history = Some(false);
+            leftover.target = Some(Target::AcceptsLatest);
+            assert_eq!(leftover.next(), Next::Ask(Question::LatestHeldBefore), "{stop:?}");
+            leftover.latest_held_before = Some(true);
+            assert_eq!(leftover.next(), Next::Verdict(StaleJournal::KeepForOperator), "{stop:?}");
+        }
+        // A version of the rotation holds the record's password: readable, so deleted.
+        let mut leftover = leftover(Stop::Stale, Journal::Present).expect("a record to judge");
+        leftover.finished_in_history = Some(true);
+        leftover.target = Some(Target::AcceptsLatest);
+        assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete));
     }
 
     #[test]
@@ -478,7 +549,7 @@ mod tests {
             let only_the_finished_password = s.latest == Latest::CarriesRotationId && s.holds_only_latest;
             let target_uses_it_or_cannot_say = s.target == Target::Unreachable
                 || (s.latest == Latest::Newer && s.target == Target::AcceptsPending && !s.pending_in_history)
-                || (!s.proven_finished() && s.target == Target::AcceptsNeither);
+                || (!s.proven_finished() && (s.target == Target::AcceptsNeither || s.latest_may_be_lagging()));
             if s.finished()
                 && s.journal == Journal::Present
                 && (only_the_finished_password || !target_uses_it_or_cannot_say)

@@ -57,11 +57,12 @@ pub(super) async fn settle(
                 };
                 leftover.pending_in_history = Some(in_history);
             }
+            Question::LatestHeldBefore => {
+                leftover.latest_held_before = Some(latest_held_before(engine, latest, journal).await?);
+            }
         }
     };
-    // What a crash between finish and delete leaves goes without a word.
-    let quiet = leftover.holds_only_latest == Some(true);
-    carry_out(engine, latest, rotation_id, journal_name, verdict, accepted, quiet).await
+    carry_out(engine, latest, rotation_id, journal_name, verdict, accepted, &leftover).await
 }
 
 /// Whether a version carrying the rotation id holds one of the record's passwords: a
@@ -85,6 +86,40 @@ async fn finished_in_history(
     Ok(finished)
 }
 
+/// Whether one of the 20 newest versions written before the record's newest version (the
+/// latest included, if it is that old) held the latest's password: a target lagging behind
+/// its primary may take it still, after the record's password was set. Where a version or
+/// a creation time cannot be read, it may have (the record is then kept for an operator,
+/// never lost).
+async fn latest_held_before(
+    engine: &Engine,
+    latest: &SecretRecord,
+    journal: &[SecretRecord],
+) -> Result<bool, RotationError> {
+    // The newest record version: its password was set last, after everything written
+    // before it.
+    let created: Option<Vec<_>> = journal.iter().map(|record| record.properties.created).collect();
+    let Some(recorded) = created.and_then(|created| created.into_iter().max()) else { return Ok(true) };
+    let mut versions = engine.store.list_versions(&latest.name).await?;
+    // Key Vault's times are whole seconds: the record's own second counts as before it.
+    versions.retain(|version| version.created.is_none_or(|created| created <= recorded));
+    versions.sort_by_key(|version| std::cmp::Reverse(version.created));
+    for version in versions.iter().take(20) {
+        // A disabled version cannot be read (nor one disabled or purged since it was
+        // listed): what it held cannot be told, so it may have been the latest's value.
+        let Some(id) = version.version.as_deref().filter(|_| version.enabled) else { return Ok(true) };
+        let before = match engine.store.get_version(&latest.name, id).await {
+            Ok(before) => before,
+            Err(err) if !err.is_transient() => return Ok(true),
+            Err(err) => return Err(err.into()),
+        };
+        if before.value.expose_secret() == latest.value.expose_secret() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Carries out the planner's verdict on a leftover record; `accepted` is the record's
 /// version the target accepts, if it was probed and one does.
 async fn carry_out(
@@ -94,11 +129,12 @@ async fn carry_out(
     journal_name: &str,
     verdict: StaleJournal,
     accepted: Option<&SecretRecord>,
-    quiet: bool,
+    answers: &Leftover,
 ) -> Result<(), RotationError> {
     match (verdict, accepted) {
         (StaleJournal::Delete, _) => {
-            if !quiet {
+            // What a crash between finish and delete leaves goes without a word.
+            if answers.holds_only_latest != Some(true) {
                 info!(journal = %journal_name, "journal outlived its source version and is obsolete; deleting it");
             }
             engine.store.delete_secret(journal_name).await?;
@@ -114,9 +150,19 @@ async fn carry_out(
         // The planner refinishes only with a password the probe found the target using;
         // without one, the record is kept.
         (StaleJournal::KeepForOperator, _) | (StaleJournal::Refinish, None) => {
+            let why = match answers.target {
+                Some(Target::AcceptsLatest) => {
+                    "its password logs in, but the secret held it before the record was written, and a target \
+                     lagging behind its primary would still take it"
+                }
+                Some(Target::AcceptsNeither) => {
+                    "neither its password nor the record's logs in (a target lagging behind its primary may refuse both)"
+                }
+                _ => "its password does not log in, and the record's does",
+            };
             Err(RotationError::Misconfigured(format!(
-                "secret {:?}: version {} was written while rotation {rotation_id} was pending, and its password does not log in; \
-                 the journal record {journal_name} is kept (it may hold the working password): an operator must choose",
+                "secret {:?}: version {} was written while rotation {rotation_id} was pending; {why}. The journal \
+                 record {journal_name} is kept (it may hold the working password): an operator must choose",
                 latest.name, latest.version
             )))
         }
