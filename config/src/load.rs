@@ -10,7 +10,7 @@ use kv_rotator_rotators::common::Strategy;
 
 use crate::model::{
     AdminAuthConfig, AdminConfig, Config, CredentialConfig, EventGridAuth, NotificationSink, NotificationsConfig,
-    SecretSource, WebhookAuthConfig, WebhookConfig,
+    SecretSource, SinkUrl, WebhookAuthConfig, WebhookConfig,
 };
 
 /// A configuration that cannot be used, with where and why.
@@ -160,8 +160,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     validate_schedule(config, &mut problems);
     validate_durations(config, &mut problems);
-    if let Some(raw) = &config.alerts.webhook_url {
-        problems.extend(sink_url_problem("alerts.webhook_url", raw));
+    if let Some(url) = &config.alerts.webhook_url {
+        problems.extend(sink_url_setting_problem("alerts.webhook_url", url));
     }
     validate_notifications(&config.notifications, &mut problems);
     if config.lease.ttl_secs < 4 {
@@ -252,6 +252,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 /// `u64::MAX` they overflow the clock arithmetic they feed (a panic at the first lease
 /// claim or unfinished rotation, not a configuration error).
 const MAX_DURATION_SECS: u64 = 10 * 366 * 86_400;
+/// Longest `engine.target_lag_secs`: a day.
+const MAX_TARGET_LAG_SECS: u64 = 86_400;
+
 /// Longest `engine.window_expiry_margin_hours`: 30 days.
 const MAX_WINDOW_MARGIN_HOURS: u32 = 720;
 
@@ -292,6 +295,9 @@ fn validate_durations(config: &Config, problems: &mut Vec<String>) {
 /// the due scan must be on and at least two sweeps must fall within each span.
 fn validate_windows(config: &Config, problems: &mut Vec<String>) {
     let (engine, sweeper) = (&config.engine, &config.sweeper);
+    if engine.target_lag_secs > MAX_TARGET_LAG_SECS {
+        problems.push(format!("engine.target_lag_secs = {}: at most {MAX_TARGET_LAG_SECS}", engine.target_lag_secs));
+    }
     if !(1..=MAX_WINDOW_MARGIN_HOURS).contains(&engine.window_expiry_margin_hours) {
         problems.push(format!(
             "engine.window_expiry_margin_hours = {}: between 1 and {MAX_WINDOW_MARGIN_HOURS}",
@@ -386,11 +392,49 @@ pub fn sink_url_problem(key: &str, raw: &str) -> Option<String> {
     }
 }
 
+/// What is wrong with a sink URL setting at `key`: an inline URL by the rule of
+/// [`sink_url_problem`] and carrying no credential ([`url_credential`]), or the source it
+/// is read from (the URL read from it is checked where it is read).
+fn sink_url_setting_problem(key: &str, url: &SinkUrl) -> Option<String> {
+    match url {
+        SinkUrl::Inline(raw) => sink_url_problem(key, raw).or_else(|| {
+            url_credential(raw).map(|what| {
+                format!(
+                    "{key}: this URL carries a credential ({what}), and the configuration holds no secret: \
+                     give it as {key} = {{ env = \"NAME\" }} or {{ file = \"/path\" }}"
+                )
+            })
+        }),
+        SinkUrl::Secret(source) => source.problem(key),
+    }
+}
+
+/// Query parameters that are a credential wherever they appear (Logic Apps and Power
+/// Automate `sig`, Azure Functions `code`, and the usual token names), compared without
+/// case.
+const CREDENTIAL_PARAMETERS: &[&str] =
+    &["sig", "code", "key", "token", "access_token", "api-key", "api_key", "apikey", "secret", "password"];
+
+/// The credential `raw` carries where one can be told — a password in its user part, or
+/// a query parameter of [`CREDENTIAL_PARAMETERS`] — named, never quoted.
+pub fn url_credential(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw).ok()?;
+    if url.password().is_some() {
+        return Some("a password in its user part".to_owned());
+    }
+    url.query_pairs()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .find(|name| CREDENTIAL_PARAMETERS.contains(&name.as_str()))
+        .map(|name| format!("its {name:?} query parameter"))
+}
+
 /// `[notifications]`: the sink's URL by the rule of [`sink_url_problem`], the key's
 /// source, the limits, and the expiry warning stages.
 fn validate_notifications(notifications: &NotificationsConfig, problems: &mut Vec<String>) {
     match &notifications.sink {
-        Some(NotificationSink::Webhook { url }) => problems.extend(sink_url_problem("notifications.sink.url", url)),
+        Some(NotificationSink::Webhook { url }) => {
+            problems.extend(sink_url_setting_problem("notifications.sink.url", url))
+        }
         Some(NotificationSink::EventGrid { topic_endpoint, auth }) => {
             problems.extend(sink_url_problem("notifications.sink.topic_endpoint", topic_endpoint));
             if let EventGridAuth::Key { key } = auth {

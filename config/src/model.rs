@@ -340,6 +340,13 @@ pub struct EngineConfig {
     /// expire. Default 24.
     #[serde(default = "default_window_expiry_margin")]
     pub window_expiry_margin_hours: u32,
+    /// How long a password change may take to show on every login path of a target
+    /// (replicas, poolers, directory replication), in seconds, with any skew between this
+    /// host's clock and Key Vault's (default 600, at most a day). A leftover journal
+    /// record younger than this is not deleted because the latest version logs in: a
+    /// lagging replica still takes the old password.
+    #[serde(default = "default_target_lag")]
+    pub target_lag_secs: u64,
 }
 
 fn default_queue() -> usize {
@@ -366,6 +373,9 @@ fn default_min_interval() -> u64 {
 fn default_finish_retry_interval() -> u64 {
     30
 }
+fn default_target_lag() -> u64 {
+    600
+}
 fn default_window_expiry_margin() -> u32 {
     24
 }
@@ -387,6 +397,7 @@ impl Default for EngineConfig {
             finish_retry_interval_secs: default_finish_retry_interval(),
             finish_retry_for_secs: default_finish_retry_for(),
             window_expiry_margin_hours: default_window_expiry_margin(),
+            target_lag_secs: default_target_lag(),
         }
     }
 }
@@ -568,7 +579,7 @@ impl Default for AdminConfig {
 pub struct AlertsConfig {
     /// Generic HTTP webhook: a JSON document (no secret values) is POSTed here per failure.
     #[serde(default)]
-    pub webhook_url: Option<String>,
+    pub webhook_url: Option<SinkUrl>,
     /// Timeout of one alert POST, milliseconds.
     #[serde(default = "default_alert_timeout")]
     pub timeout_ms: u64,
@@ -650,7 +661,7 @@ pub enum NotificationSink {
     /// CloudEvent (`application/cloudevents+json`) per POST.
     Webhook {
         /// The endpoint.
-        url: String,
+        url: SinkUrl,
     },
     /// An Event Grid custom topic whose input schema is CloudEvents 1.0.
     EventGrid {
@@ -680,6 +691,43 @@ pub enum EventGridAuth {
 /// `notifications.sink.auth.key`: a [`SecretSource`] table; a plain value (a key written
 /// inline) is refused without repeating it: figment's own type error would quote it, and
 /// inside a tagged enum it names only `notifications.sink`, so the message names the key.
+/// The URL of an HTTP sink (alerts, notifications): inline when it carries no credential,
+/// or read at startup from an environment variable or a file when it does — a Power
+/// Automate or Logic Apps trigger's `sig=`, an Azure Functions `code=`, a Slack hook's
+/// path. An inline URL with a credential in its query or user part is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkUrl {
+    /// Written in the configuration.
+    Inline(String),
+    /// `{ env = "NAME" }` or `{ file = "/path" }`.
+    Secret(SecretSource),
+}
+
+impl From<&str> for SinkUrl {
+    fn from(url: &str) -> Self {
+        SinkUrl::Inline(url.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for SinkUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SinkUrl;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a URL, { env = \"NAME\" } or { file = \"/path\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<SinkUrl, E> {
+                Ok(SinkUrl::Inline(url.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SinkUrl, A::Error> {
+                SecretSource::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(SinkUrl::Secret)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 fn event_grid_key<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretSource, D::Error> {
     struct Visitor;
     impl<'de> serde::de::Visitor<'de> for Visitor {

@@ -394,5 +394,10 @@ fn durations_that_overflow_the_clock_are_refused() {
             &["engine.finish_retry_for_secs"],
         ),
         ("alerts.timeout_ms", "[alerts]\ntimeout_ms = 9223372036854775807\n", &["alerts.timeout_ms", "ten years"]),
+        (
+            "engine.target_lag_secs",
+            "[engine]\ntarget_lag_secs = 9223372036854775807\n",
+            &["engine.target_lag_secs", "at most 86400"],
+        ),
     ]);
 }

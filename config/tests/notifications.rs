@@ -6,7 +6,7 @@
 
 use figment::providers::Format;
 use kv_rotator_config::load::from_figment;
-use kv_rotator_config::{ConfigError, EventGridAuth, NotificationSink, SecretSource};
+use kv_rotator_config::{ConfigError, EventGridAuth, NotificationSink, SecretSource, SinkUrl};
 
 fn parse(notifications: &str) -> Result<kv_rotator_config::Config, ConfigError> {
     let text = format!("[vault]\nurl = \"https://v.vault.azure.net/\"\n\n[notifications]\n{notifications}\n");
@@ -134,4 +134,46 @@ fn the_keys_variable_is_a_secret_variable() {
         assert_eq!(names, ["EG_TOPIC_KEY"]);
         Ok(())
     });
+}
+
+/// A Power Automate trigger's URL carries its credential (`sig=`): written inline it is
+/// refused, naming the parameter and never its value; from an environment variable or a
+/// file it is accepted, and those sources are checked like every other secret's.
+#[test]
+fn a_url_carrying_a_credential_is_read_from_a_source_never_written_inline() {
+    let flow = "https://prod-12.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke\
+                ?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=S3CRETsig";
+    for (setting, text) in [
+        ("notifications.sink.url", format!("sink = {{ kind = \"webhook\", url = {flow:?} }}")),
+        ("alerts.webhook_url", format!("[alerts]\nwebhook_url = {flow:?}")),
+    ] {
+        let text = format!(
+            "[vault]\nurl = \"https://v.vault.azure.net/\"\n{}",
+            text.replace("sink =", "[notifications]\nsink =")
+        );
+        let message =
+            from_figment(figment::Figment::from(figment::providers::Toml::string(&text))).unwrap_err().to_string();
+        assert!(message.contains(setting) && message.contains("\"sig\" query parameter"), "{message}");
+        assert!(message.contains("env = \\\"NAME\\\"") || message.contains("env = \"NAME\""), "{message}");
+        assert!(!message.contains("S3CRETsig"), "{message}");
+    }
+    for credential in
+        ["https://u:pw@hooks.example/x", "https://f.azurewebsites.net/api/hook?code=abc", "https://h.example/?Token=t"]
+    {
+        let message = problems(&format!("sink = {{ kind = \"webhook\", url = {credential:?} }}"));
+        assert!(message.contains("carries a credential"), "{credential}: {message}");
+    }
+    // A URL without one stays inline; one with it comes from a source.
+    assert!(parse("sink = { kind = \"webhook\", url = \"https://hooks.example/kvr?tenant=a\" }").is_ok());
+    let config = parse("sink = { kind = \"webhook\", url = { env = \"FLOW_URL\" } }").unwrap();
+    assert_eq!(
+        config.notifications.sink,
+        Some(NotificationSink::Webhook {
+            url: SinkUrl::Secret(SecretSource { env: Some("FLOW_URL".into()), file: None })
+        })
+    );
+    let message = problems("sink = { kind = \"webhook\", url = { env = \"FLOW_URL\", file = \"/run/flow\" } }");
+    assert!(message.contains("notifications.sink.url: set exactly one of env or file"), "{message}");
+    let message = problems("sink = { kind = \"webhook\", url = { path = \"/run/flow\" } }");
+    assert!(message.contains("path"), "{message}");
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use secrecy::{ExposeSecret, SecretString};
 
 /// Why a POST was not delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +45,8 @@ impl PostError {
 #[derive(Debug, Clone)]
 pub struct HttpSink {
     client: reqwest::Client,
-    url: String,
+    /// A credential for most sinks (a `sig=`, a hook's path): redacted in `Debug`.
+    url: SecretString,
     origin: String,
     attempts: u32,
     first_delay: Duration,
@@ -65,7 +67,7 @@ impl HttpSink {
         let origin = reqwest::Url::parse(url)
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_else(|_| "(unparsable URL)".to_owned());
-        Self { client, url: url.to_owned(), origin, attempts: 1, first_delay: Duration::from_millis(200) }
+        Self { client, url: SecretString::from(url), origin, attempts: 1, first_delay: Duration::from_millis(200) }
     }
 
     /// Up to `attempts` tries per POST while the failure is transient.
@@ -107,7 +109,7 @@ impl HttpSink {
     async fn try_once(&self, content_type: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), PostError> {
         let response = self
             .client
-            .post(&self.url)
+            .post(self.url.expose_secret())
             .headers(headers.clone())
             .header(CONTENT_TYPE, content_type)
             .body(body.to_vec())

@@ -16,12 +16,12 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use kv_rotator_config::{AlertsConfig, EngineConfig, SweeperConfig, VaultConfig, WebhookConfig};
-use kv_rotator_config::{SecretSource, WebhookAuthConfig};
+use kv_rotator_config::{SecretSource, SinkUrl, WebhookAuthConfig};
 use kv_rotator_core::RotationRequest;
 use kv_rotator_keyvault::azure::{AzureSecretStore, TransportOverrides};
 use kv_rotator_keyvault::SecretStore;
 use kv_rotator_webhook::Intake;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -183,7 +183,7 @@ pub async fn start_with(
         None => SweeperConfig { enabled: false, ..SweeperConfig::default() },
     };
     let mut engine =
-        build_engine(store.clone(), targets, engine_config, &sweeper_config, &background.alerts, metrics.clone());
+        build_engine(store.clone(), targets, engine_config, &sweeper_config, &background.alerts, metrics.clone())?;
     let due_rule = engine.due_rule();
     let notifier = background.notifications.map(|sink| sink.start(metrics.clone()));
     if let Some(notifier) = &notifier {
@@ -277,7 +277,8 @@ pub async fn start_with(
 
 /// The engine of every service (`serve`, `dev`, `functions`): its metrics in `metrics`,
 /// versions judged due by the rule of `[engine]` and `sweeper` (the sweeper's rule too),
-/// failures past the retry cap sent to `[alerts]`. The caller adds the engine lease.
+/// failures past the retry cap sent to `[alerts]` (its URL read now, if from a source).
+/// The caller adds the engine lease.
 pub fn build_engine(
     store: Arc<dyn SecretStore>,
     targets: Targets,
@@ -285,16 +286,33 @@ pub fn build_engine(
     sweeper: &SweeperConfig,
     alerts: &AlertsConfig,
     metrics: Arc<Metrics>,
-) -> Engine {
+) -> anyhow::Result<Engine> {
     let windows = Windows::new(targets.rotation_windows().clone(), sweeper)
         .with_sweep_clock(SweepClock::started(time::OffsetDateTime::now_utc()));
     let due_rule = DueRule::from_config(&engine_config, sweeper).with_windows(windows);
     let mut engine = Engine::new(store, targets, engine_config).with_metrics(metrics).with_due_rule(due_rule);
     if let Some(url) = &alerts.webhook_url {
-        let sink = WebhookSink::new(url, Duration::from_millis(alerts.timeout_ms));
+        let url = sink_url("alerts.webhook_url", url)?;
+        let sink = WebhookSink::new(url.expose_secret(), Duration::from_millis(alerts.timeout_ms));
         engine = engine.with_alert_sink(sink, Duration::from_secs(alerts.repeat_after_secs));
     }
-    engine
+    Ok(engine)
+}
+
+/// The URL of an HTTP sink setting: written inline (checked with the configuration), or
+/// read from its source now and held to the same rule; errors name the setting and at
+/// most the URL's origin.
+pub(crate) fn sink_url(setting: &str, url: &SinkUrl) -> anyhow::Result<SecretString> {
+    match url {
+        SinkUrl::Inline(url) => Ok(SecretString::from(url.clone())),
+        SinkUrl::Secret(source) => {
+            let url = read_secret(setting, source)?;
+            if let Some(problem) = kv_rotator_config::load::sink_url_problem(setting, url.expose_secret()) {
+                anyhow::bail!("{problem} (as read from its source)");
+            }
+            Ok(url)
+        }
+    }
 }
 
 impl RunningService {

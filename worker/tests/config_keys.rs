@@ -33,7 +33,7 @@ fn keys_are_read() {
     assert_eq!(config.engine.target_concurrency.get("site"), Some(&2));
     assert!(!config.sweeper.enabled);
     assert_eq!((config.sweeper.interval_secs, config.sweeper.window_days), (60, 7));
-    assert_eq!(config.alerts.webhook_url.as_deref(), Some("https://alerts.example/hook"));
+    assert_eq!(config.alerts.webhook_url, Some("https://alerts.example/hook".into()));
     assert_eq!(config.alerts.timeout_ms, 900);
 }
 

@@ -16,6 +16,9 @@
 //! 5. check, for every secret: the latest version logs in, no journal record is left,
 //!    at most one version per rotation id.
 //!
+//! PostgreSQL without replicas shows a change at once, so the processes run with
+//! `engine.target_lag_secs = 0`; lag is `invariant.rs`'s subject.
+//!
 //! Needs the `failpoints` feature (`scripts/test.sh` runs it) and
 //! `scripts/setup-postgres.sh`. `CRASH_MATRIX_KILLS` sets the number of kills
 //! (default 200, the CI variant); see README "Crash matrix" for the long variant;
@@ -85,6 +88,7 @@ impl World {
                  [webhook]\nlisten = \"127.0.0.1:0\"\n[webhook.auth]\nmode = \"none\"\n\
                  [engine]\nconcurrency = {SECRETS}\nmax_attempts = 20\ninitial_backoff_ms = 20\nmax_backoff_ms = 200\n\
                  min_rotation_interval_secs = 0\n\
+                 target_lag_secs = 0\n\
                  [sweeper]\nenabled = {due_scan}\n\
                  [targets.pg]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = 5432\nsslmode = \"disable\"\n\
                  accounts = [\"kvr_crash*\"]\n",

@@ -129,6 +129,7 @@ impl World {
                  [webhook]\nlisten = \"127.0.0.1:0\"\n[webhook.auth]\nmode = \"none\"\n\
                  [engine]\nconcurrency = {SECRETS}\nmax_attempts = 20\ninitial_backoff_ms = 20\nmax_backoff_ms = 200\n\
                  min_rotation_interval_secs = 0\n\
+                 target_lag_secs = 0\n\
                  [sweeper]\nenabled = {due_scan}\ninterval_secs = 1\n\
                  [targets.cache]\nkind = \"redis\"\nhost = \"127.0.0.1\"\nport = 6379\ntls = \"disable\"\n\
                  acl_save = \"never\"\nstrategy = \"multi-password\"\ngrace_period_secs = 1\n\

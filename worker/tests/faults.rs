@@ -215,7 +215,7 @@ async fn failures_past_the_cap_are_tagged_counted_and_alerted_then_cleared_by_su
     };
     let background = Background {
         sweeper: None,
-        alerts: AlertsConfig { webhook_url: Some(sink_url), timeout_ms: 2000, ..Default::default() },
+        alerts: AlertsConfig { webhook_url: Some(sink_url.as_str().into()), timeout_ms: 2000, ..Default::default() },
         admin: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
         ..Default::default()
     };

@@ -345,6 +345,13 @@ impl Lagging {
         }
     }
 
+    /// An operator's change on the primary, outside kv-rotator; the replica shows it after the lag.
+    fn change_by_hand(&self, password: &SecretString) {
+        let mut state = self.state.lock().unwrap();
+        state.0 = password.expose_secret().to_owned();
+        state.2 = Instant::now();
+    }
+
     /// The password the login path accepts now.
     fn replica(&self) -> String {
         let mut state = self.state.lock().unwrap();
@@ -469,7 +476,117 @@ async fn a_planted_finish_and_a_lagging_target_never_cost_the_journal() {
     assert!(lost.is_empty(), "{lost:#?}");
 }
 
+/// The other side of the rule above: a leftover record is not kept forever. The target
+/// took the record's password P, then an operator changed it by hand to N and wrote N as
+/// the latest version. The latest logs in: once the record is older than
+/// `engine.target_lag_secs` the record goes; younger, it stays, and the request is only
+/// stale (no failure, no alert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_record_goes_once_the_latest_logs_in_and_the_target_settled() {
+    let lag = Duration::from_millis(800);
+    let site = Site::new().await;
+    let initial = PasswordPolicy::default().generate();
+    let v1 = site.put("by-hand", &initial, "app", &[], None).await;
+    let target = Arc::new(Lagging::new(&initial, lag, false));
+    let engine_with = |target_lag_secs| {
+        let mut targets = Targets::default();
+        targets.insert("site", target.clone(), None);
+        let settings = EngineConfig { max_attempts: 1, target_lag_secs, ..quick_engine() };
+        Engine::new(site.store.clone(), targets, settings)
+    };
+    let report = engine_with(600).rotate(site.request("by-hand", Some(&v1), manual(false))).await;
+    assert!(matches!(report.outcome, Outcome::Failed { unfinished_journal: Some(_), .. }), "{report:?}");
+    let by_hand = PasswordPolicy::default().generate();
+    target.change_by_hand(&by_hand);
+    tokio::time::sleep(lag + Duration::from_millis(200)).await;
+    site.put("by-hand", &by_hand, "app", &[], None).await;
+    assert!(logs_in(target.as_ref(), "app", &by_hand).await);
+
+    let resume = || site.request("by-hand", Some(&v1), Trigger::Resume { journal: "by the sweeper".into() });
+    let young = engine_with(600).rotate(resume()).await;
+    assert!(matches!(young.outcome, Outcome::Stale { .. }), "{young:?}");
+    assert_eq!(site.journals().await.len(), 1, "younger than target_lag_secs: kept");
+    // Key Vault's creation times are whole seconds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let settled = engine_with(1).rotate(resume()).await;
+    assert!(matches!(settled.outcome, Outcome::Stale { .. }), "{settled:?}");
+    assert!(site.journals().await.is_empty(), "older than target_lag_secs, and the latest logs in: deleted");
+}
+
+/// Someone who may write secrets but does not know the target's password forges the
+/// record itself (its tags and content type are public; the rotation id is a hash of
+/// public names). The target took the record's password P; its replica lags.
+/// - "finished": a record version X and a secret version X carrying the rotation id,
+///   then a junk latest — one of the record's passwords is in a finished version, but
+///   not P.
+/// - "hidden": P's record version disabled, then a record version X and a latest X
+///   carrying the rotation id — the readable record holds only the latest's value.
+///
+/// Before, both deleted the record and P with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_journal_version_never_costs_the_record() {
+    let runs = [false, true].map(|hide| tokio::spawn(forged_record_over_a_lagging_target(hide)));
+    let mut lost = Vec::new();
+    for (hide, run) in [false, true].iter().zip(runs) {
+        if let Some(what) = run.await.unwrap() {
+            lost.push(format!("(P's version disabled) = {hide}: {what}"));
+        }
+    }
+    assert!(lost.is_empty(), "{lost:#?}");
+}
+
 /// One case of the test above: what went wrong, if anything.
+async fn forged_record_over_a_lagging_target(hide: bool) -> Option<String> {
+    let site = Site::new().await;
+    let initial = PasswordPolicy::default().generate();
+    let v1 = site.put("forged", &initial, "app", &[], None).await;
+    let target = Arc::new(Lagging::new(&initial, Duration::from_secs(6), false));
+    let mut targets = Targets::default();
+    targets.insert("site", target.clone(), None);
+    let engine = Engine::new(site.store.clone(), targets, EngineConfig { max_attempts: 1, ..quick_engine() });
+    let report = engine.rotate(site.request("forged", Some(&v1), manual(false))).await;
+    let rotation_id = report.rotation_id.clone().expect("a rotation id");
+    let pending = site.journals().await.pop().expect("the journal holds the pending password");
+    let journal = site
+        .store
+        .list_secrets()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.tags.contains_key("kv-rotator-journal-for"))
+        .expect("the record")
+        .name;
+    if hide {
+        let p_version = site.store.list_versions(&journal).await.unwrap().pop().unwrap().version.unwrap();
+        let update = PropertiesUpdate { enabled: Some(false), ..Default::default() };
+        site.store.update_properties(&journal, Some(&p_version), update).await.unwrap();
+    }
+    let forged = PasswordPolicy::default().generate();
+    let record_tags = BTreeMap::from([
+        ("kv-rotator-journal-for".to_owned(), "forged".to_owned()),
+        ("rotation-id".to_owned(), rotation_id.clone()),
+    ]);
+    let content_type = Some("application/vnd.kv-rotator.pending-password".to_owned());
+    let new =
+        NewSecretVersion { value: forged.clone(), tags: record_tags, content_type, expires: None, not_before: None };
+    site.store.set_secret(&journal, new).await.unwrap();
+    site.put("forged", &forged, "app", &[("rotation-id", rotation_id.as_str())], None).await;
+    if !hide {
+        site.put("forged", &PasswordPolicy::default().generate(), "app", &[], None).await;
+    }
+    let resume = site.request("forged", Some(&v1), Trigger::Resume { journal: "by the sweeper".into() });
+    let resumed = engine.rotate(resume).await;
+    let versions = site.store.list_versions(&journal).await.map(|v| v.len()).unwrap_or(0);
+    if versions != 2 {
+        return Some(format!("the record has {versions} versions, not P's and the forged one: {resumed:?}"));
+    }
+    if !hide && !site.journal_versions().await.iter().any(|v| v.expose_secret() == pending.expose_secret()) {
+        return Some(format!("P is no longer readable from the record: {resumed:?}"));
+    }
+    None
+}
+
+/// One case of the planted-version test: what went wrong, if anything.
 async fn planted_version_over_a_lagging_target(old_password: bool, tagged: bool) -> Option<String> {
     let lag = Duration::from_secs(6);
     let site = Site::new().await;

@@ -453,3 +453,40 @@ async fn the_service_announces_the_sweepers_rotation_and_no_warning_for_it() {
         (Some("sweeper"), Some(old_version.as_str()))
     );
 }
+
+/// A Power Automate trigger's URL is a credential (`sig=`): read from a file, it reaches
+/// the sink whole, shows in no `Debug` output, and a URL read that way is held to the
+/// rule of inline ones (plain http off loopback refused, naming the key, never the query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_url_read_from_a_file_keeps_its_signature_out_of_sight() {
+    let site = Site::new().await;
+    let (receiver, url) = Receiver::start(&[]).await;
+    let flow_url = format!("{url}?api-version=2016-06-01&sv=1.0&sig=FLOWsignature42");
+    let url_file = site.dir.path().join("flow-url");
+    std::fs::write(&url_file, format!("{flow_url}\n")).unwrap();
+    let load = |sink: serde_json::Value| {
+        use kv_rotator_config::figment::{providers::Serialized, Figment};
+        kv_rotator_config::load::from_figment(Figment::from(Serialized::defaults(serde_json::json!({
+            "vault": { "url": "https://v.vault.azure.net/" },
+            "notifications": { "sink": sink },
+        }))))
+        .unwrap()
+    };
+    let config = load(serde_json::json!({ "kind": "webhook", "url": { "file": url_file } }));
+    let sink = Sink::from_config(&config.notifications, &config.vault).unwrap().expect("a sink");
+    assert!(!format!("{sink:?}").contains("FLOWsignature42"), "{sink:?}");
+    let notifier = sink.start(Arc::new(Metrics::default()));
+    let engine = site.engine(notifier.clone());
+    let report = site.rotate(&engine, SECRET).await;
+    assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
+    flushed(&notifier).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].uri.query(), Some("api-version=2016-06-01&sv=1.0&sig=FLOWsignature42"));
+
+    std::fs::write(&url_file, "http://flows.example/hook?sig=FLOWsignature42").unwrap();
+    let config = load(serde_json::json!({ "kind": "webhook", "url": { "file": url_file } }));
+    let message = format!("{:#}", Sink::from_config(&config.notifications, &config.vault).unwrap_err());
+    assert!(message.contains("notifications.sink.url") && message.contains("loopback"), "{message}");
+    assert!(!message.contains("FLOWsignature42"), "{message}");
+}

@@ -139,6 +139,8 @@ async fn check_passes_a_good_configuration_and_changes_nothing() {
     for (check, expected) in [
         ("config", "ok "),
         ("webhook.auth", "skipped "),
+        ("alerts", "skipped "),
+        ("notifications", "skipped "),
         ("vault", "ok "),
         ("targets.site setup", "ok "),
         ("targets.site admin", "skipped "),
@@ -160,7 +162,7 @@ async fn check_passes_a_good_configuration_and_changes_nothing() {
     let (ok, stdout, stderr) = site.check(&config, &["--json"]);
     assert!(ok, "{stdout}\n{stderr}");
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 11, "{stdout}");
+    assert_eq!(lines.len(), 13, "{stdout}");
     assert!(lines.iter().all(|l| l["status"] == "ok" || l["status"] == "skipped"), "{stdout}");
     assert!(lines.iter().any(|l| l["check"] == "targets.pg canary" && l["status"] == "ok"), "{stdout}");
 
@@ -192,6 +194,8 @@ async fn check_fails_naming_the_profile_and_the_reason() {
     put(&site.dev, "windowed-password", &PasswordPolicy::default().generate(), &tags).await;
     let config = site.config(&format!(
         "[webhook.auth]\nmode = \"shared-key\"\nkey = {{ env = \"KVR_CHECK_UNSET_KEY\" }}\n\
+         [alerts]\nwebhook_url = {{ file = \"/nonexistent/kvr-alert-url\" }}\n\
+         [notifications]\nsink = {{ kind = \"webhook\", url = {{ env = \"KVR_CHECK_UNSET_KEY\" }} }}\n\
          [targets.hostile]\nkind = \"htpasswd\"\npath = \"{}\"\naccounts = [\"*\"]\n\
          [targets.down]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = {closed}\nsslmode = \"disable\"\n\
          accounts = [\"*\"]\nadmin = {{ username = \"{}\", secret = \"pg-admin\" }}\n\
@@ -222,6 +226,13 @@ async fn check_fails_naming_the_profile_and_the_reason() {
     );
     let auth = check_line(&stdout, "webhook.auth");
     assert!(auth.starts_with("FAILED ") && auth.contains("KVR_CHECK_UNSET_KEY is not set"), "{auth}");
+    let alerts = check_line(&stdout, "alerts");
+    assert!(alerts.starts_with("FAILED ") && alerts.contains("alerts.webhook_url: cannot read"), "{alerts}");
+    let notifications = check_line(&stdout, "notifications");
+    assert!(
+        notifications.starts_with("FAILED ") && notifications.contains("notifications.sink.url: environment variable"),
+        "{notifications}"
+    );
     let hostile = check_line(&stdout, "targets.hostile canary");
     assert!(hostile.starts_with("FAILED ") && hostile.contains("x\\u{1b}]0;pwned"), "{hostile}");
     assert!(!stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'), "vault text is escaped:\n{stdout}");

@@ -386,7 +386,15 @@ async fn a_journal_outliving_its_finished_rotation_is_deleted_even_after_newer_r
     assert!(matches!(second.outcome, Outcome::Rotated { .. }), "{second:?}");
     assert!(!w.journal_gone().await, "precondition: the leftover journal exists");
 
+    // The record's password is in no version and the latest logs in: obsolete, once the
+    // record is older than the target's lag (a replica may not show its password yet).
     let resumed = w.engine.rotate(w.request(Some(&w.v1))).await;
+    assert!(matches!(resumed.outcome, Outcome::Stale { .. }), "{resumed:?}");
+    assert!(!w.journal_gone().await, "younger than engine.target_lag_secs: kept");
+    let mut targets = Targets::default();
+    targets.insert(PROFILE, w.rotator.clone(), None);
+    let settled = EngineConfig { target_lag_secs: 0, ..EngineConfig::default() };
+    let resumed = Engine::new(w.store.clone(), targets, settled).rotate(w.request(Some(&w.v1))).await;
     assert!(matches!(resumed.outcome, Outcome::Stale { .. }), "{resumed:?}");
     assert!(w.journal_gone().await, "obsolete journal deleted");
     assert!(w.logs_in(&w.store.get_latest(SECRET).await.unwrap().value).await);

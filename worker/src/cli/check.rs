@@ -6,6 +6,9 @@
 //! - `webhook.auth`: the webhook's authentication can be set up (its keys read from
 //!   their variables or files), as `serve` would set it up; skipped when not set
 //!   (`serve` refuses that, `functions` does not use it).
+//! - `alerts`, `notifications`: their sinks can be set up (URLs and keys read from their
+//!   variables or files, a URL read that way held to the rule of inline ones); nothing
+//!   is sent; skipped when not set.
 //! - `vault`: the vault answers a listing, through the store the service uses;
 //!   `secrets`: no managed secret names a target profile the configuration lacks.
 //! - per target profile, `targets.NAME setup`: what the kind checks before any login
@@ -117,6 +120,16 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The line of a sink that `serve` sets up before it starts (`None`: not configured):
+/// its URL and key read from their sources, held to the URL rule. Nothing is sent.
+fn sink_line(check: &str, set_up: Option<anyhow::Result<()>>) -> Line {
+    match set_up {
+        None => Line::new(check, Status::Skipped, "no sink configured"),
+        Some(Ok(())) => Line::new(check, Status::Ok, "sink set up (URL and key read; nothing sent)"),
+        Some(Err(err)) => Line::new(check, Status::Failed, format!("{err:#}")),
+    }
+}
+
 async fn check_config(config: &Config, report: &mut Report) {
     let auth = match service::webhook_auth(config.webhook.auth.as_ref()) {
         Ok(_) if config.webhook.auth.is_none() => Line::new(
@@ -133,6 +146,18 @@ async fn check_config(config: &Config, report: &mut Report) {
         Err(err) => Line::new("webhook.auth", Status::Failed, format!("{err:#}")),
     };
     report.add(auth);
+    report.add(sink_line(
+        "alerts",
+        config.alerts.webhook_url.as_ref().map(|url| service::sink_url("alerts.webhook_url", url).map(|_| ())),
+    ));
+    report.add(sink_line(
+        "notifications",
+        config
+            .notifications
+            .sink
+            .as_ref()
+            .map(|_| crate::notify::Sink::from_config(&config.notifications, &config.vault).map(|_| ())),
+    ));
     let (store, accounts) = match check_vault(config).await {
         Ok((store, accounts, line, window_tags)) => {
             report.add(line);

@@ -63,7 +63,7 @@ pub async fn run(args: FunctionsArgs) -> anyhow::Result<()> {
     let timings = LeaseTimings::from_config(&config.lease)?;
     let metrics = Arc::new(Metrics::default());
     let mut engine =
-        service::build_engine(store.clone(), targets, config.engine.clone(), &config.sweeper, &config.alerts, metrics);
+        service::build_engine(store.clone(), targets, config.engine.clone(), &config.sweeper, &config.alerts, metrics)?;
     // Outcomes only: an instance's memory is too short-lived for once-per-stage warnings.
     if let Some(sink) = crate::notify::Sink::from_config(&config.notifications, &config.vault)? {
         let notifier = sink.start(engine.metrics());

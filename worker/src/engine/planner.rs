@@ -15,9 +15,9 @@
 //! they return; the tests below run them the same way over every state.
 //!
 //! The rule behind all of them is the invariant: a journal record may hold the only
-//! copy of the password the target accepts, so it is deleted only when a version of the
-//! secret holds its password or the latest version logs in with a password newer than the
-//! record (a lagging replica still takes the old one).
+//! copy of the password the target accepts, so it is deleted only when versions of the
+//! secret hold its passwords, or when the latest version logs in once the target had time
+//! to show the record's password (a lagging replica still takes the old one).
 
 /// What the latest version says about this rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,24 +148,32 @@ pub enum StaleJournal {
     KeepForOperator,
     /// Keep it and try later: the target could not be asked.
     KeepAndRetry,
+    /// Keep it for now: the latest logs in, but the record's password was set too recently
+    /// for a replica to show it; the sweeper judges it again.
+    KeepUntilSettled,
 }
 
 /// What [`Leftover`] needs to know next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Question {
+    /// Whether every version of the record can be read. A disabled one may hold the
+    /// password the target uses, and nothing about it can be checked.
+    AllVersionsReadable,
     /// Whether the record holds only the finished (latest) version's password.
     HoldsOnlyLatest,
-    /// Whether a version of the secret carrying the rotation id holds one of the
-    /// record's passwords (the rotation finished, then someone wrote again).
+    /// Whether each of the record's passwords is held by a version of the secret carrying
+    /// the rotation id (the rotation finished, then someone wrote again): deleting the
+    /// record then loses nothing, whatever the target says.
     FinishedInHistory,
     /// Which password the target accepts ([`Target`]).
     Target,
     /// Whether a recent version of the secret holds the record's password the target
     /// accepts.
     PendingInHistory,
-    /// Whether a version written before the record held the latest's password, which a
-    /// target lagging behind its primary may still accept after the record's was set.
-    LatestHeldBefore,
+    /// Whether the record's newest version is older than the target's replication lag
+    /// (`engine.target_lag_secs`): only then does the latest logging in prove that the
+    /// record's password is not the one the target's primary has.
+    RecordSettled,
 }
 
 /// The planner's next move on a leftover record.
@@ -182,6 +190,8 @@ pub enum Next {
 pub struct Leftover {
     /// The latest version carries the rotation id ([`Stop::AlreadyRotated`]).
     finished_latest: bool,
+    /// Answer to [`Question::AllVersionsReadable`].
+    pub all_readable: Option<bool>,
     /// Answer to [`Question::HoldsOnlyLatest`].
     pub holds_only_latest: Option<bool>,
     /// Answer to [`Question::FinishedInHistory`].
@@ -190,27 +200,33 @@ pub struct Leftover {
     pub target: Option<Target>,
     /// Answer to [`Question::PendingInHistory`].
     pub pending_in_history: Option<bool>,
-    /// Answer to [`Question::LatestHeldBefore`].
-    pub latest_held_before: Option<bool>,
+    /// Answer to [`Question::RecordSettled`].
+    pub record_settled: Option<bool>,
 }
 
 impl Leftover {
     fn new(stop: Stop) -> Self {
         Self {
             finished_latest: stop == Stop::AlreadyRotated,
+            all_readable: None,
             holds_only_latest: None,
             finished_in_history: None,
             target: None,
             pending_in_history: None,
-            latest_held_before: None,
+            record_settled: None,
         }
     }
 
-    /// The next question, or the verdict once the answers suffice. The target
-    /// is always asked unless the record holds only the finished version's password: a
-    /// finished rotation's record may still hold the only working password when a
-    /// second engine set one after it finished.
+    /// The next question, or the verdict once the answers suffice. The target is asked
+    /// unless every password of the record is readable in a version of the secret: a
+    /// finished rotation's record may still hold the only working password when a second
+    /// engine set one after it finished, and the tag that says "finished" is anyone's to
+    /// write.
     pub fn next(&self) -> Next {
+        let Some(all_readable) = self.all_readable else { return Next::Ask(Question::AllVersionsReadable) };
+        if !all_readable {
+            return Next::Verdict(StaleJournal::KeepForOperator);
+        }
         if self.finished_latest {
             // What a crash between finish and delete leaves.
             let Some(only_latest) = self.holds_only_latest else { return Next::Ask(Question::HoldsOnlyLatest) };
@@ -220,15 +236,14 @@ impl Leftover {
             return match self.target {
                 None => Next::Ask(Question::Target),
                 Some(Target::AcceptsPending) => Next::Verdict(StaleJournal::Refinish),
-                // The record's passwords are in no version, and the tag that says the
-                // rotation finished is anyone's to write: a target refusing them all (it
-                // may lag behind its primary) does not prove the record worthless.
-                Some(target) => self.judge(false, target),
+                Some(target) => self.judge(target),
             };
         }
-        // Finished only if a version carrying the rotation id holds one of the record's
-        // passwords: a tag alone is anyone's to write.
-        let Some(finished) = self.finished_in_history else { return Next::Ask(Question::FinishedInHistory) };
+        match self.finished_in_history {
+            None => return Next::Ask(Question::FinishedInHistory),
+            Some(true) => return Next::Verdict(StaleJournal::Delete),
+            Some(false) => {}
+        }
         let Some(target) = self.target else { return Next::Ask(Question::Target) };
         // Where several passwords work (pairs, multi-password), the record's may be one a
         // version also holds (a finished rotation's, left over): it is readable there.
@@ -239,35 +254,25 @@ impl Leftover {
                 Some(false) => {}
             }
         }
-        self.judge(finished, target)
+        self.judge(target)
     }
 
-    /// The verdict once the target answered. The latest logging in proves the record
-    /// obsolete only when the latest's password is newer than the record: a replica
-    /// lagging behind its primary still takes the password the target had before the
-    /// record's was set (a version holding the old value, written again or planted, would
-    /// otherwise delete the only copy of the password the primary has).
-    fn judge(&self, finished: bool, target: Target) -> Next {
-        if target == Target::AcceptsLatest && !finished {
-            match self.latest_held_before {
-                None => return Next::Ask(Question::LatestHeldBefore),
-                Some(true) => return Next::Verdict(StaleJournal::KeepForOperator),
-                Some(false) => {}
-            }
-        }
-        Next::Verdict(stale_journal(finished, target))
-    }
-}
-
-/// The verdict once the target answered: delete only when the latest version logs in,
-/// or when the rotation finished and none of the record's passwords log in either.
-fn stale_journal(finished: bool, target: Target) -> StaleJournal {
-    match target {
-        Target::AcceptsLatest => StaleJournal::Delete,
-        // Finished, and the record's passwords do not work either: nothing to keep.
-        Target::AcceptsNeither if finished => StaleJournal::Delete,
-        Target::AcceptsPending | Target::AcceptsNeither => StaleJournal::KeepForOperator,
-        Target::Unreachable => StaleJournal::KeepAndRetry,
+    /// The verdict on a record some of whose passwords no version holds, once the target
+    /// answered. Only the latest logging in makes it worthless, and only once the target
+    /// had time to show the record's password: a replica lagging behind its primary still
+    /// takes the password it had before (a version holding that old value, written again
+    /// or planted, would otherwise delete the only copy of the primary's). Refusing every
+    /// password proves nothing either, for the same reason.
+    fn judge(&self, target: Target) -> Next {
+        Next::Verdict(match target {
+            Target::AcceptsLatest => match self.record_settled {
+                None => return Next::Ask(Question::RecordSettled),
+                Some(true) => StaleJournal::Delete,
+                Some(false) => StaleJournal::KeepUntilSettled,
+            },
+            Target::AcceptsPending | Target::AcceptsNeither => StaleJournal::KeepForOperator,
+            Target::Unreachable => StaleJournal::KeepAndRetry,
+        })
     }
 }
 
@@ -289,7 +294,7 @@ mod tests {
         target: Target,
         /// This request journaled the record.
         own: bool,
-        /// A version carrying the rotation id holds one of the record's passwords.
+        /// Versions carrying the rotation id hold every one of the record's passwords.
         finished_in_history: bool,
         /// The record holds only the latest version's password.
         holds_only_latest: bool,
@@ -297,27 +302,26 @@ mod tests {
         pending_in_history: bool,
         /// The gate lets a new rotation start.
         gate_open: bool,
-        /// A version written before the record held the latest's password.
-        latest_held_before: bool,
+        /// Every version of the record can be read.
+        all_readable: bool,
+        /// The record's newest version is older than the target's replication lag.
+        record_settled: bool,
     }
 
     impl State {
-        /// The rotation finished: the latest version carries its id, or an older one does.
-        fn finished(&self) -> bool {
-            self.latest == Latest::CarriesRotationId || (self.latest == Latest::Newer && self.finished_in_history)
+        /// Every password of the record is readable in a version of the secret (not
+        /// shown by the rotation id tag alone, which anyone may write).
+        fn record_in_versions(&self) -> bool {
+            self.journal == Journal::Present
+                && self.all_readable
+                && ((self.latest == Latest::CarriesRotationId && self.holds_only_latest)
+                    || (self.latest == Latest::Newer && self.finished_in_history))
         }
 
-        /// Finished, and shown by a version holding one of the record's passwords (not
-        /// by the rotation id tag alone).
-        fn proven_finished(&self) -> bool {
-            (self.latest == Latest::CarriesRotationId && self.holds_only_latest)
-                || (self.latest == Latest::Newer && self.finished_in_history)
-        }
-
-        /// The latest logs in, but with a password the target had before the record's
-        /// was set: what a replica lagging behind its primary shows.
-        fn latest_may_be_lagging(&self) -> bool {
-            self.target == Target::AcceptsLatest && self.latest_held_before
+        /// The latest logs in, and the target had time to show the record's password
+        /// had it been set: the record's password is not the primary's.
+        fn latest_proven(&self) -> bool {
+            self.target == Target::AcceptsLatest && self.record_settled
         }
     }
 
@@ -378,21 +382,22 @@ mod tests {
                 Question::FinishedInHistory => leftover.finished_in_history = Some(s.finished_in_history),
                 Question::Target => leftover.target = Some(s.target),
                 Question::PendingInHistory => leftover.pending_in_history = Some(s.pending_in_history),
-                Question::LatestHeldBefore => leftover.latest_held_before = Some(s.latest_held_before),
+                Question::AllVersionsReadable => leftover.all_readable = Some(s.all_readable),
+                Question::RecordSettled => leftover.record_settled = Some(s.record_settled),
             }
         }
     }
 
     /// Whether the target is asked about the record in `s`.
     fn target_asked(s: State) -> bool {
-        !(s.latest == Latest::CarriesRotationId && s.holds_only_latest)
+        s.all_readable && !s.record_in_versions()
     }
 
     fn every_state() -> impl Iterator<Item = State> {
         LATEST.into_iter().flat_map(move |latest| {
             JOURNAL.into_iter().flat_map(move |journal| {
                 TARGET.into_iter().flat_map(move |target| {
-                    (0..64u8).map(move |bits| {
+                    (0..128u8).map(move |bits| {
                         let flag = |bit: u8| bits & (1 << bit) != 0;
                         State {
                             latest,
@@ -403,7 +408,8 @@ mod tests {
                             holds_only_latest: flag(2),
                             pending_in_history: flag(3),
                             gate_open: flag(4),
-                            latest_held_before: flag(5),
+                            all_readable: flag(5),
+                            record_settled: flag(6),
                         }
                     })
                 })
@@ -411,20 +417,20 @@ mod tests {
         })
     }
 
-    /// Whether, in this state, the journal's password may be the only working one: the
-    /// target accepts it (or cannot say) and no version of the secret holds it.
+    /// Whether, in this state, the journal's password may be the only working one: not
+    /// every password of the record is readable in a version, the target's accepting one
+    /// that a version holds does not show, and the latest logging in does not prove it
+    /// (a lagging target takes an old password too, and refuses the new one).
     fn pending_only_in_journal(s: State) -> bool {
-        let in_a_version = s.latest == Latest::CarriesRotationId && s.holds_only_latest;
+        let accepted_one_in_a_version = s.target == Target::AcceptsPending && s.pending_in_history;
         s.journal == Journal::Present
-            && !in_a_version
-            && ((s.target == Target::AcceptsPending && !s.pending_in_history)
-                || (!s.proven_finished()
-                    && (matches!(s.target, Target::Unreachable | Target::AcceptsNeither) || s.latest_may_be_lagging())))
+            && !s.record_in_versions()
+            && !(s.all_readable && (accepted_one_in_a_version || s.latest_proven()))
     }
 
     #[test]
     fn the_matrix_has_every_combination() {
-        assert_eq!(every_state().count(), 3 * 2 * 4 * 64);
+        assert_eq!(every_state().count(), 3 * 2 * 4 * 128);
     }
 
     #[test]
@@ -509,50 +515,62 @@ mod tests {
     #[test]
     fn a_finish_shown_by_its_tag_alone_does_not_let_a_refusing_target_delete_the_record() {
         let mut leftover = leftover(Stop::AlreadyRotated, Journal::Present).expect("a record to judge");
+        leftover.all_readable = Some(true);
         leftover.holds_only_latest = Some(false);
         leftover.target = Some(Target::AcceptsNeither);
         assert_eq!(leftover.next(), Next::Verdict(StaleJournal::KeepForOperator));
-        leftover.target = Some(Target::AcceptsLatest);
-        assert_eq!(leftover.next(), Next::Ask(Question::LatestHeldBefore));
-        leftover.latest_held_before = Some(false);
-        assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete));
         leftover.holds_only_latest = Some(true);
         leftover.target = None;
         assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete), "what a crash before the delete leaves");
     }
 
     /// A version holding the password the target had before the rotation (restored by
-    /// an operator, or planted), and a replica that has not yet seen the record's password
-    /// set: the latest logs in, yet the record holds the only password the primary takes.
+    /// an operator, or planted), and a replica that does not show the record's password
+    /// yet: the latest logs in, yet the record holds the only password the primary takes.
+    /// It is kept until the record is older than the target's lag, then judged again.
     #[test]
-    fn the_latest_logging_in_with_an_old_password_does_not_delete_the_record() {
+    fn the_latest_logging_in_deletes_a_record_only_once_the_target_settled() {
         for stop in [Stop::AlreadyRotated, Stop::Stale] {
             let mut leftover = leftover(stop, Journal::Present).expect("a record to judge");
+            leftover.all_readable = Some(true);
             leftover.holds_only_latest = Some(false);
             leftover.finished_in_history = Some(false);
             leftover.target = Some(Target::AcceptsLatest);
-            assert_eq!(leftover.next(), Next::Ask(Question::LatestHeldBefore), "{stop:?}");
-            leftover.latest_held_before = Some(true);
-            assert_eq!(leftover.next(), Next::Verdict(StaleJournal::KeepForOperator), "{stop:?}");
+            assert_eq!(leftover.next(), Next::Ask(Question::RecordSettled), "{stop:?}");
+            leftover.record_settled = Some(false);
+            assert_eq!(leftover.next(), Next::Verdict(StaleJournal::KeepUntilSettled), "{stop:?}");
+            leftover.record_settled = Some(true);
+            assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete), "{stop:?}");
         }
-        // A version of the rotation holds the record's password: readable, so deleted.
-        let mut leftover = leftover(Stop::Stale, Journal::Present).expect("a record to judge");
-        leftover.finished_in_history = Some(true);
-        leftover.target = Some(Target::AcceptsLatest);
-        assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete));
+        for s in every_state() {
+            let asked = s.journal == Journal::Present && s.latest != Latest::IsSource && target_asked(s);
+            if asked && s.target == Target::AcceptsLatest {
+                let expected = if s.record_settled { StaleJournal::Delete } else { StaleJournal::KeepUntilSettled };
+                assert_eq!(decide(s), Decision::Leftover(expected), "{s:?}");
+            }
+        }
+    }
+
+    /// A disabled version of the record (one that cannot be read) may hold the password
+    /// the target uses, and none of the record's other facts says anything about it.
+    #[test]
+    fn a_record_with_a_version_that_cannot_be_read_is_kept_for_an_operator() {
+        for s in every_state() {
+            if s.journal == Journal::Present && s.latest != Latest::IsSource && !s.all_readable {
+                assert_eq!(decide(s), Decision::Leftover(StaleJournal::KeepForOperator), "{s:?}");
+            }
+        }
     }
 
     #[test]
-    fn leftovers_of_finished_rotations_are_cleaned_up_unless_the_target_uses_them() {
+    fn leftovers_whose_passwords_are_readable_or_superseded_are_cleaned_up() {
         for s in every_state() {
             let d = decide(s);
-            let only_the_finished_password = s.latest == Latest::CarriesRotationId && s.holds_only_latest;
-            let target_uses_it_or_cannot_say = s.target == Target::Unreachable
-                || (s.latest == Latest::Newer && s.target == Target::AcceptsPending && !s.pending_in_history)
-                || (!s.proven_finished() && (s.target == Target::AcceptsNeither || s.latest_may_be_lagging()));
-            if s.finished()
-                && s.journal == Journal::Present
-                && (only_the_finished_password || !target_uses_it_or_cannot_say)
+            let refinishable = s.latest == Latest::CarriesRotationId && s.target == Target::AcceptsPending;
+            if s.journal == Journal::Present
+                && s.latest != Latest::IsSource
+                && s.all_readable
+                && (s.record_in_versions() || s.latest_proven() || refinishable)
             {
                 let cleaned = matches!(d, Decision::Leftover(StaleJournal::Delete | StaleJournal::Refinish));
                 assert!(cleaned, "{s:?} -> {d:?}");

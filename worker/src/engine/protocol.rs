@@ -7,7 +7,8 @@
 //! 1. [`fence`](fence::fence) — read the latest version; stop if the request names an
 //!    older one, if the latest already carries this rotation's id, or if the secret is
 //!    gone. A journal record such a request leaves behind is judged in [`leftover`].
-//! 2. [`gate`] — a new rotation (no journal yet, or one the target does not use) starts
+//! 2. [`gate`] — a new rotation (no journal yet, or one the target does not use and this
+//!    request did not write in an earlier attempt) starts
 //!    only when it is wanted: a scheduled trigger (event, sweeper, resume) only when the
 //!    version is due ([`super::due`]), and none within the minimum interval unless forced.
 //!    [`plan`](plan::plan) then checks the tags and the account against the profile.
@@ -59,7 +60,7 @@ use super::planner::{self, Password, Record, Start};
 use super::value::{Login, Shape};
 use super::{Engine, Outcome, RotationError, StepLog};
 
-pub(in crate::engine) use pending::journal_passwords;
+pub(in crate::engine) use pending::{journal_passwords, journal_versions};
 pub(crate) use target::refuses_a_random_password;
 
 /// What a successful attempt decided.

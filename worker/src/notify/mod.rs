@@ -198,7 +198,9 @@ impl Sink {
     pub fn from_config(config: &NotificationsConfig, vault: &VaultConfig) -> anyhow::Result<Option<Sink>> {
         let (url, auth) = match &config.sink {
             None => return Ok(None),
-            Some(NotificationSink::Webhook { url }) => (url.clone(), Auth::None),
+            Some(NotificationSink::Webhook { url }) => {
+                (crate::service::sink_url("notifications.sink.url", url)?, Auth::None)
+            }
             Some(NotificationSink::EventGrid { topic_endpoint, auth }) => {
                 let auth = match auth {
                     EventGridAuth::Key { key } => {
@@ -209,10 +211,10 @@ impl Sink {
                             .context("notifications.sink.auth (entra-id) uses vault.credential")?,
                     ),
                 };
-                (event_grid_url(topic_endpoint)?, auth)
+                (SecretString::from(event_grid_url(topic_endpoint)?), auth)
             }
         };
-        Ok(Some(Sink::new(&url, auth, config)))
+        Ok(Some(Sink::new(url.expose_secret(), auth, config)))
     }
 
     fn new(url: &str, auth: Auth, config: &NotificationsConfig) -> Sink {

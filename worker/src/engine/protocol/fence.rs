@@ -7,7 +7,7 @@ use kv_rotator_core::RotationRequest;
 use kv_rotator_keyvault::StoreError;
 use tracing::info;
 
-use super::{journal_passwords, leftover, timed, Done, Fenced};
+use super::{journal_versions, leftover, timed, Done, Fenced};
 use crate::engine::journal::{self, RESERVED_PREFIX};
 use crate::engine::planner::{self, Fence, Journal, Latest, Stop};
 use crate::engine::{Engine, Outcome, RotationError, StepLog};
@@ -52,8 +52,11 @@ pub(super) async fn fence(
     match planner::fence(seen) {
         Fence::Rotate => Ok(Ok(Fenced { latest, rotation_id, journal_name })),
         Fence::Stop(stop) => {
-            let journal = journal_passwords(engine, &journal_name).await?;
-            let present = if journal.is_empty() { Journal::Absent } else { Journal::Present };
+            let journal = journal_versions(engine, &journal_name).await?;
+            let present = match journal.readable.is_empty() && !journal.hidden {
+                true => Journal::Absent,
+                false => Journal::Present,
+            };
             if let Some(leftover) = planner::leftover(stop, present) {
                 leftover::settle(engine, &latest, &rotation_id, &journal_name, &journal, leftover).await?;
             }

@@ -13,22 +13,25 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use super::pending::JournalVersions;
 use super::refuses_a_random_password;
 use crate::engine::journal::JOURNAL_CONTENT_TYPE;
 use crate::engine::planner::{Leftover, Next, Question, StaleJournal, Target};
 use crate::engine::value::Shape;
 use crate::engine::{Engine, RotationError};
 
-/// Answers `leftover`'s questions about the record `journal` (its enabled versions,
-/// newest first) until the planner's verdict, then carries it out.
+/// Answers `leftover`'s questions about the record `record` until the planner's
+/// verdict, then carries it out.
 pub(super) async fn settle(
     engine: &Engine,
     latest: &SecretRecord,
     rotation_id: &str,
     journal_name: &str,
-    journal: &[SecretRecord],
+    record: &JournalVersions,
     mut leftover: Leftover,
 ) -> Result<(), RotationError> {
+    // Its readable versions, newest first.
+    let journal = record.readable.as_slice();
     // The record's version the target accepts, once probed.
     let mut accepted = None;
     let verdict = loop {
@@ -37,6 +40,7 @@ pub(super) async fn settle(
             Next::Ask(question) => question,
         };
         match question {
+            Question::AllVersionsReadable => leftover.all_readable = Some(!record.hidden),
             Question::HoldsOnlyLatest => {
                 let only_latest =
                     matches!(journal, [only] if only.value.expose_secret() == latest.value.expose_secret());
@@ -57,23 +61,22 @@ pub(super) async fn settle(
                 };
                 leftover.pending_in_history = Some(in_history);
             }
-            Question::LatestHeldBefore => {
-                leftover.latest_held_before = Some(latest_held_before(engine, latest, journal).await?);
-            }
+            Question::RecordSettled => leftover.record_settled = Some(settled(engine, journal)),
         }
     };
     carry_out(engine, latest, rotation_id, journal_name, verdict, accepted, &leftover).await
 }
 
-/// Whether a version carrying the rotation id holds one of the record's passwords: a
-/// tag alone is anyone's to write.
+/// Whether versions carrying the rotation id hold every one of the record's passwords:
+/// then none is lost with the record. (One held is not enough: the tag is anyone's to
+/// write, and so is a version of the record.)
 async fn finished_in_history(
     engine: &Engine,
     latest: &SecretRecord,
     rotation_id: &str,
     journal: &[SecretRecord],
 ) -> Result<bool, RotationError> {
-    let mut finished = false;
+    let mut held = vec![false; journal.len()];
     for version in engine.store.list_versions(&latest.name).await? {
         let (Some(id), true) =
             (version.version.as_deref(), version.tags.get(TAG_ROTATION_ID).map(String::as_str) == Some(rotation_id))
@@ -81,43 +84,22 @@ async fn finished_in_history(
             continue;
         };
         let written = engine.store.get_version(&latest.name, id).await?;
-        finished |= journal.iter().any(|j| j.value.expose_secret() == written.value.expose_secret());
-    }
-    Ok(finished)
-}
-
-/// Whether one of the 20 newest versions written before the record's newest version (the
-/// latest included, if it is that old) held the latest's password: a target lagging behind
-/// its primary may take it still, after the record's password was set. Where a version or
-/// a creation time cannot be read, it may have (the record is then kept for an operator,
-/// never lost).
-async fn latest_held_before(
-    engine: &Engine,
-    latest: &SecretRecord,
-    journal: &[SecretRecord],
-) -> Result<bool, RotationError> {
-    // The newest record version: its password was set last, after everything written
-    // before it.
-    let created: Option<Vec<_>> = journal.iter().map(|record| record.properties.created).collect();
-    let Some(recorded) = created.and_then(|created| created.into_iter().max()) else { return Ok(true) };
-    let mut versions = engine.store.list_versions(&latest.name).await?;
-    // Key Vault's times are whole seconds: the record's own second counts as before it.
-    versions.retain(|version| version.created.is_none_or(|created| created <= recorded));
-    versions.sort_by_key(|version| std::cmp::Reverse(version.created));
-    for version in versions.iter().take(20) {
-        // A disabled version cannot be read (nor one disabled or purged since it was
-        // listed): what it held cannot be told, so it may have been the latest's value.
-        let Some(id) = version.version.as_deref().filter(|_| version.enabled) else { return Ok(true) };
-        let before = match engine.store.get_version(&latest.name, id).await {
-            Ok(before) => before,
-            Err(err) if !err.is_transient() => return Ok(true),
-            Err(err) => return Err(err.into()),
-        };
-        if before.value.expose_secret() == latest.value.expose_secret() {
-            return Ok(true);
+        for (held, record) in held.iter_mut().zip(journal) {
+            *held |= record.value.expose_secret() == written.value.expose_secret();
         }
     }
-    Ok(false)
+    Ok(!journal.is_empty() && held.iter().all(|held| *held))
+}
+
+/// Whether the record's newest version is older than `engine.target_lag_secs` (by Key
+/// Vault's creation time and this host's clock): every password of the record was set
+/// after its own version was written, so a target shows each by then. A version without
+/// a creation time is taken as written now.
+fn settled(engine: &Engine, journal: &[SecretRecord]) -> bool {
+    let lag = time::Duration::seconds(i64::try_from(engine.settings.target_lag_secs).unwrap_or(i64::MAX));
+    let now = OffsetDateTime::now_utc();
+    let newest = journal.iter().map(|record| record.properties.created.unwrap_or(now)).max().unwrap_or(now);
+    now - newest > lag
 }
 
 /// Carries out the planner's verdict on a leftover record; `accepted` is the record's
@@ -149,11 +131,18 @@ async fn carry_out(
         }),
         // The planner refinishes only with a password the probe found the target using;
         // without one, the record is kept.
+        (StaleJournal::KeepUntilSettled, _) => {
+            info!(
+                journal = %journal_name, target_lag_secs = engine.settings.target_lag_secs,
+                "the latest version logs in, but the journal record is younger than the target's lag (a replica may \
+                 not show its password yet): kept, and judged again at a later sweep"
+            );
+            Ok(())
+        }
         (StaleJournal::KeepForOperator, _) | (StaleJournal::Refinish, None) => {
             let why = match answers.target {
-                Some(Target::AcceptsLatest) => {
-                    "its password logs in, but the secret held it before the record was written, and a target \
-                     lagging behind its primary would still take it"
+                _ if answers.all_readable == Some(false) => {
+                    "a version of the journal record is disabled, and may hold the password the target uses"
                 }
                 Some(Target::AcceptsNeither) => {
                     "neither its password nor the record's logs in (a target lagging behind its primary may refuse both)"

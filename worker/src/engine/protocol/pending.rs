@@ -50,21 +50,37 @@ pub(in crate::engine) async fn journal_passwords(
     engine: &Engine,
     journal_name: &str,
 ) -> Result<Vec<SecretRecord>, RotationError> {
+    Ok(journal_versions(engine, journal_name).await?.readable)
+}
+
+/// A journal record's versions: those that can be read, newest first, and whether any
+/// cannot (disabled, or listed without an id).
+pub(in crate::engine) struct JournalVersions {
+    pub(in crate::engine) readable: Vec<SecretRecord>,
+    pub(in crate::engine) hidden: bool,
+}
+
+/// The versions of the record `journal_name` ([`JournalVersions`]); none when it does
+/// not exist.
+pub(in crate::engine) async fn journal_versions(
+    engine: &Engine,
+    journal_name: &str,
+) -> Result<JournalVersions, RotationError> {
     let store = engine.store.as_ref();
+    let mut record = JournalVersions { readable: Vec::new(), hidden: false };
     let versions = match store.list_versions(journal_name).await {
         Ok(versions) => versions,
         // No record (or deleted meanwhile): nothing journaled.
-        Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+        Err(StoreError::NotFound { .. }) => return Ok(record),
         Err(other) => return Err(other.into()),
     };
-    let mut records = Vec::new();
     for version in versions.iter().rev() {
-        let Some(id) = version.version.as_deref() else { continue };
-        if version.enabled {
-            records.push(store.get_version(journal_name, id).await?);
+        match version.version.as_deref() {
+            Some(id) if version.enabled => record.readable.push(store.get_version(journal_name, id).await?),
+            _ => record.hidden = true,
         }
     }
-    Ok(records)
+    Ok(record)
 }
 
 /// This rotation's record, judged against the target for the planner
