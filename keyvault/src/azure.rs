@@ -31,8 +31,8 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::pipeline::{
-    BoundedRetry, ChallengeGate, ClientSettings, ClientStats, Counters, NoBlindWriteRetry, RateLimitPolicy,
-    UnknownWriteOutcome,
+    BoundedRetry, ChallengeGate, ClientSettings, ClientStats, Counters, NoBlindWriteRetry, ObservedCredential,
+    RateLimitPolicy, UnknownWriteOutcome,
 };
 use crate::store::{
     check_limits, NewSecretVersion, PropertiesUpdate, SecretProperties, SecretRecord, SecretStore, StoreError,
@@ -114,6 +114,7 @@ impl AzureSecretStore {
             ..Default::default()
         };
         let options = SecretClientOptions { client_options, ..Default::default() };
+        let credential = Arc::new(ObservedCredential::new(credential, counters.clone()));
         let client = SecretClient::new(url.as_str(), credential, Some(options))
             .map_err(|e| invalid(format!("secret client: {e}")))?;
         Ok(Self { client: Arc::new(client), url, vault_name, counters })

@@ -34,7 +34,9 @@
 //!
 //! [`ClientObserver`] is told of every try's answer and every retry as they happen: the
 //! worker counts throttling and retries in its metrics, and judges from them whether the
-//! vault is reachable, without a dependency of this crate on the worker.
+//! vault is reachable, without a dependency of this crate on the worker. The store's
+//! credential is wrapped in `ObservedCredential`, so a token the credential cannot get
+//! (a try that never reaches the transport) is told too, as [`TryOutcome::NoToken`].
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
 use azure_core::http::policies::{Policy, PolicyResult, RetryHeaders, RetryPolicy};
@@ -188,6 +191,9 @@ pub enum TryOutcome {
     Answered(u16),
     /// No answer: the connection failed, was reset or timed out.
     NoAnswer,
+    /// Never sent: the credential got no token (not logged in, the managed identity
+    /// endpoint down, a client secret refused), as the store's credential reports it.
+    NoToken,
 }
 
 impl TryOutcome {
@@ -344,6 +350,39 @@ impl Policy for ChallengeGate {
             self.open.store(true, Ordering::Release);
         }
         result
+    }
+}
+
+/// The store's credential, telling the observer of each token it could not get: those
+/// calls never reach the transport, so the per-try policy does not see them, and a vault
+/// that no call can be made to must not look as if it merely had nothing to answer. A
+/// token it gets is not news: the try it authorizes reports how the vault answered.
+#[derive(Debug)]
+pub(crate) struct ObservedCredential {
+    inner: Arc<dyn TokenCredential>,
+    counters: Arc<Counters>,
+}
+
+impl ObservedCredential {
+    pub fn new(inner: Arc<dyn TokenCredential>, counters: Arc<Counters>) -> Self {
+        Self { inner, counters }
+    }
+}
+
+#[async_trait]
+impl TokenCredential for ObservedCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let token = self.inner.get_token(scopes, options).await;
+        if token.is_err() {
+            if let Some(observer) = self.counters.observer() {
+                observer.try_finished(TryOutcome::NoToken);
+            }
+        }
+        token
     }
 }
 

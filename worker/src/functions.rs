@@ -34,7 +34,7 @@
 //!   Grid redelivers, the timer fires again, the HTTP caller is told to retry. It lives in
 //!   `functions/lease_keeper.rs`, apart from the contract.
 //!
-//! Size: ~55 lines of module doc, ~570 of code, ~70 of unit tests. The code is one
+//! Size: ~65 lines of module doc, ~600 of code, ~70 of unit tests. The code is one
 //! contract with the Functions host (the invocation payload, three functions, their
 //! answers and deadlines); each function is short, the payload rules they share are not.
 //!
@@ -58,6 +58,12 @@
 //! `in_progress`. If the instance stops before it ends, the rotation stops where it is —
 //! every step is safe to interrupt — and the next timer-triggered sweep resumes its
 //! journal record (or rotates the still-due secret when it had not written one yet).
+//!
+//! With `[notifications]`, an invocation whose rotations ended answers only once their
+//! CloudEvents were delivered (or given up): the host may freeze or recycle an idle
+//! instance, and the queue lives in its memory. It waits for what is left of its deadline,
+//! and at least [`NOTIFY_AFTER_DEADLINE`] when the rotations took all of it; what is still
+//! queued then goes on in the instance (logged). `shutdown` waits for the queue too.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,6 +109,11 @@ pub const RESPONSE_BINDING: &str = "res";
 pub const TIMER_BINDING: &str = "timer";
 /// The command named in the engine lease's holder tags.
 pub const LEASE_COMMAND: &str = "functions";
+
+/// How long an invocation whose rotations took its whole deadline still waits for their
+/// notifications: short, so that an Event Grid invocation (25 s by default) still answers
+/// within Event Grid's 30 s.
+pub const NOTIFY_AFTER_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How long an invocation waits for its rotations.
 #[derive(Debug, Clone, Copy)]
@@ -422,7 +433,10 @@ impl Handler {
     }
 
     /// Lets running rotations finish for up to `grace`, stops the rest (the next sweep
-    /// resumes their journals), and releases the engine lease.
+    /// resumes their journals), releases the engine lease, and waits up to
+    /// [`crate::notify::SHUTDOWN_FLUSH`] for queued notifications. The lease goes first: it
+    /// lets another instance take over at once, and a process killed while it flushes
+    /// would otherwise keep it until its time-to-live ran out.
     pub async fn shutdown(&self, grace: Duration) {
         let mut running = std::mem::take(&mut *self.inner.running.lock().expect("running rotations"));
         while running.try_join_next().is_some() {}
@@ -435,6 +449,11 @@ impl Handler {
             }
         }
         self.inner.parts.keeper.release_now().await;
+        if let Some(notifier) = self.inner.parts.engine.notifier() {
+            if !notifier.flush(crate::notify::SHUTDOWN_FLUSH).await {
+                warn!("notifications still queued at shutdown were not delivered");
+            }
+        }
     }
 
     /// The Event Grid trigger.
@@ -626,7 +645,26 @@ impl Handler {
                 Err(_) => Fate::InProgress(secret),
             });
         }
+        if fates.iter().any(|fate| matches!(fate, Fate::Done(_))) {
+            self.deliver_notifications(deadline).await;
+        }
         fates
+    }
+
+    /// Waits for the notifications of the rotations that ended (and whatever was queued
+    /// before them), until `deadline` or at least [`NOTIFY_AFTER_DEADLINE`]: once the
+    /// answer is sent, the host may freeze or recycle the instance.
+    async fn deliver_notifications(&self, deadline: Instant) {
+        let Some(notifier) = self.inner.parts.engine.notifier() else { return };
+        let within = deadline.saturating_duration_since(Instant::now()).max(NOTIFY_AFTER_DEADLINE);
+        let left = notifier.flush_to(notifier.mark(), within).await;
+        if left > 0 {
+            warn!(
+                notifications = left,
+                waited_ms = within.as_millis() as u64,
+                "notifications still queued when the invocation answers: they go on in this instance"
+            );
+        }
     }
 }
 

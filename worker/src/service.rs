@@ -75,12 +75,9 @@ pub struct RunningService {
     sweeper_task: Option<JoinHandle<()>>,
     lease: Option<LeaseGuard>,
     standby: Option<Waiting>,
-    /// Its queue gets [`NOTIFY_FLUSH`] at shutdown.
+    /// Its queue gets [`crate::notify::SHUTDOWN_FLUSH`] at shutdown.
     notifier: Option<Notifier>,
 }
-
-/// How long shutdown waits, once the engine drained, for queued notifications.
-const NOTIFY_FLUSH: Duration = Duration::from_secs(10);
 
 /// What a service in standby starts once its claims win the lease.
 #[derive(Debug)]
@@ -408,7 +405,7 @@ impl RunningService {
             engine_task.await.context("engine task")?;
         }
         if let Some(notifier) = &self.notifier {
-            if !notifier.flush(NOTIFY_FLUSH).await {
+            if !notifier.flush(crate::notify::SHUTDOWN_FLUSH).await {
                 tracing::warn!("notifications still queued at shutdown were not delivered");
             }
         }

@@ -5,7 +5,8 @@
 //! - [`VaultHealth`]: when the vault last answered well, and since when every try has
 //!   failed; [`crate::admin::Readiness`] reads it.
 //! - [`VaultObserver`]: the [`ClientObserver`] the service gives its store: each try's
-//!   outcome goes to the health, 429s and retries to the metrics
+//!   outcome goes to the health — a token the credential could not get counts as a failed
+//!   try, since no call reaches the vault then — 429s and retries to the metrics
 //!   (`kv_rotator_vault_throttled_total`, `kv_rotator_vault_retries_total`).
 
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,10 @@ impl VaultHealth {
         let last = match state.last_failure {
             Some(TryOutcome::Answered(429)) => "429 throttled".to_owned(),
             Some(TryOutcome::Answered(status)) => format!("HTTP {status}"),
+            // Nothing was sent: the fix is the identity's, not the vault's.
+            Some(TryOutcome::NoToken) => {
+                "no token: the credential (vault.credential) could not get one, so nothing was sent".to_owned()
+            }
             Some(TryOutcome::NoAnswer) | None => "no answer".to_owned(),
         };
         Err(format!(
@@ -104,6 +109,9 @@ mod tests {
         assert_eq!(health.check(Duration::ZERO), Ok(()), "one success ends it");
         health.record(TryOutcome::Answered(429));
         assert!(health.check(Duration::ZERO).unwrap_err().contains("the last with 429 throttled"));
+        health.record(TryOutcome::NoToken);
+        let why = health.check(Duration::ZERO).unwrap_err();
+        assert!(why.contains("the last with no token: the credential (vault.credential) could not get one"), "{why}");
     }
 
     #[test]

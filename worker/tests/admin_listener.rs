@@ -2,7 +2,8 @@
 //! `/healthz`; the admin listener (`[admin] listen`, loopback by default) serves
 //! `/metrics`, `/healthz` and `/readyz`, and no webhook route. In process (the service
 //! with both listeners), and as an operator runs it (`serve` with `[admin]` from its
-//! configuration file).
+//! configuration file). `/readyz` follows the vault's answers, and a credential that
+//! gets no token.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -150,6 +151,21 @@ async fn readyz_until(admin: SocketAddr, status: u16) -> String {
     }
 }
 
+/// The service over `store` with its admin listener: a sweep a second with the due scan
+/// off (only the webhook rotates; the sweeps still count, and are the vault calls
+/// readiness is judged from), `/readyz` 503 after 1 s of failing vault calls.
+async fn sweeping_service(store: Arc<dyn SecretStore>, targets: Targets) -> service::RunningService {
+    let background = Background {
+        sweeper: Some(kv_rotator_config::SweeperConfig { enabled: false, interval_secs: 1, ..Default::default() }),
+        admin: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        vault_failing_for: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let engine = EngineConfig { initial_backoff_ms: 10, max_backoff_ms: 20, max_attempts: 2, ..Default::default() };
+    service::start_with(store, targets, engine, &WebhookConfig::default(), background, listener).await.unwrap()
+}
+
 /// A rotation through the webhook, a throttled vault call, sweeps and an outage of the
 /// vault, as a scraper and a readiness probe see them: rotations by outcome, rotator and
 /// trigger; deliveries by outcome; 429s and retries; managed secrets by due state and the
@@ -185,19 +201,7 @@ async fn a_scrape_shows_rotations_deliveries_throttling_and_the_sweep_and_readyz
         store.set_secret(name, new).await.unwrap();
     }
 
-    let background = Background {
-        // The due scan off: only the webhook rotates; the sweep still counts.
-        sweeper: Some(kv_rotator_config::SweeperConfig { enabled: false, interval_secs: 1, ..Default::default() }),
-        admin: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
-        vault_failing_for: Some(Duration::from_secs(1)),
-        ..Default::default()
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let engine = EngineConfig { initial_backoff_ms: 10, max_backoff_ms: 20, max_attempts: 2, ..Default::default() };
-    let running =
-        service::start_with(store.clone(), site.targets(), engine, &WebhookConfig::default(), background, listener)
-            .await
-            .unwrap();
+    let running = sweeping_service(store.clone(), site.targets()).await;
     let admin = running.admin_addr.unwrap();
     let due = scrape_until(admin, "kv_rotator_managed_secrets{state=\"due\"}", |n| n == 1.0).await;
     assert_eq!(series_value(&due, "kv_rotator_managed_secrets{state=\"expired\"}"), Some(1.0), "{due}");
@@ -255,5 +259,62 @@ async fn a_scrape_shows_rotations_deliveries_throttling_and_the_sweep_and_readyz
     site.vault.set_faults(Faults::default()).unwrap();
     assert_eq!(readyz_until(admin, 200).await, "ready", "the next sweep succeeds");
 
+    running.shutdown().await.unwrap();
+}
+
+/// A credential that fails while `failing` is set (as `az` does when nobody is logged in)
+/// and otherwise hands out the dev vault's token.
+#[derive(Debug)]
+struct SwitchedCredential {
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for SwitchedCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            let message = "Azure CLI not logged in: run az login";
+            return Err(azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, message));
+        }
+        kv_rotator_keyvault::azure::DevVaultCredential::new().get_token(scopes, options).await
+    }
+}
+
+/// A credential that gets no token sends no request, so no try's answer says the vault
+/// fails: the token failures themselves count. Failing past the threshold, `/readyz` is
+/// 503 naming the credential; once it gets a token again, the next call makes it ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_naming_the_credential_while_it_gets_no_token_and_ready_once_it_does() {
+    use kv_rotator_keyvault::azure::TransportOverrides;
+    use kv_rotator_keyvault::pipeline::ClientSettings;
+    use std::sync::atomic::Ordering;
+
+    let site = common::devsite::DevSite::start().await;
+    let credential = Arc::new(SwitchedCredential { failing: true.into() });
+    let overrides = TransportOverrides {
+        extra_root_pem: Some(site.vault.ca_certificate_pem().to_owned()),
+        connect_to: Some(site.vault.local_addr()),
+    };
+    let store: Arc<dyn SecretStore> = Arc::new(
+        AzureSecretStore::connect_with(
+            site.vault.endpoint().as_str(),
+            credential.clone(),
+            overrides,
+            ClientSettings::default(),
+        )
+        .unwrap(),
+    );
+    let running = sweeping_service(store, site.targets()).await;
+    let admin = running.admin_addr.unwrap();
+    let why = readyz_until(admin, 503).await;
+    assert!(why.starts_with("not ready: the vault is unreachable: every call for "), "{why}");
+    assert!(why.contains("the last with no token: the credential (vault.credential) could not get one"), "{why}");
+
+    credential.failing.store(false, Ordering::SeqCst);
+    assert_eq!(readyz_until(admin, 200).await, "ready", "the next sweep gets a token and an answer");
     running.shutdown().await.unwrap();
 }

@@ -4,16 +4,19 @@
 //! Functions custom handlers" page), answers read as the host reads them (`Outputs`,
 //! `Logs`, `ReturnValue`; a non-2xx fails the invocation). Against the dev vault and real
 //! targets (an htpasswd file; the local PostgreSQL for the HTTP trigger), checking the new
-//! versions in the vault and that the new passwords log in.
+//! versions in the vault and that the new passwords log in; with `[notifications]`, an
+//! invocation answers once its rotation's CloudEvent was delivered.
 //!
-//! Size: ~640 lines, all tests: 6 of the handler, and ~280 lines above them playing the
-//! Functions host (the process, each trigger's payload) that every test uses; each file
-//! under tests/ is one more binary linking the whole worker.
+//! Size: ~690 lines, all tests: 7 of the handler (one with a slow notification sink), and
+//! ~280 lines above them playing the Functions host (the process, each trigger's payload)
+//! that every test uses; each file under tests/ is one more binary linking the whole
+//! worker.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::devsite::DevSite;
@@ -379,6 +382,58 @@ async fn eventgrid_rotates_the_event_in_every_shape_the_host_hands_it_over() {
     let output = handler.proc.terminate();
     assert!(output.contains("engine lease released"), "{output}");
     assert!(output.contains("process hardening: core dumps disabled"), "{output}");
+    site.dev.vault.shutdown().await;
+}
+
+/// A notification sink on 127.0.0.1 that answers each CloudEvent only after `delay`, and
+/// records it once it has answered: the events the handler's notifier has delivered.
+async fn slow_sink(delay: Duration) -> (Arc<Mutex<Vec<Value>>>, String) {
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let record = delivered.clone();
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let record = record.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                record.lock().unwrap().push(serde_json::from_slice::<Value>(&body).unwrap());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (delivered, url)
+}
+
+/// An instance may be frozen or recycled once it answered, and the notification queue
+/// lives in its memory: the invocation answers only once its rotation's CloudEvent is
+/// delivered, even to a sink that takes its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_answers_once_its_rotations_cloudevent_was_delivered() {
+    let (delivered, url) = slow_sink(Duration::from_millis(1500)).await;
+    let site = Site::new(&format!("[notifications.sink]\nkind = \"webhook\"\nurl = \"{url}\"\n")).await;
+    let (v1, _) = site.user("notified-secret", "notified").await;
+    let handler = site.handler(&[]).await;
+    let reply =
+        handler.invoke("eventgrid", eventgrid_invocation(&near_expiry(&site, "notified-secret", &v1), "object")).await;
+    let delivered_at_answer = delivered.lock().unwrap().clone();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let rotation = &reply.return_value()["events"][0]["rotation"];
+    assert_eq!(rotation["outcome"], "rotated", "{rotation}");
+    assert_eq!(
+        delivered_at_answer.len(),
+        1,
+        "the CloudEvent was not delivered when the invocation answered: {delivered_at_answer:?}\n{}",
+        handler.proc.output()
+    );
+    let event = &delivered_at_answer[0];
+    assert_eq!(event["type"], "kv-rotator.rotation.succeeded");
+    assert_eq!(event["subject"], "notified-secret");
+    assert_eq!(event["data"]["version"], rotation["newVersion"], "{event}");
+    assert_eq!(event["data"]["previousVersion"], v1.as_str(), "{event}");
+    handler.proc.terminate();
     site.dev.vault.shutdown().await;
 }
 

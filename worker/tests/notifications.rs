@@ -2,7 +2,8 @@
 //! htpasswd target, received by an HTTP sink in the test on 127.0.0.1: one CloudEvent per
 //! outcome with its type, source and subject and no password; a deferral once per
 //! version; Event Grid's key and Entra ID headers; a retry after a 500; a sink that hangs holds no rotation (and a full queue
-//! drops, counted); expiry warning stages once each.
+//! drops, counted); expiry warning stages once each; an in-process `kv-rotator rotate`
+//! announces its rotations before it exits.
 
 #[allow(dead_code)] // each suite uses some of the shared helpers
 mod common;
@@ -489,4 +490,64 @@ async fn a_sink_url_read_from_a_file_keeps_its_signature_out_of_sight() {
     let message = format!("{:#}", Sink::from_config(&config.notifications, &config.vault).unwrap_err());
     assert!(message.contains("notifications.sink.url") && message.contains("loopback"), "{message}");
     assert!(!message.contains("FLOWsignature42"), "{message}");
+}
+
+/// `kv-rotator rotate --in-process` (an operator's emergency rotation, no service running)
+/// announces what it rotated as the service would, and waits for the delivery before it
+/// exits; `--dry-run` announces nothing; an event the sink refused is counted on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_rotate_announces_each_rotated_secret_before_it_exits() {
+    let site = common::devsite::DevSite::start().await;
+    let old = [site.user("alpha-password", "alpha").await.1, site.user("beta-password", "beta").await.1];
+    let rotate = |url: &str, args: &[&str]| {
+        let config = site.dir.path().join("kv-rotator.toml");
+        let toml = format!(
+            "{}{}[engine]\nmin_rotation_interval_secs = 0\n[notifications]\nmax_attempts = 1\n\
+             [notifications.sink]\nkind = \"webhook\"\nurl = \"{url}\"\n",
+            site.vault_toml(),
+            site.htpasswd_target_toml()
+        );
+        std::fs::write(&config, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kv-rotator"))
+            .arg("rotate")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "rotate {args:?}:\n{}\n{stderr}", String::from_utf8_lossy(&out.stdout));
+        stderr
+    };
+    let (receiver, url) = Receiver::start(&[]).await;
+    rotate(&url, &["--dry-run", "alpha-password", "beta-password"]);
+    assert!(receiver.received().is_empty(), "a dry run announced: {:?}", receiver.received());
+
+    let stderr = rotate(&url, &["--in-process", "alpha-password", "beta-password"]);
+    assert!(!stderr.contains("not delivered"), "{stderr}");
+    let received = receiver.received();
+    assert_eq!(received.len(), 2, "one event per rotated secret: {received:?}");
+    for secret in ["alpha-password", "beta-password"] {
+        let event = received.iter().map(Received::json).find(|e| e["subject"] == secret).expect(secret);
+        assert_eq!(event["type"], "kv-rotator.rotation.succeeded", "{event}");
+        let latest = site.store.get_latest(secret).await.unwrap();
+        assert_eq!(event["data"]["version"], latest.version.as_str(), "{event}");
+        assert_eq!(event["data"]["trigger"], "manual", "{event}");
+        for body in received.iter().map(|r| &r.body) {
+            assert!(!body.contains(latest.value.expose_secret()), "a new password in {body}");
+        }
+    }
+    for body in received.iter().map(|r| &r.body) {
+        assert!(old.iter().all(|password| !body.contains(password.expose_secret())), "an old password in {body}");
+    }
+
+    // A sink that refuses (one try): the rotation stands, and the operator is told.
+    let (refusing, url) = Receiver::start(&[500]).await;
+    let stderr = rotate(&url, &["--in-process", "alpha-password"]);
+    assert_eq!(refusing.received().len(), 1);
+    assert!(
+        stderr.contains("warning: 1 of 1 notification(s) to [notifications.sink] not delivered: 1 failed"),
+        "{stderr}"
+    );
+    site.vault.shutdown().await;
 }

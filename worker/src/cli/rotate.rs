@@ -11,7 +11,10 @@
 //!
 //! Each secret's latest version is read at trigger time and named in the request, so
 //! triggers of the same state (a delivery, the sweeper, a second operator) converge on
-//! one rotation. What it prints ([`super::progress`]): a progress bar on a terminal, JSON
+//! one rotation. In this process, the outcomes are published to `[notifications]` as the
+//! service publishes them, and the run waits (at most [`crate::notify::SHUTDOWN_FLUSH`])
+//! for their delivery before it exits, saying on stderr how many were not delivered;
+//! `--dry-run` publishes nothing. What it prints ([`super::progress`]): a progress bar on a terminal, JSON
 //! lines otherwise, or `--output text`; the exit code is non-zero if any failed.
 //!
 //! With `[admin.auth]` configured and a service answering on `[admin] listen`, named
@@ -212,6 +215,12 @@ async fn rotations(
     if let Some(lease) = &lease {
         engine = engine.with_lease(Arc::new(lease.clone()));
     }
+    // Consumers hear of an emergency rotation as of a scheduled one.
+    let notifier = crate::notify::Sink::from_config(&config.notifications, &config.vault)?
+        .map(|sink| sink.start(engine.metrics()));
+    if let Some(notifier) = &notifier {
+        engine = engine.with_notifier(notifier.clone());
+    }
     let requested_by = format!("cli {}", std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned()));
 
     let requests: Vec<(String, anyhow::Result<RotationRequest>)> = if args.resume {
@@ -255,5 +264,33 @@ async fn rotations(
         let (index, entry) = done.context("rotation task")?;
         progress.ended(index, &entry);
     }
-    progress.finish()
+    if let Some(notifier) = &notifier {
+        notifier.flush(crate::notify::SHUTDOWN_FLUSH).await;
+    }
+    let result = progress.finish();
+    if let Some(tally) = notifier.map(|n| n.tally()).filter(|t| t.undelivered() > 0) {
+        eprintln!("warning: {}", undelivered_notifications(&tally));
+    }
+    result
+}
+
+/// What the operator is told when notifications were not all delivered.
+fn undelivered_notifications(tally: &crate::notify::Tally) -> String {
+    let mut why = Vec::new();
+    if tally.failed > 0 {
+        why.push(format!("{} failed (see the log)", tally.failed));
+    }
+    if tally.dropped > 0 {
+        why.push(format!("{} dropped (notifications.queue_capacity full)", tally.dropped));
+    }
+    if tally.queued > 0 {
+        let secs = crate::notify::SHUTDOWN_FLUSH.as_secs();
+        why.push(format!("{} still queued after {secs} s", tally.queued));
+    }
+    format!(
+        "{} of {} notification(s) to [notifications.sink] not delivered: {}",
+        tally.undelivered(),
+        tally.published,
+        why.join(", ")
+    )
 }

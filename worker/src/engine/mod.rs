@@ -153,6 +153,11 @@ impl Engine {
         self
     }
 
+    /// Where outcomes are published, if anywhere (to wait for their delivery).
+    pub fn notifier(&self) -> Option<&crate::notify::Notifier> {
+        self.notifier.as_ref()
+    }
+
     /// Tells `observer` of every request's start and end.
     pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
         self.observer = Some(observer);

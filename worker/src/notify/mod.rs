@@ -13,12 +13,17 @@
 //!   429/5xx with backoff), as the alerts' do; an Entra ID token is fetched within the
 //!   same timeout (`notifications.timeout_ms`), so a credential that never answers cannot
 //!   stall the queue.
+//! - [`Notifier::flush`], [`Notifier::flush_to`]: waiting for what was queued, bounded —
+//!   at shutdown ([`SHUTDOWN_FLUSH`]: `serve`, `functions`, an in-process `rotate`) and
+//!   by each Functions invocation for its own rotations' events (a [`Mark`]: the queue is
+//!   delivered in order, so it waits for what was queued before it, not after).
+//!   [`Notifier::tally`] says what became of every event (sent, failed, dropped, queued).
 //! - [`expiry`]: the sweeper's multi-stage expiry warnings, each stage once per version.
 
 pub mod expiry;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +50,10 @@ pub const TYPE_FAILED: &str = "kv-rotator.rotation.failed";
 pub const TYPE_DEFERRED: &str = "kv-rotator.rotation.deferred";
 /// A latest version nears its `exp` (a configured stage) and no rotation replaced it.
 pub const TYPE_EXPIRY_WARNING: &str = "kv-rotator.secret.expiry-warning";
+
+/// How long a process that stops waits for its queued notifications, once its rotations
+/// ended (`serve`, `functions`, an in-process `kv-rotator rotate`); the rest are lost.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
 /// The media type of one structured-mode CloudEvent.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json; charset=utf-8";
@@ -249,10 +258,10 @@ impl Sink {
     /// Starts the delivery task; events are counted in `metrics`.
     pub fn start(self, metrics: Arc<Metrics>) -> Notifier {
         let (queue, events) = mpsc::channel(self.queue_capacity);
-        let pending = Arc::new(Pending::default());
+        let progress = Arc::new(Progress::default());
         let expiry_stages = self.expiry_stages.clone();
-        tokio::spawn(deliver(self, events, metrics.clone(), pending.clone()));
-        Notifier { queue, metrics, pending, deferred_sent: Arc::default(), expiry_stages }
+        tokio::spawn(deliver(self, events, metrics.clone(), progress.clone()));
+        Notifier { queue, metrics, progress, deferred_sent: Arc::default(), expiry_stages }
     }
 
     /// Sends one event: the auth header, then the POST with its retries.
@@ -310,7 +319,7 @@ fn event_grid_url(topic_endpoint: &str) -> anyhow::Result<String> {
 pub struct Notifier {
     queue: mpsc::Sender<CloudEvent>,
     metrics: Arc<Metrics>,
-    pending: Arc<Pending>,
+    progress: Arc<Progress>,
     /// (secret, version, reason) a deferred event went out for: a storm of triggers
     /// announces each version's deferral once per reason (minimum interval, window).
     deferred_sent: Arc<Mutex<HashSet<(String, String, String)>>>,
@@ -324,12 +333,16 @@ impl Notifier {
     /// Queues `event` without waiting; a full queue drops it (counted and logged).
     pub fn publish(&self, event: CloudEvent) {
         let label = event.label();
-        self.pending.add();
-        if self.queue.try_send(event).is_err() {
-            self.pending.done();
-            self.metrics.inc("kv_rotator_notifications_total", &[("event", label), ("result", "dropped")]);
-            warn!(event = label, "notification queue full (or closed): event dropped");
+        // Held across the send, so acceptances are counted in the queue's order.
+        let mut accepted = self.progress.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        if self.queue.try_send(event).is_ok() {
+            *accepted += 1;
+            return;
         }
+        drop(accepted);
+        self.progress.dropped.fetch_add(1, Ordering::SeqCst);
+        self.metrics.inc("kv_rotator_notifications_total", &[("event", label), ("result", "dropped")]);
+        warn!(event = label, "notification queue full (or closed): event dropped");
     }
 
     /// Publishes the event of a finished request ([`rotation_event`]), if it has one.
@@ -357,54 +370,102 @@ impl Notifier {
         &self.expiry_stages
     }
 
-    /// Waits until every queued event was delivered (or given up), at most `within`;
-    /// whether the queue is empty. For shutdown, after the engine drained.
-    pub async fn flush(&self, within: Duration) -> bool {
+    /// Where the queue stands now: [`Notifier::flush_to`] waits for the events published
+    /// before this, not for later ones.
+    pub fn mark(&self) -> Mark {
+        Mark(*self.progress.accepted.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Waits until every event published before `mark` was delivered (or given up), at
+    /// most `within`; how many of them are still queued or being delivered then.
+    pub async fn flush_to(&self, mark: Mark, within: Duration) -> u64 {
         let deadline = tokio::time::Instant::now() + within;
+        let left = || mark.0.saturating_sub(self.progress.finished.load(Ordering::SeqCst));
         loop {
-            let idle = self.pending.idle.notified();
-            if self.pending.count.load(Ordering::SeqCst) == 0 {
-                return true;
+            // Made before the check: a delivery that ends in between still wakes it.
+            let advanced = self.progress.advanced.notified();
+            if left() == 0 {
+                return 0;
             }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.pending.count.load(Ordering::SeqCst) == 0;
+            if tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                return left();
             }
         }
     }
+
+    /// Waits until every event queued now was delivered (or given up), at most `within`;
+    /// whether none is left. For shutdown, after the engine drained.
+    pub async fn flush(&self, within: Duration) -> bool {
+        self.flush_to(self.mark(), within).await == 0
+    }
+
+    /// What became of the events published so far.
+    pub fn tally(&self) -> Tally {
+        let accepted = *self.progress.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        let dropped = self.progress.dropped.load(Ordering::SeqCst);
+        let finished = self.progress.finished.load(Ordering::SeqCst).min(accepted);
+        let failed = self.progress.failed.load(Ordering::SeqCst).min(finished);
+        Tally { published: accepted + dropped, sent: finished - failed, failed, dropped, queued: accepted - finished }
+    }
 }
 
-/// Events queued or being delivered, for [`Notifier::flush`].
+/// A point in the notification queue ([`Notifier::mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(u64);
+
+/// What became of the events a [`Notifier`] was given ([`Notifier::tally`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tally {
+    /// Events published.
+    pub published: u64,
+    /// Delivered: the sink answered 2xx.
+    pub sent: u64,
+    /// Given up after `notifications.max_attempts` tries (or no token, or no valid header).
+    pub failed: u64,
+    /// Dropped at once: the queue was full.
+    pub dropped: u64,
+    /// Still queued or being delivered.
+    pub queued: u64,
+}
+
+impl Tally {
+    /// Events not delivered (yet, for the queued ones).
+    pub fn undelivered(&self) -> u64 {
+        self.failed + self.dropped + self.queued
+    }
+}
+
+/// Events accepted into the queue and finished by the delivery task. The queue is FIFO
+/// with one consumer, so the n-th event accepted is the n-th finished: a [`Mark`] is a
+/// count of accepted events, reached when as many have finished.
 #[derive(Debug, Default)]
-struct Pending {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl Pending {
-    fn add(&self) {
-        self.count.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn done(&self) {
-        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
+struct Progress {
+    /// Counted under the lock, in the queue's order.
+    accepted: Mutex<u64>,
+    finished: AtomicU64,
+    /// Of the finished, those given up.
+    failed: AtomicU64,
+    /// Never accepted: the queue was full.
+    dropped: AtomicU64,
+    /// Woken as each event finishes.
+    advanced: Notify,
 }
 
 /// The delivery task: one event at a time, in order, until every sender is gone.
-async fn deliver(sink: Sink, mut events: mpsc::Receiver<CloudEvent>, metrics: Arc<Metrics>, pending: Arc<Pending>) {
+async fn deliver(sink: Sink, mut events: mpsc::Receiver<CloudEvent>, metrics: Arc<Metrics>, progress: Arc<Progress>) {
     while let Some(event) = events.recv().await {
         let label = event.label();
         let result = match sink.send(&event).await {
             Ok(()) => "sent",
             Err(error) => {
                 warn!(event = label, secret = %event.subject, %error, "notification not delivered");
+                progress.failed.fetch_add(1, Ordering::SeqCst);
                 "failed"
             }
         };
         metrics.inc("kv_rotator_notifications_total", &[("event", label), ("result", result)]);
-        pending.done();
+        progress.finished.fetch_add(1, Ordering::SeqCst);
+        progress.advanced.notify_waiters();
     }
 }
 
