@@ -1,18 +1,29 @@
 //! `kv-rotator rotate` through a running service's admin API: one engine per vault.
 //!
 //! [`connect`] looks for a service on `[admin] listen` (a wildcard address is reached on
-//! loopback); [`ApiClient::rotate`] posts the job, polls `GET /api/rotations/{id}` until
-//! every secret has ended, and reports each secret's end to [`Progress`] as the in-process
-//! `rotate` does.
-//! The credential comes from the same `[admin.auth]` the service reads (the static token's
-//! environment variable or file); `mode = "entra-id"` needs a token the CLI cannot get yet.
+//! loopback) and has it prove who it is ([`prove_service`]) before any credential is sent;
+//! [`ApiClient::rotate`] posts the job, polls `GET /api/rotations/{id}` until every secret
+//! has ended, and reports each secret's end to [`Progress`] as the in-process `rotate` does.
+//!
+//! The credential ([`Bearer`]) comes from the same `[admin.auth]` the service reads:
+//! - `static-token`: the token's environment variable or file; the service proves it
+//!   knows the token.
+//! - `entra-id`: the service proves it knows the proof key it wrote to `proof_file` at
+//!   startup (readable by its user and root only, so `rotate` runs as one of them); only
+//!   then is a token asked for, from `client_credential` (default: the operator's `az` or
+//!   `azd` login), for scope `{first audience}/.default`, and renewed while a job runs.
+//!   Without `proof_file`, `rotate` does not go through the API.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kv_rotator_config::{AdminAuthConfig, AdminConfig};
+use azure_core::credentials::{AccessToken, TokenCredential};
+use kv_rotator_config::{AdminAuthConfig, AdminConfig, CredentialConfig};
+use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
@@ -25,12 +36,81 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 /// How long connecting to the admin listener may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// An Entra ID token is renewed when it expires within this long (a job may outlast it).
+const TOKEN_RENEW_BEFORE: time::Duration = time::Duration::minutes(5);
+
 /// A service's admin API, answering.
 #[derive(Debug)]
 pub struct ApiClient {
     base: String,
-    token: Option<SecretString>,
+    bearer: Option<Bearer>,
     http: reqwest::Client,
+}
+
+/// What `rotate` presents to the service as `Authorization: Bearer`.
+#[derive(Debug)]
+enum Bearer {
+    /// `admin.auth.token`.
+    Static(SecretString),
+    /// Entra ID tokens for `scope` from `admin.auth.client_credential`, the last one kept
+    /// until it nears its expiry (`az` and `azd` cache nothing for their caller).
+    EntraId {
+        credential: Arc<dyn TokenCredential>,
+        scope: String,
+        role: String,
+        last: tokio::sync::Mutex<Option<AccessToken>>,
+    },
+}
+
+impl Bearer {
+    /// The Entra ID bearer of `[admin.auth]`: the credential built (offline), no token yet.
+    fn entra_id(credential: Option<&CredentialConfig>, audience: &[String], role: &str) -> anyhow::Result<Self> {
+        let Some(audience) = audience.first() else { bail!("admin.auth.audience is empty") };
+        let default = CredentialConfig::DeveloperTools {};
+        let credential =
+            crate::credentials::credential_for("admin.auth.client_credential", credential.unwrap_or(&default))?;
+        let scope = format!("{}/.default", audience.trim_end_matches('/'));
+        Ok(Bearer::EntraId { credential, scope, role: role.to_owned(), last: Default::default() })
+    }
+
+    /// The token to send now: the static one, or an Entra ID token valid for at least
+    /// [`TOKEN_RENEW_BEFORE`].
+    async fn token(&self) -> anyhow::Result<SecretString> {
+        let (credential, scope, last) = match self {
+            Bearer::Static(token) => return Ok(token.clone()),
+            Bearer::EntraId { credential, scope, last, .. } => (credential, scope, last),
+        };
+        let mut last = last.lock().await;
+        let fresh = |token: &AccessToken| token.expires_on - time::OffsetDateTime::now_utc() > TOKEN_RENEW_BEFORE;
+        if !last.as_ref().is_some_and(fresh) {
+            let token = credential.get_token(&[scope.as_str()], None).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "admin.auth.client_credential: no Entra ID token for scope {scope}: {}. Nothing was rotated \
+                     (unset, client_credential is kind = \"developer-tools\": your az login or azd auth login)",
+                    crate::logging::sanitized(&e.to_string(), 1000)
+                )
+            })?;
+            *last = Some(token);
+        }
+        let token = last.as_ref().map(|token| token.token.secret()).unwrap_or_default();
+        Ok(SecretString::from(token.to_owned()))
+    }
+
+    /// What an operator should do about a 401 or 403 (`status`) from the service.
+    fn hint(&self, status: reqwest::StatusCode) -> String {
+        match (self, status.as_u16()) {
+            (Bearer::EntraId { role, .. }, 403) => format!(
+                ": the identity of admin.auth.client_credential lacks the app role {role} (admin.auth.role); \
+                 assign it to that user or application on the admin API's enterprise application"
+            ),
+            (Bearer::EntraId { scope, .. }, 401) => format!(
+                ": the service did not accept the Entra ID token for {scope} (wrong tenant or audience, or \
+                 expired); check admin.auth.tenant_id, admin.auth.audience and admin.auth.client_credential"
+            ),
+            (Bearer::Static(_), 401) => ": the service does not take this admin.auth.token".to_owned(),
+            _ => String::new(),
+        }
+    }
 }
 
 /// The address a client reaches `listen` on: a wildcard address on loopback.
@@ -70,16 +150,6 @@ pub async fn connect(config: &AdminConfig) -> anyhow::Result<Option<ApiClient>> 
             return Ok(None);
         }
     }
-    let token = match auth {
-        AdminAuthConfig::None {} => None,
-        AdminAuthConfig::StaticToken { token } => Some(crate::service::read_secret("admin.auth.token", token)?),
-        AdminAuthConfig::EntraId { .. } => bail!(
-            "a service answers on admin.listen {addr}, but rotating through its admin API with \
-             admin.auth.mode = \"entra-id\" is not supported by the CLI yet (it cannot get an Entra ID token). \
-             Nothing was rotated. Call POST /api/rotations with a token carrying the role, or stop the service \
-             and pass --in-process"
-        ),
-    };
     // Straight to the listener: never through a proxy (HTTP_PROXY would get the token),
     // never to where a redirect points.
     let http = reqwest::Client::builder()
@@ -89,22 +159,67 @@ pub async fn connect(config: &AdminConfig) -> anyhow::Result<Option<ApiClient>> 
         .build()
         .context("HTTP client")?;
     let base = format!("http://{addr}");
-    if let Some(token) = &token {
-        prove_service(&http, &base, token).await?;
-    }
-    Ok(Some(ApiClient { base, token, http }))
+    let bearer = match auth {
+        AdminAuthConfig::None {} => None,
+        AdminAuthConfig::StaticToken { token } => {
+            let token = crate::service::read_secret("admin.auth.token", token)?;
+            prove_service(&http, &base, &token, "the admin token").await?;
+            Some(Bearer::Static(token))
+        }
+        AdminAuthConfig::EntraId { proof_file: None, .. } => bail!(
+            "a service answers on admin.listen {addr}, but with admin.auth.mode = \"entra-id\" rotate goes through \
+             its admin API only when admin.auth.proof_file is set (the service writes a proof key there, and rotate \
+             checks with it that the service, not another program on the port, gets the Entra ID token). Nothing \
+             was rotated. Set proof_file in the service's configuration and restart it, call POST /api/rotations \
+             with a token carrying the role, or stop the service and pass --in-process"
+        ),
+        AdminAuthConfig::EntraId { proof_file: Some(path), audience, role, client_credential, .. } => {
+            let key = read_proof_key(path)?;
+            prove_service(&http, &base, &key, "the proof key in admin.auth.proof_file").await?;
+            let bearer = Bearer::entra_id(client_credential.as_deref(), audience, role)?;
+            // Now, not at the first call: a credential that gives no token fails before any job.
+            bearer.token().await?;
+            Some(bearer)
+        }
+    };
+    Ok(Some(ApiClient { base, bearer, http }))
 }
 
-/// Has the service prove that it knows `token` ([`super::auth::service_proof`]) before the
-/// token is ever sent: a program that took the admin port first (while the service was
-/// down or restarting) would otherwise receive it, and could fake a job's answer.
-async fn prove_service(http: &reqwest::Client, base: &str, token: &SecretString) -> anyhow::Result<()> {
+/// The proof key the service wrote to `admin.auth.proof_file` ([`super::auth::write_proof_key`]).
+fn read_proof_key(path: &Path) -> anyhow::Result<SecretString> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map(Zeroizing::new).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file: the service writes it at startup".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!(
+            "admin.auth.proof_file {shown}: cannot read it ({why}). It is readable by the service's user only: run \
+             rotate as that user (e.g. sudo -u <service user> kv-rotator rotate ...) or as root. Nothing was rotated"
+        )
+    })?;
+    let key = text.trim_end_matches(['\r', '\n']);
+    if key.len() != super::auth::PROOF_KEY_HEX || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "admin.auth.proof_file {shown}: not a proof key kv-rotator wrote ({} hex digits). Nothing was rotated",
+            super::auth::PROOF_KEY_HEX
+        );
+    }
+    Ok(SecretString::from(key.to_owned()))
+}
+
+/// Has the service prove that it knows `secret` ([`super::auth::service_proof`]; `what`
+/// names it) before any token is asked for or sent: a program that took the admin port
+/// first (while the service was down or restarting) would otherwise receive it, and could
+/// fake a job's answer.
+async fn prove_service(http: &reqwest::Client, base: &str, secret: &SecretString, what: &str) -> anyhow::Result<()> {
     let nonce = hex::encode(rand::random::<[u8; 32]>());
     let refuse = |why: String| {
         anyhow::anyhow!(
-            "what answers on {base} did not prove that it knows the admin token ({why}): the token was not sent and \
-             nothing was rotated. Another program may hold admin.listen, or it is a kv-rotator older than this \
-             one (upgrade it, or stop it and pass --in-process)"
+            "what answers on {base} did not prove that it knows {what} ({why}): no token was sent and nothing was \
+             rotated. Another program may hold admin.listen, or it is a kv-rotator older than this one or one \
+             started with another [admin.auth] (restart or upgrade it, or stop it and pass --in-process)"
         )
     };
     let response = http
@@ -121,7 +236,7 @@ async fn prove_service(http: &reqwest::Client, base: &str, token: &SecretString)
     }
     let proof: Proof = json_capped(response, "its proof").await.map_err(|e| refuse(format!("{e:#}")))?;
     let proof = hex::decode(proof.proof.as_bytes()).map_err(|_| refuse("a proof that is not hex".to_owned()))?;
-    if !super::auth::proof_matches(token, nonce.as_bytes(), &proof) {
+    if !super::auth::proof_matches(secret, nonce.as_bytes(), &proof) {
         return Err(refuse("a wrong proof".to_owned()));
     }
     Ok(())
@@ -194,12 +309,17 @@ impl ApiClient {
         &self.base
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    async fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
         let request = self.http.request(method, format!("{}{path}", self.base));
-        match &self.token {
-            Some(token) => request.bearer_auth(token.expose_secret()),
+        Ok(match &self.bearer {
+            Some(bearer) => request.bearer_auth(bearer.token().await?.expose_secret()),
             None => request,
-        }
+        })
+    }
+
+    /// What to do about `status`, when the credential is the reason.
+    fn hint(&self, status: reqwest::StatusCode) -> String {
+        self.bearer.as_ref().map(|bearer| bearer.hint(status)).unwrap_or_default()
     }
 
     /// Posts the job and follows it to its end, reporting each secret as it ends in
@@ -217,6 +337,7 @@ impl ApiClient {
         }
         let response = self
             .request(reqwest::Method::POST, "/api/rotations")
+            .await?
             .json(&body)
             .send()
             .await
@@ -229,7 +350,7 @@ impl ApiClient {
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .unwrap_or(text);
             let error = crate::logging::sanitized(&error, 1000);
-            bail!("the service at {} refused the rotation job: HTTP {status}: {error}", self.base);
+            bail!("the service at {} refused the rotation job: HTTP {status}: {error}{}", self.base, self.hint(status));
         }
         let mut job: Job = json_capped(response, "the service's answer to POST /api/rotations").await?;
         let names: Vec<String> = job.secrets.iter().map(|s| crate::logging::sanitized(&s.secret, 200)).collect();
@@ -258,7 +379,7 @@ impl ApiClient {
     /// `GET /api/rotations/{id}`.
     async fn job(&self, id: uuid::Uuid) -> anyhow::Result<Job> {
         let path = format!("/api/rotations/{id}");
-        let response = self.request(reqwest::Method::GET, &path).send().await.with_context(|| {
+        let response = self.request(reqwest::Method::GET, &path).await?.send().await.with_context(|| {
             format!(
                 "lost the service while waiting for job {id} (its rotations go on there, or are resumed by the next \
                  engine's sweeper)"
@@ -267,8 +388,9 @@ impl ApiClient {
         let status = response.status();
         if !status.is_success() {
             bail!(
-                "GET {path}: HTTP {status}: {}",
-                crate::logging::sanitized(&response.text().await.unwrap_or_default(), 500)
+                "GET {path}: HTTP {status}: {}{}",
+                crate::logging::sanitized(&response.text().await.unwrap_or_default(), 500),
+                self.hint(status)
             );
         }
         json_capped(response, &format!("the service's answer to GET {path}")).await
