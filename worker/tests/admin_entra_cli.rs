@@ -14,6 +14,7 @@ mod common;
 #[path = "../../webhook/tests/common/entra.rs"]
 mod entra;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::line_for;
@@ -72,7 +73,6 @@ impl EntraSite {
     /// A stand-in `az` that logs its arguments and prints the token in `az-token.json`, as
     /// `az account get-access-token -o json` prints one.
     fn install_az(&self) {
-        use std::os::unix::fs::PermissionsExt;
         let dir = self.served.site.dir.path();
         let az = dir.join("bin").join("az");
         let (log, token) = (self.az_log(), dir.join("az-token.json"));
@@ -106,9 +106,14 @@ impl EntraSite {
     }
 }
 
+/// Writes `text` to `path`, readable by its owner only, as the service writes its key.
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// The proof key in `path`, and the file's mode.
 fn proof_key(path: &Path) -> (String, u32) {
-    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     (std::fs::read_to_string(path).unwrap(), mode)
 }
@@ -195,7 +200,7 @@ async fn a_squatter_on_the_admin_port_gets_no_entra_token() {
     entra.served.admin = squatter.addr;
     // The key of the service that ran before (the squatter cannot read it).
     let proof_file = entra.proof_file.clone().unwrap();
-    std::fs::write(&proof_file, format!("{}\n", "ab".repeat(32))).unwrap();
+    write_private(&proof_file, &format!("{}\n", "ab".repeat(32)));
     entra.write_config();
 
     let (ok, stdout, stderr) = entra.served.rotate(&["alpha-password", "--reason", "INC-12"]);
@@ -211,11 +216,22 @@ async fn a_squatter_on_the_admin_port_gets_no_entra_token() {
     assert!(requests[0].starts_with("GET /api/service-proof/") && requests[0].ends_with("None"), "{requests:?}");
     assert!(entra.az_calls().is_empty(), "no token was asked for: {:?}", entra.az_calls());
 
-    // A proof file rotate cannot read (absent; a directory; not a key): named, with what to do.
+    // A key another user planted (as it would be in /tmp), or one others may read: refused.
+    let planted = proof_file.with_file_name("planted");
+    write_private(&planted, &format!("{}\n", "cd".repeat(32)));
+    std::os::unix::fs::chown(&planted, Some(4242), None).unwrap();
+    let exposed = proof_file.with_file_name("exposed");
+    std::fs::write(&exposed, format!("{}\n", "ef".repeat(32))).unwrap();
+    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let not_a_key = proof_file.with_file_name("not-a-key");
+    write_private(&not_a_key, "-----BEGIN CERTIFICATE-----\n");
+    // A proof file rotate cannot read (absent; a directory) or trust: named, with what to do.
     for (path, why) in [
         (proof_file.with_file_name("absent"), "no such file"),
         (proof_file.parent().unwrap().to_owned(), "cannot read it"),
-        (entra.served.site.dir.path().join("ca.pem"), "not a proof key kv-rotator wrote"),
+        (planted, "owned by uid 4242"),
+        (exposed, "other users may read or write it (mode 644)"),
+        (not_a_key, "not a proof key kv-rotator wrote"),
     ] {
         entra.proof_file = Some(path.clone());
         entra.write_config();
@@ -225,7 +241,7 @@ async fn a_squatter_on_the_admin_port_gets_no_entra_token() {
             stderr.contains(&format!("admin.auth.proof_file {}", path.display())) && stderr.contains(why),
             "{stderr}"
         );
-        if why != "not a proof key kv-rotator wrote" {
+        if why == "no such file" || why == "cannot read it" {
             assert!(stderr.contains("run rotate as that user") && stderr.contains("or as root"), "{stderr}");
         }
     }

@@ -212,6 +212,17 @@ pub fn write_proof_key(path: &Path) -> anyhow::Result<[u8; 32]> {
             dir.display()
         );
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(dir).map(|meta| meta.mode()).unwrap_or(0);
+        if mode & 0o022 != 0 {
+            // Another user could plant a key there (`rotate` refuses one by its owner).
+            tracing::warn!(proof_file = %shown, dir_mode = format!("{:o}", mode & 0o7777),
+                "admin.auth.proof_file: its directory is writable by other users; on a shared host prefer one only \
+                 the service's user can write (harmless in a container of one user)");
+        }
+    }
     let mut bytes = Zeroizing::new([0u8; 32]);
     aws_lc_rs::rand::fill(bytes.as_mut()).map_err(|_| anyhow::anyhow!("admin.auth.proof_file: no random bytes"))?;
     let key = Zeroizing::new(hex::encode(bytes.as_ref()));

@@ -199,6 +199,8 @@ fn read_proof_key(path: &Path) -> anyhow::Result<SecretString> {
              rotate as that user (e.g. sudo -u <service user> kv-rotator rotate ...) or as root. Nothing was rotated"
         )
     })?;
+    #[cfg(unix)]
+    planted(path)?;
     let key = text.trim_end_matches(['\r', '\n']);
     if key.len() != super::auth::PROOF_KEY_HEX || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!(
@@ -207,6 +209,37 @@ fn read_proof_key(path: &Path) -> anyhow::Result<SecretString> {
         );
     }
     Ok(SecretString::from(key.to_owned()))
+}
+
+/// Refuses a proof file that the service cannot have written: one that others may read or
+/// write (the service writes mode 0600), or one owned by another user than `rotate`'s —
+/// or, for `rotate` run as root, than the directory's owner or root. Another user could
+/// have planted such a key (in `/tmp`, say) and, once the service is down, answer its proof.
+#[cfg(unix)]
+fn planted(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let file = std::fs::metadata(path).with_context(|| format!("admin.auth.proof_file {shown}"))?;
+    if file.mode() & 0o077 != 0 {
+        bail!(
+            "admin.auth.proof_file {shown}: other users may read or write it (mode {:o}), but the service writes it \
+             with mode 600: it is not the service's key, or it has been exposed. Nothing was rotated; restarting the \
+             service writes a fresh one",
+            file.mode() & 0o777
+        );
+    }
+    let me = rustix::process::geteuid().as_raw();
+    let dir_owner = path.parent().and_then(|dir| std::fs::metadata(dir).ok()).map(|dir| dir.uid());
+    let trusted = file.uid() == me || (me == 0 && (file.uid() == 0 || Some(file.uid()) == dir_owner));
+    if !trusted {
+        bail!(
+            "admin.auth.proof_file {shown}: owned by uid {}, neither the user rotate runs as (uid {me}) nor, for root, \
+             the directory's owner: another user may have planted it. Nothing was rotated. Keep proof_file in a \
+             directory only the service's user can write, and run rotate as that user or root",
+            file.uid()
+        );
+    }
+    Ok(())
 }
 
 /// Has the service prove that it knows `secret` ([`super::auth::service_proof`]; `what`
