@@ -394,6 +394,23 @@ async fn a_program_squatting_the_admin_port_gets_no_token_and_fakes_no_job() {
     served.site.vault.shutdown().await;
 }
 
+/// The service killed while `rotate` follows its job, and a program binding the port at
+/// once: `rotate` proves the service again on its new connection, so the squatter gets a
+/// proof request and no token, and its "rotated" answer is not believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatter_taking_the_port_mid_job_gets_no_token_and_fakes_no_end() {
+    let mut served = served().await;
+    let _stall = served.stalled_secret("stalled-password").await;
+    let mut serve = served.serve();
+    served.listening(&mut serve).await;
+    serve.wait_healthy(served.webhook.port()).await;
+
+    let killed = served.killed_mid_job(serve, "stalled-password").await;
+    killed.assert_the_squatter_got_nothing();
+    assert!(!killed.output.contains(TOKEN));
+    served.site.vault.shutdown().await;
+}
+
 /// Today a `rotate` beside a `serve` was refused by the lease; through the admin API the
 /// service's engine rotates, and `rotate` claims no lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,8 @@
 //! `rotate` has it prove it knows the key, and only then gets a token from
 //! `client_credential` — here the `azure-cli` kind, running a stand-in `az` that prints a
 //! token signed by the test issuer (webhook/tests/common/entra.rs) — and sends it. Also: a
-//! program squatting the admin port never makes `rotate` ask for a token, and a token
-//! without the app role is refused with the role named.
+//! program squatting the admin port, before the job or once the service is killed mid-job,
+//! never gets a token, and a token without the app role is refused with the role named.
 
 #![cfg(unix)] // the stand-in `az` is a shell script
 
@@ -225,10 +225,13 @@ async fn a_squatter_on_the_admin_port_gets_no_entra_token() {
     std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
     let not_a_key = proof_file.with_file_name("not-a-key");
     write_private(&not_a_key, "-----BEGIN CERTIFICATE-----\n");
-    // A proof file rotate cannot read (absent; a directory) or trust: named, with what to do.
+    let link = proof_file.with_file_name("link");
+    std::os::unix::fs::symlink(&proof_file, &link).unwrap();
+    // A proof file rotate cannot read (absent), may not follow or trust: named, with what to do.
     for (path, why) in [
         (proof_file.with_file_name("absent"), "no such file"),
-        (proof_file.parent().unwrap().to_owned(), "cannot read it"),
+        (proof_file.parent().unwrap().to_owned(), "is a directory"),
+        (link, "is a symbolic link"),
         (planted, "owned by uid 4242"),
         (exposed, "other users may read or write it (mode 644)"),
         (not_a_key, "not a proof key kv-rotator wrote"),
@@ -241,7 +244,7 @@ async fn a_squatter_on_the_admin_port_gets_no_entra_token() {
             stderr.contains(&format!("admin.auth.proof_file {}", path.display())) && stderr.contains(why),
             "{stderr}"
         );
-        if why == "no such file" || why == "cannot read it" {
+        if why == "no such file" {
             assert!(stderr.contains("run rotate as that user") && stderr.contains("or as root"), "{stderr}");
         }
     }
@@ -255,5 +258,23 @@ async fn a_squatter_on_the_admin_port_gets_no_entra_token() {
     assert_eq!(squatter.seen().len(), 1, "nothing more reached the squatter");
     assert!(entra.az_calls().is_empty());
     assert_eq!(entra.served.site.store.list_versions("alpha-password").await.unwrap().len(), 1, "nothing rotated");
+    entra.served.site.vault.shutdown().await;
+}
+
+/// The service killed while `rotate` follows its job, and a program binding the port at
+/// once: `rotate` reads the proof file again for its new connection and has the squatter
+/// prove it knows the key; it cannot, so it gets no Entra ID token, and its "rotated"
+/// answer is not believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatter_taking_the_port_mid_job_gets_no_entra_token() {
+    let mut entra = EntraSite::new().await;
+    let _stall = entra.served.stalled_secret("stalled-password").await;
+    let mut serve = entra.served.serve();
+    entra.served.listening(&mut serve).await;
+    serve.wait_healthy(entra.served.webhook.port()).await;
+
+    let killed = entra.served.killed_mid_job(serve, "stalled-password").await;
+    killed.assert_the_squatter_got_nothing();
+    assert!(killed.output.contains("the proof key in admin.auth.proof_file"), "{}", killed.output);
     entra.served.site.vault.shutdown().await;
 }

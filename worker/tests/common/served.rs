@@ -1,5 +1,6 @@
 //! `serve` and `rotate` as operators run them, over a [`DevSite`], with the `[admin.auth]`
-//! a suite picks ([`Served`]); and a program squatting the admin port ([`Squatter`]).
+//! a suite picks ([`Served`]); a program squatting the admin port ([`Squatter`]); and a
+//! service killed mid-job, a squatter taking its port ([`Served::killed_mid_job`]).
 
 #![allow(dead_code)] // not every suite uses every helper
 
@@ -7,12 +8,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::response::IntoResponse;
 use serde_json::{json, Value};
 
 use super::devsite::DevSite;
 use super::proc::{Proc, ADMIN_LISTEN_ENV};
+use kv_rotator_rotators::PasswordPolicy;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 
@@ -28,6 +31,20 @@ pub struct Served {
     /// Port 0 until [`Served::listening`] learns the ports the service took.
     pub admin: SocketAddr,
     pub webhook: SocketAddr,
+    /// More of the configuration, after the rest (target profiles).
+    pub extra_toml: String,
+}
+
+/// What [`Served::killed_mid_job`] saw.
+pub struct KilledMidJob {
+    /// Whether `rotate` exited 0.
+    pub ok: bool,
+    /// `rotate`'s stdout and stderr.
+    pub output: String,
+    /// The job `rotate` said it followed.
+    pub job: String,
+    /// What took the admin port once the service was killed.
+    pub squatter: Squatter,
 }
 
 impl Served {
@@ -36,8 +53,15 @@ impl Served {
         let config = site.dir.path().join("kv-rotator.toml");
         let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let env = env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
-        let served =
-            Served { site, config, admin_auth: admin_auth.to_owned(), env, admin: any_port, webhook: any_port };
+        let served = Served {
+            site,
+            config,
+            admin_auth: admin_auth.to_owned(),
+            env,
+            admin: any_port,
+            webhook: any_port,
+            extra_toml: String::new(),
+        };
         served.write_config();
         served
     }
@@ -50,9 +74,10 @@ impl Served {
                 "{}[webhook]\nlisten = \"{webhook}\"\nauth = {{ mode = \"none\" }}\n\
                  [admin]\nlisten = \"{admin}\"\n[admin.auth]\n{admin_auth}\n\
                  [sweeper]\nenabled = false\n\
-                 [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\n{}",
+                 [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\n{}{}",
                 self.site.vault_toml(),
-                self.site.htpasswd_target_toml()
+                self.site.htpasswd_target_toml(),
+                self.extra_toml,
             ),
         )
         .unwrap();
@@ -80,7 +105,13 @@ impl Served {
 
     /// `rotate --output text` with `args`: whether it succeeded, its stdout and stderr.
     pub fn rotate(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(BIN)
+        let out = self.rotate_command(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    fn rotate_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
             .arg("rotate")
             .arg("--config")
             .arg(&self.config)
@@ -88,10 +119,71 @@ impl Served {
             .args(args)
             .envs(self.env.iter().map(|(name, value)| (name, value)))
             .env("KVR_LEASE_SETTLE_MS", "0")
-            .env_remove(ADMIN_LISTEN_ENV)
-            .output()
-            .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+            .env_remove(ADMIN_LISTEN_ENV);
+        command
+    }
+
+    /// A managed secret `secret` whose rotation never ends while the test runs: its target
+    /// (profile `stall`, PostgreSQL) is a port that accepts connections and never answers,
+    /// and the rotator waits 300 s for it. The port's listener, to keep while it runs.
+    pub async fn stalled_secret(&mut self, secret: &str) -> std::net::TcpListener {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        self.extra_toml = format!(
+            "[targets.stall]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = {port}\nsslmode = \"disable\"\n\
+             connect_timeout_secs = 300\naccounts = [\"stalled\"]\n"
+        );
+        self.write_config();
+        self.site.managed_secret(secret, "stall", "stalled", &PasswordPolicy::default().generate()).await;
+        listener
+    }
+
+    /// `rotate` of `secret` (a [`Served::stalled_secret`]) through `serve`: once `rotate`
+    /// says which job it follows, `serve` is killed and a [`Squatter`] takes its admin
+    /// port, answering any job with `secret` rotated; then `rotate`'s exit.
+    pub async fn killed_mid_job(&self, serve: Proc, secret: &str) -> KilledMidJob {
+        let mut rotate = Proc::spawn(&mut self.rotate_command(&[secret, "--reason", "INC-13"]));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let job = loop {
+            let output = rotate.output();
+            if let Some(job) = output.split("(job ").nth(1).and_then(|rest| rest.split(')').next()) {
+                break job.to_owned();
+            }
+            assert!(rotate.exited().is_none(), "rotate ended before following a job:\n{output}");
+            assert!(Instant::now() < deadline, "rotate followed no job within 60 s:\n{output}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let fake_job = json!({"id": job, "done": true,
+            "secrets": [{"secret": secret, "state": "rotated", "ok": true, "detail": "rotated a -> b"}]});
+        serve.sigkill();
+        let squatter = Squatter::start_on(self.admin, fake_job).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = rotate.exited() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "rotate did not end within 60 s:\n{}", rotate.output());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        KilledMidJob { ok: status.success(), output: rotate.output(), job, squatter }
+    }
+}
+
+impl KilledMidJob {
+    /// What `rotate` must do whatever its credential: ask what took the port to prove itself
+    /// and nothing else (no `Authorization` sent), believe none of its answers, and exit
+    /// non-zero saying it lost the service, naming the job.
+    pub fn assert_the_squatter_got_nothing(&self) {
+        let (seen, output) = (self.squatter.seen(), &self.output);
+        assert!(!seen.is_empty(), "rotate never reached the squatter:\n{output}");
+        for request in &seen {
+            assert!(request.starts_with("GET /api/service-proof/") && request.ends_with(" None"), "{seen:?}");
+        }
+        assert!(!self.ok, "rotate took the squatter's answer:\n{output}");
+        assert!(output.contains(&format!("lost the service while waiting for job {}", self.job)), "{output}");
+        assert!(output.contains("did not prove that it knows") && output.contains("no token was sent"), "{output}");
+        assert!(!output.contains("Nothing was rotated"), "the job did start:\n{output}");
+        assert!(!output.contains("rotated a -> b"), "{output}");
     }
 }
 
@@ -105,6 +197,11 @@ pub struct Squatter {
 
 impl Squatter {
     pub async fn start(fake_job: Value) -> Squatter {
+        Squatter::start_on("127.0.0.1:0".parse().unwrap(), fake_job).await
+    }
+
+    /// [`Squatter::start`] on `addr`.
+    pub async fn start_on(addr: SocketAddr, fake_job: Value) -> Squatter {
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let record = seen.clone();
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -119,7 +216,7 @@ impl Squatter {
                 (axum::http::StatusCode::ACCEPTED, axum::Json(fake_job)).into_response()
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the squatter's port");
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Squatter { addr, seen }
