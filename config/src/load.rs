@@ -119,9 +119,12 @@ fn entra_id_only_keys(figment: &Figment) -> Result<(), ConfigError> {
     }
     for key in ENTRA_ID_ONLY_ADMIN_KEYS {
         if figment.find_value(&format!("admin.auth.{key}")).is_ok() {
+            let why = match mode {
+                "static-token" => "a static token is its own proof, and `rotate` reads it from admin.auth.token",
+                _ => "`rotate` sends no credential to this mode's loopback API, so it has none to get or protect",
+            };
             return Err(ConfigError::Parse(format!(
-                "admin.auth.{key}: only mode = \"entra-id\" takes it, not mode = \"{mode}\" (a static token \
-                 is its own proof, and `rotate` reads it from admin.auth.token)"
+                "admin.auth.{key}: only mode = \"entra-id\" takes it, not mode = \"{mode}\" ({why})"
             )));
         }
     }
@@ -522,7 +525,13 @@ fn validate_admin(config: &Config, problems: &mut Vec<String>) {
             if openid_configuration_url.is_some() && jwks_url.is_some() {
                 problems.push("admin.auth: set openid_configuration_url or jwks_url, not both".to_owned());
             }
-            if proof_file.as_ref().is_some_and(|path| path.file_name().is_none()) {
+            if let Some(path) = proof_file.as_ref().filter(|path| !path.is_absolute()) {
+                problems.push(format!(
+                    "admin.auth.proof_file {}: give an absolute path (the service and rotate may start in different \
+                     directories)",
+                    path.display()
+                ));
+            } else if proof_file.as_ref().is_some_and(|path| path.file_name().is_none()) {
                 problems.push(format!(
                     "admin.auth.proof_file {}: name a file (in a directory that exists), not a directory",
                     proof_file.as_ref().map_or_else(String::new, |p| p.display().to_string())

@@ -294,10 +294,13 @@ fn the_proof_file_and_client_credential_are_entra_id_settings() {
         for mode in ["auth = { mode = \"static-token\", token = { env = \"T\" }", "auth = { mode = \"none\""] {
             let e = error_of(&format!("{vault}[admin]\n{mode}, {key} = {value} }}\n"));
             assert!(e.contains(&format!("admin.auth.{key}")) && e.contains("only mode = \"entra-id\""), "{mode}: {e}");
+            assert_eq!(e.contains("static token"), mode.contains("static-token"), "{mode}: {e}");
         }
     }
     let e = error_of(&format!("{vault}[admin.auth]\n{entra}client_credential = {{ kind = \"dev-vault\" }}\n"));
     assert!(e.contains("admin.auth.client_credential") && e.contains("dev-vault"), "{e}");
     let e = error_of(&format!("{vault}[admin.auth]\n{entra}proof_file = \"/\"\n"));
     assert!(e.contains("admin.auth.proof_file") && e.contains("name a file"), "{e}");
+    let e = error_of(&format!("{vault}[admin.auth]\n{entra}proof_file = \"run/admin-proof\"\n"));
+    assert!(e.contains("admin.auth.proof_file run/admin-proof: give an absolute path"), "{e}");
 }
