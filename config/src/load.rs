@@ -10,7 +10,7 @@ use kv_rotator_rotators::common::Strategy;
 
 use crate::model::{
     AdminAuthConfig, AdminConfig, Config, CredentialConfig, EventGridAuth, NotificationSink, NotificationsConfig,
-    SecretSource, SinkUrl, WebhookAuthConfig, WebhookConfig,
+    SecretSource, SinkUrl, WebhookAuthConfig, WebhookConfig, ENTRA_ID_ONLY_ADMIN_KEYS,
 };
 
 /// A configuration that cannot be used, with where and why.
@@ -59,6 +59,7 @@ const CLI_ONLY_ENV: &[&str] = &["CONFIG", "LOG_FORMAT"];
 /// and the environment reads secrets from: `vault.credential.secret_env` (client-secret),
 /// `vault.credential.password_env` (client-certificate), `webhook.auth.key.env` and
 /// `webhook.auth.previous_key.env` (shared-key), `admin.auth.token.env` (static-token),
+/// `admin.auth.client_credential.secret_env` and `.password_env` (entra-id),
 /// `notifications.sink.auth.key.env` (an Event Grid topic's key).
 ///
 /// Nothing else is read or checked: the worker calls this before its runtime starts, to
@@ -79,8 +80,14 @@ pub fn secret_env_names(file: Option<&Path>) -> Vec<String> {
         names.extend(key.env);
         names.extend(previous_key.and_then(|source| source.env));
     }
-    if let Ok(AdminAuthConfig::StaticToken { token }) = figment.extract_inner::<AdminAuthConfig>("admin.auth") {
-        names.extend(token.env);
+    match figment.extract_inner::<AdminAuthConfig>("admin.auth") {
+        Ok(AdminAuthConfig::StaticToken { token }) => names.extend(token.env),
+        Ok(AdminAuthConfig::EntraId { client_credential: Some(credential), .. }) => match *credential {
+            CredentialConfig::ClientSecret { secret_env, .. } => names.push(secret_env),
+            CredentialConfig::ClientCertificate { password_env: Some(name), .. } => names.push(name),
+            _ => {}
+        },
+        _ => {}
     }
     if let Ok(NotificationSink::EventGrid { auth: EventGridAuth::Key { key }, .. }) =
         figment.extract_inner::<NotificationSink>("notifications.sink")
@@ -92,6 +99,7 @@ pub fn secret_env_names(file: Option<&Path>) -> Vec<String> {
 
 /// Extracts and validates a configuration from any figment (tests, embedded defaults).
 pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+    entra_id_only_keys(&figment)?;
     let config: Config = figment.extract().map_err(|e| {
         // figment's errors name the key path and the source (file or env variable).
         let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
@@ -99,6 +107,28 @@ pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
     })?;
     validate(&config)?;
     Ok(config)
+}
+
+/// Refuses `[admin.auth]` keys that only `mode = "entra-id"` takes in another mode, with
+/// a message that says so (serde's would only call the key unknown).
+fn entra_id_only_keys(figment: &Figment) -> Result<(), ConfigError> {
+    let Ok(mode) = figment.find_value("admin.auth.mode") else { return Ok(()) };
+    let Some(mode) = mode.as_str() else { return Ok(()) };
+    if mode == "entra-id" {
+        return Ok(());
+    }
+    for key in ENTRA_ID_ONLY_ADMIN_KEYS {
+        if figment.find_value(&format!("admin.auth.{key}")).is_ok() {
+            let why = match mode {
+                "static-token" => "a static token is its own proof, and `rotate` reads it from admin.auth.token",
+                _ => "`rotate` sends no credential to this mode's loopback API, so it has none to get or protect",
+            };
+            return Err(ConfigError::Parse(format!(
+                "admin.auth.{key}: only mode = \"entra-id\" takes it, not mode = \"{mode}\" ({why})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks what types alone cannot: URLs, cross-field rules, names.
@@ -528,9 +558,35 @@ fn validate_admin(config: &Config, problems: &mut Vec<String>) {
              anyone who reaches it could rotate every secret; use mode = \"static-token\" or \"entra-id\""
         )),
         Some(AdminAuthConfig::StaticToken { token }) => problems.extend(token.problem("admin.auth.token")),
-        Some(AdminAuthConfig::EntraId { role, openid_configuration_url, jwks_url, .. }) => {
+        Some(AdminAuthConfig::EntraId {
+            role,
+            openid_configuration_url,
+            jwks_url,
+            proof_file,
+            client_credential,
+            ..
+        }) => {
             if openid_configuration_url.is_some() && jwks_url.is_some() {
                 problems.push("admin.auth: set openid_configuration_url or jwks_url, not both".to_owned());
+            }
+            if let Some(path) = proof_file.as_ref().filter(|path| !path.is_absolute()) {
+                problems.push(format!(
+                    "admin.auth.proof_file {}: give an absolute path (the service and rotate may start in different \
+                     directories)",
+                    path.display()
+                ));
+            } else if proof_file.as_ref().is_some_and(|path| path.file_name().is_none()) {
+                problems.push(format!(
+                    "admin.auth.proof_file {}: name a file (in a directory that exists), not a directory",
+                    proof_file.as_ref().map_or_else(String::new, |p| p.display().to_string())
+                ));
+            }
+            if client_credential.as_deref() == Some(&CredentialConfig::DevVault {}) {
+                problems.push(
+                    "admin.auth.client_credential: kind = \"dev-vault\" only signs in to the dev vault; the admin API \
+                     needs an Entra ID token (developer-tools, azure-cli, client-secret, ...)"
+                        .to_owned(),
+                );
             }
             if role.trim().is_empty() {
                 problems.push("admin.auth.role: name the app role callers must hold, e.g. KvRotator.Rotate".to_owned());

@@ -549,8 +549,23 @@ pub enum AdminAuthConfig {
         jwks_url: Option<String>,
         #[serde(default)]
         clock_skew_secs: Option<u64>,
+        /// Where the service (`serve`, `dev`) writes a fresh random proof key at each start
+        /// (mode 0600, in a directory that must exist). The service proves it knows the key
+        /// (`GET /api/service-proof/{nonce}`) and `kv-rotator rotate`, running as the
+        /// service's user or root, reads it to check that proof before it asks for or sends
+        /// a token. Unset: `rotate` cannot go through the admin API.
+        #[serde(default)]
+        proof_file: Option<PathBuf>,
+        /// The credential `kv-rotator rotate` gets its token for the admin API with (scope
+        /// `{first audience}/.default`); default `{ kind = "developer-tools" }`: the
+        /// operator's `az login` or `azd auth login`.
+        #[serde(default)]
+        client_credential: Option<Box<CredentialConfig>>,
     },
 }
+
+/// The keys of `[admin.auth]` that only `mode = "entra-id"` takes.
+pub const ENTRA_ID_ONLY_ADMIN_KEYS: &[&str] = &["proof_file", "client_credential"];
 
 /// Shortest static admin token accepted.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;

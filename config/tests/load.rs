@@ -269,3 +269,38 @@ fn admin_auth_modes_are_checked_where_they_are_read() {
         assert!(e.contains(expected), "{toml}: {e}");
     }
 }
+
+#[test]
+fn the_proof_file_and_client_credential_are_entra_id_settings() {
+    let vault = "[vault]\nurl = \"https://v.vault.azure.net/\"\n";
+    let entra = "mode = \"entra-id\"\ntenant_id = \"t\"\naudience = [\"api://kv-rotator-admin\"]\nrole = \"KvRotator.Rotate\"\n";
+    let with_both = file(&format!(
+        "{vault}[admin.auth]\n{entra}proof_file = \"/run/kv-rotator/admin-proof\"\n\
+         client_credential = {{ kind = \"client-secret\", tenant_id = \"t\", client_id = \"c\", secret_env = \"OPS_SECRET\" }}\n"
+    ));
+    let config = jailed(|| load(Some(with_both.path()))).unwrap();
+    let Some(kv_rotator_config::AdminAuthConfig::EntraId { proof_file, client_credential, .. }) = config.admin.auth
+    else {
+        panic!("entra-id")
+    };
+    assert_eq!(proof_file.unwrap(), std::path::Path::new("/run/kv-rotator/admin-proof"));
+    assert!(matches!(client_credential.as_deref(), Some(CredentialConfig::ClientSecret { .. })));
+    // The client secret leaves the environment at startup like the vault credential's.
+    assert_eq!(jailed(|| kv_rotator_config::load::secret_env_names(Some(with_both.path()))), ["OPS_SECRET"]);
+
+    for (key, value) in
+        [("proof_file", "\"/run/kv-rotator/admin-proof\""), ("client_credential", "{ kind = \"azure-cli\" }")]
+    {
+        for mode in ["auth = { mode = \"static-token\", token = { env = \"T\" }", "auth = { mode = \"none\""] {
+            let e = error_of(&format!("{vault}[admin]\n{mode}, {key} = {value} }}\n"));
+            assert!(e.contains(&format!("admin.auth.{key}")) && e.contains("only mode = \"entra-id\""), "{mode}: {e}");
+            assert_eq!(e.contains("static token"), mode.contains("static-token"), "{mode}: {e}");
+        }
+    }
+    let e = error_of(&format!("{vault}[admin.auth]\n{entra}client_credential = {{ kind = \"dev-vault\" }}\n"));
+    assert!(e.contains("admin.auth.client_credential") && e.contains("dev-vault"), "{e}");
+    let e = error_of(&format!("{vault}[admin.auth]\n{entra}proof_file = \"/\"\n"));
+    assert!(e.contains("admin.auth.proof_file") && e.contains("name a file"), "{e}");
+    let e = error_of(&format!("{vault}[admin.auth]\n{entra}proof_file = \"run/admin-proof\"\n"));
+    assert!(e.contains("admin.auth.proof_file run/admin-proof: give an absolute path"), "{e}");
+}

@@ -1,5 +1,7 @@
 //! What the Key Vault client is built from in `[vault]`: the Entra ID credential named
-//! by `vault.credential`, and the client's retry, rate-limit and timeout settings.
+//! by `vault.credential`, and the client's retry, rate-limit and timeout settings. The
+//! same credential kinds get `kv-rotator rotate` its token for an Entra ID admin API
+//! (`admin.auth.client_credential`, [`credential_for`]).
 //!
 //! Building a credential needs no network: each kind is checked here as far as it can
 //! be offline (ids present, files readable and of the right format, environment
@@ -51,17 +53,23 @@ pub fn client_settings(vault: &VaultConfig) -> ClientSettings {
     settings
 }
 
-/// Builds the credential; errors name the setting at fault.
+/// Builds the credential of `vault.credential`; errors name the setting at fault.
 pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCredential>> {
+    credential_for("vault.credential", config)
+}
+
+/// Builds the credential of `setting` (`vault.credential`, `admin.auth.client_credential`);
+/// errors name the setting at fault.
+pub fn credential_for(setting: &str, config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCredential>> {
     Ok(match config {
         CredentialConfig::ManagedIdentity { client_id, object_id, resource_id } => {
             let ids = [client_id.is_some(), object_id.is_some(), resource_id.is_some()];
             if ids.iter().filter(|set| **set).count() > 1 {
-                bail!("vault.credential: set at most one of client_id, object_id, resource_id for a user-assigned managed identity");
+                bail!("{setting}: set at most one of client_id, object_id, resource_id for a user-assigned managed identity");
             }
             for (key, value) in [("client_id", client_id), ("object_id", object_id), ("resource_id", resource_id)] {
                 if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                    bail!("vault.credential.{key} (managed-identity) is empty; leave it out for the system-assigned identity");
+                    bail!("{setting}.{key} (managed-identity) is empty; leave it out for the system-assigned identity");
                 }
             }
             let user_assigned_id = client_id
@@ -70,13 +78,13 @@ pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCred
                 .or_else(|| object_id.clone().map(UserAssignedId::ObjectId))
                 .or_else(|| resource_id.clone().map(UserAssignedId::ResourceId));
             let options = ManagedIdentityCredentialOptions { user_assigned_id, ..Default::default() };
-            ManagedIdentityCredential::new(Some(options)).context("vault.credential (managed-identity)")?
+            ManagedIdentityCredential::new(Some(options)).with_context(|| format!("{setting} (managed-identity)"))?
         }
         CredentialConfig::WorkloadIdentity { client_id, tenant_id, token_file } => {
             if let Some(path) = token_file {
                 if !path.is_file() {
                     bail!(
-                        "vault.credential.token_file (workload-identity) {}: no such file (AKS mounts it at the path in AZURE_FEDERATED_TOKEN_FILE)",
+                        "{setting}.token_file (workload-identity) {}: no such file (AKS mounts it at the path in AZURE_FEDERATED_TOKEN_FILE)",
                         path.display()
                     );
                 }
@@ -87,23 +95,25 @@ pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCred
                 token_file_path: token_file.clone(),
                 ..Default::default()
             };
-            WorkloadIdentityCredential::new(Some(options)).context(
-                "vault.credential (workload-identity): set client_id, tenant_id and token_file, or run where AKS sets \
-                 AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE",
-            )?
+            WorkloadIdentityCredential::new(Some(options)).with_context(|| {
+                format!(
+                    "{setting} (workload-identity): set client_id, tenant_id and token_file, or run where AKS sets \
+                     AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE"
+                )
+            })?
         }
         CredentialConfig::ClientSecret { tenant_id, client_id, secret_env } => {
-            require("client-secret", [("tenant_id", tenant_id), ("client_id", client_id)])?;
-            let secret = env_secret("client-secret", "secret_env", secret_env)?;
+            require(setting, "client-secret", [("tenant_id", tenant_id), ("client_id", client_id)])?;
+            let secret = env_secret(setting, "client-secret", "secret_env", secret_env)?;
             ClientSecretCredential::new(tenant_id, client_id.clone(), Secret::new(secret), None)
-                .context("vault.credential (client-secret)")?
+                .with_context(|| format!("{setting} (client-secret)"))?
         }
         #[cfg(feature = "client-certificate")]
         CredentialConfig::ClientCertificate { tenant_id, client_id, certificate_file, password_env } => {
-            require("client-certificate", [("tenant_id", tenant_id), ("client_id", client_id)])?;
-            let certificate = read_pkcs12(certificate_file)?;
+            require(setting, "client-certificate", [("tenant_id", tenant_id), ("client_id", client_id)])?;
+            let certificate = read_pkcs12(setting, certificate_file)?;
             let password = match password_env {
-                Some(name) => Some(Secret::new(env_secret("client-certificate", "password_env", name)?)),
+                Some(name) => Some(Secret::new(env_secret(setting, "client-certificate", "password_env", name)?)),
                 None => None,
             };
             let options = ClientCertificateCredentialOptions { password, ..Default::default() };
@@ -112,17 +122,17 @@ pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCred
                 Ok(credential) => credential,
                 Err(e) if e.to_string().contains("mac verify failure") || format!("{e:?}").contains("mac verify") => {
                     let hint = match password_env {
-                        Some(name) => format!("the password in {name} (vault.credential.password_env) is wrong"),
-                        None => "the file has a password: name its variable in vault.credential.password_env".into(),
+                        Some(name) => format!("the password in {name} ({setting}.password_env) is wrong"),
+                        None => format!("the file has a password: name its variable in {setting}.password_env"),
                     };
-                    bail!("vault.credential.certificate_file (client-certificate) {file}: cannot open it: {hint}")
+                    bail!("{setting}.certificate_file (client-certificate) {file}: cannot open it: {hint}")
                 }
                 Err(e) if e.to_string().contains("only RSA") => {
-                    bail!("vault.credential.certificate_file (client-certificate) {file}: the key is not RSA; Entra ID certificate credentials here need an RSA key")
+                    bail!("{setting}.certificate_file (client-certificate) {file}: the key is not RSA; Entra ID certificate credentials here need an RSA key")
                 }
                 Err(e) => {
                     return Err(anyhow::Error::new(e)
-                        .context(format!("vault.credential.certificate_file (client-certificate) {file}: not usable")))
+                        .context(format!("{setting}.certificate_file (client-certificate) {file}: not usable")))
                 }
             }
         }
@@ -130,10 +140,10 @@ pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCred
         // validated on any build; only building the credential needs OpenSSL.
         #[cfg(not(feature = "client-certificate"))]
         CredentialConfig::ClientCertificate { tenant_id, client_id, certificate_file, .. } => {
-            require("client-certificate", [("tenant_id", tenant_id), ("client_id", client_id)])?;
-            read_pkcs12(certificate_file)?;
+            require(setting, "client-certificate", [("tenant_id", tenant_id), ("client_id", client_id)])?;
+            read_pkcs12(setting, certificate_file)?;
             bail!(
-                "vault.credential.kind = \"client-certificate\" needs a kv-rotator built with the client-certificate \
+                "{setting}.kind = \"client-certificate\" needs a kv-rotator built with the client-certificate \
                  feature (it links OpenSSL): cargo build --release --features client-certificate"
             )
         }
@@ -143,21 +153,25 @@ pub fn credential(config: &CredentialConfig) -> anyhow::Result<Arc<dyn TokenCred
                 executor: Some(Arc::new(HelperExecutor)),
                 ..Default::default()
             };
-            AzureCliCredential::new(Some(options)).context("vault.credential (azure-cli)")?
+            AzureCliCredential::new(Some(options)).with_context(|| format!("{setting} (azure-cli)"))?
         }
         CredentialConfig::DeveloperTools {} => {
             let options = DeveloperToolsCredentialOptions { executor: Some(Arc::new(HelperExecutor)) };
-            DeveloperToolsCredential::new(Some(options)).context("vault.credential (developer-tools)")?
+            DeveloperToolsCredential::new(Some(options)).with_context(|| format!("{setting} (developer-tools)"))?
         }
         CredentialConfig::DevVault {} => DevVaultCredential::new(),
     })
 }
 
 /// Refuses empty ids, naming the key.
-fn require<'a>(kind: &str, fields: impl IntoIterator<Item = (&'a str, &'a String)>) -> anyhow::Result<()> {
+fn require<'a>(
+    setting: &str,
+    kind: &str,
+    fields: impl IntoIterator<Item = (&'a str, &'a String)>,
+) -> anyhow::Result<()> {
     for (key, value) in fields {
         if value.trim().is_empty() {
-            bail!("vault.credential.{key} ({kind}) is empty");
+            bail!("{setting}.{key} ({kind}) is empty");
         }
     }
     Ok(())
@@ -165,11 +179,11 @@ fn require<'a>(kind: &str, fields: impl IntoIterator<Item = (&'a str, &'a String
 
 /// Reads a secret from the environment variable a setting names (taken out of the
 /// environment at startup, [`crate::hardening`]); the value never appears in an error.
-fn env_secret(kind: &str, key: &str, name: &str) -> anyhow::Result<String> {
+fn env_secret(setting: &str, kind: &str, key: &str, name: &str) -> anyhow::Result<String> {
     match crate::hardening::secret_var(name) {
         Ok(value) if !value.expose_secret().is_empty() => Ok(value.expose_secret().to_owned()),
-        Ok(_) => bail!("vault.credential.{key} ({kind}): environment variable {name} is empty"),
-        Err(e) => bail!("vault.credential.{key} ({kind}): environment variable {name} {e}"),
+        Ok(_) => bail!("{setting}.{key} ({kind}): environment variable {name} is empty"),
+        Err(e) => bail!("{setting}.{key} ({kind}): environment variable {name} {e}"),
     }
 }
 
@@ -240,20 +254,19 @@ impl Executor for HelperExecutor {
 }
 
 /// Reads the PKCS#12 file, recognising the usual wrong formats.
-fn read_pkcs12(path: &Path) -> anyhow::Result<SecretBytes> {
-    let bytes = std::fs::read(path).with_context(|| {
-        format!("vault.credential.certificate_file (client-certificate) {}: cannot read", path.display())
-    })?;
+fn read_pkcs12(setting: &str, path: &Path) -> anyhow::Result<SecretBytes> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("{setting}.certificate_file (client-certificate) {}: cannot read", path.display()))?;
     if bytes.starts_with(b"-----BEGIN") {
         bail!(
-            "vault.credential.certificate_file (client-certificate) {}: this is PEM; a PKCS#12 (.pfx) file is needed: \
+            "{setting}.certificate_file (client-certificate) {}: this is PEM; a PKCS#12 (.pfx) file is needed: \
              openssl pkcs12 -export -in cert.pem -inkey key.pem -out cert.pfx",
             path.display()
         );
     }
     // PKCS#12 is DER: a SEQUENCE. Anything else is not worth handing to openssl.
     if bytes.first() != Some(&0x30) {
-        bail!("vault.credential.certificate_file (client-certificate) {}: not a PKCS#12 (.pfx) file", path.display());
+        bail!("{setting}.certificate_file (client-certificate) {}: not a PKCS#12 (.pfx) file", path.display());
     }
     Ok(SecretBytes::new(bytes))
 }

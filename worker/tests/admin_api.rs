@@ -10,14 +10,12 @@ mod common;
 mod entra;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::response::IntoResponse;
 use common::devsite::DevSite;
 use common::line_for;
-use common::proc::Proc;
+use common::served::{Served, Squatter};
 use kv_rotator::admin::api::{self, ApiState};
 use kv_rotator::admin::auth::AdminAuth;
 use kv_rotator::admin::jobs::Jobs;
@@ -30,7 +28,6 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kv-rotator");
 const TOKEN: &str = "admin-token-0123456789-abcdefghijklmnop";
 const ROLE: &str = "KvRotator.Rotate";
 
@@ -126,6 +123,8 @@ async fn an_entra_token_needs_the_app_role() {
         openid_configuration_url: Some(idp.discovery_url()),
         jwks_url: None,
         clock_skew_secs: None,
+        proof_file: None,
+        client_credential: None,
     };
     let (running, admin) = service(&site, AdminAuth::from_config(&config, false).unwrap()).await;
     // An operator's tool (not Event Grid), with the role: accepted, whatever its app id.
@@ -364,75 +363,8 @@ async fn the_openapi_document_matches_the_served_routes() {
 }
 
 /// `serve` and `rotate` as operators run them, with `[admin.auth]` static-token.
-struct Served {
-    site: DevSite,
-    config: std::path::PathBuf,
-    token_env: String,
-    /// Port 0 until [`Served::listening`] learns the ports the service took.
-    admin: SocketAddr,
-    webhook: SocketAddr,
-}
-
-impl Served {
-    async fn new(token_env: &str) -> Served {
-        let site = DevSite::start().await;
-        let config = site.dir.path().join("kv-rotator.toml");
-        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let served = Served { site, config, token_env: token_env.to_owned(), admin: any_port, webhook: any_port };
-        served.write_config();
-        served
-    }
-
-    fn write_config(&self) {
-        let (webhook, admin, token_env) = (self.webhook, self.admin, &self.token_env);
-        std::fs::write(
-            &self.config,
-            format!(
-                "{}[webhook]\nlisten = \"{webhook}\"\nauth = {{ mode = \"none\" }}\n\
-                 [admin]\nlisten = \"{admin}\"\nauth = {{ mode = \"static-token\", token = {{ env = \"{token_env}\" }} }}\n\
-                 [sweeper]\nenabled = false\n\
-                 [engine]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nmax_attempts = 2\n{}",
-                self.site.vault_toml(),
-                self.site.htpasswd_target_toml()
-            ),
-        )
-        .unwrap();
-    }
-
-    /// Learns the ports `serve` took (port 0 in the file: the OS picked them, no port was
-    /// bound, dropped and bound again) and writes them into the file, where `rotate`
-    /// finds the service as an operator's would.
-    async fn listening(&mut self, serve: &mut Proc) {
-        self.webhook = serve.logged_addr("webhook_addr").await;
-        self.admin = serve.logged_addr("admin_addr").await;
-        self.write_config();
-    }
-
-    fn serve(&self, token: &str) -> Proc {
-        Proc::spawn(
-            Command::new(BIN)
-                .args(["serve", "--config"])
-                .arg(&self.config)
-                .env("ADMIN_TOKEN", token)
-                .env("KVR_LEASE_SETTLE_MS", "0")
-                .env_remove(common::proc::ADMIN_LISTEN_ENV),
-        )
-    }
-
-    fn rotate(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(BIN)
-            .arg("rotate")
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--output", "text"])
-            .args(args)
-            .env("ADMIN_TOKEN", TOKEN)
-            .env("KVR_LEASE_SETTLE_MS", "0")
-            .env_remove(common::proc::ADMIN_LISTEN_ENV)
-            .output()
-            .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-    }
+async fn served() -> Served {
+    Served::new("mode = \"static-token\"\ntoken = { env = \"ADMIN_TOKEN\" }", &[("ADMIN_TOKEN", TOKEN)]).await
 }
 
 /// A program that took the admin port while the service was down: `rotate` asks it to
@@ -440,28 +372,13 @@ impl Served {
 /// it does not report the squatter's "rotated" as done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_squatting_the_admin_port_gets_no_token_and_fakes_no_job() {
-    let mut served = Served::new("ADMIN_TOKEN").await;
+    let mut served = served().await;
     served.site.user("alpha-password", "alpha").await;
-    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let record = seen.clone();
     let fake_job = json!({"id": "00000000-0000-0000-0000-000000000001", "done": true,
         "secrets": [{"secret": "alpha-password", "state": "rotated", "ok": true, "detail": "rotated a -> b"}]});
-    let squatter = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let (record, fake_job) = (record.clone(), fake_job.clone());
-        async move {
-            let authorization = request.headers().get("authorization").map(|v| v.to_str().unwrap_or("?").to_owned());
-            record.lock().unwrap().push(format!("{} {} {authorization:?}", request.method(), request.uri()));
-            let proof = json!({"proof": "00".repeat(32)});
-            if request.uri().path().starts_with("/api/service-proof/") {
-                return axum::Json(proof).into_response();
-            }
-            (axum::http::StatusCode::ACCEPTED, axum::Json(fake_job)).into_response()
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    served.admin = listener.local_addr().unwrap();
+    let squatter = Squatter::start(fake_job).await;
+    served.admin = squatter.addr;
     served.write_config();
-    tokio::spawn(async move { axum::serve(listener, squatter).await });
 
     let (ok, stdout, stderr) = served.rotate(&["alpha-password", "--reason", "INC-9"]);
     assert!(!ok, "a squatter's answer is not a rotation:\n{stdout}\n{stderr}");
@@ -470,10 +387,27 @@ async fn a_program_squatting_the_admin_port_gets_no_token_and_fakes_no_job() {
         "{stderr}"
     );
     assert!(!stdout.contains("rotated"), "{stdout}");
-    let seen = seen.lock().unwrap().clone();
+    let seen = squatter.seen();
     assert_eq!(seen.len(), 1, "only the proof was asked for: {seen:?}");
     assert!(seen[0].starts_with("GET /api/service-proof/") && seen[0].ends_with("None"), "no token sent: {seen:?}");
     assert_eq!(served.site.store.list_versions("alpha-password").await.unwrap().len(), 1);
+    served.site.vault.shutdown().await;
+}
+
+/// The service killed while `rotate` follows its job, and a program binding the port at
+/// once: `rotate` proves the service again on its new connection, so the squatter gets a
+/// proof request and no token, and its "rotated" answer is not believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatter_taking_the_port_mid_job_gets_no_token_and_fakes_no_end() {
+    let mut served = served().await;
+    let _stall = served.stalled_secret("stalled-password").await;
+    let mut serve = served.serve();
+    served.listening(&mut serve).await;
+    serve.wait_healthy(served.webhook.port()).await;
+
+    let killed = served.killed_mid_job(serve, "stalled-password").await;
+    killed.assert_the_squatter_got_nothing();
+    assert!(!killed.output.contains(TOKEN));
     served.site.vault.shutdown().await;
 }
 
@@ -481,12 +415,12 @@ async fn a_program_squatting_the_admin_port_gets_no_token_and_fakes_no_job() {
 /// service's engine rotates, and `rotate` claims no lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_goes_through_the_running_service_and_one_engine_rotates() {
-    let mut served = Served::new("ADMIN_TOKEN").await;
+    let mut served = served().await;
     let mut users = Vec::new();
     for (secret, user) in [("alpha-password", "alpha"), ("beta-password", "beta"), ("gamma-password", "gamma")] {
         users.push((secret, user, served.site.user(secret, user).await.0));
     }
-    let mut serve = served.serve(TOKEN);
+    let mut serve = served.serve();
     served.listening(&mut serve).await;
     serve.wait_healthy(served.webhook.port()).await;
     let lease_versions = served.site.store.list_versions("kv-rotator-engine-lease").await.unwrap().len();
@@ -537,9 +471,10 @@ async fn rotate_goes_through_the_running_service_and_one_engine_rotates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_admin_token_stops_serve_at_startup() {
-    let served = Served::new("ADMIN_TOKEN").await;
+    let mut served = served().await;
     let short = "too-short-token-0123456789abcde"; // 31 characters
-    let mut serve = served.serve(short);
+    served.env = vec![("ADMIN_TOKEN".to_owned(), short.to_owned())];
+    let mut serve = served.serve();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = serve.exited() {

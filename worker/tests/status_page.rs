@@ -224,6 +224,8 @@ async fn with_entra_id_the_page_says_it_is_unavailable() {
         openid_configuration_url: Some("http://127.0.0.1:9/.well-known/openid-configuration".to_owned()),
         jwks_url: None,
         clock_skew_secs: None,
+        proof_file: None,
+        client_credential: None,
     };
     let (running, admin) = service(&site, AdminAuth::from_config(&config, false).unwrap()).await;
     for path in ["/status", "/status/login"] {

@@ -12,7 +12,8 @@
 //!   reads them ([`crate::cli::status::read_status`]).
 //! - `GET /api/openapi.json`: the OpenAPI 3.1 document of these routes ([`OPENAPI`]).
 //! - `GET /api/service-proof/{nonce}` ([`SERVICE_PROOF_ROUTE`]): public, and only with a
-//!   static token: the service proves it knows the token before `rotate` sends it.
+//!   static token or an Entra ID `proof_file`: the service proves it knows the token (or
+//!   the proof key) before `rotate` sends a credential.
 //!
 //! Every other route needs the caller's credential ([`super::auth`]: 401, or 403 for a token
 //! without the role), and every call is logged under `kv_rotator::admin` with who made it,
@@ -66,8 +67,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The one route served without a credential: the service's proof that it knows the
-/// static token ([`super::auth::service_proof`]), which `kv-rotator rotate` asks for before
-/// it sends the token.
+/// static token or the proof key ([`super::auth::service_proof`]), which `kv-rotator
+/// rotate` asks for before it sends a credential.
 pub const SERVICE_PROOF_ROUTE: &str = "/api/service-proof/{nonce}";
 /// The nonce's length in hex digits, at least and at most.
 const NONCE_HEX: std::ops::RangeInclusive<usize> = 32..=128;
@@ -146,10 +147,14 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// `GET /api/service-proof/{nonce}`: `{"proof": hex}`, the HMAC of the caller's nonce
-/// keyed by the static token's digest; 404 in the modes without a static token.
+/// keyed by the digest of the static token or of the Entra ID mode's proof key; 404 in
+/// the modes with neither.
 async fn get_service_proof(State(state): State<ApiState>, Path(nonce): Path<String>) -> Response {
-    let AdminAuth::StaticToken(digest) = &state.auth else {
-        let why = format!("admin.auth mode {} has no static token to prove", state.auth.mode());
+    let Some(digest) = state.auth.proof_digest() else {
+        let why = match state.auth {
+            AdminAuth::EntraId { .. } => "admin.auth mode entra-id without proof_file has no proof key".to_owned(),
+            _ => format!("admin.auth mode {} has no static token to prove", state.auth.mode()),
+        };
         return error(StatusCode::NOT_FOUND, why);
     };
     if !NONCE_HEX.contains(&nonce.len()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -8,7 +8,8 @@
 //!   and the status page over it ([`page`]: `/status`, for a browser).
 //! - [`auth`]: who may call the API (static token, Entra ID app role, or none on loopback).
 //! - [`jobs`]: the API's rotation jobs, in memory, followed through the engine's reports.
-//! - [`client`]: `kv-rotator rotate` through a running service's API.
+//! - [`client`]: `kv-rotator rotate` through a running service's API; [`proof_file`]: its
+//!   reading of the proof key the service wrote.
 //! - [`Readiness`]: ready while the engine takes requests off a queue at most
 //!   [`QUEUE_READY_PERCENT`] full, the vault answers ([`crate::vault_health`]: judged from
 //!   the service's own calls, never a probe) and the engine lease is held, when it was
@@ -22,9 +23,11 @@
 
 pub mod api;
 pub mod auth;
+mod bearer;
 pub mod client;
 pub mod jobs;
 pub mod page;
+pub mod proof_file;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -182,7 +182,7 @@ fn session_or(state: &PageState, headers: &HeaderMap) -> Result<(Session, Option
         return Ok((session, None));
     }
     match &state.api.auth {
-        AdminAuth::EntraId(_) => Err(Box::new(entra_unavailable())),
+        AdminAuth::EntraId { .. } => Err(Box::new(entra_unavailable())),
         AdminAuth::None => {
             let (id, session) = state.sessions.open("anonymous (admin.auth mode none)");
             Ok((session, Some(session::set_cookie(&id, PAGE_PATH))))
@@ -230,7 +230,7 @@ async fn get_login(State(state): State<PageState>) -> Response {
     match state.api.auth {
         AdminAuth::StaticToken(_) => page(StatusCode::OK, html::login(None)),
         AdminAuth::None => Redirect::to(PAGE_PATH).into_response(),
-        AdminAuth::EntraId(_) => entra_unavailable(),
+        AdminAuth::EntraId { .. } => entra_unavailable(),
     }
 }
 
@@ -242,7 +242,7 @@ struct LoginForm {
 
 /// `POST /status/login`: the static token, checked as the API checks a bearer token.
 async fn post_login(State(state): State<PageState>, Form(form): Form<LoginForm>) -> Response {
-    if let AdminAuth::EntraId(_) = state.api.auth {
+    if let AdminAuth::EntraId { .. } = state.api.auth {
         return entra_unavailable();
     }
     if form.token.len() > MAX_TOKEN_BYTES {

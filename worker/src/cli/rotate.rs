@@ -147,7 +147,7 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
     crate::hardening::log_state();
     let config = kv_rotator_config::load(args.config.as_deref())?;
     if config.admin.auth.is_some() && !args.in_process && !args.resume && !args.allow_concurrent_engine {
-        if let Some(client) = crate::admin::client::connect(&config.admin).await? {
+        if let Some(mut client) = crate::admin::client::connect(&config.admin).await? {
             let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
             let reason = args.reason.clone().unwrap_or_else(|| format!("kv-rotator rotate by {user}"));
             let tags = args.tags();

@@ -3,6 +3,7 @@
 pub mod devsite;
 pub mod pg;
 pub mod proc;
+pub mod served;
 pub mod webdriver;
 
 #[allow(dead_code)] // not every suite writes secrets this way
