@@ -325,9 +325,6 @@ fn validate_durations(config: &Config, problems: &mut Vec<String>) {
 /// the due scan must be on and at least two sweeps must fall within each span.
 fn validate_windows(config: &Config, problems: &mut Vec<String>) {
     let (engine, sweeper) = (&config.engine, &config.sweeper);
-    if engine.target_lag_secs > MAX_TARGET_LAG_SECS {
-        problems.push(format!("engine.target_lag_secs = {}: at most {MAX_TARGET_LAG_SECS}", engine.target_lag_secs));
-    }
     if !(1..=MAX_WINDOW_MARGIN_HOURS).contains(&engine.window_expiry_margin_hours) {
         problems.push(format!(
             "engine.window_expiry_margin_hours = {}: between 1 and {MAX_WINDOW_MARGIN_HOURS}",
@@ -354,6 +351,9 @@ fn validate_windows(config: &Config, problems: &mut Vec<String>) {
 /// unrotated, or rotate it again before its policy says so, are refused.
 fn validate_schedule(config: &Config, problems: &mut Vec<String>) {
     let (engine, sweeper) = (&config.engine, &config.sweeper);
+    if engine.target_lag_secs > MAX_TARGET_LAG_SECS {
+        problems.push(format!("engine.target_lag_secs = {}: at most {MAX_TARGET_LAG_SECS}", engine.target_lag_secs));
+    }
     if sweeper.interval_secs == 0 {
         problems.push("sweeper.interval_secs must be at least 1".to_owned());
     }

@@ -25,7 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::api::ApiState;
 use crate::admin::jobs::Jobs;
@@ -287,6 +287,14 @@ pub fn build_engine(
     let windows = Windows::new(targets.rotation_windows().clone(), sweeper)
         .with_sweep_clock(SweepClock::started(time::OffsetDateTime::now_utc()));
     let due_rule = DueRule::from_config(&engine_config, sweeper).with_windows(windows);
+    if engine_config.target_lag_secs < 30 {
+        warn!(
+            target_lag_secs = engine_config.target_lag_secs,
+            "engine.target_lag_secs under 30 s: a leftover journal record may be deleted that soon after its password \
+             was set, on the strength of the latest version logging in; safe only for targets without replicas or \
+             poolers between their primary and their logins"
+        );
+    }
     let mut engine = Engine::new(store, targets, engine_config).with_metrics(metrics).with_due_rule(due_rule);
     if let Some(url) = &alerts.webhook_url {
         let url = sink_url("alerts.webhook_url", url)?;

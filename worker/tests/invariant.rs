@@ -434,7 +434,7 @@ async fn a_change_visible_only_after_a_delay_is_never_replaced() {
             tokio::time::sleep(Duration::from_millis(lag_ms + 100)).await;
             let journals = site.journals().await;
             assert_eq!(journals.len(), 1);
-            assert_eq!(target.replica(), journals[0].expose_secret(), "the journal holds what the target took");
+            assert!(target.replica() == journals[0].expose_secret(), "the journal holds what the target took");
             // The sweeper's resume finishes it.
             let scan = sweeper::scan(site.store.as_ref(), None).await.unwrap();
             let (resume, _) = scan.requests.into_iter().next().expect("the journal is found");
@@ -448,7 +448,7 @@ async fn a_change_visible_only_after_a_delay_is_never_replaced() {
             }
         }
         let latest = site.store.get_latest("lagged").await.unwrap();
-        assert_eq!(target.replica(), latest.value.expose_secret(), "the latest version logs in");
+        assert!(target.replica() == latest.value.expose_secret(), "the latest version logs in");
         assert!(site.journals().await.is_empty());
     }
 }
@@ -476,6 +476,63 @@ async fn a_planted_finish_and_a_lagging_target_never_cost_the_journal() {
     assert!(lost.is_empty(), "{lost:#?}");
 }
 
+/// A rotation whose pending password P is only in its journal record: the `Lagging`
+/// target's primary took P, its replica does not show it yet, and the one attempt allowed
+/// failed.
+struct Unfinished {
+    site: Site,
+    secret: &'static str,
+    /// The secret's first value and version: the rotation's source.
+    initial: SecretString,
+    v1: String,
+    target: Arc<Lagging>,
+    rotation_id: String,
+    /// The journal record's name, and P.
+    journal: String,
+    pending: SecretString,
+}
+
+impl Unfinished {
+    async fn new(secret: &'static str, lag: Duration) -> Unfinished {
+        let site = Site::new().await;
+        let initial = PasswordPolicy::default().generate();
+        let v1 = site.put(secret, &initial, "app", &[], None).await;
+        let target = Arc::new(Lagging::new(&initial, lag, false));
+        let mut unfinished = Unfinished {
+            site,
+            secret,
+            initial,
+            v1,
+            target,
+            rotation_id: String::new(),
+            journal: String::new(),
+            pending: SecretString::from(String::new()),
+        };
+        let engine = unfinished.engine(EngineConfig { max_attempts: 1, ..quick_engine() });
+        let report = engine.rotate(unfinished.site.request(secret, Some(&unfinished.v1), manual(false))).await;
+        assert!(matches!(report.outcome, Outcome::Failed { unfinished_journal: Some(_), .. }), "{report:?}");
+        unfinished.rotation_id = report.rotation_id.clone().expect("a rotation id");
+        unfinished.pending = unfinished.site.journals().await.pop().expect("the journal holds P");
+        let records = unfinished.site.store.list_secrets().await.unwrap().into_iter();
+        let mut records = records.filter(|p| p.tags.contains_key("kv-rotator-journal-for"));
+        unfinished.journal = records.next().expect("the record").name;
+        unfinished
+    }
+
+    /// An engine over the same vault and target.
+    fn engine(&self, settings: EngineConfig) -> Engine {
+        let mut targets = Targets::default();
+        targets.insert("site", self.target.clone(), None);
+        Engine::new(self.site.store.clone(), targets, settings)
+    }
+
+    /// The sweeper's resume of the rotation, through `engine`.
+    async fn resume(&self, engine: &Engine) -> RotationReport {
+        let trigger = Trigger::Resume { journal: "by the sweeper".into() };
+        engine.rotate(self.site.request(self.secret, Some(&self.v1), trigger)).await
+    }
+}
+
 /// The other side of the rule above: a leftover record is not kept forever. The target
 /// took the record's password P, then an operator changed it by hand to N and wrote N as
 /// the latest version. The latest logs in: once the record is older than
@@ -484,33 +541,83 @@ async fn a_planted_finish_and_a_lagging_target_never_cost_the_journal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leftover_record_goes_once_the_latest_logs_in_and_the_target_settled() {
     let lag = Duration::from_millis(800);
-    let site = Site::new().await;
-    let initial = PasswordPolicy::default().generate();
-    let v1 = site.put("by-hand", &initial, "app", &[], None).await;
-    let target = Arc::new(Lagging::new(&initial, lag, false));
-    let engine_with = |target_lag_secs| {
-        let mut targets = Targets::default();
-        targets.insert("site", target.clone(), None);
-        let settings = EngineConfig { max_attempts: 1, target_lag_secs, ..quick_engine() };
-        Engine::new(site.store.clone(), targets, settings)
-    };
-    let report = engine_with(600).rotate(site.request("by-hand", Some(&v1), manual(false))).await;
-    assert!(matches!(report.outcome, Outcome::Failed { unfinished_journal: Some(_), .. }), "{report:?}");
+    let u = Unfinished::new("by-hand", lag).await;
     let by_hand = PasswordPolicy::default().generate();
-    target.change_by_hand(&by_hand);
+    u.target.change_by_hand(&by_hand);
     tokio::time::sleep(lag + Duration::from_millis(200)).await;
-    site.put("by-hand", &by_hand, "app", &[], None).await;
-    assert!(logs_in(target.as_ref(), "app", &by_hand).await);
+    u.site.put(u.secret, &by_hand, "app", &[], None).await;
+    assert!(logs_in(u.target.as_ref(), "app", &by_hand).await);
 
-    let resume = || site.request("by-hand", Some(&v1), Trigger::Resume { journal: "by the sweeper".into() });
-    let young = engine_with(600).rotate(resume()).await;
+    let engine_with = |target_lag_secs| u.engine(EngineConfig { max_attempts: 1, target_lag_secs, ..quick_engine() });
+    let young = u.resume(&engine_with(600)).await;
     assert!(matches!(young.outcome, Outcome::Stale { .. }), "{young:?}");
-    assert_eq!(site.journals().await.len(), 1, "younger than target_lag_secs: kept");
-    // Key Vault's creation times are whole seconds.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let settled = engine_with(1).rotate(resume()).await;
+    assert_eq!(u.site.journals().await.len(), 1, "younger than target_lag_secs: kept");
+    // Key Vault's times are whole seconds: a second more.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let settled = u.resume(&engine_with(1)).await;
     assert!(matches!(settled.outcome, Outcome::Stale { .. }), "{settled:?}");
-    assert!(site.journals().await.is_empty(), "older than target_lag_secs, and the latest logs in: deleted");
+    assert!(u.site.journals().await.is_empty(), "older than target_lag_secs, and the latest logs in: deleted");
+}
+
+/// Two passwords in the record, set one after the other on a primary whose replica lags:
+/// the replica takes the older (pw1) while the primary has the newest (pw2). A forged
+/// "finished" latest makes the resume judge the record as already rotated. Before, the
+/// probe's first record password to log in — pw1 — was written again as the latest and
+/// the record deleted: pw2, the primary's, was lost. Only the newest may be refinished;
+/// an older one logging in is lag, and the record stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_record_password_a_lagging_replica_takes_is_never_refinished() {
+    let lag = Duration::from_secs(2);
+    let u = Unfinished::new("two-sets", lag).await;
+    let pw1 = &u.pending;
+    tokio::time::sleep(lag + Duration::from_millis(300)).await;
+    assert!(logs_in(u.target.as_ref(), "app", pw1).await, "the replica shows pw1 now");
+
+    // A second engine journals pw2 over the record and sets it; the replica lags again.
+    let first = u.site.store.get_latest(&u.journal).await.unwrap();
+    let pw2 = PasswordPolicy::default().generate();
+    let again = NewSecretVersion {
+        value: pw2.clone(),
+        tags: first.properties.tags.clone(),
+        content_type: first.properties.content_type.clone(),
+        expires: None,
+        not_before: None,
+    };
+    u.site.store.set_secret(&u.journal, again).await.unwrap();
+    u.target.change_by_hand(&pw2);
+    // The forged finish: a latest carrying the rotation id, with a value nobody uses.
+    let junk = PasswordPolicy::default().generate();
+    u.site.put(u.secret, &junk, "app", &[("rotation-id", u.rotation_id.as_str())], None).await;
+
+    let resumed = u.resume(&u.engine(EngineConfig { max_attempts: 1, ..quick_engine() })).await;
+    assert!(!matches!(resumed.outcome, Outcome::Rotated { .. }), "{resumed:?}");
+    let latest = u.site.store.get_latest(u.secret).await.unwrap();
+    assert!(latest.value.expose_secret() != pw1.expose_secret(), "pw1 refinished over the primary's pw2");
+    assert!(
+        u.site.journal_versions().await.iter().any(|v| v.expose_secret() == pw2.expose_secret()),
+        "pw2, the primary's password, is no longer readable: {resumed:?}"
+    );
+    tokio::time::sleep(lag).await;
+    assert!(logs_in(u.target.as_ref(), "app", &pw2).await, "once the lag clears, pw2 is what the target takes");
+}
+
+/// A login path that never catches up (broken replication, a pooler's stale auth file):
+/// the target's primary took the record's password P, its logins still take the old one.
+/// An operator "restores" the old value as the latest. However old the record, the latest
+/// holding the value the rotation started from is no proof: the record is kept for an
+/// operator (a failure saying so), never deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_path_that_never_catches_up_never_costs_the_record() {
+    let u = Unfinished::new("stuck", Duration::from_secs(3600)).await;
+    u.site.put(u.secret, &u.initial, "app", &[], None).await;
+    // Older than target_lag_secs (Key Vault's times are whole seconds).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let resumed = u.resume(&u.engine(EngineConfig { max_attempts: 1, target_lag_secs: 1, ..quick_engine() })).await;
+    let Outcome::Failed { error, .. } = &resumed.outcome else { panic!("{resumed:?}") };
+    assert!(error.contains("the value the rotation started from") && error.contains("operator"), "{error}");
+    let journals = u.site.journals().await;
+    assert_eq!(journals.len(), 1, "kept");
+    assert!(journals[0].expose_secret() == u.pending.expose_secret(), "the record still holds P");
 }
 
 /// Someone who may write secrets but does not know the target's password forges the
@@ -537,29 +644,12 @@ async fn a_forged_journal_version_never_costs_the_record() {
 
 /// One case of the test above: what went wrong, if anything.
 async fn forged_record_over_a_lagging_target(hide: bool) -> Option<String> {
-    let site = Site::new().await;
-    let initial = PasswordPolicy::default().generate();
-    let v1 = site.put("forged", &initial, "app", &[], None).await;
-    let target = Arc::new(Lagging::new(&initial, Duration::from_secs(6), false));
-    let mut targets = Targets::default();
-    targets.insert("site", target.clone(), None);
-    let engine = Engine::new(site.store.clone(), targets, EngineConfig { max_attempts: 1, ..quick_engine() });
-    let report = engine.rotate(site.request("forged", Some(&v1), manual(false))).await;
-    let rotation_id = report.rotation_id.clone().expect("a rotation id");
-    let pending = site.journals().await.pop().expect("the journal holds the pending password");
-    let journal = site
-        .store
-        .list_secrets()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| p.tags.contains_key("kv-rotator-journal-for"))
-        .expect("the record")
-        .name;
+    let u = Unfinished::new("forged", Duration::from_secs(6)).await;
+    let (site, journal, rotation_id) = (&u.site, &u.journal, &u.rotation_id);
     if hide {
-        let p_version = site.store.list_versions(&journal).await.unwrap().pop().unwrap().version.unwrap();
+        let p_version = site.store.list_versions(journal).await.unwrap().pop().unwrap().version.unwrap();
         let update = PropertiesUpdate { enabled: Some(false), ..Default::default() };
-        site.store.update_properties(&journal, Some(&p_version), update).await.unwrap();
+        site.store.update_properties(journal, Some(&p_version), update).await.unwrap();
     }
     let forged = PasswordPolicy::default().generate();
     let record_tags = BTreeMap::from([
@@ -569,18 +659,17 @@ async fn forged_record_over_a_lagging_target(hide: bool) -> Option<String> {
     let content_type = Some("application/vnd.kv-rotator.pending-password".to_owned());
     let new =
         NewSecretVersion { value: forged.clone(), tags: record_tags, content_type, expires: None, not_before: None };
-    site.store.set_secret(&journal, new).await.unwrap();
-    site.put("forged", &forged, "app", &[("rotation-id", rotation_id.as_str())], None).await;
+    site.store.set_secret(journal, new).await.unwrap();
+    site.put(u.secret, &forged, "app", &[("rotation-id", rotation_id.as_str())], None).await;
     if !hide {
-        site.put("forged", &PasswordPolicy::default().generate(), "app", &[], None).await;
+        site.put(u.secret, &PasswordPolicy::default().generate(), "app", &[], None).await;
     }
-    let resume = site.request("forged", Some(&v1), Trigger::Resume { journal: "by the sweeper".into() });
-    let resumed = engine.rotate(resume).await;
-    let versions = site.store.list_versions(&journal).await.map(|v| v.len()).unwrap_or(0);
+    let resumed = u.resume(&u.engine(EngineConfig { max_attempts: 1, ..quick_engine() })).await;
+    let versions = site.store.list_versions(journal).await.map(|v| v.len()).unwrap_or(0);
     if versions != 2 {
         return Some(format!("the record has {versions} versions, not P's and the forged one: {resumed:?}"));
     }
-    if !hide && !site.journal_versions().await.iter().any(|v| v.expose_secret() == pending.expose_secret()) {
+    if !hide && !site.journal_versions().await.iter().any(|v| v.expose_secret() == u.pending.expose_secret()) {
         return Some(format!("P is no longer readable from the record: {resumed:?}"));
     }
     None
@@ -589,30 +678,17 @@ async fn forged_record_over_a_lagging_target(hide: bool) -> Option<String> {
 /// One case of the planted-version test: what went wrong, if anything.
 async fn planted_version_over_a_lagging_target(old_password: bool, tagged: bool) -> Option<String> {
     let lag = Duration::from_secs(6);
-    let site = Site::new().await;
-    let initial = PasswordPolicy::default().generate();
-    let v1 = site.put("planted", &initial, "app", &[], None).await;
-    let target = Arc::new(Lagging::new(&initial, lag, false));
-    let mut targets = Targets::default();
-    targets.insert("site", target.clone(), None);
-    let settings = EngineConfig { max_attempts: 1, ..quick_engine() };
-    let engine = Engine::new(site.store.clone(), targets, settings);
-    let report = engine.rotate(site.request("planted", Some(&v1), manual(false))).await;
-    if !matches!(report.outcome, Outcome::Failed { unfinished_journal: Some(_), .. }) {
-        return Some(format!("the first attempt should leave its record: {report:?}"));
-    }
-    let rotation_id = report.rotation_id.clone().expect("a rotation id");
-    let pending = site.journals().await.pop().expect("the journal holds the pending password");
+    let u = Unfinished::new("planted", lag).await;
+    let (site, target, initial, pending) = (&u.site, &u.target, &u.initial, &u.pending);
 
     let planted = if old_password { initial.clone() } else { PasswordPolicy::default().generate() };
-    let tags: &[(&str, &str)] = if tagged { &[("rotation-id", rotation_id.as_str())] } else { &[] };
-    site.put("planted", &planted, "app", tags, None).await;
-    let resume = site.request("planted", Some(&v1), Trigger::Resume { journal: "by the sweeper".into() });
-    let resumed = engine.rotate(resume).await;
+    let tags: &[(&str, &str)] = if tagged { &[("rotation-id", u.rotation_id.as_str())] } else { &[] };
+    site.put(u.secret, &planted, "app", tags, None).await;
+    let resumed = u.resume(&u.engine(EngineConfig { max_attempts: 1, ..quick_engine() })).await;
     if matches!(resumed.outcome, Outcome::Rotated { .. }) {
         return Some(format!("the resume rotated: {resumed:?}"));
     }
-    if old_password && !logs_in(target.as_ref(), "app", &initial).await {
+    if old_password && !logs_in(target.as_ref(), "app", initial).await {
         return Some("the replica should still take the old password while the resume ran".into());
     }
     let journals = site.journals().await;
@@ -622,7 +698,7 @@ async fn planted_version_over_a_lagging_target(old_password: bool, tagged: bool)
 
     // Once the lag clears, the target takes exactly what the record still holds.
     tokio::time::sleep(lag).await;
-    if !logs_in(target.as_ref(), "app", &pending).await || logs_in(target.as_ref(), "app", &planted).await {
+    if !logs_in(target.as_ref(), "app", pending).await || logs_in(target.as_ref(), "app", &planted).await {
         return Some("once the lag cleared, the target should take the record's password only".into());
     }
     None

@@ -44,8 +44,11 @@ pub enum Journal {
 pub enum Target {
     /// The latest version's password logs in.
     AcceptsLatest,
-    /// Only the journal's pending password logs in.
+    /// The journal's pending password logs in: its newest (the one set last).
     AcceptsPending,
+    /// An older password of the journal logs in, not its newest: the target may lag
+    /// behind the newest's set, so this one is no proof of what its primary has.
+    AcceptsOlderPending,
     /// Neither logs in.
     AcceptsNeither,
     /// The target cannot be reached.
@@ -174,6 +177,10 @@ pub enum Question {
     /// (`engine.target_lag_secs`): only then does the latest logging in prove that the
     /// record's password is not the one the target's primary has.
     RecordSettled,
+    /// Whether the latest holds the value of the version the rotation started from (or
+    /// that version cannot be read): the password the target had before the record's
+    /// was set, which a login path that never caught up still takes.
+    LatestIsSource,
 }
 
 /// The planner's next move on a leftover record.
@@ -202,6 +209,8 @@ pub struct Leftover {
     pub pending_in_history: Option<bool>,
     /// Answer to [`Question::RecordSettled`].
     pub record_settled: Option<bool>,
+    /// Answer to [`Question::LatestIsSource`].
+    pub latest_is_source: Option<bool>,
 }
 
 impl Leftover {
@@ -214,6 +223,7 @@ impl Leftover {
             target: None,
             pending_in_history: None,
             record_settled: None,
+            latest_is_source: None,
         }
     }
 
@@ -261,14 +271,26 @@ impl Leftover {
     /// answered. Only the latest logging in makes it worthless, and only once the target
     /// had time to show the record's password: a replica lagging behind its primary still
     /// takes the password it had before (a version holding that old value, written again
-    /// or planted, would otherwise delete the only copy of the primary's). Refusing every
-    /// password proves nothing either, for the same reason.
+    /// or planted, would otherwise delete the only copy of the primary's). Even then, the
+    /// latest holding the very value the rotation started from is kept for an operator: a
+    /// login path that never catches up (broken replication, a pooler's stale auth file)
+    /// takes it forever. Refusing every password proves nothing either, and an older record
+    /// password logging in shows lag, for the same reason.
     fn judge(&self, target: Target) -> Next {
+        let settled = || match self.record_settled {
+            None => Err(Next::Ask(Question::RecordSettled)),
+            Some(settled) => Ok(settled),
+        };
         Next::Verdict(match target {
-            Target::AcceptsLatest => match self.record_settled {
-                None => return Next::Ask(Question::RecordSettled),
-                Some(true) => StaleJournal::Delete,
-                Some(false) => StaleJournal::KeepUntilSettled,
+            Target::AcceptsLatest | Target::AcceptsOlderPending => match settled() {
+                Err(ask) => return ask,
+                Ok(false) => StaleJournal::KeepUntilSettled,
+                Ok(true) if target == Target::AcceptsOlderPending => StaleJournal::KeepForOperator,
+                Ok(true) => match self.latest_is_source {
+                    None => return Next::Ask(Question::LatestIsSource),
+                    Some(true) => StaleJournal::KeepForOperator,
+                    Some(false) => StaleJournal::Delete,
+                },
             },
             Target::AcceptsPending | Target::AcceptsNeither => StaleJournal::KeepForOperator,
             Target::Unreachable => StaleJournal::KeepAndRetry,
@@ -282,8 +304,13 @@ mod tests {
 
     const LATEST: [Latest; 3] = [Latest::IsSource, Latest::CarriesRotationId, Latest::Newer];
     const JOURNAL: [Journal; 2] = [Journal::Absent, Journal::Present];
-    const TARGET: [Target; 4] =
-        [Target::AcceptsLatest, Target::AcceptsPending, Target::AcceptsNeither, Target::Unreachable];
+    const TARGET: [Target; 5] = [
+        Target::AcceptsLatest,
+        Target::AcceptsPending,
+        Target::AcceptsOlderPending,
+        Target::AcceptsNeither,
+        Target::Unreachable,
+    ];
 
     /// Everything the protocol can observe: the latest version, the record, the target,
     /// and the facts the planner may ask about.
@@ -306,6 +333,8 @@ mod tests {
         all_readable: bool,
         /// The record's newest version is older than the target's replication lag.
         record_settled: bool,
+        /// The latest holds the value the rotation started from.
+        latest_is_source: bool,
     }
 
     impl State {
@@ -318,10 +347,15 @@ mod tests {
                     || (self.latest == Latest::Newer && self.finished_in_history))
         }
 
-        /// The latest logs in, and the target had time to show the record's password
-        /// had it been set: the record's password is not the primary's.
+        /// The latest logs in with a password newer than the rotation, and the target
+        /// had time to show the record's had it been set: the record's is not the primary's.
         fn latest_proven(&self) -> bool {
-            self.target == Target::AcceptsLatest && self.record_settled
+            self.target == Target::AcceptsLatest && self.record_settled && !self.latest_is_source
+        }
+
+        /// The target uses one of the record's passwords (the newest or an older one).
+        fn uses_record(&self) -> bool {
+            matches!(self.target, Target::AcceptsPending | Target::AcceptsOlderPending)
         }
     }
 
@@ -352,13 +386,11 @@ mod tests {
             (Fence::Rotate, Journal::Absent) => Record::Absent,
             // This request's own record: it knows whether it set the target, without a login.
             (Fence::Rotate, Journal::Present) if s.own => {
-                Record::Present { target_uses_it: s.target == Target::AcceptsPending, own: true }
+                Record::Present { target_uses_it: s.uses_record(), own: true }
             }
             // Asking the target about someone else's record failed: the attempt ends.
             (Fence::Rotate, Journal::Present) if s.target == Target::Unreachable => return Decision::Retry,
-            (Fence::Rotate, Journal::Present) => {
-                Record::Present { target_uses_it: s.target == Target::AcceptsPending, own: false }
-            }
+            (Fence::Rotate, Journal::Present) => Record::Present { target_uses_it: s.uses_record(), own: false },
         };
         let rotation = start(record);
         match (rotation.gated, s.gate_open) {
@@ -384,6 +416,7 @@ mod tests {
                 Question::PendingInHistory => leftover.pending_in_history = Some(s.pending_in_history),
                 Question::AllVersionsReadable => leftover.all_readable = Some(s.all_readable),
                 Question::RecordSettled => leftover.record_settled = Some(s.record_settled),
+                Question::LatestIsSource => leftover.latest_is_source = Some(s.latest_is_source),
             }
         }
     }
@@ -397,7 +430,7 @@ mod tests {
         LATEST.into_iter().flat_map(move |latest| {
             JOURNAL.into_iter().flat_map(move |journal| {
                 TARGET.into_iter().flat_map(move |target| {
-                    (0..128u8).map(move |bits| {
+                    (0..=u8::MAX).map(move |bits| {
                         let flag = |bit: u8| bits & (1 << bit) != 0;
                         State {
                             latest,
@@ -410,6 +443,7 @@ mod tests {
                             gate_open: flag(4),
                             all_readable: flag(5),
                             record_settled: flag(6),
+                            latest_is_source: flag(7),
                         }
                     })
                 })
@@ -418,9 +452,9 @@ mod tests {
     }
 
     /// Whether, in this state, the journal's password may be the only working one: not
-    /// every password of the record is readable in a version, the target's accepting one
-    /// that a version holds does not show, and the latest logging in does not prove it
-    /// (a lagging target takes an old password too, and refuses the new one).
+    /// every password of the record is readable in a version, the target's accepting the
+    /// newest one that a version holds does not show, and the latest logging in does not
+    /// prove it (a lagging target takes an old password too, and refuses the new one).
     fn pending_only_in_journal(s: State) -> bool {
         let accepted_one_in_a_version = s.target == Target::AcceptsPending && s.pending_in_history;
         s.journal == Journal::Present
@@ -430,7 +464,7 @@ mod tests {
 
     #[test]
     fn the_matrix_has_every_combination() {
-        assert_eq!(every_state().count(), 3 * 2 * 4 * 128);
+        assert_eq!(every_state().count(), 3 * 2 * 5 * 256);
     }
 
     #[test]
@@ -440,6 +474,11 @@ mod tests {
             if pending_only_in_journal(s) {
                 assert_ne!(d, Decision::Leftover(StaleJournal::Delete), "{s:?}");
             }
+            // A refinish deletes the record's other passwords: only with the newest.
+            if s.latest != Latest::IsSource && s.target == Target::AcceptsOlderPending {
+                let deleting = matches!(d, Decision::Leftover(StaleJournal::Delete | StaleJournal::Refinish));
+                assert!(!deleting || s.record_in_versions(), "{s:?} -> {d:?}");
+            }
         }
     }
 
@@ -447,7 +486,7 @@ mod tests {
     fn a_journal_the_target_uses_is_reused_never_replaced_by_a_fresh_password() {
         for s in every_state() {
             let d = decide(s);
-            let uses_it = s.target == Target::AcceptsPending;
+            let uses_it = s.uses_record();
             if s.latest == Latest::IsSource && s.journal == Journal::Present && (uses_it || s.own) {
                 assert!(matches!(d, Decision::Rotate(Password::Journaled) | Decision::Gated), "{s:?} -> {d:?}");
             }
@@ -465,7 +504,7 @@ mod tests {
         for s in every_state() {
             if decide(s) == Decision::Rotate(Password::Fresh) {
                 assert!(s.gate_open, "{s:?}");
-                let untrusted = s.journal == Journal::Present && !s.own && s.target != Target::AcceptsPending;
+                let untrusted = s.journal == Journal::Present && !s.own && !s.uses_record();
                 assert!(s.journal == Journal::Absent || untrusted, "{s:?}");
             }
         }
@@ -486,7 +525,7 @@ mod tests {
     #[test]
     fn a_record_the_target_does_not_use_and_this_request_did_not_write_is_never_trusted() {
         for s in every_state() {
-            let unused = !matches!(s.target, Target::AcceptsPending | Target::Unreachable);
+            let unused = !s.uses_record() && s.target != Target::Unreachable;
             if s.latest == Latest::IsSource && s.journal == Journal::Present && !s.own && unused {
                 let expected = if s.gate_open { Decision::Rotate(Password::Fresh) } else { Decision::Gated };
                 assert_eq!(decide(s), expected, "{s:?}");
@@ -527,7 +566,9 @@ mod tests {
     /// A version holding the password the target had before the rotation (restored by
     /// an operator, or planted), and a replica that does not show the record's password
     /// yet: the latest logs in, yet the record holds the only password the primary takes.
-    /// It is kept until the record is older than the target's lag, then judged again.
+    /// It is kept until the record is older than the target's lag, then judged again —
+    /// and kept for an operator if the latest holds the rotation's source value (a login
+    /// path that never catches up). An older record password logging in is lag too.
     #[test]
     fn the_latest_logging_in_deletes_a_record_only_once_the_target_settled() {
         for stop in [Stop::AlreadyRotated, Stop::Stale] {
@@ -540,12 +581,24 @@ mod tests {
             leftover.record_settled = Some(false);
             assert_eq!(leftover.next(), Next::Verdict(StaleJournal::KeepUntilSettled), "{stop:?}");
             leftover.record_settled = Some(true);
+            assert_eq!(leftover.next(), Next::Ask(Question::LatestIsSource), "{stop:?}");
+            leftover.latest_is_source = Some(false);
             assert_eq!(leftover.next(), Next::Verdict(StaleJournal::Delete), "{stop:?}");
+            leftover.latest_is_source = Some(true);
+            assert_eq!(
+                leftover.next(),
+                Next::Verdict(StaleJournal::KeepForOperator),
+                "a login path that never caught up"
+            );
         }
         for s in every_state() {
             let asked = s.journal == Journal::Present && s.latest != Latest::IsSource && target_asked(s);
-            if asked && s.target == Target::AcceptsLatest {
-                let expected = if s.record_settled { StaleJournal::Delete } else { StaleJournal::KeepUntilSettled };
+            if asked && matches!(s.target, Target::AcceptsLatest | Target::AcceptsOlderPending) {
+                let expected = match (s.record_settled, s.latest_proven()) {
+                    (false, _) => StaleJournal::KeepUntilSettled,
+                    (true, true) => StaleJournal::Delete,
+                    (true, false) => StaleJournal::KeepForOperator,
+                };
                 assert_eq!(decide(s), Decision::Leftover(expected), "{s:?}");
             }
         }

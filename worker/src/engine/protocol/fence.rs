@@ -58,7 +58,8 @@ pub(super) async fn fence(
                 false => Journal::Present,
             };
             if let Some(leftover) = planner::leftover(stop, present) {
-                leftover::settle(engine, &latest, &rotation_id, &journal_name, &journal, leftover).await?;
+                leftover::settle(engine, &latest, &rotation_id, &journal_name, &source_version, &journal, leftover)
+                    .await?;
             }
             Ok(Err(match stop {
                 Stop::AlreadyRotated => {

@@ -27,6 +27,7 @@ pub(super) async fn settle(
     latest: &SecretRecord,
     rotation_id: &str,
     journal_name: &str,
+    source_version: &str,
     record: &JournalVersions,
     mut leftover: Leftover,
 ) -> Result<(), RotationError> {
@@ -62,6 +63,9 @@ pub(super) async fn settle(
                 leftover.pending_in_history = Some(in_history);
             }
             Question::RecordSettled => leftover.record_settled = Some(settled(engine, journal)),
+            Question::LatestIsSource => {
+                leftover.latest_is_source = Some(holds_source_value(engine, latest, source_version).await?);
+            }
         }
     };
     carry_out(engine, latest, rotation_id, journal_name, verdict, accepted, &leftover).await
@@ -91,15 +95,39 @@ async fn finished_in_history(
     Ok(!journal.is_empty() && held.iter().all(|held| *held))
 }
 
-/// Whether the record's newest version is older than `engine.target_lag_secs` (by Key
-/// Vault's creation time and this host's clock): every password of the record was set
-/// after its own version was written, so a target shows each by then. A version without
-/// a creation time is taken as written now.
+/// Whether the record was last written or updated more than `engine.target_lag_secs`
+/// ago (by Key Vault's times, whole seconds, and this host's clock; a second more for the
+/// rounding). A password is set after its version is written, and the record is updated
+/// once it is (its step tag): the later of the two is when the target had it. A version
+/// without those times is taken as written now.
 fn settled(engine: &Engine, journal: &[SecretRecord]) -> bool {
+    // 0: the target shows a change at once (no replica, no pooler).
+    if engine.settings.target_lag_secs == 0 {
+        return true;
+    }
     let lag = time::Duration::seconds(i64::try_from(engine.settings.target_lag_secs).unwrap_or(i64::MAX));
     let now = OffsetDateTime::now_utc();
-    let newest = journal.iter().map(|record| record.properties.created.unwrap_or(now)).max().unwrap_or(now);
-    now - newest > lag
+    let last_touched = |record: &SecretRecord| {
+        let p = &record.properties;
+        p.created.unwrap_or(now).max(p.updated.unwrap_or(now))
+    };
+    let newest = journal.iter().map(last_touched).max().unwrap_or(now);
+    now - newest > lag.saturating_add(time::Duration::SECOND)
+}
+
+/// Whether the latest holds the value of `source_version`, the version the rotation
+/// started from: the password the target had before. A source version that cannot be
+/// read (disabled, purged) may have held it.
+async fn holds_source_value(
+    engine: &Engine,
+    latest: &SecretRecord,
+    source_version: &str,
+) -> Result<bool, RotationError> {
+    match engine.store.get_version(&latest.name, source_version).await {
+        Ok(source) => Ok(source.value.expose_secret() == latest.value.expose_secret()),
+        Err(err) if err.is_transient() => Err(err.into()),
+        Err(_) => Ok(true),
+    }
 }
 
 /// Carries out the planner's verdict on a leftover record; `accepted` is the record's
@@ -143,6 +171,14 @@ async fn carry_out(
             let why = match answers.target {
                 _ if answers.all_readable == Some(false) => {
                     "a version of the journal record is disabled, and may hold the password the target uses"
+                }
+                Some(Target::AcceptsLatest) => {
+                    "its password logs in, but it is the value the rotation started from, which a login path that \
+                     never caught up with the record's password (broken replication, a stale auth file) still takes"
+                }
+                Some(Target::AcceptsOlderPending) => {
+                    "an older password of the record logs in, not its newest, long after it was set: the target may \
+                     never have caught up"
                 }
                 Some(Target::AcceptsNeither) => {
                     "neither its password nor the record's logs in (a target lagging behind its primary may refuse both)"
@@ -256,11 +292,13 @@ async fn probe<'a>(
             Err(_) => return (Target::Unreachable, None),
         }
     }
-    // A record holding the latest's own value says nothing the latest does not.
-    let distinct = journal.iter().filter(|r| r.value.expose_secret() != latest.value.expose_secret());
-    for record in distinct {
+    // A record holding the latest's own value says nothing the latest does not. Only the
+    // newest version's password logging in shows what the target has: it was set last.
+    let distinct = journal.iter().enumerate().filter(|(_, r)| r.value.expose_secret() != latest.value.expose_secret());
+    for (index, record) in distinct {
         match try_login(&record.value).await {
-            Ok(VerifyResponse::Accepted) => return (Target::AcceptsPending, Some(record)),
+            Ok(VerifyResponse::Accepted) if index == 0 => return (Target::AcceptsPending, Some(record)),
+            Ok(VerifyResponse::Accepted) => return (Target::AcceptsOlderPending, Some(record)),
             Ok(VerifyResponse::Rejected) => {}
             Err(_) => return (Target::Unreachable, None),
         }
