@@ -13,7 +13,7 @@
 //! `kv_rotator_failure_tags_total{result}`, `kv_rotator_alerts_total{result}`,
 //! `kv_rotator_notifications_total{event,result}`, `kv_rotator_finish_retries_total`,
 //! `kv_rotator_webhook_deliveries_total{outcome}`, `kv_rotator_vault_throttled_total`,
-//! `kv_rotator_vault_retries_total`; gauges `kv_rotator_queue_depth`,
+//! `kv_rotator_vault_retries_total`, `kv_rotator_journals_kept_total{reason}`; gauges `kv_rotator_queue_depth`,
 //! `kv_rotator_journal_age_seconds`, `kv_rotator_managed_secrets{state}`,
 //! `kv_rotator_last_sweep_timestamp_seconds{result}`.
 //! Labels carry names of outcomes, steps, rotator kinds, triggers and states only — never
@@ -70,6 +70,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     ),
     ("kv_rotator_vault_throttled_total", "counter", "Key Vault answers 429 (throttled), retried or not."),
     ("kv_rotator_vault_retries_total", "counter", "Key Vault calls retried by the client's retry policy."),
+    (
+        "kv_rotator_journals_kept_total",
+        "counter",
+        "Leftover journal records kept for a later sweep, by reason (target_lag: younger than engine.target_lag_secs).",
+    ),
     ("kv_rotator_queue_depth", "gauge", "Rotation requests waiting in the engine's queue."),
     (
         "kv_rotator_journal_age_seconds",

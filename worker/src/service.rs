@@ -287,14 +287,7 @@ pub fn build_engine(
     let windows = Windows::new(targets.rotation_windows().clone(), sweeper)
         .with_sweep_clock(SweepClock::started(time::OffsetDateTime::now_utc()));
     let due_rule = DueRule::from_config(&engine_config, sweeper).with_windows(windows);
-    if engine_config.target_lag_secs < 30 {
-        warn!(
-            target_lag_secs = engine_config.target_lag_secs,
-            "engine.target_lag_secs under 30 s: a leftover journal record may be deleted that soon after its password \
-             was set, on the strength of the latest version logging in; safe only for targets without replicas or \
-             poolers between their primary and their logins"
-        );
-    }
+    warn_if_target_lag_is_short(&engine_config);
     let mut engine = Engine::new(store, targets, engine_config).with_metrics(metrics).with_due_rule(due_rule);
     if let Some(url) = &alerts.webhook_url {
         let url = sink_url("alerts.webhook_url", url)?;
@@ -302,6 +295,19 @@ pub fn build_engine(
         engine = engine.with_alert_sink(sink, Duration::from_secs(alerts.repeat_after_secs));
     }
     Ok(engine)
+}
+
+/// Warns when `engine.target_lag_secs` is under 30 s: a leftover journal record may then
+/// be deleted (or an older record password trusted) that soon after its password was set.
+pub fn warn_if_target_lag_is_short(engine: &EngineConfig) {
+    if engine.target_lag_secs < 30 {
+        warn!(
+            target_lag_secs = engine.target_lag_secs,
+            "engine.target_lag_secs under 30 s: a leftover journal record may be judged that soon after its password \
+             was set, on the strength of what the target's logins show; safe only for targets without replicas or \
+             poolers between their primary and their logins"
+        );
+    }
 }
 
 /// The URL of an HTTP sink setting: written inline (checked with the configuration), or

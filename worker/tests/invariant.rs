@@ -347,6 +347,8 @@ impl Lagging {
 
     /// An operator's change on the primary, outside kv-rotator; the replica shows it after the lag.
     fn change_by_hand(&self, password: &SecretString) {
+        // What the replica shows is brought up to date first: a change whose lag has passed shows.
+        self.replica();
         let mut state = self.state.lock().unwrap();
         state.0 = password.expose_secret().to_owned();
         state.2 = Instant::now();
@@ -526,6 +528,23 @@ impl Unfinished {
         Engine::new(self.site.store.clone(), targets, settings)
     }
 
+    /// A second engine's turn: a fresh password journaled over the record as its newest
+    /// version, and set on the target's primary (its replica lags again).
+    async fn journal_again_and_set_by_hand(&self) -> SecretString {
+        let first = self.site.store.get_latest(&self.journal).await.unwrap();
+        let newest = PasswordPolicy::default().generate();
+        let again = NewSecretVersion {
+            value: newest.clone(),
+            tags: first.properties.tags.clone(),
+            content_type: first.properties.content_type.clone(),
+            expires: None,
+            not_before: None,
+        };
+        self.site.store.set_secret(&self.journal, again).await.unwrap();
+        self.target.change_by_hand(&newest);
+        newest
+    }
+
     /// The sweeper's resume of the rotation, through `engine`.
     async fn resume(&self, engine: &Engine) -> RotationReport {
         let trigger = Trigger::Resume { journal: "by the sweeper".into() };
@@ -549,9 +568,11 @@ async fn a_leftover_record_goes_once_the_latest_logs_in_and_the_target_settled()
     assert!(logs_in(u.target.as_ref(), "app", &by_hand).await);
 
     let engine_with = |target_lag_secs| u.engine(EngineConfig { max_attempts: 1, target_lag_secs, ..quick_engine() });
-    let young = u.resume(&engine_with(600)).await;
+    let young_engine = engine_with(600);
+    let young = u.resume(&young_engine).await;
     assert!(matches!(young.outcome, Outcome::Stale { .. }), "{young:?}");
     assert_eq!(u.site.journals().await.len(), 1, "younger than target_lag_secs: kept");
+    assert_eq!(young_engine.metrics().counter("kv_rotator_journals_kept_total", &[("reason", "target_lag")]), 1);
     // Key Vault's times are whole seconds: a second more.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let settled = u.resume(&engine_with(1)).await;
@@ -573,18 +594,7 @@ async fn an_older_record_password_a_lagging_replica_takes_is_never_refinished() 
     tokio::time::sleep(lag + Duration::from_millis(300)).await;
     assert!(logs_in(u.target.as_ref(), "app", pw1).await, "the replica shows pw1 now");
 
-    // A second engine journals pw2 over the record and sets it; the replica lags again.
-    let first = u.site.store.get_latest(&u.journal).await.unwrap();
-    let pw2 = PasswordPolicy::default().generate();
-    let again = NewSecretVersion {
-        value: pw2.clone(),
-        tags: first.properties.tags.clone(),
-        content_type: first.properties.content_type.clone(),
-        expires: None,
-        not_before: None,
-    };
-    u.site.store.set_secret(&u.journal, again).await.unwrap();
-    u.target.change_by_hand(&pw2);
+    let pw2 = u.journal_again_and_set_by_hand().await;
     // The forged finish: a latest carrying the rotation id, with a value nobody uses.
     let junk = PasswordPolicy::default().generate();
     u.site.put(u.secret, &junk, "app", &[("rotation-id", u.rotation_id.as_str())], None).await;
@@ -601,6 +611,34 @@ async fn an_older_record_password_a_lagging_replica_takes_is_never_refinished() 
     assert!(logs_in(u.target.as_ref(), "app", &pw2).await, "once the lag clears, pw2 is what the target takes");
 }
 
+/// The resume of a rotation whose record holds two passwords, set one after the other
+/// on a primary whose replica lags: the replica takes the older (pw1), the primary has
+/// the newest (pw2). Before, the resume journaled pw1 again as the newest, found it
+/// "already set" (the replica takes it) and finished with it: once the lag cleared, pw2 —
+/// the primary's — was in no version. Now it is tried again later, and finishes with pw2
+/// once the replica shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_never_finishes_with_an_older_record_password_a_lagging_replica_takes() {
+    let lag = Duration::from_secs(2);
+    let u = Unfinished::new("resumed", lag).await;
+    tokio::time::sleep(lag + Duration::from_millis(300)).await;
+    let pw2 = u.journal_again_and_set_by_hand().await;
+
+    let engine = u.engine(EngineConfig { max_attempts: 1, ..quick_engine() });
+    let early = u.resume(&engine).await;
+    assert!(!matches!(early.outcome, Outcome::Rotated { .. }), "{early:?}");
+    let latest = u.site.store.get_latest(u.secret).await.unwrap();
+    assert!(latest.value.expose_secret() == u.initial.expose_secret(), "finished while the replica lagged: {early:?}");
+    assert!(u.site.journals().await.iter().any(|v| v.expose_secret() == pw2.expose_secret()), "pw2 kept");
+
+    tokio::time::sleep(lag).await;
+    let late = u.resume(&engine).await;
+    assert!(matches!(late.outcome, Outcome::Rotated { .. }), "{late:?}");
+    let latest = u.site.store.get_latest(u.secret).await.unwrap();
+    assert!(latest.value.expose_secret() == pw2.expose_secret(), "finished with the newest password, pw2");
+    assert!(logs_in(u.target.as_ref(), "app", &latest.value).await);
+}
+
 /// A login path that never catches up (broken replication, a pooler's stale auth file):
 /// the target's primary took the record's password P, its logins still take the old one.
 /// An operator "restores" the old value as the latest. However old the record, the latest
@@ -614,7 +652,7 @@ async fn a_login_path_that_never_catches_up_never_costs_the_record() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let resumed = u.resume(&u.engine(EngineConfig { max_attempts: 1, target_lag_secs: 1, ..quick_engine() })).await;
     let Outcome::Failed { error, .. } = &resumed.outcome else { panic!("{resumed:?}") };
-    assert!(error.contains("the value the rotation started from") && error.contains("operator"), "{error}");
+    assert!(error.contains("a value the secret held before the rotation") && error.contains("operator"), "{error}");
     let journals = u.site.journals().await;
     assert_eq!(journals.len(), 1, "kept");
     assert!(journals[0].expose_secret() == u.pending.expose_secret(), "the record still holds P");
@@ -623,35 +661,55 @@ async fn a_login_path_that_never_catches_up_never_costs_the_record() {
 /// Someone who may write secrets but does not know the target's password forges the
 /// record itself (its tags and content type are public; the rotation id is a hash of
 /// public names). The target took the record's password P; its replica lags.
-/// - "finished": a record version X and a secret version X carrying the rotation id,
-///   then a junk latest — one of the record's passwords is in a finished version, but
-///   not P.
-/// - "hidden": P's record version disabled, then a record version X and a latest X
+/// - `Finished`: a record version X and a secret version X carrying the rotation id, then
+///   a junk latest — one of the record's passwords is in a finished version, but not P.
+/// - `Hidden`: P's record version disabled, then a record version X and a latest X
 ///   carrying the rotation id — the readable record holds only the latest's value.
+/// - `OldPassword` (stale, or "finished" by a junk latest carrying the rotation id): the
+///   forger knows the old password S, as every consumer did, and writes it as the
+///   record's newest version. The lagging replica takes S, so it looks like the record's
+///   password the target uses.
 ///
-/// Before, both deleted the record and P with it.
+/// Before, each deleted the record (or refinished S over it), and P with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_journal_version_never_costs_the_record() {
-    let runs = [false, true].map(|hide| tokio::spawn(forged_record_over_a_lagging_target(hide)));
+    let cases = [
+        Forgery::Finished,
+        Forgery::Hidden,
+        Forgery::OldPassword { tagged: false },
+        Forgery::OldPassword { tagged: true },
+    ];
+    let runs = cases.map(|forgery| tokio::spawn(forged_record_over_a_lagging_target(forgery)));
     let mut lost = Vec::new();
-    for (hide, run) in [false, true].iter().zip(runs) {
+    for (forgery, run) in cases.iter().zip(runs) {
         if let Some(what) = run.await.unwrap() {
-            lost.push(format!("(P's version disabled) = {hide}: {what}"));
+            lost.push(format!("{forgery:?}: {what}"));
         }
     }
     assert!(lost.is_empty(), "{lost:#?}");
 }
 
+/// The forgeries of the test above.
+#[derive(Debug, Clone, Copy)]
+enum Forgery {
+    Finished,
+    Hidden,
+    OldPassword { tagged: bool },
+}
+
 /// One case of the test above: what went wrong, if anything.
-async fn forged_record_over_a_lagging_target(hide: bool) -> Option<String> {
+async fn forged_record_over_a_lagging_target(forgery: Forgery) -> Option<String> {
     let u = Unfinished::new("forged", Duration::from_secs(6)).await;
     let (site, journal, rotation_id) = (&u.site, &u.journal, &u.rotation_id);
-    if hide {
+    if matches!(forgery, Forgery::Hidden) {
         let p_version = site.store.list_versions(journal).await.unwrap().pop().unwrap().version.unwrap();
         let update = PropertiesUpdate { enabled: Some(false), ..Default::default() };
         site.store.update_properties(journal, Some(&p_version), update).await.unwrap();
     }
-    let forged = PasswordPolicy::default().generate();
+    let forged = match forgery {
+        Forgery::OldPassword { .. } => u.initial.clone(),
+        Forgery::Finished | Forgery::Hidden => PasswordPolicy::default().generate(),
+    };
     let record_tags = BTreeMap::from([
         ("kv-rotator-journal-for".to_owned(), "forged".to_owned()),
         ("rotation-id".to_owned(), rotation_id.clone()),
@@ -660,17 +718,29 @@ async fn forged_record_over_a_lagging_target(hide: bool) -> Option<String> {
     let new =
         NewSecretVersion { value: forged.clone(), tags: record_tags, content_type, expires: None, not_before: None };
     site.store.set_secret(journal, new).await.unwrap();
-    site.put(u.secret, &forged, "app", &[("rotation-id", rotation_id.as_str())], None).await;
-    if !hide {
-        site.put(u.secret, &PasswordPolicy::default().generate(), "app", &[], None).await;
+    let junk = PasswordPolicy::default().generate();
+    let finished: &[(&str, &str)] = &[("rotation-id", rotation_id.as_str())];
+    match forgery {
+        Forgery::Finished => {
+            site.put(u.secret, &forged, "app", finished, None).await;
+            site.put(u.secret, &junk, "app", &[], None).await;
+        }
+        Forgery::Hidden => _ = site.put(u.secret, &forged, "app", finished, None).await,
+        Forgery::OldPassword { tagged } => {
+            _ = site.put(u.secret, &junk, "app", if tagged { finished } else { &[] }, None).await
+        }
     }
     let resumed = u.resume(&u.engine(EngineConfig { max_attempts: 1, ..quick_engine() })).await;
     let versions = site.store.list_versions(journal).await.map(|v| v.len()).unwrap_or(0);
     if versions != 2 {
         return Some(format!("the record has {versions} versions, not P's and the forged one: {resumed:?}"));
     }
-    if !hide && !site.journal_versions().await.iter().any(|v| v.expose_secret() == u.pending.expose_secret()) {
+    let hidden = matches!(forgery, Forgery::Hidden);
+    if !hidden && !site.journal_versions().await.iter().any(|v| v.expose_secret() == u.pending.expose_secret()) {
         return Some(format!("P is no longer readable from the record: {resumed:?}"));
+    }
+    if site.store.get_latest(u.secret).await.unwrap().value.expose_secret() == u.initial.expose_secret() {
+        return Some(format!("the old password was refinished as the latest: {resumed:?}"));
     }
     None
 }
@@ -741,7 +811,8 @@ impl Rotator for Jittery {
 /// both succeed, and the one that lands last may be the one whose engine already gave
 /// up — a PostgreSQL session authenticated before another engine's `ALTER ROLE` can still
 /// run its own. That is why one engine per vault is enforced by the lease, not left to
-/// the re-fences this test exercises.
+/// the re-fences this test exercises. The htpasswd file shows a change at once, so the
+/// engines run with `target_lag_secs = 0` (lag is the `Lagging` tests' subject).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_without_a_lease_never_lose_a_password() {
     let site = Site::new().await;
@@ -751,7 +822,8 @@ async fn two_engines_without_a_lease_never_lose_a_password() {
         .map(|_| {
             let mut targets = Targets::default();
             targets.insert("site", Arc::new(Jittery { inner: target.clone() }), None);
-            Engine::new(site.store.clone(), targets, EngineConfig { max_attempts: 6, ..quick_engine() })
+            let settings = EngineConfig { max_attempts: 6, target_lag_secs: 0, ..quick_engine() };
+            Engine::new(site.store.clone(), targets, settings)
         })
         .collect();
     let rotator = site.htpasswd();

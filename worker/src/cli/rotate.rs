@@ -207,6 +207,7 @@ async fn rotations(
     store: Arc<dyn SecretStore>,
     lease: Option<LeaseGuard>,
 ) -> anyhow::Result<()> {
+    crate::service::warn_if_target_lag_is_short(&config.engine);
     let mut engine = Engine::new(store.clone(), Targets::from_profiles(&config.targets)?, config.engine.clone())
         .with_due_rule(
             DueRule::from_config(&config.engine, &config.sweeper)

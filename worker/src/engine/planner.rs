@@ -177,10 +177,16 @@ pub enum Question {
     /// (`engine.target_lag_secs`): only then does the latest logging in prove that the
     /// record's password is not the one the target's primary has.
     RecordSettled,
-    /// Whether the latest holds the value of the version the rotation started from (or
-    /// that version cannot be read): the password the target had before the record's
-    /// was set, which a login path that never caught up still takes.
+    /// Whether the latest holds a value the secret held before the rotation (its source
+    /// version's, or an older one's; a source that cannot be read counts): the password
+    /// the target had before the record's was set, which a login path that never caught
+    /// up still takes.
     LatestIsSource,
+    /// Whether the record's password the target accepts is one the secret held before
+    /// the rotation (as [`Question::LatestIsSource`]): no password kv-rotator generates is,
+    /// so the record version holding it was written by someone else — a forgery of an old
+    /// password a lagging login path still takes.
+    PendingIsOld,
 }
 
 /// The planner's next move on a leftover record.
@@ -211,6 +217,8 @@ pub struct Leftover {
     pub record_settled: Option<bool>,
     /// Answer to [`Question::LatestIsSource`].
     pub latest_is_source: Option<bool>,
+    /// Answer to [`Question::PendingIsOld`].
+    pub pending_is_old: Option<bool>,
 }
 
 impl Leftover {
@@ -224,6 +232,7 @@ impl Leftover {
             pending_in_history: None,
             record_settled: None,
             latest_is_source: None,
+            pending_is_old: None,
         }
     }
 
@@ -245,7 +254,11 @@ impl Leftover {
             }
             return match self.target {
                 None => Next::Ask(Question::Target),
-                Some(Target::AcceptsPending) => Next::Verdict(StaleJournal::Refinish),
+                Some(Target::AcceptsPending) => match self.pending_is_old {
+                    None => Next::Ask(Question::PendingIsOld),
+                    Some(true) => Next::Verdict(StaleJournal::KeepForOperator),
+                    Some(false) => Next::Verdict(StaleJournal::Refinish),
+                },
                 Some(target) => self.judge(target),
             };
         }
@@ -258,6 +271,11 @@ impl Leftover {
         // Where several passwords work (pairs, multi-password), the record's may be one a
         // version also holds (a finished rotation's, left over): it is readable there.
         if target == Target::AcceptsPending {
+            match self.pending_is_old {
+                None => return Next::Ask(Question::PendingIsOld),
+                Some(true) => return Next::Verdict(StaleJournal::KeepForOperator),
+                Some(false) => {}
+            }
             match self.pending_in_history {
                 None => return Next::Ask(Question::PendingInHistory),
                 Some(true) => return Next::Verdict(StaleJournal::Delete),
@@ -335,6 +353,8 @@ mod tests {
         record_settled: bool,
         /// The latest holds the value the rotation started from.
         latest_is_source: bool,
+        /// The record's password the target accepts is one the secret held before.
+        pending_is_old: bool,
     }
 
     impl State {
@@ -417,6 +437,7 @@ mod tests {
                 Question::AllVersionsReadable => leftover.all_readable = Some(s.all_readable),
                 Question::RecordSettled => leftover.record_settled = Some(s.record_settled),
                 Question::LatestIsSource => leftover.latest_is_source = Some(s.latest_is_source),
+                Question::PendingIsOld => leftover.pending_is_old = Some(s.pending_is_old),
             }
         }
     }
@@ -430,8 +451,8 @@ mod tests {
         LATEST.into_iter().flat_map(move |latest| {
             JOURNAL.into_iter().flat_map(move |journal| {
                 TARGET.into_iter().flat_map(move |target| {
-                    (0..=u8::MAX).map(move |bits| {
-                        let flag = |bit: u8| bits & (1 << bit) != 0;
+                    (0..512u16).map(move |bits| {
+                        let flag = |bit: u16| bits & (1 << bit) != 0;
                         State {
                             latest,
                             journal,
@@ -444,6 +465,7 @@ mod tests {
                             all_readable: flag(5),
                             record_settled: flag(6),
                             latest_is_source: flag(7),
+                            pending_is_old: flag(8),
                         }
                     })
                 })
@@ -456,7 +478,7 @@ mod tests {
     /// newest one that a version holds does not show, and the latest logging in does not
     /// prove it (a lagging target takes an old password too, and refuses the new one).
     fn pending_only_in_journal(s: State) -> bool {
-        let accepted_one_in_a_version = s.target == Target::AcceptsPending && s.pending_in_history;
+        let accepted_one_in_a_version = s.target == Target::AcceptsPending && s.pending_in_history && !s.pending_is_old;
         s.journal == Journal::Present
             && !s.record_in_versions()
             && !(s.all_readable && (accepted_one_in_a_version || s.latest_proven()))
@@ -464,7 +486,7 @@ mod tests {
 
     #[test]
     fn the_matrix_has_every_combination() {
-        assert_eq!(every_state().count(), 3 * 2 * 5 * 256);
+        assert_eq!(every_state().count(), 3 * 2 * 5 * 512);
     }
 
     #[test]
@@ -474,8 +496,11 @@ mod tests {
             if pending_only_in_journal(s) {
                 assert_ne!(d, Decision::Leftover(StaleJournal::Delete), "{s:?}");
             }
-            // A refinish deletes the record's other passwords: only with the newest.
-            if s.latest != Latest::IsSource && s.target == Target::AcceptsOlderPending {
+            // A refinish deletes the record's other passwords: only with the newest, and
+            // never with a password the secret held before (a forgery).
+            let untrusted =
+                s.target == Target::AcceptsOlderPending || (s.target == Target::AcceptsPending && s.pending_is_old);
+            if s.latest != Latest::IsSource && untrusted {
                 let deleting = matches!(d, Decision::Leftover(StaleJournal::Delete | StaleJournal::Refinish));
                 assert!(!deleting || s.record_in_versions(), "{s:?} -> {d:?}");
             }
@@ -619,7 +644,8 @@ mod tests {
     fn leftovers_whose_passwords_are_readable_or_superseded_are_cleaned_up() {
         for s in every_state() {
             let d = decide(s);
-            let refinishable = s.latest == Latest::CarriesRotationId && s.target == Target::AcceptsPending;
+            let refinishable =
+                s.latest == Latest::CarriesRotationId && s.target == Target::AcceptsPending && !s.pending_is_old;
             if s.journal == Journal::Present
                 && s.latest != Latest::IsSource
                 && s.all_readable

@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::pending::JournalVersions;
+use super::pending::{settled, JournalVersions};
 use super::refuses_a_random_password;
 use crate::engine::journal::JOURNAL_CONTENT_TYPE;
 use crate::engine::planner::{Leftover, Next, Question, StaleJournal, Target};
@@ -64,7 +64,15 @@ pub(super) async fn settle(
             }
             Question::RecordSettled => leftover.record_settled = Some(settled(engine, journal)),
             Question::LatestIsSource => {
-                leftover.latest_is_source = Some(holds_source_value(engine, latest, source_version).await?);
+                let old = held_before_rotation(engine, &latest.name, source_version, &latest.value).await?;
+                leftover.latest_is_source = Some(old);
+            }
+            Question::PendingIsOld => {
+                let old = match accepted {
+                    Some(record) => held_before_rotation(engine, &latest.name, source_version, &record.value).await?,
+                    None => true,
+                };
+                leftover.pending_is_old = Some(old);
             }
         }
     };
@@ -95,39 +103,43 @@ async fn finished_in_history(
     Ok(!journal.is_empty() && held.iter().all(|held| *held))
 }
 
-/// Whether the record was last written or updated more than `engine.target_lag_secs`
-/// ago (by Key Vault's times, whole seconds, and this host's clock; a second more for the
-/// rounding). A password is set after its version is written, and the record is updated
-/// once it is (its step tag): the later of the two is when the target had it. A version
-/// without those times is taken as written now.
-fn settled(engine: &Engine, journal: &[SecretRecord]) -> bool {
-    // 0: the target shows a change at once (no replica, no pooler).
-    if engine.settings.target_lag_secs == 0 {
-        return true;
-    }
-    let lag = time::Duration::seconds(i64::try_from(engine.settings.target_lag_secs).unwrap_or(i64::MAX));
-    let now = OffsetDateTime::now_utc();
-    let last_touched = |record: &SecretRecord| {
-        let p = &record.properties;
-        p.created.unwrap_or(now).max(p.updated.unwrap_or(now))
-    };
-    let newest = journal.iter().map(last_touched).max().unwrap_or(now);
-    now - newest > lag.saturating_add(time::Duration::SECOND)
-}
-
-/// Whether the latest holds the value of `source_version`, the version the rotation
-/// started from: the password the target had before. A source version that cannot be
-/// read (disabled, purged) may have held it.
-async fn holds_source_value(
+/// Whether `value` is one `secret` held before the rotation: its source version's, or
+/// one of the 20 newest versions created in an earlier second (Key Vault's times are
+/// whole seconds: a version of the source's own second may be a later one). A source
+/// version that cannot be read (disabled, purged) may have held it; older versions that
+/// cannot be read are passed over (an old disabled version is common, and the source is
+/// the one the rotation replaced).
+async fn held_before_rotation(
     engine: &Engine,
-    latest: &SecretRecord,
+    secret: &str,
     source_version: &str,
+    value: &SecretString,
 ) -> Result<bool, RotationError> {
-    match engine.store.get_version(&latest.name, source_version).await {
-        Ok(source) => Ok(source.value.expose_secret() == latest.value.expose_secret()),
-        Err(err) if err.is_transient() => Err(err.into()),
-        Err(_) => Ok(true),
+    let store = engine.store.as_ref();
+    let source = match store.get_version(secret, source_version).await {
+        Ok(source) => source,
+        Err(err) if err.is_transient() => return Err(err.into()),
+        Err(_) => return Ok(true),
+    };
+    if source.value.expose_secret() == value.expose_secret() {
+        return Ok(true);
     }
+    let Some(started) = source.properties.created else { return Ok(true) };
+    let mut older = store.list_versions(secret).await?;
+    older.retain(|v| v.enabled && v.created.is_some_and(|created| created < started));
+    older.sort_by_key(|v| std::cmp::Reverse(v.created));
+    for version in older.iter().take(20) {
+        let Some(id) = version.version.as_deref().filter(|id| !id.eq_ignore_ascii_case(source_version)) else {
+            continue;
+        };
+        match store.get_version(secret, id).await {
+            Ok(old) if old.value.expose_secret() == value.expose_secret() => return Ok(true),
+            Ok(_) => {}
+            Err(err) if err.is_transient() => return Err(err.into()),
+            Err(_) => {}
+        }
+    }
+    Ok(false)
 }
 
 /// Carries out the planner's verdict on a leftover record; `accepted` is the record's
@@ -160,6 +172,7 @@ async fn carry_out(
         // The planner refinishes only with a password the probe found the target using;
         // without one, the record is kept.
         (StaleJournal::KeepUntilSettled, _) => {
+            engine.metrics.inc("kv_rotator_journals_kept_total", &[("reason", "target_lag")]);
             info!(
                 journal = %journal_name, target_lag_secs = engine.settings.target_lag_secs,
                 "the latest version logs in, but the journal record is younger than the target's lag (a replica may \
@@ -173,8 +186,12 @@ async fn carry_out(
                     "a version of the journal record is disabled, and may hold the password the target uses"
                 }
                 Some(Target::AcceptsLatest) => {
-                    "its password logs in, but it is the value the rotation started from, which a login path that \
-                     never caught up with the record's password (broken replication, a stale auth file) still takes"
+                    "its password logs in, but it is a value the secret held before the rotation, which a login path \
+                     that never caught up with the record's password (broken replication, a stale auth file) still takes"
+                }
+                Some(Target::AcceptsPending) if answers.pending_is_old == Some(true) => {
+                    "the record's password that logs in is one the secret held before the rotation: a record version \
+                     kv-rotator did not write (its other passwords may be the target's)"
                 }
                 Some(Target::AcceptsOlderPending) => {
                     "an older password of the record logs in, not its newest, long after it was set: the target may \

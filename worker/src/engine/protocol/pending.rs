@@ -10,7 +10,8 @@ use kv_rotator_core::tags::{
 };
 use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretRecord, StoreError};
-use kv_rotator_rotators::{Rotator, VerifyResponse};
+use kv_rotator_rotators::{Rotator, RotatorError, VerifyResponse};
+use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
 use super::{timed, Fenced, Journaled, Pending, Plan};
@@ -53,8 +54,10 @@ pub(in crate::engine) async fn journal_passwords(
     Ok(journal_versions(engine, journal_name).await?.readable)
 }
 
-/// A journal record's versions: those that can be read, newest first, and whether any
-/// cannot (disabled, or listed without an id).
+/// A journal record's versions: those that can be read, newest first — the first is the
+/// record's current version, as Key Vault says (creation times are whole seconds, so two
+/// versions written within one second cannot be ordered by them) — and whether any cannot
+/// be read (disabled, or listed without an id).
 pub(in crate::engine) struct JournalVersions {
     pub(in crate::engine) readable: Vec<SecretRecord>,
     pub(in crate::engine) hidden: bool,
@@ -74,13 +77,46 @@ pub(in crate::engine) async fn journal_versions(
         Err(StoreError::NotFound { .. }) => return Ok(record),
         Err(other) => return Err(other.into()),
     };
+    let current = match store.get_latest(journal_name).await {
+        Ok(current) => Some(current),
+        Err(StoreError::NotFound { .. }) => return Ok(record),
+        // A disabled current version (403), or one that cannot be read.
+        Err(err) if !err.is_transient() => {
+            record.hidden = true;
+            None
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let current_id = current.as_ref().map(|c| c.version.clone());
+    record.readable.extend(current);
     for version in versions.iter().rev() {
         match version.version.as_deref() {
+            Some(id) if current_id.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(id)) => {}
             Some(id) if version.enabled => record.readable.push(store.get_version(journal_name, id).await?),
             _ => record.hidden = true,
         }
     }
     Ok(record)
+}
+
+/// Whether the record was last written or updated more than `engine.target_lag_secs`
+/// ago (by Key Vault's times, whole seconds, and this host's clock; a second more for the
+/// rounding). A password is set after its version is written, and the record is updated
+/// once it is (its step tag): the later of the two is when the target had it. A version
+/// without those times is taken as written now.
+pub(super) fn settled(engine: &Engine, journal: &[SecretRecord]) -> bool {
+    // 0: the target shows a change at once (no replica, no pooler).
+    if engine.settings.target_lag_secs == 0 {
+        return true;
+    }
+    let lag = time::Duration::seconds(i64::try_from(engine.settings.target_lag_secs).unwrap_or(i64::MAX));
+    let now = OffsetDateTime::now_utc();
+    let last_touched = |record: &SecretRecord| {
+        let p = &record.properties;
+        p.created.unwrap_or(now).max(p.updated.unwrap_or(now))
+    };
+    let newest = journal.iter().map(last_touched).max().unwrap_or(now);
+    now - newest > lag.saturating_add(time::Duration::SECOND)
 }
 
 /// This rotation's record, judged against the target for the planner
@@ -143,6 +179,19 @@ pub(super) async fn judge(
         }
         if record.version == latest.version {
             return Ok(Judged { record: latest, target_uses_it: true, own: false });
+        }
+        // An older password logging in while the newest does not may be a login path
+        // lagging behind the newest's set: trusted only once the target had time to show
+        // it, or the newest (the primary's) would be replaced by the older one.
+        if !settled(engine, &versions) {
+            return Err(RotationError::Target {
+                profile: plan.profile.clone(),
+                source: RotatorError::Transient(format!(
+                    "the target takes an older password of journal record {} but not its newest, which may not \
+                     show yet (engine.target_lag_secs): tried again later",
+                    fenced.journal_name
+                )),
+            });
         }
         warn!(journal = %fenced.journal_name, version = %record.version, "the target uses an older version of the journal record; journaling it again as the latest");
         let again = NewSecretVersion {
