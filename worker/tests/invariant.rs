@@ -626,7 +626,8 @@ async fn a_resume_never_finishes_with_an_older_record_password_a_lagging_replica
 
     let engine = u.engine(EngineConfig { max_attempts: 1, ..quick_engine() });
     let early = u.resume(&engine).await;
-    assert!(!matches!(early.outcome, Outcome::Rotated { .. }), "{early:?}");
+    let Outcome::Failed { error, unfinished_journal, .. } = &early.outcome else { panic!("{early:?}") };
+    assert!(error.contains("takes an older password") && unfinished_journal.is_some(), "{early:?}");
     let latest = u.site.store.get_latest(u.secret).await.unwrap();
     assert!(latest.value.expose_secret() == u.initial.expose_secret(), "finished while the replica lagged: {early:?}");
     assert!(u.site.journals().await.iter().any(|v| v.expose_secret() == pw2.expose_secret()), "pw2 kept");
@@ -668,7 +669,8 @@ async fn a_login_path_that_never_catches_up_never_costs_the_record() {
 /// - `OldPassword` (stale, or "finished" by a junk latest carrying the rotation id): the
 ///   forger knows the old password S, as every consumer did, and writes it as the
 ///   record's newest version. The lagging replica takes S, so it looks like the record's
-///   password the target uses.
+///   password the target uses. `OldPasswordOnResume`: the same with nothing else written,
+///   so the resume (not the leftover judgement) meets it, and would have reused S.
 ///
 /// Before, each deleted the record (or refinished S over it), and P with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -678,6 +680,7 @@ async fn a_forged_journal_version_never_costs_the_record() {
         Forgery::Hidden,
         Forgery::OldPassword { tagged: false },
         Forgery::OldPassword { tagged: true },
+        Forgery::OldPasswordOnResume,
     ];
     let runs = cases.map(|forgery| tokio::spawn(forged_record_over_a_lagging_target(forgery)));
     let mut lost = Vec::new();
@@ -694,7 +697,12 @@ async fn a_forged_journal_version_never_costs_the_record() {
 enum Forgery {
     Finished,
     Hidden,
-    OldPassword { tagged: bool },
+    OldPassword {
+        tagged: bool,
+    },
+    /// The old password as the record's newest version, and nothing else: the resume
+    /// (the source is still the latest) would reuse it.
+    OldPasswordOnResume,
 }
 
 /// One case of the test above: what went wrong, if anything.
@@ -707,16 +715,13 @@ async fn forged_record_over_a_lagging_target(forgery: Forgery) -> Option<String>
         site.store.update_properties(journal, Some(&p_version), update).await.unwrap();
     }
     let forged = match forgery {
-        Forgery::OldPassword { .. } => u.initial.clone(),
+        Forgery::OldPassword { .. } | Forgery::OldPasswordOnResume => u.initial.clone(),
         Forgery::Finished | Forgery::Hidden => PasswordPolicy::default().generate(),
     };
-    let record_tags = BTreeMap::from([
-        ("kv-rotator-journal-for".to_owned(), "forged".to_owned()),
-        ("rotation-id".to_owned(), rotation_id.clone()),
-    ]);
-    let content_type = Some("application/vnd.kv-rotator.pending-password".to_owned());
-    let new =
-        NewSecretVersion { value: forged.clone(), tags: record_tags, content_type, expires: None, not_before: None };
+    // A perfect forgery: the genuine version's tags and content type, which are public.
+    let genuine = site.store.list_versions(journal).await.unwrap().remove(0);
+    let (tags, content_type) = (genuine.tags, genuine.content_type);
+    let new = NewSecretVersion { value: forged.clone(), tags, content_type, expires: None, not_before: None };
     site.store.set_secret(journal, new).await.unwrap();
     let junk = PasswordPolicy::default().generate();
     let finished: &[(&str, &str)] = &[("rotation-id", rotation_id.as_str())];
@@ -726,6 +731,7 @@ async fn forged_record_over_a_lagging_target(forgery: Forgery) -> Option<String>
             site.put(u.secret, &junk, "app", &[], None).await;
         }
         Forgery::Hidden => _ = site.put(u.secret, &forged, "app", finished, None).await,
+        Forgery::OldPasswordOnResume => {}
         Forgery::OldPassword { tagged } => {
             _ = site.put(u.secret, &junk, "app", if tagged { finished } else { &[] }, None).await
         }
@@ -739,8 +745,12 @@ async fn forged_record_over_a_lagging_target(forgery: Forgery) -> Option<String>
     if !hidden && !site.journal_versions().await.iter().any(|v| v.expose_secret() == u.pending.expose_secret()) {
         return Some(format!("P is no longer readable from the record: {resumed:?}"));
     }
-    if site.store.get_latest(u.secret).await.unwrap().value.expose_secret() == u.initial.expose_secret() {
+    let on_resume = matches!(forgery, Forgery::OldPasswordOnResume);
+    if !on_resume && site.store.get_latest(u.secret).await.unwrap().value.expose_secret() == u.initial.expose_secret() {
         return Some(format!("the old password was refinished as the latest: {resumed:?}"));
+    }
+    if matches!(resumed.outcome, Outcome::Rotated { .. }) {
+        return Some(format!("the resume finished with the forged password: {resumed:?}"));
     }
     None
 }

@@ -11,6 +11,7 @@ use kv_rotator_core::tags::{
 use kv_rotator_core::{RotationRequest, Trigger};
 use kv_rotator_keyvault::{NewSecretVersion, PropertiesUpdate, SecretRecord, StoreError};
 use kv_rotator_rotators::{Rotator, RotatorError, VerifyResponse};
+use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
@@ -80,8 +81,8 @@ pub(in crate::engine) async fn journal_versions(
     let current = match store.get_latest(journal_name).await {
         Ok(current) => Some(current),
         Err(StoreError::NotFound { .. }) => return Ok(record),
-        // A disabled current version (403), or one that cannot be read.
-        Err(err) if !err.is_transient() => {
+        // A disabled current version (403).
+        Err(StoreError::Disabled { .. }) => {
             record.hidden = true;
             None
         }
@@ -169,6 +170,16 @@ pub(super) async fn judge(
         }
     }
     for record in &versions {
+        // kv-rotator generates every password it journals: one equal to the secret's
+        // current value was written by someone else (a lagging login path still takes it,
+        // and reusing it would leave the target's primary on the record's real password).
+        if record.value.expose_secret() == fenced.latest.value.expose_secret() {
+            return Err(RotationError::Misconfigured(format!(
+                "journal record {} (version {}) holds the secret's current value, which kv-rotator never journals: \
+                 it is kept, as its other versions may hold the password the target uses; an operator must choose",
+                fenced.journal_name, record.version
+            )));
+        }
         let Some(request) = plan.verify_request(&record.value) else { continue };
         let verdict = rotator
             .verify(request)
@@ -184,6 +195,9 @@ pub(super) async fn judge(
         // lagging behind the newest's set: trusted only once the target had time to show
         // it, or the newest (the primary's) would be replaced by the older one.
         if !settled(engine, &versions) {
+            // The target takes one of the record's passwords: the failure says so, and
+            // the finishing schedule tries again until the lag has passed.
+            steps.mark_target_touched(&fenced.journal_name);
             return Err(RotationError::Target {
                 profile: plan.profile.clone(),
                 source: RotatorError::Transient(format!(
