@@ -156,7 +156,7 @@ async fn finishes_with_a_fresh_password_when_a_crash_came_after_create() {
     let report = w.engine.rotate(w.request(Some(&w.v1))).await;
     assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
     let latest = w.store.get_latest(SECRET).await.unwrap();
-    assert_ne!(latest.value.expose_secret(), pending.expose_secret(), "an unused record's password is not trusted");
+    assert!(latest.value.expose_secret() != pending.expose_secret(), "an unused record's password is not trusted");
     assert!(w.logs_in(&latest.value).await);
     assert!(!w.logs_in(&pending).await);
     assert!(!w.logs_in(&w.initial).await);
@@ -177,7 +177,8 @@ async fn finishes_without_changing_the_target_again_when_a_crash_came_after_set(
     let report = w.engine.rotate(w.request(Some(&w.v1))).await;
     assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
     assert_eq!(std::fs::read(&path).unwrap(), before, "set was idempotent: the target was not rewritten");
-    assert_eq!(w.store.get_latest(SECRET).await.unwrap().value.expose_secret(), pending.expose_secret());
+    let latest = w.store.get_latest(SECRET).await.unwrap();
+    assert!(latest.value.expose_secret() == pending.expose_secret(), "the latest holds the pending password");
     assert!(w.journal_gone().await);
     w.vault.shutdown().await;
 }
@@ -363,7 +364,7 @@ async fn resume_finds_a_dead_process_journal_and_finishes_it() {
     assert!(matches!(report.outcome, Outcome::Rotated { .. }), "{report:?}");
     assert_eq!(report.audit_json()["triggerKind"], "resume");
     let latest = w.store.get_latest(SECRET).await.unwrap();
-    assert_eq!(latest.value.expose_secret(), pending.expose_secret());
+    assert!(latest.value.expose_secret() == pending.expose_secret(), "the latest holds the pending password");
     assert!(w.logs_in(&latest.value).await);
     assert!(w.journal_gone().await);
     assert!(kv_rotator::sweeper::scan(w.store.as_ref(), None).await.unwrap().requests.is_empty());
@@ -560,7 +561,7 @@ async fn a_pending_password_the_target_refuses_is_replaced_once_proven_unused() 
     let second = w.engine.rotate(w.request(Some(&w.v1))).await;
     assert!(matches!(second.outcome, Outcome::Rotated { .. }), "{second:?}");
     let latest = w.store.get_latest(SECRET).await.unwrap();
-    assert_ne!(latest.value.expose_secret(), refused.expose_secret());
+    assert!(latest.value.expose_secret() != refused.expose_secret(), "the refused password is not the latest");
     assert!(w.logs_in(&latest.value).await);
     assert!(w.journal_gone().await);
     w.vault.shutdown().await;
@@ -629,7 +630,8 @@ async fn a_journal_written_for_another_account_is_kept_and_nothing_is_journaled_
         other => panic!("expected the record to be kept for an operator, got {other:?}"),
     }
     assert_eq!(w.store.list_versions(&w.journal()).await.unwrap().len(), before, "nothing journaled over it");
-    assert_eq!(w.store.get_latest(&w.journal()).await.unwrap().value.expose_secret(), pending.expose_secret());
+    let record = w.store.get_latest(&w.journal()).await.unwrap();
+    assert!(record.value.expose_secret() == pending.expose_secret(), "the record holds the pending password");
     assert_eq!(std::fs::read(&path).unwrap(), target_before, "the target was not touched");
     assert_eq!(w.store.list_versions(SECRET).await.unwrap().len(), 1, "no version written");
     w.vault.shutdown().await;

@@ -180,7 +180,7 @@ async fn resume_finishes_what_a_dead_process_left_and_then_has_nothing_to_do() {
     assert!(ok, "{stdout}\n{stderr}");
     assert!(line_for(&stdout, "alpha-password").contains(&format!("rotated {v1} -> ")), "{stdout}");
     let latest = site.store.get_latest("alpha-password").await.unwrap();
-    assert_eq!(latest.value.expose_secret(), pending.expose_secret());
+    assert!(latest.value.expose_secret() == pending.expose_secret(), "the latest holds the pending password");
     assert!(site.logs_in("alpha", &latest.value).await);
 
     let (ok, stdout, _) = site.rotate(&["--resume"]);
